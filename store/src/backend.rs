@@ -1,0 +1,180 @@
+//! Storage behind one narrow trait, by file kind and name. The local directory is the only
+//! implementation so far; an object store would implement the same seven calls.
+//!
+//! Invariant: `put` is atomic and durable when it returns (temp file, fsync, rename, fsync of the
+//! directory), so a reader sees a whole file or none, and a crash never leaves a partial one
+//! under its final name.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, IoContext, Result};
+
+/// The kinds of file a repository holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    Config,
+    Pack,
+    Index,
+    Snapshot,
+    Lock,
+}
+
+impl FileKind {
+    fn dir(self) -> &'static str {
+        match self {
+            FileKind::Config => "",
+            FileKind::Pack => "data",
+            FileKind::Index => "index",
+            FileKind::Snapshot => "snapshots",
+            FileKind::Lock => "locks",
+        }
+    }
+}
+
+/// Where repository files are kept.
+pub trait Backend: Send + Sync {
+    /// The whole file.
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
+    /// `len` bytes at `offset`; fewer only at the end of the file.
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// The file's length.
+    fn len(&self, kind: FileKind, name: &str) -> Result<u64>;
+    /// Store a whole file atomically and durably.
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+    /// The names of all files of a kind.
+    fn list(&self, kind: FileKind) -> Result<Vec<String>>;
+    /// Remove a file; removing a missing file is not an error.
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()>;
+}
+
+/// A repository in a local directory:
+/// `config`, `data/<2 hex>/<pack id>`, `index/<id>`, `snapshots/<id>`, `locks/<name>`, `tmp/`.
+pub struct LocalBackend {
+    root: PathBuf,
+    tmp_counter: AtomicU64,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
+        LocalBackend { root: root.into(), tmp_counter: AtomicU64::new(0) }
+    }
+
+    /// Create the directory layout of an empty repository.
+    pub fn create_layout(&self) -> Result<()> {
+        for d in ["data", "index", "snapshots", "locks", "tmp"] {
+            fs::create_dir_all(self.root.join(d)).at(self.root.join(d))?;
+        }
+        for i in 0..=255u8 {
+            let p = self.root.join("data").join(format!("{i:02x}"));
+            fs::create_dir_all(&p).at(&p)?;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self, kind: FileKind, name: &str) -> PathBuf {
+        match kind {
+            FileKind::Config => self.root.join("config"),
+            FileKind::Pack => self.root.join("data").join(name.get(..2).unwrap_or("00")).join(name),
+            _ => self.root.join(kind.dir()).join(name),
+        }
+    }
+
+    fn not_found_or_io(path: &Path, e: std::io::Error, kind: FileKind, name: &str) -> Error {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound(format!("{} {name}", kind.dir().trim_end_matches('s')))
+        } else {
+            Error::io(path, e)
+        }
+    }
+}
+
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|f| f.sync_all()).at(dir)
+}
+
+impl Backend for LocalBackend {
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        let path = self.path(kind, name);
+        fs::read(&path).map_err(|e| Self::not_found_or_io(&path, e, kind, name))
+    }
+
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let path = self.path(kind, name);
+        let file = File::open(&path).map_err(|e| Self::not_found_or_io(&path, e, kind, name))?;
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn len(&self, kind: FileKind, name: &str) -> Result<u64> {
+        let path = self.path(kind, name);
+        fs::metadata(&path).map(|m| m.len()).map_err(|e| Self::not_found_or_io(&path, e, kind, name))
+    }
+
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        let dest = self.path(kind, name);
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{}-{}-{n}", std::process::id(), name));
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).at(&tmp)?;
+        let result = f.write_all(data).and_then(|_| f.sync_all());
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(&tmp, e));
+        }
+        drop(f);
+        fs::rename(&tmp, &dest).at(&dest)?;
+        fsync_dir(dest.parent().expect("repository files live in a directory"))
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let dir = self.root.join(kind.dir());
+        let push = |dir: &Path, out: &mut Vec<String>| -> Result<()> {
+            for e in fs::read_dir(dir).at(dir)? {
+                let e = e.at(dir)?;
+                if let Some(name) = e.file_name().to_str() {
+                    if !name.starts_with('.') {
+                        out.push(name.to_string());
+                    }
+                }
+            }
+            Ok(())
+        };
+        match kind {
+            FileKind::Config => out.push("config".into()),
+            FileKind::Pack => {
+                for sub in fs::read_dir(&dir).at(&dir)? {
+                    let sub = sub.at(&dir)?;
+                    if sub.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        push(&sub.path(), &mut out)?;
+                    }
+                }
+            }
+            _ => push(&dir, &mut out)?,
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+        let path = self.path(kind, name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+}

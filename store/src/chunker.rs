@@ -1,0 +1,131 @@
+//! Content-defined chunking: bytes in, cut points out. No I/O here; the backup feeds it a buffer
+//! and learns where the next chunk ends, or that it needs more bytes to know.
+
+use fastcdc::v2020::{self, Normalization};
+
+use crate::format::ChunkerParams;
+
+/// FastCDC (2020 variant, normalization level 1, default gear table).
+#[derive(Clone, Debug)]
+pub struct Chunker {
+    min: usize,
+    avg: usize,
+    max: usize,
+    mask_s: u64,
+    mask_l: u64,
+}
+
+impl Chunker {
+    pub fn new(p: ChunkerParams) -> Chunker {
+        let (mask_s, mask_l) = v2020::select_masks(p.avg_size as usize, Normalization::Level1);
+        Chunker { min: p.min_size as usize, avg: p.avg_size as usize, max: p.max_size as usize, mask_s, mask_l }
+    }
+
+    /// The largest chunk this chunker emits.
+    pub fn max_size(&self) -> usize {
+        self.max
+    }
+
+    /// Length of the chunk that starts at `buf[0]`, or `None` if more input is needed to know.
+    /// `eof` says that `buf` holds all the remaining input. An empty buffer has no chunk.
+    pub fn next_cut(&self, buf: &[u8], eof: bool) -> Option<usize> {
+        if buf.is_empty() {
+            return None;
+        }
+        let (_, cut) =
+            v2020::cut(buf, self.min, self.avg, self.max, self.mask_s, self.mask_l, self.mask_s << 1, self.mask_l << 1);
+        // A cut at the very end of a partial buffer only means "no cut point yet".
+        if cut == buf.len() && !eof && buf.len() < self.max { None } else { Some(cut) }
+    }
+
+    /// All chunk lengths of a whole buffer.
+    pub fn cuts(&self, mut buf: &[u8]) -> Vec<usize> {
+        let mut out = Vec::new();
+        while let Some(n) = self.next_cut(buf, true) {
+            out.push(n);
+            buf = &buf[n..];
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn small() -> Chunker {
+        Chunker::new(ChunkerParams { min_size: 256, avg_size: 1024, max_size: 4096 })
+    }
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Feeding the input piecewise gives the same cuts as chunking it whole.
+    fn streamed(c: &Chunker, data: &[u8], piece: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut fed = 0;
+        loop {
+            let eof = fed == data.len();
+            match c.next_cut(&buf, eof) {
+                Some(n) => {
+                    out.push(n);
+                    buf.drain(..n);
+                }
+                None if eof => break,
+                None => {
+                    let take = piece.min(data.len() - fed);
+                    buf.extend_from_slice(&data[fed..fed + take]);
+                    fed += take;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn insertion_moves_few_cuts() {
+        let c = small();
+        let a = pseudo_random(200_000, 7);
+        let mut b = a.clone();
+        b.splice(100_000..100_000, pseudo_random(10, 9));
+        let chunks = |d: &[u8]| {
+            let mut pos = 0;
+            c.cuts(d)
+                .into_iter()
+                .map(|n| {
+                    pos += n;
+                    blake3::hash(&d[pos - n..pos])
+                })
+                .collect::<std::collections::HashSet<_>>()
+        };
+        let (ca, cb) = (chunks(&a), chunks(&b));
+        assert!(cb.difference(&ca).count() <= 3, "an insertion changed {} chunks", cb.difference(&ca).count());
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_concatenate_and_respect_bounds(data in proptest::collection::vec(any::<u8>(), 0..20_000), seed in any::<u64>(), piece in 1usize..5000) {
+            let c = small();
+            let mut data = data;
+            data.extend(pseudo_random((seed % 20_000) as usize, seed));
+            let cuts = c.cuts(&data);
+            prop_assert_eq!(cuts.iter().sum::<usize>(), data.len());
+            for (i, &n) in cuts.iter().enumerate() {
+                prop_assert!(n <= 4096);
+                prop_assert!(n >= 256 || i + 1 == cuts.len(), "short chunk {} not last", n);
+            }
+            prop_assert_eq!(streamed(&c, &data, piece), cuts);
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! rewind's repository: a content-defined-chunked, BLAKE3-addressed, zstd-compressed, packed and
+//! self-describing store of snapshots, and the read API that the mount and the portal share.
+//!
+//! Data flows one way: [`backup`] walks a source tree and writes packs, index files and finally a
+//! snapshot manifest; [`Repository`] / [`IndexedRepository`] read them back; [`View`] presents
+//! every snapshot as one namespace (`snapshots/`, `hosts/`, `ids/`, `tags/`).
+//!
+//! Invariants:
+//! - Packs, index files and snapshots are immutable once written; every write is temp file, fsync,
+//!   rename, fsync of the directory. A snapshot is written only after everything it references.
+//! - A blob's id is the BLAKE3 of its uncompressed bytes, and every read verifies it: damaged data
+//!   is an error ([`Error::Corrupt`]), never wrong bytes.
+//! - The index is a cache of the packs' trailers: [`maintenance::rebuild_index`] recreates it.
+//! - Readers take no locks; writers take a lock file in `locks/`.
+//!
+//! The on-disk format is described in `store/FORMAT.md`.
+
+mod backend;
+mod backup;
+mod blob;
+mod cache;
+mod chunker;
+mod error;
+pub mod format;
+mod index;
+mod lock;
+pub mod maintenance;
+mod pack;
+mod repo;
+mod restore;
+mod source;
+mod view;
+
+pub use backup::{BackupOptions, BackupProgress, ErrorReport, backup};
+pub use chunker::Chunker;
+pub use error::{Error, Result};
+pub use format::{
+    BlobId, BlobKind, ChunkId, ChunkerParams, CompressionParams, Config, FORMAT_VERSION, Hash, Node, NodeKind,
+    PackId, Snapshot, SnapshotId, Summary, Time, Tree, TreeId, Xattr,
+};
+pub use index::Location;
+pub use lock::{LockInfo, hostname, list_locks};
+pub use repo::{CacheSizes, ChunkSpan, FileReader, IndexedRepository, Repository, SnapshotEntry};
+pub use restore::{RestoreOptions, RestoreProgress, restore};
+pub use view::{Entry, View};

@@ -1,0 +1,149 @@
+//! Writing packs. A pack is `"RWNDPACK" | version u32 | blobs... | trailer`; its id is the BLAKE3
+//! of the whole file. Blobs are compressed by the caller's thread; the shared part is a short
+//! append under a mutex. A full pack is sealed and written outside the lock.
+
+use std::sync::Mutex;
+
+use crate::backend::{Backend, FileKind};
+use crate::blob;
+use crate::error::Result;
+use crate::format::{self, BlobId, BlobKind, BlobRecord, FORMAT_VERSION, Hash, IndexPack, PackId};
+use crate::index::{IdSet, write_index_file};
+
+/// Packs per index file written during a backup.
+const INDEX_EVERY: usize = 32;
+
+struct OpenPack {
+    buf: Vec<u8>,
+    records: Vec<BlobRecord>,
+}
+
+impl OpenPack {
+    fn new(capacity: usize) -> OpenPack {
+        let mut buf = Vec::with_capacity(capacity);
+        buf.extend_from_slice(format::PACK_MAGIC);
+        buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        OpenPack { buf, records: Vec::new() }
+    }
+}
+
+/// What a [`Packer`] wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PackerStats {
+    pub blobs: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub packs: u64,
+}
+
+/// Adds blobs to packs, one open pack per blob kind (trees apart from data, so that loading trees
+/// touches few, small packs), and remembers what it has added so nothing is stored twice.
+pub(crate) struct Packer<'a> {
+    backend: &'a dyn Backend,
+    pack_size: usize,
+    level: i32,
+    open: [Mutex<Option<OpenPack>>; 2],
+    added: Mutex<IdSet<BlobId>>,
+    finished: Mutex<Vec<IndexPack>>,
+    stats: Mutex<PackerStats>,
+}
+
+impl<'a> Packer<'a> {
+    pub fn new(backend: &'a dyn Backend, pack_size: u64, level: i32) -> Packer<'a> {
+        Packer {
+            backend,
+            pack_size: pack_size as usize,
+            level,
+            open: [Mutex::new(None), Mutex::new(None)],
+            added: Mutex::new(IdSet::default()),
+            finished: Mutex::new(Vec::new()),
+            stats: Mutex::new(PackerStats::default()),
+        }
+    }
+
+    /// Claim `id` for this packer: true if nobody has added it yet (the caller must then add it).
+    pub fn claim(&self, id: BlobId) -> bool {
+        self.added.lock().expect("packer lock").insert(id)
+    }
+
+    /// Compress and add a blob already claimed. Returns the bytes it took in the pack.
+    pub fn add_claimed(&self, id: BlobId, raw: &[u8]) -> Result<u64> {
+        let (compression, stored) = blob::compress(raw, self.level);
+        let sealed = {
+            let mut slot = self.open[id.kind as usize].lock().expect("packer lock");
+            let pack = slot.get_or_insert_with(|| OpenPack::new(self.pack_size + self.pack_size / 8));
+            pack.records.push(BlobRecord {
+                id,
+                compression,
+                offset: pack.buf.len() as u64,
+                stored_len: stored.len() as u32,
+                raw_len: raw.len() as u32,
+            });
+            pack.buf.extend_from_slice(&stored);
+            if pack.buf.len() >= self.pack_size { slot.take() } else { None }
+        };
+        {
+            let mut s = self.stats.lock().expect("packer lock");
+            s.blobs += 1;
+            s.raw_bytes += raw.len() as u64;
+            s.stored_bytes += stored.len() as u64;
+        }
+        if let Some(pack) = sealed {
+            self.seal(pack)?;
+        }
+        Ok(stored.len() as u64)
+    }
+
+    fn seal(&self, mut pack: OpenPack) -> Result<()> {
+        let trailer = format::encode_pack_trailer(&pack.records);
+        pack.buf.extend_from_slice(&trailer);
+        let id = PackId(Hash::of(&pack.buf));
+        self.backend.put(FileKind::Pack, &id.to_hex(), &pack.buf)?;
+        tracing::debug!(pack = %id.short(), blobs = pack.records.len(), bytes = pack.buf.len(), "pack written");
+        self.stats.lock().expect("packer lock").packs += 1;
+        let checkpoint = {
+            let mut finished = self.finished.lock().expect("packer lock");
+            finished.push(IndexPack { pack: id, pack_len: pack.buf.len() as u64, blobs: pack.records });
+            if finished.len() >= INDEX_EVERY { std::mem::take(&mut *finished) } else { Vec::new() }
+        };
+        // Index the packs written so far, so that an interrupted backup's work is reused by the
+        // next one instead of being stored again.
+        if !checkpoint.is_empty() {
+            write_index_file(self.backend, &checkpoint)?;
+        }
+        Ok(())
+    }
+
+    /// Seal the open packs and index every pack not indexed yet. After this, everything added
+    /// is durable and findable.
+    pub fn finish(&self) -> Result<()> {
+        self.flush()?;
+        let rest = self.take_finished();
+        if !rest.is_empty() {
+            write_index_file(self.backend, &rest)?;
+        }
+        Ok(())
+    }
+
+    /// Seal the open packs (kind by kind), so everything added so far is in written packs.
+    pub fn flush(&self) -> Result<()> {
+        for kind in [BlobKind::Data, BlobKind::Tree] {
+            let pack = self.open[kind as usize].lock().expect("packer lock").take();
+            if let Some(pack) = pack {
+                if !pack.records.is_empty() {
+                    self.seal(pack)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Packs written since the last call.
+    pub fn take_finished(&self) -> Vec<IndexPack> {
+        std::mem::take(&mut *self.finished.lock().expect("packer lock"))
+    }
+
+    pub fn stats(&self) -> PackerStats {
+        *self.stats.lock().expect("packer lock")
+    }
+}

@@ -1,0 +1,356 @@
+//! Opening repositories. [`Repository`] knows the config and the snapshots; an
+//! [`IndexedRepository`] has loaded the index too and reads blobs, trees and files. Both are
+//! cheap to clone and safe to share between threads; neither writes (backups and maintenance
+//! take an [`IndexedRepository`] and a lock).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::backend::{Backend, FileKind, LocalBackend};
+use crate::blob;
+use crate::cache::ByteLru;
+use crate::error::{Error, IoContext, Result};
+use crate::format::{
+    BlobId, ChunkId, ChunkerParams, CompressionParams, Config, Hash, Node, NodeKind, Snapshot, SnapshotId, Tree,
+    TreeId,
+};
+use crate::index::{Index, Location};
+
+/// A snapshot and its id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotEntry {
+    pub id: SnapshotId,
+    pub snapshot: Snapshot,
+}
+
+/// An open repository: its config and backend. Reads snapshots; for blobs, open the index.
+#[derive(Clone)]
+pub struct Repository {
+    inner: Arc<RepoInner>,
+}
+
+struct RepoInner {
+    root: PathBuf,
+    backend: LocalBackend,
+    config: Config,
+}
+
+impl Repository {
+    /// Create a new, empty repository at `path` (which must not exist or be an empty directory).
+    pub fn init(path: &Path, chunker: ChunkerParams, compression: CompressionParams) -> Result<Repository> {
+        chunker.validate()?;
+        if path.exists() {
+            let mut entries = std::fs::read_dir(path).at(path)?;
+            if entries.next().is_some() {
+                return Err(Error::AlreadyExists(path.to_path_buf()));
+            }
+        }
+        std::fs::create_dir_all(path).at(path)?;
+        let backend = LocalBackend::new(path);
+        backend.create_layout()?;
+        let config = Config::new(chunker, compression);
+        // The config goes last: a directory without one is not a repository yet.
+        backend.put(FileKind::Config, "config", &config.encode())?;
+        Repository::open(path)
+    }
+
+    /// Open the repository at `path`, refusing formats newer than this build.
+    pub fn open(path: &Path) -> Result<Repository> {
+        let backend = LocalBackend::new(path);
+        let bytes = match backend.get(FileKind::Config, "config") {
+            Ok(b) => b,
+            Err(Error::NotFound(_)) => return Err(Error::NoRepository(path.to_path_buf())),
+            Err(e) => return Err(e),
+        };
+        let config = Config::decode(&bytes)?;
+        Ok(Repository { inner: Arc::new(RepoInner { root: path.to_path_buf(), backend, config }) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub(crate) fn backend(&self) -> &LocalBackend {
+        &self.inner.backend
+    }
+
+    /// The ids of all snapshots (unordered; cheap: one directory listing).
+    pub fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
+        Ok(self.backend().list(FileKind::Snapshot)?.iter().filter_map(|n| SnapshotId::from_hex(n).ok()).collect())
+    }
+
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let bytes = self.backend().get(FileKind::Snapshot, &id.to_hex())?;
+        if Hash::of(&bytes) != id.0 {
+            return Err(Error::corrupt(format!("snapshot {}", id.short()), "content does not match its id"));
+        }
+        Snapshot::decode(&bytes)
+    }
+
+    /// All snapshots, oldest first (ties by id). Snapshots removed while listing are skipped.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let mut out = Vec::new();
+        for id in self.snapshot_ids()? {
+            match self.load_snapshot(&id) {
+                Ok(snapshot) => out.push(SnapshotEntry { id, snapshot }),
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        sort_snapshots(&mut out);
+        Ok(out)
+    }
+
+    /// Find a snapshot by `latest` or an id prefix, optionally only among one host's.
+    pub fn find_snapshot(&self, spec: &str, host: Option<&str>) -> Result<SnapshotEntry> {
+        let all = self.snapshots()?;
+        let mut candidates: Vec<&SnapshotEntry> =
+            all.iter().filter(|s| host.is_none_or(|h| s.snapshot.host == h)).collect();
+        if spec == "latest" {
+            return candidates.pop().cloned().ok_or_else(|| {
+                Error::NotFound(match host {
+                    Some(h) => format!("snapshot of host {h:?}"),
+                    None => "snapshot (the repository has none)".into(),
+                })
+            });
+        }
+        if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidInput(format!("{spec:?} is neither `latest` nor a snapshot id")));
+        }
+        let spec = spec.to_ascii_lowercase();
+        candidates.retain(|s| s.id.to_hex().starts_with(&spec));
+        match candidates.len() {
+            0 => Err(Error::NotFound(format!("snapshot {spec}"))),
+            1 => Ok(candidates[0].clone()),
+            n => Err(Error::InvalidInput(format!("snapshot id prefix {spec} is ambiguous ({n} match)"))),
+        }
+    }
+
+    /// Load the index, giving a repository that reads blobs.
+    pub fn open_indexed(&self, caches: CacheSizes) -> Result<IndexedRepository> {
+        let mut index = Index::default();
+        index.refresh(self.backend())?;
+        Ok(IndexedRepository {
+            inner: Arc::new(IndexedInner {
+                repo: self.clone(),
+                index: RwLock::new(index),
+                chunks: ByteLru::new(caches.chunk_bytes),
+                trees: ByteLru::new(caches.tree_bytes),
+            }),
+        })
+    }
+}
+
+pub(crate) fn sort_snapshots(v: &mut [SnapshotEntry]) {
+    v.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+}
+
+/// Budgets of the decompressed-blob caches.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheSizes {
+    pub chunk_bytes: usize,
+    pub tree_bytes: usize,
+}
+
+impl Default for CacheSizes {
+    fn default() -> Self {
+        CacheSizes { chunk_bytes: 64 << 20, tree_bytes: 32 << 20 }
+    }
+}
+
+/// A repository with its index loaded: reads blobs, trees and file contents through bounded
+/// caches. Cheap to clone; share it between threads.
+#[derive(Clone)]
+pub struct IndexedRepository {
+    inner: Arc<IndexedInner>,
+}
+
+struct IndexedInner {
+    repo: Repository,
+    index: RwLock<Index>,
+    chunks: ByteLru<ChunkId, Vec<u8>>,
+    trees: ByteLru<TreeId, Tree>,
+}
+
+impl IndexedRepository {
+    pub fn repo(&self) -> &Repository {
+        &self.inner.repo
+    }
+
+    pub(crate) fn backend(&self) -> &LocalBackend {
+        self.inner.repo.backend()
+    }
+
+    pub(crate) fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> T {
+        f(&self.inner.index.read().expect("index lock"))
+    }
+
+    pub(crate) fn replace_index(&self, index: Index) {
+        *self.inner.index.write().expect("index lock") = index;
+    }
+
+    /// Pick up index files written since opening (by a backup running beside us).
+    pub fn refresh_index(&self) -> Result<usize> {
+        self.inner.index.write().expect("index lock").refresh(self.backend())
+    }
+
+    /// Number of blobs in the index.
+    pub fn blob_count(&self) -> usize {
+        self.with_index(|i| i.len())
+    }
+
+    pub fn contains(&self, id: BlobId) -> bool {
+        self.with_index(|i| i.contains(&id))
+    }
+
+    /// Where a blob is; looks for new index files once before saying it is missing.
+    pub fn locate(&self, id: BlobId) -> Result<Location> {
+        if let Some(l) = self.with_index(|i| i.get(&id)) {
+            return Ok(l);
+        }
+        self.refresh_index()?;
+        self.with_index(|i| i.get(&id)).ok_or_else(|| {
+            Error::NotFound(format!("{} blob {} (not in the index)", blob::kind_name(id.kind), id.hash.to_hex()))
+        })
+    }
+
+    /// Read and verify one blob, bypassing the caches.
+    pub fn read_blob(&self, id: BlobId) -> Result<Vec<u8>> {
+        let loc = self.locate(id)?;
+        let stored =
+            self.backend().get_range(FileKind::Pack, &loc.pack.to_hex(), loc.offset, loc.stored_len as usize)?;
+        if stored.len() != loc.stored_len as usize {
+            return Err(Error::corrupt(format!("pack {}", loc.pack.to_hex()), "truncated"));
+        }
+        blob::open(&id, loc.compression, &stored, loc.raw_len)
+    }
+
+    /// A data chunk, through the cache.
+    pub fn chunk(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
+        if let Some(c) = self.inner.chunks.get(&id) {
+            return Ok(c);
+        }
+        let data = Arc::new(self.read_blob(id.into())?);
+        self.inner.chunks.insert(id, data.clone(), data.len());
+        Ok(data)
+    }
+
+    /// Whether a chunk is in the cache now.
+    pub fn chunk_cached(&self, id: &ChunkId) -> bool {
+        self.inner.chunks.get(id).is_some()
+    }
+
+    /// A directory, through the cache.
+    pub fn tree(&self, id: TreeId) -> Result<Arc<Tree>> {
+        if let Some(t) = self.inner.trees.get(&id) {
+            return Ok(t);
+        }
+        let bytes = self.read_blob(id.into())?;
+        let tree = Arc::new(Tree::decode(&bytes)?);
+        // Decoded nodes take a few times their encoded size.
+        self.inner.trees.insert(id, tree.clone(), bytes.len() * 3 + 64);
+        Ok(tree)
+    }
+
+    /// The node at `path` (components separated by `/`, leading `/` optional) in a snapshot; the
+    /// empty path is the snapshot's root directory.
+    pub fn node_at(&self, snapshot: &Snapshot, path: &[u8]) -> Result<Node> {
+        let mut node = Node::new(Vec::new(), NodeKind::Dir);
+        node.mode = 0o755;
+        node.subtree = Some(snapshot.tree);
+        node.mtime = crate::format::Time { sec: snapshot.time.as_second(), nsec: snapshot.time.subsec_nanosecond() as u32 };
+        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            if comp == b"." || comp == b".." {
+                return Err(Error::InvalidInput("`.` and `..` are not allowed in snapshot paths".into()));
+            }
+            let Some(sub) = node.subtree.filter(|_| node.is_dir()) else {
+                return Err(Error::NotFound(format!("{} (not a directory on the way)", String::from_utf8_lossy(path))));
+            };
+            let tree = self.tree(sub)?;
+            node = tree
+                .find(comp)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("{:?} in snapshot", String::from_utf8_lossy(path))))?;
+        }
+        Ok(node)
+    }
+
+    /// A reader of a file node's content.
+    pub fn open_file(&self, node: &Node) -> Result<FileReader> {
+        if node.kind != NodeKind::File {
+            return Err(Error::InvalidInput(format!("{} is not a file", node.name_lossy())));
+        }
+        let mut chunks = Vec::with_capacity(node.content.len());
+        let mut offset = 0u64;
+        for id in &node.content {
+            let loc = self.locate((*id).into())?;
+            chunks.push(ChunkSpan { offset, len: loc.raw_len, id: *id });
+            offset += u64::from(loc.raw_len);
+        }
+        Ok(FileReader { repo: self.clone(), chunks, size: offset })
+    }
+}
+
+/// One chunk's place in a file.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkSpan {
+    pub offset: u64,
+    pub len: u32,
+    pub id: ChunkId,
+}
+
+/// Reads a file's bytes at any offset, chunk by chunk through the cache.
+#[derive(Clone)]
+pub struct FileReader {
+    repo: IndexedRepository,
+    chunks: Vec<ChunkSpan>,
+    size: u64,
+}
+
+impl FileReader {
+    /// The content's length (the sum of its chunks).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn chunks(&self) -> &[ChunkSpan] {
+        &self.chunks
+    }
+
+    /// Index of the chunk holding byte `offset`.
+    pub fn chunk_index(&self, offset: u64) -> Option<usize> {
+        if offset >= self.size {
+            return None;
+        }
+        Some(self.chunks.partition_point(|c| c.offset + u64::from(c.len) <= offset))
+    }
+
+    /// Fill `buf` from `offset`; returns the bytes read (short only at the end of the file).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut done = 0;
+        let Some(mut i) = self.chunk_index(offset) else { return Ok(0) };
+        while done < buf.len() && i < self.chunks.len() {
+            let span = self.chunks[i];
+            let data = self.repo.chunk(span.id)?;
+            let pos = offset + done as u64;
+            let start = (pos - span.offset) as usize;
+            let n = (data.len() - start).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&data[start..start + n]);
+            done += n;
+            i += 1;
+        }
+        Ok(done)
+    }
+
+    /// Load chunk `i` into the cache (for read-ahead).
+    pub fn warm(&self, i: usize) -> Result<()> {
+        match self.chunks.get(i) {
+            Some(span) if !self.repo.chunk_cached(&span.id) => self.repo.chunk(span.id).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+}

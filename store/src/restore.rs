@@ -1,0 +1,253 @@
+//! Restore a snapshot (or a path in it) into a directory: contents, modes, times, symlinks, hard
+//! links, devices and fifos, extended attributes, and ownership when asked (root).
+//!
+//! Order matters: file contents and leaves in parallel first; then hard links; then directory
+//! metadata deepest first, so creating entries does not disturb a restored directory's mtime.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::{self, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use crate::backup::ErrorReport;
+use crate::error::{Error, IoContext, Result};
+use crate::format::{Node, NodeKind, Snapshot, Time};
+use crate::repo::IndexedRepository;
+
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// Restore owners and groups (needs root).
+    pub owners: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Restore `path` of `snapshot` into `target`. A directory's content goes into `target` itself;
+/// anything else goes to `target/<name>`. Entries that fail are reported and counted; the
+/// returned count is the number of such errors.
+pub fn restore(
+    repo: &IndexedRepository,
+    snapshot: &Snapshot,
+    path: &[u8],
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+    report: &ErrorReport<'_>,
+) -> Result<u64> {
+    let node = repo.node_at(snapshot, path)?;
+    let created = !target.exists();
+    fs::create_dir_all(target).at(target)?;
+    let r = Restorer {
+        repo,
+        opts,
+        progress,
+        report,
+        links: Mutex::new(HashMap::new()),
+        deferred_links: Mutex::new(Vec::new()),
+        dirs: Mutex::new(Vec::new()),
+    };
+    if node.is_dir() {
+        r.restore_dir_content(&node, target, 1);
+        if created && !path.iter().all(|&b| b == b'/') {
+            r.dirs.lock().expect("restore lock").push((0, target.to_path_buf(), node));
+        }
+    } else {
+        let name = node.name.clone();
+        r.restore_entry(&node, &target.join(OsStr::from_bytes(&name)), 1);
+    }
+    r.finish();
+    Ok(progress.errors.load(Ordering::Relaxed))
+}
+
+struct Restorer<'a> {
+    repo: &'a IndexedRepository,
+    opts: &'a RestoreOptions,
+    progress: &'a RestoreProgress,
+    report: &'a ErrorReport<'a>,
+    /// First restored path of each (dev, inode) with several links.
+    links: Mutex<HashMap<(u64, u64), PathBuf>>,
+    deferred_links: Mutex<Vec<(PathBuf, (u64, u64))>>,
+    dirs: Mutex<Vec<(usize, PathBuf, Node)>>,
+}
+
+impl Restorer<'_> {
+    fn fail(&self, path: &Path, e: Error) {
+        self.progress.errors.fetch_add(1, Ordering::Relaxed);
+        (self.report)(path, &e);
+    }
+
+    fn restore_dir_content(&self, node: &Node, dir: &Path, depth: usize) {
+        let Some(id) = node.subtree else { return };
+        let tree = match self.repo.tree(id) {
+            Ok(t) => t,
+            Err(e) => return self.fail(dir, e),
+        };
+        tree.nodes.par_iter().for_each(|child| {
+            let path = dir.join(OsStr::from_bytes(&child.name));
+            self.restore_entry(child, &path, depth);
+        });
+    }
+
+    fn restore_entry(&self, node: &Node, path: &Path, depth: usize) {
+        if let Err(e) = self.restore_one(node, path, depth) {
+            self.fail(path, e);
+        }
+    }
+
+    fn restore_one(&self, node: &Node, path: &Path, depth: usize) -> Result<()> {
+        if node.kind != NodeKind::Dir {
+            if let Ok(m) = fs::symlink_metadata(path) {
+                if m.is_dir() {
+                    fs::remove_dir_all(path).at(path)?;
+                } else {
+                    fs::remove_file(path).at(path)?;
+                }
+            }
+        }
+        match node.kind {
+            NodeKind::Dir => {
+                match fs::symlink_metadata(path) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        fs::remove_file(path).at(path)?;
+                        fs::create_dir(path).at(path)?;
+                    }
+                    Err(_) => fs::create_dir(path).at(path)?,
+                }
+                // Writable while we fill it; the real mode comes at the end.
+                fs::set_permissions(path, fs::Permissions::from_mode(0o700)).at(path)?;
+                self.restore_dir_content(node, path, depth + 1);
+                self.dirs.lock().expect("restore lock").push((depth, path.to_path_buf(), node.clone()));
+                return Ok(());
+            }
+            NodeKind::File => {
+                if node.nlink > 1 {
+                    let key = (node.dev, node.inode);
+                    let mut links = self.links.lock().expect("restore lock");
+                    if links.contains_key(&key) {
+                        self.deferred_links.lock().expect("restore lock").push((path.to_path_buf(), key));
+                        return Ok(());
+                    }
+                    links.insert(key, path.to_path_buf());
+                }
+                self.write_file(node, path)?;
+            }
+            NodeKind::Symlink => {
+                std::os::unix::fs::symlink(OsStr::from_bytes(&node.target), path).at(path)?;
+            }
+            NodeKind::Fifo => mknod(path, libc::S_IFIFO | (node.mode & 0o7777), 0)?,
+            NodeKind::BlockDevice | NodeKind::CharDevice => {
+                mknod(path, node.kind.mode_bits() | (node.mode & 0o7777), node.rdev)?
+            }
+            NodeKind::Socket => {
+                tracing::info!("{}: sockets are not restored", path.display());
+                return Ok(());
+            }
+        }
+        self.apply_metadata(node, path)
+    }
+
+    fn write_file(&self, node: &Node, path: &Path) -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .at(path)?;
+        let mut written = 0u64;
+        for id in &node.content {
+            let data = self.repo.chunk(*id)?;
+            // Runs of zeros become holes: sparse files stay sparse.
+            if data.iter().all(|&b| b == 0) {
+                f.seek(SeekFrom::Current(data.len() as i64)).at(path)?;
+            } else {
+                f.write_all(&data).at(path)?;
+            }
+            written += data.len() as u64;
+            self.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        f.set_len(written).at(path)?;
+        if written != node.size {
+            tracing::warn!("{}: restored {written} bytes, the snapshot records {}", path.display(), node.size);
+        }
+        self.progress.files.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Owner, mode, xattrs, times, in that order (chown clears setuid; ACLs adjust the mode).
+    fn apply_metadata(&self, node: &Node, path: &Path) -> Result<()> {
+        let c = cpath(path)?;
+        let symlink = node.kind == NodeKind::Symlink;
+        if self.opts.owners {
+            // SAFETY: c is a valid NUL-terminated path.
+            if unsafe { libc::lchown(c.as_ptr(), node.uid, node.gid) } != 0 {
+                return Err(Error::io(path, std::io::Error::last_os_error()));
+            }
+        }
+        if !symlink {
+            fs::set_permissions(path, fs::Permissions::from_mode(node.mode & 0o7777)).at(path)?;
+        }
+        for x in &node.xattrs {
+            if let Err(e) = xattr::set(path, OsStr::from_bytes(&x.name), &x.value) {
+                // Some attributes cannot be set by everyone (security.*, trusted.*): say so, go on.
+                tracing::warn!("{}: cannot set xattr {}: {e}", path.display(), String::from_utf8_lossy(&x.name));
+            }
+        }
+        let t = to_filetime(node.mtime);
+        if symlink {
+            filetime::set_symlink_file_times(path, t, t).at(path)?;
+        } else {
+            filetime::set_file_times(path, t, t).at(path)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&self) {
+        for (path, key) in std::mem::take(&mut *self.deferred_links.lock().expect("restore lock")) {
+            let first = self.links.lock().expect("restore lock").get(&key).cloned();
+            if let Some(first) = first {
+                if let Err(e) = fs::hard_link(&first, &path) {
+                    self.fail(&path, Error::io(&path, e));
+                }
+            }
+        }
+        let mut dirs = std::mem::take(&mut *self.dirs.lock().expect("restore lock"));
+        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, path, node) in dirs {
+            if let Err(e) = self.apply_metadata(&node, &path) {
+                self.fail(&path, e);
+            }
+        }
+    }
+}
+
+fn to_filetime(t: Time) -> filetime::FileTime {
+    filetime::FileTime::from_unix_time(t.sec, t.nsec)
+}
+
+fn cpath(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::InvalidInput(format!("{}: NUL in path", path.display())))
+}
+
+fn mknod(path: &Path, mode: u32, dev: u64) -> Result<()> {
+    let c = cpath(path)?;
+    // SAFETY: c is a valid NUL-terminated path; mknod only reads it.
+    if unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, dev as libc::dev_t) } != 0 {
+        return Err(Error::io(path, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}

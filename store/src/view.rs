@@ -1,0 +1,390 @@
+//! One namespace of every snapshot, resolved here and only here; the FUSE driver and the portal
+//! translate it. Layout:
+//!
+//! ```text
+//! snapshots/<time>/...          every snapshot, oldest first
+//! hosts/<host>/<time>/...       per host; hosts/<host>/latest is a symlink to the newest
+//! ids/<short id>/...            by id (8 hex digits, more if needed to be unique)
+//! tags/<tag>/<time>/...         per tag
+//! ```
+//!
+//! Inside a snapshot, absolute source paths are kept (`hosts/h/latest/srv/home/...`).
+//! `<time>` is the UTC start time `2026-01-31T12:00:00Z`; snapshots in the same second get `-2`,
+//! `-3`... in (time, id) order, so names are unique and sort by time.
+//!
+//! The view reads only snapshot manifests up front; trees are read when a directory is entered.
+//! [`View::refresh`] picks up snapshots added or removed since.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::format::{Node, NodeKind, SnapshotId, Time};
+use crate::repo::{FileReader, IndexedRepository, SnapshotEntry};
+
+/// A place in the namespace.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Entry {
+    Root,
+    Snapshots,
+    Hosts,
+    Host(String),
+    /// `hosts/<host>/latest`, a symlink.
+    Latest(String),
+    Ids,
+    Tags,
+    Tag(String),
+    /// The root directory of a snapshot.
+    Snapshot(SnapshotId),
+    /// Something inside a snapshot.
+    Node { snapshot: SnapshotId, node: Arc<Node> },
+}
+
+/// What `stat` says about an entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub kind: NodeKind,
+    /// Permission bits (no file-type bits).
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: Time,
+    pub ctime: Time,
+    pub nlink: u64,
+    pub rdev: u64,
+}
+
+struct Named {
+    name: String,
+    entry: SnapshotEntry,
+    host: String,
+    tags: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    snaps: Vec<Named>,
+    by_id: HashMap<SnapshotId, usize>,
+    short_ids: BTreeMap<String, SnapshotId>,
+    known: HashSet<SnapshotId>,
+}
+
+/// The namespace over a repository. Share it between threads.
+pub struct View {
+    repo: IndexedRepository,
+    state: RwLock<State>,
+    min_refresh: Duration,
+    last_refresh: Mutex<Instant>,
+}
+
+impl View {
+    pub fn new(repo: IndexedRepository) -> Result<View> {
+        let view = View {
+            repo,
+            state: RwLock::new(State::default()),
+            min_refresh: Duration::from_secs(1),
+            last_refresh: Mutex::new(Instant::now()),
+        };
+        view.refresh()?;
+        Ok(view)
+    }
+
+    pub fn repo(&self) -> &IndexedRepository {
+        &self.repo
+    }
+
+    /// Re-read the list of snapshots; loads only manifests not seen before.
+    pub fn refresh(&self) -> Result<bool> {
+        *self.last_refresh.lock().expect("view lock") = Instant::now();
+        let ids: HashSet<SnapshotId> = self.repo.repo().snapshot_ids()?.into_iter().collect();
+        if ids == self.state.read().expect("view lock").known {
+            return Ok(false);
+        }
+        let mut entries: Vec<SnapshotEntry> = {
+            let st = self.state.read().expect("view lock");
+            st.snaps.iter().filter(|n| ids.contains(&n.entry.id)).map(|n| n.entry.clone()).collect()
+        };
+        let have: HashSet<SnapshotId> = entries.iter().map(|e| e.id).collect();
+        let mut known = have.clone();
+        for id in ids.difference(&have) {
+            match self.repo.repo().load_snapshot(id) {
+                Ok(snapshot) => {
+                    entries.push(SnapshotEntry { id: *id, snapshot });
+                    known.insert(*id);
+                }
+                Err(Error::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!("snapshot {} unreadable, left out of the view: {e}", id.short());
+                    known.insert(*id);
+                }
+            }
+        }
+        crate::repo::sort_snapshots(&mut entries);
+        let mut st = State { known, ..State::default() };
+        let mut prev_base = String::new();
+        let mut dup = 1;
+        for e in entries {
+            let base = e.snapshot.time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+            let name = if base == prev_base {
+                dup += 1;
+                format!("{base}-{dup}")
+            } else {
+                dup = 1;
+                base.clone()
+            };
+            prev_base = base;
+            st.by_id.insert(e.id, st.snaps.len());
+            st.snaps.push(Named {
+                name,
+                host: sanitize(&e.snapshot.host),
+                tags: e.snapshot.tags.iter().map(|t| sanitize(t)).collect(),
+                entry: e,
+            });
+        }
+        let hexes: Vec<(String, SnapshotId)> = st.snaps.iter().map(|n| (n.entry.id.to_hex(), n.entry.id)).collect();
+        for (hex, id) in &hexes {
+            let mut len = 8;
+            while len < 64 && hexes.iter().any(|(h, other)| other != id && h[..len] == hex[..len]) {
+                len += 1;
+            }
+            st.short_ids.insert(hex[..len].to_string(), *id);
+        }
+        *self.state.write().expect("view lock") = st;
+        Ok(true)
+    }
+
+    /// Refresh if the last one is older than a second; errors are logged, the old list kept.
+    pub fn refresh_if_stale(&self) {
+        if self.last_refresh.lock().expect("view lock").elapsed() < self.min_refresh {
+            return;
+        }
+        if let Err(e) = self.refresh() {
+            tracing::warn!("cannot refresh the snapshot list: {e}");
+        }
+    }
+
+    /// Every snapshot with its directory name, oldest first.
+    pub fn snapshots(&self) -> Vec<(String, SnapshotEntry)> {
+        self.state.read().expect("view lock").snaps.iter().map(|n| (n.name.clone(), n.entry.clone())).collect()
+    }
+
+    pub fn snapshot(&self, id: &SnapshotId) -> Option<SnapshotEntry> {
+        let st = self.state.read().expect("view lock");
+        st.by_id.get(id).map(|&i| st.snaps[i].entry.clone())
+    }
+
+    /// The directory name of a snapshot.
+    pub fn snapshot_name(&self, id: &SnapshotId) -> Option<String> {
+        let st = self.state.read().expect("view lock");
+        st.by_id.get(id).map(|&i| st.snaps[i].name.clone())
+    }
+
+    /// Look `name` up in directory `dir`.
+    pub fn lookup(&self, dir: &Entry, name: &[u8]) -> Result<Entry> {
+        let not_found = || Error::NotFound(String::from_utf8_lossy(name).into_owned());
+        let text = std::str::from_utf8(name).ok();
+        let st = self.state.read().expect("view lock");
+        let by_name = |filter: &dyn Fn(&Named) -> bool| {
+            text.and_then(|t| st.snaps.iter().find(|n| filter(n) && n.name == t)).map(|n| Entry::Snapshot(n.entry.id))
+        };
+        match dir {
+            Entry::Root => match name {
+                b"snapshots" => Ok(Entry::Snapshots),
+                b"hosts" => Ok(Entry::Hosts),
+                b"ids" => Ok(Entry::Ids),
+                b"tags" => Ok(Entry::Tags),
+                _ => Err(not_found()),
+            },
+            Entry::Snapshots => by_name(&|_| true).ok_or_else(not_found),
+            Entry::Hosts => text
+                .filter(|t| st.snaps.iter().any(|n| n.host == *t))
+                .map(|t| Entry::Host(t.to_string()))
+                .ok_or_else(not_found),
+            Entry::Host(h) => {
+                if name == b"latest" && st.snaps.iter().any(|n| &n.host == h) {
+                    return Ok(Entry::Latest(h.clone()));
+                }
+                by_name(&|n| &n.host == h).ok_or_else(not_found)
+            }
+            Entry::Ids => text.and_then(|t| st.short_ids.get(t)).map(|id| Entry::Snapshot(*id)).ok_or_else(not_found),
+            Entry::Tags => text
+                .filter(|t| st.snaps.iter().any(|n| n.tags.iter().any(|x| x == t)))
+                .map(|t| Entry::Tag(t.to_string()))
+                .ok_or_else(not_found),
+            Entry::Tag(tag) => by_name(&|n| n.tags.contains(tag)).ok_or_else(not_found),
+            Entry::Snapshot(id) => {
+                let tree = st.by_id.get(id).map(|&i| st.snaps[i].entry.snapshot.tree).ok_or_else(not_found)?;
+                drop(st);
+                self.lookup_in_tree(*id, tree, name)
+            }
+            Entry::Node { snapshot, node } => {
+                let tree = node.subtree.filter(|_| node.is_dir()).ok_or_else(|| Error::NotFound("not a directory".into()))?;
+                drop(st);
+                self.lookup_in_tree(*snapshot, tree, name)
+            }
+            Entry::Latest(_) => Err(Error::NotFound("not a directory".into())),
+        }
+    }
+
+    fn lookup_in_tree(&self, snapshot: SnapshotId, tree: crate::format::TreeId, name: &[u8]) -> Result<Entry> {
+        let tree = self.repo.tree(tree)?;
+        let node = tree.find(name).ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        Ok(Entry::Node { snapshot, node: Arc::new(node.clone()) })
+    }
+
+    /// The entries of a directory, sorted by name.
+    pub fn list(&self, dir: &Entry) -> Result<Vec<(Vec<u8>, Entry)>> {
+        let st = self.state.read().expect("view lock");
+        let snaps = |filter: &dyn Fn(&Named) -> bool| -> Vec<(Vec<u8>, Entry)> {
+            st.snaps.iter().filter(|n| filter(n)).map(|n| (n.name.clone().into_bytes(), Entry::Snapshot(n.entry.id))).collect()
+        };
+        let mut out = match dir {
+            Entry::Root => ["hosts", "ids", "snapshots", "tags"]
+                .iter()
+                .map(|n| (n.as_bytes().to_vec(), self_lookup_root(n)))
+                .collect(),
+            Entry::Snapshots => snaps(&|_| true),
+            Entry::Hosts => {
+                let hosts: std::collections::BTreeSet<&String> = st.snaps.iter().map(|n| &n.host).collect();
+                hosts.into_iter().map(|h| (h.clone().into_bytes(), Entry::Host(h.clone()))).collect()
+            }
+            Entry::Host(h) => {
+                let mut v = snaps(&|n| &n.host == h);
+                if !v.is_empty() {
+                    v.push((b"latest".to_vec(), Entry::Latest(h.clone())));
+                }
+                v
+            }
+            Entry::Ids => st.short_ids.iter().map(|(s, id)| (s.clone().into_bytes(), Entry::Snapshot(*id))).collect(),
+            Entry::Tags => {
+                let tags: std::collections::BTreeSet<&String> = st.snaps.iter().flat_map(|n| n.tags.iter()).collect();
+                tags.into_iter().map(|t| (t.clone().into_bytes(), Entry::Tag(t.clone()))).collect()
+            }
+            Entry::Tag(t) => snaps(&|n| n.tags.contains(t)),
+            Entry::Snapshot(id) => {
+                let tree = st.by_id.get(id).map(|&i| st.snaps[i].entry.snapshot.tree).ok_or_else(|| Error::NotFound(id.short()))?;
+                drop(st);
+                return self.list_tree(*id, tree);
+            }
+            Entry::Node { snapshot, node } => {
+                let tree = node.subtree.filter(|_| node.is_dir()).ok_or_else(|| Error::InvalidInput("not a directory".into()))?;
+                drop(st);
+                return self.list_tree(*snapshot, tree);
+            }
+            Entry::Latest(_) => return Err(Error::InvalidInput("not a directory".into())),
+        };
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn list_tree(&self, snapshot: SnapshotId, tree: crate::format::TreeId) -> Result<Vec<(Vec<u8>, Entry)>> {
+        let tree = self.repo.tree(tree)?;
+        Ok(tree.nodes.iter().map(|n| (n.name.clone(), Entry::Node { snapshot, node: Arc::new(n.clone()) })).collect())
+    }
+
+    /// Attributes of an entry.
+    pub fn attr(&self, e: &Entry) -> Result<Attr> {
+        let st = self.state.read().expect("view lock");
+        let newest = st.snaps.last().map(|n| to_time(n.entry.snapshot.time)).unwrap_or_default();
+        let dir = |mtime: Time| Attr {
+            kind: NodeKind::Dir,
+            perm: 0o555,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime,
+            ctime: mtime,
+            nlink: 2,
+            rdev: 0,
+        };
+        Ok(match e {
+            Entry::Root | Entry::Snapshots | Entry::Hosts | Entry::Ids | Entry::Tags => dir(newest),
+            Entry::Host(h) => dir(st.snaps.iter().rev().find(|n| &n.host == h).map(|n| to_time(n.entry.snapshot.time)).unwrap_or(newest)),
+            Entry::Tag(t) => dir(st.snaps.iter().rev().find(|n| n.tags.contains(t)).map(|n| to_time(n.entry.snapshot.time)).unwrap_or(newest)),
+            Entry::Latest(h) => {
+                let target = st.snaps.iter().rev().find(|n| &n.host == h).ok_or_else(|| Error::NotFound(h.clone()))?;
+                let t = to_time(target.entry.snapshot.time);
+                Attr { kind: NodeKind::Symlink, perm: 0o777, size: target.name.len() as u64, nlink: 1, ..dir(t) }
+            }
+            Entry::Snapshot(id) => {
+                let i = *st.by_id.get(id).ok_or_else(|| Error::NotFound(id.short()))?;
+                Attr { perm: 0o755, ..dir(to_time(st.snaps[i].entry.snapshot.time)) }
+            }
+            Entry::Node { node, .. } => Attr {
+                kind: node.kind,
+                perm: node.mode & 0o7777,
+                uid: node.uid,
+                gid: node.gid,
+                size: node.size,
+                mtime: node.mtime,
+                ctime: node.ctime,
+                nlink: if node.is_dir() { 2 } else { node.nlink.max(1) },
+                rdev: node.rdev,
+            },
+        })
+    }
+
+    /// The target of a symlink.
+    pub fn readlink(&self, e: &Entry) -> Result<Vec<u8>> {
+        match e {
+            Entry::Latest(h) => {
+                let st = self.state.read().expect("view lock");
+                st.snaps.iter().rev().find(|n| &n.host == h).map(|n| n.name.clone().into_bytes()).ok_or_else(|| Error::NotFound(h.clone()))
+            }
+            Entry::Node { node, .. } if node.kind == NodeKind::Symlink => Ok(node.target.clone()),
+            _ => Err(Error::InvalidInput("not a symlink".into())),
+        }
+    }
+
+    /// Resolve a `/`-separated path from the root. `latest` is followed where it is a component
+    /// before the end; symlinks inside snapshots are not followed.
+    pub fn resolve(&self, path: &[u8]) -> Result<Entry> {
+        let mut e = Entry::Root;
+        let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+        for (i, comp) in comps.iter().enumerate() {
+            if *comp == b"." || *comp == b".." {
+                return Err(Error::InvalidInput("`.` and `..` are not allowed".into()));
+            }
+            e = self.lookup(&e, comp)?;
+            if let Entry::Latest(h) = &e {
+                if i + 1 < comps.len() {
+                    let target = self.readlink(&e)?;
+                    e = self.lookup(&Entry::Host(h.clone()), &target)?;
+                }
+            }
+        }
+        Ok(e)
+    }
+
+    /// A reader of a file entry's content.
+    pub fn open(&self, e: &Entry) -> Result<FileReader> {
+        match e {
+            Entry::Node { node, .. } => self.repo.open_file(node),
+            _ => Err(Error::InvalidInput("not a file".into())),
+        }
+    }
+}
+
+fn self_lookup_root(name: &str) -> Entry {
+    match name {
+        "hosts" => Entry::Hosts,
+        "ids" => Entry::Ids,
+        "snapshots" => Entry::Snapshots,
+        _ => Entry::Tags,
+    }
+}
+
+fn to_time(t: jiff::Timestamp) -> Time {
+    Time { sec: t.as_second(), nsec: t.subsec_nanosecond() as u32 }
+}
+
+/// Make a host or tag usable as one path component.
+fn sanitize(s: &str) -> String {
+    let s: String = s.chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect();
+    match s.as_str() {
+        "" | "." | ".." => format!("_{s}"),
+        _ => s,
+    }
+}
