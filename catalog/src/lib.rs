@@ -1,0 +1,1 @@
+//! rewind-catalog (skeleton; see the issue).

@@ -1,0 +1,1 @@
+//! rewind-fs (skeleton; see the issue).

@@ -1,0 +1,1 @@
+//! rewind-portal (skeleton; see the issue).
