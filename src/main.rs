@@ -1,1 +1,51 @@
-fn main() {}
+//! `rewind`: the command line. Parses arguments, installs logging, runs one command, and reports
+//! failure as one line on stderr with a non-zero exit.
+
+mod cli;
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Init(a) => cmd::init::run(a),
+        Command::Backup(a) => cmd::backup::run(a),
+        Command::Snapshots(a) => cmd::snapshots::run(a),
+        Command::Ls(a) => cmd::ls::run(a),
+        Command::Restore(a) => cmd::restore::run(a),
+        Command::Check(a) => cmd::check::run(a),
+        Command::RebuildIndex(a) => cmd::check::rebuild_index(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rewind: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause already in the message.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out.replace('\n', " ")
+}

@@ -1,0 +1,139 @@
+//! The command line, as clap derive structs. One variant per command; the code of each lives in
+//! `cmd/<name>.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "rewind", version, about = "Deduplicating backups you can browse, mount and restore from")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The repository, from `--repo` or `REWIND_REPO`.
+#[derive(Args, Debug, Clone)]
+pub struct RepoArg {
+    /// Repository directory
+    #[arg(long, short = 'r', env = "REWIND_REPO", value_name = "REPO")]
+    pub repo: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new, empty repository
+    Init(InitArgs),
+    /// Back up files and directories into a new snapshot
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots(SnapshotsArgs),
+    /// List the files of a snapshot
+    Ls(LsArgs),
+    /// Restore a snapshot, or a path in it, into a directory
+    Restore(RestoreArgs),
+    /// Verify the repository's structure and, with --read-data, every stored byte
+    Check(CheckArgs),
+    /// Recreate the index from the packs
+    RebuildIndex(RepoArg),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Where to create the repository (an empty or missing directory)
+    #[arg(env = "REWIND_REPO", value_name = "REPO")]
+    pub repo: PathBuf,
+    /// Smallest chunk, bytes
+    #[arg(long, hide = true)]
+    pub chunk_min: Option<u32>,
+    /// Average chunk, bytes
+    #[arg(long, hide = true)]
+    pub chunk_avg: Option<u32>,
+    /// Largest chunk, bytes
+    #[arg(long, hide = true)]
+    pub chunk_max: Option<u32>,
+    /// zstd level
+    #[arg(long, hide = true)]
+    pub compression_level: Option<i32>,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Host name recorded in the snapshot [default: this machine's]
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Tag for the snapshot (repeatable)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Leave out entries matching GLOB: without `/` it matches names, with `/` absolute paths
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Read every file, even those unchanged since the parent snapshot
+    #[arg(long)]
+    pub force: bool,
+    /// Print the new snapshot as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Files and directories to back up
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Only this host's snapshots
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Snapshot id prefix, or `latest`
+    pub snapshot: String,
+    /// Directory or file inside the snapshot
+    pub path: Option<String>,
+    /// With `latest`: the newest of this host's snapshots
+    #[arg(long)]
+    pub host: Option<String>,
+    /// List subdirectories too
+    #[arg(long, short = 'R')]
+    pub recursive: bool,
+    /// One JSON object per line
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// SNAPSHOT or SNAPSHOT:PATH (snapshot id prefix or `latest`)
+    #[arg(value_name = "SNAPSHOT[:PATH]")]
+    pub what: String,
+    /// Directory to restore into (created if missing)
+    #[arg(long, short = 't')]
+    pub target: PathBuf,
+    /// With `latest`: the newest of this host's snapshots
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Do not restore owners even when running as root
+    #[arg(long)]
+    pub no_owners: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Read every blob back and verify its BLAKE3
+    #[arg(long)]
+    pub read_data: bool,
+}

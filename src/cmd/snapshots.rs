@@ -1,0 +1,40 @@
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::SnapshotsArgs;
+use crate::cmd::{human_bytes, open_repo};
+
+pub fn run(a: SnapshotsArgs) -> Result<ExitCode> {
+    let repo = open_repo(&a.repo.repo)?;
+    let snaps: Vec<_> =
+        repo.snapshots()?.into_iter().filter(|s| a.host.as_ref().is_none_or(|h| &s.snapshot.host == h)).collect();
+    if a.json {
+        let v: Vec<serde_json::Value> = snaps
+            .iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(&s.snapshot).expect("snapshot serializes");
+                v["id"] = s.id.to_hex().into();
+                v["short_id"] = s.id.short().into();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<9} {:<20} {:<16} {:>10}  {:<16} paths", "id", "time (local)", "host", "size", "tags");
+    for s in &snaps {
+        let t = s.snapshot.time.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string();
+        println!(
+            "{:<9} {:<20} {:<16} {:>10}  {:<16} {}",
+            s.id.short(),
+            t,
+            s.snapshot.host,
+            human_bytes(s.snapshot.summary.bytes_total),
+            s.snapshot.tags.join(","),
+            s.snapshot.paths.join(" ")
+        );
+    }
+    println!("{} snapshot(s)", snaps.len());
+    Ok(ExitCode::SUCCESS)
+}
