@@ -1,1 +1,40 @@
-//! rewind-portal (skeleton; see the issue).
+//! rewind's restore portal: the HTTP server behind the browser front end. End users log in with
+//! their directory account and get their own files back; helpdesk staff act for a user (with a
+//! reason, which the user can read); admins see everything.
+//!
+//! Invariants:
+//! - **One policy decides visibility** ([`authz::Policy`]); every endpoint (listings, search,
+//!   deleted, history, downloads, archives) resolves paths through it, and "not yours" is the
+//!   same 404 as "does not exist". A folder appears only if it leads to something visible.
+//! - **One extractor checks sessions** ([`session::Session`]), including the CSRF token on
+//!   state-changing requests; a handler without it is public (login, health, metrics).
+//! - **One error type** ([`ApiError`]) maps to status codes in one function.
+//! - **Downloads stream**: a file is read chunk by chunk, an archive is written into a bounded
+//!   channel; no whole file in memory, no temp file.
+//! - The store is read-only here; the portal never writes the repository.
+//!
+//! The JSON API is described in `portal/API.md`, the configuration in `portal/portal.example.toml`.
+
+mod api;
+mod audit;
+mod auth;
+mod authz;
+mod catalog;
+mod catalog_api;
+mod config;
+mod download;
+mod error;
+mod metrics;
+mod paths;
+mod query;
+mod server;
+mod session;
+mod state;
+mod throttle;
+
+pub use audit::Record as AuditRecord;
+pub use auth::{AuthError, Authenticator, Identity, Role, hash_password};
+pub use config::Config;
+pub use error::ApiError;
+pub use server::{router, serve, serve_on};
+pub use state::AppState;

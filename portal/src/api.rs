@@ -1,0 +1,438 @@
+//! The JSON API (documented in `portal/API.md`). Every handler that shows repository content
+//! takes a [`Session`] and goes through [`crate::authz::Policy`]; nothing here decides visibility.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use rewind_store::{Node, NodeKind, SnapshotEntry, SnapshotId};
+
+use crate::audit::Record;
+use crate::auth::{AuthError, Identity, Role, check_login_name};
+use crate::authz::{Access, Resolved, Subject};
+use crate::error::{ApiError, ApiResult};
+use crate::paths;
+use crate::query::Params;
+use crate::session::{Acting, Session, now, origin_ok};
+use crate::state::AppState;
+
+/// The client's address, when the server knows it (not in `oneshot` tests).
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientAddr, Self::Rejection> {
+        Ok(ClientAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
+    }
+}
+
+impl ClientAddr {
+    fn text(&self) -> Option<String> {
+        self.0.map(|a| a.to_string())
+    }
+}
+
+/// The subject of a session, as the policy sees it.
+pub(crate) fn subject(state: &AppState, s: &Session) -> Subject {
+    if s.sees_all() { Subject::everything() } else { state.policy.subject(s.subject()) }
+}
+
+/// Audit record skeleton for a session's action.
+pub(crate) fn record(s: &Session, event: &str, client: &ClientAddr) -> Record {
+    Record {
+        event: event.into(),
+        outcome: "ok".into(),
+        actor: s.actor().login.clone(),
+        for_user: s.acting().map(|a| a.user.login.clone()),
+        reason: s.acting().map(|a| a.reason.clone()),
+        client: client.text(),
+        ..Record::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Login, logout, me, acting for a user
+
+#[derive(Deserialize)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub realm: Option<String>,
+}
+
+fn me_json(state: &AppState, s: &crate::session::Claims) -> Value {
+    let id = &s.id;
+    json!({
+        "login": id.login,
+        "realm": id.realm,
+        "display_name": id.display_name,
+        "mail": id.mail,
+        "role": id.role,
+        "uid": id.uid,
+        "acting_for": s.act.as_ref().map(|a| json!({
+            "login": a.user.login,
+            "display_name": a.user.display_name,
+            "reason": a.reason,
+            "since": jiff::Timestamp::from_second(a.since).map(|t| t.to_string()).unwrap_or_default(),
+        })),
+        "csrf_token": s.csrf,
+        "expires": jiff::Timestamp::from_second(s.exp).map(|t| t.to_string()).unwrap_or_default(),
+        "session_ends": jiff::Timestamp::from_second(s.auth_time + state.keys.max_age).map(|t| t.to_string()).unwrap_or_default(),
+        "catalog": state.catalog.is_some(),
+    })
+}
+
+/// `POST /api/login`.
+pub async fn login(State(state): State<AppState>, client: ClientAddr, headers: HeaderMap, Json(req): Json<LoginRequest>) -> ApiResult<Response> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut rec = Record { event: "login".into(), actor: req.username.clone(), client: client.text(), ..Record::default() };
+    let fail = |rec: &mut Record, outcome: &str, e: ApiError| -> ApiError {
+        rec.outcome = outcome.into();
+        state.audit.write(rec.clone());
+        e
+    };
+    if !origin_ok(&headers, &state.config.allowed_origins, state.config.tls.is_some()) {
+        return Err(fail(&mut rec, "refused: foreign origin", ApiError::Forbidden("foreign origin".into())));
+    }
+    if check_login_name(&req.username).is_err() {
+        state.metrics.logins_failed.fetch_add(1, Relaxed);
+        return Err(fail(&mut rec, "refused: invalid login name", ApiError::BadCredentials));
+    }
+    let user_key = req.username.to_lowercase();
+    let addr_key = client.text().unwrap_or_else(|| "unknown".into());
+    if let Some(wait) = state.user_throttle.check(&user_key).or_else(|| state.addr_throttle.check(&addr_key)) {
+        state.metrics.logins_throttled.fetch_add(1, Relaxed);
+        return Err(fail(&mut rec, "refused: throttled", ApiError::Throttled(wait)));
+    }
+    let failed = |rec: &mut Record, reason: &str| -> ApiError {
+        state.metrics.logins_failed.fetch_add(1, Relaxed);
+        state.user_throttle.fail(&user_key);
+        state.addr_throttle.fail(&addr_key);
+        fail(rec, reason, ApiError::BadCredentials)
+    };
+    if req.password.is_empty() {
+        return Err(failed(&mut rec, "failed: empty password"));
+    }
+    let mut outcome: Option<AuthError> = None;
+    let mut identity = None;
+    for realm in &state.realms {
+        if req.realm.as_deref().is_some_and(|r| r != realm.name()) {
+            continue;
+        }
+        match realm.authenticate(&req.username, &req.password).await {
+            Ok(id) => {
+                identity = Some(id);
+                break;
+            }
+            Err(e) => {
+                tracing::info!(realm = realm.name(), user = %req.username, "login failed: {e}");
+                // Keep the most telling failure: unavailable > wrong password > unknown user.
+                let rank = |e: &AuthError| match e {
+                    AuthError::Unavailable(_) => 3,
+                    AuthError::WrongPassword | AuthError::NotAllowed => 2,
+                    _ => 1,
+                };
+                if outcome.as_ref().is_none_or(|o| rank(&e) > rank(o)) {
+                    outcome = Some(e);
+                }
+            }
+        }
+    }
+    let Some(id) = identity else {
+        return Err(match outcome {
+            Some(AuthError::Unavailable(m)) => {
+                state.metrics.logins_unavailable.fetch_add(1, Relaxed);
+                tracing::warn!("login refused, directory unavailable: {m}");
+                fail(&mut rec, &format!("unavailable: {m}"), ApiError::Unavailable("the directory cannot be reached; try again later".into()))
+            }
+            Some(e) => failed(&mut rec, &format!("failed: {e}")),
+            None => failed(&mut rec, "failed: no such realm"),
+        });
+    };
+    state.user_throttle.clear(&user_key);
+    state.metrics.logins_ok.fetch_add(1, Relaxed);
+    rec.outcome = "ok".into();
+    rec.reason = Some(format!("realm {} role {:?}", id.realm, id.role).to_lowercase());
+    state.audit.write(rec);
+    let claims = state.keys.new_claims(id);
+    let token = state.keys.encode(&claims)?;
+    let mut resp = Json(me_json(&state, &claims)).into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, state.keys.cookie(&token));
+    Ok(resp)
+}
+
+/// `POST /api/logout`.
+pub async fn logout(State(state): State<AppState>, client: ClientAddr, s: Session) -> ApiResult<Response> {
+    state.keys.revoke(&s.claims);
+    state.audit.write(record(&s, "logout", &client));
+    let mut resp = Json(json!({ "ok": true })).into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, state.keys.clear_cookie());
+    Ok(resp)
+}
+
+/// `GET /api/me`.
+pub async fn me(State(state): State<AppState>, s: Session) -> Json<Value> {
+    Json(me_json(&state, &s.claims))
+}
+
+/// `GET /api/me/access`: who acted for me, when and why.
+pub async fn my_access(State(state): State<AppState>, s: Session) -> ApiResult<Json<Value>> {
+    if s.acting().is_some() {
+        return Err(ApiError::Forbidden("not while acting for a user".into()));
+    }
+    let login = s.actor().login.clone();
+    let st = state.clone();
+    let records = tokio::task::spawn_blocking(move || st.audit.acted_for(&login, 500)).await?.map_err(ApiError::internal)?;
+    let items: Vec<Value> = records
+        .into_iter()
+        .map(|r| json!({ "time": r.time, "by": r.actor, "event": r.event, "reason": r.reason, "host": r.host, "snapshot": r.snapshot, "paths": r.paths, "query": r.query }))
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+pub struct ActRequest {
+    pub user: String,
+    pub reason: String,
+}
+
+/// `POST /api/act`: helpdesk (or admin) starts acting for a user, with a reason.
+pub async fn act_start(State(state): State<AppState>, client: ClientAddr, s: Session, Json(req): Json<ActRequest>) -> ApiResult<Response> {
+    if s.actor().role < Role::Helpdesk {
+        return Err(ApiError::Forbidden("only helpdesk staff and admins act for users".into()));
+    }
+    let reason = req.reason.trim();
+    if reason.len() < 3 || reason.len() > 200 || reason.chars().any(|c| c.is_control()) {
+        return Err(ApiError::BadRequest("give a reason (a ticket reference), 3 to 200 characters".into()));
+    }
+    check_login_name(&req.user).map_err(|_| ApiError::BadRequest("invalid user name".into()))?;
+    let mut target: Option<Identity> = None;
+    let mut unavailable = None;
+    // The actor's own realm first.
+    let mut realms: Vec<&Box<dyn crate::auth::Authenticator>> = state.realms.iter().collect();
+    realms.sort_by_key(|r| r.name() != s.actor().realm);
+    for realm in realms {
+        match realm.lookup(&req.user).await {
+            Ok(id) => {
+                target = Some(id);
+                break;
+            }
+            Err(AuthError::Unavailable(m)) => unavailable = Some(m),
+            Err(_) => {}
+        }
+    }
+    let mut rec = record(&s, "act_start", &client);
+    rec.for_user = Some(req.user.clone());
+    rec.reason = Some(reason.to_string());
+    let Some(user) = target else {
+        rec.outcome = if unavailable.is_some() { "unavailable".into() } else { "failed: unknown user".into() };
+        state.audit.write(rec);
+        return Err(match unavailable {
+            Some(_) => ApiError::Unavailable("the directory cannot be reached; try again later".into()),
+            None => ApiError::NotFound,
+        });
+    };
+    state.audit.write(rec);
+    let mut claims = state.keys.refreshed(&s.claims);
+    claims.act = Some(Acting { user, reason: reason.to_string(), since: now() });
+    let token = state.keys.encode(&claims)?;
+    let mut resp = Json(me_json(&state, &claims)).into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, state.keys.cookie(&token));
+    Ok(resp)
+}
+
+/// `POST /api/act/stop`.
+pub async fn act_stop(State(state): State<AppState>, client: ClientAddr, s: Session) -> ApiResult<Response> {
+    if s.acting().is_some() {
+        state.audit.write(record(&s, "act_stop", &client));
+    }
+    let mut claims = state.keys.refreshed(&s.claims);
+    claims.act = None;
+    let token = state.keys.encode(&claims)?;
+    let mut resp = Json(me_json(&state, &claims)).into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, state.keys.cookie(&token));
+    Ok(resp)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hosts, snapshots, browsing
+
+#[derive(Serialize)]
+struct SnapshotJson {
+    id: String,
+    short_id: String,
+    name: String,
+    host: String,
+    time: String,
+    tags: Vec<String>,
+}
+
+fn snapshot_json(state: &AppState, e: &SnapshotEntry) -> SnapshotJson {
+    SnapshotJson {
+        id: e.id.to_hex(),
+        short_id: e.id.short(),
+        name: state.view.snapshot_name(&e.id).unwrap_or_default(),
+        host: e.snapshot.host.clone(),
+        time: e.snapshot.time.to_string(),
+        tags: e.snapshot.tags.clone(),
+    }
+}
+
+/// The snapshots the subject sees anything in, oldest first.
+fn visible_snapshots(state: &AppState, sub: &Subject) -> ApiResult<Vec<SnapshotEntry>> {
+    state.view.refresh_if_stale();
+    let mut out = Vec::new();
+    for (_, e) in state.view.snapshots() {
+        if state.policy.snapshot_visible(&state.view, sub, e.id)? {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// `GET /api/hosts`.
+pub async fn hosts(State(state): State<AppState>, s: Session) -> ApiResult<Json<Value>> {
+    let sub = subject(&state, &s);
+    let st = state.clone();
+    let snaps = tokio::task::spawn_blocking(move || visible_snapshots(&st, &sub)).await??;
+    let mut hosts: std::collections::BTreeMap<String, (usize, String)> = Default::default();
+    for e in &snaps {
+        let h = hosts.entry(e.snapshot.host.clone()).or_default();
+        h.0 += 1;
+        h.1 = e.snapshot.time.to_string();
+    }
+    let items: Vec<Value> = hosts.into_iter().map(|(h, (n, latest))| json!({ "host": h, "snapshots": n, "latest": latest })).collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+/// `GET /api/snapshots?host=H`.
+pub async fn snapshots(State(state): State<AppState>, RawQuery(q): RawQuery, s: Session) -> ApiResult<Json<Value>> {
+    let p = Params::parse(q.as_deref())?;
+    let host = p.get("host")?.map(str::to_string);
+    let sub = subject(&state, &s);
+    let st = state.clone();
+    let snaps = tokio::task::spawn_blocking(move || visible_snapshots(&st, &sub)).await??;
+    let items: Vec<SnapshotJson> = snaps
+        .iter()
+        .rev()
+        .filter(|e| host.as_deref().is_none_or(|h| e.snapshot.host == h))
+        .map(|e| snapshot_json(&state, e))
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+/// A snapshot parameter: a full id, or a unique prefix of at least 8 hex digits.
+pub(crate) fn parse_snapshot(state: &AppState, text: &str) -> ApiResult<SnapshotId> {
+    if text.len() < 8 || text.len() > 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest("snapshot must be a snapshot id (at least 8 hex digits)".into()));
+    }
+    let text = text.to_ascii_lowercase();
+    state.view.refresh_if_stale();
+    let mut found = state.view.snapshots().into_iter().map(|(_, e)| e.id).filter(|id| id.to_hex().starts_with(&text));
+    let first = found.next().ok_or(ApiError::NotFound)?;
+    if found.next().is_some() {
+        return Err(ApiError::BadRequest("snapshot id prefix is ambiguous".into()));
+    }
+    Ok(first)
+}
+
+fn time_text(t: rewind_store::Time) -> String {
+    jiff::Timestamp::new(t.sec, t.nsec as i32).map(|t| t.to_string()).unwrap_or_default()
+}
+
+/// A content id: the BLAKE3 of the file's chunk ids (same content, same id, in any snapshot).
+pub(crate) fn content_id(node: &Node) -> String {
+    let mut h = blake3::Hasher::new();
+    for c in &node.content {
+        h.update(c.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// An entry as the API shows it. Passthrough folders show their name and nothing else.
+pub(crate) fn entry_json(node: &Node, path: &[u8], access: Access) -> Value {
+    let name = node.name_lossy();
+    let path = String::from_utf8_lossy(path);
+    match access {
+        Access::Passthrough => json!({ "name": name, "path": path, "kind": "dir", "passthrough": true }),
+        Access::Visible => {
+            let mut v = json!({
+                "name": name,
+                "path": path,
+                "kind": node.kind.as_str(),
+                "size": if node.kind == NodeKind::File { node.size } else { 0 },
+                "mtime": time_text(node.mtime),
+                "mode": format!("{:04o}", node.mode & 0o7777),
+                "uid": node.uid,
+                "gid": node.gid,
+                "user": node.user,
+                "group": node.group,
+                "passthrough": false,
+            });
+            if node.kind == NodeKind::File {
+                v["content_id"] = json!(content_id(node));
+            }
+            if node.kind == NodeKind::Symlink {
+                v["target"] = json!(String::from_utf8_lossy(&node.target));
+            }
+            v
+        }
+    }
+}
+
+/// Resolve `snapshot` + `path` parameters for the session (blocking: reads trees).
+pub(crate) fn resolve(state: &AppState, sub: &Subject, snapshot: SnapshotId, path: &str) -> ApiResult<Resolved> {
+    let comps = paths::clean(path)?;
+    state.policy.resolve(&state.view, sub, snapshot, &comps)
+}
+
+/// `GET /api/browse?snapshot=ID&path=/a/b`.
+pub async fn browse(State(state): State<AppState>, RawQuery(q): RawQuery, s: Session) -> ApiResult<Json<Value>> {
+    let p = Params::parse(q.as_deref())?;
+    let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
+    let path = p.get("path")?.unwrap_or("/").to_string();
+    let sub = subject(&state, &s);
+    let st = state.clone();
+    let (dir, children) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
+        let dir = resolve(&st, &sub, snapshot, &path)?;
+        if dir.node.as_ref().is_some_and(|n| !n.is_dir()) {
+            return Err(ApiError::BadRequest("not a folder; use /api/download".into()));
+        }
+        let children = st.policy.children(&st.view, &sub, &dir)?;
+        Ok((dir, children))
+    })
+    .await??;
+    let entries: Vec<Value> = children.iter().map(|(n, w, a)| entry_json(n, &w.path, *a)).collect();
+    let snap = state.view.snapshot(&snapshot).ok_or(ApiError::NotFound)?;
+    let this = match &dir.node {
+        Some(n) => entry_json(n, &dir.walk.path, dir.access),
+        None => json!({ "name": "", "path": "/", "kind": "dir", "passthrough": dir.access == Access::Passthrough }),
+    };
+    Ok(Json(json!({
+        "snapshot": snapshot_json(&state, &snap),
+        "path": if dir.walk.path.is_empty() { "/".to_string() } else { String::from_utf8_lossy(&dir.walk.path).into_owned() },
+        "dir": this,
+        "entries": entries,
+    })))
+}
+
+/// `GET /healthz`: the repository can be listed.
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    let st = state.clone();
+    match tokio::task::spawn_blocking(move || st.view.repo().repo().snapshot_ids()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "repository unreadable\n").into_response(),
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}

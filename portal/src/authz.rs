@@ -1,0 +1,463 @@
+//! Who sees what. One [`Policy`], applied identically by every endpoint through
+//! [`Policy::resolve`] (a path in a snapshot) and [`Policy::children`] (a folder's entries).
+//!
+//! A node is the subject's ("visible") if any configured rule says so:
+//! - `owner`: the node's uid is the user's uid number;
+//! - `readable`: the user could have read it at backup time: every folder above it searchable
+//!   (x) and the node itself readable (r; folders r and x), by uid, gid and group memberships
+//!   against the mode bits, or the POSIX access ACL when the node has one;
+//! - `home`: the path lies in the user's home directory, rewritten to backup paths;
+//! - `host`: the snapshot's host is one of the user's machines.
+//!
+//! A folder that is not visible itself is shown only as a way through ("passthrough": name only,
+//! no owner, size or time) if something visible lies below it. Anything else is answered exactly
+//! like a path that does not exist.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use rewind_store::{Entry, Node, NodeKind, SnapshotId, TreeId, View};
+
+use crate::auth::Identity;
+use crate::config::{AuthzConfig, Rule};
+use crate::error::{ApiError, ApiResult};
+
+/// The effective user, reduced to what the rules look at.
+#[derive(Clone, Debug)]
+pub struct Subject {
+    pub all: bool,
+    pub uid: Option<u32>,
+    pub gids: Vec<u32>,
+    /// Home directories as backup paths (absolute, no trailing `/`).
+    pub homes: Vec<Vec<u8>>,
+    pub hosts: Vec<String>,
+    key: Arc<str>,
+}
+
+impl Subject {
+    /// A subject that sees everything (admins).
+    pub fn everything() -> Subject {
+        Subject { all: true, uid: None, gids: vec![], homes: vec![], hosts: vec![], key: Arc::from("*") }
+    }
+}
+
+/// Where a walk down a snapshot stands.
+#[derive(Clone, Debug)]
+pub struct Walk {
+    /// Absolute path of the current node inside the snapshot (`""` is the root).
+    pub path: Vec<u8>,
+    /// Every folder down to and including this one is searchable by the subject.
+    pub searchable: bool,
+    /// The `host` rule grants the whole snapshot.
+    pub host_grants: bool,
+}
+
+/// How the subject may see a resolved node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The subject's own: full metadata, downloadable.
+    Visible,
+    /// A folder shown only because something visible lies below it.
+    Passthrough,
+}
+
+/// A path resolved for a subject.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub snapshot: SnapshotId,
+    /// `None` for the snapshot's root.
+    pub node: Option<Arc<Node>>,
+    pub entry: Entry,
+    pub walk: Walk,
+    pub access: Access,
+}
+
+/// The rules of the configuration, with a memo of "does this folder lead to anything visible".
+pub struct Policy {
+    rules: Vec<Rule>,
+    cfg: AuthzConfig,
+    memo: Mutex<HashMap<(Arc<str>, TreeId, bool), bool>>,
+}
+
+const MEMO_MAX: usize = 1 << 20;
+
+const R: u32 = 4;
+const X: u32 = 1;
+
+impl Policy {
+    pub fn new(cfg: &AuthzConfig) -> Policy {
+        Policy { rules: cfg.rules.clone(), cfg: cfg.clone(), memo: Mutex::new(HashMap::new()) }
+    }
+
+    fn has(&self, r: Rule) -> bool {
+        self.rules.contains(&r)
+    }
+
+    /// The subject for an identity (not for admins: see [`Subject::everything`]).
+    pub fn subject(&self, id: &Identity) -> Subject {
+        let homes: Vec<Vec<u8>> = if self.has(Rule::Home) {
+            id.home.iter().filter_map(|h| self.rewrite_home(h)).collect()
+        } else {
+            vec![]
+        };
+        let mut hosts = if self.has(Rule::Host) { id.hosts.clone() } else { vec![] };
+        if self.has(Rule::Host) {
+            hosts.extend(self.cfg.hosts.get(&id.login).cloned().unwrap_or_default());
+        }
+        hosts.sort();
+        hosts.dedup();
+        let uid = if self.has(Rule::Owner) || self.has(Rule::Readable) { id.uid } else { None };
+        let mut gids = id.gids.clone();
+        gids.sort();
+        gids.dedup();
+        let key = format!("{uid:?}|{gids:?}|{homes:?}|{hosts:?}|{}", self.has(Rule::Readable));
+        Subject { all: false, uid, gids, homes, hosts, key: Arc::from(key) }
+    }
+
+    /// A home directory as a backup path; `None` for homes that are not absolute or are `/`.
+    fn rewrite_home(&self, home: &str) -> Option<Vec<u8>> {
+        let home = normalize_abs(home)?;
+        let mut out = home.clone();
+        for rw in &self.cfg.home_rewrite {
+            let Some(from) = normalize_abs(&rw.from) else { continue };
+            if home == from || home.starts_with(&format!("{from}/")) {
+                let to = normalize_abs(&rw.to).unwrap_or_default();
+                out = format!("{to}{}", &home[from.len()..]);
+                break;
+            }
+        }
+        if out.is_empty() { None } else { Some(out.into_bytes()) }
+    }
+
+    /// The walk at a snapshot's root.
+    pub fn root_walk(&self, s: &Subject, host: &str) -> Walk {
+        let host_grants = s.all || (self.has(Rule::Host) && s.hosts.iter().any(|h| h == host));
+        Walk { path: Vec::new(), searchable: true, host_grants }
+    }
+
+    /// The walk one level down, into `node`.
+    pub fn child_walk(&self, s: &Subject, parent: &Walk, node: &Node) -> Walk {
+        let mut path = parent.path.clone();
+        path.push(b'/');
+        path.extend_from_slice(&node.name);
+        let searchable = parent.searchable && node.is_dir() && self.has(Rule::Readable) && permits(s, node, X);
+        Walk { path, searchable, host_grants: parent.host_grants }
+    }
+
+    /// Whether `node`, reached with `walk` (its own walk), is the subject's.
+    pub fn visible(&self, s: &Subject, parent: &Walk, walk: &Walk, node: &Node) -> bool {
+        if s.all || walk.host_grants {
+            return true;
+        }
+        if self.has(Rule::Owner) && s.uid == Some(node.uid) {
+            return true;
+        }
+        if self.has(Rule::Readable) && parent.searchable {
+            let want = if node.is_dir() { R | X } else { R };
+            if permits(s, node, want) {
+                return true;
+            }
+        }
+        if self.has(Rule::Home) && s.homes.iter().any(|h| under(&walk.path, h)) {
+            return true;
+        }
+        false
+    }
+
+    /// Whether a folder leads to something visible.
+    pub fn leads(&self, view: &View, s: &Subject, walk: &Walk, tree: TreeId) -> ApiResult<bool> {
+        if s.all || walk.host_grants {
+            return Ok(true);
+        }
+        // Below a folder that is on no home's way, only tree content matters: memoize by tree id.
+        let home_way = s.homes.iter().any(|h| ancestor(&walk.path, h));
+        let key = (s.key.clone(), tree, walk.searchable);
+        if !home_way {
+            if let Some(&v) = self.memo.lock().expect("memo lock").get(&key) {
+                return Ok(v);
+            }
+        }
+        let t = view.repo().tree(tree)?;
+        let mut found = false;
+        for n in &t.nodes {
+            let w = self.child_walk(s, walk, n);
+            if self.visible(s, walk, &w, n) {
+                found = true;
+                break;
+            }
+            if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
+                if self.leads(view, s, &w, sub)? {
+                    found = true;
+                    break;
+                }
+            }
+        }
+        if !home_way {
+            let mut m = self.memo.lock().expect("memo lock");
+            if m.len() >= MEMO_MAX {
+                m.clear();
+            }
+            m.insert(key, found);
+        }
+        Ok(found)
+    }
+
+    /// How a node is shown, if at all.
+    pub fn access(&self, view: &View, s: &Subject, parent: &Walk, walk: &Walk, node: &Node) -> ApiResult<Option<Access>> {
+        if self.visible(s, parent, walk, node) {
+            return Ok(Some(Access::Visible));
+        }
+        if let (NodeKind::Dir, Some(sub)) = (node.kind, node.subtree) {
+            if self.leads(view, s, walk, sub)? {
+                return Ok(Some(Access::Passthrough));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Resolve `path` (already checked by [`crate::paths::clean`]) in a snapshot for a subject.
+    /// Missing and not-visible are the same [`ApiError::NotFound`].
+    pub fn resolve(&self, view: &View, s: &Subject, snapshot: SnapshotId, comps: &[String]) -> ApiResult<Resolved> {
+        let snap = view.snapshot(&snapshot).ok_or(ApiError::NotFound)?;
+        let mut walk = self.root_walk(s, &snap.snapshot.host);
+        let mut entry = Entry::Snapshot(snapshot);
+        let mut node: Option<Arc<Node>> = None;
+        let mut access = if self.leads(view, s, &walk, snap.snapshot.tree)? { Some(Access::Passthrough) } else { None };
+        if walk.host_grants {
+            access = Some(Access::Visible);
+        }
+        for c in comps {
+            if access.is_none() {
+                break;
+            }
+            let next = match view.lookup(&entry, c.as_bytes()) {
+                Ok(e) => e,
+                Err(rewind_store::Error::NotFound(_)) => return Err(ApiError::NotFound),
+                Err(e) => return Err(e.into()),
+            };
+            let Entry::Node { node: n, .. } = &next else { return Err(ApiError::NotFound) };
+            let w = self.child_walk(s, &walk, n);
+            access = self.access(view, s, &walk, &w, n)?;
+            node = Some(n.clone());
+            walk = w;
+            entry = next;
+        }
+        let access = access.ok_or(ApiError::NotFound)?;
+        Ok(Resolved { snapshot, node, entry, walk, access })
+    }
+
+    /// The entries of a resolved folder that the subject may see, with how.
+    pub fn children(&self, view: &View, s: &Subject, dir: &Resolved) -> ApiResult<Vec<(Arc<Node>, Walk, Access)>> {
+        let list = view.list(&dir.entry)?;
+        let mut out = Vec::new();
+        for (_, e) in list {
+            let Entry::Node { node, .. } = e else { continue };
+            let w = self.child_walk(s, &dir.walk, &node);
+            if let Some(a) = self.access(view, s, &dir.walk, &w, &node)? {
+                out.push((node, w, a));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the subject sees anything in a snapshot.
+    pub fn snapshot_visible(&self, view: &View, s: &Subject, snapshot: SnapshotId) -> ApiResult<bool> {
+        match self.resolve(view, s, snapshot, &[]) {
+            Ok(_) => Ok(true),
+            Err(ApiError::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The machines table (for documentation endpoints).
+    pub fn host_table(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.cfg.hosts
+    }
+}
+
+/// `/a//b/` -> `/a/b`; `None` for relative paths or `..`.
+fn normalize_abs(p: &str) -> Option<String> {
+    if !p.starts_with('/') {
+        return None;
+    }
+    let mut out = String::new();
+    for c in p.split('/').filter(|c| !c.is_empty()) {
+        if c == "." || c == ".." {
+            return None;
+        }
+        out.push('/');
+        out.push_str(c);
+    }
+    Some(out)
+}
+
+/// `path` is `base` or below it.
+fn under(path: &[u8], base: &[u8]) -> bool {
+    path == base || (path.len() > base.len() && path.starts_with(base) && path[base.len()] == b'/')
+}
+
+/// `path` is a proper ancestor of `target` (the root `""` is everyone's).
+fn ancestor(path: &[u8], target: &[u8]) -> bool {
+    target.len() > path.len() && target.starts_with(path) && target[path.len()] == b'/'
+}
+
+/// POSIX access check of `want` (bits of r=4, w=2, x=1) for the subject on a node, by its mode
+/// or by its `system.posix_acl_access` when it has one.
+pub fn permits(s: &Subject, node: &Node, want: u32) -> bool {
+    let Some(uid) = s.uid else { return false };
+    let grants = |perm: u32| perm & want == want;
+    if let Some(acl) = node.xattr(b"system.posix_acl_access").and_then(parse_acl) {
+        return acl_permits(&acl, uid, &s.gids, node, want);
+    }
+    let mode = node.mode;
+    if uid == node.uid {
+        grants((mode >> 6) & 7)
+    } else if s.gids.contains(&node.gid) {
+        grants((mode >> 3) & 7)
+    } else {
+        grants(mode & 7)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AclEntry {
+    tag: u16,
+    perm: u16,
+    id: u32,
+}
+
+const ACL_USER_OBJ: u16 = 0x01;
+const ACL_USER: u16 = 0x02;
+const ACL_GROUP_OBJ: u16 = 0x04;
+const ACL_GROUP: u16 = 0x08;
+const ACL_MASK: u16 = 0x10;
+const ACL_OTHER: u16 = 0x20;
+
+/// The kernel's xattr form: a u32 version (2), then (u16 tag, u16 perm, u32 id) entries, little-endian.
+fn parse_acl(b: &[u8]) -> Option<Vec<AclEntry>> {
+    if b.len() < 4 || (b.len() - 4) % 8 != 0 || u32::from_le_bytes(b[0..4].try_into().ok()?) != 2 {
+        return None;
+    }
+    Some(
+        b[4..]
+            .chunks_exact(8)
+            .map(|c| AclEntry {
+                tag: u16::from_le_bytes([c[0], c[1]]),
+                perm: u16::from_le_bytes([c[2], c[3]]),
+                id: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect(),
+    )
+}
+
+/// POSIX.1e access check algorithm.
+fn acl_permits(acl: &[AclEntry], uid: u32, gids: &[u32], node: &Node, want: u32) -> bool {
+    let grants = |perm: u16| u32::from(perm) & want == want;
+    let mask = acl.iter().find(|e| e.tag == ACL_MASK).map(|e| e.perm).unwrap_or(7);
+    if uid == node.uid {
+        return acl.iter().find(|e| e.tag == ACL_USER_OBJ).is_some_and(|e| grants(e.perm));
+    }
+    if let Some(e) = acl.iter().find(|e| e.tag == ACL_USER && e.id == uid) {
+        return grants(e.perm & mask);
+    }
+    let mut group_matched = false;
+    for e in acl {
+        let matches = match e.tag {
+            ACL_GROUP_OBJ => gids.contains(&node.gid),
+            ACL_GROUP => gids.contains(&e.id),
+            _ => false,
+        };
+        if matches {
+            group_matched = true;
+            if grants(e.perm & mask) {
+                return true;
+            }
+        }
+    }
+    if group_matched {
+        return false;
+    }
+    acl.iter().find(|e| e.tag == ACL_OTHER).is_some_and(|e| grants(e.perm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Rewrite;
+
+    fn subject(uid: u32, gids: &[u32]) -> Subject {
+        Subject { all: false, uid: Some(uid), gids: gids.to_vec(), homes: vec![], hosts: vec![], key: Arc::from("t") }
+    }
+
+    fn node(uid: u32, gid: u32, mode: u32) -> Node {
+        let mut n = Node::new(b"f".to_vec(), NodeKind::File);
+        n.uid = uid;
+        n.gid = gid;
+        n.mode = mode;
+        n
+    }
+
+    fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for &(t, p, id) in entries {
+            v.extend(t.to_le_bytes());
+            v.extend(p.to_le_bytes());
+            v.extend(id.to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn mode_bits() {
+        let n = node(10, 20, 0o640);
+        assert!(permits(&subject(10, &[]), &n, R));
+        assert!(permits(&subject(11, &[20]), &n, R));
+        assert!(!permits(&subject(11, &[21]), &n, R));
+        // owner class decides even when group/other would allow
+        let n = node(10, 20, 0o044);
+        assert!(!permits(&subject(10, &[20]), &n, R));
+    }
+
+    #[test]
+    fn acl_rules() {
+        let mut n = node(10, 20, 0o600);
+        n.xattrs.push(rewind_store::Xattr {
+            name: b"system.posix_acl_access".to_vec(),
+            value: acl(&[(ACL_USER_OBJ, 6, u32::MAX), (ACL_USER, 4, 30), (ACL_USER, 4, 31), (ACL_GROUP_OBJ, 0, u32::MAX), (ACL_GROUP, 4, 40), (ACL_MASK, 4, u32::MAX), (ACL_OTHER, 0, u32::MAX)]),
+        });
+        assert!(permits(&subject(10, &[]), &n, R));
+        assert!(permits(&subject(30, &[]), &n, R), "named user");
+        assert!(permits(&subject(99, &[40]), &n, R), "named group");
+        assert!(!permits(&subject(99, &[20]), &n, R), "owning group has nothing");
+        assert!(!permits(&subject(99, &[20, 41]), &n, R));
+        assert!(!permits(&subject(99, &[]), &n, R), "other");
+        // mask limits named entries
+        let mut m = node(10, 20, 0o600);
+        m.xattrs.push(rewind_store::Xattr {
+            name: b"system.posix_acl_access".to_vec(),
+            value: acl(&[(ACL_USER_OBJ, 6, u32::MAX), (ACL_USER, 4, 30), (ACL_GROUP_OBJ, 0, u32::MAX), (ACL_MASK, 0, u32::MAX), (ACL_OTHER, 0, u32::MAX)]),
+        });
+        assert!(!permits(&subject(30, &[]), &m, R));
+    }
+
+    #[test]
+    fn homes_and_paths() {
+        let cfg = AuthzConfig {
+            rules: vec![Rule::Home],
+            home_rewrite: vec![Rewrite { from: "/home".into(), to: "/srv/corpus/users/".into() }],
+            hosts: BTreeMap::new(),
+        };
+        let p = Policy::new(&cfg);
+        assert_eq!(p.rewrite_home("/home/alice").unwrap(), b"/srv/corpus/users/alice");
+        assert_eq!(p.rewrite_home("/homes/x").unwrap(), b"/homes/x", "component-wise prefix");
+        assert!(p.rewrite_home("relative").is_none());
+        assert!(p.rewrite_home("/home/../etc").is_none());
+        assert!(under(b"/a/b", b"/a/b"));
+        assert!(under(b"/a/b/c", b"/a/b"));
+        assert!(!under(b"/a/bc", b"/a/b"));
+        assert!(ancestor(b"", b"/a"));
+        assert!(ancestor(b"/a", b"/a/b"));
+        assert!(!ancestor(b"/a/b", b"/a/b"));
+        assert!(!ancestor(b"/a/b", b"/a/bc"));
+    }
+}

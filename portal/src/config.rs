@@ -1,0 +1,398 @@
+//! `portal.toml`: every key is documented in `portal/portal.example.toml`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, e.g. `127.0.0.1:8080` (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The repository to serve.
+    pub repository: PathBuf,
+    /// Authentication realms, tried in order.
+    #[serde(rename = "realm")]
+    pub realms: Vec<RealmConfig>,
+    #[serde(default)]
+    pub authz: AuthzConfig,
+    #[serde(default)]
+    pub session: SessionConfig,
+    /// JSON-lines audit log, appended to.
+    pub audit_log: PathBuf,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The catalog database (search, deleted, history); default: the catalog crate's default
+    /// place for the repository.
+    #[serde(default)]
+    pub catalog: Option<PathBuf>,
+    /// Allowed `Origin`s for state-changing requests besides the portal's own.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Decompressed chunk cache, MiB.
+    #[serde(default = "default_cache_mib")]
+    pub chunk_cache_mib: usize,
+}
+
+fn default_cache_mib() -> usize {
+    64
+}
+
+/// One authentication realm.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RealmConfig {
+    Ldap(LdapConfig),
+    File(FileRealmConfig),
+}
+
+impl RealmConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            RealmConfig::Ldap(c) => &c.name,
+            RealmConfig::File(c) => &c.name,
+        }
+    }
+}
+
+/// `kind = "file"`: users in a TOML file with argon2id hashes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRealmConfig {
+    pub name: String,
+    /// The users file (see `portal.example.toml` for its format).
+    pub users_file: PathBuf,
+}
+
+/// `kind = "ldap"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapConfig {
+    pub name: String,
+    /// `ldap://host:389` or `ldaps://host:636`.
+    pub url: String,
+    /// Upgrade `ldap://` with StartTLS (strongly recommended; required unless `allow_plaintext`).
+    #[serde(default)]
+    pub starttls: bool,
+    /// Permit a plain `ldap://` connection without StartTLS (tests, loopback only).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// PEM file of the CA(s) that sign the directory's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Service account for search-then-bind.
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    /// File holding the service account's password (first line).
+    #[serde(default)]
+    pub bind_password_file: Option<PathBuf>,
+    /// Environment variable holding the service account's password.
+    #[serde(default)]
+    pub bind_password_env: Option<String>,
+    /// Bind directly as this DN (`{login}` is replaced, DN-escaped) instead of searching first.
+    #[serde(default)]
+    pub user_dn_template: Option<String>,
+    /// Where users are searched.
+    pub base_dn: String,
+    /// Filter template; `{login}` is replaced by the RFC 4515-escaped login name.
+    #[serde(default = "default_user_filter")]
+    pub user_filter: String,
+    /// Optional group search: `{login}` (escaped) and `{dn}` (escaped) are replaced.
+    #[serde(default)]
+    pub group_base_dn: Option<String>,
+    #[serde(default)]
+    pub group_filter: Option<String>,
+    #[serde(default)]
+    pub attributes: LdapAttributes,
+    /// Role mapping: a group DN (from `memberOf` or the group search) or group name -> role.
+    #[serde(default)]
+    pub roles: RoleMap,
+    /// Seconds for connecting and for each operation.
+    #[serde(default = "default_ldap_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_user_filter() -> String {
+    "(&(objectClass=posixAccount)(uid={login}))".into()
+}
+
+fn default_ldap_timeout() -> u64 {
+    5
+}
+
+/// Which LDAP attributes hold what.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LdapAttributes {
+    pub login: String,
+    pub uid_number: String,
+    pub gid_number: String,
+    pub home: String,
+    pub display_name: String,
+    pub mail: String,
+    pub member_of: String,
+    /// The user's machines, for the `host` rule.
+    pub hosts: String,
+    /// On group entries: the group's gid number and name.
+    pub group_gid_number: String,
+    pub group_name: String,
+}
+
+impl Default for LdapAttributes {
+    fn default() -> Self {
+        LdapAttributes {
+            login: "uid".into(),
+            uid_number: "uidNumber".into(),
+            gid_number: "gidNumber".into(),
+            home: "homeDirectory".into(),
+            display_name: "cn".into(),
+            mail: "mail".into(),
+            member_of: "memberOf".into(),
+            hosts: "host".into(),
+            group_gid_number: "gidNumber".into(),
+            group_name: "cn".into(),
+        }
+    }
+}
+
+/// Groups that give a role; anyone else who logs in is a `user`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleMap {
+    pub admin: Vec<String>,
+    pub helpdesk: Vec<String>,
+    /// If not empty, only members of these groups (or of the two above) may log in at all.
+    pub user: Vec<String>,
+}
+
+/// Which files are a user's.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzConfig {
+    /// Any of `owner`, `readable`, `home`, `host`; a file is the user's if any rule says so.
+    pub rules: Vec<Rule>,
+    /// Rewrites of the directory's home paths to backup paths, first match wins.
+    pub home_rewrite: Vec<Rewrite>,
+    /// Machines per login name for the `host` rule (added to the directory's `hosts` attribute).
+    pub hosts: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        AuthzConfig { rules: vec![Rule::Owner], home_rewrite: Vec::new(), hosts: BTreeMap::new() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Rule {
+    Owner,
+    Readable,
+    Home,
+    Host,
+}
+
+/// `from` prefix replaced by `to` (whole path components).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    pub from: String,
+    pub to: String,
+}
+
+/// Sessions.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// File with the signing key; generated (0600) if missing.
+    pub key_file: Option<PathBuf>,
+    /// The key itself, base64 (at least 32 bytes); takes precedence over `key_file`.
+    pub key: Option<String>,
+    /// Lifetime of a token; refreshed when half of it has passed and the user is active.
+    pub ttl_secs: u64,
+    /// A session ends this long after login, however active.
+    pub max_age_secs: u64,
+    /// Mark the cookie `Secure` (always set when TLS is on).
+    pub cookie_secure: bool,
+    pub cookie_name: String,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            key_file: None,
+            key: None,
+            ttl_secs: 900,
+            max_age_secs: 12 * 3600,
+            cookie_secure: false,
+            cookie_name: "rewind_session".into(),
+        }
+    }
+}
+
+/// Optional TLS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Abuse limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Failed logins per user name within `window_secs` before it is locked out.
+    pub failures_per_user: u32,
+    /// Failed logins per client address within `window_secs`.
+    pub failures_per_address: u32,
+    pub window_secs: u64,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Time to receive the request headers / body.
+    pub header_timeout_secs: u64,
+    pub body_timeout_secs: u64,
+    /// Time for a handler to start answering (downloads stream past it).
+    pub request_timeout_secs: u64,
+    /// Most files in one selection archive request.
+    pub max_selection: usize,
+    /// Search page size cap.
+    pub max_page: usize,
+    /// Seconds that shutdown waits for running downloads.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            failures_per_user: 5,
+            failures_per_address: 20,
+            window_secs: 900,
+            max_body_bytes: 64 * 1024,
+            header_timeout_secs: 10,
+            body_timeout_secs: 10,
+            request_timeout_secs: 60,
+            max_selection: 1000,
+            max_page: 500,
+            shutdown_grace_secs: 300,
+        }
+    }
+}
+
+impl Config {
+    /// Read and check a config file; relative paths are taken from the file's folder.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut cfg: Config = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.repository);
+        fix(&mut self.audit_log);
+        if let Some(p) = &mut self.session.key_file {
+            fix(p);
+        }
+        if let Some(p) = &mut self.catalog {
+            fix(p);
+        }
+        if let Some(t) = &mut self.tls {
+            fix(&mut t.cert_file);
+            fix(&mut t.key_file);
+        }
+        for r in &mut self.realms {
+            match r {
+                RealmConfig::File(f) => fix(&mut f.users_file),
+                RealmConfig::Ldap(l) => {
+                    if let Some(p) = &mut l.ca_file {
+                        fix(p);
+                    }
+                    if let Some(p) = &mut l.bind_password_file {
+                        fix(p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Refuse configurations that would be unsafe or cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if self.realms.is_empty() {
+            bail!("portal.toml: at least one [[realm]] is needed");
+        }
+        if self.authz.rules.is_empty() {
+            bail!("portal.toml: authz.rules is empty, nobody would see anything");
+        }
+        if self.session.key.is_none() && self.session.key_file.is_none() {
+            bail!("portal.toml: set session.key_file (generated if missing) or session.key");
+        }
+        if self.session.ttl_secs == 0 || self.session.max_age_secs < self.session.ttl_secs {
+            bail!("portal.toml: session.ttl_secs must be > 0 and <= session.max_age_secs");
+        }
+        for r in &self.realms {
+            if let RealmConfig::Ldap(l) = r {
+                let plain = l.url.starts_with("ldap://");
+                if !plain && !l.url.starts_with("ldaps://") {
+                    bail!("realm {}: url must start with ldap:// or ldaps://", l.name);
+                }
+                if plain && !l.starttls && !l.allow_plaintext {
+                    bail!("realm {}: ldap:// without starttls sends passwords in clear; set starttls = true", l.name);
+                }
+                if l.bind_dn.is_none() && l.user_dn_template.is_none() {
+                    bail!("realm {}: set bind_dn (search then bind) or user_dn_template", l.name);
+                }
+                if !l.user_filter.contains("{login}") {
+                    bail!("realm {}: user_filter must contain {{login}}", l.name);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../portal.example.toml");
+        let cfg: Config = toml::from_str(text).expect("example parses");
+        cfg.validate().expect("example is valid");
+        assert_eq!(cfg.realms.len(), 2);
+    }
+
+    #[test]
+    fn plaintext_ldap_is_refused() {
+        let text = r#"
+            listen = "127.0.0.1:0"
+            repository = "/r"
+            audit_log = "/a"
+            [session]
+            key_file = "/k"
+            [[realm]]
+            kind = "ldap"
+            name = "corp"
+            url = "ldap://dir"
+            bind_dn = "cn=x"
+            base_dn = "dc=x"
+        "#;
+        let cfg: Config = toml::from_str(text).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("starttls"));
+    }
+}

@@ -1,0 +1,436 @@
+//! Downloads: one file streamed chunk by chunk (Range, ETag, safe Content-Disposition), and
+//! folders or selections as a zip stream. Neither buffers a whole file nor writes a temp file;
+//! repository reads go through a semaphore so memory stays flat under many downloads.
+
+use std::io::Write;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+
+use rewind_store::{FileReader, Node, NodeKind};
+
+use crate::api::{ClientAddr, content_id, parse_snapshot, record, resolve, subject};
+use crate::audit::Record;
+use crate::authz::{Access, Resolved, Subject};
+use crate::error::{ApiError, ApiResult};
+use crate::query::Params;
+use crate::session::Session;
+use crate::state::AppState;
+
+/// Size of the pieces a file is sent in.
+const PIECE: usize = 256 * 1024;
+
+/// Counts a stream as active and writes its audit record (with the bytes really sent) when it
+/// ends, finished or not.
+struct StreamGuard {
+    state: AppState,
+    record: Record,
+    sent: u64,
+    expected: Option<u64>,
+    finished: bool,
+}
+
+impl StreamGuard {
+    fn new(state: AppState, record: Record, expected: Option<u64>) -> StreamGuard {
+        state.metrics.streams_active.fetch_add(1, Relaxed);
+        StreamGuard { state, record, sent: 0, expected, finished: false }
+    }
+
+    fn finish(&mut self, ok: bool) {
+        self.finished = ok;
+    }
+
+    fn add(&mut self, n: u64) {
+        self.sent += n;
+        self.state.metrics.bytes_sent.fetch_add(n, Relaxed);
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.state.metrics.streams_active.fetch_sub(1, Relaxed);
+        let complete = self.finished && self.expected.is_none_or(|e| e == self.sent);
+        self.record.outcome = if complete { "ok".into() } else { "incomplete".into() };
+        self.record.bytes = Some(self.sent);
+        self.state.audit.write(std::mem::take(&mut self.record));
+    }
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` against `size`: `Ok(None)` means "send everything"
+/// (no Range, or several ranges, which we may ignore), `Err` means 416.
+fn parse_range(h: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(h) = h else { return Ok(None) };
+    let Some(spec) = h.trim().strip_prefix("bytes=") else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        (size.saturating_sub(n), size)
+    } else {
+        let start: u64 = a.parse().map_err(|_| ())?;
+        let end = if b.is_empty() { size } else { b.parse::<u64>().map_err(|_| ())?.saturating_add(1).min(size) };
+        (start, end)
+    };
+    if start >= size || start >= end {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+/// `attachment; filename="ascii"; filename*=UTF-8''percent-encoded`.
+pub(crate) fn content_disposition(name: &str) -> HeaderValue {
+    let ascii: String = name
+        .chars()
+        .map(|c| if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '%' | ';' | '/') || c == ' ' { c } else { '_' })
+        .collect();
+    let mut enc = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            enc.push(b as char);
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{enc}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+fn content_type(name: &str) -> HeaderValue {
+    let mime = mime_guess::from_path(name).first_or_octet_stream();
+    let text = if mime.type_() == mime_guess::mime::TEXT && mime.get_param("charset").is_none() {
+        format!("{mime}; charset=utf-8")
+    } else {
+        mime.to_string()
+    };
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+}
+
+/// Headers every download carries: never rendered in the portal's origin.
+fn harden(h: &mut HeaderMap) {
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+}
+
+/// Read `len` bytes at `pos`, holding a read permit.
+async fn read_piece(state: &AppState, r: FileReader, pos: u64, len: usize) -> std::io::Result<(FileReader, Vec<u8>)> {
+    let _permit = state.reads.clone().acquire_owned().await.map_err(std::io::Error::other)?;
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len];
+        let n = r.read_at(pos, &mut buf).map_err(std::io::Error::other)?;
+        buf.truncate(n);
+        Ok((r, buf))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// `GET /api/download?snapshot=ID&path=/a/b/file`.
+pub async fn download(State(state): State<AppState>, RawQuery(q): RawQuery, client: ClientAddr, headers: HeaderMap, s: Session) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref())?;
+    let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
+    let path = p.require("path")?.to_string();
+    let sub = subject(&state, &s);
+    let st = state.clone();
+    let (res, reader) = tokio::task::spawn_blocking(move || -> ApiResult<(Resolved, FileReader)> {
+        let res = resolve(&st, &sub, snapshot, &path)?;
+        let node = res.node.clone().filter(|n| res.access == Access::Visible && n.kind == NodeKind::File);
+        let Some(node) = node else {
+            return Err(match &res.node {
+                Some(n) if res.access == Access::Visible => ApiError::BadRequest(format!("{} is not a file", n.name_lossy())),
+                _ => ApiError::BadRequest("not a file; use /api/archive for folders".into()),
+            });
+        };
+        let reader = st.view.repo().open_file(&node)?;
+        Ok((res, reader))
+    })
+    .await??;
+    let node = res.node.clone().expect("a file");
+    let size = reader.size();
+    let etag = format!("\"{}\"", content_id(&node));
+    let name = node.name_lossy().into_owned();
+
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
+        return Ok(resp);
+    }
+    let if_range_ok = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()).is_none_or(|v| v.trim() == etag);
+    let range_header = if if_range_ok { headers.get(header::RANGE).and_then(|v| v.to_str().ok()) } else { None };
+    let range = parse_range(range_header, size).map_err(|_| ApiError::RangeNotSatisfiable { size })?;
+    let (start, end) = range.unwrap_or((0, size));
+
+    let mut rec = record(&s, "download", &client);
+    let snap = state.view.snapshot(&snapshot);
+    rec.host = snap.map(|e| e.snapshot.host);
+    rec.snapshot = Some(snapshot.to_hex());
+    rec.paths = vec![String::from_utf8_lossy(&res.walk.path).into_owned()];
+    state.metrics.downloads.fetch_add(1, Relaxed);
+    let guard = StreamGuard::new(state.clone(), rec, Some(end - start));
+    let st = state.clone();
+    let stream = futures_util::stream::try_unfold((reader, start, guard), move |(r, pos, mut guard)| {
+        let st = st.clone();
+        async move {
+            if pos >= end {
+                guard.finish(true);
+                return Ok(None);
+            }
+            let len = PIECE.min((end - pos) as usize);
+            let (r, buf) = read_piece(&st, r, pos, len).await?;
+            if buf.is_empty() {
+                return Err(std::io::Error::other("file shorter than its index says"));
+            }
+            guard.add(buf.len() as u64);
+            let next = pos + buf.len() as u64;
+            Ok::<_, std::io::Error>(Some((Bytes::from(buf), (r, next, guard))))
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    h.insert(header::CONTENT_TYPE, content_type(&name));
+    h.insert(header::CONTENT_DISPOSITION, content_disposition(&name));
+    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    harden(h);
+    if range.is_some() {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        resp.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)).expect("ascii"));
+    }
+    Ok(resp)
+}
+
+/// Bytes written by the zip writer, sent to the response in pieces through a bounded channel.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE)));
+        self.tx.blocking_send(Ok(piece)).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PIECE {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+fn zip_time(t: rewind_store::Time) -> zip::DateTime {
+    jiff::Timestamp::from_second(t.sec)
+        .ok()
+        .map(|ts| ts.to_zoned(jiff::tz::TimeZone::UTC))
+        .and_then(|z| {
+            zip::DateTime::from_date_and_time(z.year() as u16, z.month() as u8, z.day() as u8, z.hour() as u8, z.minute() as u8, z.second() as u8).ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Walks the selection and writes the zip; runs on a blocking thread.
+struct ArchiveJob {
+    state: AppState,
+    sub: Subject,
+    files: u64,
+    bytes: u64,
+}
+
+type Zip = zip::ZipWriter<zip::write::StreamWriter<ChannelWriter>>;
+
+impl ArchiveJob {
+    fn options(node: &Node) -> zip::write::SimpleFileOptions {
+        let compressed = matches!(
+            std::path::Path::new(&*node.name_lossy()).extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+            Some("jpg" | "jpeg" | "png" | "gif" | "zip" | "gz" | "xz" | "zst" | "bz2" | "mp4" | "mkv" | "mp3" | "7z" | "webp")
+        );
+        let opts = zip::write::SimpleFileOptions::default()
+            .last_modified_time(zip_time(node.mtime))
+            .unix_permissions(node.mode & 0o777)
+            .large_file(node.size >= 0xFFFF_FFFF);
+        if compressed || node.kind != NodeKind::File {
+            opts.compression_method(zip::CompressionMethod::Stored)
+        } else {
+            opts.compression_method(zip::CompressionMethod::Deflated).compression_level(Some(1))
+        }
+    }
+
+    fn add(&mut self, zip: &mut Zip, res: &Resolved, name: &str) -> ApiResult<()> {
+        let node = res.node.as_ref().expect("not the root");
+        let io = |e: zip::result::ZipError| ApiError::Internal(format!("zip: {e}"));
+        match (node.kind, res.access) {
+            (NodeKind::File, Access::Visible) => {
+                zip.start_file(name, Self::options(node)).map_err(io)?;
+                let r = self.state.view.repo().open_file(node)?;
+                let mut pos = 0u64;
+                let mut buf = vec![0u8; PIECE];
+                while pos < r.size() {
+                    let n = {
+                        let _permit = tokio::runtime::Handle::current().block_on(self.state.reads.clone().acquire_owned()).map_err(ApiError::internal)?;
+                        r.read_at(pos, &mut buf)?
+                    };
+                    if n == 0 {
+                        return Err(ApiError::Corrupt(format!("{name}: shorter than its index says")));
+                    }
+                    zip.write_all(&buf[..n]).map_err(|e| ApiError::Internal(format!("zip: {e}")))?;
+                    pos += n as u64;
+                }
+                self.files += 1;
+                self.bytes += pos;
+            }
+            (NodeKind::Symlink, Access::Visible) => {
+                zip.add_symlink(name, String::from_utf8_lossy(&node.target), Self::options(node)).map_err(io)?;
+                self.files += 1;
+            }
+            (NodeKind::Dir, _) => {
+                let opts = if res.access == Access::Visible { Self::options(node) } else { zip::write::SimpleFileOptions::default() };
+                zip.add_directory(format!("{name}/"), opts).map_err(io)?;
+                for (child, walk, access) in self.state.policy.children(&self.state.view, &self.sub, res)? {
+                    let entry = self.state.view.lookup(&res.entry, &child.name)?;
+                    let sub_res = Resolved { snapshot: res.snapshot, node: Some(child.clone()), entry, walk, access };
+                    self.add(zip, &sub_res, &format!("{name}/{}", child.name_lossy()))?;
+                }
+            }
+            // Devices, fifos and sockets have no content to restore.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// `GET /api/archive?snapshot=ID&path=/a&path=/b`: a zip of folders and files (each named by
+/// its last component), holding only what the subject may see.
+pub async fn archive(State(state): State<AppState>, RawQuery(q): RawQuery, client: ClientAddr, s: Session) -> ApiResult<Response> {
+    let p = Params::parse(q.as_deref())?;
+    let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
+    let paths: Vec<String> = p.all("path").into_iter().map(str::to_string).collect();
+    if paths.is_empty() || paths.len() > state.config.limits.max_selection {
+        return Err(ApiError::BadRequest(format!("give 1 to {} path parameters", state.config.limits.max_selection)));
+    }
+    let sub = subject(&state, &s);
+    // Resolve everything before answering, so that a refused path is a 404, not a broken zip.
+    let st = state.clone();
+    let sub2 = sub.clone();
+    let items = tokio::task::spawn_blocking(move || -> ApiResult<Vec<Resolved>> {
+        let mut v = Vec::new();
+        for path in &paths {
+            let r = resolve(&st, &sub2, snapshot, path)?;
+            if r.node.is_none() {
+                return Err(ApiError::BadRequest("the snapshot root cannot be archived; pick folders".into()));
+            }
+            v.push(r);
+        }
+        Ok(v)
+    })
+    .await??;
+    let mut names: Vec<String> = items.iter().map(|r| r.node.as_ref().expect("checked").name_lossy().into_owned()).collect();
+    names.sort();
+    names.dedup();
+    if names.len() != items.len() {
+        return Err(ApiError::BadRequest("two selected entries have the same name".into()));
+    }
+    let archive_name = if items.len() == 1 { format!("{}.zip", items[0].node.as_ref().expect("checked").name_lossy()) } else { "selection.zip".into() };
+
+    let mut rec = record(&s, "archive", &client);
+    rec.host = state.view.snapshot(&snapshot).map(|e| e.snapshot.host);
+    rec.snapshot = Some(snapshot.to_hex());
+    rec.paths = items.iter().map(|r| String::from_utf8_lossy(&r.walk.path).into_owned()).collect();
+    state.metrics.archives.fetch_add(1, Relaxed);
+    let guard = StreamGuard::new(state.clone(), rec, None);
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let st = state.clone();
+    let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut job = ArchiveJob { state: st, sub, files: 0, bytes: 0 };
+        let mut zip = zip::ZipWriter::new_stream(ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(PIECE) });
+        let result = (|| -> ApiResult<()> {
+            for r in &items {
+                let name = r.node.as_ref().expect("checked").name_lossy().into_owned();
+                job.add(&mut zip, r, &name)?;
+            }
+            let mut w = zip.finish().map_err(|e| ApiError::Internal(format!("zip: {e}")))?.into_inner();
+            w.flush().map_err(|e| ApiError::Internal(format!("zip: {e}")))?;
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            tracing::warn!("archive stopped: {e}");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+        result.map_err(|e| e.to_string())
+    });
+    let stream = futures_util::stream::unfold((rx, guard, Some(done)), |(mut rx, mut guard, done)| async move {
+        match rx.recv().await {
+            Some(Ok(b)) => {
+                guard.add(b.len() as u64);
+                Some((Ok(b), (rx, guard, done)))
+            }
+            Some(Err(e)) => Some((Err(e), (rx, guard, None))),
+            None => {
+                if let Some(d) = done {
+                    guard.finish(matches!(d.await, Ok(Ok(()))));
+                }
+                None
+            }
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
+    h.insert(header::CONTENT_DISPOSITION, content_disposition(&archive_name));
+    harden(h);
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 100), Ok(None));
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), Ok(Some((0, 10))));
+        assert_eq!(parse_range(Some("bytes=90-"), 100), Ok(Some((90, 100))));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), Ok(Some((90, 100))));
+        assert_eq!(parse_range(Some("bytes=95-200"), 100), Ok(Some((95, 100))));
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Ok(None));
+        assert!(parse_range(Some("bytes=100-"), 100).is_err());
+        assert!(parse_range(Some("bytes=5-4"), 100).is_err());
+        assert!(parse_range(Some("bytes=-0"), 100).is_err());
+        assert!(parse_range(Some("bytes=x-"), 100).is_err());
+    }
+
+    #[test]
+    fn dispositions_are_safe() {
+        let v = content_disposition("a\"b;c\r\n.txt");
+        let s = v.to_str().unwrap();
+        assert!(!s.contains('\r') && !s.contains('\n'));
+        assert!(s.starts_with("attachment; filename=\"a_b_c__.txt\""), "{s}");
+        assert!(s.contains("filename*=UTF-8''a%22b%3Bc%0D%0A.txt"), "{s}");
+        let s = content_disposition("résumé.pdf").to_str().unwrap().to_string();
+        assert!(s.contains("filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"), "{s}");
+        assert_eq!(content_type("x.txt").to_str().unwrap(), "text/plain; charset=utf-8");
+        assert_eq!(content_type("x.unknownext").to_str().unwrap(), "application/octet-stream");
+    }
+}

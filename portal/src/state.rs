@@ -1,0 +1,83 @@
+//! What every handler shares.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rewind_store::View;
+use tokio::sync::Semaphore;
+
+use crate::audit::AuditLog;
+use crate::auth::Authenticator;
+use crate::authz::Policy;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::session::Keys;
+use crate::throttle::Throttle;
+
+pub struct Portal {
+    pub config: Config,
+    pub view: Arc<View>,
+    pub realms: Vec<Box<dyn Authenticator>>,
+    pub keys: Keys,
+    pub policy: Policy,
+    pub audit: AuditLog,
+    pub user_throttle: Throttle,
+    pub addr_throttle: Throttle,
+    pub metrics: Metrics,
+    /// Bounds concurrent repository reads (each decompresses a chunk): memory stays flat however
+    /// many downloads run.
+    pub reads: Arc<Semaphore>,
+    pub catalog: Option<crate::catalog::Catalog>,
+}
+
+/// Cheap to clone; the router's state.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Portal>);
+
+impl Deref for AppState {
+    type Target = Portal;
+    fn deref(&self) -> &Portal {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Open the repository, realms, key, audit log and catalog named by a configuration.
+    pub fn new(config: Config) -> anyhow::Result<AppState> {
+        use anyhow::Context;
+        let repo = rewind_store::Repository::open(&config.repository)
+            .with_context(|| format!("opening repository {}", config.repository.display()))?;
+        let caches = rewind_store::CacheSizes { chunk_bytes: config.chunk_cache_mib << 20, tree_bytes: 32 << 20 };
+        let view = Arc::new(View::new(repo.open_indexed(caches)?)?);
+        let secret = match (&config.session.key, &config.session.key_file) {
+            (Some(k), _) => {
+                use base64::Engine;
+                let k = base64::engine::general_purpose::STANDARD.decode(k.trim()).context("session.key is not base64")?;
+                anyhow::ensure!(k.len() >= 32, "session.key must be at least 32 bytes");
+                k
+            }
+            (None, Some(p)) => crate::session::load_or_create_key(p)?,
+            (None, None) => anyhow::bail!("no session key configured"),
+        };
+        let keys = Keys::new(&secret, &config.session, config.tls.is_some());
+        let realms = crate::auth::build_realms(&config)?;
+        let audit = AuditLog::open(&config.audit_log)?;
+        let window = Duration::from_secs(config.limits.window_secs);
+        let catalog = crate::catalog::Catalog::open(&config, view.clone())?;
+        let reads = Arc::new(Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2 + 2));
+        Ok(AppState(Arc::new(Portal {
+            policy: Policy::new(&config.authz),
+            user_throttle: Throttle::new(config.limits.failures_per_user, window),
+            addr_throttle: Throttle::new(config.limits.failures_per_address, window),
+            config,
+            view,
+            realms,
+            keys,
+            audit,
+            metrics: Metrics::default(),
+            reads,
+            catalog,
+        })))
+    }
+}
