@@ -1,1 +1,100 @@
-//! rewind-catalog (skeleton; see the issue).
+//! rewind's file catalog: every distinct version of every path of every host, with the interval
+//! of snapshots that held it, searchable by name, path, owner, kind, size and time, and the
+//! deleted files with the window in which they went.
+//!
+//! The catalog is a **cache** of the repository, never the truth: an embedded SQLite database at
+//! `REPO/catalog/catalog.sqlite` ([`Catalog::default_path`]) that [`Catalog::sync`] brings up to
+//! date and [`Catalog::rebuild`] recreates. Deleting it loses nothing.
+//!
+//! Model (see `catalog/README.md` for the tables):
+//! - A **version** is one path of one host with one identity: kind, size, mtime (with
+//!   nanoseconds), permission bits, uid, gid and a content id (BLAKE3 over the file's chunk ids,
+//!   or over a symlink's target). It was present, unchanged, in every snapshot of its host from
+//!   `first` to `last`; `last` is empty while it is in the host's latest snapshot.
+//! - A path is **deleted** when it is absent from its host's latest snapshot; its newest version
+//!   carries the window in which it went (its last snapshot, and the host's next one).
+//! - Storage grows with changes: names and directories are interned, a version is one row, and
+//!   no row is written per unchanged file per snapshot.
+//!
+//! Invariants:
+//! - One transaction per snapshot applied; the database is in WAL mode, so readers see the state
+//!   after some whole number of snapshots, never a half-applied one, and go on during updates.
+//!   A killed update leaves the catalog as it was after its last committed snapshot.
+//! - Snapshots of a host are applied in time order, each diffed against the host's previous one,
+//!   skipping subtrees with equal ids. A snapshot older than the newest catalogued one of its
+//!   host, or a catalogued snapshot removed from the repository, makes [`Catalog::sync`] rebuild
+//!   that host from its first snapshot.
+//! - Queries take a [`Query`] and return plain [`FileVersion`]s in [`Page`]s; all are
+//!   `serde::Serialize` for the portal and `--json`.
+//!
+//! A [`Catalog`] holds one SQLite connection: open one per thread (opening is cheap), read-only
+//! ones with [`Catalog::open_read_only`] for queries.
+
+mod db;
+mod error;
+mod query;
+mod update;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{Error, Result};
+pub use query::{
+    CatalogSnapshot, DeletionWindow, FileVersion, MAX_LIMIT, NameMatch, Order, Page, Query, SnapshotRef, Stats,
+};
+pub use update::{SnapshotInfo, SyncReport, TreeSource, content_id};
+
+/// An open catalog.
+pub struct Catalog {
+    conn: rusqlite::Connection,
+    path: PathBuf,
+    caches: update::Caches,
+    failpoint: Option<u64>,
+    versions_written: u64,
+}
+
+impl Catalog {
+    /// Where a repository's catalog lives.
+    pub fn default_path(repo: &Path) -> PathBuf {
+        repo.join("catalog").join("catalog.sqlite")
+    }
+
+    /// Open or create the catalog at `path` for the repository whose config id is `repo_id`
+    /// (a file that is not a catalog of this version and repository is replaced: it is a cache).
+    pub fn open(path: &Path, repo_id: &str) -> Result<Catalog> {
+        let conn = db::open_rw(path, repo_id)?;
+        query::register_functions(&conn)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Catalog {
+            conn,
+            path: path.to_path_buf(),
+            caches: update::Caches::default(),
+            failpoint: update::failpoint_from_env(),
+            versions_written: 0,
+        })
+    }
+
+    /// Open or create the catalog of `repo` at its default path.
+    pub fn open_for(repo: &rewind_store::Repository) -> Result<Catalog> {
+        Catalog::open(&Catalog::default_path(repo.path()), &repo.config().id.to_hex())
+    }
+
+    /// Open an existing catalog for queries only.
+    pub fn open_read_only(path: &Path) -> Result<Catalog> {
+        let conn = db::open_ro(path)?;
+        query::register_functions(&conn)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Catalog { conn, path: path.to_path_buf(), caches: update::Caches::default(), failpoint: None, versions_written: 0 })
+    }
+
+    /// Delete the catalog file at `path` (and its WAL); the next open starts empty.
+    pub fn remove(path: &Path) -> Result<()> {
+        db::remove_db(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests;

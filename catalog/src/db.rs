@@ -1,0 +1,171 @@
+//! Opening the database and its schema.
+//!
+//! The schema is versioned by [`SCHEMA_VERSION`] in `meta`; a catalog of another version (or of
+//! another repository, or one that does not open) is deleted and rebuilt, since it is only a cache.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::error::{Error, Result};
+
+/// Bump when the tables change: older catalogs are then dropped and rebuilt.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+/// Every table and index. Ids are integers; strings (names, directory paths) are interned once.
+///
+/// - `snapshots.key` orders snapshots by time: milliseconds since the Unix epoch, bumped by one on
+///   a collision, so `first`/`last` of a version sort in time order without a join.
+/// - A version with `last IS NULL` is present in its host's latest snapshot ("open"); its
+///   interval extends to every later snapshot for free, which is what makes an update cost
+///   proportional to the changes.
+/// - `gone = 1` marks the newest version of a path that is absent from the host's latest snapshot:
+///   the deleted files.
+const SCHEMA: &str = "
+CREATE TABLE meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
+CREATE TABLE hosts(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    latest INTEGER
+);
+CREATE TABLE snapshots(
+    key INTEGER PRIMARY KEY,
+    id BLOB NOT NULL UNIQUE,
+    host INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    tree BLOB NOT NULL
+);
+CREATE INDEX snapshots_host ON snapshots(host, key);
+CREATE TABLE names(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    raw BLOB
+);
+CREATE INDEX names_name ON names(name);
+CREATE VIRTUAL TABLE names_fts USING fts5(
+    name, content='names', content_rowid='id', tokenize='trigram', detail='none'
+);
+CREATE TABLE dirs(
+    id INTEGER PRIMARY KEY,
+    host INTEGER NOT NULL,
+    parent INTEGER,
+    name INTEGER,
+    path TEXT NOT NULL
+);
+CREATE INDEX dirs_child ON dirs(parent, name);
+CREATE INDEX dirs_path ON dirs(host, path);
+CREATE TABLE versions(
+    id INTEGER PRIMARY KEY,
+    host INTEGER NOT NULL,
+    dir INTEGER NOT NULL,
+    name INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    content INTEGER NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER,
+    gone INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX versions_path ON versions(dir, name, first);
+CREATE INDEX versions_name ON versions(name);
+CREATE INDEX versions_gone ON versions(uid, last) WHERE gone;
+";
+
+pub(crate) fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(Duration::from_secs(60))?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    conn.pragma_update(None, "cache_size", -65536)?;
+    conn.pragma_update(None, "temp_store", "memory")?;
+    Ok(())
+}
+
+/// Open (creating if needed) a writable catalog at `path` for the repository `repo_id`. A file
+/// that is not a usable catalog of this schema and repository is replaced.
+pub(crate) fn open_rw(path: &Path, repo_id: &str) -> Result<Connection> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.into(), source: e })?;
+    }
+    match try_open_rw(path, repo_id) {
+        Ok(Some(conn)) => Ok(conn),
+        Ok(None) => {
+            tracing::info!("catalog at {} is of another schema or repository; rebuilding it", path.display());
+            remove_db(path)?;
+            try_open_rw(path, repo_id)?.ok_or_else(|| Error::InvalidInput("fresh catalog refused".into()))
+        }
+        Err(e) => {
+            tracing::warn!("catalog at {} does not open ({e}); rebuilding it", path.display());
+            remove_db(path)?;
+            try_open_rw(path, repo_id)?.ok_or_else(|| Error::InvalidInput("fresh catalog refused".into()))
+        }
+    }
+}
+
+/// `Ok(None)`: the file is a database but not a catalog we can use.
+fn try_open_rw(path: &Path, repo_id: &str) -> Result<Option<Connection>> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    // WAL: readers go on reading the last committed state while an update runs.
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!("catalog journal mode is {mode}, not wal");
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let has_meta: bool = conn
+        .query_row("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'", [], |_| Ok(true))
+        .optional()?
+        .unwrap_or(false);
+    if !has_meta {
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+        if tables != 0 {
+            return Ok(None);
+        }
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute("INSERT INTO meta VALUES ('schema_version', ?1), ('repository', ?2)", (SCHEMA_VERSION, repo_id))?;
+        tx.commit()?;
+        return Ok(Some(conn));
+    }
+    match read_meta(&conn)? {
+        (Some(v), Some(r)) if v == SCHEMA_VERSION && r == repo_id => Ok(Some(conn)),
+        _ => Ok(None),
+    }
+}
+
+fn read_meta(conn: &Connection) -> Result<(Option<i64>, Option<String>)> {
+    let v = conn.query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0)).optional()?;
+    let r = conn.query_row("SELECT value FROM meta WHERE key='repository'", [], |r| r.get(0)).optional()?;
+    Ok((v, r))
+}
+
+/// Open an existing catalog for reading only.
+pub(crate) fn open_ro(path: &Path) -> Result<Connection> {
+    if !path.exists() {
+        return Err(Error::NotFound(format!("catalog {}", path.display())));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    configure(&conn)?;
+    match read_meta(&conn)? {
+        (Some(v), Some(_)) if v == SCHEMA_VERSION => Ok(conn),
+        _ => Err(Error::InvalidInput(format!("{} is not a catalog of this version; rebuild it", path.display()))),
+    }
+}
+
+/// Delete the database and its WAL files.
+pub(crate) fn remove_db(path: &Path) -> Result<()> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Io { path: p.into(), source: e }),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,555 @@
+//! Queries: find, deleted, history. Plain structs in, plain serializable structs out.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use rewind_store::{NodeKind, SnapshotId};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
+use serde::{Deserialize, Serialize};
+
+use crate::Catalog;
+use crate::error::{Error, Result};
+use crate::update::{kind_code, kind_from_code};
+
+/// How results are ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// By the last snapshot that held the version, newest first (then newest version first).
+    #[default]
+    RecentFirst,
+    /// The reverse.
+    OldestFirst,
+    /// By host, path, then first snapshot: stable listings.
+    Path,
+}
+
+/// How a name is matched (always case-insensitive, against the entry's own name, not its path).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type", content = "pattern")]
+pub enum NameMatch {
+    /// The name contains this text.
+    Substring(String),
+    /// The whole name matches this glob (`*`, `?`, `[a-z]`, `{a,b}`).
+    Glob(String),
+}
+
+impl NameMatch {
+    /// A glob if the pattern has glob characters, a substring otherwise (what `rewind find` does).
+    pub fn guess(pattern: &str) -> NameMatch {
+        if pattern.contains(['*', '?', '[', '{']) {
+            NameMatch::Glob(pattern.to_string())
+        } else {
+            NameMatch::Substring(pattern.to_string())
+        }
+    }
+}
+
+/// A search. Every field narrows it; the default finds everything, most recent first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Query {
+    pub name: Option<NameMatch>,
+    /// Only this path and what is below it (`/srv/home/alice`).
+    pub path_prefix: Option<String>,
+    pub host: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub kind: Option<NodeKind>,
+    pub min_size: Option<u64>,
+    pub max_size: Option<u64>,
+    /// Modified at or after / before this time.
+    pub mtime_from: Option<Timestamp>,
+    pub mtime_to: Option<Timestamp>,
+    /// Present in some snapshot taken at or after `seen_from` and at or before `seen_to`.
+    pub seen_from: Option<Timestamp>,
+    pub seen_to: Option<Timestamp>,
+    /// Only deleted files: the newest version of a path absent from its host's latest snapshot.
+    pub deleted: bool,
+    /// Only files deleted since this time (the first snapshot without them is at or after it);
+    /// implies `deleted`.
+    pub deleted_since: Option<Timestamp>,
+    pub order: Order,
+    /// Page size: 100 if 0, at most [`MAX_LIMIT`].
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// The largest page.
+pub const MAX_LIMIT: u32 = 10_000;
+
+/// A snapshot as results name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SnapshotRef {
+    /// Full hex id.
+    pub id: String,
+    pub time: Timestamp,
+}
+
+/// When a deleted file went: after `last_present` and by `first_absent` (the host's next snapshot).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeletionWindow {
+    pub last_present: SnapshotRef,
+    pub first_absent: SnapshotRef,
+}
+
+/// One version of one path: present, unchanged, in every snapshot of its host from `first_seen`
+/// to `last_seen`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileVersion {
+    pub host: String,
+    /// Absolute path as in the snapshot (`/srv/home/alice/notes.txt`), lossy UTF-8.
+    pub path: String,
+    pub name: String,
+    /// `file`, `dir`, `symlink`, `blockdev`, `chardev`, `fifo`, `socket`.
+    pub kind: String,
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// 16 hex digits identifying the content (chunk list, or symlink target); 0 for others.
+    pub content: String,
+    pub first_seen: SnapshotRef,
+    pub last_seen: SnapshotRef,
+    /// In the host's latest snapshot.
+    pub present: bool,
+    /// Set when this is the newest version of a path that is absent from the latest snapshot.
+    pub deleted: Option<DeletionWindow>,
+}
+
+/// A page of results; `next_offset` is set when there may be more.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub offset: u64,
+    pub next_offset: Option<u64>,
+}
+
+/// A catalogued snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CatalogSnapshot {
+    pub id: String,
+    pub host: String,
+    pub time: Timestamp,
+}
+
+/// Sizes and counts, for `rewind catalog stats` and benchmarks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub hosts: u64,
+    pub snapshots: u64,
+    pub versions: u64,
+    pub deleted: u64,
+    pub names: u64,
+    pub dirs: u64,
+    /// Database file plus its WAL.
+    pub bytes_on_disk: u64,
+}
+
+pub(crate) fn snapshot_id(b: &[u8]) -> SnapshotId {
+    let mut h = [0u8; 32];
+    if b.len() == 32 {
+        h.copy_from_slice(b);
+    }
+    SnapshotId(rewind_store::Hash(h))
+}
+
+pub(crate) fn ts_from_ns(ns: i64) -> Timestamp {
+    Timestamp::from_nanosecond(i128::from(ns)).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn ts_ns(t: Timestamp) -> i64 {
+    t.as_nanosecond().clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
+/// `/a/b/` and `a/b` both mean `/a/b`; `/` and the empty path mean the root (None).
+pub(crate) fn normalize_path(p: &str) -> Option<String> {
+    let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    if parts.is_empty() { None } else { Some(format!("/{}", parts.join("/"))) }
+}
+
+/// The longest run of literal characters of a glob, for the trigram prefilter.
+fn glob_literal(glob: &str) -> String {
+    let (mut best, mut cur) = (String::new(), String::new());
+    let flush = |best: &mut String, cur: &mut String| {
+        if cur.chars().count() > best.chars().count() {
+            *best = std::mem::take(cur);
+        }
+        cur.clear();
+    };
+    let (mut depth, mut escaped) = (0u32, false);
+    for c in glob.chars() {
+        if escaped {
+            escaped = false;
+            if depth == 0 {
+                cur.push(c);
+            }
+            continue;
+        }
+        match c {
+            '\\' => escaped = true,
+            '[' | '{' => {
+                flush(&mut best, &mut cur);
+                depth += 1;
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            '*' | '?' => flush(&mut best, &mut cur),
+            _ if depth == 0 => cur.push(c),
+            _ => {}
+        }
+    }
+    flush(&mut best, &mut cur);
+    best
+}
+
+/// SQL functions the queries use: `rw_glob(pattern, name)` and `rw_icontains(name, lowered)`.
+pub(crate) fn register_functions(conn: &Connection) -> Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("rw_glob", 2, flags, |ctx| {
+        let matcher = ctx.get_or_create_aux(0, |v| -> std::result::Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            let pat = v.as_str()?;
+            Ok(globset::GlobBuilder::new(pat).case_insensitive(true).build()?.compile_matcher())
+        })?;
+        let name = ctx.get_raw(1).as_str().unwrap_or("");
+        Ok(matcher.is_match(name))
+    })?;
+    conn.create_scalar_function("rw_icontains", 2, flags, |ctx| {
+        let name = ctx.get_raw(0).as_str().unwrap_or("");
+        let needle = ctx.get_raw(1).as_str().unwrap_or("");
+        Ok(name.to_lowercase().contains(needle))
+    })?;
+    Ok(())
+}
+
+const SELECT: &str = "SELECT v.id, h.name, d.path, n.name, v.kind, v.size, v.mtime, v.mtime_ns, v.mode, v.uid, v.gid,
+        v.content, v.first, coalesce(v.last, h.latest), v.last IS NULL, v.gone, v.host
+    FROM versions v JOIN hosts h ON h.id = v.host JOIN dirs d ON d.id = v.dir JOIN names n ON n.id = v.name";
+
+struct Sql {
+    clauses: Vec<String>,
+    params: Vec<Value>,
+}
+
+impl Sql {
+    fn push(&mut self, clause: &str, params: impl IntoIterator<Item = Value>) {
+        self.clauses.push(clause.to_string());
+        self.params.extend(params);
+    }
+}
+
+impl Catalog {
+    /// Search versions. See [`Query`].
+    pub fn find(&self, q: &Query) -> Result<Page<FileVersion>> {
+        let mut sql = Sql { clauses: Vec::new(), params: Vec::new() };
+        match &q.name {
+            None => {}
+            Some(NameMatch::Substring(s)) => {
+                let s = s.trim();
+                if s.is_empty() {
+                    return Err(Error::InvalidInput("empty name pattern".into()));
+                }
+                if s.chars().count() >= 3 && !s.contains(['%', '_']) {
+                    // The trigram index answers LIKE '%...%' itself (case-insensitively).
+                    sql.push(
+                        "v.name IN (SELECT rowid FROM names_fts WHERE name LIKE ?)",
+                        [Value::Text(format!("%{s}%"))],
+                    );
+                } else {
+                    sql.push(
+                        "v.name IN (SELECT id FROM names WHERE rw_icontains(name, ?))",
+                        [Value::Text(s.to_lowercase())],
+                    );
+                }
+            }
+            Some(NameMatch::Glob(g)) => {
+                globset::GlobBuilder::new(g)
+                    .case_insensitive(true)
+                    .build()
+                    .map_err(|e| Error::InvalidInput(format!("bad glob {g:?}: {e}")))?;
+                let lit = glob_literal(g);
+                if lit.chars().count() >= 3 && !lit.contains(['%', '_']) {
+                    sql.push(
+                        "v.name IN (SELECT f.rowid FROM names_fts f WHERE f.name LIKE ? AND rw_glob(?, f.name))",
+                        [Value::Text(format!("%{lit}%")), Value::Text(g.clone())],
+                    );
+                } else {
+                    sql.push("v.name IN (SELECT id FROM names WHERE rw_glob(?, name))", [Value::Text(g.clone())]);
+                }
+            }
+        }
+        if let Some(p) = q.path_prefix.as_deref().and_then(normalize_path) {
+            let (parent, base) = p.rsplit_once('/').expect("normalized paths start with /");
+            sql.push(
+                "(v.dir IN (SELECT id FROM dirs WHERE path = ? OR (path >= ? AND path < ?))
+                  OR (v.dir IN (SELECT id FROM dirs WHERE path = ?) AND v.name IN (SELECT id FROM names WHERE name = ?)))",
+                [
+                    Value::Text(p.clone()),
+                    Value::Text(format!("{p}/")),
+                    Value::Text(format!("{p}0")),
+                    Value::Text(parent.to_string()),
+                    Value::Text(base.to_string()),
+                ],
+            );
+        }
+        if let Some(h) = &q.host {
+            sql.push("v.host = (SELECT id FROM hosts WHERE name = ?)", [Value::Text(h.clone())]);
+        }
+        if let Some(u) = q.uid {
+            sql.push("v.uid = ?", [Value::Integer(u.into())]);
+        }
+        if let Some(g) = q.gid {
+            sql.push("v.gid = ?", [Value::Integer(g.into())]);
+        }
+        if let Some(k) = q.kind {
+            sql.push("v.kind = ?", [Value::Integer(kind_code(k))]);
+        }
+        if let Some(s) = q.min_size {
+            sql.push("v.size >= ?", [Value::Integer(s.min(i64::MAX as u64) as i64)]);
+        }
+        if let Some(s) = q.max_size {
+            sql.push("v.size <= ?", [Value::Integer(s.min(i64::MAX as u64) as i64)]);
+        }
+        if let Some(t) = q.mtime_from {
+            let ns = ts_ns(t);
+            sql.push(
+                "(v.mtime > ? OR (v.mtime = ? AND v.mtime_ns >= ?))",
+                [Value::Integer(ns.div_euclid(1_000_000_000)), Value::Integer(ns.div_euclid(1_000_000_000)), Value::Integer(ns.rem_euclid(1_000_000_000))],
+            );
+        }
+        if let Some(t) = q.mtime_to {
+            let ns = ts_ns(t);
+            sql.push(
+                "(v.mtime < ? OR (v.mtime = ? AND v.mtime_ns <= ?))",
+                [Value::Integer(ns.div_euclid(1_000_000_000)), Value::Integer(ns.div_euclid(1_000_000_000)), Value::Integer(ns.rem_euclid(1_000_000_000))],
+            );
+        }
+        if let Some(t) = q.seen_from {
+            sql.push(
+                "coalesce(v.last, h.latest) >= coalesce((SELECT min(key) FROM snapshots WHERE time_ns >= ?), 9223372036854775807)",
+                [Value::Integer(ts_ns(t))],
+            );
+        }
+        if let Some(t) = q.seen_to {
+            sql.push(
+                "v.first <= coalesce((SELECT max(key) FROM snapshots WHERE time_ns <= ?), -9223372036854775808)",
+                [Value::Integer(ts_ns(t))],
+            );
+        }
+        let deleted = q.deleted || q.deleted_since.is_some();
+        if deleted {
+            sql.push("v.gone = 1", []);
+        }
+        if let Some(t) = q.deleted_since {
+            // The first snapshot without the file is at or after t exactly when the last one with
+            // it is at or after the host's last snapshot before t.
+            sql.push(
+                "v.last >= coalesce((SELECT max(key) FROM snapshots s WHERE s.host = v.host AND s.time_ns < ?), -9223372036854775808)",
+                [Value::Integer(ts_ns(t))],
+            );
+        }
+        let seen = if deleted { "v.last" } else { "coalesce(v.last, h.latest)" };
+        let order = match q.order {
+            Order::RecentFirst => format!("{seen} DESC, v.id DESC"),
+            Order::OldestFirst => format!("{seen} ASC, v.id ASC"),
+            Order::Path => "h.name, d.path, n.name, v.first".to_string(),
+        };
+        let limit = if q.limit == 0 { 100 } else { q.limit.min(MAX_LIMIT) };
+        let text = format!(
+            "{SELECT} {} {} ORDER BY {order} LIMIT {} OFFSET {}",
+            if sql.clauses.is_empty() { "" } else { "WHERE" },
+            sql.clauses.join(" AND "),
+            u64::from(limit) + 1,
+            q.offset
+        );
+        let mut items = self.run(&text, sql.params)?;
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        Ok(Page { items, offset: q.offset, next_offset: more.then_some(q.offset + u64::from(limit)) })
+    }
+
+    /// Deleted files (the newest version of each path absent from its host's latest snapshot),
+    /// most recently deleted first; the other fields of `q` narrow it as in [`Catalog::find`].
+    pub fn deleted(&self, q: &Query) -> Result<Page<FileVersion>> {
+        let mut q = q.clone();
+        q.deleted = true;
+        self.find(&q)
+    }
+
+    /// Every version of one path, newest first. Without a host, the path's versions on every host.
+    pub fn history(&self, host: Option<&str>, path: &str) -> Result<Vec<FileVersion>> {
+        let p = normalize_path(path).ok_or_else(|| Error::InvalidInput("history of the root".into()))?;
+        let (parent, base) = p.rsplit_once('/').expect("normalized paths start with /");
+        let mut params = vec![Value::Text(parent.to_string()), Value::Text(base.to_string())];
+        let mut text = format!(
+            "{SELECT} WHERE v.dir IN (SELECT id FROM dirs WHERE path = ?) AND v.name IN (SELECT id FROM names WHERE name = ?)"
+        );
+        if let Some(h) = host {
+            text.push_str(" AND v.host = (SELECT id FROM hosts WHERE name = ?)");
+            params.push(Value::Text(h.to_string()));
+        }
+        text.push_str(" ORDER BY h.name, v.first DESC");
+        self.run(&text, params)
+    }
+
+    /// The catalogued snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<CatalogSnapshot>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT s.id, h.name, s.time_ns FROM snapshots s JOIN hosts h ON h.id = s.host ORDER BY s.key")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(CatalogSnapshot {
+                id: snapshot_id(r.get_ref(0)?.as_blob()?).to_hex(),
+                host: r.get(1)?,
+                time: ts_from_ns(r.get(2)?),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Host names, sorted.
+    pub fn hosts(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("SELECT name FROM hosts ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let count = |sql: &str| -> Result<u64> { Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
+        let mut bytes = 0;
+        for suffix in ["", "-wal"] {
+            let mut p = self.path.as_os_str().to_owned();
+            p.push(suffix);
+            bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        }
+        Ok(Stats {
+            hosts: count("SELECT count(*) FROM hosts")?,
+            snapshots: count("SELECT count(*) FROM snapshots")?,
+            versions: count("SELECT count(*) FROM versions")?,
+            deleted: count("SELECT count(*) FROM versions WHERE gone = 1")?,
+            names: count("SELECT count(*) FROM names")?,
+            dirs: count("SELECT count(*) FROM dirs")?,
+            bytes_on_disk: bytes,
+        })
+    }
+
+    fn run(&self, sql: &str, params: Vec<Value>) -> Result<Vec<FileVersion>> {
+        struct Raw {
+            host_id: i64,
+            host: String,
+            dir: String,
+            name: String,
+            kind: i64,
+            size: i64,
+            mtime: i64,
+            mtime_ns: i64,
+            mode: i64,
+            uid: i64,
+            gid: i64,
+            content: i64,
+            first: i64,
+            last: i64,
+            present: bool,
+            gone: bool,
+        }
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let raws: Vec<Raw> = stmt
+            .query_map(params_from_iter(params), |r| {
+                Ok(Raw {
+                    host: r.get(1)?,
+                    dir: r.get(2)?,
+                    name: r.get(3)?,
+                    kind: r.get(4)?,
+                    size: r.get(5)?,
+                    mtime: r.get(6)?,
+                    mtime_ns: r.get(7)?,
+                    mode: r.get(8)?,
+                    uid: r.get(9)?,
+                    gid: r.get(10)?,
+                    content: r.get(11)?,
+                    first: r.get(12)?,
+                    last: r.get(13)?,
+                    present: r.get(14)?,
+                    gone: r.get(15)?,
+                    host_id: r.get(16)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut snaps: HashMap<i64, SnapshotRef> = HashMap::new();
+        let mut out = Vec::with_capacity(raws.len());
+        for r in raws {
+            let first_seen = self.snapshot_ref(&mut snaps, r.first)?;
+            let last_seen = self.snapshot_ref(&mut snaps, r.last)?;
+            let deleted = if r.gone {
+                let next: Option<i64> = self
+                    .conn
+                    .prepare_cached("SELECT min(key) FROM snapshots WHERE host = ?1 AND key > ?2")?
+                    .query_row([r.host_id, r.last], |row| row.get(0))?;
+                match next {
+                    Some(n) => Some(DeletionWindow {
+                        last_present: last_seen.clone(),
+                        first_absent: self.snapshot_ref(&mut snaps, n)?,
+                    }),
+                    None => None,
+                }
+            } else {
+                None
+            };
+            out.push(FileVersion {
+                host: r.host,
+                path: format!("{}/{}", r.dir, r.name),
+                name: r.name,
+                kind: kind_from_code(r.kind).as_str().to_string(),
+                size: r.size as u64,
+                mtime: Timestamp::new(r.mtime, r.mtime_ns as i32).unwrap_or(Timestamp::UNIX_EPOCH),
+                mode: r.mode as u32,
+                uid: r.uid as u32,
+                gid: r.gid as u32,
+                content: format!("{:016x}", r.content as u64),
+                first_seen,
+                last_seen,
+                present: r.present,
+                deleted,
+            });
+        }
+        Ok(out)
+    }
+
+    fn snapshot_ref(&self, cache: &mut HashMap<i64, SnapshotRef>, key: i64) -> Result<SnapshotRef> {
+        if let Some(s) = cache.get(&key) {
+            return Ok(s.clone());
+        }
+        let (id, ns): (Vec<u8>, i64) = self
+            .conn
+            .prepare_cached("SELECT id, time_ns FROM snapshots WHERE key = ?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("snapshot key {key}")))?;
+        let s = SnapshotRef { id: snapshot_id(&id).to_hex(), time: ts_from_ns(ns) };
+        cache.insert(key, s.clone());
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_literals() {
+        assert_eq!(glob_literal("*.txt"), ".txt");
+        assert_eq!(glob_literal("report-*-final.doc"), "-final.doc");
+        assert_eq!(glob_literal("[ab]cd*"), "cd");
+        assert_eq!(glob_literal("{foo,barbaz}qq*"), "qq");
+        assert_eq!(glob_literal("a\\*bcd"), "a*bcd");
+    }
+
+    #[test]
+    fn paths_normalize() {
+        assert_eq!(normalize_path("/a/b/"), Some("/a/b".into()));
+        assert_eq!(normalize_path("a//b"), Some("/a/b".into()));
+        assert_eq!(normalize_path("/"), None);
+    }
+}

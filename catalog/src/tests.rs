@@ -1,0 +1,432 @@
+//! Randomized histories checked against a brute-force walk over every snapshot.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rewind_store::{ChunkId, Hash, Node, NodeKind, SnapshotId, Time, Tree, TreeId};
+
+use crate::*;
+
+/// A file system state: path (no leading slash) -> (kind, uid, content seed, mtime).
+type Fs = BTreeMap<String, (NodeKind, u32, u64, i64)>;
+
+struct Store {
+    trees: HashMap<TreeId, Arc<Tree>>,
+}
+
+impl Store {
+    fn put(&mut self, fs: &Fs, prefix: &str) -> TreeId {
+        // Direct children of `prefix`.
+        let mut nodes = Vec::new();
+        for (path, &(kind, uid, seed, mtime)) in fs {
+            let Some(rest) = (if prefix.is_empty() { Some(path.as_str()) } else { path.strip_prefix(&format!("{prefix}/")) })
+            else {
+                continue;
+            };
+            if rest.contains('/') {
+                continue;
+            }
+            let mut n = Node::new(rest.as_bytes().to_vec(), kind);
+            n.uid = uid;
+            n.gid = uid;
+            n.mode = 0o644;
+            n.mtime = Time { sec: mtime, nsec: 0 };
+            match kind {
+                NodeKind::File => {
+                    n.size = seed % 1000;
+                    n.content = vec![ChunkId(Hash::of(&seed.to_le_bytes()))];
+                }
+                NodeKind::Symlink => n.target = format!("t{seed}").into_bytes(),
+                NodeKind::Dir => n.subtree = Some(self.put(fs, path)),
+                _ => {}
+            }
+            nodes.push(n);
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let tree = Tree { nodes };
+        let id = Tree::id(&tree.encode());
+        self.trees.insert(id, Arc::new(tree));
+        id
+    }
+}
+
+/// xorshift, enough for tests.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn dirs_of(fs: &Fs) -> Vec<String> {
+    fs.iter().filter(|(_, v)| v.0 == NodeKind::Dir).map(|(k, _)| k.clone()).collect()
+}
+
+fn mkdirs(fs: &mut Fs, path: &str, uid: u32, mtime: i64) {
+    let mut acc = String::new();
+    let parts: Vec<&str> = path.split('/').collect();
+    for p in &parts[..parts.len() - 1] {
+        if !acc.is_empty() {
+            acc.push('/');
+        }
+        acc.push_str(p);
+        fs.entry(acc.clone()).or_insert((NodeKind::Dir, uid, 0, mtime));
+    }
+}
+
+fn step(fs: &mut Fs, rng: &mut Rng, generation: i64) {
+    let files: Vec<String> = fs.iter().filter(|(_, v)| v.0 != NodeKind::Dir).map(|(k, _)| k.clone()).collect();
+    for _ in 0..3 {
+        if files.is_empty() {
+            break;
+        }
+        let f = &files[rng.below(files.len() as u64) as usize];
+        if let Some(v) = fs.get_mut(f) {
+            v.2 = rng.next();
+            v.3 = 1000 + generation;
+        }
+    }
+    for _ in 0..2 {
+        if files.is_empty() {
+            break;
+        }
+        let f = &files[rng.below(files.len() as u64) as usize];
+        fs.remove(f);
+    }
+    for i in 0..3 {
+        let dirs = dirs_of(fs);
+        let base = if dirs.is_empty() || rng.below(4) == 0 {
+            format!("d{}", rng.below(4))
+        } else {
+            dirs[rng.below(dirs.len() as u64) as usize].clone()
+        };
+        let name = match rng.below(5) {
+            0 => format!("{base}/Report-{generation}-{i}.TXT"),
+            1 => format!("{base}/sub{}/notes{}.md", rng.below(3), rng.below(6)),
+            2 => format!("{base}/link{}", rng.below(3)),
+            _ => format!("{base}/file{}.txt", rng.below(8)),
+        };
+        if fs.get(&name).is_some_and(|v| v.0 == NodeKind::Dir) {
+            continue;
+        }
+        let uid = 1000 + rng.below(3) as u32;
+        mkdirs(fs, &name, uid, 1000 + generation);
+        if fs.get(&name).is_none() {
+            let kind = if name.contains("link") { NodeKind::Symlink } else { NodeKind::File };
+            fs.insert(name, (kind, uid, rng.below(3), 1000 + generation));
+        }
+    }
+    if rng.below(3) == 0 {
+        // Rename a directory.
+        let dirs = dirs_of(fs);
+        if !dirs.is_empty() {
+            let d = dirs[rng.below(dirs.len() as u64) as usize].clone();
+            let to = format!("{d}-r{generation}");
+            let moved: Vec<(String, (NodeKind, u32, u64, i64))> =
+                fs.range(d.clone()..).take_while(|(k, _)| **k == d || k.starts_with(&format!("{d}/"))).map(|(k, v)| (k.clone(), *v)).collect();
+            for (k, v) in moved {
+                fs.remove(&k);
+                fs.insert(format!("{to}{}", &k[d.len()..]), v);
+            }
+        }
+    }
+    if rng.below(5) == 0 {
+        // Delete a whole directory.
+        let dirs = dirs_of(fs);
+        if !dirs.is_empty() {
+            let d = dirs[rng.below(dirs.len() as u64) as usize].clone();
+            fs.retain(|k, _| *k != d && !k.starts_with(&format!("{d}/")));
+        }
+    }
+    // Directory mtimes follow nothing here; the version model still sees their subtrees change.
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Expect {
+    host: String,
+    path: String,
+    kind: String,
+    uid: u32,
+    content: String,
+    first: String,
+    last: String,
+    present: bool,
+    /// The first snapshot without it, for deleted ones.
+    gone_by: Option<String>,
+}
+
+/// Brute force: per host, walk every snapshot and cut each path's presence into runs of equal
+/// identity.
+fn brute(snaps: &[(SnapshotInfo, Fs)], store: &Store) -> Vec<Expect> {
+    let mut by_host: BTreeMap<String, Vec<&(SnapshotInfo, Fs)>> = BTreeMap::new();
+    for s in snaps {
+        by_host.entry(s.0.host.clone()).or_default().push(s);
+    }
+    let mut out = Vec::new();
+    for (host, list) in by_host {
+        // path -> list of (snapshot index, identity)
+        let mut seen: BTreeMap<String, Vec<(usize, (String, u32, String))>> = BTreeMap::new();
+        for (i, (info, _)) in list.iter().enumerate() {
+            let mut stack = vec![(String::new(), info.tree)];
+            while let Some((prefix, tid)) = stack.pop() {
+                for n in &store.trees[&tid].nodes {
+                    let p = format!("{prefix}/{}", String::from_utf8_lossy(&n.name));
+                    let ident = (n.kind.as_str().to_string(), n.uid, format!("{:016x}", content_id(n) as u64));
+                    seen.entry(p.clone()).or_default().push((i, ident));
+                    if let Some(sub) = n.subtree {
+                        stack.push((p, sub));
+                    }
+                }
+            }
+        }
+        let latest = list.len() - 1;
+        for (path, occ) in seen {
+            let mut runs: Vec<(usize, usize, (String, u32, String))> = Vec::new();
+            for (i, id) in occ {
+                match runs.last_mut() {
+                    Some(r) if r.1 + 1 == i && r.2 == id => r.1 = i,
+                    _ => runs.push((i, i, id)),
+                }
+            }
+            let n = runs.len();
+            for (k, (a, b, id)) in runs.into_iter().enumerate() {
+                let gone = k + 1 == n && b != latest;
+                out.push(Expect {
+                    host: host.clone(),
+                    path: path.clone(),
+                    kind: id.0,
+                    uid: id.1,
+                    content: id.2,
+                    first: list[a].0.id.to_hex(),
+                    last: list[b].0.id.to_hex(),
+                    present: b == latest,
+                    gone_by: gone.then(|| list[b + 1].0.id.to_hex()),
+                });
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn actual(cat: &Catalog, q: &Query) -> Vec<Expect> {
+    let mut out = Vec::new();
+    let mut q = q.clone();
+    q.limit = 37; // exercise paging
+    loop {
+        let page = cat.find(&q).unwrap();
+        for v in page.items {
+            out.push(Expect {
+                host: v.host,
+                path: v.path,
+                kind: v.kind,
+                uid: v.uid,
+                content: v.content,
+                first: v.first_seen.id,
+                last: v.last_seen.id,
+                present: v.present,
+                gone_by: v.deleted.map(|d| d.first_absent.id),
+            });
+        }
+        match page.next_offset {
+            Some(o) => q.offset = o,
+            None => break,
+        }
+    }
+    out.sort();
+    out
+}
+
+fn history(seed: u64, gens: i64, hosts: &[&str]) -> (Store, Vec<(SnapshotInfo, Fs)>) {
+    let mut rng = Rng(seed | 1);
+    let mut store = Store { trees: HashMap::new() };
+    let mut snaps = Vec::new();
+    for (h, host) in hosts.iter().enumerate() {
+        let mut fs = Fs::new();
+        for g in 0..gens {
+            step(&mut fs, &mut rng, g);
+            let tree = store.put(&fs, "");
+            let time = jiff::Timestamp::from_second(1_800_000_000 + g * 3600 + h as i64).unwrap();
+            let id = SnapshotId(Hash::of(format!("{host}{g}{seed}").as_bytes()));
+            snaps.push((SnapshotInfo { id, host: host.to_string(), time, tree }, fs.clone()));
+        }
+    }
+    snaps.sort_by_key(|s| (s.0.time, s.0.id));
+    (store, snaps)
+}
+
+fn wanted(snaps: &[(SnapshotInfo, Fs)]) -> BTreeMap<String, Vec<SnapshotInfo>> {
+    let mut w: BTreeMap<String, Vec<SnapshotInfo>> = BTreeMap::new();
+    for (s, _) in snaps {
+        w.entry(s.host.clone()).or_default().push(s.clone());
+    }
+    w
+}
+
+fn fresh() -> (tempfile::TempDir, Catalog) {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(&dir.path().join("c.sqlite"), "repo").unwrap();
+    (dir, cat)
+}
+
+#[test]
+fn incremental_equals_brute_force_and_rebuild() {
+    for seed in [1u64, 7, 42, 99] {
+        let (store, snaps) = history(seed, 12, &["alpha", "beta"]);
+        let (_d, mut cat) = fresh();
+        // Incremental: one snapshot at a time, as after each backup.
+        for i in 0..snaps.len() {
+            let report = cat.sync_to(&store.trees, wanted(&snaps[..=i])).unwrap();
+            assert!(report.hosts_rebuilt.is_empty(), "{report:?}");
+            assert_eq!(report.snapshots_applied, 1);
+            assert_eq!(actual(&cat, &Query::default()), brute(&snaps[..=i], &store), "seed {seed} after {i}");
+        }
+        let all = brute(&snaps, &store);
+        let deleted: Vec<Expect> = all.iter().filter(|e| e.gone_by.is_some()).cloned().collect();
+        assert!(!deleted.is_empty());
+        assert_eq!(actual(&cat, &Query { deleted: true, ..Default::default() }), deleted);
+        // Rebuild gives the same answers.
+        cat.clear().unwrap();
+        cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
+        assert_eq!(actual(&cat, &Query::default()), all);
+    }
+}
+
+#[test]
+fn removed_and_late_snapshots_rebuild_the_host() {
+    let (store, snaps) = history(5, 10, &["alpha", "beta"]);
+    let (_d, mut cat) = fresh();
+    cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
+    // Retention drops every third snapshot of alpha, and its newest.
+    let mut kept: Vec<(SnapshotInfo, Fs)> = Vec::new();
+    let mut n = 0;
+    let last_alpha = snaps.iter().rposition(|s| s.0.host == "alpha").unwrap();
+    for (i, s) in snaps.iter().enumerate() {
+        if s.0.host == "alpha" {
+            n += 1;
+            if n % 3 == 0 || i == last_alpha {
+                continue;
+            }
+        }
+        kept.push(s.clone());
+    }
+    let report = cat.sync_to(&store.trees, wanted(&kept)).unwrap();
+    assert_eq!(report.hosts_rebuilt, vec!["alpha".to_string()]);
+    assert_eq!(actual(&cat, &Query::default()), brute(&kept, &store));
+    // A late snapshot (older than the newest) comes back: the host is rebuilt again.
+    let report = cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
+    assert_eq!(report.hosts_rebuilt, vec!["alpha".to_string()]);
+    assert_eq!(actual(&cat, &Query::default()), brute(&snaps, &store));
+    // A host whose snapshots are all gone leaves.
+    let only_beta: Vec<_> = snaps.iter().filter(|s| s.0.host == "beta").cloned().collect();
+    let report = cat.sync_to(&store.trees, wanted(&only_beta)).unwrap();
+    assert_eq!(report.hosts_removed, vec!["alpha".to_string()]);
+    assert_eq!(cat.hosts().unwrap(), vec!["beta".to_string()]);
+    assert_eq!(actual(&cat, &Query::default()), brute(&only_beta, &store));
+}
+
+#[test]
+fn queries_filter_like_brute_force() {
+    let (store, snaps) = history(11, 10, &["alpha", "beta"]);
+    let (_d, mut cat) = fresh();
+    cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
+    let all = brute(&snaps, &store);
+    let name_of = |p: &str| p.rsplit('/').next().unwrap().to_lowercase();
+    let check = |q: Query, keep: &dyn Fn(&Expect) -> bool| {
+        let want: Vec<Expect> = all.iter().filter(|e| keep(e)).cloned().collect();
+        assert!(!want.is_empty(), "{q:?} selects nothing: a useless check");
+        assert_eq!(actual(&cat, &q), want, "{q:?}");
+    };
+    check(Query { name: Some(NameMatch::Substring("report".into())), ..Default::default() }, &|e| {
+        name_of(&e.path).contains("report")
+    });
+    check(Query { name: Some(NameMatch::Substring("ES".into())), ..Default::default() }, &|e| {
+        name_of(&e.path).contains("es")
+    });
+    check(Query { name: Some(NameMatch::Glob("notes?.MD".into())), ..Default::default() }, &|e| {
+        let n = name_of(&e.path);
+        n.len() == 9 && n.starts_with("notes") && n.ends_with(".md")
+    });
+    check(Query { name: Some(NameMatch::Glob("*.txt".into())), uid: Some(1001), ..Default::default() }, &|e| {
+        name_of(&e.path).ends_with(".txt") && e.uid == 1001
+    });
+    check(Query { host: Some("beta".into()), kind: Some(NodeKind::Symlink), ..Default::default() }, &|e| {
+        e.host == "beta" && e.kind == "symlink"
+    });
+    check(Query { path_prefix: Some("/d1/".into()), ..Default::default() }, &|e| {
+        e.path == "/d1" || e.path.starts_with("/d1/")
+    });
+    check(Query { deleted: true, uid: Some(1002), ..Default::default() }, &|e| e.gone_by.is_some() && e.uid == 1002);
+    // Deleted since the 8th generation: the first snapshot without it is at or after it.
+    let t = jiff::Timestamp::from_second(1_800_000_000 + 7 * 3600).unwrap();
+    let time_of: HashMap<String, jiff::Timestamp> = snaps.iter().map(|s| (s.0.id.to_hex(), s.0.time)).collect();
+    check(Query { deleted_since: Some(t), ..Default::default() }, &|e| {
+        e.gone_by.as_ref().is_some_and(|g| time_of[g] >= t)
+    });
+    check(Query { seen_to: Some(jiff::Timestamp::from_second(1_800_000_000 + 3600).unwrap()), ..Default::default() }, &|e| {
+        time_of[&e.first] <= jiff::Timestamp::from_second(1_800_000_000 + 3600).unwrap()
+    });
+}
+
+#[test]
+fn order_paging_and_history() {
+    let (store, snaps) = history(3, 8, &["alpha"]);
+    let (_d, mut cat) = fresh();
+    cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
+    let page = cat.find(&Query { limit: 10_000, ..Default::default() }).unwrap();
+    assert!(page.next_offset.is_none());
+    let times: Vec<_> = page.items.iter().map(|v| v.last_seen.time).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "most recent first");
+    let p = page.items.iter().find(|v| v.kind == "file").unwrap().path.clone();
+    let hist = cat.history(Some("alpha"), &p).unwrap();
+    let want: Vec<Expect> = brute(&snaps, &store).into_iter().filter(|e| e.path == p).collect();
+    assert_eq!(hist.len(), want.len());
+    assert!(hist.windows(2).all(|w| w[0].first_seen.time > w[1].first_seen.time));
+    assert!(hist.iter().all(|v| v.path == p));
+}
+
+#[test]
+fn reopening_other_repository_or_garbage_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.sqlite");
+    let (store, snaps) = history(2, 3, &["h"]);
+    {
+        let mut cat = Catalog::open(&path, "one").unwrap();
+        cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
+        assert_eq!(cat.snapshots().unwrap().len(), 3);
+    }
+    assert_eq!(Catalog::open(&path, "one").unwrap().snapshots().unwrap().len(), 3);
+    assert_eq!(Catalog::open(&path, "two").unwrap().snapshots().unwrap().len(), 0);
+    Catalog::remove(&path).unwrap();
+    std::fs::write(&path, b"this is not a database, just garbage bytes").unwrap();
+    assert_eq!(Catalog::open(&path, "two").unwrap().snapshots().unwrap().len(), 0);
+}
+
+#[test]
+fn readers_see_whole_snapshots_only() {
+    let (store, snaps) = history(4, 6, &["h"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.sqlite");
+    let mut cat = Catalog::open(&path, "r").unwrap();
+    cat.sync_to(&store.trees, wanted(&snaps[..3])).unwrap();
+    let reader = Catalog::open_read_only(&path).unwrap();
+    // A snapshot whose trees are missing fails midway: nothing of it may show.
+    let mut broken = snaps[3].0.clone();
+    let mut partial = store.trees.clone();
+    let root = &store.trees[&broken.tree];
+    if let Some(sub) = root.nodes.iter().rev().find_map(|n| n.subtree) {
+        partial.remove(&sub);
+    }
+    broken.tree = snaps[3].0.tree;
+    assert!(cat.apply(&partial, &broken).is_err());
+    assert_eq!(actual(&reader, &Query::default()), brute(&snaps[..3], &store));
+    assert_eq!(actual(&cat, &Query::default()), brute(&snaps[..3], &store));
+    cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
+    assert_eq!(actual(&reader, &Query::default()), brute(&snaps, &store));
+}

@@ -1,0 +1,589 @@
+//! Bringing the catalog up to date: one transaction per snapshot, diffing its tree against the
+//! host's previous snapshot and skipping identical subtrees by id.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use rewind_store::{IndexedRepository, Node, NodeKind, SnapshotId, Tree, TreeId};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use serde::Serialize;
+
+use crate::Catalog;
+use crate::error::{Error, Result};
+
+/// Where trees come from: the repository, or (in tests and benchmarks) memory.
+pub trait TreeSource {
+    fn tree(&self, id: TreeId) -> rewind_store::Result<Arc<Tree>>;
+}
+
+impl TreeSource for IndexedRepository {
+    fn tree(&self, id: TreeId) -> rewind_store::Result<Arc<Tree>> {
+        IndexedRepository::tree(self, id)
+    }
+}
+
+impl TreeSource for HashMap<TreeId, Arc<Tree>> {
+    fn tree(&self, id: TreeId) -> rewind_store::Result<Arc<Tree>> {
+        self.get(&id).cloned().ok_or_else(|| rewind_store::Error::NotFound(format!("tree {}", id.short())))
+    }
+}
+
+/// What the catalog needs of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub id: SnapshotId,
+    pub host: String,
+    pub time: jiff::Timestamp,
+    pub tree: TreeId,
+}
+
+impl From<&rewind_store::SnapshotEntry> for SnapshotInfo {
+    fn from(e: &rewind_store::SnapshotEntry) -> Self {
+        SnapshotInfo { id: e.id, host: e.snapshot.host.clone(), time: e.snapshot.time, tree: e.snapshot.tree }
+    }
+}
+
+/// What an update did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    /// Snapshots added to the catalog.
+    pub snapshots_applied: u64,
+    /// Snapshots that were in the catalog but are no longer in the repository.
+    pub snapshots_dropped: u64,
+    /// Hosts rebuilt from their first snapshot (a snapshot was removed, or arrived out of order).
+    pub hosts_rebuilt: Vec<String>,
+    /// Hosts that no longer have any snapshot.
+    pub hosts_removed: Vec<String>,
+    pub versions_added: u64,
+    pub versions_closed: u64,
+    pub trees_read: u64,
+    pub subtrees_skipped: u64,
+}
+
+/// The numeric kind stored in `versions.kind`.
+pub(crate) fn kind_code(k: NodeKind) -> i64 {
+    match k {
+        NodeKind::File => 1,
+        NodeKind::Dir => 2,
+        NodeKind::Symlink => 3,
+        NodeKind::BlockDevice => 4,
+        NodeKind::CharDevice => 5,
+        NodeKind::Fifo => 6,
+        NodeKind::Socket => 7,
+    }
+}
+
+pub(crate) fn kind_from_code(c: i64) -> NodeKind {
+    match c {
+        1 => NodeKind::File,
+        2 => NodeKind::Dir,
+        3 => NodeKind::Symlink,
+        4 => NodeKind::BlockDevice,
+        5 => NodeKind::CharDevice,
+        6 => NodeKind::Fifo,
+        _ => NodeKind::Socket,
+    }
+}
+
+/// A version's identity: two nodes at one path are the same version when all of this agrees.
+/// `content` is the first 8 bytes of BLAKE3 over the file's chunk ids in order (the symlink
+/// target for symlinks, 0 otherwise): enough to tell one path's versions apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ident {
+    pub kind: i64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_ns: u32,
+    pub content: i64,
+}
+
+/// The content id of a node, as stored.
+pub fn content_id(node: &Node) -> i64 {
+    let mut h = blake3::Hasher::new();
+    match node.kind {
+        NodeKind::File => {
+            for c in &node.content {
+                h.update(c.as_bytes());
+            }
+        }
+        NodeKind::Symlink => {
+            h.update(&node.target);
+        }
+        _ => return 0,
+    }
+    i64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+pub(crate) fn ident(n: &Node) -> Ident {
+    Ident {
+        kind: kind_code(n.kind),
+        mode: n.mode,
+        uid: n.uid,
+        gid: n.gid,
+        size: n.size,
+        mtime: n.mtime.sec,
+        mtime_ns: n.mtime.nsec,
+        content: content_id(n),
+    }
+}
+
+/// A testing hook: `REWIND_CATALOG_FAILPOINT=abort-after-versions:N` aborts the process (as a
+/// kill would) after N version rows were written by this process, mid-transaction.
+pub(crate) fn failpoint_from_env() -> Option<u64> {
+    let v = std::env::var("REWIND_CATALOG_FAILPOINT").ok()?;
+    v.strip_prefix("abort-after-versions:")?.parse().ok()
+}
+
+/// Writer caches. Ids in them are valid only for committed state, so they are cleared whenever
+/// a transaction does not commit.
+#[derive(Default)]
+pub(crate) struct Caches {
+    names: HashMap<Vec<u8>, i64>,
+    dirs: HashMap<(i64, i64), i64>,
+}
+
+impl Catalog {
+    /// Bring the catalog up to date with the repository: add new snapshots (one transaction
+    /// each), drop removed ones, and rebuild a host whose history changed other than at its end.
+    pub fn sync(&mut self, repo: &IndexedRepository) -> Result<SyncReport> {
+        let entries = repo.repo().snapshots()?;
+        let mut wanted: BTreeMap<String, Vec<SnapshotInfo>> = BTreeMap::new();
+        for e in &entries {
+            wanted.entry(e.snapshot.host.clone()).or_default().push(SnapshotInfo::from(e));
+        }
+        self.sync_to(repo, wanted)
+    }
+
+    /// [`Catalog::sync`] against an explicit list of snapshots per host, each oldest first.
+    pub fn sync_to(
+        &mut self,
+        source: &dyn TreeSource,
+        wanted: BTreeMap<String, Vec<SnapshotInfo>>,
+    ) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        let have = self.catalogued()?;
+        let hosts: HashSet<&String> = have.keys().chain(wanted.keys()).collect();
+        let mut hosts: Vec<&String> = hosts.into_iter().collect();
+        hosts.sort();
+        for host in hosts {
+            let want = wanted.get(host).map(Vec::as_slice).unwrap_or(&[]);
+            let had = have.get(host).map(Vec::as_slice).unwrap_or(&[]);
+            if want.is_empty() {
+                report.snapshots_dropped += had.len() as u64;
+                self.remove_host(host)?;
+                report.hosts_removed.push(host.clone());
+                continue;
+            }
+            let want_ids: HashSet<SnapshotId> = want.iter().map(|s| s.id).collect();
+            let had_ids: HashSet<SnapshotId> = had.iter().map(|s| s.0).collect();
+            let dropped = had.iter().filter(|s| !want_ids.contains(&s.0)).count();
+            let newest = had.last().map(|s| (s.1, s.0));
+            let out_of_order =
+                want.iter().any(|s| !had_ids.contains(&s.id) && newest.is_some_and(|n| (s.time, s.id) < n));
+            let todo: Vec<&SnapshotInfo> = if dropped > 0 || out_of_order {
+                tracing::info!(
+                    "catalog: rebuilding host {host} ({dropped} snapshots removed, out of order: {out_of_order})"
+                );
+                report.snapshots_dropped += dropped as u64;
+                self.remove_host(host)?;
+                report.hosts_rebuilt.push(host.clone());
+                want.iter().collect()
+            } else {
+                want.iter().filter(|s| !had_ids.contains(&s.id)).collect()
+            };
+            for snap in todo {
+                if self.apply_with(source, snap, &mut report)? {
+                    report.snapshots_applied += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Drop everything and build again from the repository.
+    pub fn rebuild(&mut self, repo: &IndexedRepository) -> Result<SyncReport> {
+        self.clear()?;
+        self.sync(repo)
+    }
+
+    /// Empty the catalog (in one transaction).
+    pub fn clear(&mut self) -> Result<()> {
+        self.caches = Caches::default();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "DELETE FROM versions; DELETE FROM dirs; DELETE FROM names;
+             INSERT INTO names_fts(names_fts) VALUES('delete-all');
+             DELETE FROM snapshots; DELETE FROM hosts;",
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Snapshots in the catalog per host, oldest first: (id, time).
+    fn catalogued(&self) -> Result<BTreeMap<String, Vec<(SnapshotId, jiff::Timestamp)>>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT h.name, s.id, s.time_ns FROM snapshots s JOIN hosts h ON h.id = s.host ORDER BY s.key",
+        )?;
+        let mut out: BTreeMap<String, Vec<(SnapshotId, jiff::Timestamp)>> = BTreeMap::new();
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let host: String = r.get(0)?;
+            let id: Vec<u8> = r.get(1)?;
+            let id = crate::query::snapshot_id(&id);
+            let time = crate::query::ts_from_ns(r.get(2)?);
+            out.entry(host).or_default().push((id, time));
+        }
+        Ok(out)
+    }
+
+    /// Forget a host and all its versions (one transaction).
+    pub fn remove_host(&mut self, host: &str) -> Result<()> {
+        self.caches = Caches::default();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id: Option<i64> = tx.query_row("SELECT id FROM hosts WHERE name=?1", [host], |r| r.get(0)).optional()?;
+        if let Some(id) = id {
+            tx.execute("DELETE FROM versions WHERE host=?1", [id])?;
+            tx.execute("DELETE FROM dirs WHERE host=?1", [id])?;
+            tx.execute("DELETE FROM snapshots WHERE host=?1", [id])?;
+            tx.execute("DELETE FROM hosts WHERE id=?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Add one snapshot, newer than every catalogued snapshot of its host, in one transaction.
+    /// Returns false if it was already there. An older snapshot is refused
+    /// ([`Error::InvalidInput`]); [`Catalog::sync`] rebuilds the host instead.
+    pub fn apply(&mut self, source: &dyn TreeSource, snap: &SnapshotInfo) -> Result<bool> {
+        let mut report = SyncReport::default();
+        self.apply_with(source, snap, &mut report)
+    }
+
+    fn apply_with(&mut self, source: &dyn TreeSource, snap: &SnapshotInfo, report: &mut SyncReport) -> Result<bool> {
+        let failpoint = self.failpoint;
+        let written_before = self.versions_written;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let result = apply_in(&tx, &mut self.caches, source, snap, failpoint, &mut self.versions_written, report);
+        match result {
+            Ok(true) => {
+                tx.commit()?;
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => {
+                // Ids handed out in this transaction are gone with it.
+                self.caches = Caches::default();
+                self.versions_written = written_before;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn ns_of(t: jiff::Timestamp) -> i64 {
+    t.as_nanosecond() as i64
+}
+
+fn apply_in(
+    tx: &Transaction<'_>,
+    caches: &mut Caches,
+    source: &dyn TreeSource,
+    snap: &SnapshotInfo,
+    failpoint: Option<u64>,
+    written: &mut u64,
+    report: &mut SyncReport,
+) -> Result<bool> {
+    let exists: Option<i64> =
+        tx.query_row("SELECT key FROM snapshots WHERE id=?1", [snap.id.as_bytes().as_slice()], |r| r.get(0)).optional()?;
+    if exists.is_some() {
+        return Ok(false);
+    }
+    tx.execute("INSERT OR IGNORE INTO hosts(name) VALUES (?1)", [&snap.host])?;
+    let host: i64 = tx.query_row("SELECT id FROM hosts WHERE name=?1", [&snap.host], |r| r.get(0))?;
+    let prev: Option<(i64, Vec<u8>, i64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT key, id, time_ns, tree FROM snapshots WHERE host=?1 ORDER BY key DESC LIMIT 1",
+            [host],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    let time_ns = ns_of(snap.time);
+    if let Some((_, pid, pns, _)) = &prev
+        && (*pns, pid.as_slice()) > (time_ns, snap.id.as_bytes().as_slice())
+    {
+        return Err(Error::InvalidInput(format!(
+            "snapshot {} of {} is older than the newest catalogued one; sync rebuilds the host",
+            snap.id.short(),
+            snap.host
+        )));
+    }
+    // Keys sort like times (to the millisecond) and are unique.
+    let mut key = snap.time.as_millisecond().max(prev.as_ref().map_or(i64::MIN, |p| p.0 + 1));
+    let mut probe = tx.prepare_cached("SELECT 1 FROM snapshots WHERE key=?1")?;
+    while probe.exists([key])? {
+        key += 1;
+    }
+    drop(probe);
+    tx.execute(
+        "INSERT INTO snapshots(key, id, host, time_ns, tree) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![key, snap.id.as_bytes().as_slice(), host, time_ns, snap.tree.as_bytes().as_slice()],
+    )?;
+    let mut w = Writer { tx, caches, source, host, key, prev: prev.as_ref().map(|p| p.0), failpoint, written, report };
+    let (root, created) = w.root_dir()?;
+    match &prev {
+        None => w.add_tree(root, "", Some(snap.tree), created)?,
+        Some((_, _, _, ptree)) => {
+            let ptree = TreeId(rewind_store::Hash(ptree.as_slice().try_into().map_err(|_| {
+                Error::InvalidInput("damaged catalog: snapshot tree id is not 32 bytes".into())
+            })?));
+            w.diff_tree(root, "", Some(ptree), Some(snap.tree))?
+        }
+    }
+    tx.execute("UPDATE hosts SET latest=?1 WHERE id=?2", [key, host])?;
+    Ok(true)
+}
+
+struct Writer<'a, 't> {
+    tx: &'a Transaction<'t>,
+    caches: &'a mut Caches,
+    source: &'a dyn TreeSource,
+    host: i64,
+    key: i64,
+    prev: Option<i64>,
+    failpoint: Option<u64>,
+    written: &'a mut u64,
+    report: &'a mut SyncReport,
+}
+
+impl Writer<'_, '_> {
+    fn load(&mut self, id: Option<TreeId>) -> Result<Arc<Tree>> {
+        match id {
+            None => Ok(Arc::new(Tree::default())),
+            Some(id) => {
+                self.report.trees_read += 1;
+                Ok(self.source.tree(id)?)
+            }
+        }
+    }
+
+    fn name_id(&mut self, name: &[u8]) -> Result<i64> {
+        if let Some(&id) = self.caches.names.get(name) {
+            return Ok(id);
+        }
+        let (text, raw) = match std::str::from_utf8(name) {
+            Ok(s) => (s.to_owned(), None),
+            Err(_) => (String::from_utf8_lossy(name).into_owned(), Some(name)),
+        };
+        let found: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT id FROM names WHERE name=?1 AND raw IS ?2")?
+            .query_row(params![text, raw], |r| r.get(0))
+            .optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                self.tx.prepare_cached("INSERT INTO names(name, raw) VALUES (?1, ?2)")?.execute(params![text, raw])?;
+                let id = self.tx.last_insert_rowid();
+                self.tx.prepare_cached("INSERT INTO names_fts(rowid, name) VALUES (?1, ?2)")?.execute(params![id, text])?;
+                id
+            }
+        };
+        self.caches.names.insert(name.to_vec(), id);
+        Ok(id)
+    }
+
+    fn root_dir(&mut self) -> Result<(i64, bool)> {
+        let found: Option<i64> = self
+            .tx
+            .query_row("SELECT id FROM dirs WHERE host=?1 AND parent IS NULL", [self.host], |r| r.get(0))
+            .optional()?;
+        match found {
+            Some(id) => Ok((id, false)),
+            None => {
+                self.tx.execute("INSERT INTO dirs(host, parent, name, path) VALUES (?1, NULL, NULL, '')", [self.host])?;
+                Ok((self.tx.last_insert_rowid(), true))
+            }
+        }
+    }
+
+    /// The catalog id of directory `name` in `parent`, if it was ever seen.
+    fn find_dir(&mut self, parent: i64, name: i64) -> Result<Option<i64>> {
+        if let Some(&id) = self.caches.dirs.get(&(parent, name)) {
+            return Ok(Some(id));
+        }
+        let found: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT id FROM dirs WHERE parent=?1 AND name=?2")?
+            .query_row([parent, name], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = found {
+            self.caches.dirs.insert((parent, name), id);
+        }
+        Ok(found)
+    }
+
+    /// Like `find_dir`, creating it if needed; true if created.
+    fn dir_id(&mut self, parent: i64, parent_path: &str, name: i64, raw_name: &[u8]) -> Result<(i64, bool, String)> {
+        let path = format!("{parent_path}/{}", String::from_utf8_lossy(raw_name));
+        if let Some(id) = self.find_dir(parent, name)? {
+            return Ok((id, false, path));
+        }
+        self.tx
+            .prepare_cached("INSERT INTO dirs(host, parent, name, path) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![self.host, parent, name, path])?;
+        let id = self.tx.last_insert_rowid();
+        self.caches.dirs.insert((parent, name), id);
+        Ok((id, true, path))
+    }
+
+    fn insert_version(&mut self, dir: i64, name: i64, n: &Node) -> Result<()> {
+        let i = ident(n);
+        self.tx
+            .prepare_cached(
+                "INSERT INTO versions(host, dir, name, kind, mode, uid, gid, size, mtime, mtime_ns, content, first)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![
+                self.host, dir, name, i.kind, i.mode, i.uid, i.gid, i.size as i64, i.mtime, i.mtime_ns, i.content,
+                self.key
+            ])?;
+        self.report.versions_added += 1;
+        *self.written += 1;
+        if self.failpoint.is_some_and(|n| *self.written >= n) {
+            tracing::error!("REWIND_CATALOG_FAILPOINT reached after {} versions: aborting", self.written);
+            std::process::abort();
+        }
+        Ok(())
+    }
+
+    /// End the open version of `name` in `dir` at the previous snapshot.
+    fn close(&mut self, dir: i64, name: i64, gone: bool) -> Result<()> {
+        let n = self
+            .tx
+            .prepare_cached("UPDATE versions SET last=?1, gone=?2 WHERE dir=?3 AND name=?4 AND last IS NULL")?
+            .execute(params![self.prev, gone as i64, dir, name])?;
+        self.report.versions_closed += n as u64;
+        Ok(())
+    }
+
+    /// A path is back: its older versions are no longer the deleted ones.
+    fn unmark_gone(&mut self, dir: i64, name: i64) -> Result<()> {
+        self.tx
+            .prepare_cached("UPDATE versions SET gone=0 WHERE dir=?1 AND name=?2 AND gone=1")?
+            .execute([dir, name])?;
+        Ok(())
+    }
+
+    /// Everything under a directory that went: close all open versions below it, as deleted.
+    fn close_dir(&mut self, dir: i64) -> Result<()> {
+        let n = self
+            .tx
+            .prepare_cached("UPDATE versions SET last=?1, gone=1 WHERE dir=?2 AND last IS NULL")?
+            .execute(params![self.prev, dir])?;
+        self.report.versions_closed += n as u64;
+        let children: Vec<i64> = self
+            .tx
+            .prepare_cached("SELECT id FROM dirs WHERE parent=?1")?
+            .query_map([dir], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for c in children {
+            self.close_dir(c)?;
+        }
+        Ok(())
+    }
+
+    /// A directory new to the host's latest state: every entry below is a new version.
+    fn add_tree(&mut self, dir: i64, path: &str, tree: Option<TreeId>, dir_is_new: bool) -> Result<()> {
+        let tree = self.load(tree)?;
+        for node in &tree.nodes {
+            let name = self.name_id(&node.name)?;
+            if !dir_is_new {
+                self.unmark_gone(dir, name)?;
+            }
+            self.insert_version(dir, name, node)?;
+            if node.is_dir() {
+                let (child, created, cpath) = self.dir_id(dir, path, name, &node.name)?;
+                self.add_tree(child, &cpath, node.subtree, created)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bring a directory from tree `a` (the previous snapshot) to tree `b`.
+    fn diff_tree(&mut self, dir: i64, path: &str, a: Option<TreeId>, b: Option<TreeId>) -> Result<()> {
+        if a == b {
+            self.report.subtrees_skipped += 1;
+            return Ok(());
+        }
+        let (ta, tb) = (self.load(a)?, self.load(b)?);
+        let (mut i, mut j) = (0, 0);
+        while i < ta.nodes.len() || j < tb.nodes.len() {
+            let ord = match (ta.nodes.get(i), tb.nodes.get(j)) {
+                (Some(x), Some(y)) => x.name.cmp(&y.name),
+                (Some(_), None) => Ordering::Less,
+                _ => Ordering::Greater,
+            };
+            match ord {
+                Ordering::Less => {
+                    let na = &ta.nodes[i];
+                    let name = self.name_id(&na.name)?;
+                    self.close(dir, name, true)?;
+                    if na.is_dir()
+                        && let Some(child) = self.find_dir(dir, name)?
+                    {
+                        self.close_dir(child)?;
+                    }
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    let nb = &tb.nodes[j];
+                    let name = self.name_id(&nb.name)?;
+                    self.unmark_gone(dir, name)?;
+                    self.insert_version(dir, name, nb)?;
+                    if nb.is_dir() {
+                        let (child, created, cpath) = self.dir_id(dir, path, name, &nb.name)?;
+                        self.add_tree(child, &cpath, nb.subtree, created)?;
+                    }
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    let (na, nb) = (&ta.nodes[i], &tb.nodes[j]);
+                    let same = ident(na) == ident(nb);
+                    let dirs_differ = (na.is_dir() || nb.is_dir()) && !(na.is_dir() && nb.is_dir() && na.subtree == nb.subtree);
+                    if !same || dirs_differ {
+                        let name = self.name_id(&nb.name)?;
+                        if !same {
+                            self.close(dir, name, false)?;
+                            self.insert_version(dir, name, nb)?;
+                        }
+                        match (na.is_dir(), nb.is_dir()) {
+                            (true, true) => {
+                                let (child, _, cpath) = self.dir_id(dir, path, name, &nb.name)?;
+                                self.diff_tree(child, &cpath, na.subtree, nb.subtree)?;
+                            }
+                            (true, false) => {
+                                if let Some(child) = self.find_dir(dir, name)? {
+                                    self.close_dir(child)?;
+                                }
+                            }
+                            (false, true) => {
+                                let (child, created, cpath) = self.dir_id(dir, path, name, &nb.name)?;
+                                self.add_tree(child, &cpath, nb.subtree, created)?;
+                            }
+                            (false, false) => {}
+                        }
+                    } else if na.is_dir() {
+                        self.report.subtrees_skipped += 1;
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
