@@ -1,1 +1,25 @@
-//! rewind-fs (skeleton; see the issue).
+//! rewind-fs: every snapshot of a repository as a read-only FUSE filesystem.
+//!
+//! The namespace (`snapshots/`, `hosts/<h>/<time>` and `latest`, `ids/`, `tags/`) is
+//! [`rewind_store::View`]'s; this crate only translates it to FUSE:
+//! - `inode`: inode numbers derived from stable keys (path in the mount; `(dev, inode)` for hard
+//!   links within a snapshot), unique for the life of the mount, entries kept while the kernel
+//!   holds a lookup count and dropped on `forget`;
+//! - `core`: every operation as a function returning `Result<_, Errno>`, tested without a mount;
+//! - `fuse`: the `fuser::Filesystem` glue, the only code that touches replies; reads and tree
+//!   loads run on worker threads (`pool`), so the FUSE loop never waits on decompression;
+//! - `mount`: mountpoint checks, the foreground session, unmount on signals.
+//!
+//! Invariants: nothing is read at mount time but the index and snapshot manifests; memory is
+//! bounded by the store's caches plus what the kernel holds inodes for; a damaged chunk is EIO
+//! for the reads that need it (logged once per file), never wrong bytes; every write is EROFS.
+
+mod core;
+mod error;
+mod fuse;
+mod inode;
+mod mount;
+mod pool;
+
+pub use error::Error;
+pub use mount::{MountOptions, check_mountpoint, is_mount_point, mount};

@@ -244,6 +244,11 @@ impl IndexedRepository {
         self.inner.chunks.get(id).is_some()
     }
 
+    /// Whether a directory is in the cache now (reading it would not decompress).
+    pub fn tree_cached(&self, id: &TreeId) -> bool {
+        self.inner.trees.get(id).is_some()
+    }
+
     /// A directory, through the cache.
     pub fn tree(&self, id: TreeId) -> Result<Arc<Tree>> {
         if let Some(t) = self.inner.trees.get(&id) {

@@ -1,0 +1,885 @@
+//! The filesystem's logic, free of FUSE replies: every operation is a function returning
+//! `Result<_, Errno>`, unit-tested without a mount. [`crate::fuse`] only calls these and replies.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{Errno, FileAttr, FileType, INodeNo};
+use rewind_store::{ChunkId, Entry, FileReader, NodeKind, SnapshotId, Time, TreeId, View};
+
+use crate::inode::{InodeTable, ROOT, child_key};
+
+/// How long the kernel may keep attributes and names inside snapshots: they never change.
+pub const TTL_FROZEN: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long for the directories that list snapshots, which change when backups run.
+pub const TTL_LIVE: Duration = Duration::from_secs(1);
+/// `st_blksize`: tools size their reads by it; large reads suit chunked, compressed content.
+const BLKSIZE: u32 = 128 * 1024;
+
+/// An attribute with how long the kernel may cache it.
+#[derive(Clone, Copy, Debug)]
+pub struct Answer {
+    pub attr: FileAttr,
+    pub ttl: Duration,
+}
+
+/// `statfs` numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub files: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// A directory entry as readdir gives it.
+#[derive(Clone, Debug)]
+pub struct DirItem {
+    pub name: Vec<u8>,
+    pub entry: Entry,
+}
+
+/// An open directory: its listing taken once at opendir, served by offset.
+pub struct OpenDir {
+    pub ino: u64,
+    pub items: Vec<DirItem>,
+}
+
+/// An open file.
+pub struct OpenFile {
+    pub reader: FileReader,
+    snapshot: SnapshotId,
+    /// The file's path inside its snapshot, for messages.
+    path: String,
+    /// Where the next sequential read would start.
+    next: AtomicU64,
+    /// Chunks below this index have been handed to the prefetcher.
+    ahead: AtomicUsize,
+}
+
+/// Chunks being loaded by the prefetcher, so a reader waits for them instead of loading them twice.
+#[derive(Default)]
+struct InFlight {
+    map: Mutex<HashSet<ChunkId>>,
+    done: Condvar,
+}
+
+impl InFlight {
+    fn begin(&self, id: ChunkId) -> bool {
+        self.map.lock().expect("inflight lock").insert(id)
+    }
+
+    fn end(&self, id: &ChunkId) {
+        self.map.lock().expect("inflight lock").remove(id);
+        self.done.notify_all();
+    }
+
+    fn wait(&self, ids: &[ChunkId]) {
+        let mut m = self.map.lock().expect("inflight lock");
+        while ids.iter().any(|id| m.contains(id)) {
+            m = self.done.wait(m).expect("inflight lock");
+        }
+    }
+}
+
+/// The state of one mount.
+pub struct Core {
+    view: Arc<View>,
+    inodes: Mutex<InodeTable>,
+    dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+    /// Files whose damage has been logged, so each is logged once.
+    damaged: Mutex<HashSet<(SnapshotId, String)>>,
+    inflight: InFlight,
+    /// Bytes of chunks to load ahead of a sequential reader.
+    readahead_bytes: u64,
+}
+
+fn errno(e: &rewind_store::Error) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn to_system_time(t: Time) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(u64::from(t.nsec))
+    }
+}
+
+fn file_type(kind: NodeKind) -> FileType {
+    match kind {
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::Symlink => FileType::Symlink,
+        NodeKind::BlockDevice => FileType::BlockDevice,
+        NodeKind::CharDevice => FileType::CharDevice,
+        NodeKind::Fifo => FileType::NamedPipe,
+        NodeKind::Socket => FileType::Socket,
+    }
+}
+
+/// The kind of an entry without computing its attributes.
+pub fn entry_type(e: &Entry) -> FileType {
+    match e {
+        Entry::Node { node, .. } => file_type(node.kind),
+        Entry::Latest(_) => FileType::Symlink,
+        _ => FileType::Directory,
+    }
+}
+
+/// A Linux `dev_t` (glibc's 64-bit encoding) in the 32-bit encoding FUSE carries.
+pub fn fuse_rdev(rdev: u64) -> u32 {
+    let major = libc::major(rdev as libc::dev_t) as u32;
+    let minor = libc::minor(rdev as libc::dev_t) as u32;
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+/// Whether an entry lists snapshots (and so changes while mounted).
+fn is_live(e: &Entry) -> bool {
+    !matches!(e, Entry::Node { .. } | Entry::Snapshot(_))
+}
+
+impl Core {
+    pub fn new(view: Arc<View>, readahead_bytes: u64) -> Core {
+        Core {
+            view,
+            inodes: Mutex::new(InodeTable::new()),
+            dirs: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            damaged: Mutex::new(HashSet::new()),
+            inflight: InFlight::default(),
+            readahead_bytes,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    fn entry(&self, ino: u64) -> Result<Entry, Errno> {
+        self.inodes.lock().expect("inode lock").get(ino).map(|i| i.entry.clone()).ok_or(Errno::ESTALE)
+    }
+
+    fn answer(&self, ino: u64, e: &Entry) -> Result<Answer, Errno> {
+        let a = self.view.attr(e).map_err(|e| errno(&e))?;
+        let time = to_system_time(a.mtime);
+        let attr = FileAttr {
+            ino: INodeNo(ino),
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: time,
+            mtime: time,
+            ctime: to_system_time(a.ctime),
+            crtime: time,
+            kind: file_type(a.kind),
+            perm: (a.perm & 0o7777) as u16,
+            nlink: a.nlink.min(u64::from(u32::MAX)) as u32,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: fuse_rdev(a.rdev),
+            blksize: BLKSIZE,
+            flags: 0,
+        };
+        let ttl = if is_live(e) { TTL_LIVE } else { TTL_FROZEN };
+        Ok(Answer { attr, ttl })
+    }
+
+    /// The tree a lookup or listing in `dir` would read, if it is not cached: such calls belong on
+    /// a worker thread, not the FUSE loop.
+    pub fn needs_tree_read(&self, ino: u64) -> bool {
+        let tree: Option<TreeId> = match self.entry(ino) {
+            Ok(Entry::Node { node, .. }) => node.subtree,
+            Ok(Entry::Snapshot(id)) => self.view.snapshot(&id).map(|s| s.snapshot.tree),
+            _ => None,
+        };
+        tree.is_some_and(|t| !self.view.repo().tree_cached(&t))
+    }
+
+    /// Look `name` up in directory `parent`; counts one kernel reference on success.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Answer, Errno> {
+        let dir = self.entry(parent)?;
+        if is_live(&dir) {
+            self.view.refresh_if_stale();
+        }
+        if let Entry::Node { node, .. } = &dir {
+            if !node.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+        }
+        let e = self.view.lookup(&dir, name).map_err(|e| errno(&e))?;
+        let ino = self.inodes.lock().expect("inode lock").lookup(parent, name, e.clone()).ok_or(Errno::ESTALE)?;
+        match self.answer(ino, &e) {
+            Ok(a) => Ok(a),
+            Err(err) => {
+                self.forget(ino, 1);
+                Err(err)
+            }
+        }
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.lock().expect("inode lock").forget(ino, n);
+    }
+
+    /// Number of inodes the kernel holds.
+    #[cfg(test)]
+    pub fn inode_count(&self) -> usize {
+        self.inodes.lock().expect("inode lock").len()
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Answer, Errno> {
+        let e = self.entry(ino)?;
+        if ino == ROOT {
+            self.view.refresh_if_stale();
+        }
+        self.answer(ino, &e)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let e = self.entry(ino)?;
+        self.view.readlink(&e).map_err(|err| match err {
+            rewind_store::Error::InvalidInput(_) => Errno::EINVAL,
+            other => errno(&other),
+        })
+    }
+
+    /// Open a directory: list it once. Returns the handle and whether the kernel may cache the
+    /// listing (everything inside a snapshot).
+    pub fn opendir(&self, ino: u64) -> Result<(u64, bool), Errno> {
+        let e = self.entry(ino)?;
+        if let Entry::Node { node, .. } = &e {
+            if !node.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+        }
+        if is_live(&e) {
+            self.view.refresh_if_stale();
+        }
+        let items = self
+            .view
+            .list(&e)
+            .map_err(|e| errno(&e))?
+            .into_iter()
+            .map(|(name, entry)| DirItem { name, entry })
+            .collect();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().expect("dir lock").insert(fh, Arc::new(OpenDir { ino, items }));
+        Ok((fh, !is_live(&e)))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().expect("dir lock").remove(&fh);
+    }
+
+    /// The inode number `name` in `dir` has or would get, without counting a reference.
+    fn peek_ino(&self, dir: u64, name: &[u8], e: &Entry) -> u64 {
+        let t = self.inodes.lock().expect("inode lock");
+        let Some(p) = t.get(dir) else { return 0 };
+        let key = child_key(p.key, p.snap_key, name, e);
+        t.ino_of_key(key)
+    }
+
+    /// Entries of an open directory from `offset` (0 and 1 are `.` and `..`). `add` returns true
+    /// when the reply is full.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, FileType, &[u8]) -> bool,
+    ) -> Result<(), Errno> {
+        let dir = self.dirs.lock().expect("dir lock").get(&fh).cloned().ok_or(Errno::EBADF)?;
+        let parent = self.inodes.lock().expect("inode lock").get(dir.ino).map_or(ROOT, |i| i.parent);
+        let mut i = offset;
+        loop {
+            let full = match i {
+                0 => add(dir.ino, 1, FileType::Directory, b"."),
+                1 => add(parent, 2, FileType::Directory, b".."),
+                _ => {
+                    let Some(item) = dir.items.get((i - 2) as usize) else { break };
+                    let ino = self.peek_ino(dir.ino, &item.name, &item.entry);
+                    add(ino, i + 1, entry_type(&item.entry), &item.name)
+                }
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Like [`Core::readdir`] with attributes; every entry handed to the kernel (but `.` and `..`)
+    /// counts one reference, as a lookup does. `add` returns true when the reply is full (and
+    /// the entry was not added).
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &[u8], &Answer) -> bool,
+    ) -> Result<(), Errno> {
+        let dir = self.dirs.lock().expect("dir lock").get(&fh).cloned().ok_or(Errno::EBADF)?;
+        let mut i = offset;
+        loop {
+            let full = match i {
+                0 | 1 => {
+                    let ino = if i == 0 {
+                        dir.ino
+                    } else {
+                        self.inodes.lock().expect("inode lock").get(dir.ino).map_or(ROOT, |n| n.parent)
+                    };
+                    let e = self.entry(ino).unwrap_or(Entry::Root);
+                    let a = self.answer(ino, &e)?;
+                    add(i + 1, if i == 0 { b"." } else { b".." }, &a)
+                }
+                _ => {
+                    let Some(item) = dir.items.get((i - 2) as usize) else { break };
+                    let ino = self
+                        .inodes
+                        .lock()
+                        .expect("inode lock")
+                        .lookup(dir.ino, &item.name, item.entry.clone())
+                        .ok_or(Errno::ESTALE)?;
+                    let full = match self.answer(ino, &item.entry) {
+                        Ok(a) => add(i + 1, &item.name, &a),
+                        Err(_) => false,
+                    };
+                    if full {
+                        self.forget(ino, 1);
+                    }
+                    full
+                }
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// The path of an inode inside its snapshot, and the snapshot, for messages.
+    fn describe(&self, ino: u64) -> (Option<SnapshotId>, String) {
+        let t = self.inodes.lock().expect("inode lock");
+        let mut parts: Vec<String> = Vec::new();
+        let mut cur = ino;
+        for _ in 0..4096 {
+            let Some(i) = t.get(cur) else { break };
+            match &i.entry {
+                Entry::Node { node, .. } => parts.push(node.name_lossy().into_owned()),
+                Entry::Snapshot(id) => {
+                    parts.reverse();
+                    return (Some(*id), format!("/{}", parts.join("/")));
+                }
+                _ => break,
+            }
+            cur = i.parent;
+        }
+        parts.reverse();
+        (None, format!("/{}", parts.join("/")))
+    }
+
+    /// Open a file for reading.
+    pub fn open(&self, ino: u64, write: bool) -> Result<u64, Errno> {
+        if write {
+            return Err(Errno::EROFS);
+        }
+        let e = self.entry(ino)?;
+        match &e {
+            Entry::Node { node, .. } if node.kind == NodeKind::File => {}
+            Entry::Node { node, .. } if node.kind == NodeKind::Dir => return Err(Errno::EISDIR),
+            Entry::Node { .. } | Entry::Latest(_) => return Err(Errno::EINVAL),
+            _ => return Err(Errno::EISDIR),
+        }
+        let snapshot = match &e {
+            Entry::Node { snapshot, .. } => *snapshot,
+            _ => unreachable!("checked above"),
+        };
+        let reader = match self.view.open(&e) {
+            Ok(r) => r,
+            Err(err) => {
+                let (_, path) = self.describe(ino);
+                self.log_damage(snapshot, &path, &err);
+                return Err(Errno::EIO);
+            }
+        };
+        let (_, path) = self.describe(ino);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let file =
+            OpenFile { reader, snapshot, path, next: AtomicU64::new(0), ahead: AtomicUsize::new(0) };
+        self.files.lock().expect("file lock").insert(fh, Arc::new(file));
+        Ok(fh)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.lock().expect("file lock").remove(&fh);
+    }
+
+    pub fn file(&self, fh: u64) -> Result<Arc<OpenFile>, Errno> {
+        self.files.lock().expect("file lock").get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn log_damage(&self, snapshot: SnapshotId, path: &str, err: &rewind_store::Error) {
+        if self.damaged.lock().expect("damage lock").insert((snapshot, path.to_string())) {
+            let name = self.view.snapshot_name(&snapshot).unwrap_or_default();
+            tracing::error!("snapshot {name} ({}): {path}: {err}; reads of it fail with EIO", snapshot.short());
+        }
+    }
+
+    /// Chunks to load ahead of a read of `[offset, offset + len)`, if the reads of this file are
+    /// sequential; remembers what was handed out so each chunk is prefetched once.
+    pub fn plan_readahead(&self, f: &OpenFile, offset: u64, len: u64) -> Vec<usize> {
+        let prev = f.next.swap(offset + len, Ordering::Relaxed);
+        // The kernel's own read-ahead can reorder neighbouring requests a little.
+        let sequential = offset == 0 || offset.abs_diff(prev) <= 4 << 20;
+        let size = f.reader.size();
+        if !sequential || self.readahead_bytes == 0 || offset + len >= size {
+            return Vec::new();
+        }
+        let Some(last) = f.reader.chunk_index((offset + len).min(size - 1)) else { return Vec::new() };
+        let chunks = f.reader.chunks();
+        let mut want = last + 1;
+        let mut bytes = 0u64;
+        while want < chunks.len() && bytes < self.readahead_bytes {
+            bytes += u64::from(chunks[want].len);
+            want += 1;
+        }
+        let from = f.ahead.fetch_max(want, Ordering::Relaxed).max(last + 1);
+        (from..want).collect()
+    }
+
+    /// Load chunk `i` of a file into the cache (a prefetch; errors are left for the read).
+    pub fn warm(&self, f: &OpenFile, i: usize) {
+        let Some(span) = f.reader.chunks().get(i) else { return };
+        if self.view.repo().chunk_cached(&span.id) || !self.inflight.begin(span.id) {
+            return;
+        }
+        let _ = f.reader.warm(i);
+        self.inflight.end(&span.id);
+    }
+
+    /// Read up to `size` bytes at `offset`. A damaged chunk is EIO, logged once per file.
+    pub fn read(&self, f: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let end = offset.saturating_add(u64::from(size)).min(f.reader.size());
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        if let (Some(a), Some(b)) = (f.reader.chunk_index(offset), f.reader.chunk_index(end - 1)) {
+            let ids: Vec<ChunkId> = f.reader.chunks()[a..=b].iter().map(|c| c.id).collect();
+            self.inflight.wait(&ids);
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        match f.reader.read_at(offset, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Err(err) => {
+                self.log_damage(f.snapshot, &f.path, &err);
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, Errno> {
+        match self.entry(ino)? {
+            Entry::Node { node, .. } => node.xattr(name).map(<[u8]>::to_vec).ok_or(Errno::ENODATA),
+            _ => Err(Errno::ENODATA),
+        }
+    }
+
+    /// Names of the extended attributes, each followed by a NUL.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let mut out = Vec::new();
+        if let Entry::Node { node, .. } = self.entry(ino)? {
+            for x in &node.xattrs {
+                out.extend_from_slice(&x.name);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Totals over all snapshots, from their manifests (no tree is read).
+    pub fn statfs(&self) -> Statfs {
+        let bsize = 4096u32;
+        let (mut bytes, mut files) = (0u64, 0u64);
+        for (_, s) in self.view.snapshots() {
+            let m = &s.snapshot.summary;
+            bytes = bytes.saturating_add(m.bytes_total);
+            files = files.saturating_add(m.files_new + m.files_changed + m.files_unchanged + m.dirs + m.others);
+        }
+        Statfs { blocks: bytes.div_ceil(u64::from(bsize)), files, bsize, namelen: 255 }
+    }
+}
+
+/// Reply for a value-returning xattr call: the size only when `size` is 0, ERANGE when too small.
+pub fn xattr_reply(value: &[u8], size: u32) -> Result<Option<&[u8]>, Errno> {
+    if size == 0 {
+        Ok(None)
+    } else if value.len() > size as usize {
+        Err(Errno::ERANGE)
+    } else {
+        Ok(Some(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+
+    use rewind_store::{
+        BackupOptions, BackupProgress, CacheSizes, ChunkerParams, CompressionParams, IndexedRepository, Repository,
+        backup,
+    };
+
+    use super::*;
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        src: std::path::PathBuf,
+        repo: IndexedRepository,
+        core: Core,
+    }
+
+    /// A repository with one snapshot of a small tree; chunks are small so files span several.
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("big"), noise(300_000, 1)).unwrap();
+        std::fs::write(src.join("other"), noise(100_000, 2)).unwrap();
+        std::fs::write(src.join("sub/small"), b"small file\n").unwrap();
+        std::fs::set_permissions(src.join("sub/small"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::hard_link(src.join("sub/small"), src.join("link")).unwrap();
+        std::os::unix::fs::symlink("sub/small", src.join("sym")).unwrap();
+        assert!(xattr_set(&src.join("other"), b"user.note", b"value"), "the temp filesystem must support user xattrs");
+        let chunker = ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 };
+        let repo = Repository::init(&dir.path().join("repo"), chunker, CompressionParams::default()).unwrap();
+        let repo = repo.open_indexed(CacheSizes::default()).unwrap();
+        let opts = BackupOptions {
+            paths: vec![src.clone()],
+            host: "box".into(),
+            tags: vec!["daily".into()],
+            excludes: vec![],
+            parent: None,
+            force: false,
+        };
+        backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
+        let view = Arc::new(View::new(repo.clone()).unwrap());
+        Fixture { _dir: dir, src, repo, core: Core::new(view, 64 << 10) }
+    }
+
+    fn xattr_set(path: &Path, name: &[u8], value: &[u8]) -> bool {
+        let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        // SAFETY: valid C strings and a buffer of the given length.
+        unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) == 0 }
+    }
+
+    /// Look a path up from the root, component by component, following `latest`.
+    fn walk(core: &Core, path: &str) -> Result<(u64, Answer), Errno> {
+        let mut ino = ROOT;
+        let mut last = core.getattr(ROOT)?;
+        for comp in path.split('/').filter(|c| !c.is_empty()) {
+            last = core.lookup(ino, comp.as_bytes())?;
+            ino = last.attr.ino.0;
+            if last.attr.kind == FileType::Symlink && comp == "latest" {
+                let target = core.readlink(ino)?;
+                let parent = core.inodes.lock().unwrap().get(ino).unwrap().parent;
+                last = core.lookup(parent, &target)?;
+                ino = last.attr.ino.0;
+            }
+        }
+        Ok((ino, last))
+    }
+
+    fn in_snapshot(f: &Fixture, rel: &str) -> String {
+        format!("hosts/box/latest{}/{rel}", f.src.display())
+    }
+
+    #[test]
+    fn attributes_match_the_source() {
+        let f = fixture();
+        for rel in ["big", "other", "sub/small", "sub", "sym"] {
+            let (_, a) = walk(&f.core, &in_snapshot(&f, rel)).unwrap();
+            let m = std::fs::symlink_metadata(f.src.join(rel)).unwrap();
+            assert_eq!(u32::from(a.attr.perm), m.mode() & 0o7777, "{rel}");
+            assert_eq!((a.attr.uid, a.attr.gid), (m.uid(), m.gid()), "{rel}");
+            if !m.is_dir() {
+                assert_eq!(a.attr.size, m.len(), "{rel}");
+            }
+            let mtime = a.attr.mtime.duration_since(UNIX_EPOCH).unwrap();
+            assert_eq!((mtime.as_secs() as i64, i64::from(mtime.subsec_nanos())), (m.mtime(), m.mtime_nsec()), "{rel}");
+            assert_eq!(a.ttl, TTL_FROZEN);
+        }
+        let (_, root) = walk(&f.core, "").unwrap();
+        assert_eq!(root.attr.kind, FileType::Directory);
+        assert_eq!(root.ttl, TTL_LIVE);
+    }
+
+    #[test]
+    fn hardlinks_are_one_inode_with_their_link_count() {
+        let f = fixture();
+        let (a, attr_a) = walk(&f.core, &in_snapshot(&f, "link")).unwrap();
+        let (b, attr_b) = walk(&f.core, &in_snapshot(&f, "sub/small")).unwrap();
+        assert_eq!(a, b);
+        assert_eq!((attr_a.attr.nlink, attr_b.attr.nlink), (2, 2));
+        let (c, _) = walk(&f.core, &in_snapshot(&f, "other")).unwrap();
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn missing_names_and_files_as_directories() {
+        let f = fixture();
+        assert_eq!(walk(&f.core, "nope").unwrap_err(), Errno::ENOENT);
+        assert_eq!(walk(&f.core, &in_snapshot(&f, "nope")).unwrap_err(), Errno::ENOENT);
+        assert_eq!(walk(&f.core, &in_snapshot(&f, "big/x")).unwrap_err(), Errno::ENOTDIR);
+        assert_eq!(f.core.getattr(999).unwrap_err(), Errno::ESTALE);
+    }
+
+    #[test]
+    fn symlinks_read_back() {
+        let f = fixture();
+        let (ino, _) = walk(&f.core, &in_snapshot(&f, "sym")).unwrap();
+        assert_eq!(f.core.readlink(ino).unwrap(), b"sub/small");
+        let (host, _) = walk(&f.core, "hosts/box").unwrap();
+        let latest = f.core.lookup(host, b"latest").unwrap();
+        let name = f.core.readlink(latest.attr.ino.0).unwrap();
+        assert_eq!(latest.attr.size, name.len() as u64);
+        let (snap, _) = walk(&f.core, "snapshots").unwrap();
+        assert!(f.core.lookup(snap, &name).is_ok());
+        let (file, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
+        assert_eq!(f.core.readlink(file).unwrap_err(), Errno::EINVAL);
+    }
+
+    #[test]
+    fn readdir_lists_dot_dotdot_and_entries_with_offsets() {
+        let f = fixture();
+        let (dir, _) = walk(&f.core, &in_snapshot(&f, "")).unwrap();
+        let (fh, cacheable) = f.core.opendir(dir).unwrap();
+        assert!(cacheable);
+        let mut names = Vec::new();
+        f.core
+            .readdir(fh, 0, |_, next, _, name| {
+                names.push((String::from_utf8_lossy(name).into_owned(), next));
+                false
+            })
+            .unwrap();
+        let just: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(just, [".", "..", "big", "link", "other", "sub", "sym"]);
+        // Resuming at an offset gives the rest.
+        let mut rest = Vec::new();
+        f.core
+            .readdir(fh, names[3].1, |_, _, _, name| {
+                rest.push(String::from_utf8_lossy(name).into_owned());
+                false
+            })
+            .unwrap();
+        assert_eq!(rest, ["other", "sub", "sym"]);
+        // A full reply stops the listing.
+        let mut n = 0;
+        f.core
+            .readdir(fh, 0, |_, _, _, _| {
+                n += 1;
+                n == 3
+            })
+            .unwrap();
+        assert_eq!(n, 3);
+        f.core.releasedir(fh);
+        assert_eq!(f.core.readdir(fh, 0, |_, _, _, _| false).unwrap_err(), Errno::EBADF);
+        let (root_fh, cacheable) = f.core.opendir(ROOT).unwrap();
+        assert!(!cacheable);
+        f.core.releasedir(root_fh);
+    }
+
+    #[test]
+    fn readdir_inodes_agree_with_lookup() {
+        let f = fixture();
+        let (dir, _) = walk(&f.core, &in_snapshot(&f, "")).unwrap();
+        let (fh, _) = f.core.opendir(dir).unwrap();
+        let mut seen = Vec::new();
+        f.core.readdir(fh, 2, |ino, _, _, name| {
+            seen.push((ino, name.to_vec()));
+            false
+        })
+        .unwrap();
+        for (ino, name) in seen {
+            assert_eq!(f.core.lookup(dir, &name).unwrap().attr.ino.0, ino, "{}", String::from_utf8_lossy(&name));
+        }
+    }
+
+    #[test]
+    fn readdirplus_counts_lookups_that_forget_releases() {
+        let f = fixture();
+        let (dir, _) = walk(&f.core, &in_snapshot(&f, "sub")).unwrap();
+        let before = f.core.inode_count();
+        let (fh, _) = f.core.opendir(dir).unwrap();
+        let mut got = Vec::new();
+        f.core
+            .readdirplus(fh, 0, |_, name, a| {
+                got.push((name.to_vec(), a.attr.ino.0, a.attr.size));
+                false
+            })
+            .unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2].0, b"small");
+        assert_eq!(got[2].2, 11);
+        assert_eq!(f.core.inode_count(), before + 1);
+        f.core.forget(got[2].1, 1);
+        assert_eq!(f.core.inode_count(), before);
+        // An entry that did not fit is not counted.
+        f.core.readdirplus(fh, 2, |_, _, _| true).unwrap();
+        assert_eq!(f.core.inode_count(), before);
+    }
+
+    #[test]
+    fn reads_return_the_bytes_at_any_offset() {
+        let f = fixture();
+        let want = std::fs::read(f.src.join("big")).unwrap();
+        let (ino, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
+        let fh = f.core.open(ino, false).unwrap();
+        let file = f.core.file(fh).unwrap();
+        assert!(file.reader.chunks().len() > 3, "the test wants a file of several chunks");
+        for (off, len) in [(0u64, 4096u32), (1, 70_000), (150_000, 150_000), (299_990, 100), (400_000, 10)] {
+            let got = f.core.read(&file, off, len).unwrap();
+            let end = (off as usize + len as usize).min(want.len());
+            let start = (off as usize).min(end);
+            assert_eq!(got, want[start..end], "read at {off} of {len}");
+        }
+        f.core.release(fh);
+        assert!(f.core.file(fh).is_err());
+    }
+
+    #[test]
+    fn sequential_reads_plan_readahead_once_and_random_reads_none() {
+        let f = fixture();
+        let (ino, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
+        let fh = f.core.open(ino, false).unwrap();
+        let file = f.core.file(fh).unwrap();
+        let first = f.core.plan_readahead(&file, 0, 4096);
+        assert!(!first.is_empty());
+        assert_eq!(first[0], 1);
+        let again = f.core.plan_readahead(&file, 4096, 4096);
+        assert!(again.iter().all(|i| !first.contains(i)), "{first:?} then {again:?}");
+        for &i in &first {
+            f.core.warm(&file, i);
+            assert!(f.repo.chunk_cached(&file.reader.chunks()[i].id));
+        }
+        let far = f.core.plan_readahead(&file, 200_000_000, 4096);
+        assert!(far.is_empty());
+    }
+
+    #[test]
+    fn writes_and_non_files_are_refused() {
+        let f = fixture();
+        let (ino, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
+        assert_eq!(f.core.open(ino, true).unwrap_err(), Errno::EROFS);
+        let (dir, _) = walk(&f.core, &in_snapshot(&f, "sub")).unwrap();
+        assert_eq!(f.core.open(dir, false).unwrap_err(), Errno::EISDIR);
+        assert_eq!(f.core.opendir(ino).unwrap_err(), Errno::ENOTDIR);
+    }
+
+    #[test]
+    fn xattrs_listed_and_read() {
+        let f = fixture();
+        let (ino, _) = walk(&f.core, &in_snapshot(&f, "other")).unwrap();
+        assert_eq!(f.core.listxattr(ino).unwrap(), b"user.note\0");
+        assert_eq!(f.core.getxattr(ino, b"user.note").unwrap(), b"value");
+        assert_eq!(f.core.getxattr(ino, b"user.none").unwrap_err(), Errno::ENODATA);
+        assert_eq!(f.core.getxattr(ROOT, b"user.note").unwrap_err(), Errno::ENODATA);
+        assert_eq!(f.core.listxattr(ROOT).unwrap(), b"");
+    }
+
+    #[test]
+    fn xattr_reply_sizes() {
+        assert_eq!(xattr_reply(b"abc", 0).unwrap(), None);
+        assert_eq!(xattr_reply(b"abc", 3).unwrap(), Some(&b"abc"[..]));
+        assert_eq!(xattr_reply(b"abc", 2).unwrap_err(), Errno::ERANGE);
+    }
+
+    #[test]
+    fn damaged_chunk_is_eio_for_that_file_only() {
+        let f = fixture();
+        let (big, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
+        let (other, _) = walk(&f.core, &in_snapshot(&f, "other")).unwrap();
+        let fh = f.core.open(big, false).unwrap();
+        let file = f.core.file(fh).unwrap();
+        let span = file.reader.chunks()[2];
+        let loc = f.repo.locate(span.id.into()).unwrap();
+        let hex = loc.pack.to_hex();
+        let pack = f.repo.repo().path().join("data").join(&hex[..2]).join(&hex);
+        let mut bytes = std::fs::read(&pack).unwrap();
+        bytes[(loc.offset + u64::from(loc.stored_len) / 2) as usize] ^= 0x55;
+        std::fs::write(&pack, bytes).unwrap();
+        // The damaged chunk's range fails; the bytes before it still read.
+        assert_eq!(f.core.read(&file, span.offset, 10).unwrap_err(), Errno::EIO);
+        assert_eq!(f.core.read(&file, 0, 10).unwrap().len(), 10);
+        let want = std::fs::read(f.src.join("other")).unwrap();
+        let ofh = f.core.open(other, false).unwrap();
+        let ofile = f.core.file(ofh).unwrap();
+        let same_pack = ofile.reader.chunks().iter().any(|c| f.repo.locate(c.id.into()).unwrap().pack == loc.pack);
+        let got = f.core.read(&ofile, 0, want.len() as u32).unwrap();
+        assert_eq!(got, want, "other file (same pack: {same_pack}) reads fine");
+        assert_eq!(f.core.damaged.lock().unwrap().len(), 1);
+        assert!(f.core.damaged.lock().unwrap().iter().any(|(_, p)| p.ends_with("/src/big")));
+    }
+
+    #[test]
+    fn statfs_counts_from_manifests() {
+        let f = fixture();
+        let s = f.core.statfs();
+        assert!(s.files >= 5, "{s:?}");
+        assert_eq!(s.blocks, (300_000u64 + 100_000 + 11 + 11).div_ceil(4096));
+    }
+
+    #[test]
+    fn rdev_encoding_matches_the_kernel() {
+        assert_eq!(fuse_rdev(libc::makedev(1, 3)), 0x103);
+        assert_eq!(fuse_rdev(libc::makedev(8, 1)), 0x801);
+        let big = libc::makedev(259, 0x12345);
+        let enc = fuse_rdev(big);
+        // The kernel's new_decode_dev.
+        assert_eq!((enc & 0xfff00) >> 8, 259);
+        assert_eq!((enc & 0xff) | ((enc >> 12) & 0xfff00), 0x12345);
+    }
+
+    #[test]
+    fn snapshots_appear_under_every_directory() {
+        let f = fixture();
+        let (snaps, _) = walk(&f.core, "snapshots").unwrap();
+        let (fh, _) = f.core.opendir(snaps).unwrap();
+        let mut names = Vec::new();
+        f.core.readdir(fh, 2, |_, _, _, n| {
+            names.push(n.to_vec());
+            false
+        })
+        .unwrap();
+        assert_eq!(names.len(), 1);
+        let name = String::from_utf8(names.remove(0)).unwrap();
+        let a = walk(&f.core, &format!("snapshots/{name}")).unwrap();
+        let b = walk(&f.core, &format!("tags/daily/{name}")).unwrap();
+        let c = walk(&f.core, &format!("hosts/box/{name}")).unwrap();
+        assert!(a.0 != b.0 && b.0 != c.0 && a.0 != c.0, "one inode per path");
+        let id = f.core.view().snapshots()[0].1.id.short();
+        assert!(walk(&f.core, &format!("ids/{id}")).is_ok());
+    }
+}

@@ -1,0 +1,225 @@
+//! Mounting: checks on the mountpoint, the FUSE session in the foreground, and a clean unmount on
+//! SIGINT, SIGTERM or SIGHUP. `fusermount3 -u` (or `umount`) ends the session the same way.
+
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, SessionACL};
+use rewind_store::{IndexedRepository, View};
+
+use crate::Error;
+use crate::core::Core;
+use crate::fuse::RewindFs;
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Let every local user in, with the kernel checking the snapshot's modes and owners.
+    pub allow_other: bool,
+    /// Worker threads for reads (0: a default from the number of CPUs).
+    pub workers: usize,
+    /// Bytes of chunks to load ahead of a sequential reader.
+    pub readahead_bytes: u64,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions { allow_other: false, workers: 0, readahead_bytes: 16 << 20 }
+    }
+}
+
+/// Whether `path` is a mount point, by `/proc/self/mountinfo`.
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    let info = std::fs::read("/proc/self/mountinfo")?;
+    Ok(mount_points(&info).iter().any(|p| p == path))
+}
+
+/// The mount points listed in a mountinfo file (field 5, with its octal escapes undone).
+pub fn mount_points(info: &[u8]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for line in info.split(|&b| b == b'\n') {
+        let Some(field) = line.split(|&b| b == b' ').nth(4) else { continue };
+        let mut raw = Vec::with_capacity(field.len());
+        let mut i = 0;
+        while i < field.len() {
+            if field[i] == b'\\' && i + 3 < field.len() && field[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+                let v = (field[i + 1] - b'0') * 64 + (field[i + 2] - b'0') * 8 + (field[i + 3] - b'0');
+                raw.push(v);
+                i += 4;
+            } else {
+                raw.push(field[i]);
+                i += 1;
+            }
+        }
+        out.push(PathBuf::from(std::ffi::OsStr::from_bytes(&raw)));
+    }
+    out
+}
+
+/// Check that `path` can take a mount; returns its canonical form.
+pub fn check_mountpoint(path: &Path) -> Result<PathBuf, Error> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::MountpointMissing(path.into())),
+        // A dead FUSE mount answers ENOTCONN: it is still mounted.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Err(Error::AlreadyMounted(path.into())),
+        Err(e) => return Err(Error::Io { path: path.into(), source: e }),
+    };
+    if !meta.is_dir() {
+        return Err(Error::NotADirectory(path.into()));
+    }
+    let canonical = path.canonicalize().map_err(|e| Error::Io { path: path.into(), source: e })?;
+    if is_mount_point(&canonical).map_err(|e| Error::Io { path: "/proc/self/mountinfo".into(), source: e })? {
+        return Err(Error::AlreadyMounted(path.into()));
+    }
+    let mut entries = std::fs::read_dir(&canonical).map_err(|e| Error::Io { path: path.into(), source: e })?;
+    if entries.next().is_some() {
+        return Err(Error::NotEmpty(path.into()));
+    }
+    Ok(canonical)
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset only write the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Mount every snapshot of `repo` read-only at `mountpoint` and serve it until unmounted or
+/// signalled. Blocks the calling thread.
+pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) -> Result<(), Error> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Error::NoFuse);
+    }
+    let canonical = check_mountpoint(mountpoint)?;
+    let repo_path = repo.repo().path().to_path_buf();
+    let view = Arc::new(View::new(repo)?);
+
+    // Signals are taken by one thread with sigwait; every thread started from here on inherits
+    // the blocked mask, so none of them is interrupted.
+    let set = signal_set();
+    // SAFETY: changes this thread's signal mask only.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+
+    let workers = if opts.workers > 0 {
+        opts.workers
+    } else {
+        std::thread::available_parallelism().map_or(4, |n| n.get()).clamp(4, 16)
+    };
+    let core = Arc::new(Core::new(view, opts.readahead_bytes));
+    let fs = RewindFs::new(core, workers);
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+        MountOption::FSName(format!("rewind:{}", repo_path.display())),
+        MountOption::Subtype("rewind".into()),
+    ];
+    if opts.allow_other {
+        config.acl = SessionACL::All;
+        config.mount_options.push(MountOption::DefaultPermissions);
+    }
+    config.n_threads = Some(2);
+    config.clone_fd = true;
+
+    let mut session = fuser::Session::new(fs, &canonical, &config).map_err(|e| match e.raw_os_error() {
+        Some(libc::EBUSY) => Error::Busy(mountpoint.into()),
+        Some(libc::EPERM) | Some(libc::EACCES) if opts.allow_other => Error::AllowOtherDenied(e),
+        _ => Error::Mount { path: mountpoint.into(), source: e },
+    })?;
+    let mut unmounter = session.unmount_callable();
+    let target = canonical.clone();
+    std::thread::Builder::new()
+        .name("rewind-fs-signals".into())
+        .spawn(move || {
+            let mut first = true;
+            loop {
+                let mut sig = 0;
+                // SAFETY: waits on a set of signals blocked in every thread.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
+                }
+                if !first {
+                    tracing::warn!("second signal: exiting with {} still mounted lazily", target.display());
+                    std::process::exit(130);
+                }
+                first = false;
+                tracing::info!("signal {sig}: unmounting {}", target.display());
+                if let Err(e) = unmounter.unmount() {
+                    // Busy (a process has its cwd or a file open inside): detach now, serve the
+                    // open files until they are closed, then end.
+                    tracing::warn!("cannot unmount {}: {e}; detaching it lazily", target.display());
+                    lazy_unmount(&target);
+                }
+            }
+        })
+        .map_err(|e| Error::Mount { path: mountpoint.into(), source: e })?;
+    tune_readahead(&canonical);
+    eprintln!("rewind: mounted at {} (Ctrl-C or `fusermount3 -u {}` to unmount)", mountpoint.display(), mountpoint.display());
+    session.run().map_err(|e| Error::Mount { path: mountpoint.into(), source: e })?;
+    Ok(())
+}
+
+fn lazy_unmount(target: &Path) {
+    let Ok(c) = std::ffi::CString::new(target.as_os_str().as_bytes()) else { return };
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return;
+    }
+    let _ = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(target).status();
+}
+
+/// The kernel caps a FUSE mount's read-ahead at 128 KiB at mount time; as root, raise it through
+/// the mount's backing device so sequential reads arrive as large requests. Best effort.
+fn tune_readahead(mountpoint: &Path) {
+    let Ok(info) = std::fs::read("/proc/self/mountinfo") else { return };
+    for line in info.split(|&b| b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        if fields.len() < 5 || mount_points(line).first().map(PathBuf::as_path) != Some(mountpoint) {
+            continue;
+        }
+        let dev = String::from_utf8_lossy(fields[2]).into_owned();
+        let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+        if let Err(e) = std::fs::write(&path, b"1024") {
+            tracing::debug!("cannot raise read-ahead through {path}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_points_with_escapes() {
+        let info = b"22 1 0:21 / / rw,relatime - ext4 /dev/root rw\n\
+                     40 22 0:44 / /tmp/a\\040b rw - fuse.rewind rewind:/r ro\n";
+        assert_eq!(mount_points(info), vec![PathBuf::from("/"), PathBuf::from("/tmp/a b")]);
+    }
+
+    #[test]
+    fn mountpoint_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        assert!(matches!(check_mountpoint(&missing), Err(Error::MountpointMissing(_))));
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(check_mountpoint(&file), Err(Error::NotADirectory(_))));
+        assert!(matches!(check_mountpoint(dir.path()), Err(Error::NotEmpty(_))));
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert_eq!(check_mountpoint(&empty).unwrap(), empty.canonicalize().unwrap());
+        assert!(matches!(check_mountpoint(Path::new("/proc")), Err(Error::AlreadyMounted(_))));
+    }
+}
