@@ -36,6 +36,10 @@ pub enum Command {
     Check(CheckArgs),
     /// Recreate the index from the packs
     RebuildIndex(RepoArg),
+    /// Run the restore portal (web server) configured by a portal.toml
+    Serve(ServeArgs),
+    /// Print an argon2id hash of a password (read from stdin) for the portal's file realm
+    Passwd(PasswdArgs),
 }
 
 #[derive(Args, Debug)]
@@ -136,4 +140,17 @@ pub struct CheckArgs {
     /// Read every blob back and verify its BLAKE3
     #[arg(long)]
     pub read_data: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The portal's configuration (see portal/portal.example.toml)
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct PasswdArgs {
+    /// Print a ready `[users.NAME]` entry for this login name
+    pub user: Option<String>,
 }

@@ -3,6 +3,8 @@
 
 mod cli;
 mod cmd;
+#[path = "cmd/serve.rs"]
+mod serve;
 
 use std::process::ExitCode;
 
@@ -27,6 +29,8 @@ fn main() -> ExitCode {
         Command::Restore(a) => cmd::restore::run(a),
         Command::Check(a) => cmd::check::run(a),
         Command::RebuildIndex(a) => cmd::check::rebuild_index(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Passwd(a) => serve::passwd(a),
     };
     match result {
         Ok(code) => code,

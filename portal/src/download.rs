@@ -52,7 +52,11 @@ impl StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.state.metrics.streams_active.fetch_sub(1, Relaxed);
-        let complete = self.finished && self.expected.is_none_or(|e| e == self.sent);
+        // With a known length the server may stop polling once it has sent every byte.
+        let complete = match self.expected {
+            Some(e) => e == self.sent,
+            None => self.finished,
+        };
         self.record.outcome = if complete { "ok".into() } else { "incomplete".into() };
         self.record.bytes = Some(self.sent);
         self.state.audit.write(std::mem::take(&mut self.record));
@@ -306,7 +310,9 @@ impl ArchiveJob {
             }
             (NodeKind::Dir, _) => {
                 let opts = if res.access == Access::Visible { Self::options(node) } else { zip::write::SimpleFileOptions::default() };
-                zip.add_directory(format!("{name}/"), opts).map_err(io)?;
+                // Not `add_directory`: in stream mode it flags a data descriptor it never writes,
+                // which unzip rejects; an empty entry named `dir/` is a folder to every reader.
+                zip.start_file(format!("{name}/"), opts.compression_method(zip::CompressionMethod::Stored)).map_err(io)?;
                 for (child, walk, access) in self.state.policy.children(&self.state.view, &self.sub, res)? {
                     let entry = self.state.view.lookup(&res.entry, &child.name)?;
                     let sub_res = Resolved { snapshot: res.snapshot, node: Some(child.clone()), entry, walk, access };

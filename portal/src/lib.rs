@@ -36,5 +36,5 @@ pub use audit::Record as AuditRecord;
 pub use auth::{AuthError, Authenticator, Identity, Role, hash_password};
 pub use config::Config;
 pub use error::ApiError;
-pub use server::{router, serve, serve_on};
+pub use server::{router, serve, serve_blocking, serve_on};
 pub use state::AppState;

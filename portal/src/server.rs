@@ -146,3 +146,9 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// [`serve`] on a runtime of its own, for the command line.
+pub fn serve_blocking(config: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("portal").build()?;
+    rt.block_on(serve(config))
+}

@@ -1,0 +1,865 @@
+//! The restore portal end to end: `rewind serve` on 127.0.0.1:0 against a real backup, a real
+//! slapd (tests/support/slapd.rs) and plain HTTP/1.1 over TCP. Authorization is checked against
+//! an oracle computed from the source tree on disk, for every file and folder.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::slapd::{Slapd, corpus_users};
+use crate::support::{TempRepo, assert_success, is_root, rewind_bin};
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 client: exactly what is sent is what the test wrote.
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn http(addr: &str, method: &str, target: &str, headers: &[(&str, String)], body: Option<&[u8]>) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    if let Some(b) = body {
+        bytes.extend_from_slice(b);
+    }
+    s.write_all(&bytes).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap_or_else(|e| panic!("{method} {target}: {e}"));
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Resp {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let nl = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().split(';').next().unwrap().trim(), 16).unwrap();
+            rest = &rest[nl + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        body = out;
+    }
+    Resp { status, headers, body }
+}
+
+/// Percent-encode a query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// A logged-in client.
+#[derive(Clone)]
+struct Client {
+    addr: String,
+    cookie: String,
+    csrf: String,
+}
+
+impl Client {
+    fn get(&self, target: &str) -> Resp {
+        http(&self.addr, "GET", target, &[("Cookie", self.cookie.clone())], None)
+    }
+
+    fn get_with(&self, target: &str, extra: &[(&str, String)]) -> Resp {
+        let mut h = vec![("Cookie", self.cookie.clone())];
+        h.extend_from_slice(extra);
+        http(&self.addr, "GET", target, &h, None)
+    }
+
+    fn post(&mut self, target: &str, body: &Value) -> Resp {
+        let h = [
+            ("Cookie", self.cookie.clone()),
+            ("X-CSRF-Token", self.csrf.clone()),
+            ("Content-Type", "application/json".to_string()),
+        ];
+        let r = http(&self.addr, "POST", target, &h, Some(body.to_string().as_bytes()));
+        if let Some(c) = session_cookie(&r) {
+            self.cookie = c;
+            if r.status == 200 {
+                self.csrf = r.json()["csrf_token"].as_str().unwrap_or(&self.csrf).to_string();
+            }
+        }
+        r
+    }
+}
+
+fn session_cookie(r: &Resp) -> Option<String> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.split(';').next().unwrap().to_string())
+        .find(|c| c.starts_with("rewind_session="))
+}
+
+fn login_raw(addr: &str, user: &str, password: &str) -> Resp {
+    let body = json!({ "username": user, "password": password }).to_string();
+    http(addr, "POST", "/api/login", &[("Content-Type", "application/json".into())], Some(body.as_bytes()))
+}
+
+fn login(addr: &str, user: &str, password: &str) -> Client {
+    let r = login_raw(addr, user, password);
+    assert_eq!(r.status, 200, "login {user}: {}", r.text());
+    let cookie = session_cookie(&r).expect("session cookie");
+    let sc = r.header("set-cookie").unwrap();
+    assert!(sc.contains("HttpOnly") && sc.contains("SameSite=Strict"), "{sc}");
+    Client { addr: addr.to_string(), cookie, csrf: r.json()["csrf_token"].as_str().unwrap().to_string() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The portal process.
+
+struct Portal {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Portal {
+    /// Start `rewind serve` with `realms` (TOML) and `extra` top-level/section TOML.
+    fn start(repo: &Path, realms: &str, authz: &str, extra: &str) -> Portal {
+        let dir = tempfile::Builder::new().prefix("rewind-portal-").tempdir().unwrap();
+        // `extra` holds top-level keys or whole sections; a [session] in it replaces the default.
+        let session = if extra.contains("[session]") { "" } else { "[session]\nkey_file = \"session.key\"\n" };
+        let cfg = format!(
+            "listen = \"127.0.0.1:0\"\nrepository = \"{repo}\"\naudit_log = \"audit.jsonl\"\n{extra}\n{session}{authz}\n{realms}\n",
+            repo = repo.display()
+        );
+        std::fs::write(dir.path().join("portal.toml"), cfg).unwrap();
+        let mut child = Command::new(rewind_bin())
+            .args(["serve", "--config"])
+            .arg(dir.path().join("portal.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start rewind serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .rsplit("://")
+            .next()
+            .filter(|_| line.contains("listening on"))
+            .unwrap_or_else(|| panic!("rewind serve did not start: {line:?}"))
+            .to_string();
+        // Ready when /healthz answers.
+        for _ in 0..200 {
+            if TcpStream::connect(&addr).is_ok() && http(&addr, "GET", "/healthz", &[], None).status == 200 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Portal { child, addr, dir }
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+            .collect()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Portal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The corpus: homes of alice, bob and carol on a file server, and bob's laptop.
+
+struct World {
+    repo: TempRepo,
+    corpus: PathBuf,
+    laptop: PathBuf,
+    big: Vec<u8>,
+}
+
+fn put(path: &Path, data: &[u8], uid: u32, mode: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn mkdir(path: &Path, uid: u32, mode: u32) {
+    std::fs::create_dir_all(path).unwrap();
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn world() -> World {
+    assert!(is_root(), "the portal tests create files owned by uids 2001.. and need root");
+    let repo = TempRepo::new();
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let corpus = repo.path("corpus");
+    let users = corpus.join("users");
+    mkdir(&corpus, 0, 0o755);
+    mkdir(&users, 0, 0o755);
+    let (a, b, c) = (users.join("alice"), users.join("bob"), users.join("carol"));
+    mkdir(&a, 2001, 0o750);
+    mkdir(&b, 2002, 0o750);
+    mkdir(&c, 2003, 0o700);
+    let big = pseudo_random(5 << 20, 7);
+    put(&a.join("Documents/report.txt"), b"quarterly report\n", 2001, 0o644);
+    put(&a.join("Documents/big.bin"), &big, 2001, 0o600);
+    put(&a.join("notes.md"), b"# notes\n", 2001, 0o644);
+    put(&a.join("from-bob.txt"), b"bob left this in alice's home\n", 2002, 0o644);
+    put(&a.join("na\u{ef}ve \"quoted\"; file.txt"), b"odd name\n", 2001, 0o644);
+    mkdir(&a.join("empty"), 2001, 0o755);
+    std::os::unix::fs::symlink("Documents/report.txt", a.join("link")).unwrap();
+    std::os::unix::fs::lchown(a.join("link"), Some(2001), Some(2001)).unwrap();
+    mkdir(&a.join("Documents"), 2001, 0o755);
+    put(&b.join("secret.txt"), b"bob's secret\n", 2002, 0o600);
+    put(&b.join("Pictures/cat.jpg"), &pseudo_random(300_000, 3), 2002, 0o644);
+    put(&b.join("for-alice.txt"), b"alice's file in bob's home\n", 2001, 0o644);
+    put(&b.join("private/deep/alice-deep.txt"), b"deep\n", 2001, 0o644);
+    mkdir(&b.join("private"), 2002, 0o700);
+    mkdir(&b.join("private/deep"), 2002, 0o700);
+    mkdir(&b.join("Pictures"), 2002, 0o755);
+    put(&c.join("c.txt"), b"carol\n", 2003, 0o644);
+    put(&c.join("video.bin"), &pseudo_random(24 << 20, 11), 2003, 0o644);
+    put(&corpus.join("srv/config.ini"), b"[root]\n", 0, 0o644);
+    let laptop = repo.path("laptop");
+    mkdir(&laptop, 0, 0o755);
+    put(&laptop.join("home/bob/laptop.txt"), b"on bob's laptop\n", 2002, 0o644);
+    mkdir(&laptop.join("home"), 0, 0o755);
+    mkdir(&laptop.join("home/bob"), 2002, 0o755);
+    repo.backup("fileserver", &[&corpus]);
+    repo.backup("bob-laptop", &[&laptop]);
+    World { repo, corpus, laptop, big }
+}
+
+/// What a user is to the oracle.
+#[derive(Clone)]
+enum Who {
+    User { uid: u32, home: PathBuf },
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Expect {
+    kind: &'static str,
+    visible: bool,
+}
+
+/// Oracle of the rules `owner` + `home`: every path of a source tree (with its ancestors up to
+/// `/`) the user sees, visible or as a way through.
+fn oracle(root: &Path, who: &Who) -> BTreeMap<PathBuf, Expect> {
+    let mut all: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    all.push((root.to_path_buf(), std::fs::symlink_metadata(root).unwrap()));
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            all.push((p, m));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (p, m) in &all {
+        let visible = match who {
+            Who::All => true,
+            Who::User { uid, home } => m.uid() == *uid || p.starts_with(home),
+        };
+        if visible {
+            let kind = if m.is_dir() { "dir" } else if m.file_type().is_symlink() { "symlink" } else { "file" };
+            out.insert(p.clone(), Expect { kind, visible: true });
+            for anc in p.ancestors().skip(1) {
+                let all = matches!(who, Who::All);
+                out.entry(anc.to_path_buf()).or_insert(Expect { kind: "dir", visible: all });
+            }
+        }
+    }
+    out
+}
+
+fn snapshot_ids(admin: &Client) -> BTreeMap<String, String> {
+    let r = admin.get("/api/snapshots");
+    assert_eq!(r.status, 200);
+    r.json()["items"].as_array().unwrap().iter().map(|s| (s["host"].as_str().unwrap().to_string(), s["id"].as_str().unwrap().to_string())).collect()
+}
+
+fn browse(c: &Client, snap: &str, path: &Path) -> Resp {
+    c.get(&format!("/api/browse?snapshot={snap}&path={}", enc(&path.to_string_lossy())))
+}
+
+fn download(c: &Client, snap: &str, path: &Path) -> Resp {
+    c.get(&format!("/api/download?snapshot={snap}&path={}", enc(&path.to_string_lossy())))
+}
+
+fn archive(c: &Client, snap: &str, paths: &[&Path]) -> Resp {
+    let q: Vec<String> = paths.iter().map(|p| format!("path={}", enc(&p.to_string_lossy()))).collect();
+    c.get(&format!("/api/archive?snapshot={snap}&{}", q.join("&")))
+}
+
+/// Names inside a zip, checked with `unzip -t`.
+fn zip_names(bytes: &[u8]) -> BTreeSet<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("a.zip");
+    std::fs::write(&p, bytes).unwrap();
+    let t = Command::new("unzip").arg("-t").arg(&p).output().expect("unzip must be installed");
+    assert_success(&t, "unzip -t");
+    let l = Command::new("unzip").arg("-Z1").arg(&p).output().unwrap();
+    String::from_utf8_lossy(&l.stdout).lines().map(|s| s.trim_end_matches('/').to_string()).collect()
+}
+
+/// Everything a client may see on one host equals the oracle: every folder browsed, every file
+/// downloaded, every folder archived; everything else is a 404.
+fn check_view(c: &Client, snap: &str, root: &Path, who: &Who, label: &str) {
+    let expect = oracle(root, who);
+    let mut every: Vec<PathBuf> = root.ancestors().map(Path::to_path_buf).collect();
+    every.extend(oracle(root, &Who::All).into_keys());
+    every.sort();
+    every.dedup();
+    for p in &every {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        let want = expect.get(p);
+        if m.is_dir() {
+            let r = browse(c, snap, p);
+            match want {
+                None => assert_eq!(r.status, 404, "{label}: browse {} should be hidden: {}", p.display(), r.text()),
+                Some(e) => {
+                    assert_eq!(r.status, 200, "{label}: browse {}: {}", p.display(), r.text());
+                    let j = r.json();
+                    let got: BTreeMap<String, bool> = j["entries"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| (e["name"].as_str().unwrap().to_string(), e["passthrough"].as_bool().unwrap()))
+                        .collect();
+                    let wanted: BTreeMap<String, bool> = expect
+                        .iter()
+                        .filter(|(q, _)| q.parent() == Some(p.as_path()))
+                        .map(|(q, e)| (q.file_name().unwrap().to_string_lossy().into_owned(), !e.visible))
+                        .collect();
+                    assert_eq!(got, wanted, "{label}: entries of {}", p.display());
+                    assert_eq!(j["dir"]["passthrough"].as_bool(), Some(!e.visible), "{label}: {}", p.display());
+                    for e in j["entries"].as_array().unwrap() {
+                        if e["passthrough"] == true {
+                            assert!(e.get("size").is_none() && e.get("uid").is_none() && e.get("mtime").is_none(), "{label}: passthrough leaks: {e}");
+                        }
+                    }
+                }
+            }
+            if p.starts_with(root) && p != root {
+                let r = archive(c, snap, &[p]);
+                match want {
+                    None => assert_eq!(r.status, 404, "{label}: archive {}", p.display()),
+                    Some(_) => {
+                        assert_eq!(r.status, 200, "{label}: archive {}: {}", p.display(), r.text());
+                        let names = zip_names(&r.body);
+                        let base = p.parent().unwrap();
+                        let wanted: BTreeSet<String> = expect
+                            .keys()
+                            .filter(|q| q.starts_with(p))
+                            .map(|q| q.strip_prefix(base).unwrap().to_string_lossy().into_owned())
+                            .collect();
+                        assert_eq!(names, wanted, "{label}: archive of {}", p.display());
+                    }
+                }
+            }
+        } else {
+            let r = download(c, snap, p);
+            match want {
+                None => assert_eq!(r.status, 404, "{label}: download {} should be hidden", p.display()),
+                Some(e) if e.kind == "symlink" => assert_eq!(r.status, 400, "{label}: symlink {}", p.display()),
+                Some(_) => {
+                    assert_eq!(r.status, 200, "{label}: download {}: {}", p.display(), r.text());
+                    assert_eq!(r.body, std::fs::read(p).unwrap(), "{label}: bytes of {}", p.display());
+                }
+            }
+        }
+    }
+    // Guessed names answer like hidden ones.
+    let r = download(c, snap, &root.join("users/alice/does-not-exist.txt"));
+    assert_eq!(r.status, 404, "{label}");
+    let r = browse(c, snap, &root.join("users/nobody"));
+    assert_eq!(r.status, 404, "{label}");
+}
+
+fn ldap_portal(w: &World, slapd: &Slapd, extra: &str) -> Portal {
+    let authz = format!(
+        "[authz]\nrules = [\"owner\", \"home\"]\n[[authz.home_rewrite]]\nfrom = \"/home\"\nto = \"{}\"\n",
+        w.corpus.join("users").display()
+    );
+    Portal::start(&w.repo.repo, &slapd.realm_toml("corp"), &authz, extra)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn slapd_fixture_serves_users_and_memberof() {
+    let slapd = Slapd::start(&corpus_users());
+    let out = slapd.search("(uid=hank)", &["memberOf", "uidNumber"]);
+    assert!(out.contains("uidNumber: 3001"), "{out}");
+    assert!(out.contains("memberOf: cn=helpdesk,ou=groups,dc=rewind,dc=test"), "dynlist memberOf: {out}");
+}
+
+#[test]
+fn ldap_logins() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "");
+    let addr = &portal.addr;
+
+    let alice = login(addr, "alice", "alice-pw");
+    let me = alice.get("/api/me").json();
+    assert_eq!((me["login"].as_str(), me["role"].as_str(), me["uid"].as_u64()), (Some("alice"), Some("user"), Some(2001)));
+    assert_eq!(me["display_name"], "Alice");
+    assert_eq!(login(addr, "hank", "hank-pw").get("/api/me").json()["role"], "helpdesk");
+    assert_eq!(login(addr, "ada", "ada-pw").get("/api/me").json()["role"], "admin");
+
+    for (user, pw, why) in [
+        ("bob", "alice-pw", "wrong password"),
+        ("bob", "", "empty password"),
+        ("mallory", "x", "unknown user"),
+        ("*", "alice-pw", "wildcard"),
+        (")(uid=*", "alice-pw", "filter injection"),
+        ("alice)(uid=*", "alice-pw", "filter injection"),
+        ("*)(|(uid=*", "x", "filter injection"),
+        ("\\00", "x", "escaped NUL"),
+        ("alice\0", "alice-pw", "NUL"),
+    ] {
+        let r = login_raw(addr, user, pw);
+        assert_eq!(r.status, 401, "{why}: {user:?}: {}", r.text());
+        assert!(session_cookie(&r).is_none(), "{why}");
+    }
+    // Not JSON (a cross-site form): refused before any realm.
+    let r = http(addr, "POST", "/api/login", &[("Content-Type", "application/x-www-form-urlencoded".into())], Some(b"username=alice&password=alice-pw"));
+    assert_eq!(r.status, 415);
+    let body = json!({ "username": "alice", "password": "alice-pw" }).to_string();
+    let r = http(addr, "POST", "/api/login", &[("Content-Type", "application/json".into()), ("Origin", "http://evil.example".into())], Some(body.as_bytes()));
+    assert_eq!(r.status, 403, "foreign origin");
+
+    let audit = portal.audit();
+    let outcome = |actor: &str| -> Vec<String> {
+        audit.iter().filter(|r| r["event"] == "login" && r["actor"] == actor).map(|r| r["outcome"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(outcome("alice"), vec!["ok", "refused: foreign origin"]);
+    assert!(outcome("bob").iter().any(|o| o.contains("wrong password")), "{:?}", outcome("bob"));
+    assert!(outcome("bob").iter().any(|o| o.contains("empty password")));
+    assert!(outcome("mallory")[0].contains("unknown user"));
+    assert!(outcome(")(uid=*")[0].contains("unknown user"));
+
+    // Throttling per user name: after 5 failures, even the right password waits.
+    for _ in 0..3 {
+        assert_eq!(login_raw(addr, "bob", "nope").status, 401);
+    }
+    let r = login_raw(addr, "bob", "bob-pw");
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(login_raw(addr, "carol", "carol-pw").status, 200, "other users are not locked out by bob's failures");
+}
+
+#[test]
+fn ldap_tls_variants_and_wrong_ca() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    // ldaps://
+    let realm = slapd.realm_toml("corp").replace(&slapd.url(), &slapd.ldaps_url()).replace("starttls = true", "starttls = false");
+    let p = Portal::start(&w.repo.repo, &realm, "", "");
+    login(&p.addr, "alice", "alice-pw");
+    drop(p);
+    // StartTLS against a CA that did not sign the server: the directory cannot be trusted.
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, _, _) = crate::support::slapd::make_certs(other.path());
+    let realm = slapd.realm_toml("corp").replace(&slapd.ca_file.display().to_string(), &other_ca.display().to_string());
+    let p = Portal::start(&w.repo.repo, &realm, "", "");
+    let r = login_raw(&p.addr, "alice", "alice-pw");
+    assert_eq!(r.status, 503, "{}", r.text());
+}
+
+#[test]
+fn directory_down_refuses_logins_but_keeps_sessions() {
+    let w = world();
+    let mut slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "");
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    slapd.stop();
+    let r = login_raw(&portal.addr, "bob", "bob-pw");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "unavailable");
+    assert_eq!(alice.get("/api/hosts").status, 200, "existing sessions keep working");
+    // A failure of the directory is not a failed password: no lockout after many tries.
+    for _ in 0..6 {
+        assert_eq!(login_raw(&portal.addr, "bob", "bob-pw").status, 503);
+    }
+    assert!(portal.audit().iter().any(|r| r["actor"] == "bob" && r["outcome"].as_str().unwrap().starts_with("unavailable")));
+}
+
+#[test]
+fn sessions_expire_refresh_and_refuse_forgeries() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    let extra = "[session]\nkey_file = \"session.key\"\nttl_secs = 2\nmax_age_secs = 30\n";
+    let portal = ldap_portal(&w, &slapd, extra);
+    let addr = &portal.addr;
+    let key_mode = std::fs::metadata(portal.dir.path().join("session.key")).unwrap().permissions().mode();
+    assert_eq!(key_mode & 0o777, 0o600, "generated key file is private");
+
+    let mut alice = login(addr, "alice", "alice-pw");
+    assert_eq!(alice.get("/api/me").status, 200);
+    // Tampering: change the uid in the payload, keep the signature.
+    let token = alice.cookie.trim_start_matches("rewind_session=").to_string();
+    let parts: Vec<&str> = token.split('.').collect();
+    let payload = b64url_decode(parts[1]);
+    let mut claims: Value = serde_json::from_slice(&payload).unwrap();
+    claims["id"]["uid"] = json!(2002);
+    claims["id"]["role"] = json!("admin");
+    let forged = format!("{}.{}.{}", parts[0], b64url_encode(claims.to_string().as_bytes()), parts[2]);
+    let c = |t: &str| Client { addr: addr.clone(), cookie: format!("rewind_session={t}"), csrf: alice.csrf.clone() };
+    assert_eq!(c(&forged).get("/api/me").status, 401, "altered claims");
+    let none = format!("{}.{}.", b64url_encode(br#"{"alg":"none","typ":"JWT"}"#), b64url_encode(claims.to_string().as_bytes()));
+    assert_eq!(c(&none).get("/api/me").status, 401, "alg none");
+    let hs512 = format!("{}.{}.{}", b64url_encode(br#"{"alg":"HS512","typ":"JWT"}"#), parts[1], parts[2]);
+    assert_eq!(c(&hs512).get("/api/me").status, 401, "other alg");
+    assert_eq!(c("garbage").get("/api/me").status, 401);
+    // Another portal's key.
+    let other = ldap_portal(&w, &slapd, "");
+    assert_eq!(Client { addr: other.addr.clone(), ..alice.clone() }.get("/api/me").status, 401, "wrong key");
+
+    // Refresh while active: past half the lifetime, a new cookie comes back.
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = alice.get("/api/me");
+    assert_eq!(r.status, 200);
+    let fresh = session_cookie(&r).expect("refreshed cookie");
+    assert_ne!(fresh, alice.cookie);
+    // Expiry: the old token dies at its exp; the refreshed one lives on.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(alice.get("/api/me").status, 401, "expired token");
+    alice.cookie = fresh;
+    assert_eq!(alice.get("/api/me").status, 200);
+
+    // CSRF: a state-changing request needs the token and our origin.
+    let r = http(addr, "POST", "/api/logout", &[("Cookie", alice.cookie.clone())], Some(b"{}"));
+    assert_eq!(r.status, 403, "no CSRF token");
+    let r = http(addr, "POST", "/api/logout", &[("Cookie", alice.cookie.clone()), ("X-CSRF-Token", "wrong".into())], Some(b"{}"));
+    assert_eq!(r.status, 403, "wrong CSRF token");
+    let r = http(
+        addr,
+        "POST",
+        "/api/logout",
+        &[("Cookie", alice.cookie.clone()), ("X-CSRF-Token", alice.csrf.clone()), ("Origin", "http://evil.example".into())],
+        Some(b"{}"),
+    );
+    assert_eq!(r.status, 403, "foreign origin");
+    // Logout revokes.
+    let before = alice.cookie.clone();
+    let r = alice.post("/api/logout", &json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(Client { cookie: before, ..alice.clone() }.get("/api/me").status, 401, "revoked");
+}
+
+fn b64url_decode(s: &str) -> Vec<u8> {
+    let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        let v = table.iter().position(|&t| t == c).expect("base64url") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+fn b64url_encode(b: &[u8]) -> String {
+    let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &x)| acc | (u32::from(x) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(table[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn authorization_matrix() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "");
+    let addr = &portal.addr;
+    let admin = login(addr, "ada", "ada-pw");
+    let snaps = snapshot_ids(&admin);
+    let (fs, laptop) = (&snaps["fileserver"], &snaps["bob-laptop"]);
+    let users = w.corpus.join("users");
+    let alice_who = Who::User { uid: 2001, home: users.join("alice") };
+    let bob_who = Who::User { uid: 2002, home: users.join("bob") };
+
+    let alice = login(addr, "alice", "alice-pw");
+    let bob = login(addr, "bob", "bob-pw");
+    let mut hank = login(addr, "hank", "hank-pw");
+    // Helpdesk on their own sees their own files: none.
+    assert_eq!(hank.get("/api/hosts").json()["items"], json!([]));
+    assert_eq!(browse(&hank, fs, Path::new("/")).status, 404);
+    let r = hank.post("/api/act", &json!({ "user": "alice", "reason": "" }));
+    assert_eq!(r.status, 400, "a reason is required");
+    let r = alice.clone().post("/api/act", &json!({ "user": "bob", "reason": "TICKET-1" }));
+    assert_eq!(r.status, 403, "users cannot act for others");
+    let r = hank.post("/api/act", &json!({ "user": "alice", "reason": "TICKET-42 restore report" }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["acting_for"]["login"], "alice");
+
+    let hosts = |c: &Client| -> Vec<String> {
+        c.get("/api/hosts").json()["items"].as_array().unwrap().iter().map(|h| h["host"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(hosts(&alice), vec!["fileserver"]);
+    assert_eq!(hosts(&hank), vec!["fileserver"]);
+    assert_eq!(hosts(&bob), vec!["bob-laptop", "fileserver"]);
+    assert_eq!(hosts(&admin), vec!["bob-laptop", "fileserver"]);
+    assert_eq!(alice.get("/api/snapshots?host=bob-laptop").json()["items"], json!([]));
+
+    for (c, who, label) in [(&alice, &alice_who, "alice"), (&bob, &bob_who, "bob"), (&hank, &alice_who, "hank-for-alice"), (&admin, &Who::All, "admin")] {
+        check_view(c, fs, &w.corpus, who, label);
+        check_view(c, laptop, &w.laptop, who, &format!("{label} on the laptop"));
+    }
+
+    // Abusive paths.
+    for bad in ["/a/../b", "..", "/./x", "a\\b"] {
+        assert_eq!(browse(&alice, fs, Path::new(bad)).status, 400, "{bad}");
+    }
+    let escape = format!("{}/users/alice/../bob/secret.txt", w.corpus.display());
+    assert_eq!(download(&alice, fs, Path::new(&escape)).status, 400);
+    let r = alice.get(&format!("/api/download?snapshot={fs}&path={}%2e%2e%2fbob%2fsecret.txt", enc(&format!("{}/users/alice/", w.corpus.display()))));
+    assert_eq!(r.status, 400, "encoded ..");
+    assert_eq!(alice.get(&format!("/api/download?snapshot={fs}&path=%00")).status, 400, "NUL");
+    assert_eq!(alice.get("/api/%2e%2e%2fbrowse").status, 400, "encoded dots in the URL path");
+    assert_eq!(alice.get("/api/browse%2fx").status, 400, "encoded separator in the URL path");
+    assert_eq!(alice.get(&format!("/api/browse?snapshot={}&path=/", &fs[..8])).status, 200, "short ids work");
+    assert_eq!(alice.get("/api/browse?snapshot=0123456789abcdef&path=/").status, 404, "unknown snapshot");
+    // No session, no data.
+    let anon = Client { addr: addr.clone(), cookie: String::new(), csrf: String::new() };
+    assert_eq!(browse(&anon, fs, Path::new("/")).status, 401);
+    assert_eq!(download(&anon, fs, &users.join("alice/notes.md")).status, 401);
+
+    // A selection archive mixing visible and hidden entries is refused whole.
+    let r = archive(&alice, fs, &[&users.join("alice/notes.md"), &users.join("bob/secret.txt")]);
+    assert_eq!(r.status, 404);
+    let r = archive(&alice, fs, &[&users.join("alice/notes.md"), &users.join("bob/for-alice.txt")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(zip_names(&r.body), ["notes.md", "for-alice.txt"].iter().map(|s| s.to_string()).collect());
+
+    // The user sees who acted for them; the audit log has who, for whom, what.
+    let r = alice.get("/api/me/access");
+    let items = r.json()["items"].as_array().unwrap().clone();
+    assert!(items.iter().any(|i| i["by"] == "hank" && i["event"] == "act_start" && i["reason"] == "TICKET-42 restore report"), "{items:?}");
+    assert!(items.iter().any(|i| i["by"] == "hank" && i["event"] == "download"), "downloads by helpdesk are shown");
+    assert_eq!(bob.get("/api/me/access").json()["items"], json!([]));
+    let audit = portal.audit();
+    let notes = users.join("alice/notes.md").display().to_string();
+    let d = audit
+        .iter()
+        .find(|r| r["event"] == "download" && r["actor"] == "hank" && r["paths"][0] == notes.as_str())
+        .expect("helpdesk download audited");
+    assert_eq!(d["for_user"], "alice");
+    assert_eq!(d["host"], "fileserver");
+    assert_eq!(d["snapshot"], fs.as_str());
+    assert_eq!(d["bytes"], 8);
+    assert_eq!(d["outcome"], "ok");
+    assert!(audit.iter().any(|r| r["event"] == "archive" && r["actor"] == "alice" && r["bytes"].as_u64().unwrap() > 0));
+    let r = hank.post("/api/act/stop", &json!({}));
+    assert_eq!(r.status, 200);
+    assert_eq!(hosts(&hank), Vec::<String>::new());
+}
+
+#[test]
+fn downloads_ranges_etags_and_archives() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "");
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    let admin = login(&portal.addr, "ada", "ada-pw");
+    let fs = snapshot_ids(&admin)["fileserver"].clone();
+    let big = w.corpus.join("users/alice/Documents/big.bin");
+    let r = download(&alice, &fs, &big);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, w.big);
+    assert_eq!(r.header("content-length"), Some(&*w.big.len().to_string()));
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("content-disposition"), Some("attachment; filename=\"big.bin\"; filename*=UTF-8''big.bin"));
+    let etag = r.header("etag").unwrap().to_string();
+    let target = format!("/api/download?snapshot={fs}&path={}", enc(&big.to_string_lossy()));
+    let n = w.big.len();
+    for (range, lo, hi) in [
+        ("bytes=0-0", 0, 1),
+        ("bytes=100-199", 100, 200),
+        ("bytes=1048570-3145740", 1048570, 3145741),
+        ("bytes=5242000-", 5242000, n),
+        ("bytes=-777", n - 777, n),
+        (&format!("bytes=10-{}", n + 1000), 10, n),
+    ] {
+        let r = alice.get_with(&target, &[("Range", range.to_string())]);
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(r.body, &w.big[lo..hi], "{range}");
+        assert_eq!(r.header("content-range").unwrap(), format!("bytes {lo}-{}/{n}", hi - 1), "{range}");
+    }
+    let r = alice.get_with(&target, &[("Range", format!("bytes={n}-"))]);
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range").unwrap(), format!("bytes */{n}"));
+    let r = alice.get_with(&target, &[("If-None-Match", etag.clone())]);
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    let r = alice.get_with(&target, &[("Range", "bytes=0-9".into()), ("If-Range", "\"stale\"".into())]);
+    assert_eq!((r.status, r.body.len()), (200, n), "If-Range with another ETag sends everything");
+    // The same content has the same ETag, other content another.
+    let report = download(&alice, &fs, &w.corpus.join("users/alice/Documents/report.txt"));
+    assert_eq!(report.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_ne!(report.header("etag").unwrap(), etag);
+    let odd = download(&alice, &fs, &w.corpus.join("users/alice/na\u{ef}ve \"quoted\"; file.txt"));
+    assert_eq!(odd.status, 200);
+    assert_eq!(
+        odd.header("content-disposition").unwrap(),
+        "attachment; filename=\"na_ve _quoted__ file.txt\"; filename*=UTF-8''na%C3%AFve%20%22quoted%22%3B%20file.txt"
+    );
+
+    // Archives unzip to the source tree.
+    let home = w.corpus.join("users/alice");
+    let r = archive(&alice, &fs, &[&home]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/zip"));
+    let out = tempfile::tempdir().unwrap();
+    let zip = out.path().join("a.zip");
+    std::fs::write(&zip, &r.body).unwrap();
+    assert_success(&Command::new("unzip").arg("-t").arg(&zip).output().unwrap(), "unzip -t");
+    assert_success(&Command::new("unzip").arg("-q").arg(&zip).arg("-d").arg(out.path().join("x")).output().unwrap(), "unzip");
+    let opts = crate::support::ShapeOptions { owners: false, dir_mtimes: false, xattrs: false };
+    let src = crate::support::tree_shape(&home, &opts);
+    let got = crate::support::tree_shape(&out.path().join("x/alice"), &opts);
+    let strip = |m: BTreeMap<Vec<u8>, crate::support::EntryShape>| -> BTreeMap<Vec<u8>, (&'static str, Option<String>, Option<Vec<u8>>)> {
+        m.into_iter().map(|(k, v)| (k, (v.kind, v.content, v.target))).collect()
+    };
+    assert_eq!(strip(got), strip(src), "archive unzips to the source tree");
+
+    assert!(portal.audit().iter().any(|r| r["event"] == "download" && r["bytes"] == 100 && r["outcome"] == "ok"), "range downloads are audited with their bytes");
+    let m = http(&portal.addr, "GET", "/metrics", &[], None).text();
+    assert!(m.contains("rewind_portal_downloads_total") && m.contains("rewind_portal_logins_ok_total 2"), "{m}");
+}
+
+#[test]
+fn file_realm_and_graceful_shutdown() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let hash = {
+        let mut c = Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(b"carol-local\n").unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert_success(&out, "rewind passwd");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, format!("[users.carol]\nhash = \"{hash}\"\nuid = 2003\n")).unwrap();
+    let realm = format!("[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n", users.display());
+    let mut portal = Portal::start(&w.repo.repo, &realm, "", "");
+    assert_eq!(login_raw(&portal.addr, "carol", "wrong").status, 401);
+    assert_eq!(login_raw(&portal.addr, "carol", "").status, 401);
+    let carol = login(&portal.addr, "carol", "carol-local");
+    let admin_snaps = carol.get("/api/snapshots").json();
+    let fs = admin_snaps["items"][0]["id"].as_str().unwrap().to_string();
+    let small = w.corpus.join("users/carol/c.txt");
+    assert_eq!(download(&carol, &fs, &small).body, b"carol\n");
+    assert_eq!(download(&carol, &fs, &w.corpus.join("users/alice/notes.md")).status, 404);
+    // A download running when SIGTERM comes is finished; then the server exits cleanly.
+    let video = w.corpus.join("users/carol/video.bin");
+    let want = std::fs::read(&video).unwrap();
+    let mut s = TcpStream::connect(&portal.addr).unwrap();
+    write!(
+        s,
+        "GET /api/download?snapshot={fs}&path={} HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nConnection: close\r\n\r\n",
+        enc(&video.to_string_lossy()),
+        carol.cookie
+    )
+    .unwrap();
+    let mut first = vec![0u8; 65536];
+    s.read_exact(&mut first).unwrap();
+    unsafe { libc::kill(portal.child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(TcpStream::connect(&portal.addr).is_err() || portal.child.try_wait().unwrap().is_none(), "no new connections accepted");
+    let mut raw = first;
+    s.read_to_end(&mut raw).unwrap();
+    let r = parse_response(&raw);
+    assert_eq!(r.status, 200);
+    assert!(r.body == want, "the running download finished during shutdown ({} of {} bytes)", r.body.len(), want.len());
+    let status = portal.terminate();
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+}
