@@ -863,3 +863,83 @@ fn file_realm_and_graceful_shutdown() {
     let status = portal.terminate();
     assert!(status.success(), "clean exit after SIGTERM: {status}");
 }
+
+/// Every search, deleted and history result of a user is exactly the admin's results that the
+/// rules give the user (owner or home), after a second backup that deleted and changed files.
+#[test]
+fn search_deleted_and_history_follow_the_rules() {
+    let w = world();
+    let users = w.corpus.join("users");
+    std::fs::remove_file(users.join("alice/notes.md")).unwrap();
+    std::fs::remove_file(users.join("bob/secret.txt")).unwrap();
+    std::fs::remove_file(users.join("bob/for-alice.txt")).unwrap();
+    put(&users.join("alice/Documents/report.txt"), b"quarterly report, revised\n", 2001, 0o644);
+    w.repo.backup("fileserver", &[&w.corpus]);
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "catalog_sync_secs = 3600");
+    let addr = &portal.addr;
+    let admin = login(addr, "ada", "ada-pw");
+    let alice = login(addr, "alice", "alice-pw");
+    let bob = login(addr, "bob", "bob-pw");
+    let mut hank = login(addr, "hank", "hank-pw");
+    assert_eq!(hank.post("/api/act", &json!({ "user": "alice", "reason": "TICKET-7" })).status, 200);
+
+    let key = |v: &Value| format!("{}|{}|{}", v["host"].as_str().unwrap(), v["path"].as_str().unwrap(), v["first_seen"]["id"].as_str().unwrap());
+    let all_pages = |c: &Client, target: &str| -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let t = match &cursor {
+                Some(n) => format!("{target}&limit=3&cursor={n}"),
+                None => format!("{target}&limit=3"),
+            };
+            let r = c.get(&t);
+            assert_eq!(r.status, 200, "{t}: {}", r.text());
+            let j = r.json();
+            out.extend(j["items"].as_array().unwrap().iter().cloned());
+            match j["next"].as_str() {
+                Some(n) => cursor = Some(n.to_string()),
+                None => return out,
+            }
+        }
+    };
+    let rule = |uid: u64, home: &Path| {
+        let home = home.to_string_lossy().into_owned();
+        move |v: &Value| v["uid"].as_u64() == Some(uid) || v["path"].as_str().unwrap().starts_with(&format!("{home}/")) || v["path"] == home.as_str()
+    };
+    let alice_rule = rule(2001, &users.join("alice"));
+    let bob_rule = rule(2002, &users.join("bob"));
+    for target in ["/api/search?q=txt", "/api/search?q=*.txt", "/api/search?q=re", "/api/deleted?x=1", "/api/search?q=bin&kind=file"] {
+        let everything = all_pages(&admin, target);
+        assert!(!everything.is_empty(), "{target}");
+        for (c, f, label) in [(&alice, &alice_rule as &dyn Fn(&Value) -> bool, "alice"), (&bob, &bob_rule, "bob"), (&hank, &alice_rule, "hank-for-alice")] {
+            let got: BTreeSet<String> = all_pages(c, target).iter().map(key).collect();
+            let want: BTreeSet<String> = everything.iter().filter(|v| f(v)).map(key).collect();
+            assert_eq!(got, want, "{label}: {target}");
+        }
+    }
+    let deleted: Vec<String> = all_pages(&alice, "/api/deleted?x=1").iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
+    assert!(deleted.contains(&"notes.md".to_string()) && deleted.contains(&"for-alice.txt".to_string()), "{deleted:?}");
+    assert!(!deleted.contains(&"secret.txt".to_string()));
+    // History: two versions of alice's report for her, nothing for bob.
+    let report = users.join("alice/Documents/report.txt");
+    let target = format!("/api/history?host=fileserver&path={}", enc(&report.to_string_lossy()));
+    let h = alice.get(&target);
+    assert_eq!(h.status, 200);
+    let versions = h.json()["items"].as_array().unwrap().clone();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    // A version is downloadable from the snapshot it names.
+    let old = versions.iter().find(|v| v["present"] == false).unwrap();
+    let r = alice.get(&format!("/api/download?snapshot={}&path={}", old["snapshot"].as_str().unwrap(), enc(&report.to_string_lossy())));
+    assert_eq!(r.body, b"quarterly report\n");
+    assert_eq!(bob.get(&target).status, 404);
+    assert_eq!(hank.get(&target).json()["items"].as_array().unwrap().len(), 2, "helpdesk sees alice's history");
+    let secret = users.join("bob/secret.txt");
+    assert_eq!(alice.get(&format!("/api/history?path={}", enc(&secret.to_string_lossy()))).status, 404);
+    assert_eq!(alice.get(&format!("/api/history?path={}", enc("/a/../b"))).status, 400);
+    // Helpdesk searches are audited with who, for whom, why and what.
+    let audit = portal.audit();
+    assert!(audit.iter().any(|r| r["event"] == "search" && r["actor"] == "hank" && r["for_user"] == "alice" && r["reason"] == "TICKET-7" && r["query"].as_str().unwrap().contains("q=txt")));
+    assert!(audit.iter().any(|r| r["event"] == "history" && r["actor"] == "hank"));
+    assert!(!audit.iter().any(|r| r["event"] == "search" && r["actor"] == "alice"), "own searches are not audited");
+}

@@ -246,6 +246,29 @@ impl Policy {
         Ok(Resolved { snapshot, node, entry, walk, access })
     }
 
+    /// Whether the node at `comps` is itself the subject's (not merely a way through), by the
+    /// same rules as [`Policy::resolve`] but without asking what lies below the folders on the
+    /// way: for search results, which are always checked this way before being shown.
+    pub fn visible_at(&self, view: &View, s: &Subject, snapshot: SnapshotId, comps: &[&[u8]]) -> ApiResult<bool> {
+        let Some(snap) = view.snapshot(&snapshot) else { return Ok(false) };
+        let mut walk = self.root_walk(s, &snap.snapshot.host);
+        let mut entry = Entry::Snapshot(snapshot);
+        let mut visible = walk.host_grants;
+        for c in comps {
+            let next = match view.lookup(&entry, c) {
+                Ok(e) => e,
+                Err(rewind_store::Error::NotFound(_)) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            let Entry::Node { node: n, .. } = &next else { return Ok(false) };
+            let w = self.child_walk(s, &walk, n);
+            visible = self.visible(s, &walk, &w, n);
+            walk = w;
+            entry = next;
+        }
+        Ok(visible && !comps.is_empty())
+    }
+
     /// The entries of a resolved folder that the subject may see, with how.
     pub fn children(&self, view: &View, s: &Subject, dir: &Resolved) -> ApiResult<Vec<(Arc<Node>, Walk, Access)>> {
         let list = view.list(&dir.entry)?;

@@ -1,18 +1,70 @@
-//! The catalog behind search, deleted and history. Until the `rewind-catalog` crate is wired in,
-//! these endpoints answer 503 "catalog not available" rather than pretending.
+//! The catalog behind search, deleted and history (`rewind-catalog`, SQLite). The portal only
+//! reads it through a small pool of read-only connections (a connection is not shared between
+//! threads); with `catalog_sync_secs` it also brings it up to date itself, at start and then
+//! periodically, on a connection of its own. Without a catalog file those endpoints answer 503.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rewind_store::View;
 
 use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
 
 pub struct Catalog {
-    _view: Arc<View>,
+    path: PathBuf,
+    pool: Mutex<Vec<rewind_catalog::Catalog>>,
+}
+
+fn catalog_error(e: rewind_catalog::Error) -> ApiError {
+    match e {
+        rewind_catalog::Error::InvalidInput(m) => ApiError::BadRequest(m),
+        other => ApiError::Internal(format!("catalog: {other}")),
+    }
 }
 
 impl Catalog {
-    pub fn open(_config: &Config, _view: Arc<View>) -> anyhow::Result<Option<Catalog>> {
-        Ok(None)
+    /// Open the configured (or default) catalog; `None` when there is none to read.
+    pub fn open(config: &Config, view: Arc<View>) -> anyhow::Result<Option<Catalog>> {
+        let repo = view.repo().repo();
+        let path = config.catalog.clone().unwrap_or_else(|| rewind_catalog::Catalog::default_path(repo.path()));
+        if config.catalog_sync_secs > 0 {
+            let mut cat = rewind_catalog::Catalog::open(&path, &repo.config().id.to_hex())?;
+            let report = cat.sync(view.repo())?;
+            tracing::info!("catalog synced: {} snapshots applied", report.snapshots_applied);
+            let every = Duration::from_secs(config.catalog_sync_secs);
+            let view = view.clone();
+            std::thread::Builder::new().name("catalog-sync".into()).spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    view.refresh_if_stale();
+                    if let Err(e) = cat.sync(view.repo()) {
+                        tracing::warn!("catalog sync failed: {e}");
+                    }
+                }
+            })?;
+        }
+        if !path.exists() {
+            tracing::warn!("no catalog at {}: search, deleted and history are unavailable (run `rewind catalog rebuild` or set catalog_sync_secs)", path.display());
+            return Ok(None);
+        }
+        let first = rewind_catalog::Catalog::open_read_only(&path)?;
+        Ok(Some(Catalog { path, pool: Mutex::new(vec![first]) }))
+    }
+
+    /// Run `f` on a pooled read-only connection (call from a blocking thread).
+    pub fn with<T>(&self, f: impl FnOnce(&rewind_catalog::Catalog) -> Result<T, rewind_catalog::Error>) -> ApiResult<T> {
+        let conn = self.pool.lock().expect("catalog pool").pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => rewind_catalog::Catalog::open_read_only(&self.path).map_err(catalog_error)?,
+        };
+        let r = f(&conn).map_err(catalog_error);
+        let mut pool = self.pool.lock().expect("catalog pool");
+        if pool.len() < 16 {
+            pool.push(conn);
+        }
+        r
     }
 }

@@ -34,6 +34,10 @@ pub struct Config {
     /// Allowed `Origin`s for state-changing requests besides the portal's own.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Bring the catalog up to date at start and then every so many seconds (0: never; the
+    /// catalog is then maintained by `rewind catalog` after backups).
+    #[serde(default)]
+    pub catalog_sync_secs: u64,
     /// Decompressed chunk cache, MiB.
     #[serde(default = "default_cache_mib")]
     pub chunk_cache_mib: usize,
