@@ -943,3 +943,105 @@ fn search_deleted_and_history_follow_the_rules() {
     assert!(audit.iter().any(|r| r["event"] == "history" && r["actor"] == "hank"));
     assert!(!audit.iter().any(|r| r["event"] == "search" && r["actor"] == "alice"), "own searches are not audited");
 }
+
+/// The `readable` rule against the kernel itself: what a user can read (mode bits, POSIX ACLs,
+/// searchable folders) is listed by `setpriv` running as that user, and must be exactly what the
+/// portal shows them.
+#[test]
+fn readable_rule_matches_the_kernel() {
+    assert!(is_root(), "needs root");
+    for tool in ["/usr/bin/setpriv", "/usr/bin/setfacl"] {
+        assert!(Path::new(tool).exists(), "{tool} is missing (util-linux, acl)");
+    }
+    let repo = TempRepo::new();
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = repo.path("share");
+    let own = |p: &Path, uid: u32, gid: u32, mode: u32| {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let file = |rel: &str, uid: u32, gid: u32, mode: u32| {
+        let p = r.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, rel.as_bytes()).unwrap();
+        own(&p, uid, gid, mode);
+    };
+    let acl = |rel: &str, spec: &str| assert_success(&Command::new("setfacl").args(["-m", spec]).arg(r.join(rel)).output().unwrap(), "setfacl");
+    file("proj/plan.txt", 2001, 5000, 0o640);
+    file("proj/budget.txt", 2002, 5000, 0o600);
+    file("proj/open.txt", 2002, 2002, 0o644);
+    file("acl/for-alice.txt", 2002, 2002, 0o600);
+    file("acl/masked.txt", 2002, 2002, 0o600);
+    file("acl/group.txt", 2002, 2002, 0o600);
+    file("acl/denied-group.txt", 2002, 5000, 0o604);
+    file("noexec/inside.txt", 2002, 2002, 0o644);
+    file("pub/readme", 0, 0, 0o644);
+    file("private/x.txt", 0, 0, 0o644);
+    own(&r, 0, 0, 0o755);
+    own(&r.join("proj"), 0, 5000, 0o750);
+    own(&r.join("acl"), 2002, 2002, 0o755);
+    own(&r.join("noexec"), 2002, 2002, 0o744);
+    own(&r.join("pub"), 0, 0, 0o755);
+    own(&r.join("private"), 0, 0, 0o700);
+    acl("acl/for-alice.txt", "u:2001:r");
+    acl("acl/masked.txt", "u:2001:r,m::-");
+    acl("acl/group.txt", "g:5000:r");
+    // Group 5000 is named with no rights: its members are refused although "other" may read.
+    acl("acl/denied-group.txt", "g::-");
+    repo.backup("nas", &[&r]);
+
+    // users: (login, uid, gids)
+    let people: [(&str, u32, &[u32]); 3] = [("alice", 2001, &[2001, 5000]), ("bob", 2002, &[2002]), ("carol", 2003, &[2003, 5000])];
+    let dir = tempfile::tempdir().unwrap();
+    let hash = {
+        let mut c = Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(b"pw\n").unwrap();
+        String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap().trim().to_string()
+    };
+    let mut users = String::new();
+    for (name, uid, gids) in people {
+        users.push_str(&format!("[users.{name}]\nhash = \"{hash}\"\nuid = {uid}\ngids = {gids:?}\n"));
+    }
+    std::fs::write(dir.path().join("users.toml"), users).unwrap();
+    let realm = format!("[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n", dir.path().join("users.toml").display());
+    let portal = Portal::start(&repo.repo, &realm, "[authz]\nrules = [\"readable\"]\n", "");
+    for (name, uid, gids) in people {
+        // The kernel's answer, as the user: readable entries (folders: readable and searchable).
+        let groups: Vec<String> = gids.iter().map(|g| g.to_string()).collect();
+        let out = Command::new("setpriv")
+            .args([&format!("--reuid={uid}"), &format!("--regid={}", gids[0]), &format!("--groups={}", groups.join(","))])
+            .args(["find"])
+            .arg(&r)
+            .args(["-mindepth", "1", "-exec", "sh", "-c", "for p; do if [ -r \"$p\" ] && { [ ! -d \"$p\" ] || [ -x \"$p\" ]; }; then echo \"$p\"; fi; done", "sh", "{}", "+"])
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        let kernel: BTreeSet<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        assert!(!kernel.is_empty(), "{name}: the kernel lets them read something");
+        let c = login(&portal.addr, name, "pw");
+        let snap = c.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
+        // Walk everything the portal shows.
+        let mut shown = BTreeSet::new();
+        let mut todo = vec!["/".to_string()];
+        while let Some(d) = todo.pop() {
+            let j = c.get(&format!("/api/browse?snapshot={snap}&path={}", enc(&d))).json();
+            for e in j["entries"].as_array().unwrap() {
+                let p = e["path"].as_str().unwrap().to_string();
+                if e["kind"] == "dir" {
+                    todo.push(p.clone());
+                }
+                if e["passthrough"] == false && p.starts_with(&*r.to_string_lossy()) && p != r.to_string_lossy() {
+                    shown.insert(p);
+                }
+            }
+        }
+        assert_eq!(shown, kernel, "{name}: portal vs kernel");
+        // And downloads agree, file by file.
+        for rel in ["proj/plan.txt", "proj/budget.txt", "proj/open.txt", "acl/for-alice.txt", "acl/masked.txt", "acl/group.txt", "acl/denied-group.txt", "noexec/inside.txt", "pub/readme", "private/x.txt"] {
+            let p = r.join(rel);
+            let status = download(&c, &snap, &p).status;
+            let want = if kernel.contains(&*p.to_string_lossy()) { 200 } else { 404 };
+            assert_eq!(status, want, "{name}: {rel}");
+        }
+    }
+}
