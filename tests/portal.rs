@@ -189,9 +189,10 @@ impl Portal {
             .filter(|_| line.contains("listening on"))
             .unwrap_or_else(|| panic!("rewind serve did not start: {line:?}"))
             .to_string();
-        // Ready when /healthz answers.
+        // Ready when /healthz answers (over TLS: when the port accepts).
+        let tls = line.contains("https://");
         for _ in 0..200 {
-            if TcpStream::connect(&addr).is_ok() && http(&addr, "GET", "/healthz", &[], None).status == 200 {
+            if TcpStream::connect(&addr).is_ok() && (tls || http(&addr, "GET", "/healthz", &[], None).status == 200) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(25));
@@ -1044,4 +1045,71 @@ fn readable_rule_matches_the_kernel() {
             assert_eq!(status, want, "{name}: {rel}");
         }
     }
+}
+
+/// The `host` rule with machines from the directory's `host` attribute, and the portal over TLS
+/// (rustls) with a Secure cookie, driven by curl.
+#[test]
+fn host_rule_and_tls() {
+    let w = world();
+    let mut people = corpus_users();
+    people[0].hosts = vec!["alice-laptop".into()];
+    let slapd = Slapd::start(&people);
+    let lap = w.repo.path("alice-laptop");
+    put(&lap.join("etc/hostname"), b"alice-laptop\n", 0, 0o644);
+    put(&lap.join("var/root-only"), b"root\n", 0, 0o600);
+    w.repo.backup("alice-laptop", &[&lap]);
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = crate::support::slapd::make_certs(certs.path());
+    let extra = format!("[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n", cert.display(), key.display());
+    let authz = "[authz]\nrules = [\"owner\", \"host\"]\n";
+    let portal = Portal::start(&w.repo.repo, &slapd.realm_toml("corp"), authz, &extra);
+    let url = format!("https://{}", portal.addr);
+    let jar = certs.path().join("jar");
+    let curl = |args: &[&str]| -> (String, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&ca)
+            .arg("-b")
+            .arg(&jar)
+            .arg("-c")
+            .arg(&jar)
+            .args(["-D", "-"])
+            .args(args)
+            .output()
+            .expect("curl must be installed");
+        assert_success(&out, "curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (head.to_string(), body.to_string())
+    };
+    let (head, _) = curl(&[&format!("{url}/healthz")]);
+    assert!(head.starts_with("HTTP/2 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("strict-transport-security"), "{head}");
+    let (head, body) = curl(&["-H", "Content-Type: application/json", "--data", r#"{"username":"alice","password":"alice-pw"}"#, &format!("{url}/api/login")]);
+    let cookie_line = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie")).expect("cookie").to_string();
+    assert!(cookie_line.contains("Secure") && cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"), "{cookie_line}");
+    assert!(body.contains("\"login\":\"alice\""), "{body}");
+    let (_, body) = curl(&[&format!("{url}/api/hosts")]);
+    let hosts: Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = hosts["items"].as_array().unwrap().iter().map(|h| h["host"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["alice-laptop", "fileserver"], "{body}");
+    let (_, body) = curl(&[&format!("{url}/api/snapshots?host=alice-laptop")]);
+    let snap = serde_json::from_str::<Value>(&body).unwrap()["items"][0]["id"].as_str().unwrap().to_string();
+    // On her machine everything is hers, root's files too.
+    let (head, body) = curl(&[&format!("{url}/api/download?snapshot={snap}&path={}", enc(&lap.join("var/root-only").to_string_lossy()))]);
+    assert!(head.contains(" 200"), "{head}");
+    assert_eq!(body, "root\n");
+    // Bob has no machines: alice's laptop does not exist for him.
+    let bob = tempfile::tempdir().unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"]).arg(&ca).arg("-c").arg(bob.path().join("jar"))
+        .args(["-H", "Content-Type: application/json", "--data", r#"{"username":"bob","password":"bob-pw"}"#, &format!("{url}/api/login")])
+        .output().unwrap();
+    assert_success(&out, "curl login bob");
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"]).arg(&ca).arg("-b").arg(bob.path().join("jar"))
+        .arg(format!("{url}/api/browse?snapshot={snap}&path=/"))
+        .output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
 }
