@@ -522,6 +522,15 @@ fn ldap_logins() {
     assert_eq!(r.status, 429, "{}", r.text());
     assert!(r.header("retry-after").is_some());
     assert_eq!(login_raw(addr, "carol", "carol-pw").status, 200, "other users are not locked out by bob's failures");
+    // Throttling per client address: 20 failures from here, whatever the names, lock it.
+    let failures = portal.audit().iter().filter(|r| r["event"] == "login" && r["outcome"].as_str().unwrap().starts_with("failed")).count();
+    assert!(failures < 20, "{failures}");
+    for i in failures..20 {
+        assert_eq!(login_raw(addr, &format!("nobody{i}"), "x").status, 401);
+    }
+    let r = login_raw(addr, "dave", "dave-pw");
+    assert_eq!(r.status, 429, "address locked: {}", r.text());
+    assert!(portal.audit().iter().any(|r| r["actor"] == "dave" && r["outcome"] == "refused: throttled" && r["client"] == "127.0.0.1"));
 }
 
 #[test]
