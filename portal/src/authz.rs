@@ -52,6 +52,10 @@ pub struct Walk {
     pub host_grants: bool,
 }
 
+/// Folders already walked during one request.
+#[derive(Default)]
+pub struct WalkMemo(HashMap<(SnapshotId, String), Option<(TreeId, Walk)>>);
+
 /// How the subject may see a resolved node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -246,27 +250,46 @@ impl Policy {
         Ok(Resolved { snapshot, node, entry, walk, access })
     }
 
-    /// Whether the node at `comps` is itself the subject's (not merely a way through), by the
-    /// same rules as [`Policy::resolve`] but without asking what lies below the folders on the
-    /// way: for search results, which are always checked this way before being shown.
-    pub fn visible_at(&self, view: &View, s: &Subject, snapshot: SnapshotId, comps: &[&[u8]]) -> ApiResult<bool> {
-        let Some(snap) = view.snapshot(&snapshot) else { return Ok(false) };
-        let mut walk = self.root_walk(s, &snap.snapshot.host);
-        let mut entry = Entry::Snapshot(snapshot);
-        let mut visible = walk.host_grants;
-        for c in comps {
-            let next = match view.lookup(&entry, c) {
-                Ok(e) => e,
-                Err(rewind_store::Error::NotFound(_)) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            };
-            let Entry::Node { node: n, .. } = &next else { return Ok(false) };
-            let w = self.child_walk(s, &walk, n);
-            visible = self.visible(s, &walk, &w, n);
-            walk = w;
-            entry = next;
+    /// Whether the node at `path` is itself the subject's (not merely a way through), by the
+    /// same rules as [`Policy::resolve`] without asking what lies below the folders on the way:
+    /// for search results, many in a row. Folders on the way are walked once per request and
+    /// remembered in `memo`; trees are read without copying nodes.
+    pub fn visible_path(&self, view: &View, s: &Subject, snapshot: SnapshotId, path: &str, memo: &mut WalkMemo) -> ApiResult<bool> {
+        let path = path.trim_end_matches('/');
+        let Some((parent, name)) = path.rsplit_once('/') else { return Ok(false) };
+        if name.is_empty() || name == "." || name == ".." {
+            return Ok(false);
         }
-        Ok(visible && !comps.is_empty())
+        let Some((tree, walk)) = self.dir_walk(view, s, snapshot, parent, memo)? else { return Ok(false) };
+        let t = view.repo().tree(tree)?;
+        let Some(node) = t.find(name.as_bytes()) else { return Ok(false) };
+        let w = self.child_walk(s, &walk, node);
+        Ok(self.visible(s, &walk, &w, node))
+    }
+
+    fn dir_walk(&self, view: &View, s: &Subject, snapshot: SnapshotId, dir: &str, memo: &mut WalkMemo) -> ApiResult<Option<(TreeId, Walk)>> {
+        let key = (snapshot, dir.to_string());
+        if let Some(v) = memo.0.get(&key) {
+            return Ok(v.clone());
+        }
+        let v = match dir.rsplit_once('/') {
+            None if dir.is_empty() => view.snapshot(&snapshot).map(|e| (e.snapshot.tree, self.root_walk(s, &e.snapshot.host))),
+            None => None,
+            Some((parent, name)) => match self.dir_walk(view, s, snapshot, parent, memo)? {
+                None => None,
+                Some((tree, walk)) => {
+                    let t = view.repo().tree(tree)?;
+                    match t.find(name.as_bytes()) {
+                        Some(n) if n.is_dir() && n.subtree.is_some() && !name.is_empty() && name != "." && name != ".." => {
+                            Some((n.subtree.expect("checked"), self.child_walk(s, &walk, n)))
+                        }
+                        _ => None,
+                    }
+                }
+            },
+        };
+        memo.0.insert(key, v.clone());
+        Ok(v)
     }
 
     /// The entries of a resolved folder that the subject may see, with how.

@@ -3,9 +3,12 @@
 //! threads); with `catalog_sync_secs` it also brings it up to date itself, at start and then
 //! periodically, on a connection of its own. Without a catalog file those endpoints answer 503.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rewind_catalog::{FileVersion, Page, Query};
 
 use rewind_store::View;
 
@@ -15,7 +18,13 @@ use crate::error::{ApiError, ApiResult};
 pub struct Catalog {
     path: PathBuf,
     pool: Mutex<Vec<rewind_catalog::Catalog>>,
+    /// Recent pages by query, shared by all users (filtered per user afterwards): the same
+    /// "recently deleted" or search page asked by many is read from SQLite once per `ttl`.
+    cache: Mutex<HashMap<String, (Instant, Arc<Page<FileVersion>>)>>,
+    ttl: Duration,
 }
+
+const CACHE_ENTRIES: usize = 4096;
 
 fn catalog_error(e: rewind_catalog::Error) -> ApiError {
     match e {
@@ -50,7 +59,12 @@ impl Catalog {
             return Ok(None);
         }
         let first = rewind_catalog::Catalog::open_read_only(&path)?;
-        Ok(Some(Catalog { path, pool: Mutex::new(vec![first]) }))
+        Ok(Some(Catalog {
+            path,
+            pool: Mutex::new(vec![first]),
+            cache: Mutex::new(HashMap::new()),
+            ttl: Duration::from_millis(config.catalog_cache_ms),
+        }))
     }
 
     /// Run `f` on a pooled read-only connection (call from a blocking thread).
@@ -66,5 +80,30 @@ impl Catalog {
             pool.push(conn);
         }
         r
+    }
+
+    /// A page of `find` (or `deleted`), through the shared cache.
+    pub fn page(&self, q: &Query, deleted: bool) -> ApiResult<Arc<Page<FileVersion>>> {
+        let key = format!("{deleted}|{q:?}");
+        if !self.ttl.is_zero() {
+            if let Some((at, page)) = self.cache.lock().expect("catalog cache").get(&key) {
+                if at.elapsed() < self.ttl {
+                    return Ok(page.clone());
+                }
+            }
+        }
+        let page = Arc::new(self.with(|c| if deleted { c.deleted(q) } else { c.find(q) })?);
+        if !self.ttl.is_zero() {
+            let mut cache = self.cache.lock().expect("catalog cache");
+            if cache.len() >= CACHE_ENTRIES {
+                let ttl = self.ttl;
+                cache.retain(|_, (at, _)| at.elapsed() < ttl);
+                if cache.len() >= CACHE_ENTRIES {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, (Instant::now(), page.clone()));
+        }
+        Ok(page)
     }
 }

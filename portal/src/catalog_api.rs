@@ -1,5 +1,5 @@
 //! Search, deleted files and version history: the catalog's queries, every result checked by
-//! the same policy as browsing and downloading ([`crate::authz::Policy::visible_at`] in the
+//! the same policy as browsing and downloading ([`crate::authz::Policy::visible_path`] in the
 //! snapshot the result would be downloaded from: its `last_seen`).
 //!
 //! Paging: the catalog is asked for pages and hidden results are dropped, so a page may come
@@ -15,7 +15,7 @@ use rewind_catalog::{FileVersion, NameMatch, Order, Query};
 use rewind_store::{NodeKind, SnapshotId};
 
 use crate::api::{ClientAddr, record, subject};
-use crate::authz::Subject;
+use crate::authz::{Subject, WalkMemo};
 use crate::config::Rule;
 use crate::error::{ApiError, ApiResult};
 use crate::query::Params;
@@ -104,13 +104,12 @@ fn version_json(v: &FileVersion) -> Value {
     j
 }
 
-fn visible(state: &AppState, sub: &Subject, v: &FileVersion) -> ApiResult<bool> {
+fn visible(state: &AppState, sub: &Subject, v: &FileVersion, memo: &mut WalkMemo) -> ApiResult<bool> {
     if sub.all {
         return Ok(true);
     }
     let Ok(id) = SnapshotId::from_hex(&v.last_seen.id) else { return Ok(false) };
-    let comps: Vec<&[u8]> = v.path.split('/').filter(|c| !c.is_empty()).map(str::as_bytes).collect();
-    state.policy.visible_at(&state.view, sub, id, &comps)
+    state.policy.visible_path(&state.view, sub, id, &v.path, memo)
 }
 
 /// Pages of the catalog, filtered, until `limit` visible results or the scan bound.
@@ -120,13 +119,14 @@ fn filtered(state: &AppState, sub: &Subject, q: Query, deleted: bool) -> ApiResu
     let mut out = Vec::new();
     let mut offset = q.offset;
     let mut scanned = 0u64;
+    let mut memo = WalkMemo::default();
     loop {
         let mut page_q = q.clone();
         page_q.offset = offset;
         page_q.limit = if sub.all { q.limit } else { 500 };
-        let page = catalog.with(|c| if deleted { c.deleted(&page_q) } else { c.find(&page_q) })?;
+        let page = catalog.page(&page_q, deleted)?;
         for (i, v) in page.items.iter().enumerate() {
-            if visible(state, sub, v)? {
+            if visible(state, sub, v, &mut memo)? {
                 out.push(version_json(v));
                 if out.len() == want {
                     let next = offset + i as u64 + 1;
@@ -193,8 +193,9 @@ pub async fn history(State(state): State<AppState>, RawQuery(raw): RawQuery, cli
         let catalog = st.catalog.as_ref().ok_or_else(no_catalog)?;
         let versions = catalog.with(|c| c.history(host.as_deref(), &path))?;
         let mut out = Vec::new();
+        let mut memo = WalkMemo::default();
         for v in &versions {
-            if visible(&st, &sub, v)? {
+            if visible(&st, &sub, v, &mut memo)? {
                 out.push(version_json(v));
             }
         }

@@ -38,9 +38,17 @@ pub struct Config {
     /// catalog is then maintained by `rewind catalog` after backups).
     #[serde(default)]
     pub catalog_sync_secs: u64,
+    /// How long a catalog result page is reused for the same query (by any user; results are
+    /// filtered per user afterwards). 0 disables the cache.
+    #[serde(default = "default_catalog_cache_ms")]
+    pub catalog_cache_ms: u64,
     /// Decompressed chunk cache, MiB.
     #[serde(default = "default_cache_mib")]
     pub chunk_cache_mib: usize,
+}
+
+fn default_catalog_cache_ms() -> u64 {
+    2000
 }
 
 fn default_cache_mib() -> usize {

@@ -3,6 +3,7 @@
 //! repository reads go through a semaphore so memory stays flat under many downloads.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use axum::body::{Body, Bytes};
@@ -20,7 +21,7 @@ use crate::query::Params;
 use crate::session::Session;
 use crate::state::AppState;
 
-/// Size of the pieces a file is sent in.
+/// Size of the pieces an archive is written in.
 const PIECE: usize = 256 * 1024;
 
 /// Counts a stream as active and writes its audit record (with the bytes really sent) when it
@@ -125,14 +126,52 @@ fn harden(h: &mut HeaderMap) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
 }
 
-/// Read `len` bytes at `pos`, holding a read permit.
-async fn read_piece(state: &AppState, r: FileReader, pos: u64, len: usize) -> std::io::Result<(FileReader, Vec<u8>)> {
+/// How far ahead of a download chunks are decompressed in parallel.
+const READAHEAD_BYTES: u64 = 16 << 20;
+
+/// Warm the chunks after `pos` (up to `end`) on other threads, as far as read permits are free
+/// right now: a lone download uses every core, many downloads do not multiply the work.
+fn read_ahead(state: &AppState, r: &Arc<FileReader>, pos: u64, end: u64, warmed: &mut usize) {
+    let Some(idx) = r.chunk_index(pos) else { return };
+    let chunks = r.chunks();
+    let mut j = (*warmed).max(idx + 1);
+    while j < chunks.len() && chunks[j].offset < end && chunks[j].offset < pos + READAHEAD_BYTES {
+        let Ok(permit) = state.reads.clone().try_acquire_owned() else { break };
+        let r = r.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let _ = r.warm(j);
+        });
+        j += 1;
+    }
+    *warmed = j;
+}
+
+/// A decompressed chunk from the cache, shared into the response without a copy.
+struct SharedChunk(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The bytes from `pos` to the end of the chunk holding it (at most up to `end`), holding a
+/// read permit while the chunk is fetched.
+async fn read_piece(state: &AppState, r: Arc<FileReader>, pos: u64, end: u64) -> std::io::Result<(Arc<FileReader>, Bytes)> {
     let _permit = state.reads.clone().acquire_owned().await.map_err(std::io::Error::other)?;
+    let repo = state.view.repo().clone();
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len];
-        let n = r.read_at(pos, &mut buf).map_err(std::io::Error::other)?;
-        buf.truncate(n);
-        Ok((r, buf))
+        let i = r.chunk_index(pos).ok_or_else(|| std::io::Error::other("read past the end of the file"))?;
+        let span = r.chunks()[i];
+        let data = repo.chunk(span.id).map_err(std::io::Error::other)?;
+        if data.len() != span.len as usize {
+            return Err(std::io::Error::other("chunk length differs from the index"));
+        }
+        let from = (pos - span.offset) as usize;
+        let to = ((end - span.offset) as usize).min(data.len());
+        let piece = Bytes::from_owner(SharedChunk(data)).slice(from..to);
+        Ok((r, piece))
     })
     .await
     .map_err(std::io::Error::other)?
@@ -182,21 +221,21 @@ pub async fn download(State(state): State<AppState>, RawQuery(q): RawQuery, clie
     state.metrics.downloads.fetch_add(1, Relaxed);
     let guard = StreamGuard::new(state.clone(), rec, Some(end - start));
     let st = state.clone();
-    let stream = futures_util::stream::try_unfold((reader, start, guard), move |(r, pos, mut guard)| {
+    let stream = futures_util::stream::try_unfold((Arc::new(reader), start, guard, 0usize), move |(r, pos, mut guard, mut warmed)| {
         let st = st.clone();
         async move {
             if pos >= end {
                 guard.finish(true);
                 return Ok(None);
             }
-            let len = PIECE.min((end - pos) as usize);
-            let (r, buf) = read_piece(&st, r, pos, len).await?;
-            if buf.is_empty() {
+            read_ahead(&st, &r, pos, end, &mut warmed);
+            let (r, piece) = read_piece(&st, r, pos, end).await?;
+            if piece.is_empty() {
                 return Err(std::io::Error::other("file shorter than its index says"));
             }
-            guard.add(buf.len() as u64);
-            let next = pos + buf.len() as u64;
-            Ok::<_, std::io::Error>(Some((Bytes::from(buf), (r, next, guard))))
+            guard.add(piece.len() as u64);
+            let next = pos + piece.len() as u64;
+            Ok::<_, std::io::Error>(Some((piece, (r, next, guard, warmed))))
         }
     });
     let mut resp = Response::new(Body::from_stream(stream));
