@@ -31,7 +31,8 @@ impl Resp {
     }
 
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     fn text(&self) -> String {
@@ -74,7 +75,9 @@ fn parse_response(raw: &[u8]) -> Resp {
         let mut rest = &body[..];
         loop {
             let nl = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
-            let size = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().split(';').next().unwrap().trim(), 16).unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().split(';').next().unwrap().trim(), 16)
+                    .unwrap();
             rest = &rest[nl + 2..];
             if size == 0 {
                 break;
@@ -90,7 +93,13 @@ fn parse_response(raw: &[u8]) -> Resp {
 /// Percent-encode a query value.
 fn enc(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -334,7 +343,13 @@ fn oracle(root: &Path, who: &Who) -> BTreeMap<PathBuf, Expect> {
             Who::User { uid, home } => m.uid() == *uid || p.starts_with(home),
         };
         if visible {
-            let kind = if m.is_dir() { "dir" } else if m.file_type().is_symlink() { "symlink" } else { "file" };
+            let kind = if m.is_dir() {
+                "dir"
+            } else if m.file_type().is_symlink() {
+                "symlink"
+            } else {
+                "file"
+            };
             out.insert(p.clone(), Expect { kind, visible: true });
             for anc in p.ancestors().skip(1) {
                 let all = matches!(who, Who::All);
@@ -348,7 +363,12 @@ fn oracle(root: &Path, who: &Who) -> BTreeMap<PathBuf, Expect> {
 fn snapshot_ids(admin: &Client) -> BTreeMap<String, String> {
     let r = admin.get("/api/snapshots");
     assert_eq!(r.status, 200);
-    r.json()["items"].as_array().unwrap().iter().map(|s| (s["host"].as_str().unwrap().to_string(), s["id"].as_str().unwrap().to_string())).collect()
+    r.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["host"].as_str().unwrap().to_string(), s["id"].as_str().unwrap().to_string()))
+        .collect()
 }
 
 fn browse(c: &Client, snap: &str, path: &Path) -> Resp {
@@ -408,7 +428,10 @@ fn check_view(c: &Client, snap: &str, root: &Path, who: &Who, label: &str) {
                     assert_eq!(j["dir"]["passthrough"].as_bool(), Some(!e.visible), "{label}: {}", p.display());
                     for e in j["entries"].as_array().unwrap() {
                         if e["passthrough"] == true {
-                            assert!(e.get("size").is_none() && e.get("uid").is_none() && e.get("mtime").is_none(), "{label}: passthrough leaks: {e}");
+                            assert!(
+                                e.get("size").is_none() && e.get("uid").is_none() && e.get("mtime").is_none(),
+                                "{label}: passthrough leaks: {e}"
+                            );
                         }
                     }
                 }
@@ -477,7 +500,10 @@ fn ldap_logins() {
 
     let alice = login(addr, "alice", "alice-pw");
     let me = alice.get("/api/me").json();
-    assert_eq!((me["login"].as_str(), me["role"].as_str(), me["uid"].as_u64()), (Some("alice"), Some("user"), Some(2001)));
+    assert_eq!(
+        (me["login"].as_str(), me["role"].as_str(), me["uid"].as_u64()),
+        (Some("alice"), Some("user"), Some(2001))
+    );
     assert_eq!(me["display_name"], "Alice");
     assert_eq!(login(addr, "hank", "hank-pw").get("/api/me").json()["role"], "helpdesk");
     assert_eq!(login(addr, "ada", "ada-pw").get("/api/me").json()["role"], "admin");
@@ -498,15 +524,31 @@ fn ldap_logins() {
         assert!(session_cookie(&r).is_none(), "{why}");
     }
     // Not JSON (a cross-site form): refused before any realm.
-    let r = http(addr, "POST", "/api/login", &[("Content-Type", "application/x-www-form-urlencoded".into())], Some(b"username=alice&password=alice-pw"));
+    let r = http(
+        addr,
+        "POST",
+        "/api/login",
+        &[("Content-Type", "application/x-www-form-urlencoded".into())],
+        Some(b"username=alice&password=alice-pw"),
+    );
     assert_eq!(r.status, 415);
     let body = json!({ "username": "alice", "password": "alice-pw" }).to_string();
-    let r = http(addr, "POST", "/api/login", &[("Content-Type", "application/json".into()), ("Origin", "http://evil.example".into())], Some(body.as_bytes()));
+    let r = http(
+        addr,
+        "POST",
+        "/api/login",
+        &[("Content-Type", "application/json".into()), ("Origin", "http://evil.example".into())],
+        Some(body.as_bytes()),
+    );
     assert_eq!(r.status, 403, "foreign origin");
 
     let audit = portal.audit();
     let outcome = |actor: &str| -> Vec<String> {
-        audit.iter().filter(|r| r["event"] == "login" && r["actor"] == actor).map(|r| r["outcome"].as_str().unwrap().to_string()).collect()
+        audit
+            .iter()
+            .filter(|r| r["event"] == "login" && r["actor"] == actor)
+            .map(|r| r["outcome"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(outcome("alice"), vec!["ok", "refused: foreign origin"]);
     assert!(outcome("bob").iter().any(|o| o.contains("wrong password")), "{:?}", outcome("bob"));
@@ -523,14 +565,23 @@ fn ldap_logins() {
     assert!(r.header("retry-after").is_some());
     assert_eq!(login_raw(addr, "carol", "carol-pw").status, 200, "other users are not locked out by bob's failures");
     // Throttling per client address: 20 failures from here, whatever the names, lock it.
-    let failures = portal.audit().iter().filter(|r| r["event"] == "login" && r["outcome"].as_str().unwrap().starts_with("failed")).count();
+    let failures = portal
+        .audit()
+        .iter()
+        .filter(|r| r["event"] == "login" && r["outcome"].as_str().unwrap().starts_with("failed"))
+        .count();
     assert!(failures < 20, "{failures}");
     for i in failures..20 {
         assert_eq!(login_raw(addr, &format!("nobody{i}"), "x").status, 401);
     }
     let r = login_raw(addr, "dave", "dave-pw");
     assert_eq!(r.status, 429, "address locked: {}", r.text());
-    assert!(portal.audit().iter().any(|r| r["actor"] == "dave" && r["outcome"] == "refused: throttled" && r["client"] == "127.0.0.1"));
+    assert!(
+        portal
+            .audit()
+            .iter()
+            .any(|r| r["actor"] == "dave" && r["outcome"] == "refused: throttled" && r["client"] == "127.0.0.1")
+    );
 }
 
 #[test]
@@ -538,7 +589,10 @@ fn ldap_tls_variants_and_wrong_ca() {
     let w = world();
     let slapd = Slapd::start(&corpus_users());
     // ldaps://
-    let realm = slapd.realm_toml("corp").replace(&slapd.url(), &slapd.ldaps_url()).replace("starttls = true", "starttls = false");
+    let realm = slapd
+        .realm_toml("corp")
+        .replace(&slapd.url(), &slapd.ldaps_url())
+        .replace("starttls = true", "starttls = false");
     let p = Portal::start(&w.repo.repo, &realm, "", "");
     login(&p.addr, "alice", "alice-pw");
     drop(p);
@@ -566,7 +620,9 @@ fn directory_down_refuses_logins_but_keeps_sessions() {
     for _ in 0..6 {
         assert_eq!(login_raw(&portal.addr, "bob", "bob-pw").status, 503);
     }
-    assert!(portal.audit().iter().any(|r| r["actor"] == "bob" && r["outcome"].as_str().unwrap().starts_with("unavailable")));
+    assert!(
+        portal.audit().iter().any(|r| r["actor"] == "bob" && r["outcome"].as_str().unwrap().starts_with("unavailable"))
+    );
 }
 
 #[test]
@@ -591,7 +647,11 @@ fn sessions_expire_refresh_and_refuse_forgeries() {
     let forged = format!("{}.{}.{}", parts[0], b64url_encode(claims.to_string().as_bytes()), parts[2]);
     let c = |t: &str| Client { addr: addr.clone(), cookie: format!("rewind_session={t}"), csrf: alice.csrf.clone() };
     assert_eq!(c(&forged).get("/api/me").status, 401, "altered claims");
-    let none = format!("{}.{}.", b64url_encode(br#"{"alg":"none","typ":"JWT"}"#), b64url_encode(claims.to_string().as_bytes()));
+    let none = format!(
+        "{}.{}.",
+        b64url_encode(br#"{"alg":"none","typ":"JWT"}"#),
+        b64url_encode(claims.to_string().as_bytes())
+    );
     assert_eq!(c(&none).get("/api/me").status, 401, "alg none");
     let hs512 = format!("{}.{}.{}", b64url_encode(br#"{"alg":"HS512","typ":"JWT"}"#), parts[1], parts[2]);
     assert_eq!(c(&hs512).get("/api/me").status, 401, "other alg");
@@ -615,13 +675,23 @@ fn sessions_expire_refresh_and_refuse_forgeries() {
     // CSRF: a state-changing request needs the token and our origin.
     let r = http(addr, "POST", "/api/logout", &[("Cookie", alice.cookie.clone())], Some(b"{}"));
     assert_eq!(r.status, 403, "no CSRF token");
-    let r = http(addr, "POST", "/api/logout", &[("Cookie", alice.cookie.clone()), ("X-CSRF-Token", "wrong".into())], Some(b"{}"));
+    let r = http(
+        addr,
+        "POST",
+        "/api/logout",
+        &[("Cookie", alice.cookie.clone()), ("X-CSRF-Token", "wrong".into())],
+        Some(b"{}"),
+    );
     assert_eq!(r.status, 403, "wrong CSRF token");
     let r = http(
         addr,
         "POST",
         "/api/logout",
-        &[("Cookie", alice.cookie.clone()), ("X-CSRF-Token", alice.csrf.clone()), ("Origin", "http://evil.example".into())],
+        &[
+            ("Cookie", alice.cookie.clone()),
+            ("X-CSRF-Token", alice.csrf.clone()),
+            ("Origin", "http://evil.example".into()),
+        ],
         Some(b"{}"),
     );
     assert_eq!(r.status, 403, "foreign origin");
@@ -689,7 +759,12 @@ fn authorization_matrix() {
     assert_eq!(r.json()["acting_for"]["login"], "alice");
 
     let hosts = |c: &Client| -> Vec<String> {
-        c.get("/api/hosts").json()["items"].as_array().unwrap().iter().map(|h| h["host"].as_str().unwrap().to_string()).collect()
+        c.get("/api/hosts").json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["host"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(hosts(&alice), vec!["fileserver"]);
     assert_eq!(hosts(&hank), vec!["fileserver"]);
@@ -697,7 +772,12 @@ fn authorization_matrix() {
     assert_eq!(hosts(&admin), vec!["bob-laptop", "fileserver"]);
     assert_eq!(alice.get("/api/snapshots?host=bob-laptop").json()["items"], json!([]));
 
-    for (c, who, label) in [(&alice, &alice_who, "alice"), (&bob, &bob_who, "bob"), (&hank, &alice_who, "hank-for-alice"), (&admin, &Who::All, "admin")] {
+    for (c, who, label) in [
+        (&alice, &alice_who, "alice"),
+        (&bob, &bob_who, "bob"),
+        (&hank, &alice_who, "hank-for-alice"),
+        (&admin, &Who::All, "admin"),
+    ] {
         check_view(c, fs, &w.corpus, who, label);
         check_view(c, laptop, &w.laptop, who, &format!("{label} on the laptop"));
     }
@@ -708,7 +788,10 @@ fn authorization_matrix() {
     }
     let escape = format!("{}/users/alice/../bob/secret.txt", w.corpus.display());
     assert_eq!(download(&alice, fs, Path::new(&escape)).status, 400);
-    let r = alice.get(&format!("/api/download?snapshot={fs}&path={}%2e%2e%2fbob%2fsecret.txt", enc(&format!("{}/users/alice/", w.corpus.display()))));
+    let r = alice.get(&format!(
+        "/api/download?snapshot={fs}&path={}%2e%2e%2fbob%2fsecret.txt",
+        enc(&format!("{}/users/alice/", w.corpus.display()))
+    ));
     assert_eq!(r.status, 400, "encoded ..");
     assert_eq!(alice.get(&format!("/api/download?snapshot={fs}&path=%00")).status, 400, "NUL");
     assert_eq!(alice.get("/api/%2e%2e%2fbrowse").status, 400, "encoded dots in the URL path");
@@ -730,7 +813,12 @@ fn authorization_matrix() {
     // The user sees who acted for them; the audit log has who, for whom, what.
     let r = alice.get("/api/me/access");
     let items = r.json()["items"].as_array().unwrap().clone();
-    assert!(items.iter().any(|i| i["by"] == "hank" && i["event"] == "act_start" && i["reason"] == "TICKET-42 restore report"), "{items:?}");
+    assert!(
+        items
+            .iter()
+            .any(|i| i["by"] == "hank" && i["event"] == "act_start" && i["reason"] == "TICKET-42 restore report"),
+        "{items:?}"
+    );
     assert!(items.iter().any(|i| i["by"] == "hank" && i["event"] == "download"), "downloads by helpdesk are shown");
     assert_eq!(bob.get("/api/me/access").json()["items"], json!([]));
     let audit = portal.audit();
@@ -811,7 +899,10 @@ fn downloads_ranges_etags_and_archives() {
     let zip = out.path().join("a.zip");
     std::fs::write(&zip, &r.body).unwrap();
     assert_success(&Command::new("unzip").arg("-t").arg(&zip).output().unwrap(), "unzip -t");
-    assert_success(&Command::new("unzip").arg("-q").arg(&zip).arg("-d").arg(out.path().join("x")).output().unwrap(), "unzip");
+    assert_success(
+        &Command::new("unzip").arg("-q").arg(&zip).arg("-d").arg(out.path().join("x")).output().unwrap(),
+        "unzip",
+    );
     let opts = crate::support::ShapeOptions { owners: false, dir_mtimes: false, xattrs: false };
     let src = crate::support::tree_shape(&home, &opts);
     let got = crate::support::tree_shape(&out.path().join("x/alice"), &opts);
@@ -820,7 +911,10 @@ fn downloads_ranges_etags_and_archives() {
     };
     assert_eq!(strip(got), strip(src), "archive unzips to the source tree");
 
-    assert!(portal.audit().iter().any(|r| r["event"] == "download" && r["bytes"] == 100 && r["outcome"] == "ok"), "range downloads are audited with their bytes");
+    assert!(
+        portal.audit().iter().any(|r| r["event"] == "download" && r["bytes"] == 100 && r["outcome"] == "ok"),
+        "range downloads are audited with their bytes"
+    );
     let m = http(&portal.addr, "GET", "/metrics", &[], None).text();
     assert!(m.contains("rewind_portal_downloads_total") && m.contains("rewind_portal_logins_ok_total 2"), "{m}");
 }
@@ -830,7 +924,8 @@ fn file_realm_and_graceful_shutdown() {
     let w = world();
     let dir = tempfile::tempdir().unwrap();
     let hash = {
-        let mut c = Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut c =
+            Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         c.stdin.take().unwrap().write_all(b"carol-local\n").unwrap();
         let out = c.wait_with_output().unwrap();
         assert_success(&out, "rewind passwd");
@@ -864,7 +959,10 @@ fn file_realm_and_graceful_shutdown() {
     s.read_exact(&mut first).unwrap();
     unsafe { libc::kill(portal.child.id() as i32, libc::SIGTERM) };
     std::thread::sleep(Duration::from_millis(300));
-    assert!(TcpStream::connect(&portal.addr).is_err() || portal.child.try_wait().unwrap().is_none(), "no new connections accepted");
+    assert!(
+        TcpStream::connect(&portal.addr).is_err() || portal.child.try_wait().unwrap().is_none(),
+        "no new connections accepted"
+    );
     let mut raw = first;
     s.read_to_end(&mut raw).unwrap();
     let r = parse_response(&raw);
@@ -894,7 +992,14 @@ fn search_deleted_and_history_follow_the_rules() {
     let mut hank = login(addr, "hank", "hank-pw");
     assert_eq!(hank.post("/api/act", &json!({ "user": "alice", "reason": "TICKET-7" })).status, 200);
 
-    let key = |v: &Value| format!("{}|{}|{}", v["host"].as_str().unwrap(), v["path"].as_str().unwrap(), v["first_seen"]["id"].as_str().unwrap());
+    let key = |v: &Value| {
+        format!(
+            "{}|{}|{}",
+            v["host"].as_str().unwrap(),
+            v["path"].as_str().unwrap(),
+            v["first_seen"]["id"].as_str().unwrap()
+        )
+    };
     let all_pages = |c: &Client, target: &str| -> Vec<Value> {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
@@ -915,20 +1020,35 @@ fn search_deleted_and_history_follow_the_rules() {
     };
     let rule = |uid: u64, home: &Path| {
         let home = home.to_string_lossy().into_owned();
-        move |v: &Value| v["uid"].as_u64() == Some(uid) || v["path"].as_str().unwrap().starts_with(&format!("{home}/")) || v["path"] == home.as_str()
+        move |v: &Value| {
+            v["uid"].as_u64() == Some(uid)
+                || v["path"].as_str().unwrap().starts_with(&format!("{home}/"))
+                || v["path"] == home.as_str()
+        }
     };
     let alice_rule = rule(2001, &users.join("alice"));
     let bob_rule = rule(2002, &users.join("bob"));
-    for target in ["/api/search?q=txt", "/api/search?q=*.txt", "/api/search?q=re", "/api/deleted?x=1", "/api/search?q=bin&kind=file"] {
+    for target in [
+        "/api/search?q=txt",
+        "/api/search?q=*.txt",
+        "/api/search?q=re",
+        "/api/deleted?x=1",
+        "/api/search?q=bin&kind=file",
+    ] {
         let everything = all_pages(&admin, target);
         assert!(!everything.is_empty(), "{target}");
-        for (c, f, label) in [(&alice, &alice_rule as &dyn Fn(&Value) -> bool, "alice"), (&bob, &bob_rule, "bob"), (&hank, &alice_rule, "hank-for-alice")] {
+        for (c, f, label) in [
+            (&alice, &alice_rule as &dyn Fn(&Value) -> bool, "alice"),
+            (&bob, &bob_rule, "bob"),
+            (&hank, &alice_rule, "hank-for-alice"),
+        ] {
             let got: BTreeSet<String> = all_pages(c, target).iter().map(key).collect();
             let want: BTreeSet<String> = everything.iter().filter(|v| f(v)).map(key).collect();
             assert_eq!(got, want, "{label}: {target}");
         }
     }
-    let deleted: Vec<String> = all_pages(&alice, "/api/deleted?x=1").iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
+    let deleted: Vec<String> =
+        all_pages(&alice, "/api/deleted?x=1").iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
     assert!(deleted.contains(&"notes.md".to_string()) && deleted.contains(&"for-alice.txt".to_string()), "{deleted:?}");
     assert!(!deleted.contains(&"secret.txt".to_string()));
     // History: two versions of alice's report for her, nothing for bob.
@@ -940,7 +1060,11 @@ fn search_deleted_and_history_follow_the_rules() {
     assert_eq!(versions.len(), 2, "{versions:?}");
     // A version is downloadable from the snapshot it names.
     let old = versions.iter().find(|v| v["present"] == false).unwrap();
-    let r = alice.get(&format!("/api/download?snapshot={}&path={}", old["snapshot"].as_str().unwrap(), enc(&report.to_string_lossy())));
+    let r = alice.get(&format!(
+        "/api/download?snapshot={}&path={}",
+        old["snapshot"].as_str().unwrap(),
+        enc(&report.to_string_lossy())
+    ));
     assert_eq!(r.body, b"quarterly report\n");
     assert_eq!(bob.get(&target).status, 404);
     assert_eq!(hank.get(&target).json()["items"].as_array().unwrap().len(), 2, "helpdesk sees alice's history");
@@ -949,7 +1073,11 @@ fn search_deleted_and_history_follow_the_rules() {
     assert_eq!(alice.get(&format!("/api/history?path={}", enc("/a/../b"))).status, 400);
     // Helpdesk searches are audited with who, for whom, why and what.
     let audit = portal.audit();
-    assert!(audit.iter().any(|r| r["event"] == "search" && r["actor"] == "hank" && r["for_user"] == "alice" && r["reason"] == "TICKET-7" && r["query"].as_str().unwrap().contains("q=txt")));
+    assert!(audit.iter().any(|r| r["event"] == "search"
+        && r["actor"] == "hank"
+        && r["for_user"] == "alice"
+        && r["reason"] == "TICKET-7"
+        && r["query"].as_str().unwrap().contains("q=txt")));
     assert!(audit.iter().any(|r| r["event"] == "history" && r["actor"] == "hank"));
     assert!(!audit.iter().any(|r| r["event"] == "search" && r["actor"] == "alice"), "own searches are not audited");
 }
@@ -976,7 +1104,9 @@ fn readable_rule_matches_the_kernel() {
         std::fs::write(&p, rel.as_bytes()).unwrap();
         own(&p, uid, gid, mode);
     };
-    let acl = |rel: &str, spec: &str| assert_success(&Command::new("setfacl").args(["-m", spec]).arg(r.join(rel)).output().unwrap(), "setfacl");
+    let acl = |rel: &str, spec: &str| {
+        assert_success(&Command::new("setfacl").args(["-m", spec]).arg(r.join(rel)).output().unwrap(), "setfacl")
+    };
     file("proj/plan.txt", 2001, 5000, 0o640);
     file("proj/budget.txt", 2002, 5000, 0o600);
     file("proj/open.txt", 2002, 2002, 0o644);
@@ -1001,10 +1131,12 @@ fn readable_rule_matches_the_kernel() {
     repo.backup("nas", &[&r]);
 
     // users: (login, uid, gids)
-    let people: [(&str, u32, &[u32]); 3] = [("alice", 2001, &[2001, 5000]), ("bob", 2002, &[2002]), ("carol", 2003, &[2003, 5000])];
+    let people: [(&str, u32, &[u32]); 3] =
+        [("alice", 2001, &[2001, 5000]), ("bob", 2002, &[2002]), ("carol", 2003, &[2003, 5000])];
     let dir = tempfile::tempdir().unwrap();
     let hash = {
-        let mut c = Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut c =
+            Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         c.stdin.take().unwrap().write_all(b"pw\n").unwrap();
         String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap().trim().to_string()
     };
@@ -1013,16 +1145,33 @@ fn readable_rule_matches_the_kernel() {
         users.push_str(&format!("[users.{name}]\nhash = \"{hash}\"\nuid = {uid}\ngids = {gids:?}\n"));
     }
     std::fs::write(dir.path().join("users.toml"), users).unwrap();
-    let realm = format!("[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n", dir.path().join("users.toml").display());
+    let realm = format!(
+        "[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n",
+        dir.path().join("users.toml").display()
+    );
     let portal = Portal::start(&repo.repo, &realm, "[authz]\nrules = [\"readable\"]\n", "");
     for (name, uid, gids) in people {
         // The kernel's answer, as the user: readable entries (folders: readable and searchable).
         let groups: Vec<String> = gids.iter().map(|g| g.to_string()).collect();
         let out = Command::new("setpriv")
-            .args([&format!("--reuid={uid}"), &format!("--regid={}", gids[0]), &format!("--groups={}", groups.join(","))])
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={}", gids[0]),
+                &format!("--groups={}", groups.join(",")),
+            ])
             .args(["find"])
             .arg(&r)
-            .args(["-mindepth", "1", "-exec", "sh", "-c", "for p; do if [ -r \"$p\" ] && { [ ! -d \"$p\" ] || [ -x \"$p\" ]; }; then echo \"$p\"; fi; done", "sh", "{}", "+"])
+            .args([
+                "-mindepth",
+                "1",
+                "-exec",
+                "sh",
+                "-c",
+                "for p; do if [ -r \"$p\" ] && { [ ! -d \"$p\" ] || [ -x \"$p\" ]; }; then echo \"$p\"; fi; done",
+                "sh",
+                "{}",
+                "+",
+            ])
             .stderr(Stdio::null())
             .output()
             .unwrap();
@@ -1047,7 +1196,18 @@ fn readable_rule_matches_the_kernel() {
         }
         assert_eq!(shown, kernel, "{name}: portal vs kernel");
         // And downloads agree, file by file.
-        for rel in ["proj/plan.txt", "proj/budget.txt", "proj/open.txt", "acl/for-alice.txt", "acl/masked.txt", "acl/group.txt", "acl/denied-group.txt", "noexec/inside.txt", "pub/readme", "private/x.txt"] {
+        for rel in [
+            "proj/plan.txt",
+            "proj/budget.txt",
+            "proj/open.txt",
+            "acl/for-alice.txt",
+            "acl/masked.txt",
+            "acl/group.txt",
+            "acl/denied-group.txt",
+            "noexec/inside.txt",
+            "pub/readme",
+            "private/x.txt",
+        ] {
             let p = r.join(rel);
             let status = download(&c, &snap, &p).status;
             let want = if kernel.contains(&*p.to_string_lossy()) { 200 } else { 404 };
@@ -1095,9 +1255,19 @@ fn host_rule_and_tls() {
     let (head, _) = curl(&[&format!("{url}/healthz")]);
     assert!(head.starts_with("HTTP/2 200") || head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.to_ascii_lowercase().contains("strict-transport-security"), "{head}");
-    let (head, body) = curl(&["-H", "Content-Type: application/json", "--data", r#"{"username":"alice","password":"alice-pw"}"#, &format!("{url}/api/login")]);
-    let cookie_line = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie")).expect("cookie").to_string();
-    assert!(cookie_line.contains("Secure") && cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"), "{cookie_line}");
+    let (head, body) = curl(&[
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        r#"{"username":"alice","password":"alice-pw"}"#,
+        &format!("{url}/api/login"),
+    ]);
+    let cookie_line =
+        head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie")).expect("cookie").to_string();
+    assert!(
+        cookie_line.contains("Secure") && cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"),
+        "{cookie_line}"
+    );
     assert!(body.contains("\"login\":\"alice\""), "{body}");
     let (_, body) = curl(&[&format!("{url}/api/hosts")]);
     let hosts: Value = serde_json::from_str(&body).unwrap();
@@ -1106,19 +1276,36 @@ fn host_rule_and_tls() {
     let (_, body) = curl(&[&format!("{url}/api/snapshots?host=alice-laptop")]);
     let snap = serde_json::from_str::<Value>(&body).unwrap()["items"][0]["id"].as_str().unwrap().to_string();
     // On her machine everything is hers, root's files too.
-    let (head, body) = curl(&[&format!("{url}/api/download?snapshot={snap}&path={}", enc(&lap.join("var/root-only").to_string_lossy()))]);
+    let (head, body) = curl(&[&format!(
+        "{url}/api/download?snapshot={snap}&path={}",
+        enc(&lap.join("var/root-only").to_string_lossy())
+    )]);
     assert!(head.contains(" 200"), "{head}");
     assert_eq!(body, "root\n");
     // Bob has no machines: alice's laptop does not exist for him.
     let bob = tempfile::tempdir().unwrap();
     let out = Command::new("curl")
-        .args(["-sS", "--cacert"]).arg(&ca).arg("-c").arg(bob.path().join("jar"))
-        .args(["-H", "Content-Type: application/json", "--data", r#"{"username":"bob","password":"bob-pw"}"#, &format!("{url}/api/login")])
-        .output().unwrap();
+        .args(["-sS", "--cacert"])
+        .arg(&ca)
+        .arg("-c")
+        .arg(bob.path().join("jar"))
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            r#"{"username":"bob","password":"bob-pw"}"#,
+            &format!("{url}/api/login"),
+        ])
+        .output()
+        .unwrap();
     assert_success(&out, "curl login bob");
     let out = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"]).arg(&ca).arg("-b").arg(bob.path().join("jar"))
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&ca)
+        .arg("-b")
+        .arg(bob.path().join("jar"))
         .arg(format!("{url}/api/browse?snapshot={snap}&path=/"))
-        .output().unwrap();
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
 }

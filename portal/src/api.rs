@@ -3,11 +3,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use axum::Json;
 use axum::extract::{ConnectInfo, FromRequestParts, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -90,9 +90,15 @@ fn me_json(state: &AppState, s: &crate::session::Claims) -> Value {
 }
 
 /// `POST /api/login`.
-pub async fn login(State(state): State<AppState>, client: ClientAddr, headers: HeaderMap, Json(req): Json<LoginRequest>) -> ApiResult<Response> {
+pub async fn login(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    headers: HeaderMap,
+    Json(req): Json<LoginRequest>,
+) -> ApiResult<Response> {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut rec = Record { event: "login".into(), actor: req.username.clone(), client: client.text(), ..Record::default() };
+    let mut rec =
+        Record { event: "login".into(), actor: req.username.clone(), client: client.text(), ..Record::default() };
     let fail = |rec: &mut Record, outcome: &str, e: ApiError| -> ApiError {
         rec.outcome = outcome.into();
         state.audit.write(rec.clone());
@@ -150,7 +156,11 @@ pub async fn login(State(state): State<AppState>, client: ClientAddr, headers: H
             Some(AuthError::Unavailable(m)) => {
                 state.metrics.logins_unavailable.fetch_add(1, Relaxed);
                 tracing::warn!("login refused, directory unavailable: {m}");
-                fail(&mut rec, &format!("unavailable: {m}"), ApiError::Unavailable("the directory cannot be reached; try again later".into()))
+                fail(
+                    &mut rec,
+                    &format!("unavailable: {m}"),
+                    ApiError::Unavailable("the directory cannot be reached; try again later".into()),
+                )
             }
             Some(e) => failed(&mut rec, &format!("failed: {e}")),
             None => failed(&mut rec, "failed: no such realm"),
@@ -189,7 +199,8 @@ pub async fn my_access(State(state): State<AppState>, s: Session) -> ApiResult<J
     }
     let login = s.actor().login.clone();
     let st = state.clone();
-    let records = tokio::task::spawn_blocking(move || st.audit.acted_for(&login, 500)).await?.map_err(ApiError::internal)?;
+    let records =
+        tokio::task::spawn_blocking(move || st.audit.acted_for(&login, 500)).await?.map_err(ApiError::internal)?;
     let items: Vec<Value> = records
         .into_iter()
         .map(|r| json!({ "time": r.time, "by": r.actor, "event": r.event, "reason": r.reason, "host": r.host, "snapshot": r.snapshot, "paths": r.paths, "query": r.query }))
@@ -204,7 +215,12 @@ pub struct ActRequest {
 }
 
 /// `POST /api/act`: helpdesk (or admin) starts acting for a user, with a reason.
-pub async fn act_start(State(state): State<AppState>, client: ClientAddr, s: Session, Json(req): Json<ActRequest>) -> ApiResult<Response> {
+pub async fn act_start(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    s: Session,
+    Json(req): Json<ActRequest>,
+) -> ApiResult<Response> {
     if s.actor().role < Role::Helpdesk {
         return Err(ApiError::Forbidden("only helpdesk staff and admins act for users".into()));
     }
@@ -308,7 +324,8 @@ pub async fn hosts(State(state): State<AppState>, s: Session) -> ApiResult<Json<
         h.0 += 1;
         h.1 = e.snapshot.time.to_string();
     }
-    let items: Vec<Value> = hosts.into_iter().map(|(h, (n, latest))| json!({ "host": h, "snapshots": n, "latest": latest })).collect();
+    let items: Vec<Value> =
+        hosts.into_iter().map(|(h, (n, latest))| json!({ "host": h, "snapshots": n, "latest": latest })).collect();
     Ok(Json(json!({ "items": items })))
 }
 

@@ -80,8 +80,11 @@ pub struct Resolved {
 pub struct Policy {
     rules: Vec<Rule>,
     cfg: AuthzConfig,
-    memo: Mutex<HashMap<(Arc<str>, TreeId, bool), bool>>,
+    memo: Mutex<HashMap<MemoKey, bool>>,
 }
+
+/// (subject, folder, every folder above searchable) -> leads to something visible.
+type MemoKey = (Arc<str>, TreeId, bool);
 
 const MEMO_MAX: usize = 1 << 20;
 
@@ -99,11 +102,8 @@ impl Policy {
 
     /// The subject for an identity (not for admins: see [`Subject::everything`]).
     pub fn subject(&self, id: &Identity) -> Subject {
-        let homes: Vec<Vec<u8>> = if self.has(Rule::Home) {
-            id.home.iter().filter_map(|h| self.rewrite_home(h)).collect()
-        } else {
-            vec![]
-        };
+        let homes: Vec<Vec<u8>> =
+            if self.has(Rule::Home) { id.home.iter().filter_map(|h| self.rewrite_home(h)).collect() } else { vec![] };
         let mut hosts = if self.has(Rule::Host) { id.hosts.clone() } else { vec![] };
         if self.has(Rule::Host) {
             hosts.extend(self.cfg.hosts.get(&id.login).cloned().unwrap_or_default());
@@ -176,10 +176,8 @@ impl Policy {
         // Below a folder that is on no home's way, only tree content matters: memoize by tree id.
         let home_way = s.homes.iter().any(|h| ancestor(&walk.path, h));
         let key = (s.key.clone(), tree, walk.searchable);
-        if !home_way {
-            if let Some(&v) = self.memo.lock().expect("memo lock").get(&key) {
-                return Ok(v);
-            }
+        if !home_way && let Some(&v) = self.memo.lock().expect("memo lock").get(&key) {
+            return Ok(v);
         }
         let t = view.repo().tree(tree)?;
         let mut found = false;
@@ -189,11 +187,11 @@ impl Policy {
                 found = true;
                 break;
             }
-            if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
-                if self.leads(view, s, &w, sub)? {
-                    found = true;
-                    break;
-                }
+            if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree)
+                && self.leads(view, s, &w, sub)?
+            {
+                found = true;
+                break;
             }
         }
         if !home_way {
@@ -207,14 +205,21 @@ impl Policy {
     }
 
     /// How a node is shown, if at all.
-    pub fn access(&self, view: &View, s: &Subject, parent: &Walk, walk: &Walk, node: &Node) -> ApiResult<Option<Access>> {
+    pub fn access(
+        &self,
+        view: &View,
+        s: &Subject,
+        parent: &Walk,
+        walk: &Walk,
+        node: &Node,
+    ) -> ApiResult<Option<Access>> {
         if self.visible(s, parent, walk, node) {
             return Ok(Some(Access::Visible));
         }
-        if let (NodeKind::Dir, Some(sub)) = (node.kind, node.subtree) {
-            if self.leads(view, s, walk, sub)? {
-                return Ok(Some(Access::Passthrough));
-            }
+        if let (NodeKind::Dir, Some(sub)) = (node.kind, node.subtree)
+            && self.leads(view, s, walk, sub)?
+        {
+            return Ok(Some(Access::Passthrough));
         }
         Ok(None)
     }
@@ -254,7 +259,14 @@ impl Policy {
     /// same rules as [`Policy::resolve`] without asking what lies below the folders on the way:
     /// for search results, many in a row. Folders on the way are walked once per request and
     /// remembered in `memo`; trees are read without copying nodes.
-    pub fn visible_path(&self, view: &View, s: &Subject, snapshot: SnapshotId, path: &str, memo: &mut WalkMemo) -> ApiResult<bool> {
+    pub fn visible_path(
+        &self,
+        view: &View,
+        s: &Subject,
+        snapshot: SnapshotId,
+        path: &str,
+        memo: &mut WalkMemo,
+    ) -> ApiResult<bool> {
         let path = path.trim_end_matches('/');
         let Some((parent, name)) = path.rsplit_once('/') else { return Ok(false) };
         if name.is_empty() || name == "." || name == ".." {
@@ -267,20 +279,31 @@ impl Policy {
         Ok(self.visible(s, &walk, &w, node))
     }
 
-    fn dir_walk(&self, view: &View, s: &Subject, snapshot: SnapshotId, dir: &str, memo: &mut WalkMemo) -> ApiResult<Option<(TreeId, Walk)>> {
+    fn dir_walk(
+        &self,
+        view: &View,
+        s: &Subject,
+        snapshot: SnapshotId,
+        dir: &str,
+        memo: &mut WalkMemo,
+    ) -> ApiResult<Option<(TreeId, Walk)>> {
         let key = (snapshot, dir.to_string());
         if let Some(v) = memo.0.get(&key) {
             return Ok(v.clone());
         }
         let v = match dir.rsplit_once('/') {
-            None if dir.is_empty() => view.snapshot(&snapshot).map(|e| (e.snapshot.tree, self.root_walk(s, &e.snapshot.host))),
+            None if dir.is_empty() => {
+                view.snapshot(&snapshot).map(|e| (e.snapshot.tree, self.root_walk(s, &e.snapshot.host)))
+            }
             None => None,
             Some((parent, name)) => match self.dir_walk(view, s, snapshot, parent, memo)? {
                 None => None,
                 Some((tree, walk)) => {
                     let t = view.repo().tree(tree)?;
                     match t.find(name.as_bytes()) {
-                        Some(n) if n.is_dir() && n.subtree.is_some() && !name.is_empty() && name != "." && name != ".." => {
+                        Some(n)
+                            if n.is_dir() && n.subtree.is_some() && !name.is_empty() && name != "." && name != ".." =>
+                        {
                             Some((n.subtree.expect("checked"), self.child_walk(s, &walk, n)))
                         }
                         _ => None,
@@ -381,7 +404,7 @@ const ACL_OTHER: u16 = 0x20;
 
 /// The kernel's xattr form: a u32 version (2), then (u16 tag, u16 perm, u32 id) entries, little-endian.
 fn parse_acl(b: &[u8]) -> Option<Vec<AclEntry>> {
-    if b.len() < 4 || (b.len() - 4) % 8 != 0 || u32::from_le_bytes(b[0..4].try_into().ok()?) != 2 {
+    if b.len() < 4 || !(b.len() - 4).is_multiple_of(8) || u32::from_le_bytes(b[0..4].try_into().ok()?) != 2 {
         return None;
     }
     Some(
@@ -469,7 +492,15 @@ mod tests {
         let mut n = node(10, 20, 0o600);
         n.xattrs.push(rewind_store::Xattr {
             name: b"system.posix_acl_access".to_vec(),
-            value: acl(&[(ACL_USER_OBJ, 6, u32::MAX), (ACL_USER, 4, 30), (ACL_USER, 4, 31), (ACL_GROUP_OBJ, 0, u32::MAX), (ACL_GROUP, 4, 40), (ACL_MASK, 4, u32::MAX), (ACL_OTHER, 0, u32::MAX)]),
+            value: acl(&[
+                (ACL_USER_OBJ, 6, u32::MAX),
+                (ACL_USER, 4, 30),
+                (ACL_USER, 4, 31),
+                (ACL_GROUP_OBJ, 0, u32::MAX),
+                (ACL_GROUP, 4, 40),
+                (ACL_MASK, 4, u32::MAX),
+                (ACL_OTHER, 0, u32::MAX),
+            ]),
         });
         assert!(permits(&subject(10, &[]), &n, R));
         assert!(permits(&subject(30, &[]), &n, R), "named user");
@@ -481,7 +512,13 @@ mod tests {
         let mut m = node(10, 20, 0o600);
         m.xattrs.push(rewind_store::Xattr {
             name: b"system.posix_acl_access".to_vec(),
-            value: acl(&[(ACL_USER_OBJ, 6, u32::MAX), (ACL_USER, 4, 30), (ACL_GROUP_OBJ, 0, u32::MAX), (ACL_MASK, 0, u32::MAX), (ACL_OTHER, 0, u32::MAX)]),
+            value: acl(&[
+                (ACL_USER_OBJ, 6, u32::MAX),
+                (ACL_USER, 4, 30),
+                (ACL_GROUP_OBJ, 0, u32::MAX),
+                (ACL_MASK, 0, u32::MAX),
+                (ACL_OTHER, 0, u32::MAX),
+            ]),
         });
         assert!(!permits(&subject(30, &[]), &m, R));
     }

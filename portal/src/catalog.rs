@@ -20,11 +20,13 @@ pub struct Catalog {
     pool: Mutex<Vec<rewind_catalog::Catalog>>,
     /// Recent pages by query, shared by all users (filtered per user afterwards): the same
     /// "recently deleted" or search page asked by many is read from SQLite once per `ttl`.
-    cache: Mutex<HashMap<String, (Instant, Arc<Page<FileVersion>>)>>,
+    cache: Mutex<HashMap<String, CachedPage>>,
     ttl: Duration,
 }
 
 const CACHE_ENTRIES: usize = 4096;
+
+type CachedPage = (Instant, Arc<Page<FileVersion>>);
 
 fn catalog_error(e: rewind_catalog::Error) -> ApiError {
     match e {
@@ -55,7 +57,10 @@ impl Catalog {
             })?;
         }
         if !path.exists() {
-            tracing::warn!("no catalog at {}: search, deleted and history are unavailable (run `rewind catalog rebuild` or set catalog_sync_secs)", path.display());
+            tracing::warn!(
+                "no catalog at {}: search, deleted and history are unavailable (run `rewind catalog rebuild` or set catalog_sync_secs)",
+                path.display()
+            );
             return Ok(None);
         }
         let first = rewind_catalog::Catalog::open_read_only(&path)?;
@@ -68,7 +73,10 @@ impl Catalog {
     }
 
     /// Run `f` on a pooled read-only connection (call from a blocking thread).
-    pub fn with<T>(&self, f: impl FnOnce(&rewind_catalog::Catalog) -> Result<T, rewind_catalog::Error>) -> ApiResult<T> {
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&rewind_catalog::Catalog) -> Result<T, rewind_catalog::Error>,
+    ) -> ApiResult<T> {
         let conn = self.pool.lock().expect("catalog pool").pop();
         let conn = match conn {
             Some(c) => c,
@@ -85,12 +93,11 @@ impl Catalog {
     /// A page of `find` (or `deleted`), through the shared cache.
     pub fn page(&self, q: &Query, deleted: bool) -> ApiResult<Arc<Page<FileVersion>>> {
         let key = format!("{deleted}|{q:?}");
-        if !self.ttl.is_zero() {
-            if let Some((at, page)) = self.cache.lock().expect("catalog cache").get(&key) {
-                if at.elapsed() < self.ttl {
-                    return Ok(page.clone());
-                }
-            }
+        if !self.ttl.is_zero()
+            && let Some((at, page)) = self.cache.lock().expect("catalog cache").get(&key)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(page.clone());
         }
         let page = Arc::new(self.with(|c| if deleted { c.deleted(q) } else { c.find(q) })?);
         if !self.ttl.is_zero() {

@@ -34,7 +34,10 @@ fn time_param(p: &Params, key: &str) -> ApiResult<Option<jiff::Timestamp>> {
     p.get(key)?
         .map(|v| {
             v.parse::<jiff::Timestamp>()
-                .or_else(|_| v.parse::<jiff::civil::Date>().map(|d| d.to_zoned(jiff::tz::TimeZone::UTC).map(|z| z.timestamp()).unwrap_or_default()))
+                .or_else(|_| {
+                    v.parse::<jiff::civil::Date>()
+                        .map(|d| d.to_zoned(jiff::tz::TimeZone::UTC).map(|z| z.timestamp()).unwrap_or_default())
+                })
                 .map_err(|_| ApiError::BadRequest(format!("{key}: a time like 2026-01-31 or 2026-01-31T12:00:00Z")))
         })
         .transpose()
@@ -61,7 +64,10 @@ fn base_query(state: &AppState, p: &Params) -> ApiResult<Query> {
         }
     }
     q.host = p.get("host")?.map(str::to_string);
-    q.kind = p.get("kind")?.map(|k| k.parse::<NodeKind>().map_err(|_| ApiError::BadRequest("kind: file, dir, symlink...".into()))).transpose()?;
+    q.kind = p
+        .get("kind")?
+        .map(|k| k.parse::<NodeKind>().map_err(|_| ApiError::BadRequest("kind: file, dir, symlink...".into())))
+        .transpose()?;
     q.min_size = p.number("min_size")?;
     q.max_size = p.number("max_size")?;
     q.mtime_from = time_param(p, "modified_after")?;
@@ -153,7 +159,13 @@ fn audit_search(state: &AppState, s: &Session, client: &ClientAddr, event: &str,
     }
 }
 
-async fn list(state: AppState, s: Session, client: ClientAddr, raw: Option<String>, deleted: bool) -> ApiResult<Json<Value>> {
+async fn list(
+    state: AppState,
+    s: Session,
+    client: ClientAddr,
+    raw: Option<String>,
+    deleted: bool,
+) -> ApiResult<Json<Value>> {
     let p = Params::parse(raw.as_deref())?;
     let mut q = base_query(&state, &p)?;
     if deleted {
@@ -168,17 +180,32 @@ async fn list(state: AppState, s: Session, client: ClientAddr, raw: Option<Strin
 }
 
 /// `GET /api/search?q=report&host=&path=&kind=&min_size=&max_size=&modified_after=&modified_before=&order=&limit=&cursor=`.
-pub async fn search(State(state): State<AppState>, RawQuery(q): RawQuery, client: ClientAddr, s: Session) -> ApiResult<Json<Value>> {
+pub async fn search(
+    State(state): State<AppState>,
+    RawQuery(q): RawQuery,
+    client: ClientAddr,
+    s: Session,
+) -> ApiResult<Json<Value>> {
     list(state, s, client, q, false).await
 }
 
 /// `GET /api/deleted?since=2026-01-01&...` (the search filters apply).
-pub async fn deleted(State(state): State<AppState>, RawQuery(q): RawQuery, client: ClientAddr, s: Session) -> ApiResult<Json<Value>> {
+pub async fn deleted(
+    State(state): State<AppState>,
+    RawQuery(q): RawQuery,
+    client: ClientAddr,
+    s: Session,
+) -> ApiResult<Json<Value>> {
     list(state, s, client, q, true).await
 }
 
 /// `GET /api/history?path=/a/b&host=H`: the path's versions the subject may see, newest first.
-pub async fn history(State(state): State<AppState>, RawQuery(raw): RawQuery, client: ClientAddr, s: Session) -> ApiResult<Json<Value>> {
+pub async fn history(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    client: ClientAddr,
+    s: Session,
+) -> ApiResult<Json<Value>> {
     let p = Params::parse(raw.as_deref())?;
     let comps = crate::paths::clean(p.require("path")?)?;
     if comps.is_empty() {

@@ -59,7 +59,7 @@ fn default_cache_mib() -> usize {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum RealmConfig {
-    Ldap(LdapConfig),
+    Ldap(Box<LdapConfig>),
     File(FileRealmConfig),
 }
 

@@ -158,7 +158,12 @@ impl AsRef<[u8]> for SharedChunk {
 
 /// The bytes from `pos` to the end of the chunk holding it (at most up to `end`), holding a
 /// read permit while the chunk is fetched.
-async fn read_piece(state: &AppState, r: Arc<FileReader>, pos: u64, end: u64) -> std::io::Result<(Arc<FileReader>, Bytes)> {
+async fn read_piece(
+    state: &AppState,
+    r: Arc<FileReader>,
+    pos: u64,
+    end: u64,
+) -> std::io::Result<(Arc<FileReader>, Bytes)> {
     let _permit = state.reads.clone().acquire_owned().await.map_err(std::io::Error::other)?;
     let repo = state.view.repo().clone();
     tokio::task::spawn_blocking(move || {
@@ -178,7 +183,13 @@ async fn read_piece(state: &AppState, r: Arc<FileReader>, pos: u64, end: u64) ->
 }
 
 /// `GET /api/download?snapshot=ID&path=/a/b/file`.
-pub async fn download(State(state): State<AppState>, RawQuery(q): RawQuery, client: ClientAddr, headers: HeaderMap, s: Session) -> ApiResult<Response> {
+pub async fn download(
+    State(state): State<AppState>,
+    RawQuery(q): RawQuery,
+    client: ClientAddr,
+    headers: HeaderMap,
+    s: Session,
+) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref())?;
     let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
     let path = p.require("path")?.to_string();
@@ -189,7 +200,9 @@ pub async fn download(State(state): State<AppState>, RawQuery(q): RawQuery, clie
         let node = res.node.clone().filter(|n| res.access == Access::Visible && n.kind == NodeKind::File);
         let Some(node) = node else {
             return Err(match &res.node {
-                Some(n) if res.access == Access::Visible => ApiError::BadRequest(format!("{} is not a file", n.name_lossy())),
+                Some(n) if res.access == Access::Visible => {
+                    ApiError::BadRequest(format!("{} is not a file", n.name_lossy()))
+                }
                 _ => ApiError::BadRequest("not a file; use /api/archive for folders".into()),
             });
         };
@@ -202,7 +215,11 @@ pub async fn download(State(state): State<AppState>, RawQuery(q): RawQuery, clie
     let etag = format!("\"{}\"", content_id(&node));
     let name = node.name_lossy().into_owned();
 
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
@@ -221,23 +238,26 @@ pub async fn download(State(state): State<AppState>, RawQuery(q): RawQuery, clie
     state.metrics.downloads.fetch_add(1, Relaxed);
     let guard = StreamGuard::new(state.clone(), rec, Some(end - start));
     let st = state.clone();
-    let stream = futures_util::stream::try_unfold((Arc::new(reader), start, guard, 0usize), move |(r, pos, mut guard, mut warmed)| {
-        let st = st.clone();
-        async move {
-            if pos >= end {
-                guard.finish(true);
-                return Ok(None);
+    let stream = futures_util::stream::try_unfold(
+        (Arc::new(reader), start, guard, 0usize),
+        move |(r, pos, mut guard, mut warmed)| {
+            let st = st.clone();
+            async move {
+                if pos >= end {
+                    guard.finish(true);
+                    return Ok(None);
+                }
+                read_ahead(&st, &r, pos, end, &mut warmed);
+                let (r, piece) = read_piece(&st, r, pos, end).await?;
+                if piece.is_empty() {
+                    return Err(std::io::Error::other("file shorter than its index says"));
+                }
+                guard.add(piece.len() as u64);
+                let next = pos + piece.len() as u64;
+                Ok::<_, std::io::Error>(Some((piece, (r, next, guard, warmed))))
             }
-            read_ahead(&st, &r, pos, end, &mut warmed);
-            let (r, piece) = read_piece(&st, r, pos, end).await?;
-            if piece.is_empty() {
-                return Err(std::io::Error::other("file shorter than its index says"));
-            }
-            guard.add(piece.len() as u64);
-            let next = pos + piece.len() as u64;
-            Ok::<_, std::io::Error>(Some((piece, (r, next, guard, warmed))))
-        }
-    });
+        },
+    );
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
@@ -248,7 +268,10 @@ pub async fn download(State(state): State<AppState>, RawQuery(q): RawQuery, clie
     harden(h);
     if range.is_some() {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-        resp.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)).expect("ascii"));
+        resp.headers_mut().insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)).expect("ascii"),
+        );
     }
     Ok(resp)
 }
@@ -265,7 +288,9 @@ impl ChannelWriter {
             return Ok(());
         }
         let piece = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE)));
-        self.tx.blocking_send(Ok(piece)).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+        self.tx
+            .blocking_send(Ok(piece))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
     }
 }
 
@@ -288,7 +313,15 @@ fn zip_time(t: rewind_store::Time) -> zip::DateTime {
         .ok()
         .map(|ts| ts.to_zoned(jiff::tz::TimeZone::UTC))
         .and_then(|z| {
-            zip::DateTime::from_date_and_time(z.year() as u16, z.month() as u8, z.day() as u8, z.hour() as u8, z.minute() as u8, z.second() as u8).ok()
+            zip::DateTime::from_date_and_time(
+                z.year() as u16,
+                z.month() as u8,
+                z.day() as u8,
+                z.hour() as u8,
+                z.minute() as u8,
+                z.second() as u8,
+            )
+            .ok()
         })
         .unwrap_or_default()
 }
@@ -306,8 +339,27 @@ type Zip = zip::ZipWriter<zip::write::StreamWriter<ChannelWriter>>;
 impl ArchiveJob {
     fn options(node: &Node) -> zip::write::SimpleFileOptions {
         let compressed = matches!(
-            std::path::Path::new(&*node.name_lossy()).extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
-            Some("jpg" | "jpeg" | "png" | "gif" | "zip" | "gz" | "xz" | "zst" | "bz2" | "mp4" | "mkv" | "mp3" | "7z" | "webp")
+            std::path::Path::new(&*node.name_lossy())
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(|e| e.to_ascii_lowercase())
+                .as_deref(),
+            Some(
+                "jpg"
+                    | "jpeg"
+                    | "png"
+                    | "gif"
+                    | "zip"
+                    | "gz"
+                    | "xz"
+                    | "zst"
+                    | "bz2"
+                    | "mp4"
+                    | "mkv"
+                    | "mp3"
+                    | "7z"
+                    | "webp"
+            )
         );
         let opts = zip::write::SimpleFileOptions::default()
             .last_modified_time(zip_time(node.mtime))
@@ -331,7 +383,9 @@ impl ArchiveJob {
                 let mut buf = vec![0u8; PIECE];
                 while pos < r.size() {
                     let n = {
-                        let _permit = tokio::runtime::Handle::current().block_on(self.state.reads.clone().acquire_owned()).map_err(ApiError::internal)?;
+                        let _permit = tokio::runtime::Handle::current()
+                            .block_on(self.state.reads.clone().acquire_owned())
+                            .map_err(ApiError::internal)?;
                         r.read_at(pos, &mut buf)?
                     };
                     if n == 0 {
@@ -348,10 +402,15 @@ impl ArchiveJob {
                 self.files += 1;
             }
             (NodeKind::Dir, _) => {
-                let opts = if res.access == Access::Visible { Self::options(node) } else { zip::write::SimpleFileOptions::default() };
+                let opts = if res.access == Access::Visible {
+                    Self::options(node)
+                } else {
+                    zip::write::SimpleFileOptions::default()
+                };
                 // Not `add_directory`: in stream mode it flags a data descriptor it never writes,
                 // which unzip rejects; an empty entry named `dir/` is a folder to every reader.
-                zip.start_file(format!("{name}/"), opts.compression_method(zip::CompressionMethod::Stored)).map_err(io)?;
+                zip.start_file(format!("{name}/"), opts.compression_method(zip::CompressionMethod::Stored))
+                    .map_err(io)?;
                 for (child, walk, access) in self.state.policy.children(&self.state.view, &self.sub, res)? {
                     let entry = self.state.view.lookup(&res.entry, &child.name)?;
                     let sub_res = Resolved { snapshot: res.snapshot, node: Some(child.clone()), entry, walk, access };
@@ -367,7 +426,12 @@ impl ArchiveJob {
 
 /// `GET /api/archive?snapshot=ID&path=/a&path=/b`: a zip of folders and files (each named by
 /// its last component), holding only what the subject may see.
-pub async fn archive(State(state): State<AppState>, RawQuery(q): RawQuery, client: ClientAddr, s: Session) -> ApiResult<Response> {
+pub async fn archive(
+    State(state): State<AppState>,
+    RawQuery(q): RawQuery,
+    client: ClientAddr,
+    s: Session,
+) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref())?;
     let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
     let paths: Vec<String> = p.all("path").into_iter().map(str::to_string).collect();
@@ -390,13 +454,18 @@ pub async fn archive(State(state): State<AppState>, RawQuery(q): RawQuery, clien
         Ok(v)
     })
     .await??;
-    let mut names: Vec<String> = items.iter().map(|r| r.node.as_ref().expect("checked").name_lossy().into_owned()).collect();
+    let mut names: Vec<String> =
+        items.iter().map(|r| r.node.as_ref().expect("checked").name_lossy().into_owned()).collect();
     names.sort();
     names.dedup();
     if names.len() != items.len() {
         return Err(ApiError::BadRequest("two selected entries have the same name".into()));
     }
-    let archive_name = if items.len() == 1 { format!("{}.zip", items[0].node.as_ref().expect("checked").name_lossy()) } else { "selection.zip".into() };
+    let archive_name = if items.len() == 1 {
+        format!("{}.zip", items[0].node.as_ref().expect("checked").name_lossy())
+    } else {
+        "selection.zip".into()
+    };
 
     let mut rec = record(&s, "archive", &client);
     rec.host = state.view.snapshot(&snapshot).map(|e| e.snapshot.host);

@@ -44,7 +44,10 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(session::refresh_layer))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(limits.body_timeout_secs)))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(limits.request_timeout_secs)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(limits.request_timeout_secs),
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), guard_layer))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -81,7 +84,8 @@ fn tls_config(cfg: &crate::config::TlsConfig) -> anyhow::Result<Arc<rustls::Serv
         .with_context(|| format!("reading {}", cfg.cert_file.display()))?
         .collect::<Result<_, _>>()
         .with_context(|| format!("parsing {}", cfg.cert_file.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&cfg.key_file).with_context(|| format!("reading {}", cfg.key_file.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&cfg.key_file).with_context(|| format!("reading {}", cfg.key_file.display()))?;
     let mut sc = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -113,7 +117,9 @@ pub async fn serve_on(
     });
     match tls {
         Some(tls) => {
-            let mut server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls)).handle(handle);
+            let mut server =
+                axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
+                    .handle(handle);
             server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
             server.serve(app).await?;
         }

@@ -78,7 +78,11 @@ pub fn load_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
         Ok(bytes) => {
             let mode = std::fs::metadata(path)?.permissions().mode();
             if mode & 0o077 != 0 {
-                anyhow::bail!("{}: session key file is readable by others (mode {:o}); chmod 600 it", path.display(), mode & 0o777);
+                anyhow::bail!(
+                    "{}: session key file is readable by others (mode {:o}); chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                );
             }
             if bytes.len() < 32 {
                 anyhow::bail!("{}: session key is shorter than 32 bytes", path.display());
@@ -170,7 +174,10 @@ impl Keys {
 
     pub fn cookie(&self, token: &str) -> HeaderValue {
         let secure = if self.cookie_secure { "; Secure" } else { "" };
-        let v = format!("{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", self.cookie_name, self.max_age);
+        let v = format!(
+            "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+            self.cookie_name, self.max_age
+        );
         HeaderValue::from_str(&v).expect("cookie is ASCII")
     }
 
@@ -224,10 +231,10 @@ pub(crate) async fn refresh_layer(mut req: Request, next: Next) -> Response {
     let slot = RefreshSlot::default();
     req.extensions_mut().insert(slot.clone());
     let mut resp = next.run(req).await;
-    if let Some(cookie) = slot.0.lock().expect("slot lock").take() {
-        if !resp.headers().contains_key(header::SET_COOKIE) {
-            resp.headers_mut().insert(header::SET_COOKIE, cookie);
-        }
+    if let Some(cookie) = slot.0.lock().expect("slot lock").take()
+        && !resp.headers().contains_key(header::SET_COOKIE)
+    {
+        resp.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     resp
 }
@@ -275,12 +282,12 @@ impl FromRequestParts<AppState> for Session {
                 return Err(ApiError::Forbidden("missing or wrong CSRF token or origin".into()));
             }
         }
-        if claims.iat + keys.ttl / 2 <= now() {
-            if let Some(slot) = parts.extensions.get::<RefreshSlot>() {
-                let fresh = keys.refreshed(&claims);
-                if fresh.exp > claims.exp {
-                    *slot.0.lock().expect("slot lock") = Some(keys.cookie(&keys.encode(&fresh)?));
-                }
+        if claims.iat + keys.ttl / 2 <= now()
+            && let Some(slot) = parts.extensions.get::<RefreshSlot>()
+        {
+            let fresh = keys.refreshed(&claims);
+            if fresh.exp > claims.exp {
+                *slot.0.lock().expect("slot lock") = Some(keys.cookie(&keys.encode(&fresh)?));
             }
         }
         Ok(Session { claims })

@@ -53,7 +53,8 @@ impl AppState {
         let secret = match (&config.session.key, &config.session.key_file) {
             (Some(k), _) => {
                 use base64::Engine;
-                let k = base64::engine::general_purpose::STANDARD.decode(k.trim()).context("session.key is not base64")?;
+                let k =
+                    base64::engine::general_purpose::STANDARD.decode(k.trim()).context("session.key is not base64")?;
                 anyhow::ensure!(k.len() >= 32, "session.key must be at least 32 bytes");
                 k
             }
@@ -65,7 +66,8 @@ impl AppState {
         let audit = AuditLog::open(&config.audit_log)?;
         let window = Duration::from_secs(config.limits.window_secs);
         let catalog = crate::catalog::Catalog::open(&config, view.clone())?;
-        let reads = Arc::new(Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2 + 2));
+        let reads =
+            Arc::new(Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2 + 2));
         Ok(AppState(Arc::new(Portal {
             policy: Policy::new(&config.authz),
             user_throttle: Throttle::new(config.limits.failures_per_user, window),

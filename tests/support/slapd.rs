@@ -101,13 +101,26 @@ pub fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let p = |n: &str| dir.join(n);
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     run(
-        Command::new("openssl").args(["req", "-x509"]).args(ec).args(["-days", "2", "-subj", "/CN=rewind test CA"])
+        Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .args(["-days", "2", "-subj", "/CN=rewind test CA"])
             .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-            .arg("-keyout").arg(p("ca.key")).arg("-out").arg(p("ca.pem")),
+            .arg("-keyout")
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.pem")),
         "openssl CA",
     );
     run(
-        Command::new("openssl").arg("req").args(ec).args(["-subj", "/CN=127.0.0.1"]).arg("-keyout").arg(p("server.key")).arg("-out").arg(p("server.csr")),
+        Command::new("openssl")
+            .arg("req")
+            .args(ec)
+            .args(["-subj", "/CN=127.0.0.1"])
+            .arg("-keyout")
+            .arg(p("server.key"))
+            .arg("-out")
+            .arg(p("server.csr")),
         "openssl CSR",
     );
     std::fs::write(
@@ -116,8 +129,18 @@ pub fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
     .unwrap();
     run(
-        Command::new("openssl").args(["x509", "-req", "-days", "2", "-CAcreateserial"]).arg("-in").arg(p("server.csr"))
-            .arg("-CA").arg(p("ca.pem")).arg("-CAkey").arg(p("ca.key")).arg("-extfile").arg(p("leaf.ext")).arg("-out").arg(p("server.pem")),
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(p("server.csr"))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-extfile")
+            .arg(p("leaf.ext"))
+            .arg("-out")
+            .arg(p("server.pem")),
         "openssl sign",
     );
     (p("ca.pem"), p("server.pem"), p("server.key"))
@@ -194,7 +217,10 @@ olcDynListAttrSet: {{0}}groupOfURLs memberURL member+memberOf@groupOfNames
             key = key.display(),
         );
         std::fs::write(d.join("config.ldif"), config).unwrap();
-        run(Command::new("slapadd").args(["-n0", "-F"]).arg(d.join("config")).arg("-l").arg(d.join("config.ldif")), "slapadd -n0");
+        run(
+            Command::new("slapadd").args(["-n0", "-F"]).arg(d.join("config")).arg("-l").arg(d.join("config.ldif")),
+            "slapadd -n0",
+        );
 
         let mut data = format!(
             "dn: {BASE_DN}\nobjectClass: dcObject\nobjectClass: organization\ndc: rewind\no: rewind test\n\n\
@@ -243,7 +269,10 @@ olcDynListAttrSet: {{0}}groupOfURLs memberURL member+memberOf@groupOfNames
             data.push('\n');
         }
         std::fs::write(d.join("data.ldif"), data).unwrap();
-        run(Command::new("slapadd").args(["-n1", "-F"]).arg(d.join("config")).arg("-l").arg(d.join("data.ldif")), "slapadd -n1");
+        run(
+            Command::new("slapadd").args(["-n1", "-F"]).arg(d.join("config")).arg("-l").arg(d.join("data.ldif")),
+            "slapadd -n1",
+        );
         let pwfile = d.join("service-password");
         std::fs::write(&pwfile, format!("{SERVICE_PASSWORD}\n")).unwrap();
 
@@ -277,7 +306,9 @@ olcDynListAttrSet: {{0}}groupOfURLs memberURL member+memberOf@groupOfNames
                     self.child = None;
                     break;
                 }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() && TcpStream::connect(("127.0.0.1", tls_port)).is_ok() {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+                {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(20));

@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::Deserialize;
 
 use super::{AuthError, Authenticator, BoxFuture, Identity, Role};
@@ -58,7 +58,10 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
     let mut salt = [0u8; 16];
     rand::Rng::fill(&mut rand::rng(), &mut salt[..]);
     let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
-    Ok(Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|e| anyhow::anyhow!("hashing: {e}"))?.to_string())
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("hashing: {e}"))?
+        .to_string())
 }
 
 pub(crate) struct FileRealm {
@@ -74,8 +77,8 @@ impl FileRealm {
         use anyhow::Context;
         let text = std::fs::read_to_string(&cfg.users_file)
             .with_context(|| format!("realm {}: reading {}", cfg.name, cfg.users_file.display()))?;
-        let file: UsersFile =
-            toml::from_str(&text).with_context(|| format!("realm {}: parsing {}", cfg.name, cfg.users_file.display()))?;
+        let file: UsersFile = toml::from_str(&text)
+            .with_context(|| format!("realm {}: parsing {}", cfg.name, cfg.users_file.display()))?;
         for (login, u) in &file.users {
             let parsed = PasswordHash::new(&u.hash)
                 .map_err(|e| anyhow::anyhow!("realm {}: user {login}: bad hash: {e}", cfg.name))?;
@@ -118,7 +121,9 @@ impl Authenticator for FileRealm {
             let pw = password.to_string();
             // argon2 is deliberately slow: keep it off the async workers.
             let ok = tokio::task::spawn_blocking(move || {
-                PasswordHash::new(&hash).map(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok()).unwrap_or(false)
+                PasswordHash::new(&hash)
+                    .map(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
+                    .unwrap_or(false)
             })
             .await
             .map_err(|e| AuthError::Unavailable(format!("{}: {e}", self.path.display())))?;

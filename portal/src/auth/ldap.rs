@@ -59,7 +59,10 @@ impl LdapRealm {
                         roots.add(c).with_context(|| format!("realm {}: bad CA certificate", cfg.name))?;
                     }
                 }
-                None => anyhow::bail!("realm {}: TLS needs ca_file (the CA that signed the directory's certificate)", cfg.name),
+                None => anyhow::bail!(
+                    "realm {}: TLS needs ca_file (the CA that signed the directory's certificate)",
+                    cfg.name
+                ),
             }
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -136,7 +139,11 @@ impl LdapRealm {
         }
         let (base, scope, filter) = match (&self.cfg.bind_dn, &self.cfg.user_dn_template) {
             (None, Some(t)) => (t.replace("{login}", &escape_dn(login)), Scope::Base, "(objectClass=*)".to_string()),
-            _ => (self.cfg.base_dn.clone(), Scope::Subtree, self.cfg.user_filter.replace("{login}", &escape_filter(login))),
+            _ => (
+                self.cfg.base_dn.clone(),
+                Scope::Subtree,
+                self.cfg.user_filter.replace("{login}", &escape_filter(login)),
+            ),
         };
         ldap.with_timeout(self.timeout());
         let found = ldap.search(&base, scope, &filter, self.attrs()).await.map_err(unavailable)?;
@@ -154,7 +161,12 @@ impl LdapRealm {
     }
 
     /// Groups (DNs and names) and their gids, from `memberOf` and the optional group search.
-    async fn groups(&self, ldap: &mut ldap3::Ldap, login: &str, entry: &SearchEntry) -> Result<(Vec<String>, Vec<u32>), AuthError> {
+    async fn groups(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        login: &str,
+        entry: &SearchEntry,
+    ) -> Result<(Vec<String>, Vec<u32>), AuthError> {
         let a = &self.cfg.attributes;
         let mut names: Vec<String> = first_all(entry, &a.member_of);
         let mut gids = Vec::new();

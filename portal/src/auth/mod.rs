@@ -86,9 +86,7 @@ pub fn check_login_name(login: &str) -> Result<(), AuthError> {
 
 /// The highest role any of `groups` maps to; `None` if `map.user` restricts logins and none matches.
 pub(crate) fn role_from_groups(map: &crate::config::RoleMap, groups: &[String]) -> Option<Role> {
-    let has = |list: &[String]| {
-        groups.iter().any(|g| list.iter().any(|want| want.eq_ignore_ascii_case(g)))
-    };
+    let has = |list: &[String]| groups.iter().any(|g| list.iter().any(|want| want.eq_ignore_ascii_case(g)));
     if has(&map.admin) {
         Some(Role::Admin)
     } else if has(&map.helpdesk) {
