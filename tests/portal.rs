@@ -596,6 +596,21 @@ fn ldap_tls_variants_and_wrong_ca() {
     let p = Portal::start(&w.repo.repo, &realm, "", "");
     login(&p.addr, "alice", "alice-pw");
     drop(p);
+    // Bind-DN template instead of a service account: the user binds, then reads their entry.
+    let realm = slapd
+        .realm_toml("corp")
+        .lines()
+        .filter(|l| !l.starts_with("bind_dn") && !l.starts_with("bind_password_file"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace("[realm.roles]", "user_dn_template = \"uid={login},ou=people,dc=rewind,dc=test\"\n[realm.roles]");
+    let p = Portal::start(&w.repo.repo, &realm, "", "");
+    let me = login(&p.addr, "bob", "bob-pw").get("/api/me").json();
+    assert_eq!((me["uid"].as_u64(), me["display_name"].as_str()), (Some(2002), Some("Bob")));
+    for (user, pw) in [("bob", "wrong"), ("nobody", "x"), ("bob,ou=people", "bob-pw"), ("*", "x")] {
+        assert_eq!(login_raw(&p.addr, user, pw).status, 401, "{user}");
+    }
+    drop(p);
     // StartTLS against a CA that did not sign the server: the directory cannot be trusted.
     let other = tempfile::tempdir().unwrap();
     let (other_ca, _, _) = crate::support::slapd::make_certs(other.path());

@@ -235,6 +235,20 @@ impl Authenticator for LdapRealm {
             }
             let mut ldap = self.connect().await?;
             let result = async {
+                if let (None, Some(template)) = (&self.cfg.bind_dn, &self.cfg.user_dn_template) {
+                    // Bind as the user first, then read their own entry as them.
+                    let dn = template.replace("{login}", &escape_dn(login));
+                    ldap.with_timeout(self.timeout());
+                    let r = ldap.simple_bind(&dn, password).await.map_err(unavailable)?;
+                    match r.rc {
+                        0 => {}
+                        49 => return Err(AuthError::WrongPassword),
+                        32 | 34 => return Err(AuthError::UnknownUser),
+                        _ => return Err(AuthError::Unavailable(format!("bind: {r}"))),
+                    }
+                    let entry = self.find_user(&mut ldap, login).await?.ok_or(AuthError::UnknownUser)?;
+                    return self.identity(&mut ldap, login, &entry).await;
+                }
                 let entry = self.find_user(&mut ldap, login).await?.ok_or(AuthError::UnknownUser)?;
                 ldap.with_timeout(self.timeout());
                 let r = ldap.simple_bind(&entry.dn, password).await.map_err(unavailable)?;
