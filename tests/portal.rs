@@ -1324,3 +1324,37 @@ fn host_rule_and_tls() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
 }
+
+/// Groups from a directory group search (posixGroup, memberUid) give the gids of the `readable`
+/// rule and can map roles by group name.
+#[test]
+fn ldap_group_search_feeds_readable_and_roles() {
+    let repo = TempRepo::new();
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let share = repo.path("share");
+    mkdir(&share, 0, 0o755);
+    put(&share.join("team.txt"), b"team\n", 0, 0o640);
+    std::os::unix::fs::chown(share.join("team.txt"), Some(0), Some(5000)).unwrap();
+    put(&share.join("root.txt"), b"root\n", 0, 0o600);
+    repo.backup("nas", &[&share]);
+    let mut people = corpus_users();
+    people[0].posix_groups = vec![("project".into(), 5000)];
+    people[1].posix_groups = vec![("other".into(), 5001), ("portal-helpers".into(), 5002)];
+    let slapd = Slapd::start(&people);
+    let realm = slapd.realm_toml("corp").replace(
+        "[realm.roles]\nadmin",
+        "group_base_dn = \"ou=groups,dc=rewind,dc=test\"\ngroup_filter = \"(&(objectClass=posixGroup)(memberUid={login}))\"\n[realm.roles]\nadmin",
+    );
+    let realm = realm.replace("helpdesk = [", "helpdesk = [\"portal-helpers\", ");
+    let portal = Portal::start(&repo.repo, &realm, "[authz]\nrules = [\"readable\"]\n", "");
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    let me = alice.get("/api/me").json();
+    assert_eq!(me["gids"], json!([2001, 5000]), "{me}");
+    assert_eq!(me["role"], "user");
+    let bob = login(&portal.addr, "bob", "bob-pw");
+    assert_eq!(bob.get("/api/me").json()["role"], "helpdesk", "role from a group search, by group name");
+    let snap = alice.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(download(&alice, &snap, &share.join("team.txt")).body, b"team\n");
+    assert_eq!(download(&alice, &snap, &share.join("root.txt")).status, 404);
+    assert_eq!(download(&bob, &snap, &share.join("team.txt")).status, 404);
+}

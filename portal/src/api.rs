@@ -76,6 +76,7 @@ fn me_json(state: &AppState, s: &crate::session::Claims) -> Value {
         "mail": id.mail,
         "role": id.role,
         "uid": id.uid,
+        "gids": id.gids,
         "acting_for": s.act.as_ref().map(|a| json!({
             "login": a.user.login,
             "display_name": a.user.display_name,

@@ -28,6 +28,8 @@ pub struct LdapUser {
     pub home: String,
     /// Group common names (under `ou=groups`): `helpdesk`, `backup-admins`, or any other.
     pub groups: Vec<String>,
+    /// posixGroups (name, gidNumber) listing the user as `memberUid`, for group searches.
+    pub posix_groups: Vec<(String, u32)>,
     pub hosts: Vec<String>,
 }
 
@@ -40,6 +42,7 @@ impl LdapUser {
             gid_number: uid,
             home: format!("/home/{login}"),
             groups: vec![],
+            posix_groups: vec![],
             hosts: vec![],
         }
     }
@@ -265,6 +268,21 @@ olcDynListAttrSet: {{0}}groupOfURLs memberURL member+memberOf@groupOfNames
             }
             for m in members {
                 data.push_str(&format!("member: {m}\n"));
+            }
+            data.push('\n');
+        }
+        let mut posix: std::collections::BTreeMap<(String, u32), Vec<String>> = Default::default();
+        for u in users {
+            for g in &u.posix_groups {
+                posix.entry(g.clone()).or_default().push(u.login.clone());
+            }
+        }
+        for ((g, gid), members) in &posix {
+            data.push_str(&format!(
+                "dn: cn={g},ou=groups,{BASE_DN}\nobjectClass: posixGroup\ncn: {g}\ngidNumber: {gid}\n"
+            ));
+            for m in members {
+                data.push_str(&format!("memberUid: {m}\n"));
             }
             data.push('\n');
         }
