@@ -40,6 +40,15 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print an argon2id hash of a password (read from stdin) for the portal's file realm
     Passwd(PasswdArgs),
+    /// Search every version of every file in every snapshot, by name (substring or glob)
+    Find(crate::catalog_cmd::FindArgs),
+    /// Files deleted: in an earlier snapshot, absent from their host's latest
+    Deleted(crate::catalog_cmd::DeletedArgs),
+    /// Every version of one path, with the snapshots that held it
+    History(crate::catalog_cmd::HistoryArgs),
+    /// Maintain the file catalog behind find, deleted and history
+    #[command(subcommand)]
+    Catalog(crate::catalog_cmd::CatalogCommand),
 }
 
 #[derive(Args, Debug)]

@@ -5,6 +5,8 @@ mod cli;
 mod cmd;
 #[path = "cmd/serve.rs"]
 mod serve;
+#[path = "cmd/catalog.rs"]
+mod catalog_cmd;
 
 use std::process::ExitCode;
 
@@ -31,6 +33,10 @@ fn main() -> ExitCode {
         Command::RebuildIndex(a) => cmd::check::rebuild_index(a),
         Command::Serve(a) => serve::run(a),
         Command::Passwd(a) => serve::passwd(a),
+        Command::Find(a) => catalog_cmd::find(a),
+        Command::Deleted(a) => catalog_cmd::deleted(a),
+        Command::History(a) => catalog_cmd::history(a),
+        Command::Catalog(c) => catalog_cmd::run(c),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,275 @@
+//! `find`, `deleted`, `history` and `catalog`: the file catalog's commands, and the catalog update
+//! that follows each backup. The catalog is a cache beside the repository
+//! (`REPO/catalog/catalog.sqlite`); every command brings it up to date first.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use rewind_catalog::{Catalog, FileVersion, NameMatch, Page, Query};
+use rewind_store::{IndexedRepository, NodeKind};
+
+use crate::cli::RepoArg;
+use crate::cmd::{human_bytes, open_indexed};
+
+#[derive(Args, Debug)]
+pub struct FindArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Name to look for: a case-insensitive substring, or a glob if it has `*?[{`
+    pub pattern: String,
+    /// Only deleted files (absent from their host's latest snapshot)
+    #[arg(long)]
+    pub deleted: bool,
+    /// Only files of this owner (numeric uid)
+    #[arg(long, value_name = "UID")]
+    pub owner: Option<u32>,
+    /// Only this host's snapshots
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only under this path (`/srv/home/alice`)
+    #[arg(long, value_name = "PREFIX")]
+    pub path: Option<String>,
+    /// Only this kind: file, dir, symlink, blockdev, chardev, fifo, socket
+    #[arg(long)]
+    pub kind: Option<String>,
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DeletedArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Only this host's files
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only files deleted at or after DATE (`2026-03-01` or `2026-03-01T12:00:00Z`)
+    #[arg(long, value_name = "DATE")]
+    pub since: Option<String>,
+    /// Only files of this owner (numeric uid)
+    #[arg(long, value_name = "UID")]
+    pub owner: Option<u32>,
+    /// Only under this path
+    #[arg(long, value_name = "PREFIX")]
+    pub path: Option<String>,
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Only this host's versions
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Absolute path as backed up (`/srv/home/alice/notes.txt`)
+    pub path: String,
+    /// One JSON object per line
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PageArgs {
+    /// Results per page, most recent first
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Skip this many results
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+    /// Every result, not one page
+    #[arg(long, conflicts_with_all = ["limit", "offset"])]
+    pub all: bool,
+    /// One JSON object per line
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CatalogCommand {
+    /// Delete the catalog and build it again from every snapshot
+    Rebuild(RepoArg),
+    /// Bring the catalog up to date with the repository's snapshots
+    Sync(RepoArg),
+    /// Counts and size of the catalog
+    Stats {
+        #[command(flatten)]
+        repo: RepoArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// After a backup: bring the catalog up to date, warning (never failing) when that fails.
+pub fn update_after_backup(repo: &IndexedRepository) {
+    let result = Catalog::open_for(repo.repo()).and_then(|mut c| c.sync(repo));
+    match result {
+        Ok(r) => tracing::debug!("catalog updated: {r:?}"),
+        Err(e) => eprintln!("rewind: warning: the file catalog was not updated ({e}); `rewind catalog sync` retries"),
+    }
+}
+
+/// The repository's catalog, up to date if it can be made so (else as it is, with a warning).
+fn open_synced(repo: &RepoArg) -> Result<Catalog> {
+    let indexed = open_indexed(&repo.repo)?;
+    let path = Catalog::default_path(&repo.repo);
+    match Catalog::open_for(indexed.repo()).and_then(|mut c| c.sync(&indexed).map(|_| c)) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            eprintln!("rewind: warning: could not update the file catalog ({e}); answering from it as it is");
+            Catalog::open_read_only(&path).with_context(|| format!("cannot open the catalog {}", path.display()))
+        }
+    }
+}
+
+pub fn run(c: CatalogCommand) -> Result<ExitCode> {
+    match c {
+        CatalogCommand::Rebuild(repo) => {
+            let indexed = open_indexed(&repo.repo)?;
+            let path = Catalog::default_path(&repo.repo);
+            Catalog::remove(&path).context("cannot delete the old catalog")?;
+            let started = std::time::Instant::now();
+            let mut cat = Catalog::open_for(indexed.repo()).context("cannot create the catalog")?;
+            let r = cat.rebuild(&indexed).context("catalog rebuild failed")?;
+            let st = cat.stats()?;
+            println!(
+                "catalog rebuilt: {} snapshots, {} versions, {} deleted, {} on disk, in {:.1}s",
+                r.snapshots_applied,
+                st.versions,
+                st.deleted,
+                human_bytes(st.bytes_on_disk),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        CatalogCommand::Sync(repo) => {
+            let indexed = open_indexed(&repo.repo)?;
+            let mut cat = Catalog::open_for(indexed.repo()).context("cannot open the catalog")?;
+            let r = cat.sync(&indexed).context("catalog update failed")?;
+            println!(
+                "catalog updated: {} snapshots added, {} dropped, {} hosts rebuilt, {} versions added, {} closed",
+                r.snapshots_applied,
+                r.snapshots_dropped,
+                r.hosts_rebuilt.len(),
+                r.versions_added,
+                r.versions_closed
+            );
+        }
+        CatalogCommand::Stats { repo, json } => {
+            let cat = open_synced(&repo)?;
+            let st = cat.stats()?;
+            if json {
+                println!("{}", serde_json::to_string(&st)?);
+            } else {
+                println!(
+                    "{} hosts, {} snapshots, {} versions ({} deleted files), {} names, {} directories, {} on disk",
+                    st.hosts,
+                    st.snapshots,
+                    st.versions,
+                    st.deleted,
+                    st.names,
+                    st.dirs,
+                    human_bytes(st.bytes_on_disk)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn find(a: FindArgs) -> Result<ExitCode> {
+    let kind = match &a.kind {
+        Some(k) => Some(k.parse::<NodeKind>().map_err(|e| anyhow::anyhow!("--kind: {e}"))?),
+        None => None,
+    };
+    let q = Query {
+        name: Some(NameMatch::guess(&a.pattern)),
+        deleted: a.deleted,
+        uid: a.owner,
+        host: a.host,
+        path_prefix: a.path,
+        kind,
+        ..Default::default()
+    };
+    let cat = open_synced(&a.repo)?;
+    print_pages(&a.page, q, |q| Ok(cat.find(q)?))
+}
+
+pub fn deleted(a: DeletedArgs) -> Result<ExitCode> {
+    let since = a.since.as_deref().map(parse_date).transpose()?;
+    let q = Query {
+        deleted: true,
+        deleted_since: since,
+        uid: a.owner,
+        host: a.host,
+        path_prefix: a.path,
+        ..Default::default()
+    };
+    let cat = open_synced(&a.repo)?;
+    print_pages(&a.page, q, |q| Ok(cat.deleted(q)?))
+}
+
+pub fn history(a: HistoryArgs) -> Result<ExitCode> {
+    let cat = open_synced(&a.repo)?;
+    let versions = cat.history(a.host.as_deref(), &a.path)?;
+    if versions.is_empty() {
+        bail!("{} is in no catalogued snapshot{}", a.path, a.host.map(|h| format!(" of host {h}")).unwrap_or_default());
+    }
+    for v in &versions {
+        print_version(v, a.json)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_pages(p: &PageArgs, mut q: Query, fetch: impl Fn(&Query) -> Result<Page<FileVersion>>) -> Result<ExitCode> {
+    q.limit = if p.all { rewind_catalog::MAX_LIMIT } else { p.limit };
+    q.offset = if p.all { 0 } else { p.offset };
+    loop {
+        let page = fetch(&q)?;
+        for v in &page.items {
+            print_version(v, p.json)?;
+        }
+        match page.next_offset {
+            Some(next) if p.all => q.offset = next,
+            Some(next) => {
+                eprintln!("rewind: more results: --offset {next} for the next page, --all for every one");
+                break;
+            }
+            None => break,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_version(v: &FileVersion, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(v)?);
+        return Ok(());
+    }
+    let day = |t: &jiff::Timestamp| t.strftime("%Y-%m-%d %H:%M").to_string();
+    let state = match (&v.deleted, v.present) {
+        (Some(d), _) => format!("deleted between {} and {}", day(&d.last_present.time), day(&d.first_absent.time)),
+        (None, true) => format!("present since {}", day(&v.first_seen.time)),
+        (None, false) => format!("seen {} .. {}", day(&v.first_seen.time), day(&v.last_seen.time)),
+    };
+    println!(
+        "{:<8} {:<7} {:>10}  {}  uid {}  {}  ({state})",
+        v.host,
+        v.kind,
+        if v.kind == "file" { human_bytes(v.size) } else { "-".into() },
+        day(&v.mtime),
+        v.uid,
+        v.path
+    );
+    Ok(())
+}
+
+/// `2026-03-01` (midnight UTC) or a full timestamp.
+fn parse_date(s: &str) -> Result<jiff::Timestamp> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    let d: jiff::civil::Date = s.parse().with_context(|| format!("{s:?} is not a date (2026-03-01) or timestamp"))?;
+    Ok(d.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp())
+}
