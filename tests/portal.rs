@@ -644,7 +644,7 @@ fn directory_down_refuses_logins_but_keeps_sessions() {
 fn sessions_expire_refresh_and_refuse_forgeries() {
     let w = world();
     let slapd = Slapd::start(&corpus_users());
-    let extra = "[session]\nkey_file = \"session.key\"\nttl_secs = 2\nmax_age_secs = 30\n";
+    let extra = "[session]\nkey_file = \"session.key\"\nttl_secs = 4\nmax_age_secs = 30\n";
     let portal = ldap_portal(&w, &slapd, extra);
     let addr = &portal.addr;
     let key_mode = std::fs::metadata(portal.dir.path().join("session.key")).unwrap().permissions().mode();
@@ -676,13 +676,13 @@ fn sessions_expire_refresh_and_refuse_forgeries() {
     assert_eq!(Client { addr: other.addr.clone(), ..alice.clone() }.get("/api/me").status, 401, "wrong key");
 
     // Refresh while active: past half the lifetime, a new cookie comes back.
-    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::sleep(Duration::from_millis(2100));
     let r = alice.get("/api/me");
     assert_eq!(r.status, 200);
     let fresh = session_cookie(&r).expect("refreshed cookie");
     assert_ne!(fresh, alice.cookie);
     // Expiry: the old token dies at its exp; the refreshed one lives on.
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(2200));
     assert_eq!(alice.get("/api/me").status, 401, "expired token");
     alice.cookie = fresh;
     assert_eq!(alice.get("/api/me").status, 200);
