@@ -8,6 +8,8 @@
 //! - Only HS256 with our key is accepted: `alg: none`, another algorithm, another key, a past
 //!   expiry or an altered claim all fail verification.
 //! - A token older than half its lifetime is replaced on the next request (sliding expiry).
+//! - Logouts are kept in `<key_file>.revoked` until the session could have ended anyway, so a
+//!   restart does not bring a logged-out token back.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -57,6 +59,8 @@ pub struct Keys {
     pub cookie_name: String,
     pub cookie_secure: bool,
     revoked: Mutex<HashMap<String, i64>>,
+    /// Revoked session ids survive restarts here (`<key_file>.revoked`, lines `sid until`).
+    revoked_file: Option<std::path::PathBuf>,
 }
 
 pub fn now() -> i64 {
@@ -67,6 +71,17 @@ fn random_token(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::Rng::fill(&mut rand::rng(), &mut b[..]);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Replace `path` with `data`, mode 0600, through a temporary file.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Read the key file, or create it once with 64 random bytes, mode 0600.
@@ -120,7 +135,34 @@ impl Keys {
             cookie_name: cfg.cookie_name.clone(),
             cookie_secure: cfg.cookie_secure || tls,
             revoked: Mutex::new(HashMap::new()),
+            revoked_file: None,
         }
+    }
+
+    /// Keep revocations in `path` (loaded now, appended at each logout, pruned at start).
+    pub fn with_revocations(mut self, path: &Path) -> anyhow::Result<Keys> {
+        use anyhow::Context;
+        let t = now();
+        let mut live = HashMap::new();
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                for line in text.lines() {
+                    if let Some((sid, until)) = line.split_once(' ')
+                        && let Ok(until) = until.parse::<i64>()
+                        && until > t
+                    {
+                        live.insert(sid.to_string(), until);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+        let text: String = live.iter().map(|(sid, until)| format!("{sid} {until}\n")).collect();
+        write_private(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        self.revoked = Mutex::new(live);
+        self.revoked_file = Some(path.to_path_buf());
+        Ok(self)
     }
 
     /// Claims for a fresh login.
@@ -169,7 +211,17 @@ impl Keys {
         let mut r = self.revoked.lock().expect("revoked lock");
         let t = now();
         r.retain(|_, until| *until > t);
-        r.insert(claims.sid.clone(), claims.auth_time + self.max_age);
+        let until = claims.auth_time + self.max_age;
+        r.insert(claims.sid.clone(), until);
+        if let Some(path) = &self.revoked_file {
+            use std::io::Write;
+            let appended = std::fs::OpenOptions::new().append(true).open(path).and_then(|mut f| {
+                f.write_all(format!("{} {until}\n", claims.sid).as_bytes()).and_then(|_| f.sync_data())
+            });
+            if let Err(e) = appended {
+                tracing::error!("cannot record a logout in {}: {e}", path.display());
+            }
+        }
     }
 
     pub fn cookie(&self, token: &str) -> HeaderValue {
@@ -352,6 +404,19 @@ mod tests {
         // revoked
         k.revoke(&c);
         assert!(k.decode(&t).is_err());
+    }
+
+    #[test]
+    fn revocations_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key.revoked");
+        let k = keys(&[7u8; 64]).with_revocations(&file).unwrap();
+        let (a, b) = (k.new_claims(id()), k.new_claims(id()));
+        let (ta, tb) = (k.encode(&a).unwrap(), k.encode(&b).unwrap());
+        k.revoke(&a);
+        let again = keys(&[7u8; 64]).with_revocations(&file).unwrap();
+        assert!(again.decode(&ta).is_err(), "logged out before the restart");
+        assert!(again.decode(&tb).is_ok());
     }
 
     #[test]

@@ -61,7 +61,12 @@ impl AppState {
             (None, Some(p)) => crate::session::load_or_create_key(p)?,
             (None, None) => anyhow::bail!("no session key configured"),
         };
-        let keys = Keys::new(&secret, &config.session, config.tls.is_some());
+        let mut keys = Keys::new(&secret, &config.session, config.tls.is_some());
+        if let Some(p) = &config.session.key_file {
+            let mut name = p.as_os_str().to_owned();
+            name.push(".revoked");
+            keys = keys.with_revocations(std::path::Path::new(&name))?;
+        }
         let realms = crate::auth::build_realms(&config)?;
         let audit = AuditLog::open(&config.audit_log)?;
         let window = Duration::from_secs(config.limits.window_secs);
