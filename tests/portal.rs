@@ -1358,3 +1358,25 @@ fn ldap_group_search_feeds_readable_and_roles() {
     assert_eq!(download(&alice, &snap, &share.join("root.txt")).status, 404);
     assert_eq!(download(&bob, &snap, &share.join("team.txt")).status, 404);
 }
+
+/// Without a catalog, search answers 503 (and says so in /api/me); once one is made (here by a
+/// second portal that syncs it), the first portal uses it without a restart.
+#[test]
+fn catalog_appears_later() {
+    let w = world();
+    // Whatever made a catalog during the backups, start without one.
+    let _ = std::fs::remove_dir_all(w.repo.repo.join("catalog"));
+    let slapd = Slapd::start(&corpus_users());
+    let first = ldap_portal(&w, &slapd, "");
+    let alice = login(&first.addr, "alice", "alice-pw");
+    assert_eq!(alice.get("/api/me").json()["catalog"], false);
+    let r = alice.get("/api/search?q=notes");
+    assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("unavailable")));
+    let _syncing = ldap_portal(&w, &slapd, "catalog_sync_secs = 3600");
+    assert_eq!(alice.get("/api/me").json()["catalog"], true);
+    let r = alice.get("/api/search?q=notes");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    let names: Vec<&str> = j["items"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["notes.md"]);
+}

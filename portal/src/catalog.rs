@@ -1,7 +1,8 @@
 //! The catalog behind search, deleted and history (`rewind-catalog`, SQLite). The portal only
 //! reads it through a small pool of read-only connections (a connection is not shared between
 //! threads); with `catalog_sync_secs` it also brings it up to date itself, at start and then
-//! periodically, on a connection of its own. Without a catalog file those endpoints answer 503.
+//! periodically, on a connection of its own. Without a catalog file those endpoints answer 503
+//! until one appears (it is opened on first use).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -57,19 +58,23 @@ impl Catalog {
             })?;
         }
         if !path.exists() {
+            // Not an error: it is opened on first use once `rewind catalog rebuild` made it.
             tracing::warn!(
-                "no catalog at {}: search, deleted and history are unavailable (run `rewind catalog rebuild` or set catalog_sync_secs)",
+                "no catalog at {} yet: search, deleted and history answer 503 until `rewind catalog rebuild` (or catalog_sync_secs) creates it",
                 path.display()
             );
-            return Ok(None);
         }
-        let first = rewind_catalog::Catalog::open_read_only(&path)?;
         Ok(Some(Catalog {
             path,
-            pool: Mutex::new(vec![first]),
+            pool: Mutex::new(Vec::new()),
             cache: Mutex::new(HashMap::new()),
             ttl: Duration::from_millis(config.catalog_cache_ms),
         }))
+    }
+
+    /// Whether there is a catalog to read.
+    pub fn available(&self) -> bool {
+        !self.pool.lock().expect("catalog pool").is_empty() || self.path.exists()
     }
 
     /// Run `f` on a pooled read-only connection (call from a blocking thread).
@@ -80,6 +85,7 @@ impl Catalog {
         let conn = self.pool.lock().expect("catalog pool").pop();
         let conn = match conn {
             Some(c) => c,
+            None if !self.path.exists() => return Err(ApiError::Unavailable("catalog not available".into())),
             None => rewind_catalog::Catalog::open_read_only(&self.path).map_err(catalog_error)?,
         };
         let r = f(&conn).map_err(catalog_error);
