@@ -1380,3 +1380,26 @@ fn catalog_appears_later() {
     let names: Vec<&str> = j["items"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["notes.md"]);
 }
+
+/// Behind a trusted proxy the client is the X-Forwarded-For address: throttled and audited as
+/// such; from anyone else the header is ignored.
+#[test]
+fn forwarded_clients_behind_a_trusted_proxy() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    let body = |u: &str, p: &str| json!({ "username": u, "password": p }).to_string();
+    let post = |addr: &str, xff: &str, u: &str, p: &str| {
+        let h = [("Content-Type", "application/json".to_string()), ("X-Forwarded-For", xff.to_string())];
+        http(addr, "POST", "/api/login", &h, Some(body(u, p).as_bytes())).status
+    };
+    let proxied = ldap_portal(&w, &slapd, "trusted_proxies = [\"127.0.0.1\"]");
+    for i in 0..20 {
+        assert_eq!(post(&proxied.addr, "192.0.2.7, 10.0.0.1", &format!("x{i}"), "x"), 401);
+    }
+    assert_eq!(post(&proxied.addr, "10.0.0.1", "alice", "alice-pw"), 429, "10.0.0.1 is locked");
+    assert_eq!(post(&proxied.addr, "10.0.0.2", "alice", "alice-pw"), 200, "another client is not");
+    assert!(proxied.audit().iter().any(|r| r["actor"] == "x0" && r["client"] == "10.0.0.1"));
+    let direct = ldap_portal(&w, &slapd, "");
+    assert_eq!(post(&direct.addr, "10.9.9.9", "bob", "nope"), 401);
+    assert!(direct.audit().iter().any(|r| r["actor"] == "bob" && r["client"] == "127.0.0.1"), "header ignored");
+}

@@ -22,13 +22,26 @@ use crate::query::Params;
 use crate::session::{Acting, Session, now, origin_ok};
 use crate::state::AppState;
 
-/// The client's address, when the server knows it (not in `oneshot` tests).
+/// The client's address, when the server knows it (not in `oneshot` tests). Behind a proxy
+/// listed in `trusted_proxies`, the rightmost `X-Forwarded-For` address that is not itself a
+/// trusted proxy; the header is ignored from anyone else.
 pub struct ClientAddr(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientAddr, Self::Rejection> {
-        Ok(ClientAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<ClientAddr, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let trusted = &state.config.trusted_proxies;
+        let Some(peer) = peer.filter(|p| trusted.contains(p)) else { return Ok(ClientAddr(peer)) };
+        let forwarded: Vec<IpAddr> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse().ok())
+            .collect();
+        Ok(ClientAddr(Some(forwarded.into_iter().rev().find(|a| !trusted.contains(a)).unwrap_or(peer))))
     }
 }
 

@@ -31,6 +31,9 @@ pub struct Config {
     /// place for the repository.
     #[serde(default)]
     pub catalog: Option<PathBuf>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (for throttling and the audit log).
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Allowed `Origin`s for state-changing requests besides the portal's own.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
