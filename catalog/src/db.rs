@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::error::{Error, Result};
 
 /// Bump when the tables change: older catalogs are then dropped and rebuilt.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// Every table and index. Ids are integers; strings (names, directory paths) are interned once.
 ///
@@ -74,7 +74,9 @@ CREATE TABLE versions(
 );
 CREATE INDEX versions_path ON versions(dir, name, first);
 CREATE INDEX versions_name ON versions(name);
-CREATE INDEX versions_gone ON versions(uid, last) WHERE gone;
+CREATE INDEX versions_recent ON versions(coalesce(last, 9223372036854775807));
+CREATE INDEX versions_gone ON versions(last) WHERE gone = 1;
+CREATE INDEX versions_gone_uid ON versions(uid, last) WHERE gone = 1;
 ";
 
 pub(crate) fn configure(conn: &Connection) -> Result<()> {

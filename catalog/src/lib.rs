@@ -50,6 +50,8 @@ pub struct Catalog {
     caches: update::Caches,
     failpoint: Option<u64>,
     versions_written: u64,
+    /// See `query::SCAN_BUDGET`; 0 always answers through the indexes (tests compare both).
+    scan_budget: u64,
 }
 
 impl Catalog {
@@ -70,6 +72,7 @@ impl Catalog {
             caches: update::Caches::default(),
             failpoint: update::failpoint_from_env(),
             versions_written: 0,
+            scan_budget: query::SCAN_BUDGET,
         })
     }
 
@@ -83,7 +86,7 @@ impl Catalog {
         let conn = db::open_ro(path)?;
         query::register_functions(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Catalog { conn, path: path.to_path_buf(), caches: update::Caches::default(), failpoint: None, versions_written: 0 })
+        Ok(Catalog { conn, path: path.to_path_buf(), caches: update::Caches::default(), failpoint: None, versions_written: 0, scan_budget: query::SCAN_BUDGET })
     }
 
     /// Delete the catalog file at `path` (and its WAL); the next open starts empty.

@@ -224,14 +224,44 @@ pub(crate) fn register_functions(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-const SELECT: &str = "SELECT v.id, h.name, d.path, n.name, v.kind, v.size, v.mtime, v.mtime_ns, v.mode, v.uid, v.gid,
-        v.content, v.first, coalesce(v.last, h.latest), v.last IS NULL, v.gone, v.host
-    FROM versions v JOIN hosts h ON h.id = v.host JOIN dirs d ON d.id = v.dir JOIN names n ON n.id = v.name";
+macro_rules! concat_select {
+    ($from:literal) => {
+        concat!(
+            "SELECT v.id, h.name, d.path, n.name, v.kind, v.size, v.mtime, v.mtime_ns, v.mode, v.uid, v.gid, ",
+            "v.content, v.first, coalesce(v.last, h.latest), v.last IS NULL, v.gone, v.host FROM ",
+            $from,
+            " JOIN names n ON n.id = v.name JOIN hosts h ON h.id = v.host JOIN dirs d ON d.id = v.dir"
+        )
+    };
+}
+
+const SELECT: &str = concat_select!("versions v");
+const SELECT_BY_NAME: &str = concat_select!("versions v INDEXED BY versions_name");
+const SELECT_RECENT: &str = concat_select!("versions v INDEXED BY versions_recent");
+
+/// How much of a scan in result order a query may spend (SQLite virtual-machine steps) before
+/// it is answered through the name index instead.
+pub(crate) const SCAN_BUDGET: u64 = 150_000;
+
+fn name_params(name: &Option<NameMatch>) -> usize {
+    match name {
+        None => 0,
+        Some(NameMatch::Substring(s)) => {
+            let s = s.trim();
+            if s.chars().count() >= 3 && !s.contains(['%', '_']) { 2 } else { 1 }
+        }
+        Some(NameMatch::Glob(g)) => {
+            let lit = glob_literal(g);
+            if lit.chars().count() >= 3 && !lit.contains(['%', '_']) { 2 } else { 1 }
+        }
+    }
+}
 
 struct Sql {
     clauses: Vec<String>,
     params: Vec<Value>,
 }
+
 
 impl Sql {
     fn push(&mut self, clause: &str, params: impl IntoIterator<Item = Value>) {
@@ -243,7 +273,10 @@ impl Sql {
 impl Catalog {
     /// Search versions. See [`Query`].
     pub fn find(&self, q: &Query) -> Result<Page<FileVersion>> {
+        // The name test in two forms: through the trigram index (for selective patterns), and
+        // per row (while scanning in result order, for common ones).
         let mut sql = Sql { clauses: Vec::new(), params: Vec::new() };
+        let mut per_row = Sql { clauses: Vec::new(), params: Vec::new() };
         match &q.name {
             None => {}
             Some(NameMatch::Substring(s)) => {
@@ -251,11 +284,13 @@ impl Catalog {
                 if s.is_empty() {
                     return Err(Error::InvalidInput("empty name pattern".into()));
                 }
+                per_row.push("rw_icontains(n.name, ?)", [Value::Text(s.to_lowercase())]);
                 if s.chars().count() >= 3 && !s.contains(['%', '_']) {
-                    // The trigram index answers LIKE '%...%' itself (case-insensitively).
+                    // The trigram index answers LIKE '%...%' (case-insensitively); the function
+                    // makes both forms agree to the letter.
                     sql.push(
-                        "v.name IN (SELECT rowid FROM names_fts WHERE name LIKE ?)",
-                        [Value::Text(format!("%{s}%"))],
+                        "v.name IN (SELECT f.rowid FROM names_fts f WHERE f.name LIKE ? AND rw_icontains(f.name, ?))",
+                        [Value::Text(format!("%{s}%")), Value::Text(s.to_lowercase())],
                     );
                 } else {
                     sql.push(
@@ -269,6 +304,7 @@ impl Catalog {
                     .case_insensitive(true)
                     .build()
                     .map_err(|e| Error::InvalidInput(format!("bad glob {g:?}: {e}")))?;
+                per_row.push("rw_glob(?, n.name)", [Value::Text(g.clone())]);
                 let lit = glob_literal(g);
                 if lit.chars().count() >= 3 && !lit.contains(['%', '_']) {
                     sql.push(
@@ -350,21 +386,44 @@ impl Catalog {
                 [Value::Integer(ts_ns(t))],
             );
         }
-        let seen = if deleted { "v.last" } else { "coalesce(v.last, h.latest)" };
+        // Present versions first (they are in the latest snapshot of their host), newest version
+        // first; then by the last snapshot that held them. `versions_recent` indexes exactly
+        // this key, so a scan in result order can stop at the page's end.
+        let seen = if deleted { "v.last" } else { "coalesce(v.last, 9223372036854775807)" };
         let order = match q.order {
             Order::RecentFirst => format!("{seen} DESC, v.id DESC"),
             Order::OldestFirst => format!("{seen} ASC, v.id ASC"),
             Order::Path => "h.name, d.path, n.name, v.first".to_string(),
         };
         let limit = if q.limit == 0 { 100 } else { q.limit.min(MAX_LIMIT) };
-        let text = format!(
-            "{SELECT} {} {} ORDER BY {order} LIMIT {} OFFSET {}",
-            if sql.clauses.is_empty() { "" } else { "WHERE" },
-            sql.clauses.join(" AND "),
-            u64::from(limit) + 1,
-            q.offset
-        );
-        let mut items = self.run(&text, sql.params)?;
+        let tail = format!("ORDER BY {order} LIMIT {} OFFSET {}", u64::from(limit) + 1, q.offset);
+        let mut items = None;
+        if self.scan_budget > 0 && q.order != Order::Path && !deleted && q.offset + u64::from(limit) <= u64::from(MAX_LIMIT) {
+            // Scan in result order with the name tested per row, within a budget: common
+            // patterns fill the page long before it runs out; rare ones fall back to the index.
+            let mut clauses = per_row.clauses.clone();
+            clauses.extend(sql.clauses[usize::from(q.name.is_some())..].iter().cloned());
+            let mut params = per_row.params.clone();
+            params.extend(sql.params[name_params(&q.name)..].iter().cloned());
+            let text = format!(
+                "{SELECT_RECENT} {} {} {tail}",
+                if clauses.is_empty() { "" } else { "WHERE" },
+                clauses.join(" AND ")
+            );
+            items = self.run(&text, params, Some(self.scan_budget))?;
+        }
+        let mut items = match items {
+            Some(items) => items,
+            None => {
+                let text = format!(
+                    "{}{} {} {tail}",
+                    if q.name.is_some() && !deleted { SELECT_BY_NAME } else { SELECT },
+                    if sql.clauses.is_empty() { "" } else { " WHERE" },
+                    sql.clauses.join(" AND ")
+                );
+                self.run(&text, sql.params, None)?.expect("no budget, no interruption")
+            }
+        };
         let more = items.len() > limit as usize;
         items.truncate(limit as usize);
         Ok(Page { items, offset: q.offset, next_offset: more.then_some(q.offset + u64::from(limit)) })
@@ -391,7 +450,7 @@ impl Catalog {
             params.push(Value::Text(h.to_string()));
         }
         text.push_str(" ORDER BY h.name, v.first DESC");
-        self.run(&text, params)
+        Ok(self.run(&text, params, None)?.expect("no budget"))
     }
 
     /// The catalogued snapshots, oldest first.
@@ -435,7 +494,8 @@ impl Catalog {
         })
     }
 
-    fn run(&self, sql: &str, params: Vec<Value>) -> Result<Vec<FileVersion>> {
+    /// Run a query built on `SELECT`. With a budget, `None` when the budget ran out.
+    fn run(&self, sql: &str, params: Vec<Value>, budget: Option<u64>) -> Result<Option<Vec<FileVersion>>> {
         struct Raw {
             host_id: i64,
             host: String,
@@ -455,7 +515,17 @@ impl Catalog {
             gone: bool,
         }
         let mut stmt = self.conn.prepare_cached(sql)?;
-        let raws: Vec<Raw> = stmt
+        if let Some(budget) = budget {
+            let mut left = budget / 1000;
+            self.conn.progress_handler(
+                1000,
+                Some(move || {
+                    left = left.saturating_sub(1);
+                    left == 0
+                }),
+            )?;
+        }
+        let raws: rusqlite::Result<Vec<Raw>> = stmt
             .query_map(params_from_iter(params), |r| {
                 Ok(Raw {
                     host: r.get(1)?,
@@ -475,8 +545,18 @@ impl Catalog {
                     gone: r.get(15)?,
                     host_id: r.get(16)?,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+            })
+            .and_then(|rows| rows.collect());
+        if budget.is_some() {
+            self.conn.progress_handler(0, None::<fn() -> bool>)?;
+        }
+        let raws = match raws {
+            Ok(r) => r,
+            Err(rusqlite::Error::SqliteFailure(e, _)) if budget.is_some() && e.code == rusqlite::ErrorCode::OperationInterrupted => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut snaps: HashMap<i64, SnapshotRef> = HashMap::new();
         let mut out = Vec::with_capacity(raws.len());
         for r in raws {
@@ -514,7 +594,7 @@ impl Catalog {
                 deleted,
             });
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     fn snapshot_ref(&self, cache: &mut HashMap<i64, SnapshotRef>, key: i64) -> Result<SnapshotRef> {

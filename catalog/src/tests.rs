@@ -215,7 +215,19 @@ fn brute(snaps: &[(SnapshotInfo, Fs)], store: &Store) -> Vec<Expect> {
     out
 }
 
+/// The answer, checked to be the same in result order whichever way the query is run.
 fn actual(cat: &Catalog, q: &Query) -> Vec<Expect> {
+    let scan = cat.find(&Query { limit: MAX_LIMIT, ..q.clone() }).unwrap().items;
+    let indexed = {
+        let unbudgeted = Catalog { scan_budget: 0, ..Catalog::open_read_only(cat.path()).unwrap() };
+        unbudgeted.find(&Query { limit: MAX_LIMIT, ..q.clone() }).unwrap().items
+    };
+    assert_eq!(scan, indexed, "both query plans give the same page");
+    let interrupted = {
+        let tiny = Catalog { scan_budget: 1000, ..Catalog::open_read_only(cat.path()).unwrap() };
+        tiny.find(&Query { limit: MAX_LIMIT, ..q.clone() }).unwrap().items
+    };
+    assert_eq!(scan, interrupted, "a scan cut short falls back to the same answer");
     let mut out = Vec::new();
     let mut q = q.clone();
     q.limit = 37; // exercise paging

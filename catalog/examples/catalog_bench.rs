@@ -1,0 +1,322 @@
+//! Benchmark of the catalog on a synthetic history, generated in memory and fed through the
+//! catalog's own update path (`Catalog::apply`, the code a backup's update runs).
+//!
+//! ```text
+//! cargo run --release -p rewind-catalog --example catalog_bench -- \
+//!     [--files 1000000] [--gens 30] [--churn 0.3] [--update-churn 0.01] [--out /tmp/bench.sqlite]
+//! ```
+//!
+//! Reports: the time of the full build (every generation from scratch, as `catalog rebuild`
+//! does), the time of one more update at `--update-churn`, bytes per version on disk, and p50/p99
+//! of name-substring queries (first 100 results) and of `deleted` for one owner.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rewind_catalog::{Catalog, NameMatch, Query, SnapshotInfo};
+use rewind_store::{ChunkId, Hash, Node, NodeKind, SnapshotId, Time, Tree, TreeId};
+
+const WORDS: &[&str] = &[
+    "report", "budget", "meeting", "quarter", "invoice", "client", "draft", "final", "review", "project", "schedule",
+    "notes", "summary", "design", "backup", "restore", "server", "policy", "network", "storage", "offsite",
+    "retention", "snapshot", "archive", "recovery", "plan", "user", "ticket", "helpdesk", "audit", "table", "figure",
+    "chapter", "appendix", "data", "contract", "payroll", "minutes", "slides", "photo",
+];
+const EXTS: &[&str] = &["txt", "pdf", "docx", "xlsx", "jpg", "rs", "md", "csv"];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const USERS: usize = 100;
+const PROJECTS: usize = 10;
+
+struct World {
+    rng: Rng,
+    /// Leaf directories: (user, nodes sorted by name).
+    leaves: Vec<(usize, Vec<Node>)>,
+    leaf_ids: Vec<TreeId>,
+    dirs_per_project: usize,
+    counter: u64,
+    generation: i64,
+}
+
+impl World {
+    fn file(&mut self, user: usize) -> Node {
+        let r = &mut self.rng;
+        let name = format!(
+            "{}-{}-{:05}.{}",
+            WORDS[r.below(WORDS.len())],
+            WORDS[r.below(WORDS.len())],
+            r.below(100_000),
+            EXTS[r.below(EXTS.len())]
+        );
+        let mut n = Node::new(name.into_bytes(), NodeKind::File);
+        self.counter += 1;
+        n.content = vec![ChunkId(Hash::of(&self.counter.to_le_bytes()))];
+        n.size = self.rng.next() % 5_000_000;
+        n.mode = 0o644;
+        n.uid = 2000 + user as u32;
+        n.gid = n.uid;
+        n.mtime = Time { sec: 1_767_225_600 + self.generation * 86_400, nsec: 0 };
+        n
+    }
+
+    fn new(files: usize) -> World {
+        let leaves_n = (files / 40).max(1);
+        let mut w = World {
+            rng: Rng(801),
+            leaves: Vec::new(),
+            leaf_ids: Vec::new(),
+            dirs_per_project: leaves_n.div_ceil(USERS * PROJECTS),
+            counter: 0,
+            generation: 0,
+        };
+        for l in 0..leaves_n {
+            let user = l % USERS;
+            let mut nodes: Vec<Node> = (0..40).map(|_| w.file(user)).collect();
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            nodes.dedup_by(|a, b| a.name == b.name);
+            w.leaves.push((user, nodes));
+        }
+        w
+    }
+
+    /// Edit, delete and add `churn` of the files (2/3 edits, 1/6 deletions, 1/6 additions).
+    fn step(&mut self, files: usize, churn: f64) -> Vec<bool> {
+        self.generation += 1;
+        let changes = (files as f64 * churn) as usize;
+        let mut dirty = vec![false; self.leaves.len()];
+        for c in 0..changes {
+            let l = self.rng.below(self.leaves.len());
+            dirty[l] = true;
+            let user = self.leaves[l].0;
+            match c % 6 {
+                0 => {
+                    if !self.leaves[l].1.is_empty() {
+                        let i = self.rng.below(self.leaves[l].1.len());
+                        self.leaves[l].1.remove(i);
+                    }
+                }
+                1 => {
+                    let n = self.file(user);
+                    let nodes = &mut self.leaves[l].1;
+                    if let Err(i) = nodes.binary_search_by(|x| x.name.cmp(&n.name)) {
+                        nodes.insert(i, n);
+                    }
+                }
+                _ => {
+                    if !self.leaves[l].1.is_empty() {
+                        let i = self.rng.below(self.leaves[l].1.len());
+                        self.counter += 1;
+                        let gen_time = 1_767_225_600 + self.generation * 86_400;
+                        let n = &mut self.leaves[l].1[i];
+                        n.content = vec![ChunkId(Hash::of(&self.counter.to_le_bytes()))];
+                        n.size = n.size / 2 + 17;
+                        n.mtime = Time { sec: gen_time, nsec: 0 };
+                    }
+                }
+            }
+        }
+        dirty
+    }
+
+    /// Encode the trees that changed; returns the root and the trees of this generation.
+    fn trees(&mut self, dirty: Option<&[bool]>, store: &mut HashMap<TreeId, Arc<Tree>>) -> TreeId {
+        let mut put = |tree: Tree| {
+            let id = Tree::id(&tree.encode());
+            store.insert(id, Arc::new(tree));
+            id
+        };
+        if self.leaf_ids.len() != self.leaves.len() {
+            self.leaf_ids = vec![TreeId::default(); self.leaves.len()];
+        }
+        for (i, (_, nodes)) in self.leaves.iter().enumerate() {
+            if dirty.is_none_or(|d| d[i]) {
+                self.leaf_ids[i] = put(Tree { nodes: nodes.clone() });
+            }
+        }
+        let dir = |name: String, id: TreeId| {
+            let mut n = Node::new(name.into_bytes(), NodeKind::Dir);
+            n.mode = 0o755;
+            n.subtree = Some(id);
+            n
+        };
+        let mut users = Vec::new();
+        for u in 0..USERS {
+            let mut projects = Vec::new();
+            for p in 0..PROJECTS {
+                let mut leaves = Vec::new();
+                for d in 0..self.dirs_per_project {
+                    let l = (p * self.dirs_per_project + d) * USERS + u;
+                    if l < self.leaf_ids.len() {
+                        leaves.push(dir(format!("dir{d:03}"), self.leaf_ids[l]));
+                    }
+                }
+                projects.push(dir(format!("proj{p}"), put(Tree { nodes: leaves })));
+            }
+            users.push(dir(format!("u{u:03}"), put(Tree { nodes: projects })));
+        }
+        let home = dir("home".into(), put(Tree { nodes: users }));
+        put(Tree { nodes: vec![home] })
+    }
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (mut files, mut gens, mut churn, mut update_churn) = (1_000_000usize, 30usize, 0.3f64, 0.01f64);
+    let mut out = std::path::PathBuf::from("/tmp/rewind-catalog-bench.sqlite");
+    while let Some(a) = args.next() {
+        let v = args.next().expect("value");
+        match a.as_str() {
+            "--files" => files = v.parse().unwrap(),
+            "--gens" => gens = v.parse().unwrap(),
+            "--churn" => churn = v.parse().unwrap(),
+            "--update-churn" => update_churn = v.parse().unwrap(),
+            "--out" => out = v.into(),
+            _ => panic!("unknown argument {a}"),
+        }
+    }
+    Catalog::remove(&out).unwrap();
+    let mut cat = Catalog::open(&out, "bench").unwrap();
+    let mut world = World::new(files);
+    let mut store: HashMap<TreeId, Arc<Tree>> = HashMap::new();
+    let mut build = Duration::ZERO;
+    let snap = |cat: &mut Catalog, store: &HashMap<TreeId, Arc<Tree>>, g: usize, root: TreeId| -> Duration {
+        let info = SnapshotInfo {
+            id: SnapshotId(Hash::of(format!("bench-{g}").as_bytes())),
+            host: "fileserver".into(),
+            time: jiff::Timestamp::from_second(1_767_225_600 + g as i64 * 86_400).unwrap(),
+            tree: root,
+        };
+        let t = Instant::now();
+        assert!(cat.apply(store, &info).unwrap());
+        t.elapsed()
+    };
+    let mut root = world.trees(None, &mut store);
+    for g in 0..gens {
+        if g > 0 {
+            let dirty = world.step(files, churn);
+            let mut next = HashMap::new();
+            root = world.trees(Some(&dirty), &mut next);
+            // Keep this generation's trees and the previous one's (the diff reads both).
+            for id in &world.leaf_ids {
+                if let Some(t) = store.get(id) {
+                    next.entry(*id).or_insert_with(|| t.clone());
+                }
+            }
+            let mut both = next.clone();
+            both.extend(store.drain());
+            let d = snap(&mut cat, &both, g, root);
+            build += d;
+            store = next;
+        } else {
+            build += snap(&mut cat, &store, g, root);
+        }
+        eprintln!("generation {g}: built in {:.1}s so far", build.as_secs_f64());
+    }
+    // One more backup, at the update churn.
+    let dirty = world.step(files, update_churn);
+    let mut next = HashMap::new();
+    root = world.trees(Some(&dirty), &mut next);
+    for id in &world.leaf_ids {
+        if let Some(t) = store.get(id) {
+            next.entry(*id).or_insert_with(|| t.clone());
+        }
+    }
+    next.extend(store.drain());
+    let update = snap(&mut cat, &next, gens, root);
+    drop(next);
+
+    drop(cat);
+    {
+        let c = rusqlite_checkpoint(&out);
+        assert!(c, "checkpoint");
+    }
+    let cat = Catalog::open_read_only(&out).unwrap();
+    let st = cat.stats().unwrap();
+    println!(
+        "catalog: {} versions ({} deleted), {} names, {} dirs, {} snapshots; {:.1} MiB on disk = {:.1} bytes/version",
+        st.versions,
+        st.deleted,
+        st.names,
+        st.dirs,
+        st.snapshots,
+        st.bytes_on_disk as f64 / (1 << 20) as f64,
+        st.bytes_on_disk as f64 / st.versions as f64
+    );
+    println!(
+        "full build of {} generations: {:.2}s; update after {:.0}% churn: {:.3}s = {:.2}% of the full build",
+        gens + 1,
+        build.as_secs_f64() + update.as_secs_f64(),
+        update_churn * 100.0,
+        update.as_secs_f64(),
+        100.0 * update.as_secs_f64() / (build.as_secs_f64() + update.as_secs_f64())
+    );
+    let mut rng = Rng(7);
+    let classes: [(&str, Box<dyn Fn(&mut Rng) -> String>); 4] = [
+        ("one word (~5% of names)", Box::new(|r: &mut Rng| WORDS[r.below(WORDS.len())].to_uppercase())),
+        (
+            "two words (~0.06%)",
+            Box::new(|r: &mut Rng| format!("{}-{}", WORDS[r.below(WORDS.len())], WORDS[r.below(WORDS.len())])),
+        ),
+        ("a number (~0.001%)", Box::new(|r: &mut Rng| format!("-{:05}.", r.below(100_000)))),
+        ("glob *word-*.pdf", Box::new(|r: &mut Rng| format!("*{}-*.pdf", WORDS[r.below(WORDS.len())]))),
+    ];
+    for (label, make) in &classes {
+        let mut times = Vec::new();
+        let mut hits = 0;
+        for _ in 0..200 {
+            let p = make(&mut rng);
+            let q = Query { name: Some(NameMatch::guess(&p)), limit: 100, ..Default::default() };
+            let t = Instant::now();
+            let page = cat.find(&q).unwrap();
+            times.push(t.elapsed());
+            hits += page.items.len();
+        }
+        println!(
+            "find {label}: first 100, p50 {:.1} ms, p99 {:.1} ms (avg {} results)",
+            pct(&mut times, 0.5).as_secs_f64() * 1e3,
+            pct(&mut times, 0.99).as_secs_f64() * 1e3,
+            hits / 200
+        );
+    }
+    let mut times = Vec::new();
+    let mut hits = 0;
+    for i in 0..200 {
+        let q = Query { deleted: true, uid: Some(2000 + (i % USERS) as u32), limit: 100, ..Default::default() };
+        let t = Instant::now();
+        let page = cat.deleted(&q).unwrap();
+        times.push(t.elapsed());
+        hits += page.items.len();
+    }
+    println!(
+        "deleted for one owner: first 100, p50 {:.1} ms, p99 {:.1} ms (avg {} results)",
+        pct(&mut times, 0.5).as_secs_f64() * 1e3,
+        pct(&mut times, 0.99).as_secs_f64() * 1e3,
+        hits / 200
+    );
+}
+
+/// Fold the WAL into the database so the size on disk is the database's.
+fn rusqlite_checkpoint(path: &std::path::Path) -> bool {
+    // Opening and closing a writable catalog checkpoints it.
+    Catalog::open(path, "bench").is_ok()
+}
