@@ -36,6 +36,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Recreate the index from the packs
     RebuildIndex(RepoArg),
+    /// Mount every snapshot read-only (FUSE) and serve it until unmounted or interrupted
+    Mount(MountArgs),
     /// Run the restore portal (web server) configured by a portal.toml
     Serve(ServeArgs),
     /// Print an argon2id hash of a password (read from stdin) for the portal's file realm
@@ -162,4 +164,35 @@ pub struct ServeArgs {
 pub struct PasswdArgs {
     /// Print a ready `[users.NAME]` entry for this login name
     pub user: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Memory for decompressed chunks, e.g. 256M or 1G
+    #[arg(long, default_value = "64M", value_name = "SIZE", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Let every local user in; the kernel checks the snapshot's modes and owners
+    #[arg(long)]
+    pub allow_other: bool,
+    /// An empty directory to mount on
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+}
+
+/// A size in bytes: a number with an optional K, M, G or T suffix (powers of 1024; `iB` or `B`
+/// may follow).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (num, shift) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 30),
+        Some('t' | 'T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size like 512M or 2G"))?;
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }

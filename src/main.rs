@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Restore(a) => cmd::restore::run(a),
         Command::Check(a) => cmd::check::run(a),
         Command::RebuildIndex(a) => cmd::check::rebuild_index(a),
+        Command::Mount(a) => cmd::mount::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Passwd(a) => serve::passwd(a),
         Command::Find(a) => catalog_cmd::find(a),

@@ -1,0 +1,23 @@
+//! `rewind mount`: every snapshot as a read-only filesystem, in the foreground until unmounted.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use rewind_fs::MountOptions;
+use rewind_store::CacheSizes;
+
+use crate::cli::MountArgs;
+use crate::cmd::open_repo;
+
+pub fn run(a: MountArgs) -> Result<ExitCode> {
+    let repo = open_repo(&a.repo.repo)?;
+    let caches = CacheSizes { chunk_bytes: usize::try_from(a.cache_size).unwrap_or(usize::MAX), ..CacheSizes::default() };
+    let indexed =
+        repo.open_indexed(caches).with_context(|| format!("cannot load the index of {}", a.repo.repo.display()))?;
+    // Read ahead a quarter of the cache at most, so prefetching never evicts what is being read.
+    let readahead_bytes = (a.cache_size / 4).min(16 << 20);
+    let opts = MountOptions { allow_other: a.allow_other, readahead_bytes, ..MountOptions::default() };
+    rewind_fs::mount(indexed, &a.mountpoint, &opts)
+        .with_context(|| format!("cannot mount {}", a.repo.repo.display()))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,510 @@
+//! `rewind mount` with real FUSE mounts: fidelity against the source and against restore,
+//! read-only, damage, concurrency, live snapshots, multi-user permissions and the lifecycle.
+//! These tests need /dev/fuse and fusermount3 (`.ci/run` installs fuse3); without them they fail.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Fail loudly when FUSE is not there: these tests must never pass by skipping.
+fn require_fuse() {
+    assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is missing: these tests need FUSE (install fuse3, load the module)");
+    let found = Command::new("fusermount3").arg("--version").output();
+    assert!(found.is_ok(), "fusermount3 is missing: install fuse3");
+}
+
+fn mounted(path: &Path) -> bool {
+    let info = fs::read("/proc/self/mountinfo").expect("read mountinfo");
+    let want = path.as_os_str().as_bytes();
+    info.split(|&b| b == b'\n').any(|line| line.split(|&b| b == b' ').nth(4) == Some(want))
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+/// A running `rewind mount`, unmounted (and its process reaped) on drop.
+struct Mount {
+    child: Option<Child>,
+    mnt: PathBuf,
+    log: PathBuf,
+}
+
+impl Mount {
+    fn start(t: &TempRepo, name: &str, extra: &[&str]) -> Mount {
+        require_fuse();
+        let mnt = t.path(name);
+        fs::create_dir_all(&mnt).unwrap();
+        let mnt = mnt.canonicalize().unwrap();
+        let log = t.path(&format!("{name}.log"));
+        let child = t
+            .cmd()
+            .arg("mount")
+            .args(extra)
+            .arg(&mnt)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start rewind mount");
+        let mut m = Mount { child: Some(child), mnt, log };
+        let started = Instant::now();
+        while !mounted(&m.mnt) {
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                m.child = None;
+                panic!("rewind mount exited with {status} before mounting: {}", m.log_text());
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "not mounted after 30s: {}", m.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// The newest snapshot of `host`'s copy of `src`.
+    fn latest(&self, host: &str, src: &Path) -> PathBuf {
+        self.mnt.join("hosts").join(host).join("latest").join(src.strip_prefix("/").unwrap())
+    }
+
+    /// Wait for the process to end by itself; its exit status.
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("still running");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(started.elapsed() < limit, "rewind mount still running after {limit:?}: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `fusermount3 -u`, which must end the process cleanly.
+    fn unmount(mut self) {
+        let out = Command::new("fusermount3").arg("-u").arg(&self.mnt).output().unwrap();
+        assert_success(&out, "fusermount3 -u");
+        let status = self.wait(Duration::from_secs(20));
+        assert!(status.success(), "rewind mount ended with {status} after fusermount3 -u: {}", self.log_text());
+        assert!(!mounted(&self.mnt));
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY: sends a signal to our own child.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mnt).output();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Entries a corpus lacks: hard links across directories, symlinks, a fifo, a device, xattrs,
+/// odd modes and owners.
+fn special_entries(root: &Path) {
+    let d = root.join("special");
+    fs::create_dir_all(d.join("a/b")).unwrap();
+    fs::write(d.join("a/linked"), b"one file, three names").unwrap();
+    fs::hard_link(d.join("a/linked"), d.join("a/b/linked-too")).unwrap();
+    fs::hard_link(d.join("a/linked"), d.join("linked-three")).unwrap();
+    std::os::unix::fs::symlink("a/linked", d.join("rel-link")).unwrap();
+    std::os::unix::fs::symlink("/nowhere/at/all", d.join("dangling")).unwrap();
+    let c = std::ffi::CString::new(d.join("fifo").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
+    if is_root() {
+        let c = std::ffi::CString::new(d.join("null").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid path; creating a device node needs root.
+        assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) }, 0);
+        std::os::unix::fs::chown(d.join("a/linked"), Some(1234), Some(5678)).unwrap();
+    }
+    fs::write(d.join("setuid"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(d.join("setuid"), fs::Permissions::from_mode(0o4751)).unwrap();
+    fs::write(d.join("xattrs"), b"with attributes").unwrap();
+    xattr::set(d.join("xattrs"), "user.colour", b"blue").expect("the test filesystem must support user xattrs");
+    xattr::set(d.join("xattrs"), "user.empty", b"").unwrap();
+    fs::write(d.join("empty"), b"").unwrap();
+    fs::write(d.join(OsStr::from_bytes(b"bad-\xff-utf8")), b"odd name").unwrap();
+}
+
+#[test]
+fn mount_latest_equals_source_and_older_snapshots_equal_restore() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    corpus_make(&src, 0.03);
+    t.backup("fileserver", &[&src]);
+    corpus_step(&src, 1);
+    t.backup("fileserver", &[&src]);
+    corpus_step(&src, 2);
+    // Only the newest snapshot has the special entries: `rewind restore` of a fifo hangs today
+    // (it blocks opening it), so the older ones, compared with restore, leave them out.
+    special_entries(&src);
+    t.backup("fileserver", &[&src]);
+
+    let m = Mount::start(&t, "mnt", &[]);
+    assert_same_tree(&src, &m.latest("fileserver", &src), &ShapeOptions::default());
+
+    let names: Vec<String> = {
+        let mut v: Vec<String> = fs::read_dir(m.path("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names.len(), 3, "{names:?}");
+    let snaps = t.snapshots();
+    assert_eq!(snaps.len(), 3);
+    for s in &snaps[..2] {
+        let id = s["id"].as_str().unwrap();
+        let out = t.path(&format!("restored-{}", &id[..8]));
+        t.restore(&format!("{}:{}", &id[..8], src.display()), &out);
+        // ids/<short id> is the same snapshot as its entry under snapshots/.
+        let in_mount = m.path(&format!("ids/{}", &id[..8])).join(src.strip_prefix("/").unwrap());
+        assert_same_tree(&out, &in_mount, &ShapeOptions { dir_mtimes: false, ..Default::default() });
+    }
+    // The hard links are one inode with three links, in the mount as in the source.
+    let special = m.latest("fileserver", &src).join("special");
+    let a = fs::metadata(special.join("a/linked")).unwrap();
+    let b = fs::metadata(special.join("a/b/linked-too")).unwrap();
+    let c = fs::metadata(special.join("linked-three")).unwrap();
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 3));
+    assert_eq!(a.ino(), c.ino());
+    // Inode numbers are unique across the snapshots: the same file in two snapshots differs.
+    let log = "users/alice/logs/activity.log";
+    let older = m.path(&format!("snapshots/{}", names[0])).join(src.strip_prefix("/").unwrap()).join(log);
+    let newer = m.latest("fileserver", &src).join(log);
+    assert_ne!(fs::metadata(&older).unwrap().ino(), fs::metadata(&newer).unwrap().ino());
+    // statfs answers.
+    let out = Command::new("stat").arg("-f").arg("-c").arg("%b %c").arg(&m.mnt).output().unwrap();
+    assert_success(&out, "stat -f");
+    let nums: Vec<u64> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert!(nums[0] > 0 && nums[1] > 0, "statfs says {nums:?}");
+    m.unmount();
+}
+
+#[test]
+fn writes_fail_with_erofs() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(src.join("dir")).unwrap();
+    fs::write(src.join("file"), b"content").unwrap();
+    t.backup("h", &[&src]);
+    let m = Mount::start(&t, "mnt", &[]);
+    let root = m.latest("h", &src);
+    let erofs = |what: &str, r: std::io::Result<()>| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    erofs("create", fs::write(root.join("new"), b"x"));
+    erofs("open for writing", fs::OpenOptions::new().write(true).open(root.join("file")).map(|_| ()));
+    erofs("append", fs::OpenOptions::new().append(true).open(root.join("file")).map(|_| ()));
+    erofs("mkdir", fs::create_dir(root.join("newdir")));
+    erofs("mkdir at the top", fs::create_dir(m.path("mine")));
+    erofs("unlink", fs::remove_file(root.join("file")));
+    erofs("rmdir", fs::remove_dir(root.join("dir")));
+    erofs("rename", fs::rename(root.join("file"), root.join("moved")));
+    erofs("link", fs::hard_link(root.join("file"), root.join("hard")));
+    erofs("symlink", std::os::unix::fs::symlink("file", root.join("sym")));
+    erofs("chmod", fs::set_permissions(root.join("file"), fs::Permissions::from_mode(0o777)));
+    erofs("setxattr", xattr::set(root.join("file"), "user.x", b"y"));
+    let c = std::ffi::CString::new(root.join("file").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid path.
+    let r = unsafe { libc::truncate(c.as_ptr(), 0) };
+    erofs("truncate", if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
+    let out = Command::new("touch").arg(root.join("file")).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Read-only"));
+    // Nothing changed.
+    assert_eq!(fs::read(root.join("file")).unwrap(), b"content");
+    m.unmount();
+}
+
+#[test]
+fn damaged_chunk_gives_eio_on_exactly_that_file() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..6u64 {
+        fs::write(src.join(format!("f{i}")), pseudo_random(2_500_000 + 1000 * i as usize, 100 + i)).unwrap();
+    }
+    t.backup("h", &[&src]);
+
+    // Find the first chunk of f3 in its pack and flip a byte in the middle of it.
+    let repo = rewind_store::Repository::open(&t.repo).unwrap();
+    let indexed = repo.open_indexed(rewind_store::CacheSizes::default()).unwrap();
+    let snap = repo.find_snapshot("latest", None).unwrap();
+    let victim = src.join("f3");
+    let node = indexed.node_at(&snap.snapshot, victim.as_os_str().as_bytes()).unwrap();
+    let loc = indexed.locate(node.content[0].into()).unwrap();
+    let hex = loc.pack.to_hex();
+    let pack = t.repo.join("data").join(&hex[..2]).join(&hex);
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[(loc.offset + u64::from(loc.stored_len) / 2) as usize] ^= 0x40;
+    fs::write(&pack, &bytes).unwrap();
+
+    let m = Mount::start(&t, "mnt", &[]);
+    let root = m.latest("h", &src);
+    for round in 0..2 {
+        for i in 0..6 {
+            let name = format!("f{i}");
+            let got = fs::read(root.join(&name));
+            if i == 3 {
+                let e = got.expect_err("the damaged file must not read");
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "round {round}: {e}");
+            } else {
+                assert_eq!(got.unwrap(), fs::read(src.join(&name)).unwrap(), "round {round}: {name}");
+            }
+        }
+    }
+    // Bytes of f3 outside the damaged chunk still read.
+    let f = fs::File::open(root.join("f3")).unwrap();
+    let mut buf = vec![0u8; 16];
+    use std::os::unix::fs::FileExt;
+    let tail = fs::metadata(src.join("f3")).unwrap().len() - 16;
+    assert!(node.content.len() > 1, "the test wants the damaged file in several chunks");
+    f.read_exact_at(&mut buf, tail).unwrap();
+    assert_eq!(buf, fs::read(src.join("f3")).unwrap()[tail as usize..]);
+    drop(f);
+    let log = m.log_text();
+    let mentions = log.lines().filter(|l| l.contains(&*victim.to_string_lossy())).count();
+    assert_eq!(mentions, 1, "the damage is logged once, with the path: {log}");
+    assert!(log.contains(&snap.id.short()), "the log names the snapshot: {log}");
+    m.unmount();
+}
+
+#[test]
+fn eight_concurrent_readers_get_their_own_bytes() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut want = Vec::new();
+    for i in 0..8u64 {
+        let data = pseudo_random(3_000_000 + 77_777 * i as usize, 7 + i);
+        fs::write(src.join(format!("f{i}")), &data).unwrap();
+        want.push(blake3::hash(&data));
+    }
+    t.backup("h", &[&src]);
+    // A small cache, so the readers evict each other's chunks.
+    let m = Mount::start(&t, "mnt", &["--cache-size", "4M"]);
+    let root = m.latest("h", &src);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let path = root.join(format!("f{i}"));
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut f = fs::File::open(&path).unwrap();
+                let mut h = blake3::Hasher::new();
+                let mut buf = vec![0u8; 65536 + i * 4099];
+                loop {
+                    let n = f.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                h.finalize()
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), want[i], "f{i}");
+    }
+    m.unmount();
+}
+
+#[test]
+fn backup_while_mounted_appears() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("file"), b"first").unwrap();
+    t.backup("h", &[&src]);
+    let m = Mount::start(&t, "mnt", &[]);
+    let count = || fs::read_dir(m.path("hosts/h")).unwrap().count();
+    assert_eq!(count(), 2, "one snapshot and latest");
+    assert_eq!(fs::read(m.latest("h", &src).join("file")).unwrap(), b"first");
+    // Snapshot names have one-second resolution; make sure the next one differs.
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::write(src.join("file"), b"second").unwrap();
+    t.backup("h", &[&src]);
+    t.backup("other-host", &[&src]);
+    let started = Instant::now();
+    while count() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the new snapshot did not appear in hosts/h");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let latest_target = fs::read_link(m.path("hosts/h/latest")).unwrap();
+    let newest = fs::read_dir(m.path("hosts/h"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "latest")
+        .max()
+        .unwrap();
+    assert_eq!(latest_target.as_os_str(), newest.as_os_str());
+    let started = Instant::now();
+    while fs::read(m.latest("h", &src).join("file")).unwrap() != b"second" {
+        assert!(started.elapsed() < Duration::from_secs(10), "latest still shows the old content");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(m.path("hosts/other-host/latest").join(src.strip_prefix("/").unwrap()).join("file").exists());
+    m.unmount();
+}
+
+/// Run `cat PATH` as user `nobody`.
+fn cat_as_nobody(path: &Path) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "cat"])
+        .arg(path)
+        .output()
+        .expect("setpriv (util-linux) must be installed")
+}
+
+#[test]
+fn allow_other_enforces_the_backed_up_permissions() {
+    assert!(is_root(), "this test switches users with setpriv and must run as root");
+    let t = TempRepo::new();
+    // The temporary directory must be traversable by another user to reach the mountpoint.
+    fs::set_permissions(t.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, uid, mode) in [("roots-secret", 0, 0o600), ("nobodys-own", 65534, 0o600), ("public", 0, 0o644)] {
+        fs::write(src.join(name), name.as_bytes()).unwrap();
+        std::os::unix::fs::chown(src.join(name), Some(uid), Some(uid)).unwrap();
+        fs::set_permissions(src.join(name), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    t.backup("h", &[&src]);
+
+    // Without --allow-other, other users cannot enter the mount at all.
+    let m = Mount::start(&t, "private", &[]);
+    let out = cat_as_nobody(&m.latest("h", &src).join("public"));
+    assert!(!out.status.success(), "nobody read a mount without --allow-other");
+    m.unmount();
+
+    let m = Mount::start(&t, "shared", &["--allow-other"]);
+    let root = m.latest("h", &src);
+    let out = cat_as_nobody(&root.join("roots-secret"));
+    assert!(!out.status.success(), "nobody read root's 0600 file");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+    let out = cat_as_nobody(&root.join("nobodys-own"));
+    assert_success(&out, "nobody reads its own 0600 file");
+    assert_eq!(out.stdout, b"nobodys-own");
+    let out = cat_as_nobody(&root.join("public"));
+    assert_success(&out, "nobody reads a 0644 file");
+    // Root still reads everything.
+    assert_eq!(fs::read(root.join("roots-secret")).unwrap(), b"roots-secret");
+    m.unmount();
+}
+
+#[test]
+fn signals_unmount_cleanly() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("file"), b"x").unwrap();
+    t.backup("h", &[&src]);
+    for (sig, name) in [(libc::SIGTERM, "term"), (libc::SIGINT, "int")] {
+        let mut m = Mount::start(&t, name, &[]);
+        assert_eq!(fs::read(m.latest("h", &src).join("file")).unwrap(), b"x");
+        m.signal(sig);
+        let status = m.wait(Duration::from_secs(20));
+        assert!(status.success(), "signal {sig}: exit {status}: {}", m.log_text());
+        assert!(!mounted(&m.mnt), "signal {sig} left the mount behind");
+        assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), 0, "the mountpoint is a plain empty directory again");
+    }
+    // A process inside the mount keeps it busy: the signal detaches it at once and the
+    // process ends when the mount is no longer used.
+    let mut m = Mount::start(&t, "busy", &[]);
+    let mut inside = Command::new("sleep").arg("3").current_dir(m.latest("h", &src)).spawn().unwrap();
+    m.signal(libc::SIGTERM);
+    let started = Instant::now();
+    while mounted(&m.mnt) {
+        assert!(started.elapsed() < Duration::from_secs(10), "a busy mount was not detached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    inside.wait().unwrap();
+    let status = m.wait(Duration::from_secs(20));
+    assert!(status.success(), "exit {status}: {}", m.log_text());
+}
+
+#[test]
+fn bad_mountpoints_get_clear_errors() {
+    require_fuse();
+    let t = TempRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("file"), b"x").unwrap();
+    t.backup("h", &[&src]);
+    let fails = |mnt: &Path, expect: &str| {
+        let out = t.run(&[OsStr::new("mount"), mnt.as_os_str()]);
+        assert!(!out.status.success(), "mount at {} succeeded", mnt.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "expected {expect:?} in: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    };
+    fails(&t.path("missing"), "does not exist");
+    fails(&src.join("file"), "not a directory");
+    fails(&src, "not empty");
+    let m = Mount::start(&t, "mnt", &[]);
+    fails(&m.mnt, "already a mount point");
+    // The first mount is unharmed.
+    assert_eq!(fs::read(m.latest("h", &src).join("file")).unwrap(), b"x");
+    m.unmount();
+    let out = t.run(&["mount", "--cache-size", "lots", "x"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn mount_is_ready_at_once_with_many_snapshots() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..30 {
+        fs::write(src.join(format!("f{i}")), format!("generation {i}")).unwrap();
+        t.backup(&format!("host{}", i % 3), &[&src]);
+    }
+    let started = Instant::now();
+    let m = Mount::start(&t, "mnt", &[]);
+    assert_eq!(fs::read_dir(m.path("snapshots")).unwrap().count(), 30);
+    assert_eq!(fs::read_dir(m.path("hosts")).unwrap().count(), 3);
+    let ready = started.elapsed();
+    assert!(ready < Duration::from_secs(3), "ready after {ready:?}");
+    // The kernel sees a read-only FUSE mount of the repository.
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info.lines().find(|l| l.contains(&*m.mnt.to_string_lossy())).unwrap();
+    let options = line.split(' ').nth(5).unwrap();
+    assert!(line.contains(" - fuse") && line.contains("rewind:"), "{line}");
+    assert!(options.split(',').any(|o| o == "ro"), "{line}");
+    m.unmount();
+}
