@@ -249,7 +249,7 @@ fn catalog_answers_equal_a_walk_of_every_snapshot() {
     std::fs::remove_dir_all(t.repo.join("catalog")).unwrap();
     assert_eq!(all_versions(&t), expected);
 
-    // A killed update leaves the snapshots it had committed.
+    // A killed rebuild leaves the catalog as it was (it is one transaction).
     let first_snapshot_versions = expected.iter().filter(|r| r.7 == ids[0]).count();
     let out = t
         .cmd()
@@ -258,6 +258,19 @@ fn catalog_answers_equal_a_walk_of_every_snapshot() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "the failpoint killed the rebuild");
+    let cat = Catalog::open_read_only(&Catalog::default_path(&t.repo)).unwrap();
+    assert_eq!(cat.snapshots().unwrap().len(), 4);
+    drop(cat);
+    assert_eq!(all_versions(&t), expected);
+    // A killed update keeps the snapshots it had committed, one transaction each.
+    std::fs::remove_dir_all(t.repo.join("catalog")).unwrap();
+    let out = t
+        .cmd()
+        .args(["catalog", "sync"])
+        .env("REWIND_CATALOG_FAILPOINT", format!("abort-after-versions:{}", first_snapshot_versions + 20))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the failpoint killed the update");
     let cat = Catalog::open_read_only(&Catalog::default_path(&t.repo)).unwrap();
     let had: BTreeSet<String> = cat.snapshots().unwrap().into_iter().map(|s| s.id).collect();
     assert_eq!(had, BTreeSet::from([ids[0].clone()]), "killed in the second snapshot");

@@ -303,8 +303,12 @@ fn incremental_equals_brute_force_and_rebuild() {
         let deleted: Vec<Expect> = all.iter().filter(|e| e.gone_by.is_some()).cloned().collect();
         assert!(!deleted.is_empty());
         assert_eq!(actual(&cat, &Query { deleted: true, ..Default::default() }), deleted);
-        // Rebuild gives the same answers.
+        // Rebuild gives the same answers, both ways.
+        let report = cat.rebuild_from(&store.trees, wanted(&snaps)).unwrap();
+        assert_eq!(report.snapshots_applied, snaps.len() as u64);
+        assert_eq!(actual(&cat, &Query::default()), all);
         cat.clear().unwrap();
+        assert!(actual(&cat, &Query::default()).is_empty());
         cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
         assert_eq!(actual(&cat, &Query::default()), all);
     }
@@ -441,4 +445,11 @@ fn readers_see_whole_snapshots_only() {
     assert_eq!(actual(&cat, &Query::default()), brute(&snaps[..3], &store));
     cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
     assert_eq!(actual(&reader, &Query::default()), brute(&snaps, &store));
+    // A rebuild that fails midway leaves the catalog as it was.
+    let mut without = store.trees.clone();
+    let sub = store.trees[&snaps[4].0.tree].nodes.iter().find_map(|n| n.subtree).expect("a directory at the root");
+    without.remove(&sub);
+    assert!(cat.rebuild_from(&without, wanted(&snaps)).is_err());
+    assert_eq!(actual(&reader, &Query::default()), brute(&snaps, &store));
+    assert_eq!(actual(&cat, &Query::default()), brute(&snaps, &store));
 }

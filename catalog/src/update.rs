@@ -204,21 +204,56 @@ impl Catalog {
         Ok(report)
     }
 
-    /// Drop everything and build again from the repository.
+    /// Build the catalog again from every snapshot of the repository, in one transaction:
+    /// readers see the old catalog until the new one is complete, and a rebuild that is killed
+    /// leaves the old one as it was.
     pub fn rebuild(&mut self, repo: &IndexedRepository) -> Result<SyncReport> {
-        self.clear()?;
-        self.sync(repo)
+        let mut wanted: BTreeMap<String, Vec<SnapshotInfo>> = BTreeMap::new();
+        for e in &repo.repo().snapshots()? {
+            wanted.entry(e.snapshot.host.clone()).or_default().push(SnapshotInfo::from(e));
+        }
+        self.rebuild_from(repo, wanted)
+    }
+
+    /// [`Catalog::rebuild`] from an explicit list of snapshots per host, each oldest first.
+    pub fn rebuild_from(
+        &mut self,
+        source: &dyn TreeSource,
+        wanted: BTreeMap<String, Vec<SnapshotInfo>>,
+    ) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        self.caches = Caches::default();
+        let written_before = self.versions_written;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let result = (|| -> Result<()> {
+            clear_in(&tx)?;
+            for snaps in wanted.values() {
+                for snap in snaps {
+                    if apply_in(&tx, &mut self.caches, source, snap, self.failpoint, &mut self.versions_written, &mut report)? {
+                        report.snapshots_applied += 1;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                tx.commit()?;
+                Ok(report)
+            }
+            Err(e) => {
+                self.caches = Caches::default();
+                self.versions_written = written_before;
+                Err(e)
+            }
+        }
     }
 
     /// Empty the catalog (in one transaction).
     pub fn clear(&mut self) -> Result<()> {
         self.caches = Caches::default();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch(
-            "DELETE FROM versions; DELETE FROM dirs; DELETE FROM names;
-             INSERT INTO names_fts(names_fts) VALUES('delete-all');
-             DELETE FROM snapshots; DELETE FROM hosts;",
-        )?;
+        clear_in(&tx)?;
         tx.commit()?;
         Ok(())
     }
@@ -282,6 +317,15 @@ impl Catalog {
             }
         }
     }
+}
+
+fn clear_in(tx: &Transaction<'_>) -> Result<()> {
+    tx.execute_batch(
+        "DELETE FROM versions; DELETE FROM dirs; DELETE FROM names;
+         INSERT INTO names_fts(names_fts) VALUES('delete-all');
+         DELETE FROM snapshots; DELETE FROM hosts;",
+    )?;
+    Ok(())
 }
 
 fn ns_of(t: jiff::Timestamp) -> i64 {

@@ -89,7 +89,7 @@ pub struct PageArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum CatalogCommand {
-    /// Delete the catalog and build it again from every snapshot
+    /// Build the catalog again from every snapshot (readers keep the old one until it is done)
     Rebuild(RepoArg),
     /// Bring the catalog up to date with the repository's snapshots
     Sync(RepoArg),
@@ -128,10 +128,10 @@ pub fn run(c: CatalogCommand) -> Result<ExitCode> {
     match c {
         CatalogCommand::Rebuild(repo) => {
             let indexed = open_indexed(&repo.repo)?;
-            let path = Catalog::default_path(&repo.repo);
-            Catalog::remove(&path).context("cannot delete the old catalog")?;
             let started = std::time::Instant::now();
-            let mut cat = Catalog::open_for(indexed.repo()).context("cannot create the catalog")?;
+            // In place and in one transaction: readers (the portal) keep the old catalog until
+            // the new one is complete. A file that is not a usable catalog is replaced on open.
+            let mut cat = Catalog::open_for(indexed.repo()).context("cannot open the catalog")?;
             let r = cat.rebuild(&indexed).context("catalog rebuild failed")?;
             let st = cat.stats()?;
             println!(
