@@ -232,7 +232,9 @@ fn catalog_answers_equal_a_walk_of_every_snapshot() {
     assert!(!got.is_empty());
     let want: BTreeSet<Row> = expected
         .iter()
-        .filter(|r| r.10.is_some() && r.1.starts_with(&format!("{prefix}/")) && r.1.rsplit('/').next().unwrap().contains("txt"))
+        .filter(|r| {
+            r.10.is_some() && r.1.starts_with(&format!("{prefix}/")) && r.1.rsplit('/').next().unwrap().contains("txt")
+        })
         .cloned()
         .collect();
     assert_eq!(got, want);

@@ -86,7 +86,14 @@ impl Catalog {
         let conn = db::open_ro(path)?;
         query::register_functions(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Catalog { conn, path: path.to_path_buf(), caches: update::Caches::default(), failpoint: None, versions_written: 0, scan_budget: query::SCAN_BUDGET })
+        Ok(Catalog {
+            conn,
+            path: path.to_path_buf(),
+            caches: update::Caches::default(),
+            failpoint: None,
+            versions_written: 0,
+            scan_budget: query::SCAN_BUDGET,
+        })
     }
 
     /// Delete the catalog file at `path` (and its WAL); the next open starts empty.

@@ -209,10 +209,11 @@ pub(crate) fn register_functions(conn: &Connection) -> Result<()> {
     use rusqlite::functions::FunctionFlags;
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     conn.create_scalar_function("rw_glob", 2, flags, |ctx| {
-        let matcher = ctx.get_or_create_aux(0, |v| -> std::result::Result<_, Box<dyn std::error::Error + Send + Sync>> {
-            let pat = v.as_str()?;
-            Ok(globset::GlobBuilder::new(pat).case_insensitive(true).build()?.compile_matcher())
-        })?;
+        let matcher =
+            ctx.get_or_create_aux(0, |v| -> std::result::Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                let pat = v.as_str()?;
+                Ok(globset::GlobBuilder::new(pat).case_insensitive(true).build()?.compile_matcher())
+            })?;
         let name = ctx.get_raw(1).as_str().unwrap_or("");
         Ok(matcher.is_match(name))
     })?;
@@ -261,7 +262,6 @@ struct Sql {
     clauses: Vec<String>,
     params: Vec<Value>,
 }
-
 
 impl Sql {
     fn push(&mut self, clause: &str, params: impl IntoIterator<Item = Value>) {
@@ -352,14 +352,22 @@ impl Catalog {
             let ns = ts_ns(t);
             sql.push(
                 "(v.mtime > ? OR (v.mtime = ? AND v.mtime_ns >= ?))",
-                [Value::Integer(ns.div_euclid(1_000_000_000)), Value::Integer(ns.div_euclid(1_000_000_000)), Value::Integer(ns.rem_euclid(1_000_000_000))],
+                [
+                    Value::Integer(ns.div_euclid(1_000_000_000)),
+                    Value::Integer(ns.div_euclid(1_000_000_000)),
+                    Value::Integer(ns.rem_euclid(1_000_000_000)),
+                ],
             );
         }
         if let Some(t) = q.mtime_to {
             let ns = ts_ns(t);
             sql.push(
                 "(v.mtime < ? OR (v.mtime = ? AND v.mtime_ns <= ?))",
-                [Value::Integer(ns.div_euclid(1_000_000_000)), Value::Integer(ns.div_euclid(1_000_000_000)), Value::Integer(ns.rem_euclid(1_000_000_000))],
+                [
+                    Value::Integer(ns.div_euclid(1_000_000_000)),
+                    Value::Integer(ns.div_euclid(1_000_000_000)),
+                    Value::Integer(ns.rem_euclid(1_000_000_000)),
+                ],
             );
         }
         if let Some(t) = q.seen_from {
@@ -398,7 +406,11 @@ impl Catalog {
         let limit = if q.limit == 0 { 100 } else { q.limit.min(MAX_LIMIT) };
         let tail = format!("ORDER BY {order} LIMIT {} OFFSET {}", u64::from(limit) + 1, q.offset);
         let mut items = None;
-        if self.scan_budget > 0 && q.order != Order::Path && !deleted && q.offset + u64::from(limit) <= u64::from(MAX_LIMIT) {
+        if self.scan_budget > 0
+            && q.order != Order::Path
+            && !deleted
+            && q.offset + u64::from(limit) <= u64::from(MAX_LIMIT)
+        {
             // Scan in result order with the name tested per row, within a budget: common
             // patterns fill the page long before it runs out; rare ones fall back to the index.
             let mut clauses = per_row.clauses.clone();
@@ -552,7 +564,9 @@ impl Catalog {
         }
         let raws = match raws {
             Ok(r) => r,
-            Err(rusqlite::Error::SqliteFailure(e, _)) if budget.is_some() && e.code == rusqlite::ErrorCode::OperationInterrupted => {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if budget.is_some() && e.code == rusqlite::ErrorCode::OperationInterrupted =>
+            {
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),

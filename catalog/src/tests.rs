@@ -19,7 +19,8 @@ impl Store {
         // Direct children of `prefix`.
         let mut nodes = Vec::new();
         for (path, &(kind, uid, seed, mtime)) in fs {
-            let Some(rest) = (if prefix.is_empty() { Some(path.as_str()) } else { path.strip_prefix(&format!("{prefix}/")) })
+            let Some(rest) =
+                (if prefix.is_empty() { Some(path.as_str()) } else { path.strip_prefix(&format!("{prefix}/")) })
             else {
                 continue;
             };
@@ -128,8 +129,11 @@ fn step(fs: &mut Fs, rng: &mut Rng, generation: i64) {
         if !dirs.is_empty() {
             let d = dirs[rng.below(dirs.len() as u64) as usize].clone();
             let to = format!("{d}-r{generation}");
-            let moved: Vec<(String, (NodeKind, u32, u64, i64))> =
-                fs.range(d.clone()..).take_while(|(k, _)| **k == d || k.starts_with(&format!("{d}/"))).map(|(k, v)| (k.clone(), *v)).collect();
+            let moved: Vec<(String, (NodeKind, u32, u64, i64))> = fs
+                .range(d.clone()..)
+                .take_while(|(k, _)| **k == d || k.starts_with(&format!("{d}/")))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
             for (k, v) in moved {
                 fs.remove(&k);
                 fs.insert(format!("{to}{}", &k[d.len()..]), v);
@@ -385,9 +389,10 @@ fn queries_filter_like_brute_force() {
     check(Query { deleted_since: Some(t), ..Default::default() }, &|e| {
         e.gone_by.as_ref().is_some_and(|g| time_of[g] >= t)
     });
-    check(Query { seen_to: Some(jiff::Timestamp::from_second(1_800_000_000 + 3600).unwrap()), ..Default::default() }, &|e| {
-        time_of[&e.first] <= jiff::Timestamp::from_second(1_800_000_000 + 3600).unwrap()
-    });
+    check(
+        Query { seen_to: Some(jiff::Timestamp::from_second(1_800_000_000 + 3600).unwrap()), ..Default::default() },
+        &|e| time_of[&e.first] <= jiff::Timestamp::from_second(1_800_000_000 + 3600).unwrap(),
+    );
 }
 
 #[test]

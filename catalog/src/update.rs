@@ -229,7 +229,15 @@ impl Catalog {
             clear_in(&tx)?;
             for snaps in wanted.values() {
                 for snap in snaps {
-                    if apply_in(&tx, &mut self.caches, source, snap, self.failpoint, &mut self.versions_written, &mut report)? {
+                    if apply_in(
+                        &tx,
+                        &mut self.caches,
+                        source,
+                        snap,
+                        self.failpoint,
+                        &mut self.versions_written,
+                        &mut report,
+                    )? {
                         report.snapshots_applied += 1;
                     }
                 }
@@ -260,9 +268,9 @@ impl Catalog {
 
     /// Snapshots in the catalog per host, oldest first: (id, time).
     fn catalogued(&self) -> Result<BTreeMap<String, Vec<(SnapshotId, jiff::Timestamp)>>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT h.name, s.id, s.time_ns FROM snapshots s JOIN hosts h ON h.id = s.host ORDER BY s.key",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT h.name, s.id, s.time_ns FROM snapshots s JOIN hosts h ON h.id = s.host ORDER BY s.key")?;
         let mut out: BTreeMap<String, Vec<(SnapshotId, jiff::Timestamp)>> = BTreeMap::new();
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
@@ -341,8 +349,9 @@ fn apply_in(
     written: &mut u64,
     report: &mut SyncReport,
 ) -> Result<bool> {
-    let exists: Option<i64> =
-        tx.query_row("SELECT key FROM snapshots WHERE id=?1", [snap.id.as_bytes().as_slice()], |r| r.get(0)).optional()?;
+    let exists: Option<i64> = tx
+        .query_row("SELECT key FROM snapshots WHERE id=?1", [snap.id.as_bytes().as_slice()], |r| r.get(0))
+        .optional()?;
     if exists.is_some() {
         return Ok(false);
     }
@@ -381,9 +390,12 @@ fn apply_in(
     match &prev {
         None => w.add_tree(root, "", Some(snap.tree), created)?,
         Some((_, _, _, ptree)) => {
-            let ptree = TreeId(rewind_store::Hash(ptree.as_slice().try_into().map_err(|_| {
-                Error::InvalidInput("damaged catalog: snapshot tree id is not 32 bytes".into())
-            })?));
+            let ptree = TreeId(rewind_store::Hash(
+                ptree
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::InvalidInput("damaged catalog: snapshot tree id is not 32 bytes".into()))?,
+            ));
             w.diff_tree(root, "", Some(ptree), Some(snap.tree))?
         }
     }
@@ -432,7 +444,9 @@ impl Writer<'_, '_> {
             None => {
                 self.tx.prepare_cached("INSERT INTO names(name, raw) VALUES (?1, ?2)")?.execute(params![text, raw])?;
                 let id = self.tx.last_insert_rowid();
-                self.tx.prepare_cached("INSERT INTO names_fts(rowid, name) VALUES (?1, ?2)")?.execute(params![id, text])?;
+                self.tx
+                    .prepare_cached("INSERT INTO names_fts(rowid, name) VALUES (?1, ?2)")?
+                    .execute(params![id, text])?;
                 id
             }
         };
@@ -448,7 +462,8 @@ impl Writer<'_, '_> {
         match found {
             Some(id) => Ok((id, false)),
             None => {
-                self.tx.execute("INSERT INTO dirs(host, parent, name, path) VALUES (?1, NULL, NULL, '')", [self.host])?;
+                self.tx
+                    .execute("INSERT INTO dirs(host, parent, name, path) VALUES (?1, NULL, NULL, '')", [self.host])?;
                 Ok((self.tx.last_insert_rowid(), true))
             }
         }
@@ -492,7 +507,17 @@ impl Writer<'_, '_> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
-                self.host, dir, name, i.kind, i.mode, i.uid, i.gid, i.size as i64, i.mtime, i.mtime_ns, i.content,
+                self.host,
+                dir,
+                name,
+                i.kind,
+                i.mode,
+                i.uid,
+                i.gid,
+                i.size as i64,
+                i.mtime,
+                i.mtime_ns,
+                i.content,
                 self.key
             ])?;
         self.report.versions_added += 1;
@@ -597,7 +622,8 @@ impl Writer<'_, '_> {
                 Ordering::Equal => {
                     let (na, nb) = (&ta.nodes[i], &tb.nodes[j]);
                     let same = ident(na) == ident(nb);
-                    let dirs_differ = (na.is_dir() || nb.is_dir()) && !(na.is_dir() && nb.is_dir() && na.subtree == nb.subtree);
+                    let dirs_differ =
+                        (na.is_dir() || nb.is_dir()) && !(na.is_dir() && nb.is_dir() && na.subtree == nb.subtree);
                     if !same || dirs_differ {
                         let name = self.name_id(&nb.name)?;
                         if !same {
