@@ -102,10 +102,19 @@ pub async fn serve_on(
     listener: std::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let state = tokio::task::spawn_blocking(move || AppState::new(config)).await??;
+    serve_state(state, listener, shutdown).await
+}
+
+async fn serve_state(
+    state: AppState,
+    listener: std::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = &state.config;
     let grace = Duration::from_secs(config.limits.shutdown_grace_secs);
     let header_timeout = Duration::from_secs(config.limits.header_timeout_secs);
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
-    let state = tokio::task::spawn_blocking(move || AppState::new(config)).await??;
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     listener.set_nonblocking(true)?;
     let handle = axum_server::Handle::new();
@@ -135,13 +144,17 @@ pub async fn serve_on(
 /// `rewind serve`: bind the configured address, print it, serve until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
-    let listener = std::net::TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    // Open everything first: "listening" is printed only when the portal can answer.
+    let listen = config.listen;
     let scheme = if config.tls.is_some() { "https" } else { "http" };
+    config.tls.as_ref().map(tls_config).transpose()?;
+    let state = tokio::task::spawn_blocking(move || AppState::new(config)).await??;
+    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port when listening on port 0.
     println!("rewind portal listening on {scheme}://{addr}");
     tracing::info!("listening on {scheme}://{addr}");
-    serve_on(config, listener, shutdown_signal()).await
+    serve_state(state, listener, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {
