@@ -291,6 +291,13 @@ fn catalog_answers_equal_a_walk_of_every_snapshot() {
     assert_eq!(partial, brute_force(&t.repo, Some(&had)));
     // The next sync (here, of a query) completes it.
     assert_eq!(all_versions(&t), expected);
+
+    // Retention: a snapshot removed from the repository drops out of the catalog.
+    std::fs::remove_file(t.repo.join("snapshots").join(&ids[1])).unwrap();
+    let after = brute_force(&t.repo, None);
+    assert_ne!(after, expected);
+    assert!(after.iter().all(|r| r.7 != ids[1] && r.8 != ids[1]));
+    assert_eq!(all_versions(&t), after);
 }
 
 #[test]
