@@ -86,7 +86,8 @@ pub struct Policy {
 /// (subject, folder, every folder above searchable) -> leads to something visible.
 type MemoKey = (Arc<str>, TreeId, bool);
 
-const MEMO_MAX: usize = 1 << 20;
+// About 100 bytes an entry: a bound of ~25 MiB.
+const MEMO_MAX: usize = 1 << 18;
 
 const R: u32 = 4;
 const X: u32 = 1;
