@@ -228,7 +228,7 @@ pub(crate) fn register_functions(conn: &Connection) -> Result<()> {
 macro_rules! concat_select {
     ($from:literal) => {
         concat!(
-            "SELECT v.id, h.name, d.path, n.name, v.kind, v.size, v.mtime, v.mtime_ns, v.mode, v.uid, v.gid, ",
+            "SELECT v.id, h.name, d.path, n.name, v.kind, v.size, v.mtime, v.mtime_ns, v.mode, v.uid, coalesce(v.gid, v.uid), ",
             "v.content, v.first, coalesce(v.last, h.latest), v.last IS NULL, v.gone, v.host FROM ",
             $from,
             " JOIN names n ON n.id = v.name JOIN hosts h ON h.id = v.host JOIN dirs d ON d.id = v.dir"
@@ -244,19 +244,9 @@ const SELECT_RECENT: &str = concat_select!("versions v INDEXED BY versions_recen
 /// it is answered through the name index instead.
 pub(crate) const SCAN_BUDGET: u64 = 150_000;
 
-fn name_params(name: &Option<NameMatch>) -> usize {
-    match name {
-        None => 0,
-        Some(NameMatch::Substring(s)) => {
-            let s = s.trim();
-            if s.chars().count() >= 3 && !s.contains(['%', '_']) { 2 } else { 1 }
-        }
-        Some(NameMatch::Glob(g)) => {
-            let lit = glob_literal(g);
-            if lit.chars().count() >= 3 && !lit.contains(['%', '_']) { 2 } else { 1 }
-        }
-    }
-}
+/// Below this estimated share of matching names, a scan in result order would not fill a page
+/// within its budget: go to the index at once.
+const MIN_SCAN_SELECTIVITY: f64 = 0.005;
 
 struct Sql {
     clauses: Vec<String>,
@@ -277,6 +267,8 @@ impl Catalog {
         // per row (while scanning in result order, for common ones).
         let mut sql = Sql { clauses: Vec::new(), params: Vec::new() };
         let mut per_row = Sql { clauses: Vec::new(), params: Vec::new() };
+        // Estimated share of names that match: worth scanning in result order only if high.
+        let mut selectivity = 1.0f64;
         match &q.name {
             None => {}
             Some(NameMatch::Substring(s)) => {
@@ -285,12 +277,13 @@ impl Catalog {
                     return Err(Error::InvalidInput("empty name pattern".into()));
                 }
                 per_row.push("rw_icontains(n.name, ?)", [Value::Text(s.to_lowercase())]);
-                if s.chars().count() >= 3 && !s.contains(['%', '_']) {
-                    // The trigram index answers LIKE '%...%' (case-insensitively); the function
-                    // makes both forms agree to the letter.
+                if let Some((expr, sel)) = self.trigram_plan(s)? {
+                    // The rarest trigrams narrow the names through the index; the function
+                    // then tests the whole pattern (as the per-row form does, to the letter).
+                    selectivity = sel;
                     sql.push(
-                        "v.name IN (SELECT f.rowid FROM names_fts f WHERE f.name LIKE ? AND rw_icontains(f.name, ?))",
-                        [Value::Text(format!("%{s}%")), Value::Text(s.to_lowercase())],
+                        "v.name IN (SELECT n.id FROM names n WHERE n.id IN (SELECT rowid FROM names_fts WHERE names_fts MATCH ?) AND rw_icontains(n.name, ?))",
+                        [Value::Text(expr), Value::Text(s.to_lowercase())],
                     );
                 } else {
                     sql.push(
@@ -305,17 +298,18 @@ impl Catalog {
                     .build()
                     .map_err(|e| Error::InvalidInput(format!("bad glob {g:?}: {e}")))?;
                 per_row.push("rw_glob(?, n.name)", [Value::Text(g.clone())]);
-                let lit = glob_literal(g);
-                if lit.chars().count() >= 3 && !lit.contains(['%', '_']) {
+                if let Some((expr, sel)) = self.trigram_plan(&glob_literal(g))? {
+                    selectivity = sel;
                     sql.push(
-                        "v.name IN (SELECT f.rowid FROM names_fts f WHERE f.name LIKE ? AND rw_glob(?, f.name))",
-                        [Value::Text(format!("%{lit}%")), Value::Text(g.clone())],
+                        "v.name IN (SELECT n.id FROM names n WHERE n.id IN (SELECT rowid FROM names_fts WHERE names_fts MATCH ?) AND rw_glob(?, n.name))",
+                        [Value::Text(expr), Value::Text(g.clone())],
                     );
                 } else {
                     sql.push("v.name IN (SELECT id FROM names WHERE rw_glob(?, name))", [Value::Text(g.clone())]);
                 }
             }
         }
+        let name_params = sql.params.len();
         if let Some(p) = q.path_prefix.as_deref().and_then(normalize_path) {
             let (parent, base) = p.rsplit_once('/').expect("normalized paths start with /");
             sql.push(
@@ -337,7 +331,7 @@ impl Catalog {
             sql.push("v.uid = ?", [Value::Integer(u.into())]);
         }
         if let Some(g) = q.gid {
-            sql.push("v.gid = ?", [Value::Integer(g.into())]);
+            sql.push("coalesce(v.gid, v.uid) = ?", [Value::Integer(g.into())]);
         }
         if let Some(k) = q.kind {
             sql.push("v.kind = ?", [Value::Integer(kind_code(k))]);
@@ -397,7 +391,7 @@ impl Catalog {
         // Present versions first (they are in the latest snapshot of their host), newest version
         // first; then by the last snapshot that held them. `versions_recent` indexes exactly
         // this key, so a scan in result order can stop at the page's end.
-        let seen = if deleted { "v.last" } else { "coalesce(v.last, 9223372036854775807)" };
+        let seen = if deleted { "v.last" } else { "coalesce(v.last, 140737488355327)" };
         let order = match q.order {
             Order::RecentFirst => format!("{seen} DESC, v.id DESC"),
             Order::OldestFirst => format!("{seen} ASC, v.id ASC"),
@@ -407,6 +401,7 @@ impl Catalog {
         let tail = format!("ORDER BY {order} LIMIT {} OFFSET {}", u64::from(limit) + 1, q.offset);
         let mut items = None;
         if self.scan_budget > 0
+            && selectivity >= MIN_SCAN_SELECTIVITY
             && q.order != Order::Path
             && !deleted
             && q.offset + u64::from(limit) <= u64::from(MAX_LIMIT)
@@ -416,7 +411,7 @@ impl Catalog {
             let mut clauses = per_row.clauses.clone();
             clauses.extend(sql.clauses[usize::from(q.name.is_some())..].iter().cloned());
             let mut params = per_row.params.clone();
-            params.extend(sql.params[name_params(&q.name)..].iter().cloned());
+            params.extend(sql.params[name_params..].iter().cloned());
             let text = format!(
                 "{SELECT_RECENT} {} {} {tail}",
                 if clauses.is_empty() { "" } else { "WHERE" },
@@ -447,6 +442,32 @@ impl Catalog {
         let mut q = q.clone();
         q.deleted = true;
         self.find(&q)
+    }
+
+    /// An FTS5 query for the (up to) two rarest trigrams of `lit`, and the estimated share of
+    /// names holding both; `None` when `lit` is too short for trigrams.
+    fn trigram_plan(&self, lit: &str) -> Result<Option<(String, f64)>> {
+        let chars: Vec<char> = lit.to_lowercase().chars().collect();
+        if chars.len() < 3 {
+            return Ok(None);
+        }
+        let total: i64 = self.conn.query_row("SELECT coalesce(max(id), 0) FROM names", [], |r| r.get(0))?;
+        let mut grams: Vec<(i64, String)> = Vec::new();
+        let mut stmt = self.conn.prepare_cached("SELECT doc FROM temp.names_vocab WHERE term = ?1")?;
+        for w in chars.windows(3) {
+            let g: String = w.iter().collect();
+            if grams.iter().any(|(_, x)| *x == g) {
+                continue;
+            }
+            let n: i64 = stmt.query_row([&g], |r| r.get(0)).optional()?.unwrap_or(0);
+            grams.push((n, g));
+        }
+        grams.sort();
+        grams.truncate(2);
+        let sel = grams.iter().map(|(n, _)| *n as f64 / total.max(1) as f64).product();
+        let expr =
+            grams.iter().map(|(_, g)| format!("\"{}\"", g.replace('"', "\"\""))).collect::<Vec<_>>().join(" AND ");
+        Ok(Some((expr, sel)))
     }
 
     /// Every version of one path, newest first. Without a host, the path's versions on every host.

@@ -374,8 +374,8 @@ fn apply_in(
             snap.host
         )));
     }
-    // Keys sort like times (to the millisecond) and are unique.
-    let mut key = snap.time.as_millisecond().max(prev.as_ref().map_or(i64::MIN, |p| p.0 + 1));
+    // Keys sort like times (to the second) and are unique.
+    let mut key = snap.time.as_second().max(prev.as_ref().map_or(i64::MIN, |p| p.0 + 1));
     let mut probe = tx.prepare_cached("SELECT 1 FROM snapshots WHERE key=?1")?;
     while probe.exists([key])? {
         key += 1;
@@ -513,7 +513,7 @@ impl Writer<'_, '_> {
                 i.kind,
                 i.mode,
                 i.uid,
-                i.gid,
+                (i.gid != i.uid).then_some(i.gid),
                 i.size as i64,
                 i.mtime,
                 i.mtime_ns,
