@@ -632,10 +632,10 @@ pub(crate) fn decode_pack_footer(footer: &[u8]) -> Result<(u32, u32, Hash)> {
     if footer.len() != PACK_FOOTER_LEN {
         return Err(Error::corrupt("pack", "file too short for a trailer"));
     }
-    if &footer[40..48] != PACK_TRAILER_MAGIC {
+    if &footer[44..52] != PACK_TRAILER_MAGIC {
         return Err(Error::corrupt("pack", "trailer magic missing (truncated or not a pack)"));
     }
-    let version = u32::from_le_bytes(footer[36..40].try_into().expect("4 bytes"));
+    let version = u32::from_le_bytes(footer[40..44].try_into().expect("4 bytes"));
     check_version("pack", version)?;
     let len = u32::from_le_bytes(footer[0..4].try_into().expect("4 bytes"));
     let count = u32::from_le_bytes(footer[4..8].try_into().expect("4 bytes"));
@@ -750,7 +750,7 @@ mod tests {
         let t = sample_tree();
         assert_eq!(
             Tree::id(&t.encode()).to_hex(),
-            "2d50f2dd5e9b0d2c7cd0d0fe5cb7b89bcb1b0e1b3f8f4c19b6a8e8f33c3f0a0a",
+            "a64a02760dbb917fa50c89f55893f6f1fabaa9106144c8a8aaece3c1171e89bc",
             "tree encoding changed: {}",
             Tree::id(&t.encode())
         );

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::backup::ErrorReport;
 use crate::error::{Error, IoContext, Result};
-use crate::format::{Node, NodeKind, Snapshot, Time};
+use crate::format::{Node, NodeKind, Snapshot};
 use crate::repo::IndexedRepository;
 
 #[derive(Clone, Debug, Default)]
@@ -207,11 +207,12 @@ impl Restorer<'_> {
                 tracing::warn!("{}: cannot set xattr {}: {e}", path.display(), String::from_utf8_lossy(&x.name));
             }
         }
-        let t = to_filetime(node.mtime);
-        if symlink {
-            filetime::set_symlink_file_times(path, t, t).at(path)?;
-        } else {
-            filetime::set_file_times(path, t, t).at(path)?;
+        // utimensat on the path itself: never opens it (a fifo would block), never follows a symlink.
+        let ts = libc::timespec { tv_sec: node.mtime.sec as libc::time_t, tv_nsec: node.mtime.nsec as libc::c_long };
+        let times = [ts, ts];
+        // SAFETY: c is a valid NUL-terminated path and times points at two timespecs.
+        if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+            return Err(Error::io(path, std::io::Error::last_os_error()));
         }
         Ok(())
     }
@@ -233,10 +234,6 @@ impl Restorer<'_> {
             }
         }
     }
-}
-
-fn to_filetime(t: Time) -> filetime::FileTime {
-    filetime::FileTime::from_unix_time(t.sec, t.nsec)
 }
 
 fn cpath(path: &Path) -> Result<CString> {

@@ -1,0 +1,9 @@
+//! End-to-end tests of the whole system: the built `rewind` binary against real repositories,
+//! real mounts, a real directory server and a real browser. One binary, one shared harness.
+
+mod support;
+
+mod portal;
+mod mount;
+mod store;
+mod catalog;

@@ -1,0 +1,256 @@
+//! The shared harness: temporary repositories, the built binary, corpora from
+//! `shared/bench/corpus.py`, and tree comparison.
+
+#![allow(dead_code)]
+
+pub mod slapd;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `rewind` binary under test.
+pub fn rewind_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rewind"))
+}
+
+/// `shared/` beside the checkout (where CI puts it).
+pub fn shared_dir() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    assert!(p.join("bench/corpus.py").exists(), "shared/bench/corpus.py not found at {}", p.display());
+    p
+}
+
+/// A temporary directory holding a repository (`repo/`) and room for sources and targets.
+pub struct TempRepo {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+}
+
+impl TempRepo {
+    pub fn new() -> TempRepo {
+        let dir = tempfile::Builder::new().prefix("rewind-test-").tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        let out = run(&rewind_bin(), &[OsStr::new("init"), repo.as_os_str()]);
+        assert_success(&out, "rewind init");
+        TempRepo { dir, repo }
+    }
+
+    /// A path inside the temporary directory.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `rewind ARGS` with `REWIND_REPO` set to this repository.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(rewind_bin());
+        c.env("REWIND_REPO", &self.repo).env("RUST_LOG", "warn");
+        c
+    }
+
+    pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        self.cmd().args(args).output().expect("run rewind")
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
+        let out = self.run(args);
+        let what = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
+        assert_success(&out, &format!("rewind {what}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Back up `paths` as host `host`; returns the snapshot as JSON.
+    pub fn backup(&self, host: &str, paths: &[&Path]) -> serde_json::Value {
+        let mut args: Vec<&OsStr> = vec![OsStr::new("backup"), OsStr::new("--json"), OsStr::new("--host"), OsStr::new(host)];
+        args.extend(paths.iter().map(|p| p.as_os_str()));
+        let out = self.ok(&args);
+        serde_json::from_str(out.trim()).expect("backup --json prints one JSON object")
+    }
+
+    pub fn snapshots(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["snapshots", "--json"])).expect("snapshots --json")
+    }
+
+    /// Restore `SNAPSHOT[:PATH]` into a new directory and return it.
+    pub fn restore(&self, what: &str, target: &Path) {
+        self.ok(&[OsStr::new("restore"), OsStr::new(what), OsStr::new("--target"), target.as_os_str()]);
+    }
+}
+
+pub fn run(bin: &Path, args: &[&OsStr]) -> Output {
+    Command::new(bin).args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
+}
+
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Generation 0 of the bench corpus at `dir`, at `scale`.
+pub fn corpus_make(dir: &Path, scale: f64) {
+    let out = Command::new("python3")
+        .arg(shared_dir().join("bench/corpus.py"))
+        .args(["make", &dir.to_string_lossy(), "--scale", &scale.to_string()])
+        .output()
+        .expect("python3 must be installed to build the corpus");
+    assert_success(&out, "corpus.py make");
+}
+
+/// Mutate the corpus at `dir` into generation `gen`.
+pub fn corpus_step(dir: &Path, generation: u32) {
+    let out = Command::new("python3")
+        .arg(shared_dir().join("bench/corpus.py"))
+        .args(["step", &dir.to_string_lossy(), "--gen", &generation.to_string()])
+        .output()
+        .expect("python3");
+    assert_success(&out, "corpus.py step");
+}
+
+/// What a tree looks like, entry by entry: kind, mode, owner, size, mtime, content hash, link
+/// target, xattrs, and which entries are hard links of each other.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EntryShape {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub content: Option<String>,
+    pub target: Option<Vec<u8>>,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// For hard links: the first path (in sorted order) sharing the inode.
+    pub link_of: Option<Vec<u8>>,
+    pub rdev: u64,
+}
+
+pub struct ShapeOptions {
+    pub owners: bool,
+    pub dir_mtimes: bool,
+    pub xattrs: bool,
+}
+
+impl Default for ShapeOptions {
+    fn default() -> Self {
+        ShapeOptions { owners: true, dir_mtimes: true, xattrs: true }
+    }
+}
+
+/// Every entry under `root` (relative path bytes -> shape), `root` itself excluded.
+pub fn tree_shape(root: &Path, opts: &ShapeOptions) -> BTreeMap<Vec<u8>, EntryShape> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    let mut all = Vec::new();
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            all.push((p, m));
+        }
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    for (p, m) in all {
+        let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+        let ft = m.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_fifo() {
+            "fifo"
+        } else if ft.is_char_device() {
+            "chardev"
+        } else if ft.is_block_device() {
+            "blockdev"
+        } else if ft.is_socket() {
+            "socket"
+        } else {
+            "file"
+        };
+        let content = if kind == "file" {
+            Some(blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string())
+        } else {
+            None
+        };
+        let target = if kind == "symlink" { Some(std::fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()) } else { None };
+        let link_of = if kind == "file" && m.nlink() > 1 {
+            let first = inodes.entry((m.dev(), m.ino())).or_insert_with(|| rel.clone()).clone();
+            Some(first)
+        } else {
+            None
+        };
+        let xattrs = if opts.xattrs && kind != "symlink" {
+            xattr::list(&p)
+                .map(|names| names.filter_map(|n| xattr::get(&p, &n).ok().flatten().map(|v| (n.as_bytes().to_vec(), v))).collect())
+                .unwrap_or_default()
+        } else {
+            BTreeMap::new()
+        };
+        out.insert(
+            rel,
+            EntryShape {
+                kind,
+                mode: if kind == "symlink" { 0 } else { m.mode() & 0o7777 },
+                uid: if opts.owners { m.uid() } else { 0 },
+                gid: if opts.owners { m.gid() } else { 0 },
+                size: if kind == "dir" { 0 } else { m.len() },
+                mtime: if kind == "dir" && !opts.dir_mtimes { (0, 0) } else { (m.mtime(), m.mtime_nsec()) },
+                content,
+                target,
+                xattrs,
+                link_of,
+                rdev: if kind == "chardev" || kind == "blockdev" { m.rdev() } else { 0 },
+            },
+        );
+    }
+    out
+}
+
+/// Assert that two trees are equal entry by entry, naming the first difference.
+pub fn assert_same_tree(expected: &Path, actual: &Path, opts: &ShapeOptions) {
+    let a = tree_shape(expected, opts);
+    let b = tree_shape(actual, opts);
+    for (path, shape) in &a {
+        match b.get(path) {
+            None => panic!("{} is missing from {}", String::from_utf8_lossy(path), actual.display()),
+            Some(other) => assert_eq!(shape, other, "{} differs", String::from_utf8_lossy(path)),
+        }
+    }
+    for path in b.keys() {
+        assert!(a.contains_key(path), "{} is extra in {}", String::from_utf8_lossy(path), actual.display());
+    }
+}
+
+/// Files of the repository of a kind (`data`, `index`, `snapshots`).
+pub fn repo_files(repo: &Path, kind: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![repo.join(kind)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() { stack.push(p) } else { out.push(p) }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
