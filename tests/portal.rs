@@ -889,6 +889,11 @@ fn downloads_ranges_etags_and_archives() {
     let r = alice.get_with(&target, &[("Range", format!("bytes={n}-"))]);
     assert_eq!(r.status, 416);
     assert_eq!(r.header("content-range").unwrap(), format!("bytes */{n}"));
+    let downloads = || portal.audit().iter().filter(|r| r["event"] == "download").count();
+    let before = downloads();
+    let r = http(&portal.addr, "HEAD", &target, &[("Cookie", alice.cookie.clone())], None);
+    assert_eq!((r.status, r.header("content-length"), r.body.len()), (200, Some(&*n.to_string()), 0));
+    assert_eq!(downloads(), before, "HEAD is not a download");
     let r = alice.get_with(&target, &[("If-None-Match", etag.clone())]);
     assert_eq!(r.status, 304);
     assert!(r.body.is_empty());

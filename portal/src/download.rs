@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 
 use rewind_store::{FileReader, Node, NodeKind};
@@ -187,6 +187,7 @@ pub async fn download(
     State(state): State<AppState>,
     RawQuery(q): RawQuery,
     client: ClientAddr,
+    method: Method,
     headers: HeaderMap,
     s: Session,
 ) -> ApiResult<Response> {
@@ -230,35 +231,41 @@ pub async fn download(
     let range = parse_range(range_header, size).map_err(|_| ApiError::RangeNotSatisfiable { size })?;
     let (start, end) = range.unwrap_or((0, size));
 
-    let mut rec = record(&s, "download", &client);
-    let snap = state.view.snapshot(&snapshot);
-    rec.host = snap.map(|e| e.snapshot.host);
-    rec.snapshot = Some(snapshot.to_hex());
-    rec.paths = vec![String::from_utf8_lossy(&res.walk.path).into_owned()];
-    state.metrics.downloads.fetch_add(1, Relaxed);
-    let guard = StreamGuard::new(state.clone(), rec, Some(end - start));
-    let st = state.clone();
-    let stream = futures_util::stream::try_unfold(
-        (Arc::new(reader), start, guard, 0usize),
-        move |(r, pos, mut guard, mut warmed)| {
-            let st = st.clone();
-            async move {
-                if pos >= end {
-                    guard.finish(true);
-                    return Ok(None);
+    // HEAD: the headers only; nothing is read or sent, so nothing is audited as a download.
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        let mut rec = record(&s, "download", &client);
+        let snap = state.view.snapshot(&snapshot);
+        rec.host = snap.map(|e| e.snapshot.host);
+        rec.snapshot = Some(snapshot.to_hex());
+        rec.paths = vec![String::from_utf8_lossy(&res.walk.path).into_owned()];
+        state.metrics.downloads.fetch_add(1, Relaxed);
+        let guard = StreamGuard::new(state.clone(), rec, Some(end - start));
+        let st = state.clone();
+        let stream = futures_util::stream::try_unfold(
+            (Arc::new(reader), start, guard, 0usize),
+            move |(r, pos, mut guard, mut warmed)| {
+                let st = st.clone();
+                async move {
+                    if pos >= end {
+                        guard.finish(true);
+                        return Ok(None);
+                    }
+                    read_ahead(&st, &r, pos, end, &mut warmed);
+                    let (r, piece) = read_piece(&st, r, pos, end).await?;
+                    if piece.is_empty() {
+                        return Err(std::io::Error::other("file shorter than its index says"));
+                    }
+                    guard.add(piece.len() as u64);
+                    let next = pos + piece.len() as u64;
+                    Ok::<_, std::io::Error>(Some((piece, (r, next, guard, warmed))))
                 }
-                read_ahead(&st, &r, pos, end, &mut warmed);
-                let (r, piece) = read_piece(&st, r, pos, end).await?;
-                if piece.is_empty() {
-                    return Err(std::io::Error::other("file shorter than its index says"));
-                }
-                guard.add(piece.len() as u64);
-                let next = pos + piece.len() as u64;
-                Ok::<_, std::io::Error>(Some((piece, (r, next, guard, warmed))))
-            }
-        },
-    );
-    let mut resp = Response::new(Body::from_stream(stream));
+            },
+        );
+        Body::from_stream(stream)
+    };
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     h.insert(header::CONTENT_TYPE, content_type(&name));
