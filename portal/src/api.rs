@@ -99,7 +99,7 @@ fn me_json(state: &AppState, s: &crate::session::Claims) -> Value {
         "csrf_token": s.csrf,
         "expires": jiff::Timestamp::from_second(s.exp).map(|t| t.to_string()).unwrap_or_default(),
         "session_ends": jiff::Timestamp::from_second(s.auth_time + state.keys.max_age).map(|t| t.to_string()).unwrap_or_default(),
-        "catalog": state.catalog.as_ref().is_some_and(|c| c.available()),
+        "catalog": state.catalog.available(),
     })
 }
 

@@ -13,7 +13,7 @@
 //! no owner, size or time) if something visible lies below it. Anything else is answered exactly
 //! like a path that does not exist.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rewind_store::{Entry, Node, NodeKind, SnapshotId, TreeId, View};
@@ -338,11 +338,6 @@ impl Policy {
             Err(e) => Err(e),
         }
     }
-
-    /// The machines table (for documentation endpoints).
-    pub fn host_table(&self) -> &BTreeMap<String, Vec<String>> {
-        &self.cfg.hosts
-    }
 }
 
 /// `/a//b/` -> `/a/b`; `None` for relative paths or `..`.
@@ -529,7 +524,7 @@ mod tests {
         let cfg = AuthzConfig {
             rules: vec![Rule::Home],
             home_rewrite: vec![Rewrite { from: "/home".into(), to: "/srv/corpus/users/".into() }],
-            hosts: BTreeMap::new(),
+            hosts: std::collections::BTreeMap::new(),
         };
         let p = Policy::new(&cfg);
         assert_eq!(p.rewrite_home("/home/alice").unwrap(), b"/srv/corpus/users/alice");

@@ -37,8 +37,8 @@ fn catalog_error(e: rewind_catalog::Error) -> ApiError {
 }
 
 impl Catalog {
-    /// Open the configured (or default) catalog; `None` when there is none to read.
-    pub fn open(config: &Config, view: Arc<View>) -> anyhow::Result<Option<Catalog>> {
+    /// The configured (or default) catalog, synced first if `catalog_sync_secs` says so.
+    pub fn open(config: &Config, view: Arc<View>) -> anyhow::Result<Catalog> {
         let repo = view.repo().repo();
         let path = config.catalog.clone().unwrap_or_else(|| rewind_catalog::Catalog::default_path(repo.path()));
         if config.catalog_sync_secs > 0 {
@@ -64,12 +64,12 @@ impl Catalog {
                 path.display()
             );
         }
-        Ok(Some(Catalog {
+        Ok(Catalog {
             path,
             pool: Mutex::new(Vec::new()),
             cache: Mutex::new(HashMap::new()),
             ttl: Duration::from_millis(config.catalog_cache_ms),
-        }))
+        })
     }
 
     /// Whether there is a catalog to read.

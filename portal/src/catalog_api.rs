@@ -26,10 +26,6 @@ use crate::state::AppState;
 /// bounded; the cursor continues where it stopped.
 const MAX_SCANNED: u64 = 20_000;
 
-fn no_catalog() -> ApiError {
-    ApiError::Unavailable("catalog not available".into())
-}
-
 fn time_param(p: &Params, key: &str) -> ApiResult<Option<jiff::Timestamp>> {
     p.get(key)?
         .map(|v| {
@@ -85,7 +81,7 @@ fn base_query(state: &AppState, p: &Params) -> ApiResult<Query> {
 }
 
 /// Narrow a query in SQL where the rules allow it exactly.
-fn narrow(state: &AppState, s: &Session, sub: &Subject, q: &mut Query) {
+fn narrow(state: &AppState, sub: &Subject, q: &mut Query) {
     if sub.all {
         return;
     }
@@ -100,7 +96,6 @@ fn narrow(state: &AppState, s: &Session, sub: &Subject, q: &mut Query) {
             q.path_prefix = Some(home);
         }
     }
-    let _ = s;
 }
 
 fn version_json(v: &FileVersion) -> Value {
@@ -120,7 +115,7 @@ fn visible(state: &AppState, sub: &Subject, v: &FileVersion, memo: &mut WalkMemo
 
 /// Pages of the catalog, filtered, until `limit` visible results or the scan bound.
 fn filtered(state: &AppState, sub: &Subject, q: Query, deleted: bool) -> ApiResult<(Vec<Value>, Option<u64>)> {
-    let catalog = state.catalog.as_ref().ok_or_else(no_catalog)?;
+    let catalog = &state.catalog;
     let want = q.limit as usize;
     let mut out = Vec::new();
     let mut offset = q.offset;
@@ -172,7 +167,7 @@ async fn list(
         q.deleted_since = time_param(&p, "since")?;
     }
     let sub = subject(&state, &s);
-    narrow(&state, &s, &sub, &mut q);
+    narrow(&state, &sub, &mut q);
     audit_search(&state, &s, &client, if deleted { "deleted" } else { "search" }, raw.as_deref());
     let st = state.clone();
     let (items, next) = tokio::task::spawn_blocking(move || filtered(&st, &sub, q, deleted)).await??;
@@ -217,7 +212,7 @@ pub async fn history(
     audit_search(&state, &s, &client, "history", raw.as_deref());
     let st = state.clone();
     let items = tokio::task::spawn_blocking(move || -> ApiResult<Vec<Value>> {
-        let catalog = st.catalog.as_ref().ok_or_else(no_catalog)?;
+        let catalog = &st.catalog;
         let versions = catalog.with(|c| c.history(host.as_deref(), &path))?;
         let mut out = Vec::new();
         let mut memo = WalkMemo::default();

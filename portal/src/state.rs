@@ -28,7 +28,7 @@ pub struct Portal {
     /// Bounds concurrent repository reads (each decompresses a chunk): memory stays flat however
     /// many downloads run.
     pub reads: Arc<Semaphore>,
-    pub catalog: Option<crate::catalog::Catalog>,
+    pub catalog: crate::catalog::Catalog,
 }
 
 /// Cheap to clone; the router's state.
