@@ -17,6 +17,12 @@ pub const TTL_FROZEN: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const TTL_LIVE: Duration = Duration::from_secs(1);
 /// `st_blksize`: tools size their reads by it; large reads suit chunked, compressed content.
 const BLKSIZE: u32 = 128 * 1024;
+/// Readers kept for files read recently.
+const READERS: usize = 1024;
+/// Subdirectories of a listed directory whose trees are loaded ahead.
+const PREFETCH_TREES: usize = 256;
+/// Following files of a directory whose first chunks are loaded ahead when one is opened.
+const PREFETCH_FILES: usize = 32;
 
 /// An attribute with how long the kernel may cache it.
 #[derive(Clone, Copy, Debug)]
@@ -89,7 +95,9 @@ pub struct Core {
     view: Arc<View>,
     inodes: Mutex<InodeTable>,
     dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Readers of files, by inode: the most recently read ones (a reader is cheap to make
+    /// again, and the kernel may hold every inode of a large tree).
+    files: Mutex<lru::LruCache<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
     /// Files whose damage has been logged, so each is logged once.
     damaged: Mutex<HashSet<(SnapshotId, String)>>,
@@ -149,7 +157,7 @@ impl Core {
             view,
             inodes: Mutex::new(InodeTable::new()),
             dirs: Mutex::new(HashMap::new()),
-            files: Mutex::new(HashMap::new()),
+            files: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(READERS).expect("nonzero"))),
             next_fh: AtomicU64::new(1),
             damaged: Mutex::new(HashSet::new()),
             inflight: InFlight::default(),
@@ -224,7 +232,9 @@ impl Core {
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.lock().expect("inode lock").forget(ino, n);
+        if self.inodes.lock().expect("inode lock").forget(ino, n) {
+            self.files.lock().expect("file lock").pop(&ino);
+        }
     }
 
     /// Number of inodes the kernel holds.
@@ -384,10 +394,16 @@ impl Core {
         (None, format!("/{}", parts.join("/")))
     }
 
-    /// Open a file for reading.
-    pub fn open(&self, ino: u64, write: bool) -> Result<u64, Errno> {
+    /// The reader of a file inode, made on its first read and kept while the kernel holds the
+    /// inode. The kernel does not open files here (open answers ENOSYS, so opens and closes
+    /// cost no round trip), so readers belong to inodes, not to opens. The flag says whether the
+    /// reader is new (the file's first read).
+    pub fn open(&self, ino: u64, write: bool) -> Result<(Arc<OpenFile>, bool), Errno> {
         if write {
             return Err(Errno::EROFS);
+        }
+        if let Some(f) = self.files.lock().expect("file lock").get(&ino) {
+            return Ok((f.clone(), false));
         }
         let e = self.entry(ino)?;
         match &e {
@@ -409,19 +425,20 @@ impl Core {
             }
         };
         let (_, path) = self.describe(ino);
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file =
-            OpenFile { reader, snapshot, path, next: AtomicU64::new(0), ahead: AtomicUsize::new(0) };
-        self.files.lock().expect("file lock").insert(fh, Arc::new(file));
-        Ok(fh)
+            Arc::new(OpenFile { reader, snapshot, path, next: AtomicU64::new(0), ahead: AtomicUsize::new(0) });
+        let mut files = self.files.lock().expect("file lock");
+        if let Some(f) = files.get(&ino) {
+            return Ok((f.clone(), false));
+        }
+        files.put(ino, file.clone());
+        Ok((file, true))
     }
 
-    pub fn release(&self, fh: u64) {
-        self.files.lock().expect("file lock").remove(&fh);
-    }
-
-    pub fn file(&self, fh: u64) -> Result<Arc<OpenFile>, Errno> {
-        self.files.lock().expect("file lock").get(&fh).cloned().ok_or(Errno::EBADF)
+    /// Readers held, one per file inode read and not forgotten.
+    #[cfg(test)]
+    pub fn reader_count(&self) -> usize {
+        self.files.lock().expect("file lock").len()
     }
 
     fn log_damage(&self, snapshot: SnapshotId, path: &str, err: &rewind_store::Error) {
@@ -455,30 +472,98 @@ impl Core {
 
     /// Load chunk `i` of a file into the cache (a prefetch; errors are left for the read).
     pub fn warm(&self, f: &OpenFile, i: usize) {
-        let Some(span) = f.reader.chunks().get(i) else { return };
-        if self.view.repo().chunk_cached(&span.id) || !self.inflight.begin(span.id) {
+        if let Some(span) = f.reader.chunks().get(i) {
+            self.warm_chunk(span.id);
+        }
+    }
+
+    /// Load a chunk into the cache unless it is there or on its way.
+    pub fn warm_chunk(&self, id: ChunkId) {
+        if self.view.repo().chunk_cached(&id) || !self.inflight.begin(id) {
             return;
         }
-        let _ = f.reader.warm(i);
-        self.inflight.end(&span.id);
+        let _ = self.view.repo().chunk(id);
+        self.inflight.end(&id);
+    }
+
+    /// Load a directory into the tree cache (a prefetch; errors are left for the lookup).
+    pub fn warm_tree(&self, id: TreeId) {
+        if !self.view.repo().tree_cached(&id) {
+            let _ = self.view.repo().tree(id);
+        }
+    }
+
+    /// Trees of the subdirectories of an open directory that are not cached yet: a walk
+    /// (`find`, `du`, `tar`) enters them next.
+    pub fn subtrees_to_prefetch(&self, fh: u64) -> Vec<TreeId> {
+        let Some(dir) = self.dirs.lock().expect("dir lock").get(&fh).cloned() else { return Vec::new() };
+        dir.items
+            .iter()
+            .filter_map(|i| match &i.entry {
+                Entry::Node { node, .. } if node.is_dir() => node.subtree,
+                _ => None,
+            })
+            .filter(|t| !self.view.repo().tree_cached(t))
+            .take(PREFETCH_TREES)
+            .collect()
+    }
+
+    /// Chunks of the files after `ino` in its directory, not cached yet: programs that copy a
+    /// tree (`tar`, `cp -r`, `rsync`) read them next, in this order.
+    pub fn siblings_to_prefetch(&self, ino: u64) -> Vec<ChunkId> {
+        let (parent, name) = {
+            let t = self.inodes.lock().expect("inode lock");
+            match t.get(ino).map(|i| (i.parent, &i.entry)) {
+                Some((p, Entry::Node { node, .. })) => (p, node.name.clone()),
+                _ => return Vec::new(),
+            }
+        };
+        let tree = match self.entry(parent) {
+            Ok(Entry::Node { node, .. }) => node.subtree,
+            Ok(Entry::Snapshot(id)) => self.view.snapshot(&id).map(|s| s.snapshot.tree),
+            _ => None,
+        };
+        let Some(tree) = tree.filter(|t| self.view.repo().tree_cached(t)) else { return Vec::new() };
+        let Ok(tree) = self.view.repo().tree(tree) else { return Vec::new() };
+        let Ok(pos) = tree.nodes.binary_search_by(|n| n.name.as_slice().cmp(&name)) else { return Vec::new() };
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for n in tree.nodes[pos + 1..].iter().filter(|n| n.kind == NodeKind::File).take(PREFETCH_FILES) {
+            if bytes >= self.readahead_bytes / 4 {
+                break;
+            }
+            bytes += n.size;
+            out.extend(n.content.iter().take(2).filter(|id| !self.view.repo().chunk_cached(id)));
+        }
+        out
     }
 
     /// Read up to `size` bytes at `offset`. A damaged chunk is EIO, logged once per file.
+    #[cfg(test)]
     pub fn read(&self, f: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let mut buf = Vec::new();
+        let n = self.read_into(f, offset, size, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// [`Core::read`] into a buffer the caller reuses (workers keep one each, so reads do not
+    /// allocate); returns the number of bytes at the start of `buf`.
+    pub fn read_into(&self, f: &OpenFile, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<usize, Errno> {
         let end = offset.saturating_add(u64::from(size)).min(f.reader.size());
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         if let (Some(a), Some(b)) = (f.reader.chunk_index(offset), f.reader.chunk_index(end - 1)) {
             let ids: Vec<ChunkId> = f.reader.chunks()[a..=b].iter().map(|c| c.id).collect();
             self.inflight.wait(&ids);
         }
-        let mut buf = vec![0u8; (end - offset) as usize];
-        match f.reader.read_at(offset, &mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                Ok(buf)
-            }
+        let len = (end - offset) as usize;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        match f.reader.read_at(offset, &mut buf[..len]) {
+            Ok(n) => Ok(n),
             Err(err) => {
                 self.log_damage(f.snapshot, &f.path, &err);
                 Err(Errno::EIO)
@@ -756,8 +841,9 @@ mod tests {
         let f = fixture();
         let want = std::fs::read(f.src.join("big")).unwrap();
         let (ino, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
-        let fh = f.core.open(ino, false).unwrap();
-        let file = f.core.file(fh).unwrap();
+        let (file, new) = f.core.open(ino, false).unwrap();
+        assert!(new);
+        assert!(!f.core.open(ino, false).unwrap().1, "one reader per inode");
         assert!(file.reader.chunks().len() > 3, "the test wants a file of several chunks");
         for (off, len) in [(0u64, 4096u32), (1, 70_000), (150_000, 150_000), (299_990, 100), (400_000, 10)] {
             let got = f.core.read(&file, off, len).unwrap();
@@ -765,16 +851,17 @@ mod tests {
             let start = (off as usize).min(end);
             assert_eq!(got, want[start..end], "read at {off} of {len}");
         }
-        f.core.release(fh);
-        assert!(f.core.file(fh).is_err());
+        // The reader goes when the kernel forgets the inode.
+        assert_eq!(f.core.reader_count(), 1);
+        f.core.forget(ino, 1);
+        assert_eq!(f.core.reader_count(), 0);
     }
 
     #[test]
     fn sequential_reads_plan_readahead_once_and_random_reads_none() {
         let f = fixture();
         let (ino, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
-        let fh = f.core.open(ino, false).unwrap();
-        let file = f.core.file(fh).unwrap();
+        let (file, _) = f.core.open(ino, false).unwrap();
         let first = f.core.plan_readahead(&file, 0, 4096);
         assert!(!first.is_empty());
         assert_eq!(first[0], 1);
@@ -789,12 +876,37 @@ mod tests {
     }
 
     #[test]
+    fn walks_prefetch_subdirectories_and_following_files() {
+        let f = fixture();
+        let (dir, _) = walk(&f.core, &in_snapshot(&f, "")).unwrap();
+        let (fh, _) = f.core.opendir(dir).unwrap();
+        let trees = f.core.subtrees_to_prefetch(fh);
+        assert_eq!(trees.len(), 1, "the one subdirectory, not read yet");
+        f.core.warm_tree(trees[0]);
+        assert!(f.core.subtrees_to_prefetch(fh).is_empty());
+
+        let (big, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
+        let chunks = f.core.siblings_to_prefetch(big);
+        let (other, _) = walk(&f.core, &in_snapshot(&f, "other")).unwrap();
+        let first = f.core.open(other, false).unwrap().0.reader.chunks()[0].id;
+        assert!(chunks.contains(&first), "the next file's first chunk is prefetched");
+        for id in chunks {
+            f.core.warm_chunk(id);
+        }
+        assert!(f.repo.chunk_cached(&first));
+        assert!(f.core.siblings_to_prefetch(big).is_empty());
+        // The last file of a directory has nothing after it.
+        let (sym, _) = walk(&f.core, &in_snapshot(&f, "sym")).unwrap();
+        assert!(f.core.siblings_to_prefetch(sym).is_empty());
+    }
+
+    #[test]
     fn writes_and_non_files_are_refused() {
         let f = fixture();
         let (ino, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
-        assert_eq!(f.core.open(ino, true).unwrap_err(), Errno::EROFS);
+        assert_eq!(f.core.open(ino, true).err(), Some(Errno::EROFS));
         let (dir, _) = walk(&f.core, &in_snapshot(&f, "sub")).unwrap();
-        assert_eq!(f.core.open(dir, false).unwrap_err(), Errno::EISDIR);
+        assert_eq!(f.core.open(dir, false).err(), Some(Errno::EISDIR));
         assert_eq!(f.core.opendir(ino).unwrap_err(), Errno::ENOTDIR);
     }
 
@@ -821,8 +933,7 @@ mod tests {
         let f = fixture();
         let (big, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
         let (other, _) = walk(&f.core, &in_snapshot(&f, "other")).unwrap();
-        let fh = f.core.open(big, false).unwrap();
-        let file = f.core.file(fh).unwrap();
+        let (file, _) = f.core.open(big, false).unwrap();
         let span = file.reader.chunks()[2];
         let loc = f.repo.locate(span.id.into()).unwrap();
         let hex = loc.pack.to_hex();
@@ -834,8 +945,7 @@ mod tests {
         assert_eq!(f.core.read(&file, span.offset, 10).unwrap_err(), Errno::EIO);
         assert_eq!(f.core.read(&file, 0, 10).unwrap().len(), 10);
         let want = std::fs::read(f.src.join("other")).unwrap();
-        let ofh = f.core.open(other, false).unwrap();
-        let ofile = f.core.file(ofh).unwrap();
+        let (ofile, _) = f.core.open(other, false).unwrap();
         let same_pack = ofile.reader.chunks().iter().any(|c| f.repo.locate(c.id.into()).unwrap().pack == loc.pack);
         let got = f.core.read(&ofile, 0, want.len() as u32).unwrap();
         assert_eq!(got, want, "other file (same pack: {same_pack}) reads fine");

@@ -21,6 +21,11 @@ use crate::pool::Pool;
 /// The largest read the kernel should send, and the read-ahead it may do.
 const MAX_IO: u32 = 1 << 20;
 
+thread_local! {
+    /// Each worker's read buffer, reused by every read it serves.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 pub struct RewindFs {
     core: Arc<Core>,
     pool: Pool,
@@ -38,12 +43,16 @@ impl RewindFs {
         }
     }
 
-    fn do_opendir(core: &Core, ino: u64, reply: ReplyOpen) {
+    fn do_opendir(core: &Arc<Core>, pool: &Pool, ino: u64, reply: ReplyOpen) {
         match core.opendir(ino) {
             Ok((fh, frozen)) => {
                 let flags =
                     if frozen { FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                reply.opened(FileHandle(fh), flags)
+                reply.opened(FileHandle(fh), flags);
+                for tree in core.subtrees_to_prefetch(fh) {
+                    let core = core.clone();
+                    pool.prefetch(move || core.warm_tree(tree));
+                }
             }
             Err(e) => reply.error(e),
         }
@@ -102,38 +111,48 @@ impl Filesystem for RewindFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, _ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        match self.core.open(ino.0, write) {
-            // Snapshots never change: the kernel may keep their pages across opens.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(e),
+        if write {
+            return reply.error(Errno::EROFS);
         }
+        // ENOSYS tells the kernel to stop sending opens and releases: every later open and close
+        // costs no round trip, and files keep their page cache across opens (FOPEN_KEEP_CACHE
+        // is the kernel's default then), which is right for immutable snapshots.
+        reply.error(Errno::ENOSYS);
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let file = match self.core.file(fh.0) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
-        for i in self.core.plan_readahead(&file, offset, u64::from(size)) {
-            let (core, file) = (self.core.clone(), file.clone());
-            self.pool.prefetch(move || core.warm(&file, i));
-        }
-        let core = self.core.clone();
-        self.pool.run(move || match core.read(&file, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
+        let (core, pool) = (self.core.clone(), self.pool.clone());
+        self.pool.run(move || {
+            let (file, new) = match core.open(ino.0, false) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            };
+            if new {
+                for id in core.siblings_to_prefetch(ino.0) {
+                    let core = core.clone();
+                    pool.prefetch(move || core.warm_chunk(id));
+                }
+            }
+            for i in core.plan_readahead(&file, offset, u64::from(size)) {
+                let (core, file) = (core.clone(), file.clone());
+                pool.prefetch(move || core.warm(&file, i));
+            }
+            READ_BUF.with_borrow_mut(|buf| match core.read_into(&file, offset, size, buf) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(e),
+            });
         });
     }
 
@@ -141,26 +160,26 @@ impl Filesystem for RewindFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.core.release(fh.0);
         reply.ok();
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+        // Nothing is ever dirty: ENOSYS makes the kernel stop sending flushes on close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if self.core.needs_tree_read(ino.0) {
-            let core = self.core.clone();
-            self.pool.run(move || Self::do_opendir(&core, ino.0, reply));
+            let (core, pool) = (self.core.clone(), self.pool.clone());
+            self.pool.run(move || Self::do_opendir(&core, &pool, ino.0, reply));
         } else {
-            Self::do_opendir(&self.core, ino.0, reply);
+            Self::do_opendir(&self.core, &self.pool, ino.0, reply);
         }
     }
 

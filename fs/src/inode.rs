@@ -122,18 +122,20 @@ impl InodeTable {
         ino
     }
 
-    /// The kernel dropped `n` references to `ino`.
-    pub fn forget(&mut self, ino: u64, n: u64) {
+    /// The kernel dropped `n` references to `ino`; true if that was the last and it is gone.
+    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT {
-            return;
+            return false;
         }
-        let Some(i) = self.by_ino.get_mut(&ino) else { return };
+        let Some(i) = self.by_ino.get_mut(&ino) else { return false };
         i.lookups = i.lookups.saturating_sub(n);
         if i.lookups == 0 {
             let key = i.key;
             self.by_ino.remove(&ino);
             self.by_key.remove(&key);
+            return true;
         }
+        false
     }
 
     /// Number of lookups the kernel holds on `ino` (0 if unknown).

@@ -5,6 +5,7 @@ use crossbeam_channel::{Receiver, Sender, select_biased, unbounded};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+#[derive(Clone)]
 pub struct Pool {
     demand: Sender<Job>,
     prefetch: Sender<Job>,
