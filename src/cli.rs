@@ -36,6 +36,12 @@ pub enum Command {
     Check(CheckArgs),
     /// Recreate the index from the packs
     RebuildIndex(RepoArg),
+    /// Remove snapshots by retention policy or by id (their data goes with `prune`)
+    Forget(ForgetArgs),
+    /// Delete data no snapshot uses; safe while backups, mounts and the portal run
+    Prune(PruneArgs),
+    /// Copy snapshots to another repository, with only the data it lacks
+    Copy(CopyArgs),
     /// Mount every snapshot read-only (FUSE) and serve it until unmounted or interrupted
     Mount(MountArgs),
     /// Run the restore portal (web server) configured by a portal.toml
@@ -195,4 +201,65 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size like 512M or 2G"))?;
     n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Snapshots to remove (id prefixes); without them, apply the --keep-* policy
+    pub snapshots: Vec<String>,
+    /// Only this host's snapshots
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag
+    #[arg(long)]
+    pub tag: Option<String>,
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_last: usize,
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_hourly: usize,
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_daily: usize,
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_weekly: usize,
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_monthly: usize,
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_yearly: usize,
+    /// Keep everything this recent, relative to the group's newest snapshot (e.g. 30d, 1y6m, 36h)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Say what would be removed, remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Say what would be freed, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rewrite at most this percentage of the repository to free partly used packs
+    #[arg(long, default_value_t = 50, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub max_repack: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// The target repository
+    #[arg(long, value_name = "REPO2")]
+    pub to: PathBuf,
+    /// Snapshots to copy (id prefixes or `latest`); default: all (of --host)
+    pub snapshots: Vec<String>,
+    #[arg(long)]
+    pub host: Option<String>,
 }

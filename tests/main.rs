@@ -7,3 +7,4 @@ mod portal;
 mod mount;
 mod store;
 mod catalog;
+mod prune;

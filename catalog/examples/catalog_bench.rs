@@ -219,6 +219,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let (mut files, mut gens, mut churn, mut update_churn) = (1_000_000usize, 30usize, 0.3f64, 0.01f64);
     let mut out = std::path::PathBuf::from("/tmp/rewind-catalog-bench.sqlite");
+    let mut queries_only = false;
     while let Some(a) = args.next() {
         let v = args.next().expect("value");
         match a.as_str() {
@@ -227,11 +228,19 @@ fn main() {
             "--churn" => churn = v.parse().unwrap(),
             "--update-churn" => update_churn = v.parse().unwrap(),
             "--out" => out = v.into(),
+            "--queries-only" => queries_only = v == "yes",
             _ => panic!("unknown argument {a}"),
         }
     }
-    Catalog::remove(&out).unwrap();
-    let mut cat = Catalog::open(&out, "bench").unwrap();
+    if !queries_only {
+        build(&out, files, gens, churn, update_churn);
+    }
+    queries(&out);
+}
+
+fn build(out: &std::path::Path, files: usize, gens: usize, churn: f64, update_churn: f64) {
+    Catalog::remove(out).unwrap();
+    let mut cat = Catalog::open(out, "bench").unwrap();
     let mut world = World::new(files);
     let mut store: HashMap<TreeId, Arc<Tree>> = HashMap::new();
     let mut build = Duration::ZERO;
@@ -283,10 +292,10 @@ fn main() {
 
     drop(cat);
     {
-        let c = rusqlite_checkpoint(&out);
+        let c = rusqlite_checkpoint(out);
         assert!(c, "checkpoint");
     }
-    let cat = Catalog::open_read_only(&out).unwrap();
+    let cat = Catalog::open_read_only(out).unwrap();
     let st = cat.stats().unwrap();
     println!(
         "catalog: {} versions ({} deleted), {} names, {} dirs, {} snapshots; {:.1} MiB on disk = {:.1} bytes/version",
@@ -306,6 +315,10 @@ fn main() {
         update.as_secs_f64(),
         100.0 * update.as_secs_f64() / (build.as_secs_f64() + update.as_secs_f64())
     );
+}
+
+fn queries(out: &std::path::Path) {
+    let cat = Catalog::open_read_only(out).unwrap();
     let mut rng = Rng(7);
     let classes: [(&str, Box<dyn Fn(&mut Rng) -> String>); 4] = [
         ("one word (~5% of names)", Box::new(|r: &mut Rng| WORDS[r.below(WORDS.len())].to_uppercase())),

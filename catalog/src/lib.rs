@@ -65,7 +65,6 @@ impl Catalog {
     pub fn open(path: &Path, repo_id: &str) -> Result<Catalog> {
         let conn = db::open_rw(path, repo_id)?;
         query::register_functions(&conn)?;
-        db::attach_vocab(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Catalog {
             conn,
@@ -86,7 +85,6 @@ impl Catalog {
     pub fn open_read_only(path: &Path) -> Result<Catalog> {
         let conn = db::open_ro(path)?;
         query::register_functions(&conn)?;
-        db::attach_vocab(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Catalog {
             conn,

@@ -242,11 +242,11 @@ const SELECT_RECENT: &str = concat_select!("versions v INDEXED BY versions_recen
 
 /// How much of a scan in result order a query may spend (SQLite virtual-machine steps) before
 /// it is answered through the name index instead.
-pub(crate) const SCAN_BUDGET: u64 = 150_000;
+pub(crate) const SCAN_BUDGET: u64 = 500_000;
 
-/// Below this estimated share of matching names, a scan in result order would not fill a page
-/// within its budget: go to the index at once.
-const MIN_SCAN_SELECTIVITY: f64 = 0.005;
+/// A pattern whose trigrams are in at most this many names is answered through them at once;
+/// one in more is first tried by a scan in result order (it is likely common).
+const FEW_NAMES: i64 = 10_000;
 
 struct Sql {
     clauses: Vec<String>,
@@ -267,7 +267,7 @@ impl Catalog {
         // per row (while scanning in result order, for common ones).
         let mut sql = Sql { clauses: Vec::new(), params: Vec::new() };
         let mut per_row = Sql { clauses: Vec::new(), params: Vec::new() };
-        // Estimated share of names that match: worth scanning in result order only if high.
+        // 0 when the matching names are known to be few: a scan in result order would not pay.
         let mut selectivity = 1.0f64;
         match &q.name {
             None => {}
@@ -277,14 +277,16 @@ impl Catalog {
                     return Err(Error::InvalidInput("empty name pattern".into()));
                 }
                 per_row.push("rw_icontains(n.name, ?)", [Value::Text(s.to_lowercase())]);
-                if let Some((expr, sel)) = self.trigram_plan(s)? {
+                if let Some(expr) = self.trigram_plan(s)? {
                     // The rarest trigrams narrow the names through the index; the function
                     // then tests the whole pattern (as the per-row form does, to the letter).
-                    selectivity = sel;
-                    sql.push(
-                        "v.name IN (SELECT n.id FROM names n WHERE n.id IN (SELECT rowid FROM names_fts WHERE names_fts MATCH ?) AND rw_icontains(n.name, ?))",
-                        [Value::Text(expr), Value::Text(s.to_lowercase())],
-                    );
+                    let (clause, few) = self.candidates(&expr, "rw_icontains(n.name, ?)")?;
+                    if few {
+                        selectivity = 0.0;
+                        sql.push(&clause, [Value::Text(s.to_lowercase())]);
+                    } else {
+                        sql.push(&clause, [Value::Text(expr), Value::Text(s.to_lowercase())]);
+                    }
                 } else {
                     sql.push(
                         "v.name IN (SELECT id FROM names WHERE rw_icontains(name, ?))",
@@ -298,12 +300,14 @@ impl Catalog {
                     .build()
                     .map_err(|e| Error::InvalidInput(format!("bad glob {g:?}: {e}")))?;
                 per_row.push("rw_glob(?, n.name)", [Value::Text(g.clone())]);
-                if let Some((expr, sel)) = self.trigram_plan(&glob_literal(g))? {
-                    selectivity = sel;
-                    sql.push(
-                        "v.name IN (SELECT n.id FROM names n WHERE n.id IN (SELECT rowid FROM names_fts WHERE names_fts MATCH ?) AND rw_glob(?, n.name))",
-                        [Value::Text(expr), Value::Text(g.clone())],
-                    );
+                if let Some(expr) = self.trigram_plan(&glob_literal(g))? {
+                    let (clause, few) = self.candidates(&expr, "rw_glob(?, n.name)")?;
+                    if few {
+                        selectivity = 0.0;
+                        sql.push(&clause, [Value::Text(g.clone())]);
+                    } else {
+                        sql.push(&clause, [Value::Text(expr), Value::Text(g.clone())]);
+                    }
                 } else {
                     sql.push("v.name IN (SELECT id FROM names WHERE rw_glob(?, name))", [Value::Text(g.clone())]);
                 }
@@ -401,7 +405,7 @@ impl Catalog {
         let tail = format!("ORDER BY {order} LIMIT {} OFFSET {}", u64::from(limit) + 1, q.offset);
         let mut items = None;
         if self.scan_budget > 0
-            && selectivity >= MIN_SCAN_SELECTIVITY
+            && selectivity > 0.0
             && q.order != Order::Path
             && !deleted
             && q.offset + u64::from(limit) <= u64::from(MAX_LIMIT)
@@ -444,30 +448,48 @@ impl Catalog {
         self.find(&q)
     }
 
-    /// An FTS5 query for the (up to) two rarest trigrams of `lit`, and the estimated share of
-    /// names holding both; `None` when `lit` is too short for trigrams.
-    fn trigram_plan(&self, lit: &str) -> Result<Option<(String, f64)>> {
+    /// The names holding the trigrams of `expr`: if there are at most [`FEW_NAMES`], they are
+    /// put in `temp.name_hits` and the clause reads them from there (`true`); else the clause
+    /// asks the index again, with `expr` as its first parameter. `test` checks the whole name.
+    fn candidates(&self, expr: &str, test: &str) -> Result<(String, bool)> {
+        self.conn.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS name_hits(id INTEGER PRIMARY KEY); DELETE FROM temp.name_hits;",
+        )?;
+        let n = self
+            .conn
+            .prepare_cached("INSERT INTO temp.name_hits SELECT rowid FROM names_fts WHERE names_fts MATCH ?1 LIMIT ?2")?
+            .execute(rusqlite::params![expr, FEW_NAMES + 1])?;
+        if n as i64 <= FEW_NAMES {
+            Ok((
+                format!("v.name IN (SELECT n.id FROM temp.name_hits t CROSS JOIN names n ON n.id = t.id WHERE {test})"),
+                true,
+            ))
+        } else {
+            Ok((
+                format!(
+                    "v.name IN (SELECT n.id FROM names n WHERE n.id IN (SELECT rowid FROM names_fts WHERE names_fts MATCH ?) AND {test})"
+                ),
+                false,
+            ))
+        }
+    }
+
+    /// An FTS5 query for three trigrams of `lit` spread over it (its start, middle and end:
+    /// together they narrow the names best without counting); `None` when `lit` is too short.
+    fn trigram_plan(&self, lit: &str) -> Result<Option<String>> {
         let chars: Vec<char> = lit.to_lowercase().chars().collect();
         if chars.len() < 3 {
             return Ok(None);
         }
-        let total: i64 = self.conn.query_row("SELECT coalesce(max(id), 0) FROM names", [], |r| r.get(0))?;
-        let mut grams: Vec<(i64, String)> = Vec::new();
-        let mut stmt = self.conn.prepare_cached("SELECT doc FROM temp.names_vocab WHERE term = ?1")?;
-        for w in chars.windows(3) {
-            let g: String = w.iter().collect();
-            if grams.iter().any(|(_, x)| *x == g) {
-                continue;
-            }
-            let n: i64 = stmt.query_row([&g], |r| r.get(0)).optional()?.unwrap_or(0);
-            grams.push((n, g));
-        }
-        grams.sort();
-        grams.truncate(2);
-        let sel = grams.iter().map(|(n, _)| *n as f64 / total.max(1) as f64).product();
-        let expr =
-            grams.iter().map(|(_, g)| format!("\"{}\"", g.replace('"', "\"\""))).collect::<Vec<_>>().join(" AND ");
-        Ok(Some((expr, sel)))
+        let last = chars.len() - 3;
+        let mut picks = vec![0, last / 2, last];
+        picks.dedup();
+        let expr = picks
+            .iter()
+            .map(|&i| format!("\"{}\"", chars[i..i + 3].iter().collect::<String>().replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        Ok(Some(expr))
     }
 
     /// Every version of one path, newest first. Without a host, the path's versions on every host.

@@ -4,6 +4,7 @@ pub mod backup;
 pub mod check;
 pub mod init;
 pub mod ls;
+pub mod maintain;
 pub mod mount;
 pub mod restore;
 pub mod snapshots;

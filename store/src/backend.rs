@@ -21,6 +21,8 @@ pub enum FileKind {
     Index,
     Snapshot,
     Lock,
+    /// Prune's records of packs to delete once running backups are done.
+    Pending,
 }
 
 impl FileKind {
@@ -31,6 +33,7 @@ impl FileKind {
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshots",
             FileKind::Lock => "locks",
+            FileKind::Pending => "pending",
         }
     }
 }
@@ -65,7 +68,7 @@ impl LocalBackend {
 
     /// Create the directory layout of an empty repository.
     pub fn create_layout(&self) -> Result<()> {
-        for d in ["data", "index", "snapshots", "locks", "tmp"] {
+        for d in ["data", "index", "snapshots", "locks", "pending", "tmp"] {
             fs::create_dir_all(self.root.join(d)).at(self.root.join(d))?;
         }
         for i in 0..=255u8 {

@@ -98,6 +98,7 @@ pub fn backup(
         progress,
         report,
         counts: Counts::default(),
+        condemned: crate::prune::condemned_packs(repo.repo())?,
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) + 1)
@@ -222,6 +223,8 @@ struct Archiver<'a> {
     progress: &'a BackupProgress,
     report: &'a ErrorReport<'a>,
     counts: Counts,
+    /// Packs a prune will delete: not to be deduplicated against.
+    condemned: crate::index::IdSet<crate::format::PackId>,
 }
 
 /// The prefix directories above the source paths, as a tree of names.
@@ -376,9 +379,14 @@ impl Archiver<'_> {
         Ok(id)
     }
 
+    /// Whether the repository has the blob in a pack that stays.
+    fn stored(&self, id: BlobId) -> bool {
+        self.repo.location_cached(id).is_some_and(|l| !self.condemned.contains(&l.pack))
+    }
+
     /// Store a blob unless the repository or this backup already has it.
     fn store_blob(&self, id: BlobId, data: &[u8]) -> Result<()> {
-        if !self.repo.contains(id) && self.packer.claim(id) {
+        if !self.stored(id) && self.packer.claim(id) {
             self.packer.add_claimed(id, data)?;
             self.progress.bytes_added.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
@@ -395,7 +403,7 @@ impl Archiver<'_> {
                 && p.ctime.sec == meta.ctime()
                 && p.ctime.nsec == meta.ctime_nsec() as u32
                 && p.inode == meta.ino();
-            if same && p.content.iter().all(|c| self.repo.contains((*c).into())) {
+            if same && p.content.iter().all(|c| self.stored((*c).into())) {
                 self.counts.unchanged.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(p.content.clone()));
             }

@@ -101,10 +101,16 @@ impl Index {
         }
     }
 
-    /// Load every index file not loaded yet. Returns how many were new.
+    /// Load every index file not loaded yet; if one we loaded is gone (a prune or rebuild
+    /// rewrote the index), start over from the current files. Returns how many were loaded.
     pub fn refresh(&mut self, backend: &dyn Backend) -> Result<usize> {
         let mut new = 0;
-        for name in backend.list(FileKind::Index)? {
+        let names = backend.list(FileKind::Index)?;
+        let current: IdSet<IndexId> = names.iter().filter_map(|n| IndexId::from_hex(n).ok()).collect();
+        if self.files.iter().any(|f| !current.contains(f)) {
+            *self = Index::default();
+        }
+        for name in names {
             let Ok(id) = IndexId::from_hex(&name) else { continue };
             if self.files.contains(&id) {
                 continue;

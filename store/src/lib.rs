@@ -26,8 +26,10 @@ mod index;
 mod lock;
 pub mod maintenance;
 mod pack;
+pub mod prune;
 mod repo;
 mod restore;
+pub mod retention;
 mod source;
 mod view;
 

@@ -48,6 +48,13 @@ impl Lock {
     }
 }
 
+impl Lock {
+    /// The lock file's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 impl Drop for Lock {
     fn drop(&mut self) {
         if let Err(e) = self.repo.backend().delete(FileKind::Lock, &self.name) {

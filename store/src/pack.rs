@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use crate::backend::{Backend, FileKind};
 use crate::blob;
 use crate::error::Result;
-use crate::format::{self, BlobId, BlobKind, BlobRecord, FORMAT_VERSION, Hash, IndexPack, PackId};
+use crate::format::{self, BlobId, BlobKind, BlobRecord, Compression, FORMAT_VERSION, Hash, IndexPack, PackId};
 use crate::index::{IdSet, write_index_file};
 
 /// Packs per index file written during a backup.
@@ -69,6 +69,11 @@ impl<'a> Packer<'a> {
     /// Compress and add a blob already claimed. Returns the bytes it took in the pack.
     pub fn add_claimed(&self, id: BlobId, raw: &[u8]) -> Result<u64> {
         let (compression, stored) = blob::compress(raw, self.level);
+        self.add_stored(id, compression, &stored, raw.len() as u32)
+    }
+
+    /// Add a claimed blob in its stored form (already verified by the caller).
+    pub fn add_stored(&self, id: BlobId, compression: Compression, stored: &[u8], raw_len: u32) -> Result<u64> {
         let sealed = {
             let mut slot = self.open[id.kind as usize].lock().expect("packer lock");
             let pack = slot.get_or_insert_with(|| OpenPack::new(self.pack_size + self.pack_size / 8));
@@ -77,15 +82,15 @@ impl<'a> Packer<'a> {
                 compression,
                 offset: pack.buf.len() as u64,
                 stored_len: stored.len() as u32,
-                raw_len: raw.len() as u32,
+                raw_len,
             });
-            pack.buf.extend_from_slice(&stored);
+            pack.buf.extend_from_slice(stored);
             if pack.buf.len() >= self.pack_size { slot.take() } else { None }
         };
         {
             let mut s = self.stats.lock().expect("packer lock");
             s.blobs += 1;
-            s.raw_bytes += raw.len() as u64;
+            s.raw_bytes += u64::from(raw_len);
             s.stored_bytes += stored.len() as u64;
         }
         if let Some(pack) = sealed {

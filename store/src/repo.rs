@@ -220,13 +220,34 @@ impl IndexedRepository {
 
     /// Read and verify one blob, bypassing the caches.
     pub fn read_blob(&self, id: BlobId) -> Result<Vec<u8>> {
-        let loc = self.locate(id)?;
-        let stored =
-            self.backend().get_range(FileKind::Pack, &loc.pack.to_hex(), loc.offset, loc.stored_len as usize)?;
+        let (loc, stored) = self.read_stored(id)?;
+        blob::open(&id, loc.compression, &stored, loc.raw_len)
+    }
+
+    /// A blob's stored (maybe compressed) bytes, unverified. If its pack is gone (a prune moved
+    /// the blob), the index is reloaded and the read tried once more.
+    pub(crate) fn read_stored(&self, id: BlobId) -> Result<(Location, Vec<u8>)> {
+        let read = |loc: &Location| {
+            self.backend().get_range(FileKind::Pack, &loc.pack.to_hex(), loc.offset, loc.stored_len as usize)
+        };
+        let mut loc = self.locate(id)?;
+        let stored = match read(&loc) {
+            Err(Error::NotFound(_)) => {
+                self.refresh_index()?;
+                loc = self.locate(id)?;
+                read(&loc)?
+            }
+            r => r?,
+        };
         if stored.len() != loc.stored_len as usize {
             return Err(Error::corrupt(format!("pack {}", loc.pack.to_hex()), "truncated"));
         }
-        blob::open(&id, loc.compression, &stored, loc.raw_len)
+        Ok((loc, stored))
+    }
+
+    /// Where the index says a blob is, without looking for new index files.
+    pub(crate) fn location_cached(&self, id: BlobId) -> Option<Location> {
+        self.with_index(|i| i.get(&id))
     }
 
     /// A data chunk, through the cache.

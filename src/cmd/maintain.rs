@@ -1,0 +1,204 @@
+//! `forget`, `prune` and `copy`.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use rewind_store::prune::{self, CopyProgress, PruneOptions, PruneProgress};
+use rewind_store::retention::{self, Policy};
+use rewind_store::{CacheSizes, Repository, SnapshotEntry};
+
+use crate::cli::{CopyArgs, ForgetArgs, PruneArgs};
+use crate::cmd::{Progress, human_bytes, human_duration, open_indexed, open_repo};
+
+pub fn forget(a: ForgetArgs) -> Result<ExitCode> {
+    let repo = open_repo(&a.repo.repo)?;
+    let all = repo.snapshots()?;
+    let policy = Policy {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+        within: a.keep_within.as_deref().map(parse_duration).transpose()?,
+    };
+    // Named snapshots, or a policy over groups of (host, paths).
+    let mut decisions: Vec<(SnapshotEntry, Vec<&'static str>)> = Vec::new();
+    if !a.snapshots.is_empty() {
+        if !policy.is_empty() {
+            bail!("give either snapshot ids or --keep-* rules, not both");
+        }
+        for spec in &a.snapshots {
+            decisions.push((repo.find_snapshot(spec, a.host.as_deref())?, Vec::new()));
+        }
+    } else {
+        if policy.is_empty() {
+            bail!("no --keep-* rule given: refusing to forget every snapshot (name snapshots to forget them)");
+        }
+        let mut groups: BTreeMap<(String, Vec<String>), Vec<SnapshotEntry>> = BTreeMap::new();
+        for s in all {
+            if a.host.as_ref().is_some_and(|h| &s.snapshot.host != h) || a.tag.as_ref().is_some_and(|t| !s.snapshot.tags.contains(t)) {
+                continue;
+            }
+            groups.entry((s.snapshot.host.clone(), s.snapshot.paths.clone())).or_default().push(s);
+        }
+        let tz = jiff::tz::TimeZone::system();
+        for (_, mut snaps) in groups {
+            snaps.reverse();
+            let times: Vec<jiff::Timestamp> = snaps.iter().map(|s| s.snapshot.time).collect();
+            let reasons = retention::apply(&policy, &times, &tz);
+            for (s, r) in snaps.into_iter().zip(reasons) {
+                decisions.push((s, r.iter().map(|x| x.as_str()).collect()));
+            }
+        }
+    }
+    let remove: Vec<_> = decisions.iter().filter(|(_, r)| r.is_empty()).map(|(s, _)| s.id).collect();
+    if a.json {
+        let v: Vec<serde_json::Value> = decisions
+            .iter()
+            .map(|(s, r)| serde_json::json!({"id": s.id.to_hex(), "time": s.snapshot.time, "host": s.snapshot.host,
+                "paths": s.snapshot.paths, "keep": !r.is_empty(), "reasons": r}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (s, r) in &decisions {
+            let what = if r.is_empty() { "remove".to_string() } else { format!("keep ({})", r.join(", ")) };
+            println!("{} {} {:<16} {}", s.id.short(), s.snapshot.time.strftime("%Y-%m-%d %H:%M:%S"), s.snapshot.host, what);
+        }
+    }
+    if !a.dry_run {
+        prune::forget(&repo, &remove)?;
+        crate::catalog_cmd::update_after_backup(&repo.open_indexed(CacheSizes::default())?);
+    }
+    eprintln!(
+        "forget: {} snapshot(s) {}, {} kept{}",
+        remove.len(),
+        if a.dry_run { "would be removed" } else { "removed" },
+        decisions.len() - remove.len(),
+        if a.dry_run || remove.is_empty() { "" } else { "; run `rewind prune` to free their data" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `1y2m3w4d5h`: years of 365 days, months of 30, weeks, days, hours.
+fn parse_duration(s: &str) -> Result<jiff::SignedDuration> {
+    let mut hours: i64 = 0;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: i64 = num.parse().with_context(|| format!("bad duration {s:?} (like 1y6m, 14d, 36h)"))?;
+        num.clear();
+        hours += n * match c {
+            'y' => 365 * 24,
+            'm' => 30 * 24,
+            'w' => 7 * 24,
+            'd' => 24,
+            'h' => 1,
+            _ => bail!("bad duration {s:?}: unit {c:?} is not one of y, m, w, d, h"),
+        };
+    }
+    if !num.is_empty() || s.is_empty() {
+        bail!("bad duration {s:?}: every number needs a unit (y, m, w, d, h)");
+    }
+    Ok(jiff::SignedDuration::from_hours(hours))
+}
+
+pub fn prune(a: PruneArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let repo = open_repo(&a.repo.repo)?;
+    let progress = Arc::new(PruneProgress::default());
+    let p = progress.clone();
+    let bar = Progress::start(move || {
+        format!(
+            "repacking {}/{} packs, {}",
+            p.packs_done.load(Ordering::Relaxed),
+            p.packs_total.load(Ordering::Relaxed),
+            human_bytes(p.bytes_repacked.load(Ordering::Relaxed))
+        )
+    });
+    let opts = PruneOptions { dry_run: a.dry_run, max_repack_percent: a.max_repack };
+    let r = prune::prune(&repo, &opts, &progress)?;
+    drop(bar);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    }
+    let verb = if a.dry_run { "would free" } else { "freed" };
+    println!(
+        "prune: {} snapshots, {} packs ({}, {} used); {} unused and {} repacked packs ({} rewritten); {verb} {}{}{} in {}",
+        r.snapshots,
+        r.packs,
+        human_bytes(r.bytes_total),
+        human_bytes(r.bytes_used),
+        r.packs_unused,
+        r.packs_repacked,
+        human_bytes(r.bytes_repacked),
+        human_bytes(r.bytes_freed),
+        if r.packs_deferred > 0 {
+            format!("; {} packs ({}) wait for running backups and go with the next prune", r.packs_deferred, human_bytes(r.bytes_deferred))
+        } else {
+            String::new()
+        },
+        if r.packs_reindexed > 0 { format!("; {} unindexed packs indexed again", r.packs_reindexed) } else { String::new() },
+        human_duration(started.elapsed())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn copy(a: CopyArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let src = open_indexed(&a.repo.repo)?;
+    let dst = Repository::open(&a.to)
+        .with_context(|| format!("cannot open target repository {}", a.to.display()))?
+        .open_indexed(CacheSizes::default())?;
+    if src.repo().config().chunker != dst.repo().config().chunker {
+        eprintln!("warning: the repositories chunk differently; copied snapshots will not deduplicate against the target's own backups");
+    }
+    let all = src.repo().snapshots()?;
+    let chosen: Vec<SnapshotEntry> = if a.snapshots.is_empty() {
+        all.into_iter().filter(|s| a.host.as_ref().is_none_or(|h| &s.snapshot.host == h)).collect()
+    } else {
+        a.snapshots.iter().map(|s| src.repo().find_snapshot(s, a.host.as_deref())).collect::<rewind_store::Result<_>>()?
+    };
+    let progress = Arc::new(CopyProgress::default());
+    let p = progress.clone();
+    let bar = Progress::start(move || {
+        format!(
+            "{}/{} blobs, {}",
+            p.blobs_done.load(Ordering::Relaxed),
+            p.blobs_total.load(Ordering::Relaxed),
+            human_bytes(p.bytes.load(Ordering::Relaxed))
+        )
+    });
+    let r = prune::copy(&src, &dst, &chosen, &progress)?;
+    drop(bar);
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    println!(
+        "copy: {} snapshots copied, {} already there; {} blobs, {} ({}/s) in {}",
+        r.snapshots_copied,
+        r.snapshots_present,
+        r.blobs_copied,
+        human_bytes(r.bytes_copied),
+        human_bytes((r.bytes_copied as f64 / secs) as u64),
+        human_duration(started.elapsed())
+    );
+    crate::catalog_cmd::update_after_backup(&dst);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations() {
+        assert_eq!(super::parse_duration("1d12h").unwrap(), jiff::SignedDuration::from_hours(36));
+        assert_eq!(super::parse_duration("2w").unwrap(), jiff::SignedDuration::from_hours(336));
+        assert!(super::parse_duration("5").is_err());
+        assert!(super::parse_duration("3x").is_err());
+    }
+}
