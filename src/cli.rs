@@ -57,6 +57,8 @@ pub enum Command {
     /// Maintain the file catalog behind find, deleted and history
     #[command(subcommand)]
     Catalog(crate::catalog_cmd::CatalogCommand),
+    /// Try rewind: a sample file server with history, backed up and served by the portal
+    Demo(DemoArgs),
 }
 
 #[derive(Args, Debug)]
@@ -164,6 +166,16 @@ pub struct ServeArgs {
     /// The portal's configuration (see portal/portal.example.toml)
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where to build the demo (rebuilt from scratch on every run)
+    #[arg(long, default_value = "rewind-demo")]
+    pub dir: PathBuf,
+    /// Address for the portal [default: 127.0.0.1:8080, or a free port if that is taken]
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         Command::Deleted(a) => catalog_cmd::deleted(a),
         Command::History(a) => catalog_cmd::history(a),
         Command::Catalog(c) => catalog_cmd::run(c),
+        Command::Demo(a) => cmd::demo::run(a),
     };
     match result {
         Ok(code) => code,

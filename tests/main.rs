@@ -7,4 +7,5 @@ mod portal;
 mod mount;
 mod store;
 mod catalog;
+mod web;
 mod prune;

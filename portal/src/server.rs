@@ -40,7 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/history", get(catalog_api::history))
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
-        .fallback(|| async { ApiError::NotFound })
+        .fallback(web_asset)
         .layer(middleware::from_fn(session::refresh_layer))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(limits.body_timeout_secs)))
@@ -51,6 +51,23 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), guard_layer))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The browser front end (`rewind-web`) for any other GET or HEAD; its pages carry their CSP.
+async fn web_asset(req: Request) -> Response {
+    use axum::http::Method;
+    match rewind_web::asset(req.uri().path()).filter(|_| matches!(*req.method(), Method::GET | Method::HEAD)) {
+        Some((body, kind)) => (
+            [
+                (header::CONTENT_TYPE, kind),
+                (header::CONTENT_SECURITY_POLICY, rewind_web::CSP),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            body,
+        )
+            .into_response(),
+        None => ApiError::NotFound.into_response(),
+    }
 }
 
 /// Refuses hostile request targets before routing, counts responses, sets safety headers.

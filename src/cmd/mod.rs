@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod demo;
 pub mod init;
 pub mod ls;
 pub mod maintain;

@@ -1,0 +1,295 @@
+//! `rewind demo`: a sample file server with a few users and a history of edits and deletions,
+//! backed up into a fresh repository, catalogued, and served by the portal on 127.0.0.1 with a
+//! `file` realm of demo users. Deterministic: the same files, the same history, on every run.
+//!
+//! The demo directory is rebuilt from scratch on every run (it holds nothing but the demo); a
+//! directory that is not a demo directory is never touched.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use rewind_store::{BackupOptions, BackupProgress, ChunkerParams, CompressionParams, Repository, backup};
+
+use crate::cli::DemoArgs;
+use crate::cmd::open_indexed;
+
+/// Marks a directory as made by `rewind demo`, so that a second run may replace it.
+const MARKER: &str = ".rewind-demo";
+
+/// The demo's people: login, display name, role, password.
+const USERS: [(&str, &str, &str, &str); 5] = [
+    ("alice", "Alice Martin", "user", "alice-demo"),
+    ("bob", "Bob Dupont", "user", "bob-demo"),
+    ("carol", "Carol Jones", "user", "carol-demo"),
+    ("hank", "Hank (helpdesk)", "helpdesk", "hank-demo"),
+    ("ada", "Ada (backup admin)", "admin", "ada-demo"),
+];
+
+/// Words for the sample documents.
+const WORDS: [&str; 24] = [
+    "budget", "meeting", "quarter", "report", "client", "project", "draft", "review", "summary", "invoice", "schedule",
+    "holiday", "team", "plan", "notes", "contract", "offer", "minutes", "agenda", "forecast", "sales", "design",
+    "release", "feedback",
+];
+
+/// A small deterministic generator (xorshift64*), so every run builds the same history.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn text(&mut self, words: usize) -> String {
+        let mut s = String::new();
+        for i in 0..words {
+            s.push_str(WORDS[self.below(WORDS.len())]);
+            s.push(if i % 12 == 11 { '\n' } else { ' ' });
+        }
+        s.push('\n');
+        s
+    }
+}
+
+/// A tiny valid PNG (a 2x2 picture in one colour), for the preview.
+fn png(rgb: [u8; 3]) -> Vec<u8> {
+    fn crc(data: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    fn adler(data: &[u8]) -> u32 {
+        let (mut a, mut b) = (1u32, 0u32);
+        for &x in data {
+            a = (a + x as u32) % 65521;
+            b = (b + a) % 65521;
+        }
+        (b << 16) | a
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc(&body).to_be_bytes());
+    }
+    let (w, h) = (16u32, 16u32);
+    let mut raw = Vec::new();
+    for y in 0..h {
+        raw.push(0);
+        for x in 0..w {
+            let shade = if (x / 4 + y / 4) % 2 == 0 { 0 } else { 40 };
+            raw.extend(rgb.iter().map(|c| c.saturating_sub(shade)));
+        }
+    }
+    // zlib with one stored block.
+    let mut z = vec![0x78, 0x01, 0x01];
+    z.extend_from_slice(&(raw.len() as u16).to_le_bytes());
+    z.extend_from_slice(&(!(raw.len() as u16)).to_le_bytes());
+    z.extend_from_slice(&raw);
+    z.extend_from_slice(&adler(&raw).to_be_bytes());
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &z);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+fn write(path: &Path, data: &[u8]) -> Result<()> {
+    std::fs::create_dir_all(path.parent().expect("a parent"))?;
+    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Generation 0: every user's home with documents, pictures and projects; a shared folder.
+fn make_files(server: &Path, rng: &mut Rng) -> Result<()> {
+    for (login, ..) in USERS.iter().take(3) {
+        let home = server.join("home").join(login);
+        for i in 0..6 {
+            let name = format!("{} {}.txt", WORDS[rng.below(WORDS.len())], 2026 - i % 3);
+            let words = 60 + rng.below(400);
+            write(&home.join("Documents").join(name), rng.text(words).as_bytes())?;
+        }
+        write(
+            &home.join("Documents/Quarterly report.md"),
+            format!("# Quarterly report ({login})\n\n{}", rng.text(300)).as_bytes(),
+        )?;
+        write(&home.join("Documents/budget.csv"), b"month,amount\njanuary,1200\nfebruary,1350\nmarch,990\n")?;
+        write(&home.join("Pictures/holiday.png"), &png([70, 130, 220]))?;
+        write(&home.join("Pictures/team.png"), &png([220, 120, 60]))?;
+        for p in 0..3 {
+            let dir = home.join("Projects").join(format!("project-{}", WORDS[(p * 5 + login.len()) % WORDS.len()]));
+            for _ in 0..4 {
+                let (name, words) = (WORDS[rng.below(WORDS.len())], 40 + rng.below(200));
+                write(&dir.join(format!("{name}.txt")), rng.text(words).as_bytes())?;
+            }
+        }
+        write(&home.join("notes.txt"), format!("{login}'s notes\n{}", rng.text(80)).as_bytes())?;
+    }
+    write(&server.join("shared/README.txt"), b"Shared folder of the demo file server.\n")?;
+    Ok(())
+}
+
+/// Every file under `dir`, sorted (so that choices are deterministic).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() { stack.push(p) } else { out.push(p) }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One generation of life on the file server: edits, new files, and deletions in every home.
+fn step(server: &Path, generation: u32, rng: &mut Rng) -> Result<()> {
+    for (login, ..) in USERS.iter().take(3) {
+        let home = server.join("home").join(login);
+        let files = files_under(&home);
+        // Edit a few files (append a paragraph).
+        for _ in 0..3 {
+            let f = &files[rng.below(files.len())];
+            if f.extension().is_some_and(|e| e == "png") {
+                continue;
+            }
+            let mut text = std::fs::read(f)?;
+            text.extend_from_slice(format!("\n-- edit {generation} --\n{}", rng.text(30)).as_bytes());
+            std::fs::write(f, text)?;
+        }
+        // A new file.
+        write(
+            &home.join(format!("Documents/{} (gen {generation}).txt", WORDS[rng.below(WORDS.len())])),
+            rng.text(100).as_bytes(),
+        )?;
+        // Deletions: two files, and in generation 2 a whole project folder.
+        let files = files_under(&home);
+        for _ in 0..2 {
+            let f = &files[rng.below(files.len())];
+            let _ = std::fs::remove_file(f);
+        }
+        if generation == 2 {
+            let projects = home.join("Projects");
+            let mut dirs: Vec<PathBuf> = std::fs::read_dir(&projects)?.flatten().map(|e| e.path()).collect();
+            dirs.sort();
+            if let Some(d) = dirs.first() {
+                std::fs::remove_dir_all(d)?;
+            }
+        }
+    }
+    // The quarterly report is always lost at the end: the demo's first thing to restore.
+    if generation == 3 {
+        let _ = std::fs::remove_file(server.join("home/alice/Documents/Quarterly report.md"));
+    }
+    Ok(())
+}
+
+/// Port 8080 if free, else any free port.
+fn pick_listen(wanted: Option<SocketAddr>) -> Result<SocketAddr> {
+    if let Some(a) = wanted {
+        return Ok(a);
+    }
+    let free =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 8080)).or_else(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))?;
+    Ok(free.local_addr()?)
+}
+
+pub fn run(a: DemoArgs) -> Result<ExitCode> {
+    let dir = std::path::absolute(&a.dir)?;
+    if dir.exists() {
+        let empty = std::fs::read_dir(&dir)?.next().is_none();
+        if !empty && !dir.join(MARKER).exists() {
+            bail!("{} exists and is not a demo directory; choose another with --dir", dir.display());
+        }
+        if !empty {
+            println!("Starting fresh: removing the previous demo in {}", dir.display());
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(MARKER), "made by `rewind demo`; removed and rebuilt by the next run\n")?;
+    let server = dir.join("fileserver");
+    let repo_path = dir.join("repo");
+
+    println!("Building a sample file server in {} ...", server.display());
+    Repository::init(&repo_path, ChunkerParams::default(), CompressionParams::default())
+        .with_context(|| format!("creating the repository {}", repo_path.display()))?;
+    let mut rng = Rng(0x5eed_2026_0001);
+    make_files(&server, &mut rng)?;
+    let generations = 4u32;
+    for generation in 0..generations {
+        if generation > 0 {
+            step(&server, generation, &mut rng)?;
+            // Snapshots are named by their time: keep them apart.
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        }
+        let repo = open_indexed(&repo_path)?;
+        let opts = BackupOptions { paths: vec![server.clone()], host: "fileserver".into(), ..Default::default() };
+        let report = |p: &Path, e: &rewind_store::Error| eprintln!("rewind: skipped {}: {e}", p.display());
+        let saved = backup(&repo, &opts, &BackupProgress::default(), &report).context("backing up the demo")?;
+        println!("  backup {} of {generations}: snapshot {}", generation + 1, saved.id.short());
+    }
+    let repo = open_indexed(&repo_path)?;
+    let mut cat = rewind_catalog::Catalog::open_for(repo.repo()).context("opening the catalog")?;
+    cat.sync(&repo).context("building the catalog")?;
+
+    // Portal: a file realm of the demo users, homes as backed up, the `home` rule.
+    let mut users = String::new();
+    for (i, (login, name, role, password)) in USERS.iter().enumerate() {
+        let hash = rewind_portal::hash_password(password)?;
+        let home = server.join("home").join(login);
+        users.push_str(&format!(
+            "[users.{login}]\nhash = \"{hash}\"\nrole = \"{role}\"\nuid = {uid}\ngids = [{uid}]\nhome = \"{home}\"\ndisplay_name = \"{name}\"\n\n",
+            uid = 2001 + i,
+            home = home.display()
+        ));
+    }
+    std::fs::write(dir.join("users.toml"), users)?;
+    let listen = pick_listen(a.listen)?;
+    let config = format!(
+        "listen = \"{listen}\"\nrepository = \"{repo}\"\naudit_log = \"audit.jsonl\"\n\n[session]\nkey_file = \"session.key\"\n\n\
+         [authz]\nrules = [\"home\"]\n\n[[realm]]\nkind = \"file\"\nname = \"demo\"\nusers_file = \"users.toml\"\n",
+        repo = repo_path.display()
+    );
+    let config_path = dir.join("portal.toml");
+    std::fs::write(&config_path, config)?;
+    let config = rewind_portal::Config::load(&config_path)?;
+
+    println!();
+    println!("rewind demo: {generations} backups of a file server with 3 users' homes, with edits and deletions.");
+    println!("  data:        {} (rebuilt from scratch by the next `rewind demo`)", dir.display());
+    println!();
+    println!("  Open http://{listen}/ and sign in as:");
+    for (login, _, role, password) in USERS {
+        println!("    {login:<6} password {password:<11} ({role})");
+    }
+    println!();
+    println!("  alice lost 'Quarterly report.md': she finds it under Recently deleted.");
+    println!("  The same backups as a filesystem (needs FUSE):");
+    println!("    mkdir -p /tmp/rewind-mnt && rewind mount --repo {} /tmp/rewind-mnt", repo_path.display());
+    println!("  Portal configuration: {} (run it again with `rewind serve --config ...`)", config_path.display());
+    println!("  Stop with Ctrl-C.");
+    println!();
+    rewind_portal::serve_blocking(config)?;
+    Ok(ExitCode::SUCCESS)
+}
