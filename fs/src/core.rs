@@ -215,10 +215,10 @@ impl Core {
         if is_live(&dir) {
             self.view.refresh_if_stale();
         }
-        if let Entry::Node { node, .. } = &dir {
-            if !node.is_dir() {
-                return Err(Errno::ENOTDIR);
-            }
+        if let Entry::Node { node, .. } = &dir
+            && !node.is_dir()
+        {
+            return Err(Errno::ENOTDIR);
         }
         let e = self.view.lookup(&dir, name).map_err(|e| errno(&e))?;
         let ino = self.inodes.lock().expect("inode lock").lookup(parent, name, e.clone()).ok_or(Errno::ESTALE)?;
@@ -263,10 +263,10 @@ impl Core {
     /// listing (everything inside a snapshot).
     pub fn opendir(&self, ino: u64) -> Result<(u64, bool), Errno> {
         let e = self.entry(ino)?;
-        if let Entry::Node { node, .. } = &e {
-            if !node.is_dir() {
-                return Err(Errno::ENOTDIR);
-            }
+        if let Entry::Node { node, .. } = &e
+            && !node.is_dir()
+        {
+            return Err(Errno::ENOTDIR);
         }
         if is_live(&e) {
             self.view.refresh_if_stale();
