@@ -207,7 +207,11 @@ impl Browser {
     fn find(&self, css: &str) -> String {
         self.wait(&format!("element {css}"), || {
             let e = self.try_find(css)?;
-            self.cmd("GET", &format!("/element/{e}/displayed"), Value::Null).as_bool().unwrap_or(false).then_some(e)
+            // The page may redraw between the two calls (a stale element): look again.
+            let (status, body) =
+                http(&self.addr, "GET", &format!("/session/{}/element/{e}/displayed", self.session), None);
+            let v: Value = serde_json::from_slice(&body).ok()?;
+            (status == 200 && v["value"] == json!(true)).then_some(e)
         })
     }
 
@@ -229,15 +233,26 @@ impl Browser {
         self.cmd("POST", "/url", json!({ "url": url }));
     }
 
+    /// Do something to an element, looking it up again if the page redrew it meanwhile.
+    fn on_element(&self, css: &str, steps: &[(&str, Value)]) {
+        self.wait(&format!("{css} to accept {steps:?}"), || {
+            let e = self.find(css);
+            for (action, body) in steps {
+                let path = format!("/session/{}/element/{e}/{action}", self.session);
+                if http(&self.addr, "POST", &path, Some(body)).0 != 200 {
+                    return None;
+                }
+            }
+            Some(())
+        })
+    }
+
     fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.cmd("POST", &format!("/element/{e}/click"), json!({}));
+        self.on_element(css, &[("click", json!({}))]);
     }
 
     fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css);
-        self.cmd("POST", &format!("/element/{e}/clear"), json!({}));
-        self.cmd("POST", &format!("/element/{e}/value"), json!({ "text": text }));
+        self.on_element(css, &[("clear", json!({})), ("value", json!({ "text": text }))]);
     }
 
     fn js(&self, script: &str, args: Value) -> Value {
@@ -516,7 +531,20 @@ fn browser_restores_deleted_files_folders_and_helpdesk_acts() {
     b.find("table");
     b.window(390, 844);
     b.screenshot("09-phone-recently-deleted");
+    b.go(&format!("{}/#/browse?host=fileserver&path={}", portal.url, enc(&folder_path.to_string_lossy())));
+    b.find("#zip-folder");
+    b.screenshot("09-phone-browse");
     b.window(1280, 900);
+    // Dark mode follows the system.
+    let dark = json!({"cmd": "Emulation.setEmulatedMedia", "params": {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}});
+    b.cmd("POST", "/chromium/send_command", dark);
+    b.go(&format!("{}/#/file?host=fileserver&path={}", portal.url, enc(&alice_home.join(lost_rel).to_string_lossy())));
+    b.find(".preview pre");
+    let bg = b.js("return getComputedStyle(document.body).backgroundColor", json!([]));
+    assert_eq!(bg, json!("rgb(17, 20, 24)"), "dark colours under prefers-color-scheme: dark");
+    b.screenshot("09-dark-file-versions");
+    let light = json!({"cmd": "Emulation.setEmulatedMedia", "params": {"features": [{"name": "prefers-color-scheme", "value": "light"}]}});
+    b.cmd("POST", "/chromium/send_command", light);
 
     // Access history: nobody yet.
     b.go(&format!("{}/#/access", portal.url));

@@ -227,7 +227,7 @@ function table(columns, rows, opts) {
     fill(tbody, ...list.map((r) => el("tr", {}, columns.map((c) => el("td", { class: c.cls }, c.cell(r))))));
     const more = rows.length > shown || !serverDone;
     moreBtn.hidden = !more;
-    count.textContent = rows.length ? `Showing ${list.length} of ${rows.length}${serverDone ? "" : "+"}` : "";
+    count.textContent = rows.length > 20 || !serverDone ? `Showing ${list.length} of ${rows.length}${serverDone ? "" : "+"}` : "";
   }
 
   function sortBy(key) {
@@ -405,10 +405,17 @@ function versionActions(v) {
   ];
 }
 
+/** A folder for a list: its last three parts (the full path in the tooltip). */
+function shortDir(path) {
+  const dir = dirName(path);
+  const parts = dir.split("/").filter(Boolean);
+  return parts.length <= 3 ? dir : "…/" + parts.slice(-3).join("/");
+}
+
 function nameCell(v) {
   return [kindIcon(v.kind, v.name),
     el("a", { class: "name", href: "#/file?" + qs({ host: v.host, path: v.path, snapshot: v.snapshot }) }, v.name),
-    el("div", { class: "sub" }, `in ${dirName(v.path)}`, v.host ? ` on ${v.host}` : "")];
+    el("div", { class: "sub", title: dirName(v.path) }, `in ${shortDir(v.path)}`, v.host ? ` on ${v.host}` : "")];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -425,7 +432,8 @@ async function deletedPage(params) {
     const cols = [
       { key: "name", label: "Name", value: (v) => v.name, cell: nameCell },
       { key: "gone", label: "Deleted", value: (v) => v.deleted && v.deleted.first_absent.time, cls: "when",
-        cell: (v) => v.deleted ? [el("span", {}, "between "), when(v.deleted.last_present.time), el("br"), el("span", {}, "and "), when(v.deleted.first_absent.time)] : "" },
+        cell: (v) => v.deleted ? [el("span", {}, "gone by "), when(v.deleted.first_absent.time),
+          el("div", { class: "sub" }, "last backed up ", when(v.deleted.last_present.time))] : "" },
       { key: "size", label: "Size", value: (v) => v.size, cell: (v) => humanSize(v.size), cls: "num opt" },
       { key: "a", label: "Actions", cell: versionActions, cls: "actions" },
     ];
@@ -710,6 +718,18 @@ function helpdeskPage() {
 // ---------------------------------------------------------------------------------------------
 // Access history
 
+/** An audited query string, for people: `q=report&kind=file&limit=200` -> `name "report", files`. */
+function readableQuery(q) {
+  const p = new URLSearchParams(q);
+  const out = [];
+  const names = { q: "name", path: "folder", host: "computer", modified_after: "changed after", modified_before: "changed before",
+    min_size: "at least (bytes)", max_size: "at most (bytes)", since: "since" };
+  for (const [k, v] of p) {
+    if (names[k]) out.push(`${names[k]} "${v}"`);
+  }
+  return out.length ? out.join(", ") : "everything";
+}
+
 async function accessPage() {
   const out = el("div", {}, spinner());
   page("Access history", "Who from the helpdesk or the backup team looked at your files for you, when, and why.", out);
@@ -720,7 +740,7 @@ async function accessPage() {
       { key: "time", label: "When", value: (i) => i.time, cell: (i) => when(i.time), cls: "when" },
       { key: "by", label: "Who", value: (i) => i.by, cell: (i) => i.by },
       { key: "event", label: "What", value: (i) => i.event, cell: (i) => [label[i.event] || i.event,
-        i.paths && i.paths.length ? el("div", { class: "sub" }, i.paths.join(", ")) : null, i.query ? el("div", { class: "sub" }, i.query) : null] },
+        i.paths && i.paths.length ? el("div", { class: "sub" }, i.paths.join(", ")) : null, i.query ? el("div", { class: "sub" }, readableQuery(i.query)) : null] },
       { key: "reason", label: "Reason", value: (i) => i.reason, cell: (i) => i.reason || "" },
     ];
     fill(out, table(cols, items, { sortKey: "time", sortDir: -1, caption: "Access history",
