@@ -138,15 +138,30 @@ impl Backend for LocalBackend {
             return Err(Error::io(&tmp, e));
         }
         drop(f);
-        fs::rename(&tmp, &dest).at(&dest)?;
-        fsync_dir(dest.parent().expect("repository files live in a directory"))
+        let parent = dest.parent().expect("repository files live in a directory");
+        if let Err(e) = fs::rename(&tmp, &dest) {
+            if e.kind() != std::io::ErrorKind::NotFound || parent.exists() {
+                let _ = fs::remove_file(&tmp);
+                return Err(Error::io(&dest, e));
+            }
+            // A directory this repository was created without (`pending/` came later).
+            fs::create_dir_all(parent).at(parent)?;
+            fs::rename(&tmp, &dest).at(&dest)?;
+        }
+        fsync_dir(parent)
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<String>> {
         let mut out = Vec::new();
         let dir = self.root.join(kind.dir());
         let push = |dir: &Path, out: &mut Vec<String>| -> Result<()> {
-            for e in fs::read_dir(dir).at(dir)? {
+            let entries = match fs::read_dir(dir) {
+                Ok(e) => e,
+                // A directory a newer rewind added (`pending/`): nothing of that kind yet.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && kind != FileKind::Pack => return Ok(()),
+                Err(e) => return Err(Error::io(dir, e)),
+            };
+            for e in entries {
                 let e = e.at(dir)?;
                 if let Some(name) = e.file_name().to_str() {
                     if !name.starts_with('.') {
