@@ -495,6 +495,23 @@ fn browser_restores_deleted_files_folders_and_helpdesk_acts() {
     assert_success(&out, "unzip");
     assert_eq!(files_under(&unz.join(&folder)), files_under(&folder_path), "the zip unpacks to the source folder");
 
+    // Two files picked by hand come as one zip.
+    let picked: Vec<String> = files_under(&folder_path).into_keys().filter(|k| !k.contains('/')).take(2).collect();
+    assert_eq!(picked.len(), 2, "two files directly in {}", folder_path.display());
+    for name in &picked {
+        b.click(&format!("input[aria-label=\"Select {name}\"]"));
+    }
+    b.wait_text("Download selected (2)");
+    b.click("#zip-selected");
+    let zip = b.downloaded("selection.zip");
+    std::fs::write(repo.path("s.zip"), &zip).unwrap();
+    let sel = repo.path("selection");
+    let out = Command::new("unzip").arg("-q").arg(repo.path("s.zip")).arg("-d").arg(&sel).output().unwrap();
+    assert_success(&out, "unzip selection");
+    let want: BTreeMap<String, Vec<u8>> =
+        picked.iter().map(|n| (n.clone(), std::fs::read(folder_path.join(n)).unwrap())).collect();
+    assert_eq!(files_under(&sel), want, "the selection zip holds exactly the picked files");
+
     // Browse up to the users folder: no trace of bob.
     b.go(&format!("{}/#/browse?host=fileserver&path={}", portal.url, enc(&users.to_string_lossy())));
     b.find("table");
@@ -522,7 +539,7 @@ fn browser_restores_deleted_files_folders_and_helpdesk_acts() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     got.sort();
-    let mut want = vec![lost_name.clone(), format!("{folder}.zip")];
+    let mut want = vec![lost_name.clone(), format!("{folder}.zip"), "selection.zip".to_string()];
     want.sort();
     assert_eq!(got, want, "only alice's own downloads arrived");
 
@@ -579,4 +596,70 @@ fn browser_restores_deleted_files_folders_and_helpdesk_acts() {
     b.screenshot("12-access-history");
     sign_out(&b);
     b.screenshot("13-signed-out");
+}
+
+/// `rewind demo` builds its file server, backs it up and serves it: alice signs in with the
+/// printed password, finds the report the demo history deleted, and sees a picture's preview.
+#[test]
+fn demo_serves_a_history_that_alice_can_restore_from() {
+    let dir = tempfile::Builder::new().prefix("rewind-demo-test-").tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(rewind_bin())
+        .args(["demo", "--dir"])
+        .arg(dir.path().join("demo"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start rewind demo");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let _guard = Kill(child);
+    let mut printed = String::new();
+    while !printed.contains("listening on") {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "rewind demo stopped early:\n{printed}");
+        printed.push_str(&line);
+    }
+    for needle in
+        [&format!("http://127.0.0.1:{port}/"), "alice", "alice-demo", "hank-demo", "ada-demo", "rewind mount --repo"]
+    {
+        assert!(printed.contains(needle), "the demo should print {needle:?}:\n{printed}");
+    }
+
+    let downloads = dir.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let b = Browser::start(&downloads);
+    let portal_url = format!("http://127.0.0.1:{port}");
+    b.go(&format!("{portal_url}/#/login"));
+    b.type_into("#username", "alice");
+    b.type_into("#password", "alice-demo");
+    b.click("#signin");
+    let link = "a[aria-label=\"Download Quarterly report.md\"]";
+    b.find(link);
+    b.screenshot("20-demo-recently-deleted");
+    b.click(link);
+    let report = b.downloaded("Quarterly report.md");
+    assert!(report.starts_with(b"# Quarterly report (alice)"), "{}", String::from_utf8_lossy(&report));
+
+    // A picture's preview is an <img> that really decodes.
+    let home = dir.path().join("demo/fileserver/home/alice");
+    b.go(&format!(
+        "{portal_url}/#/file?host=fileserver&path={}",
+        enc(&home.join("Pictures/holiday.png").to_string_lossy())
+    ));
+    b.find(".preview img");
+    b.wait("the picture to load", || {
+        (b.js("const i = document.querySelector('.preview img'); return i.complete && i.naturalWidth", json!([]))
+            == json!(160))
+        .then_some(())
+    });
+    b.screenshot("21-demo-image-preview");
 }

@@ -58,7 +58,7 @@ impl Rng {
     }
 }
 
-/// A tiny valid PNG (a 2x2 picture in one colour), for the preview.
+/// A small valid PNG (a 160x120 checkerboard in one colour), for the preview.
 fn png(rgb: [u8; 3]) -> Vec<u8> {
     fn crc(data: &[u8]) -> u32 {
         let mut c = 0xffff_ffffu32;
@@ -85,12 +85,12 @@ fn png(rgb: [u8; 3]) -> Vec<u8> {
         out.extend_from_slice(&body);
         out.extend_from_slice(&crc(&body).to_be_bytes());
     }
-    let (w, h) = (16u32, 16u32);
+    let (w, h) = (160u32, 120u32);
     let mut raw = Vec::new();
     for y in 0..h {
         raw.push(0);
         for x in 0..w {
-            let shade = if (x / 4 + y / 4) % 2 == 0 { 0 } else { 40 };
+            let shade = if (x / 20 + y / 20) % 2 == 0 { 0 } else { 40 };
             raw.extend(rgb.iter().map(|c| c.saturating_sub(shade)));
         }
     }
@@ -111,9 +111,28 @@ fn png(rgb: [u8; 3]) -> Vec<u8> {
     out
 }
 
+/// When the files of a generation were last changed: the demo's history spans the last weeks
+/// (generation 0 about a month ago, each step a week later), though its backups run in seconds.
+fn generation_time(generation: u32, rng: &mut Rng) -> std::time::SystemTime {
+    let days_ago = 28 - 7 * generation as u64;
+    let secs = days_ago * 86_400 + rng.below(5 * 86_400) as u64 + 3_600;
+    std::time::SystemTime::now() - std::time::Duration::from_secs(secs)
+}
+
 fn write(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::create_dir_all(path.parent().expect("a parent"))?;
     std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Give every file changed in this generation (newer than `since`) a time of that generation.
+fn age_files(root: &Path, since: std::time::SystemTime, generation: u32, rng: &mut Rng) -> Result<()> {
+    for f in files_under(root) {
+        let m = std::fs::metadata(&f)?;
+        if m.modified()? >= since {
+            std::fs::File::options().write(true).open(&f)?.set_modified(generation_time(generation, rng))?;
+        }
+    }
+    Ok(())
 }
 
 /// Generation 0: every user's home with documents, pictures and projects; a shared folder.
@@ -235,11 +254,16 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     Repository::init(&repo_path, ChunkerParams::default(), CompressionParams::default())
         .with_context(|| format!("creating the repository {}", repo_path.display()))?;
     let mut rng = Rng(0x5eed_2026_0001);
-    make_files(&server, &mut rng)?;
     let generations = 4u32;
     for generation in 0..generations {
-        if generation > 0 {
+        let started = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+        if generation == 0 {
+            make_files(&server, &mut rng)?;
+        } else {
             step(&server, generation, &mut rng)?;
+        }
+        age_files(&server, started, generation, &mut rng)?;
+        if generation > 0 {
             // Snapshots are named by their time: keep them apart.
             std::thread::sleep(std::time::Duration::from_millis(1100));
         }
