@@ -338,6 +338,9 @@ fn queries(out: &std::path::Path) {
             let t = Instant::now();
             let page = cat.find(&q).unwrap();
             times.push(t.elapsed());
+            if t.elapsed() > Duration::from_millis(50) {
+                eprintln!("slow: {p:?} {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+            }
             hits += page.items.len();
         }
         println!(

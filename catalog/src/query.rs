@@ -475,7 +475,7 @@ impl Catalog {
     }
 
     /// An FTS5 query for three trigrams of `lit` spread over it (its start, middle and end:
-    /// together they narrow the names best without counting); `None` when `lit` is too short.
+    /// together they narrow the names well without counting); `None` when `lit` is too short.
     fn trigram_plan(&self, lit: &str) -> Result<Option<String>> {
         let chars: Vec<char> = lit.to_lowercase().chars().collect();
         if chars.len() < 3 {
