@@ -166,7 +166,7 @@ function minutes(retryAfter) {
 function errorBox(e, what) {
   if (e instanceof ApiError && e.status === 401 && me) {
     me = null;
-    setTimeout(() => { location.hash = "#/login"; route(); }, 0);
+    setTimeout(() => loginPage("Your session has ended (after a while without activity, or you signed out elsewhere). Sign in again to continue."), 0);
   }
   return el("div", { class: "error", role: "alert" }, explain(e, what));
 }
@@ -323,8 +323,7 @@ function layout(page) {
 async function stopActing() {
   try {
     me = await api("POST", "/api/act/stop");
-    location.hash = "#/helpdesk";
-    route();
+    go("#/helpdesk");
   } catch (e) {
     main().prepend(errorBox(e));
   }
@@ -370,8 +369,8 @@ function loginPage(message) {
     fill(btn, el("span", { class: "spinner", "aria-hidden": "true" }), "Signing in…");
     try {
       me = await api("POST", "/api/login", { username: user.value.trim(), password: pass.value });
-      location.hash = "#/deleted";
-      route();
+      // Back to where the session ended, or to the landing page.
+      go(location.hash && !location.hash.startsWith("#/login") ? location.hash : "#/deleted");
     } catch (e) {
       let text;
       if (e.status === 401) text = "That user name and password do not match. Check the spelling and Caps Lock, then try again. Forgot your password? Your IT helpdesk can reset it.";
@@ -566,13 +565,13 @@ async function showFolder(out, host, snap, path) {
     fill(out, errorBox(e, "This folder"));
     return;
   }
-  const go = (p) => "#/browse?" + qs({ host, snapshot: snap.short_id, path: p });
+  const folderLink = (p) => "#/browse?" + qs({ host, snapshot: snap.short_id, path: p });
   const parts = j.path.split("/").filter(Boolean);
-  const crumbs = el("nav", { class: "crumbs", "aria-label": "Folder path" }, el("a", { href: go("/") }, host));
+  const crumbs = el("nav", { class: "crumbs", "aria-label": "Folder path" }, el("a", { href: folderLink("/") }, host));
   parts.forEach((p, i) => {
     crumbs.append(el("span", { class: "sep", "aria-hidden": "true" }, "›"));
     const full = "/" + parts.slice(0, i + 1).join("/");
-    crumbs.append(i === parts.length - 1 ? el("span", { "aria-current": "page" }, p) : el("a", { href: go(full) }, p));
+    crumbs.append(i === parts.length - 1 ? el("span", { "aria-current": "page" }, p) : el("a", { href: folderLink(full) }, p));
   });
   const selected = new Set();
   const zipBtn = el("a", { class: "button primary", id: "zip-selected", href: "#", "aria-disabled": "true",
@@ -595,7 +594,7 @@ async function showFolder(out, host, snap, path) {
       onchange: (ev) => { ev.target.checked ? selected.add(e.path) : selected.delete(e.path); updateZip(); } }) : "" },
     { key: "name", label: "Name", value: (e) => (e.kind === "dir" ? "0" : "1") + e.name.toLowerCase(),
       cell: (e) => [kindIcon(e.kind, e.name),
-        e.kind === "dir" ? el("a", { class: "name", href: go(e.path) }, e.name)
+        e.kind === "dir" ? el("a", { class: "name", href: folderLink(e.path) }, e.name)
           : e.kind === "file" ? el("a", { class: "name", href: "#/file?" + qs({ host, path: e.path, snapshot: snap.id }) }, e.name)
           : el("span", { class: "name" }, e.name),
         e.kind === "symlink" && e.target ? el("div", { class: "sub" }, `link to ${e.target}`) : null] },
@@ -706,8 +705,7 @@ function helpdeskPage() {
     btn.disabled = true;
     try {
       me = await api("POST", "/api/act", { user: user.value.trim(), reason: reason.value.trim() });
-      location.hash = "#/deleted";
-      route();
+      go("#/deleted");
     } catch (e) {
       err.append(el("div", { class: "error" }, e.status === 404 ? `There is no user called "${user.value.trim()}". Check the spelling of the user name.` : explain(e)));
       btn.disabled = false;
@@ -752,6 +750,12 @@ async function accessPage() {
 
 // ---------------------------------------------------------------------------------------------
 // Router
+
+/** Show the page of `hash` (once: a changed hash routes through the hashchange event). */
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
 
 function parseHash() {
   const h = location.hash.replace(/^#\/?/, "");
