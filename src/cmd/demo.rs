@@ -310,7 +310,9 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     println!();
     println!("  alice lost 'Quarterly report.md': she finds it under Recently deleted.");
     println!("  The same backups as a filesystem (needs FUSE):");
-    println!("    mkdir -p /tmp/rewind-mnt && rewind mount --repo {} /tmp/rewind-mnt", repo_path.display());
+    // The binary that runs now (`cargo run` leaves it in target/), so the command works as printed.
+    let rewind = std::env::current_exe().map(|e| e.display().to_string()).unwrap_or_else(|_| "rewind".into());
+    println!("    mkdir -p /tmp/rewind-mnt && {rewind} mount --repo {} /tmp/rewind-mnt", repo_path.display());
     println!("  Portal configuration: {} (run it again with `rewind serve --config ...`)", config_path.display());
     println!("  Stop with Ctrl-C.");
     println!();

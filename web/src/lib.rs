@@ -11,7 +11,7 @@
 //!   `index.html` and then asks the API, which decides what the user may see.
 
 /// The Content-Security-Policy of every asset.
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
 connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 const INDEX: &[u8] = include_bytes!("../assets/index.html");
