@@ -204,10 +204,9 @@ fn read_all_packs(
             }
         };
         progress.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        if Hash::of(&bytes) == pack.0 {
-            return;
-        }
-        // The pack is damaged: find out which blobs. Use the index's view of the pack (the
+        let pack_ok = Hash::of(&bytes) == pack.0;
+        // Every blob is decompressed and hashed, not only the pack: a pack written whole with a
+        // wrong blob in it would pass its own hash. Use the index's view of the pack (the
         // trailer may be the damaged part).
         let mut found_bad = false;
         for (id, loc) in by_pack.get(&pack).map(|v| v.as_slice()).unwrap_or(&[]) {
@@ -222,7 +221,7 @@ fn read_all_packs(
                 damaged.lock().expect("check lock").insert(*id, (pack, e.to_string()));
             }
         }
-        if !found_bad {
+        if !pack_ok && !found_bad {
             errors.lock().expect("check lock").push(format!(
                 "pack {name}: content does not match its id (its trailer or padding is damaged; blobs verify)"
             ));

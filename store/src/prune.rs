@@ -439,15 +439,36 @@ pub fn copy(
         }
         missing.sort_by(|a, b| (a.1.pack, a.1.offset).cmp(&(b.1.pack, b.1.offset)));
         progress.blobs_total.fetch_add(missing.len() as u64, Ordering::Relaxed);
-        missing.par_iter().try_for_each(|(id, _)| -> Result<()> {
-            if !packer.claim(*id) {
-                return Ok(());
+        // One read per pack run when the blobs fill most of it, else one read per blob.
+        let mut runs: Vec<&[(BlobId, crate::index::Location)]> = missing.chunk_by(|a, b| a.1.pack == b.1.pack).collect();
+        runs.sort_by_key(|r| std::cmp::Reverse(r.len()));
+        runs.par_iter().try_for_each(|run| -> Result<()> {
+            let start = run[0].1.offset;
+            let end = run.iter().map(|(_, l)| l.offset + u64::from(l.stored_len)).max().unwrap_or(start);
+            let needed: u64 = run.iter().map(|(_, l)| u64::from(l.stored_len)).sum();
+            let span = if end - start <= needed * 2 {
+                src.backend().get_range(FileKind::Pack, &run[0].1.pack.to_hex(), start, (end - start) as usize).ok()
+            } else {
+                None
+            };
+            for (id, loc) in run.iter() {
+                if !packer.claim(*id) {
+                    continue;
+                }
+                let from_span = span.as_ref().and_then(|b| {
+                    let o = (loc.offset - start) as usize;
+                    b.get(o..o + loc.stored_len as usize).map(|s| (*loc, s.to_vec()))
+                });
+                // A pack gone meanwhile (a prune moved the blob) or a sparse run: read alone.
+                let (loc, stored) = match from_span {
+                    Some(x) => x,
+                    None => src.read_stored(*id)?,
+                };
+                blob::open(id, loc.compression, &stored, loc.raw_len)?;
+                packer.add_stored(*id, loc.compression, &stored, loc.raw_len)?;
+                progress.blobs_done.fetch_add(1, Ordering::Relaxed);
+                progress.bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
             }
-            let (loc, stored) = src.read_stored(*id)?;
-            blob::open(id, loc.compression, &stored, loc.raw_len)?;
-            packer.add_stored(*id, loc.compression, &stored, loc.raw_len)?;
-            progress.blobs_done.fetch_add(1, Ordering::Relaxed);
-            progress.bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
             Ok(())
         })?;
         packer.finish()?;
