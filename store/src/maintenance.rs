@@ -158,7 +158,7 @@ fn walk_structure(repo: &IndexedRepository, s: &SnapshotEntry, seen: &mut IdSet<
             }
         };
         for n in &tree.nodes {
-            let child = format!("{}{}{}", path, if path.ends_with('/') { "" } else { "/" }, n.name_lossy());
+            let child = child_path(&path, &n.name_lossy());
             if let Some(sub) = n.subtree {
                 stack.push((sub, child.clone()));
             }
@@ -173,6 +173,11 @@ fn walk_structure(repo: &IndexedRepository, s: &SnapshotEntry, seen: &mut IdSet<
             }
         }
     }
+}
+
+/// `path/name`, for messages.
+fn child_path(path: &str, name: &str) -> String {
+    if path.ends_with('/') { format!("{path}{name}") } else { format!("{path}/{name}") }
 }
 
 /// Read every pack; returns the blobs that fail verification.
@@ -273,7 +278,7 @@ fn attribute_damage(
             }
             let Ok(tree) = repo.tree(id) else { continue };
             for n in &tree.nodes {
-                let child = format!("{}{}{}", path, if path.ends_with('/') { "" } else { "/" }, n.name_lossy());
+                let child = child_path(&path, &n.name_lossy());
                 for c in &n.content {
                     if damaged.contains_key(&(*c).into()) {
                         let v = uses.entry((*c).into()).or_default();

@@ -241,9 +241,9 @@ impl View {
             st.snaps.iter().filter(|n| filter(n)).map(|n| (n.name.clone().into_bytes(), Entry::Snapshot(n.entry.id))).collect()
         };
         let mut out = match dir {
-            Entry::Root => ["hosts", "ids", "snapshots", "tags"]
-                .iter()
-                .map(|n| (n.as_bytes().to_vec(), self_lookup_root(n)))
+            Entry::Root => [("hosts", Entry::Hosts), ("ids", Entry::Ids), ("snapshots", Entry::Snapshots), ("tags", Entry::Tags)]
+                .into_iter()
+                .map(|(n, e)| (n.as_bytes().to_vec(), e))
                 .collect(),
             Entry::Snapshots => snaps(&|_| true),
             Entry::Hosts => {
@@ -364,15 +364,6 @@ impl View {
             Entry::Node { node, .. } => self.repo.open_file(node),
             _ => Err(Error::InvalidInput("not a file".into())),
         }
-    }
-}
-
-fn self_lookup_root(name: &str) -> Entry {
-    match name {
-        "hosts" => Entry::Hosts,
-        "ids" => Entry::Ids,
-        "snapshots" => Entry::Snapshots,
-        _ => Entry::Tags,
     }
 }
 
