@@ -23,6 +23,17 @@ impl Policy {
     pub fn is_empty(&self) -> bool {
         *self == Policy::default()
     }
+
+    /// The calendar rules with their counts.
+    fn calendar_rules(&self) -> [(Rule, usize); 5] {
+        [
+            (Rule::Hourly, self.hourly),
+            (Rule::Daily, self.daily),
+            (Rule::Weekly, self.weekly),
+            (Rule::Monthly, self.monthly),
+            (Rule::Yearly, self.yearly),
+        ]
+    }
 }
 
 /// The buckets of the calendar rules, in the local time zone given.
@@ -72,17 +83,10 @@ pub(crate) fn bucket(rule: Rule, t: Timestamp, tz: &TimeZone) -> i64 {
 /// it goes). Each calendar rule keeps the newest snapshot of each of its N most recent buckets.
 pub fn apply(policy: &Policy, times_newest_first: &[Timestamp], tz: &TimeZone) -> Vec<Vec<Rule>> {
     let mut reasons = vec![Vec::new(); times_newest_first.len()];
-    for (i, r) in reasons.iter_mut().enumerate().take(policy.last) {
-        let _ = i;
+    for r in reasons.iter_mut().take(policy.last) {
         r.push(Rule::Last);
     }
-    for (rule, n) in [
-        (Rule::Hourly, policy.hourly),
-        (Rule::Daily, policy.daily),
-        (Rule::Weekly, policy.weekly),
-        (Rule::Monthly, policy.monthly),
-        (Rule::Yearly, policy.yearly),
-    ] {
+    for (rule, n) in policy.calendar_rules() {
         let mut seen = HashSet::new();
         for (i, t) in times_newest_first.iter().enumerate() {
             if seen.len() >= n {
@@ -116,13 +120,7 @@ mod tests {
         for k in keep.iter_mut().take(policy.last) {
             *k = true;
         }
-        for (rule, n) in [
-            (Rule::Hourly, policy.hourly),
-            (Rule::Daily, policy.daily),
-            (Rule::Weekly, policy.weekly),
-            (Rule::Monthly, policy.monthly),
-            (Rule::Yearly, policy.yearly),
-        ] {
+        for (rule, n) in policy.calendar_rules() {
             let mut buckets: Vec<i64> = times.iter().map(|t| bucket(rule, *t, tz)).collect();
             buckets.sort_unstable();
             buckets.dedup();
