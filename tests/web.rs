@@ -267,6 +267,19 @@ impl Browser {
         self.wait(&format!("text {needle:?}"), || self.body_text().contains(needle).then_some(()));
     }
 
+    /// Every form field and button has a name a screen reader can say.
+    fn assert_labelled(&self, page: &str) {
+        let unnamed = self.js(
+            "return [...document.querySelectorAll('input, select, button, a[href]')]
+               .filter(e => e.offsetParent !== null)
+               .filter(e => !((e.labels && e.labels.length) || e.getAttribute('aria-label') || e.textContent.trim()
+                              || e.querySelector('img[alt]:not([alt=\"\"])')))
+               .map(e => e.outerHTML.slice(0, 120))",
+            json!([]),
+        );
+        assert_eq!(unnamed, json!([]), "{page}: fields without a label");
+    }
+
     /// Every link target on the page.
     fn hrefs(&self) -> Vec<String> {
         let v = self.js("return [...document.querySelectorAll('a[href]')].map(a => a.href)", json!([]));
@@ -436,6 +449,7 @@ fn browser_restores_deleted_files_folders_and_helpdesk_acts() {
     b.go(&portal.url);
     b.find("#username");
     b.screenshot("01-sign-in");
+    b.assert_labelled("sign in");
     login(&b, &portal, "alice", "not-her-password");
     let err = b.find("#login-error");
     let text = b.cmd("GET", &format!("/element/{err}/text"), Value::Null).as_str().unwrap().to_string();
@@ -447,6 +461,7 @@ fn browser_restores_deleted_files_folders_and_helpdesk_acts() {
     b.wait_text("Recently deleted");
     b.find("table");
     b.screenshot("03-recently-deleted");
+    b.assert_labelled("recently deleted");
     b.type_into("#deleted-q", &lost_name);
     b.click("form[role=search] button");
     let link = format!("a[aria-label=\"Download {lost_name}\"]");
@@ -467,6 +482,7 @@ fn browser_restores_deleted_files_folders_and_helpdesk_acts() {
     b.go(&format!("{}/#/search?q={}", portal.url, enc(&lost_name[..lost_name.len().min(8)])));
     b.find("table");
     b.screenshot("06-search");
+    b.assert_labelled("search");
 
     // Browse a folder of the latest backup and download it as a zip.
     let folder = after
@@ -478,6 +494,7 @@ fn browser_restores_deleted_files_folders_and_helpdesk_acts() {
     b.find("#zip-folder");
     b.find(".timeline button[aria-pressed=true]");
     b.screenshot("07-browse-folder");
+    b.assert_labelled("browse");
     // Only alice's home is on the way: bob's is not even named.
     assert!(!b.hrefs().iter().any(|h| h.contains("bob")), "a link to bob's files: {:?}", b.hrefs());
     b.click("#zip-folder");
@@ -575,6 +592,7 @@ fn browser_restores_deleted_files_folders_and_helpdesk_acts() {
     b.type_into("#act-user", "alice");
     b.type_into("#act-reason", "TICKET-42 lost document");
     b.screenshot("10-helpdesk-act");
+    b.assert_labelled("act for a user");
     b.click("#act-start");
     let banner = b.find("#acting");
     let text = b.cmd("GET", &format!("/element/{banner}/text"), Value::Null).as_str().unwrap().to_string();
