@@ -401,6 +401,7 @@ fn login(b: &Browser, portal: &Portal, user: &str, password: &str) {
 fn sign_out(b: &Browser) {
     b.click("#signout");
     b.find("#username");
+    b.wait_text("You have signed out");
 }
 
 #[test]

@@ -339,11 +339,11 @@ function page(title, lead, ...body) {
 // ---------------------------------------------------------------------------------------------
 // Sign in
 
-function loginPage(message) {
+function loginPage(message, info) {
   layout(null);
   document.title = "Sign in · rewind";
   const err = el("div", { role: "alert", "aria-live": "assertive" });
-  if (message) err.append(el("div", { class: "error" }, message));
+  if (message) err.append(el("div", { class: info ? "info" : "error" }, message));
   const user = el("input", { id: "username", name: "username", autocomplete: "username", required: true, autocapitalize: "none", spellcheck: "false" });
   const pass = el("input", { id: "password", name: "password", type: "password", autocomplete: "current-password", required: true });
   const btn = el("button", { type: "submit", class: "primary", id: "signin" }, "Sign in");
@@ -389,9 +389,8 @@ function loginPage(message) {
 async function signOut() {
   try { await api("POST", "/api/logout"); } catch (e) { /* the session is gone either way */ }
   me = null;
-  location.hash = "#/login";
-  loginPage();
-  announce("Signed out");
+  history.replaceState(null, "", "#/login");
+  loginPage("You have signed out. Close the browser window if this is a shared computer.", true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,7 +457,7 @@ async function searchPage(params) {
   const form = el("form", { class: "card filters", role: "search", onsubmit: submit },
     el("div", { class: "wide" }, ...f("q", "Name (part of it, or a pattern like *.docx)", { type: "search", placeholder: "e.g. report" })),
     el("div", {}, el("label", { for: "host" }, "Computer"), hosts),
-    el("div", {}, ...f("path", "In folder", { placeholder: "/home/alice/Documents" })),
+    el("div", {}, ...f("path", "In folder", { placeholder: "a folder path, e.g. /srv" })),
     el("div", {}, el("label", { for: "kind" }, "Type"), kind),
     el("div", {}, ...f("modified_after", "Changed after", { type: "date" })),
     el("div", {}, ...f("modified_before", "Changed before", { type: "date" })),
