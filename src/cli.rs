@@ -49,14 +49,14 @@ pub enum Command {
     /// Print an argon2id hash of a password (read from stdin) for the portal's file realm
     Passwd(PasswdArgs),
     /// Search every version of every file in every snapshot, by name (substring or glob)
-    Find(crate::catalog_cmd::FindArgs),
+    Find(crate::cmd::catalog::FindArgs),
     /// Files deleted: in an earlier snapshot, absent from their host's latest
-    Deleted(crate::catalog_cmd::DeletedArgs),
+    Deleted(crate::cmd::catalog::DeletedArgs),
     /// Every version of one path, with the snapshots that held it
-    History(crate::catalog_cmd::HistoryArgs),
+    History(crate::cmd::catalog::HistoryArgs),
     /// Maintain the file catalog behind find, deleted and history
     #[command(subcommand)]
-    Catalog(crate::catalog_cmd::CatalogCommand),
+    Catalog(crate::cmd::catalog::CatalogCommand),
     /// Try rewind: a sample file server with history, backed up and served by the portal
     Demo(DemoArgs),
 }

@@ -3,10 +3,6 @@
 
 mod cli;
 mod cmd;
-#[path = "cmd/serve.rs"]
-mod serve;
-#[path = "cmd/catalog.rs"]
-mod catalog_cmd;
 
 use std::process::ExitCode;
 
@@ -35,12 +31,12 @@ fn main() -> ExitCode {
         Command::Prune(a) => cmd::maintain::prune(a),
         Command::Copy(a) => cmd::maintain::copy(a),
         Command::Mount(a) => cmd::mount::run(a),
-        Command::Serve(a) => serve::run(a),
-        Command::Passwd(a) => serve::passwd(a),
-        Command::Find(a) => catalog_cmd::find(a),
-        Command::Deleted(a) => catalog_cmd::deleted(a),
-        Command::History(a) => catalog_cmd::history(a),
-        Command::Catalog(c) => catalog_cmd::run(c),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Passwd(a) => cmd::serve::passwd(a),
+        Command::Find(a) => cmd::catalog::find(a),
+        Command::Deleted(a) => cmd::catalog::deleted(a),
+        Command::History(a) => cmd::catalog::history(a),
+        Command::Catalog(c) => cmd::catalog::run(c),
         Command::Demo(a) => cmd::demo::run(a),
     };
     match result {

@@ -71,7 +71,7 @@ pub fn run(a: BackupArgs) -> Result<ExitCode> {
         );
     }
     // The catalog is a cache: failing to update it never fails the backup.
-    crate::catalog_cmd::update_after_backup(&repo);
+    crate::cmd::catalog::update_after_backup(&repo);
     if s.errors > 0 {
         eprintln!("rewind: {} entries could not be read and are not in snapshot {}", s.errors, saved.id.short());
         return Ok(ExitCode::from(EXIT_INCOMPLETE));

@@ -72,7 +72,7 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode> {
     }
     if !a.dry_run {
         prune::forget(&repo, &remove)?;
-        crate::catalog_cmd::update_after_backup(&repo.open_indexed(CacheSizes::default())?);
+        crate::cmd::catalog::update_after_backup(&repo.open_indexed(CacheSizes::default())?);
     }
     eprintln!(
         "forget: {} snapshot(s) {}, {} kept{}",
@@ -188,7 +188,7 @@ pub fn copy(a: CopyArgs) -> Result<ExitCode> {
         human_bytes((r.bytes_copied as f64 / secs) as u64),
         human_duration(started.elapsed())
     );
-    crate::catalog_cmd::update_after_backup(&dst);
+    crate::cmd::catalog::update_after_backup(&dst);
     Ok(ExitCode::SUCCESS)
 }
 

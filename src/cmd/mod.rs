@@ -1,6 +1,7 @@
 //! One module per command, each a small `run` function; shared helpers below.
 
 pub mod backup;
+pub mod catalog;
 pub mod check;
 pub mod demo;
 pub mod init;
@@ -8,6 +9,7 @@ pub mod ls;
 pub mod maintain;
 pub mod mount;
 pub mod restore;
+pub mod serve;
 pub mod snapshots;
 
 use std::io::IsTerminal;
