@@ -26,18 +26,6 @@ fn mounted(path: &Path) -> bool {
     info.split(|&b| b == b'\n').any(|line| line.split(|&b| b == b' ').nth(4) == Some(want))
 }
 
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
 /// A running `rewind mount`, unmounted (and its process reaped) on drop.
 struct Mount {
     child: Option<Child>,

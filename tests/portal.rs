@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::slapd::{Slapd, corpus_users};
-use crate::support::{TempRepo, assert_success, is_root, rewind_bin};
+use crate::support::{TempRepo, assert_success, is_root, pseudo_random, rewind_bin};
 
 // ---------------------------------------------------------------------------------------------
 // A minimal HTTP/1.1 client: exactly what is sent is what the test wrote.
@@ -251,18 +251,6 @@ fn mkdir(path: &Path, uid: u32, mode: u32) {
     std::fs::create_dir_all(path).unwrap();
     std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn world() -> World {

@@ -12,18 +12,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
 /// A source tree of awkward cases.
 fn edge_cases(root: &Path) {
     fs::create_dir_all(root).unwrap();

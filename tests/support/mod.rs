@@ -95,6 +95,19 @@ pub fn assert_success(out: &Output, what: &str) {
     );
 }
 
+/// Deterministic incompressible bytes (xorshift), for test files.
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
 /// Generation 0 of the bench corpus at `dir`, at `scale`.
 pub fn corpus_make(dir: &Path, scale: f64) {
     let out = Command::new("python3")
