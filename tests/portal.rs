@@ -3,7 +3,7 @@
 //! an oracle computed from the source tree on disk, for every file and folder.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::slapd::{Slapd, corpus_users};
-use crate::support::{TempRepo, assert_success, is_root, pseudo_random, rewind_bin};
+use crate::support::{TempRepo, assert_success, is_root, pseudo_random, rewind_bin, spawn_serve};
 
 // ---------------------------------------------------------------------------------------------
 // A minimal HTTP/1.1 client: exactly what is sent is what the test wrote.
@@ -181,25 +181,10 @@ impl Portal {
             repo = repo.display()
         );
         std::fs::write(dir.path().join("portal.toml"), cfg).unwrap();
-        let mut child = Command::new(rewind_bin())
-            .args(["serve", "--config"])
-            .arg(dir.path().join("portal.toml"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rewind serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .rsplit("://")
-            .next()
-            .filter(|_| line.contains("listening on"))
-            .unwrap_or_else(|| panic!("rewind serve did not start: {line:?}"))
-            .to_string();
+        let (child, url) = spawn_serve(&dir.path().join("portal.toml"));
+        let addr = url.rsplit("://").next().expect("a URL").to_string();
         // Ready when /healthz answers (over TLS: when the port accepts).
-        let tls = line.contains("https://");
+        let tls = url.starts_with("https://");
         for _ in 0..200 {
             if TcpStream::connect(&addr).is_ok() && (tls || http(&addr, "GET", "/healthz", &[], None).status == 200) {
                 break;

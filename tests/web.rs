@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::slapd::{Slapd, corpus_users};
-use crate::support::{TempRepo, assert_success, corpus_make, corpus_step, is_root, rewind_bin};
+use crate::support::{TempRepo, assert_success, corpus_make, corpus_step, is_root, rewind_bin, spawn_serve};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -334,17 +334,7 @@ impl Portal {
             home_root.display()
         );
         std::fs::write(dir.path().join("portal.toml"), cfg).unwrap();
-        let mut child = Command::new(rewind_bin())
-            .args(["serve", "--config"])
-            .arg(dir.path().join("portal.toml"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rewind serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().rsplit(' ').next().filter(|_| line.contains("listening on")).unwrap().to_string();
+        let (child, url) = spawn_serve(&dir.path().join("portal.toml"));
         Portal { child, url, _dir: dir }
     }
 

@@ -81,6 +81,30 @@ impl TempRepo {
     }
 }
 
+/// Start `rewind serve --config CONFIG`; returns the process and the URL it says it listens on
+/// (`http://127.0.0.1:PORT` or `https://...`).
+pub fn spawn_serve(config: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(rewind_bin())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start rewind serve");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|_| line.contains("listening on"))
+        .unwrap_or_else(|| panic!("rewind serve did not start: {line:?}"))
+        .to_string();
+    (child, url)
+}
+
 pub fn run(bin: &Path, args: &[&OsStr]) -> Output {
     Command::new(bin).args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
