@@ -214,25 +214,11 @@ impl Filesystem for RewindFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.core.getxattr(ino.0, name.as_bytes()) {
-            Ok(v) => match xattr_reply(&v, size) {
-                Ok(Some(data)) => reply.data(data),
-                Ok(None) => reply.size(v.len() as u32),
-                Err(e) => reply.error(e),
-            },
-            Err(e) => reply.error(e),
-        }
+        send_xattr(self.core.getxattr(ino.0, name.as_bytes()), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.core.listxattr(ino.0) {
-            Ok(v) => match xattr_reply(&v, size) {
-                Ok(Some(data)) => reply.data(data),
-                Ok(None) => reply.size(v.len() as u32),
-                Err(e) => reply.error(e),
-            },
-            Err(e) => reply.error(e),
-        }
+        send_xattr(self.core.listxattr(ino.0), size, reply);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -384,5 +370,17 @@ impl Filesystem for RewindFs {
         reply: ReplyWrite,
     ) {
         reply.error(Errno::EROFS);
+    }
+}
+
+/// Answer getxattr/listxattr: the size when asked for it, else the bytes if they fit.
+fn send_xattr<V: AsRef<[u8]>>(value: Result<V, Errno>, size: u32, reply: ReplyXattr) {
+    match value {
+        Ok(v) => match xattr_reply(v.as_ref(), size) {
+            Ok(Some(data)) => reply.data(data),
+            Ok(None) => reply.size(v.as_ref().len() as u32),
+            Err(e) => reply.error(e),
+        },
+        Err(e) => reply.error(e),
     }
 }
