@@ -365,6 +365,16 @@ fn backup_while_mounted_appears() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(m.path("hosts/other-host/latest").join(src.strip_prefix("/").unwrap()).join("file").exists());
+    // A snapshot forgotten while mounted leaves every listing of it, though the newest stays:
+    // the kernel caches listings, so the directories' times must move on this change too.
+    let snapshots = || fs::read_dir(m.path("snapshots")).unwrap().count();
+    assert_eq!(snapshots(), 3);
+    t.ok(&["forget", "--host", "h", "--keep-last", "1"]);
+    let started = Instant::now();
+    while count() != 2 || snapshots() != 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the forgotten snapshot is still listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     m.unmount();
 }
 

@@ -1,7 +1,7 @@
 //! The filesystem's logic, free of FUSE replies: every operation is a function returning
 //! `Result<_, Errno>`, unit-tested without a mount. [`crate::fuse`] only calls these and replies.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,6 +19,8 @@ pub const TTL_LIVE: Duration = Duration::from_secs(1);
 const BLKSIZE: u32 = 128 * 1024;
 /// Readers kept for files read recently.
 const READERS: usize = 1024;
+/// Directory listings kept for the calls that resume a read (the kernel caches what it has read).
+const LISTINGS: usize = 256;
 /// Subdirectories of a listed directory whose trees are loaded ahead.
 const PREFETCH_TREES: usize = 256;
 /// Following files of a directory whose first chunks are loaded ahead when one is opened.
@@ -47,8 +49,9 @@ pub struct DirItem {
     pub entry: Entry,
 }
 
-/// An open directory: its listing taken once at opendir, served by offset.
-pub struct OpenDir {
+/// A directory's entries, listed once and served by offset: the kernel reads a directory in
+/// several calls, each resuming where the last stopped.
+pub struct Listing {
     pub ino: u64,
     pub items: Vec<DirItem>,
 }
@@ -94,11 +97,11 @@ impl InFlight {
 pub struct Core {
     view: Arc<View>,
     inodes: Mutex<InodeTable>,
-    dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
+    /// Listings of directories being read, by inode.
+    listings: Mutex<lru::LruCache<u64, Arc<Listing>>>,
     /// Readers of files, by inode: the most recently read ones (a reader is cheap to make
     /// again, and the kernel may hold every inode of a large tree).
     files: Mutex<lru::LruCache<u64, Arc<OpenFile>>>,
-    next_fh: AtomicU64,
     /// Files whose damage has been logged, so each is logged once.
     damaged: Mutex<HashSet<(SnapshotId, String)>>,
     inflight: InFlight,
@@ -156,9 +159,8 @@ impl Core {
         Core {
             view,
             inodes: Mutex::new(InodeTable::new()),
-            dirs: Mutex::new(HashMap::new()),
+            listings: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(LISTINGS).expect("nonzero"))),
             files: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(READERS).expect("nonzero"))),
-            next_fh: AtomicU64::new(1),
             damaged: Mutex::new(HashSet::new()),
             inflight: InFlight::default(),
             readahead_bytes,
@@ -234,6 +236,7 @@ impl Core {
     pub fn forget(&self, ino: u64, n: u64) {
         if self.inodes.lock().expect("inode lock").forget(ino, n) {
             self.files.lock().expect("file lock").pop(&ino);
+            self.listings.lock().expect("listing lock").pop(&ino);
         }
     }
 
@@ -259,16 +262,23 @@ impl Core {
         })
     }
 
-    /// Open a directory: list it once. Returns the handle and whether the kernel may cache the
-    /// listing (everything inside a snapshot).
-    pub fn opendir(&self, ino: u64) -> Result<(u64, bool), Errno> {
+    /// The listing of directory `ino` for a read from `offset`. A read from 0 starts a new pass:
+    /// directories outside snapshots are listed again then, since backups change them; the others
+    /// never change and are listed once while kept.
+    pub fn listing(&self, ino: u64, offset: u64) -> Result<Arc<Listing>, Errno> {
         let e = self.entry(ino)?;
         if let Entry::Node { node, .. } = &e
             && !node.is_dir()
         {
             return Err(Errno::ENOTDIR);
         }
-        if is_live(&e) {
+        let live = is_live(&e);
+        if !(live && offset == 0)
+            && let Some(l) = self.listings.lock().expect("listing lock").get(&ino)
+        {
+            return Ok(l.clone());
+        }
+        if live {
             self.view.refresh_if_stale();
         }
         let items = self
@@ -278,13 +288,14 @@ impl Core {
             .into_iter()
             .map(|(name, entry)| DirItem { name, entry })
             .collect();
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().expect("dir lock").insert(fh, Arc::new(OpenDir { ino, items }));
-        Ok((fh, !is_live(&e)))
+        let listing = Arc::new(Listing { ino, items });
+        self.listings.lock().expect("listing lock").put(ino, listing.clone());
+        Ok(listing)
     }
 
-    pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().expect("dir lock").remove(&fh);
+    /// Whether reading directory `ino` from `offset` would have to read a tree first.
+    pub fn listing_needs_tree_read(&self, ino: u64, offset: u64) -> bool {
+        (offset == 0 || !self.listings.lock().expect("listing lock").contains(&ino)) && self.needs_tree_read(ino)
     }
 
     /// The inode number `name` in `dir` has or would get, without counting a reference.
@@ -299,11 +310,11 @@ impl Core {
     /// when the reply is full.
     pub fn readdir(
         &self,
-        fh: u64,
+        ino: u64,
         offset: u64,
         mut add: impl FnMut(u64, u64, FileType, &[u8]) -> bool,
     ) -> Result<(), Errno> {
-        let dir = self.dirs.lock().expect("dir lock").get(&fh).cloned().ok_or(Errno::EBADF)?;
+        let dir = self.listing(ino, offset)?;
         let parent = self.inodes.lock().expect("inode lock").get(dir.ino).map_or(ROOT, |i| i.parent);
         let mut i = offset;
         loop {
@@ -329,11 +340,11 @@ impl Core {
     /// the entry was not added).
     pub fn readdirplus(
         &self,
-        fh: u64,
+        ino: u64,
         offset: u64,
         mut add: impl FnMut(u64, &[u8], &Answer) -> bool,
     ) -> Result<(), Errno> {
-        let dir = self.dirs.lock().expect("dir lock").get(&fh).cloned().ok_or(Errno::EBADF)?;
+        let dir = self.listing(ino, offset)?;
         let mut i = offset;
         loop {
             let full = match i {
@@ -493,10 +504,10 @@ impl Core {
         }
     }
 
-    /// Trees of the subdirectories of an open directory that are not cached yet: a walk
+    /// Trees of the subdirectories of a directory being read that are not cached yet: a walk
     /// (`find`, `du`, `tar`) enters them next.
-    pub fn subtrees_to_prefetch(&self, fh: u64) -> Vec<TreeId> {
-        let Some(dir) = self.dirs.lock().expect("dir lock").get(&fh).cloned() else { return Vec::new() };
+    pub fn subtrees_to_prefetch(&self, ino: u64) -> Vec<TreeId> {
+        let Some(dir) = self.listings.lock().expect("listing lock").peek(&ino).cloned() else { return Vec::new() };
         dir.items
             .iter()
             .filter_map(|i| match &i.entry {
@@ -545,6 +556,19 @@ impl Core {
         let n = self.read_into(f, offset, size, &mut buf)?;
         buf.truncate(n);
         Ok(buf)
+    }
+
+    /// Whether every chunk a read of `[offset, offset + size)` needs is in the cache now, so the
+    /// read costs copies only: such reads are answered on the FUSE thread, without a hand-off.
+    pub fn read_is_cached(&self, f: &OpenFile, offset: u64, size: u32) -> bool {
+        let end = offset.saturating_add(u64::from(size)).min(f.reader.size());
+        if offset >= end {
+            return true;
+        }
+        match (f.reader.chunk_index(offset), f.reader.chunk_index(end - 1)) {
+            (Some(a), Some(b)) => f.reader.chunks()[a..=b].iter().all(|c| self.view.repo().chunk_cached(&c.id)),
+            _ => true,
+        }
     }
 
     /// [`Core::read`] into a buffer the caller reuses (workers keep one each, so reads do not
@@ -760,11 +784,9 @@ mod tests {
     fn readdir_lists_dot_dotdot_and_entries_with_offsets() {
         let f = fixture();
         let (dir, _) = walk(&f.core, &in_snapshot(&f, "")).unwrap();
-        let (fh, cacheable) = f.core.opendir(dir).unwrap();
-        assert!(cacheable);
         let mut names = Vec::new();
         f.core
-            .readdir(fh, 0, |_, next, _, name| {
+            .readdir(dir, 0, |_, next, _, name| {
                 names.push((String::from_utf8_lossy(name).into_owned(), next));
                 false
             })
@@ -774,7 +796,7 @@ mod tests {
         // Resuming at an offset gives the rest.
         let mut rest = Vec::new();
         f.core
-            .readdir(fh, names[3].1, |_, _, _, name| {
+            .readdir(dir, names[3].1, |_, _, _, name| {
                 rest.push(String::from_utf8_lossy(name).into_owned());
                 false
             })
@@ -783,26 +805,67 @@ mod tests {
         // A full reply stops the listing.
         let mut n = 0;
         f.core
-            .readdir(fh, 0, |_, _, _, _| {
+            .readdir(dir, 0, |_, _, _, _| {
                 n += 1;
                 n == 3
             })
             .unwrap();
         assert_eq!(n, 3);
-        f.core.releasedir(fh);
-        assert_eq!(f.core.readdir(fh, 0, |_, _, _, _| false).unwrap_err(), Errno::EBADF);
-        let (root_fh, cacheable) = f.core.opendir(ROOT).unwrap();
-        assert!(!cacheable);
-        f.core.releasedir(root_fh);
+        // Files are not directories; unknown inodes are stale.
+        let (file, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
+        assert_eq!(f.core.readdir(file, 0, |_, _, _, _| false).unwrap_err(), Errno::ENOTDIR);
+        assert_eq!(f.core.readdir(0xdead_beef, 0, |_, _, _, _| false).unwrap_err(), Errno::ESTALE);
+    }
+
+    #[test]
+    fn snapshot_lists_change_their_mtime_when_they_change() {
+        let f = fixture();
+        let names = |ino: u64| {
+            let mut out = Vec::new();
+            f.core.readdir(ino, 0, |_, _, _, n| {
+                out.push(n.to_vec());
+                false
+            })
+            .unwrap();
+            out.len() - 2
+        };
+        let (snaps, _) = walk(&f.core, "snapshots").unwrap();
+        let (host, _) = walk(&f.core, "hosts/box").unwrap();
+        let before = (f.core.getattr(snaps).unwrap().attr.mtime, f.core.getattr(host).unwrap().attr.mtime);
+        assert_eq!(names(snaps), 1);
+        let opts = BackupOptions {
+            paths: vec![f.src.clone()],
+            host: "box".into(),
+            tags: vec![],
+            excludes: vec![],
+            parent: None,
+            force: true,
+        };
+        backup(&f.repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
+        assert!(f.core.view().refresh().unwrap());
+        let after = (f.core.getattr(snaps).unwrap().attr.mtime, f.core.getattr(host).unwrap().attr.mtime);
+        assert!(after.0 > before.0 && after.1 > before.1, "{before:?} then {after:?}");
+        // A pass from offset 0 lists live directories again.
+        assert_eq!(names(snaps), 2);
+        // A removal moves it on too, though the newest snapshot stays.
+        let oldest = f.core.view().snapshots()[0].1.id;
+        std::fs::remove_file(f.repo.repo().path().join("snapshots").join(oldest.to_hex())).unwrap();
+        assert!(f.core.view().refresh().unwrap());
+        let last = f.core.getattr(snaps).unwrap().attr.mtime;
+        assert!(last > after.0);
+        assert_eq!(names(snaps), 1);
+        // Snapshot directories keep their snapshot's time.
+        let (snap, _) = walk(&f.core, "hosts/box/latest").unwrap();
+        let t = f.core.view().snapshots()[0].1.snapshot.time;
+        assert_eq!(f.core.getattr(snap).unwrap().attr.mtime, to_system_time(Time { sec: t.as_second(), nsec: t.subsec_nanosecond() as u32 }));
     }
 
     #[test]
     fn readdir_inodes_agree_with_lookup() {
         let f = fixture();
         let (dir, _) = walk(&f.core, &in_snapshot(&f, "")).unwrap();
-        let (fh, _) = f.core.opendir(dir).unwrap();
         let mut seen = Vec::new();
-        f.core.readdir(fh, 2, |ino, _, _, name| {
+        f.core.readdir(dir, 2, |ino, _, _, name| {
             seen.push((ino, name.to_vec()));
             false
         })
@@ -817,10 +880,9 @@ mod tests {
         let f = fixture();
         let (dir, _) = walk(&f.core, &in_snapshot(&f, "sub")).unwrap();
         let before = f.core.inode_count();
-        let (fh, _) = f.core.opendir(dir).unwrap();
         let mut got = Vec::new();
         f.core
-            .readdirplus(fh, 0, |_, name, a| {
+            .readdirplus(dir, 0, |_, name, a| {
                 got.push((name.to_vec(), a.attr.ino.0, a.attr.size));
                 false
             })
@@ -832,7 +894,7 @@ mod tests {
         f.core.forget(got[2].1, 1);
         assert_eq!(f.core.inode_count(), before);
         // An entry that did not fit is not counted.
-        f.core.readdirplus(fh, 2, |_, _, _| true).unwrap();
+        f.core.readdirplus(dir, 2, |_, _, _| true).unwrap();
         assert_eq!(f.core.inode_count(), before);
     }
 
@@ -879,11 +941,11 @@ mod tests {
     fn walks_prefetch_subdirectories_and_following_files() {
         let f = fixture();
         let (dir, _) = walk(&f.core, &in_snapshot(&f, "")).unwrap();
-        let (fh, _) = f.core.opendir(dir).unwrap();
-        let trees = f.core.subtrees_to_prefetch(fh);
+        f.core.readdir(dir, 0, |_, _, _, _| false).unwrap();
+        let trees = f.core.subtrees_to_prefetch(dir);
         assert_eq!(trees.len(), 1, "the one subdirectory, not read yet");
         f.core.warm_tree(trees[0]);
-        assert!(f.core.subtrees_to_prefetch(fh).is_empty());
+        assert!(f.core.subtrees_to_prefetch(dir).is_empty());
 
         let (big, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
         let chunks = f.core.siblings_to_prefetch(big);
@@ -907,7 +969,7 @@ mod tests {
         assert_eq!(f.core.open(ino, true).err(), Some(Errno::EROFS));
         let (dir, _) = walk(&f.core, &in_snapshot(&f, "sub")).unwrap();
         assert_eq!(f.core.open(dir, false).err(), Some(Errno::EISDIR));
-        assert_eq!(f.core.opendir(ino).unwrap_err(), Errno::ENOTDIR);
+        assert_eq!(f.core.listing(ino, 0).err().unwrap(), Errno::ENOTDIR);
     }
 
     #[test]
@@ -976,9 +1038,8 @@ mod tests {
     fn snapshots_appear_under_every_directory() {
         let f = fixture();
         let (snaps, _) = walk(&f.core, "snapshots").unwrap();
-        let (fh, _) = f.core.opendir(snaps).unwrap();
         let mut names = Vec::new();
-        f.core.readdir(fh, 2, |_, _, _, n| {
+        f.core.readdir(snaps, 2, |_, _, _, n| {
             names.push(n.to_vec());
             false
         })

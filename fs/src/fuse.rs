@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
     Request, TimeOrNow, WriteFlags,
 };
 
-use crate::core::{Core, xattr_reply};
+use crate::core::{Core, OpenFile, xattr_reply};
 use crate::pool::Pool;
 
 /// The largest read the kernel should send, and the read-ahead it may do.
@@ -43,18 +43,95 @@ impl RewindFs {
         }
     }
 
-    fn do_opendir(core: &Arc<Core>, pool: &Pool, ino: u64, reply: ReplyOpen) {
-        match core.opendir(ino) {
-            Ok((fh, frozen)) => {
-                let flags =
-                    if frozen { FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                reply.opened(FileHandle(fh), flags);
-                for tree in core.subtrees_to_prefetch(fh) {
-                    let core = core.clone();
-                    pool.prefetch(move || core.warm_tree(tree));
-                }
+    /// Serve a read of `ino` from `offset`, in either listing form, and prefetch the trees of its
+    /// subdirectories when a pass starts.
+    fn do_readdir<R>(core: &Arc<Core>, pool: &Pool, ino: u64, offset: u64, reply: R)
+    where
+        R: DirReply,
+    {
+        let res = reply.fill(core, ino, offset);
+        if res && offset == 0 {
+            for tree in core.subtrees_to_prefetch(ino) {
+                let core = core.clone();
+                pool.prefetch(move || core.warm_tree(tree));
             }
+        }
+    }
+
+    fn readdir_any<R: DirReply + Send + 'static>(&self, ino: u64, offset: u64, reply: R) {
+        if self.core.listing_needs_tree_read(ino, offset) {
+            let (core, pool) = (self.core.clone(), self.pool.clone());
+            self.pool.run(move || Self::do_readdir(&core, &pool, ino, offset, reply));
+        } else {
+            Self::do_readdir(&self.core, &self.pool, ino, offset, reply);
+        }
+    }
+
+    fn serve_read(core: &Core, file: &OpenFile, offset: u64, size: u32, reply: ReplyData) {
+        READ_BUF.with_borrow_mut(|buf| match core.read_into(file, offset, size, buf) {
+            Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(e),
+        });
+    }
+}
+
+/// `readdir` and `readdirplus` replies, filled the same way.
+trait DirReply {
+    /// Fill and send the reply; true when it succeeded.
+    fn fill(self, core: &Core, ino: u64, offset: u64) -> bool;
+}
+
+impl DirReply for ReplyDirectory {
+    fn fill(mut self, core: &Core, ino: u64, offset: u64) -> bool {
+        let res = core.readdir(ino, offset, |ino, next, kind, name| {
+            self.add(INodeNo(ino), next, kind, OsStr::from_bytes(name))
+        });
+        finish(res, self)
+    }
+}
+
+impl DirReply for ReplyDirectoryPlus {
+    fn fill(mut self, core: &Core, ino: u64, offset: u64) -> bool {
+        let res = core.readdirplus(ino, offset, |next, name, a| {
+            self.add(a.attr.ino, next, OsStr::from_bytes(name), &a.ttl, &a.attr, Generation(0))
+        });
+        finish(res, self)
+    }
+}
+
+/// Something that ends a directory reply.
+trait Finish {
+    fn ok(self);
+    fn error(self, e: Errno);
+}
+
+impl Finish for ReplyDirectory {
+    fn ok(self) {
+        ReplyDirectory::ok(self)
+    }
+    fn error(self, e: Errno) {
+        ReplyDirectory::error(self, e)
+    }
+}
+
+impl Finish for ReplyDirectoryPlus {
+    fn ok(self) {
+        ReplyDirectoryPlus::ok(self)
+    }
+    fn error(self, e: Errno) {
+        ReplyDirectoryPlus::error(self, e)
+    }
+}
+
+fn finish(res: Result<(), Errno>, reply: impl Finish) -> bool {
+    match res {
+        Ok(()) => {
+            reply.ok();
+            true
+        }
+        Err(e) => {
+            reply.error(e);
+            false
         }
     }
 }
@@ -133,27 +210,28 @@ impl Filesystem for RewindFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let (core, pool) = (self.core.clone(), self.pool.clone());
-        self.pool.run(move || {
-            let (file, new) = match core.open(ino.0, false) {
-                Ok(f) => f,
-                Err(e) => return reply.error(e),
-            };
-            if new {
-                for id in core.siblings_to_prefetch(ino.0) {
-                    let core = core.clone();
-                    pool.prefetch(move || core.warm_chunk(id));
-                }
+        // Opening a reader and planning prefetches read no chunk: done here. The read itself is
+        // answered here too when its chunks are cached; otherwise a worker decompresses them.
+        let (file, new) = match self.core.open(ino.0, false) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        if new {
+            for id in self.core.siblings_to_prefetch(ino.0) {
+                let core = self.core.clone();
+                self.pool.prefetch(move || core.warm_chunk(id));
             }
-            for i in core.plan_readahead(&file, offset, u64::from(size)) {
-                let (core, file) = (core.clone(), file.clone());
-                pool.prefetch(move || core.warm(&file, i));
-            }
-            READ_BUF.with_borrow_mut(|buf| match core.read_into(&file, offset, size, buf) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(e),
-            });
-        });
+        }
+        for i in self.core.plan_readahead(&file, offset, u64::from(size)) {
+            let (core, file) = (self.core.clone(), file.clone());
+            self.pool.prefetch(move || core.warm(&file, i));
+        }
+        if self.core.read_is_cached(&file, offset, size) {
+            Self::serve_read(&self.core, &file, offset, size, reply);
+        } else {
+            let core = self.core.clone();
+            self.pool.run(move || Self::serve_read(&core, &file, offset, size, reply));
+        }
     }
 
     fn release(
@@ -174,37 +252,23 @@ impl Filesystem for RewindFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.core.needs_tree_read(ino.0) {
-            let (core, pool) = (self.core.clone(), self.pool.clone());
-            self.pool.run(move || Self::do_opendir(&core, &pool, ino.0, reply));
-        } else {
-            Self::do_opendir(&self.core, &self.pool, ino.0, reply);
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS tells the kernel to stop sending opendirs and releasedirs (two round trips per
+        // directory a walk enters) and to cache listings itself, checked against the directory's
+        // mtime: snapshots never change, and the directories that list them change their mtime
+        // when the list changes. Reads of a directory carry its inode, not a handle.
+        reply.error(Errno::ENOSYS);
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let res = self.core.readdir(fh.0, offset, |ino, next, kind, name| {
-            reply.add(INodeNo(ino), next, kind, OsStr::from_bytes(name))
-        });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+        self.readdir_any(ino.0, offset, reply);
     }
 
-    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let res = self.core.readdirplus(fh.0, offset, |next, name, a| {
-            reply.add(a.attr.ino, next, OsStr::from_bytes(name), &a.ttl, &a.attr, Generation(0))
-        });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
+        self.readdir_any(ino.0, offset, reply);
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.core.releasedir(fh.0);
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         reply.ok();
     }
 

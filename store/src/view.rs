@@ -69,6 +69,10 @@ struct State {
     by_id: HashMap<SnapshotId, usize>,
     short_ids: BTreeMap<String, SnapshotId>,
     known: HashSet<SnapshotId>,
+    /// When the list last changed as this view saw it: the mtime of the directories that list
+    /// snapshots. Readers that cache listings (the kernel, under FUSE) check it, so it moves
+    /// forward on every change, a removal or an older snapshot copied in included.
+    changed: Time,
 }
 
 /// The namespace over a repository. Share it between threads.
@@ -122,7 +126,16 @@ impl View {
             }
         }
         crate::repo::sort_snapshots(&mut entries);
-        let mut st = State { known, ..State::default() };
+        let prev_changed = self.state.read().expect("view lock").changed;
+        let first = prev_changed == Time::default();
+        let newest = entries.iter().map(|e| to_time(e.snapshot.time)).max().unwrap_or_default();
+        let changed = if first {
+            newest
+        } else {
+            let after = Time { sec: prev_changed.sec + i64::from(prev_changed.nsec == 999_999_999), nsec: (prev_changed.nsec + 1) % 1_000_000_000 };
+            newest.max(after).max(to_time(jiff::Timestamp::now()))
+        };
+        let mut st = State { known, changed, ..State::default() };
         let mut prev_base = String::new();
         let mut dup = 1;
         for e in entries {
@@ -287,7 +300,6 @@ impl View {
     /// Attributes of an entry.
     pub fn attr(&self, e: &Entry) -> Result<Attr> {
         let st = self.state.read().expect("view lock");
-        let newest = st.snaps.last().map(|n| to_time(n.entry.snapshot.time)).unwrap_or_default();
         let dir = |mtime: Time| Attr {
             kind: NodeKind::Dir,
             perm: 0o555,
@@ -300,9 +312,9 @@ impl View {
             rdev: 0,
         };
         Ok(match e {
-            Entry::Root | Entry::Snapshots | Entry::Hosts | Entry::Ids | Entry::Tags => dir(newest),
-            Entry::Host(h) => dir(st.snaps.iter().rev().find(|n| &n.host == h).map(|n| to_time(n.entry.snapshot.time)).unwrap_or(newest)),
-            Entry::Tag(t) => dir(st.snaps.iter().rev().find(|n| n.tags.contains(t)).map(|n| to_time(n.entry.snapshot.time)).unwrap_or(newest)),
+            Entry::Root | Entry::Snapshots | Entry::Hosts | Entry::Ids | Entry::Tags | Entry::Host(_) | Entry::Tag(_) => {
+                dir(st.changed)
+            }
             Entry::Latest(h) => {
                 let target = st.snaps.iter().rev().find(|n| &n.host == h).ok_or_else(|| Error::NotFound(h.clone()))?;
                 let t = to_time(target.entry.snapshot.time);
