@@ -6,6 +6,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use fuser::{
@@ -68,6 +69,11 @@ impl RewindFs {
     }
 
     fn serve_read(core: &Core, file: &OpenFile, offset: u64, size: u32, reply: ReplyData) {
+        match core.read_in_chunk(file, offset, size) {
+            Some(Ok((data, range))) => return reply.data(&data[range]),
+            Some(Err(e)) => return reply.error(e),
+            None => {}
+        }
         READ_BUF.with_borrow_mut(|buf| match core.read_into(file, offset, size, buf) {
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(e),
@@ -227,8 +233,10 @@ impl Filesystem for RewindFs {
             self.pool.prefetch(move || core.warm(&file, i));
         }
         if self.core.read_is_cached(&file, offset, size) {
+            self.core.reads_cached.fetch_add(1, Ordering::Relaxed);
             Self::serve_read(&self.core, &file, offset, size, reply);
         } else {
+            self.core.reads_waited.fetch_add(1, Ordering::Relaxed);
             let core = self.core.clone();
             self.pool.run(move || Self::serve_read(&core, &file, offset, size, reply));
         }

@@ -125,7 +125,7 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
         std::thread::available_parallelism().map_or(4, |n| n.get()).clamp(4, 16)
     };
     let core = Arc::new(Core::new(view, opts.readahead_bytes));
-    let fs = RewindFs::new(core, workers);
+    let fs = RewindFs::new(core.clone(), workers);
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -178,6 +178,11 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
     tune_readahead(&canonical);
     eprintln!("rewind: mounted at {} (Ctrl-C or `fusermount3 -u {}` to unmount)", mountpoint.display(), mountpoint.display());
     session.run().map_err(|e| Error::Mount { path: mountpoint.into(), source: e })?;
+    tracing::info!(
+        "unmounted; {} reads served from cached chunks, {} waited for a chunk to be read",
+        core.reads_cached.load(std::sync::atomic::Ordering::Relaxed),
+        core.reads_waited.load(std::sync::atomic::Ordering::Relaxed)
+    );
     Ok(())
 }
 

@@ -6,8 +6,7 @@
 //! under its final name.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -107,18 +106,11 @@ impl Backend for LocalBackend {
 
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let path = self.path(kind, name);
-        let file = File::open(&path).map_err(|e| Self::not_found_or_io(&path, e, kind, name))?;
-        let mut buf = vec![0u8; len];
-        let mut done = 0;
-        while done < len {
-            match file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(&path, e)),
-            }
-        }
-        buf.truncate(done);
+        let mut file = File::open(&path).map_err(|e| Self::not_found_or_io(&path, e, kind, name))?;
+        // Read into spare capacity: no zeroing of a buffer about to be overwritten.
+        let mut buf = Vec::with_capacity(len);
+        file.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(&path, e))?;
+        file.take(len as u64).read_to_end(&mut buf).map_err(|e| Error::io(&path, e))?;
         Ok(buf)
     }
 

@@ -45,19 +45,35 @@ pub(crate) fn compress(raw: &[u8], level: i32) -> (Compression, Vec<u8>) {
 /// Recover a blob's bytes from its stored form and verify them against its id: damaged bytes are
 /// an error, never returned.
 pub(crate) fn open(id: &BlobId, compression: Compression, stored: &[u8], raw_len: u32) -> Result<Vec<u8>> {
-    let what = || format!("{} blob {}", kind_name(id.kind), id.hash.to_hex());
-    let raw = match compression {
-        Compression::None => stored.to_vec(),
-        Compression::Zstd => {
-            // Bounded by the recorded length: damaged input cannot make us allocate more.
-            zstd_decompress(stored, raw_len as usize).map_err(|e| Error::corrupt(what(), format!("zstd: {e}")))?
-        }
-    };
+    match compression {
+        Compression::None => verify(id, stored.to_vec(), raw_len),
+        Compression::Zstd => verify(id, decompress(id, stored, raw_len)?, raw_len),
+    }
+}
+
+/// [`open`] of bytes the caller gives up: a blob stored raw is verified in place, not copied.
+pub(crate) fn open_owned(id: &BlobId, compression: Compression, stored: Vec<u8>, raw_len: u32) -> Result<Vec<u8>> {
+    match compression {
+        Compression::None => verify(id, stored, raw_len),
+        Compression::Zstd => verify(id, decompress(id, &stored, raw_len)?, raw_len),
+    }
+}
+
+fn what(id: &BlobId) -> String {
+    format!("{} blob {}", kind_name(id.kind), id.hash.to_hex())
+}
+
+fn decompress(id: &BlobId, stored: &[u8], raw_len: u32) -> Result<Vec<u8>> {
+    // Bounded by the recorded length: damaged input cannot make us allocate more.
+    zstd_decompress(stored, raw_len as usize).map_err(|e| Error::corrupt(what(id), format!("zstd: {e}")))
+}
+
+fn verify(id: &BlobId, raw: Vec<u8>, raw_len: u32) -> Result<Vec<u8>> {
     if raw.len() != raw_len as usize {
-        return Err(Error::corrupt(what(), format!("length {} instead of {raw_len}", raw.len())));
+        return Err(Error::corrupt(what(id), format!("length {} instead of {raw_len}", raw.len())));
     }
     if Hash::of(&raw) != id.hash {
-        return Err(Error::corrupt(what(), "content does not match its BLAKE3 id"));
+        return Err(Error::corrupt(what(id), "content does not match its BLAKE3 id"));
     }
     Ok(raw)
 }

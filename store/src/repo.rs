@@ -221,7 +221,7 @@ impl IndexedRepository {
     /// Read and verify one blob, bypassing the caches.
     pub fn read_blob(&self, id: BlobId) -> Result<Vec<u8>> {
         let (loc, stored) = self.read_stored(id)?;
-        blob::open(&id, loc.compression, &stored, loc.raw_len)
+        blob::open_owned(&id, loc.compression, stored, loc.raw_len)
     }
 
     /// A blob's stored (maybe compressed) bytes, unverified. If its pack is gone (a prune moved
