@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
-use rewind_store::{ChunkId, Entry, FileReader, NodeKind, SnapshotId, Time, TreeId, View};
+use rewind_store::{ChunkId, Entry, FileReader, Node, NodeKind, SnapshotId, Time, TreeId, View};
 
 use crate::inode::{InodeTable, ROOT, child_key};
 
@@ -24,8 +24,16 @@ const READERS: usize = 1024;
 const LISTINGS: usize = 256;
 /// Subdirectories of a listed directory whose trees are loaded ahead.
 const PREFETCH_TREES: usize = 256;
-/// Following files of a directory whose first chunks are loaded ahead when one is opened.
+/// Files that follow one in a walk whose first chunks are loaded ahead when it is first read.
 const PREFETCH_FILES: usize = 32;
+
+/// Chunks chosen for a prefetch, and how much they cover.
+struct Prefetch {
+    out: Vec<ChunkId>,
+    files: usize,
+    bytes: u64,
+    limit: u64,
+}
 
 /// An attribute with how long the kernel may cache it.
 #[derive(Clone, Copy, Debug)]
@@ -502,10 +510,18 @@ impl Core {
         self.inflight.end(&id);
     }
 
-    /// Load a directory into the tree cache (a prefetch; errors are left for the lookup).
-    pub fn warm_tree(&self, id: TreeId) {
-        if !self.view.repo().tree_cached(&id) {
-            let _ = self.view.repo().tree(id);
+    /// Load a directory into the tree cache (a prefetch; errors are left for the lookup), and
+    /// return the trees of its subdirectories that are not cached, to go on with.
+    pub fn warm_tree(&self, id: TreeId) -> Vec<TreeId> {
+        match self.view.repo().tree(id) {
+            Ok(tree) => tree
+                .nodes
+                .iter()
+                .filter_map(|n| n.subtree.filter(|_| n.is_dir()))
+                .filter(|t| !self.view.repo().tree_cached(t))
+                .take(PREFETCH_TREES)
+                .collect(),
+            Err(_) => Vec::new(),
         }
     }
 
@@ -524,34 +540,63 @@ impl Core {
             .collect()
     }
 
-    /// Chunks of the files after `ino` in its directory, not cached yet: programs that copy a
-    /// tree (`tar`, `cp -r`, `rsync`) read them next, in this order.
-    pub fn siblings_to_prefetch(&self, ino: u64) -> Vec<ChunkId> {
-        let (parent, name) = {
-            let t = self.inodes.lock().expect("inode lock");
-            match t.get(ino).map(|i| (i.parent, &i.entry)) {
-                Some((p, Entry::Node { node, .. })) => (p, node.name.clone()),
-                _ => return Vec::new(),
-            }
-        };
-        let tree = match self.entry(parent) {
-            Ok(Entry::Node { node, .. }) => node.subtree,
-            Ok(Entry::Snapshot(id)) => self.view.snapshot(&id).map(|s| s.snapshot.tree),
-            _ => None,
-        };
-        let Some(tree) = tree.filter(|t| self.view.repo().tree_cached(t)) else { return Vec::new() };
-        let Ok(tree) = self.view.repo().tree(tree) else { return Vec::new() };
-        let Ok(pos) = tree.nodes.binary_search_by(|n| n.name.as_slice().cmp(&name)) else { return Vec::new() };
-        let mut out = Vec::new();
-        let mut bytes = 0u64;
-        for n in tree.nodes[pos + 1..].iter().filter(|n| n.kind == NodeKind::File).take(PREFETCH_FILES) {
-            if bytes >= self.readahead_bytes / 4 {
+    /// Chunks of the files a walk reads after `ino`, not cached yet: programs that copy a tree
+    /// (`tar`, `cp -r`, `rsync`) read a directory's entries in order and each subdirectory
+    /// where it comes, so the files that follow are those after `ino` in its directory, depth
+    /// first, then those after its directory in the parent's, and so on up to the snapshot. Only
+    /// trees already cached are followed (the walk's listings have loaded them); the first two
+    /// chunks of at most [`PREFETCH_FILES`] files are taken, up to a quarter of the read-ahead.
+    pub fn following_to_prefetch(&self, ino: u64) -> Vec<ChunkId> {
+        let mut plan = Prefetch { out: Vec::new(), files: 0, bytes: 0, limit: self.readahead_bytes / 4 };
+        let mut cur = ino;
+        loop {
+            let (parent, name) = {
+                let t = self.inodes.lock().expect("inode lock");
+                match t.get(cur).map(|i| (i.parent, &i.entry)) {
+                    Some((p, Entry::Node { node, .. })) => (p, node.name.clone()),
+                    _ => break,
+                }
+            };
+            let (tree, top) = match self.entry(parent) {
+                Ok(Entry::Node { node, .. }) => (node.subtree, false),
+                Ok(Entry::Snapshot(id)) => (self.view.snapshot(&id).map(|s| s.snapshot.tree), true),
+                _ => break,
+            };
+            let Some(tree) = tree.filter(|t| self.view.repo().tree_cached(t)) else { break };
+            let Ok(tree) = self.view.repo().tree(tree) else { break };
+            let Ok(pos) = tree.nodes.binary_search_by(|n| n.name.as_slice().cmp(&name)) else { break };
+            if !self.plan_walk(&tree.nodes[pos + 1..], &mut plan) || top {
                 break;
             }
-            bytes += n.size;
-            out.extend(n.content.iter().take(2).filter(|id| !self.view.repo().chunk_cached(id)));
+            cur = parent;
         }
-        out
+        plan.out
+    }
+
+    /// Add the files of `nodes`, depth first, to `plan`; false when the plan is full or the walk
+    /// reaches a tree that is not cached.
+    fn plan_walk(&self, nodes: &[Node], plan: &mut Prefetch) -> bool {
+        for n in nodes {
+            if plan.files >= PREFETCH_FILES || plan.bytes >= plan.limit {
+                return false;
+            }
+            match n.kind {
+                NodeKind::File => {
+                    plan.files += 1;
+                    plan.bytes += n.size;
+                    plan.out.extend(n.content.iter().take(2).filter(|id| !self.view.repo().chunk_cached(id)));
+                }
+                NodeKind::Dir => {
+                    let Some(t) = n.subtree.filter(|t| self.view.repo().tree_cached(t)) else { return false };
+                    let Ok(tree) = self.view.repo().tree(t) else { return false };
+                    if !self.plan_walk(&tree.nodes, plan) {
+                        return false;
+                    }
+                }
+                _ => {}
+            }
+        }
+        true
     }
 
     /// Read up to `size` bytes at `offset`. A damaged chunk is EIO, logged once per file.
@@ -721,6 +766,7 @@ mod tests {
         std::fs::set_permissions(src.join("sub/small"), std::fs::Permissions::from_mode(0o640)).unwrap();
         std::fs::hard_link(src.join("sub/small"), src.join("link")).unwrap();
         std::os::unix::fs::symlink("sub/small", src.join("sym")).unwrap();
+        std::fs::write(src.join("tail"), noise(5000, 3)).unwrap();
         assert!(xattr_set(&src.join("other"), b"user.note", b"value"), "the temp filesystem must support user xattrs");
         let chunker = ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 };
         let repo = Repository::init(&dir.path().join("repo"), chunker, CompressionParams::default()).unwrap();
@@ -833,7 +879,7 @@ mod tests {
             })
             .unwrap();
         let just: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(just, [".", "..", "big", "link", "other", "sub", "sym"]);
+        assert_eq!(just, [".", "..", "big", "link", "other", "sub", "sym", "tail"]);
         // Resuming at an offset gives the rest.
         let mut rest = Vec::new();
         f.core
@@ -842,7 +888,7 @@ mod tests {
                 false
             })
             .unwrap();
-        assert_eq!(rest, ["other", "sub", "sym"]);
+        assert_eq!(rest, ["other", "sub", "sym", "tail"]);
         // A full reply stops the listing.
         let mut n = 0;
         f.core
@@ -985,22 +1031,26 @@ mod tests {
         f.core.readdir(dir, 0, |_, _, _, _| false).unwrap();
         let trees = f.core.subtrees_to_prefetch(dir);
         assert_eq!(trees.len(), 1, "the one subdirectory, not read yet");
-        f.core.warm_tree(trees[0]);
+        assert!(f.core.warm_tree(trees[0]).is_empty(), "sub has no subdirectories");
         assert!(f.core.subtrees_to_prefetch(dir).is_empty());
 
+        let first_chunk = |ino| f.core.open(ino, false).unwrap().0.reader.chunks()[0].id;
         let (big, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
-        let chunks = f.core.siblings_to_prefetch(big);
         let (other, _) = walk(&f.core, &in_snapshot(&f, "other")).unwrap();
-        let first = f.core.open(other, false).unwrap().0.reader.chunks()[0].id;
-        assert!(chunks.contains(&first), "the next file's first chunk is prefetched");
+        let (small, _) = walk(&f.core, &in_snapshot(&f, "sub/small")).unwrap();
+        let (tail, _) = walk(&f.core, &in_snapshot(&f, "tail")).unwrap();
+        // The walk goes down into subdirectories and back up to the parent's next files.
+        assert_eq!(f.core.following_to_prefetch(other), [first_chunk(small), first_chunk(tail)]);
+        assert_eq!(f.core.following_to_prefetch(small), [first_chunk(tail)]);
+        let chunks = f.core.following_to_prefetch(big);
+        assert!(chunks.contains(&first_chunk(other)), "the next file's first chunk is prefetched");
         for id in chunks {
             f.core.warm_chunk(id);
         }
-        assert!(f.repo.chunk_cached(&first));
-        assert!(f.core.siblings_to_prefetch(big).is_empty());
-        // The last file of a directory has nothing after it.
-        let (sym, _) = walk(&f.core, &in_snapshot(&f, "sym")).unwrap();
-        assert!(f.core.siblings_to_prefetch(sym).is_empty());
+        assert!(f.repo.chunk_cached(&first_chunk(other)));
+        assert!(f.core.following_to_prefetch(big).is_empty(), "what is cached is not asked for again");
+        // The last file of the snapshot has nothing after it.
+        assert!(f.core.following_to_prefetch(tail).is_empty());
     }
 
     #[test]
@@ -1061,7 +1111,7 @@ mod tests {
         let f = fixture();
         let s = f.core.statfs();
         assert!(s.files >= 5, "{s:?}");
-        assert_eq!(s.blocks, (300_000u64 + 100_000 + 11 + 11).div_ceil(4096));
+        assert_eq!(s.blocks, (300_000u64 + 100_000 + 11 + 11 + 5000).div_ceil(4096));
     }
 
     #[test]

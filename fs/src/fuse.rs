@@ -16,6 +16,8 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
+use rewind_store::TreeId;
+
 use crate::core::{Core, OpenFile, xattr_reply};
 use crate::pool::Pool;
 
@@ -53,8 +55,7 @@ impl RewindFs {
         let res = reply.fill(core, ino, offset);
         if res && offset == 0 {
             for tree in core.subtrees_to_prefetch(ino) {
-                let core = core.clone();
-                pool.prefetch(move || core.warm_tree(tree));
+                prefetch_tree(core, pool, tree, PREFETCH_DEPTH);
             }
         }
     }
@@ -79,6 +80,24 @@ impl RewindFs {
             Err(e) => reply.error(e),
         });
     }
+}
+
+/// Levels of subdirectories below a directory being read whose trees are loaded ahead: a walk
+/// enters a directory's first subdirectory at once, before a prefetch of that level alone
+/// could be done, but finds the levels below it loaded.
+const PREFETCH_DEPTH: u32 = 2;
+
+/// Load a tree ahead on a worker, then `depth` levels of subdirectories below it.
+fn prefetch_tree(core: &Arc<Core>, pool: &Pool, id: TreeId, depth: u32) {
+    let (core, next) = (core.clone(), pool.clone());
+    pool.prefetch(move || {
+        let subtrees = core.warm_tree(id);
+        if depth > 0 {
+            for t in subtrees {
+                prefetch_tree(&core, &next, t, depth - 1);
+            }
+        }
+    });
 }
 
 /// `readdir` and `readdirplus` replies, filled the same way.
@@ -223,7 +242,7 @@ impl Filesystem for RewindFs {
             Err(e) => return reply.error(e),
         };
         if new {
-            for id in self.core.siblings_to_prefetch(ino.0) {
+            for id in self.core.following_to_prefetch(ino.0) {
                 let core = self.core.clone();
                 self.pool.prefetch(move || core.warm_chunk(id));
             }
