@@ -6,8 +6,13 @@
 //!   links within a snapshot), unique for the life of the mount, entries kept while the kernel
 //!   holds a lookup count and dropped on `forget`;
 //! - `core`: every operation as a function returning `Result<_, Errno>`, tested without a mount;
-//! - `fuse`: the `fuser::Filesystem` glue, the only code that touches replies; reads and tree
-//!   loads run on worker threads (`pool`), so the FUSE loop never waits on decompression;
+//! - `fuse`: the `fuser::Filesystem` glue, the only code that touches replies. Reads whose chunks
+//!   are cached are answered at once; other reads and tree loads run on worker threads (`pool`),
+//!   so the FUSE loop never waits on decompression. Opens and opendirs answer ENOSYS, so the
+//!   kernel sends neither them nor their releases and keeps file data and listings cached
+//!   (listings checked against the directory's mtime, which moves when the snapshot list
+//!   changes). Walks are helped by prefetch: trees two levels below a listed directory, and the
+//!   first chunks of the files a `tar` reads after the one it opened;
 //! - `mount`: mountpoint checks, the foreground session, unmount on signals.
 //!
 //! Invariants: nothing is read at mount time but the index and snapshot manifests; memory is
