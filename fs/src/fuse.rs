@@ -111,7 +111,11 @@ impl DirReply for ReplyDirectory {
         let res = core.readdir(ino, offset, |ino, next, kind, name| {
             self.add(INodeNo(ino), next, kind, OsStr::from_bytes(name))
         });
-        finish(res, self)
+        match res {
+            Ok(()) => self.ok(),
+            Err(e) => self.error(e),
+        }
+        res.is_ok()
     }
 }
 
@@ -120,44 +124,11 @@ impl DirReply for ReplyDirectoryPlus {
         let res = core.readdirplus(ino, offset, |next, name, a| {
             self.add(a.attr.ino, next, OsStr::from_bytes(name), &a.ttl, &a.attr, Generation(0))
         });
-        finish(res, self)
-    }
-}
-
-/// Something that ends a directory reply.
-trait Finish {
-    fn ok(self);
-    fn error(self, e: Errno);
-}
-
-impl Finish for ReplyDirectory {
-    fn ok(self) {
-        ReplyDirectory::ok(self)
-    }
-    fn error(self, e: Errno) {
-        ReplyDirectory::error(self, e)
-    }
-}
-
-impl Finish for ReplyDirectoryPlus {
-    fn ok(self) {
-        ReplyDirectoryPlus::ok(self)
-    }
-    fn error(self, e: Errno) {
-        ReplyDirectoryPlus::error(self, e)
-    }
-}
-
-fn finish(res: Result<(), Errno>, reply: impl Finish) -> bool {
-    match res {
-        Ok(()) => {
-            reply.ok();
-            true
+        match res {
+            Ok(()) => self.ok(),
+            Err(e) => self.error(e),
         }
-        Err(e) => {
-            reply.error(e);
-            false
-        }
+        res.is_ok()
     }
 }
 
