@@ -222,11 +222,14 @@ fn brute(snaps: &[(SnapshotInfo, Fs)], store: &Store) -> Vec<Expect> {
 /// The answer, checked to be the same in result order whichever way the query is run.
 fn actual(cat: &Catalog, q: &Query) -> Vec<Expect> {
     let scan = cat.find(&Query { limit: MAX_LIMIT, ..q.clone() }).unwrap().items;
-    let indexed = {
-        let unbudgeted = Catalog { scan_budget: 0, ..Catalog::open_read_only(cat.path()).unwrap() };
-        unbudgeted.find(&Query { limit: MAX_LIMIT, ..q.clone() }).unwrap().items
-    };
+    let unbudgeted = Catalog { scan_budget: 0, ..Catalog::open_read_only(cat.path()).unwrap() };
+    let indexed = unbudgeted.find(&Query { limit: MAX_LIMIT, ..q.clone() }).unwrap().items;
     assert_eq!(scan, indexed, "both query plans give the same page");
+    // Small pages: a name query's first ones may come from the open versions alone.
+    for offset in [0, 3] {
+        let small = Query { limit: 3, offset, ..q.clone() };
+        assert_eq!(cat.find(&small).unwrap(), unbudgeted.find(&small).unwrap(), "{small:?}");
+    }
     let interrupted = {
         let tiny = Catalog { scan_budget: 1000, ..Catalog::open_read_only(cat.path()).unwrap() };
         tiny.find(&Query { limit: MAX_LIMIT, ..q.clone() }).unwrap().items
@@ -314,6 +317,37 @@ fn wanted(snaps: &[(SnapshotInfo, Fs)]) -> BTreeMap<String, Vec<SnapshotInfo>> {
     w
 }
 
+/// `trigrams` holds, for every trigram, the number of names that contain it.
+fn assert_trigram_counts(cat: &Catalog) {
+    let names: Vec<String> = cat
+        .conn
+        .prepare("SELECT name FROM names")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!names.is_empty());
+    let mut want: BTreeMap<String, i64> = BTreeMap::new();
+    for n in &names {
+        let mut t = crate::query::trigrams(n);
+        t.sort_unstable();
+        t.dedup();
+        for t in t {
+            *want.entry(t.iter().collect()).or_default() += 1;
+        }
+    }
+    let have: BTreeMap<String, i64> = cat
+        .conn
+        .prepare("SELECT tri, names FROM trigrams")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(have, want);
+}
+
 fn fresh() -> (tempfile::TempDir, Catalog) {
     let dir = tempfile::tempdir().unwrap();
     let cat = Catalog::open(&dir.path().join("c.sqlite"), "repo").unwrap();
@@ -340,10 +374,12 @@ fn incremental_equals_brute_force_and_rebuild() {
         let report = cat.rebuild_from(&store.trees, wanted(&snaps)).unwrap();
         assert_eq!(report.snapshots_applied, snaps.len() as u64);
         assert_eq!(actual(&cat, &Query::default()), all);
+        assert_trigram_counts(&cat);
         cat.clear().unwrap();
         assert!(actual(&cat, &Query::default()).is_empty());
         cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
         assert_eq!(actual(&cat, &Query::default()), all);
+        assert_trigram_counts(&cat);
     }
 }
 
@@ -547,10 +583,12 @@ fn readers_see_whole_snapshots_only() {
     }
     broken.tree = snaps[3].0.tree;
     assert!(cat.apply(&partial, &broken).is_err());
+    assert_trigram_counts(&cat);
     assert_eq!(actual(&reader, &Query::default()), brute(&snaps[..3], &store));
     assert_eq!(actual(&cat, &Query::default()), brute(&snaps[..3], &store));
     cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
     assert_eq!(actual(&reader, &Query::default()), brute(&snaps, &store));
+    assert_trigram_counts(&cat);
     // A rebuild that fails midway leaves the catalog as it was.
     let mut without = store.trees.clone();
     let sub = store.trees[&snaps[4].0.tree].nodes.iter().find_map(|n| n.subtree).expect("a directory at the root");

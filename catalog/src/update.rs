@@ -147,6 +147,8 @@ pub(crate) fn failpoint_from_env() -> Option<u64> {
 pub(crate) struct Caches {
     names: HashMap<Vec<u8>, i64>,
     dirs: HashMap<(i64, i64), i64>,
+    /// Names added per trigram in this transaction, not yet in `trigrams`.
+    trigrams: HashMap<[char; 3], i64>,
 }
 
 impl Catalog {
@@ -462,7 +464,7 @@ fn kept_span(kept: &[i64], first: i64, last: i64) -> Option<(usize, usize)> {
 fn clear_in(tx: &Transaction<'_>) -> Result<()> {
     tx.execute_batch(
         "DELETE FROM versions; DELETE FROM dirs; DELETE FROM names;
-         INSERT INTO names_fts(names_fts) VALUES('delete-all');
+         INSERT INTO names_fts(names_fts) VALUES('delete-all'); DELETE FROM trigrams;
          DELETE FROM snapshots; DELETE FROM hosts;",
     )?;
     Ok(())
@@ -517,7 +519,17 @@ fn apply_in(
         "INSERT INTO snapshots(key, id, host, time_ns, tree) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![key, snap.id.as_bytes().as_slice(), host, time_ns, snap.tree.as_bytes().as_slice()],
     )?;
-    let mut w = Writer { tx, caches, source, host, key, prev: prev.as_ref().map(|p| p.0), failpoint, written, report };
+    let mut w = Writer {
+        tx,
+        caches: &mut *caches,
+        source,
+        host,
+        key,
+        prev: prev.as_ref().map(|p| p.0),
+        failpoint,
+        written,
+        report,
+    };
     let (root, created) = w.root_dir()?;
     match &prev {
         None => w.add_tree(root, "", Some(snap.tree), created)?,
@@ -532,6 +544,12 @@ fn apply_in(
         }
     }
     tx.execute("UPDATE hosts SET latest=?1 WHERE id=?2", [key, host])?;
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO trigrams(tri, names) VALUES (?1, ?2) ON CONFLICT(tri) DO UPDATE SET names = names + excluded.names",
+    )?;
+    for (t, n) in caches.trigrams.drain() {
+        upsert.execute(params![t.iter().collect::<String>(), n])?;
+    }
     Ok(true)
 }
 
@@ -579,6 +597,12 @@ impl Writer<'_, '_> {
                 self.tx
                     .prepare_cached("INSERT INTO names_fts(rowid, name) VALUES (?1, ?2)")?
                     .execute(params![id, text])?;
+                let mut tris = crate::query::trigrams(&text);
+                tris.sort_unstable();
+                tris.dedup();
+                for t in tris {
+                    *self.caches.trigrams.entry(t).or_default() += 1;
+                }
                 id
             }
         };
