@@ -221,7 +221,7 @@ pub(crate) fn trigrams(s: &str) -> Vec<[char; 3]> {
 }
 
 /// How many trigrams of a pattern go to the FTS5 index: each costs time in proportion to the
-/// names holding it, and three rare ones pin a pattern down well.
+/// names holding it, and three well-chosen ones pin a pattern down.
 const TRIGRAMS_PER_QUERY: usize = 3;
 
 /// What [`Catalog::candidates`] found.
@@ -546,31 +546,58 @@ impl Catalog {
         Ok(if found as i64 <= FEW_NAMES { Candidates::Few } else { Candidates::Common })
     }
 
-    /// An FTS5 query for the rarest trigrams of `lit` (by the counts in `trigrams`): the words of
-    /// a name are common, the pair across a separator (`t-r` of `budget-report`) is rare; `None`
-    /// when `lit` is shorter than a trigram. The trigrams are quoted as typed: the index folds
-    /// case itself.
+    /// An FTS5 query for rare trigrams of `lit` that together pin it down; `None` when `lit` is
+    /// shorter than a trigram. The trigrams are quoted as typed: the index folds case itself.
+    ///
+    /// By the counts in `trigrams`: the rarest first, which is often the one across a separator
+    /// (`t-r` of `budget-report`: each word is common, the pair is rare); then the rarest of a
+    /// word not yet covered (`bud`, `epo`), since the trigrams of one word say little more than
+    /// one of them; trigrams that overlap a chosen one only when nothing else is left.
     fn trigram_plan(&self, lit: &str) -> Result<Option<String>> {
         let chars: Vec<char> = lit.chars().collect();
         let folded = trigrams(lit);
         if folded.is_empty() || folded.len() + 2 != chars.len() {
             return Ok(None);
         }
+        // The word (run of letters and digits) each character is in.
+        let mut word = Vec::with_capacity(chars.len());
+        let mut w = 0;
+        for (i, c) in chars.iter().enumerate() {
+            if c.is_alphanumeric() {
+                word.push(Some(w));
+            } else {
+                word.push(None);
+                if i > 0 && word[i - 1].is_some() {
+                    w += 1;
+                }
+            }
+        }
         let mut count = self.conn.prepare_cached("SELECT names FROM trigrams WHERE tri = ?1")?;
-        let mut picks: Vec<(i64, usize)> = Vec::new();
+        // (names holding it, position, word it lies in)
+        let mut left: Vec<(i64, usize, Option<usize>)> = Vec::new();
         for (i, t) in folded.iter().enumerate() {
             if folded[..i].contains(t) {
                 continue;
             }
             let n: Option<i64> = count.query_row([t.iter().collect::<String>()], |r| r.get(0)).optional()?;
-            picks.push((n.unwrap_or(0), i));
+            let inside =
+                if word[i].is_some() && word[i] == word[i + 1] && word[i] == word[i + 2] { word[i] } else { None };
+            left.push((n.unwrap_or(0), i, inside));
         }
-        picks.sort_unstable();
-        picks.truncate(TRIGRAMS_PER_QUERY);
+        let mut chosen: Vec<(i64, usize, Option<usize>)> = Vec::new();
+        while chosen.len() < TRIGRAMS_PER_QUERY && !left.is_empty() {
+            let key = |t: &(i64, usize, Option<usize>)| {
+                let overlaps = chosen.iter().any(|c| c.1.abs_diff(t.1) < 3);
+                let covered = t.2.is_some() && chosen.iter().any(|c| c.2 == t.2);
+                (overlaps, covered, t.0, t.1)
+            };
+            let best = (0..left.len()).min_by_key(|&k| key(&left[k])).expect("not empty");
+            chosen.push(left.swap_remove(best));
+        }
         Ok(Some(
-            picks
+            chosen
                 .iter()
-                .map(|&(_, i)| format!("\"{}\"", chars[i..i + 3].iter().collect::<String>().replace('"', "\"\"")))
+                .map(|&(_, i, _)| format!("\"{}\"", chars[i..i + 3].iter().collect::<String>().replace('"', "\"\"")))
                 .collect::<Vec<_>>()
                 .join(" AND "),
         ))
