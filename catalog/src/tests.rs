@@ -165,6 +165,10 @@ struct Expect {
     gone_by: Option<String>,
 }
 
+/// What makes two nodes at one path the same version to the brute force: kind, uid, content id,
+/// mtime.
+type BruteIdent = (String, u32, String, Time);
+
 /// Brute force: per host, walk every snapshot and cut each path's presence into runs of equal
 /// identity.
 fn brute(snaps: &[(SnapshotInfo, Fs)], store: &Store) -> Vec<Expect> {
@@ -175,7 +179,7 @@ fn brute(snaps: &[(SnapshotInfo, Fs)], store: &Store) -> Vec<Expect> {
     let mut out = Vec::new();
     for (host, list) in by_host {
         // path -> list of (snapshot index, identity)
-        let mut seen: BTreeMap<String, Vec<(usize, (String, u32, String, Time))>> = BTreeMap::new();
+        let mut seen: BTreeMap<String, Vec<(usize, BruteIdent)>> = BTreeMap::new();
         for (i, (info, _)) in list.iter().enumerate() {
             let mut stack = vec![(String::new(), info.tree)];
             while let Some((prefix, tid)) = stack.pop() {
@@ -191,7 +195,7 @@ fn brute(snaps: &[(SnapshotInfo, Fs)], store: &Store) -> Vec<Expect> {
         }
         let latest = list.len() - 1;
         for (path, occ) in seen {
-            let mut runs: Vec<(usize, usize, (String, u32, String, Time))> = Vec::new();
+            let mut runs: Vec<(usize, usize, BruteIdent)> = Vec::new();
             for (i, id) in occ {
                 match runs.last_mut() {
                     Some(r) if r.1 + 1 == i && r.2 == id => r.1 = i,
