@@ -220,6 +220,7 @@ fn main() {
     let (mut files, mut gens, mut churn, mut update_churn) = (1_000_000usize, 30usize, 0.3f64, 0.01f64);
     let mut out = std::path::PathBuf::from("/tmp/rewind-catalog-bench.sqlite");
     let mut queries_only = false;
+    let mut forget = false;
     while let Some(a) = args.next() {
         let v = args.next().expect("value");
         match a.as_str() {
@@ -229,6 +230,7 @@ fn main() {
             "--update-churn" => update_churn = v.parse().unwrap(),
             "--out" => out = v.into(),
             "--queries-only" => queries_only = v == "yes",
+            "--forget" => forget = v == "yes",
             _ => panic!("unknown argument {a}"),
         }
     }
@@ -236,6 +238,45 @@ fn main() {
         build(&out, files, gens, churn, update_churn);
     }
     queries(&out);
+    if forget {
+        forget_on_copy(&out);
+    }
+}
+
+/// Retention on a copy of the catalog: drop the oldest snapshot, then one in the middle, each as
+/// `sync` does when the repository no longer has it.
+fn forget_on_copy(out: &std::path::Path) {
+    let copy = out.with_extension("forget.sqlite");
+    Catalog::remove(&copy).unwrap();
+    std::fs::copy(out, &copy).unwrap();
+    let mut cat = Catalog::open(&copy, "bench").unwrap();
+    let mut snaps: Vec<SnapshotInfo> = cat
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|s| SnapshotInfo {
+            id: SnapshotId(Hash(hex::decode(&s.id).unwrap().try_into().unwrap())),
+            host: s.host,
+            time: s.time,
+            // Catalogued snapshots are never read again.
+            tree: TreeId::default(),
+        })
+        .collect();
+    let no_trees: HashMap<TreeId, Arc<Tree>> = HashMap::new();
+    for (label, index) in [("the oldest snapshot", 0), ("a snapshot in the middle", snaps.len() / 2)] {
+        snaps.remove(index);
+        let wanted = std::collections::BTreeMap::from([("fileserver".to_string(), snaps.clone())]);
+        let t = Instant::now();
+        let report = cat.sync_to(&no_trees, wanted).unwrap();
+        println!(
+            "forget {label}: {:.2}s ({} versions dropped, hosts rebuilt: {})",
+            t.elapsed().as_secs_f64(),
+            report.versions_dropped,
+            report.hosts_rebuilt.len()
+        );
+    }
+    drop(cat);
+    Catalog::remove(&copy).unwrap();
 }
 
 fn build(out: &std::path::Path, files: usize, gens: usize, churn: f64, update_churn: f64) {

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::error::{Error, Result};
 
 /// Bump when the tables change: older catalogs are then dropped and rebuilt.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 /// Every table and index. Ids are integers; strings (names, directory paths) are interned once.
 ///
@@ -25,6 +25,11 @@ pub(crate) const SCHEMA_VERSION: i64 = 3;
 ///   proportional to the changes.
 /// - `gone = 1` marks the newest version of a path that is absent from the host's latest snapshot:
 ///   the deleted files.
+/// - `versions_open` indexes the names of the open versions only (a tenth of the rows): a name
+///   query's first page is usually all present versions, read without touching the table.
+/// - `trigrams` counts the names holding each trigram (case folded as `query::fold` does), so a
+///   query picks its rarest trigrams for the FTS5 index without counting them there. Names are
+///   never deleted but all at once, so the counts stay exact.
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
 CREATE TABLE hosts(
@@ -80,6 +85,8 @@ CREATE INDEX versions_name ON versions(name);
 CREATE INDEX versions_recent ON versions(coalesce(last, 140737488355327));
 CREATE INDEX versions_gone ON versions(last) WHERE gone = 1;
 CREATE INDEX versions_gone_uid ON versions(uid, last) WHERE gone = 1;
+CREATE INDEX versions_open ON versions(name) WHERE last IS NULL;
+CREATE TABLE trigrams(tri TEXT PRIMARY KEY, names INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 pub(crate) fn configure(conn: &Connection) -> Result<()> {

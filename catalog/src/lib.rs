@@ -22,8 +22,9 @@
 //!   A killed update leaves the catalog as it was after its last committed snapshot.
 //! - Snapshots of a host are applied in time order, each diffed against the host's previous one,
 //!   skipping subtrees with equal ids. A snapshot older than the newest catalogued one of its
-//!   host, or a catalogued snapshot removed from the repository, makes [`Catalog::sync`] rebuild
-//!   that host from its first snapshot.
+//!   host makes [`Catalog::sync`] rebuild that host from its first snapshot; a catalogued
+//!   snapshot removed from the repository is dropped in place (intervals shrink, versions held
+//!   only by removed snapshots go), without reading any tree.
 //! - Queries take a [`Query`] and return plain [`FileVersion`]s in [`Page`]s; all are
 //!   `serde::Serialize` for the portal and `--json`.
 //!

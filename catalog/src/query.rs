@@ -204,6 +204,36 @@ fn glob_literal(glob: &str) -> String {
     best
 }
 
+/// One character case-folded for the trigram counts (an approximation of the FTS5 index's own
+/// folding, which matters only for choosing trigrams, never for results).
+fn fold(c: char) -> char {
+    let mut l = c.to_lowercase();
+    match (l.next(), l.next()) {
+        (Some(x), None) => x,
+        _ => c,
+    }
+}
+
+/// The trigrams of a name or pattern, folded, in order (with repeats).
+pub(crate) fn trigrams(s: &str) -> Vec<[char; 3]> {
+    let chars: Vec<char> = s.chars().map(fold).collect();
+    chars.windows(3).map(|w| [w[0], w[1], w[2]]).collect()
+}
+
+/// How many trigrams of a pattern go to the FTS5 index: each costs time in proportion to the
+/// names holding it, and three well-chosen ones pin a pattern down.
+const TRIGRAMS_PER_QUERY: usize = 3;
+
+/// What [`Catalog::candidates`] found.
+enum Candidates {
+    Few,
+    Common,
+    Many,
+}
+
+/// The clause that reads the names [`Catalog::candidates`] found.
+const NAMES_FOUND: &str = "v.name IN (SELECT id FROM temp.names_found)";
+
 /// SQL functions the queries use: `rw_glob(pattern, name)` and `rw_icontains(name, lowered)`.
 pub(crate) fn register_functions(conn: &Connection) -> Result<()> {
     use rusqlite::functions::FunctionFlags;
@@ -220,6 +250,11 @@ pub(crate) fn register_functions(conn: &Connection) -> Result<()> {
     conn.create_scalar_function("rw_icontains", 2, flags, |ctx| {
         let name = ctx.get_raw(0).as_str().unwrap_or("");
         let needle = ctx.get_raw(1).as_str().unwrap_or("");
+        if name.is_ascii() && needle.is_ascii() {
+            // The same answer without a lowered copy per row (`needle` is lowercase already).
+            let (name, needle) = (name.as_bytes(), needle.as_bytes());
+            return Ok(needle.is_empty() || name.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle)));
+        }
         Ok(name.to_lowercase().contains(needle))
     })?;
     Ok(())
@@ -244,8 +279,11 @@ const SELECT_RECENT: &str = concat_select!("versions v INDEXED BY versions_recen
 /// it is answered through the name index instead.
 pub(crate) const SCAN_BUDGET: u64 = 500_000;
 
-/// A pattern whose trigrams are in at most this many names is answered through them at once;
-/// one in more is first tried by a scan in result order (it is likely common).
+/// A pattern whose trigrams are in at most this many names has them tested one by one.
+const MAX_CANDIDATES: i64 = 20_000;
+
+/// A pattern that matches at most this many names is answered through them at once; one that
+/// matches more is first tried by a scan in result order (it is common).
 const FEW_NAMES: i64 = 10_000;
 
 struct Sql {
@@ -269,6 +307,8 @@ impl Catalog {
         let mut per_row = Sql { clauses: Vec::new(), params: Vec::new() };
         // 0 when the matching names are known to be few: a scan in result order would not pay.
         let mut selectivity = 1.0f64;
+        // The matching names are in `temp.names_found`.
+        let mut found = false;
         match &q.name {
             None => {}
             Some(NameMatch::Substring(s)) => {
@@ -278,14 +318,23 @@ impl Catalog {
                 }
                 per_row.push("rw_icontains(n.name, ?)", [Value::Text(s.to_lowercase())]);
                 if let Some(expr) = self.trigram_plan(s)? {
-                    // The rarest trigrams narrow the names through the index; the function
-                    // then tests the whole pattern (as the per-row form does, to the letter).
-                    let (clause, few) = self.candidates(&expr, "rw_icontains(n.name, ?)")?;
-                    if few {
-                        selectivity = 0.0;
-                        sql.push(&clause, [Value::Text(s.to_lowercase())]);
-                    } else {
-                        sql.push(&clause, [Value::Text(expr), Value::Text(s.to_lowercase())]);
+                    // Trigrams narrow the names through the index; the function then tests the
+                    // whole pattern (as the per-row form does, to the letter).
+                    let lowered = Value::Text(s.to_lowercase());
+                    match self.candidates(&expr, "rw_icontains(n.name, ?1)", &lowered)? {
+                        Candidates::Few => {
+                            selectivity = 0.0;
+                            found = true;
+                            sql.push(NAMES_FOUND, []);
+                        }
+                        Candidates::Common => {
+                            found = true;
+                            sql.push(NAMES_FOUND, []);
+                        }
+                        Candidates::Many => sql.push(
+                            "v.name IN (SELECT n.id FROM names n WHERE n.id IN (SELECT rowid FROM names_fts WHERE names_fts MATCH ?) AND rw_icontains(n.name, ?))",
+                            [Value::Text(expr), lowered],
+                        ),
                     }
                 } else {
                     sql.push(
@@ -301,12 +350,21 @@ impl Catalog {
                     .map_err(|e| Error::InvalidInput(format!("bad glob {g:?}: {e}")))?;
                 per_row.push("rw_glob(?, n.name)", [Value::Text(g.clone())]);
                 if let Some(expr) = self.trigram_plan(&glob_literal(g))? {
-                    let (clause, few) = self.candidates(&expr, "rw_glob(?, n.name)")?;
-                    if few {
-                        selectivity = 0.0;
-                        sql.push(&clause, [Value::Text(g.clone())]);
-                    } else {
-                        sql.push(&clause, [Value::Text(expr), Value::Text(g.clone())]);
+                    let glob = Value::Text(g.clone());
+                    match self.candidates(&expr, "rw_glob(?1, n.name)", &glob)? {
+                        Candidates::Few => {
+                            selectivity = 0.0;
+                            found = true;
+                            sql.push(NAMES_FOUND, []);
+                        }
+                        Candidates::Common => {
+                            found = true;
+                            sql.push(NAMES_FOUND, []);
+                        }
+                        Candidates::Many => sql.push(
+                            "v.name IN (SELECT n.id FROM names n WHERE n.id IN (SELECT rowid FROM names_fts WHERE names_fts MATCH ?) AND rw_glob(?, n.name))",
+                            [Value::Text(expr), glob],
+                        ),
                     }
                 } else {
                     sql.push("v.name IN (SELECT id FROM names WHERE rw_glob(?, name))", [Value::Text(g.clone())]);
@@ -404,7 +462,25 @@ impl Catalog {
         let limit = if q.limit == 0 { 100 } else { q.limit.min(MAX_LIMIT) };
         let tail = format!("ORDER BY {order} LIMIT {} OFFSET {}", u64::from(limit) + 1, q.offset);
         let mut items = None;
-        if self.scan_budget > 0
+        if self.scan_budget > 0 && found && q.order == Order::RecentFirst && !deleted {
+            // Present versions come first, newest first: when the matching names have a page
+            // of them, the small index of open versions alone finds it (the table is read
+            // for the page only).
+            let text = format!(
+                "{SELECT} WHERE v.id IN (SELECT v.id FROM versions v INDEXED BY versions_open{} WHERE {} AND v.last IS NULL
+                 ORDER BY v.id DESC LIMIT {} OFFSET {}) ORDER BY v.id DESC",
+                if q.seen_from.is_some() { " JOIN hosts h ON h.id = v.host" } else { "" },
+                sql.clauses.join(" AND "),
+                u64::from(limit) + 1,
+                q.offset
+            );
+            let page = self.run(&text, sql.params.clone(), None)?.expect("no budget, no interruption");
+            if page.len() > limit as usize {
+                items = Some(page);
+            }
+        }
+        if items.is_none()
+            && self.scan_budget > 0
             && selectivity > 0.0
             && q.order != Order::Path
             && !deleted
@@ -448,48 +524,88 @@ impl Catalog {
         self.find(&q)
     }
 
-    /// The names holding the trigrams of `expr`: if there are at most [`FEW_NAMES`], they are
-    /// put in `temp.name_hits` and the clause reads them from there (`true`); else the clause
-    /// asks the index again, with `expr` as its first parameter. `test` checks the whole name.
-    fn candidates(&self, expr: &str, test: &str) -> Result<(String, bool)> {
+    /// Narrow the names through the trigram index (`expr`, an FTS5 query) and `test` (the whole
+    /// pattern, with `pattern` as `?1`). When the index finds at most [`MAX_CANDIDATES`] names,
+    /// the ones that really match go to `temp.names_found` ([`NAMES_FOUND`] reads them): `Few`
+    /// if there are at most [`FEW_NAMES`] of them, `Common` if more. `Many`: the index found
+    /// more, nothing was stored.
+    fn candidates(&self, expr: &str, test: &str, pattern: &Value) -> Result<Candidates> {
         self.conn.execute_batch(
-            "CREATE TEMP TABLE IF NOT EXISTS name_hits(id INTEGER PRIMARY KEY); DELETE FROM temp.name_hits;",
+            "CREATE TEMP TABLE IF NOT EXISTS name_hits(id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE IF NOT EXISTS names_found(id INTEGER PRIMARY KEY);
+             DELETE FROM temp.name_hits; DELETE FROM temp.names_found;",
         )?;
         let n = self
             .conn
             .prepare_cached("INSERT INTO temp.name_hits SELECT rowid FROM names_fts WHERE names_fts MATCH ?1 LIMIT ?2")?
-            .execute(rusqlite::params![expr, FEW_NAMES + 1])?;
-        if n as i64 <= FEW_NAMES {
-            Ok((
-                format!("v.name IN (SELECT n.id FROM temp.name_hits t CROSS JOIN names n ON n.id = t.id WHERE {test})"),
-                true,
-            ))
-        } else {
-            Ok((
-                format!(
-                    "v.name IN (SELECT n.id FROM names n WHERE n.id IN (SELECT rowid FROM names_fts WHERE names_fts MATCH ?) AND {test})"
-                ),
-                false,
-            ))
+            .execute(rusqlite::params![expr, MAX_CANDIDATES + 1])?;
+        if n as i64 > MAX_CANDIDATES {
+            return Ok(Candidates::Many);
         }
+        let found = self
+            .conn
+            .prepare_cached(&format!(
+                "INSERT INTO temp.names_found SELECT n.id FROM temp.name_hits t CROSS JOIN names n ON n.id = t.id WHERE {test}"
+            ))?
+            .execute([pattern])?;
+        Ok(if found as i64 <= FEW_NAMES { Candidates::Few } else { Candidates::Common })
     }
 
-    /// An FTS5 query for three trigrams of `lit` spread over it (its start, middle and end:
-    /// together they narrow the names well without counting); `None` when `lit` is too short.
+    /// An FTS5 query for rare trigrams of `lit` that together pin it down; `None` when `lit` is
+    /// shorter than a trigram. The trigrams are quoted as typed: the index folds case itself.
+    ///
+    /// By the counts in `trigrams`: the rarest first, which is often the one across a separator
+    /// (`t-r` of `budget-report`: each word is common, the pair is rare); then the rarest of a
+    /// word not yet covered (`bud`, `epo`), since the trigrams of one word say little more than
+    /// one of them; trigrams that overlap a chosen one only when nothing else is left.
     fn trigram_plan(&self, lit: &str) -> Result<Option<String>> {
-        let chars: Vec<char> = lit.to_lowercase().chars().collect();
-        if chars.len() < 3 {
+        let chars: Vec<char> = lit.chars().collect();
+        let folded = trigrams(lit);
+        if folded.is_empty() || folded.len() + 2 != chars.len() {
             return Ok(None);
         }
-        let last = chars.len() - 3;
-        let mut picks = vec![0, last / 2, last];
-        picks.dedup();
-        let expr = picks
-            .iter()
-            .map(|&i| format!("\"{}\"", chars[i..i + 3].iter().collect::<String>().replace('"', "\"\"")))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        Ok(Some(expr))
+        // The word (run of letters and digits) each character is in.
+        let mut word = Vec::with_capacity(chars.len());
+        let mut w = 0;
+        for (i, c) in chars.iter().enumerate() {
+            if c.is_alphanumeric() {
+                word.push(Some(w));
+            } else {
+                word.push(None);
+                if i > 0 && word[i - 1].is_some() {
+                    w += 1;
+                }
+            }
+        }
+        let mut count = self.conn.prepare_cached("SELECT names FROM trigrams WHERE tri = ?1")?;
+        // (names holding it, position, word it lies in)
+        let mut left: Vec<(i64, usize, Option<usize>)> = Vec::new();
+        for (i, t) in folded.iter().enumerate() {
+            if folded[..i].contains(t) {
+                continue;
+            }
+            let n: Option<i64> = count.query_row([t.iter().collect::<String>()], |r| r.get(0)).optional()?;
+            let inside =
+                if word[i].is_some() && word[i] == word[i + 1] && word[i] == word[i + 2] { word[i] } else { None };
+            left.push((n.unwrap_or(0), i, inside));
+        }
+        let mut chosen: Vec<(i64, usize, Option<usize>)> = Vec::new();
+        while chosen.len() < TRIGRAMS_PER_QUERY && !left.is_empty() {
+            let key = |t: &(i64, usize, Option<usize>)| {
+                let overlaps = chosen.iter().any(|c| c.1.abs_diff(t.1) < 3);
+                let covered = t.2.is_some() && chosen.iter().any(|c| c.2 == t.2);
+                (overlaps, covered, t.0, t.1)
+            };
+            let best = (0..left.len()).min_by_key(|&k| key(&left[k])).expect("not empty");
+            chosen.push(left.swap_remove(best));
+        }
+        Ok(Some(
+            chosen
+                .iter()
+                .map(|&(_, i, _)| format!("\"{}\"", chars[i..i + 3].iter().collect::<String>().replace('"', "\"\"")))
+                .collect::<Vec<_>>()
+                .join(" AND "),
+        ))
     }
 
     /// Every version of one path, newest first. Without a host, the path's versions on every host.

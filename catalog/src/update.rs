@@ -51,12 +51,15 @@ pub struct SyncReport {
     pub snapshots_applied: u64,
     /// Snapshots that were in the catalog but are no longer in the repository.
     pub snapshots_dropped: u64,
-    /// Hosts rebuilt from their first snapshot (a snapshot was removed, or arrived out of order).
+    /// Hosts rebuilt from their first snapshot (a snapshot arrived out of order).
     pub hosts_rebuilt: Vec<String>,
     /// Hosts that no longer have any snapshot.
     pub hosts_removed: Vec<String>,
     pub versions_added: u64,
     pub versions_closed: u64,
+    /// Versions deleted because every snapshot that held them was removed, or merged into an
+    /// equal neighbour once the snapshots between them were removed.
+    pub versions_dropped: u64,
     pub trees_read: u64,
     pub subtrees_skipped: u64,
 }
@@ -144,11 +147,13 @@ pub(crate) fn failpoint_from_env() -> Option<u64> {
 pub(crate) struct Caches {
     names: HashMap<Vec<u8>, i64>,
     dirs: HashMap<(i64, i64), i64>,
+    /// Names added per trigram in this transaction, not yet in `trigrams`.
+    trigrams: HashMap<[char; 3], i64>,
 }
 
 impl Catalog {
     /// Bring the catalog up to date with the repository: add new snapshots (one transaction
-    /// each), drop removed ones, and rebuild a host whose history changed other than at its end.
+    /// each), drop removed ones in place, and rebuild a host that got a snapshot older than its newest.
     pub fn sync(&mut self, repo: &IndexedRepository) -> Result<SyncReport> {
         let entries = repo.repo().snapshots()?;
         let mut wanted: BTreeMap<String, Vec<SnapshotInfo>> = BTreeMap::new();
@@ -181,18 +186,22 @@ impl Catalog {
             let want_ids: HashSet<SnapshotId> = want.iter().map(|s| s.id).collect();
             let had_ids: HashSet<SnapshotId> = had.iter().map(|s| s.0).collect();
             let dropped = had.iter().filter(|s| !want_ids.contains(&s.0)).count();
-            let newest = had.last().map(|s| (s.1, s.0));
+            // New snapshots must come after every catalogued one that stays.
+            let newest = had.iter().rev().find(|s| want_ids.contains(&s.0)).map(|s| (s.1, s.0));
             let out_of_order =
                 want.iter().any(|s| !had_ids.contains(&s.id) && newest.is_some_and(|n| (s.time, s.id) < n));
-            let todo: Vec<&SnapshotInfo> = if dropped > 0 || out_of_order {
-                tracing::info!(
-                    "catalog: rebuilding host {host} ({dropped} snapshots removed, out of order: {out_of_order})"
-                );
+            let todo: Vec<&SnapshotInfo> = if out_of_order {
+                tracing::info!("catalog: rebuilding host {host} (a snapshot arrived out of order)");
                 report.snapshots_dropped += dropped as u64;
                 self.remove_host(host)?;
                 report.hosts_rebuilt.push(host.clone());
                 want.iter().collect()
             } else {
+                if dropped > 0 {
+                    tracing::info!("catalog: dropping {dropped} removed snapshots of host {host}");
+                    self.drop_snapshots(host, &want_ids, &mut report)?;
+                    report.snapshots_dropped += dropped as u64;
+                }
                 want.iter().filter(|s| !had_ids.contains(&s.id)).collect()
             };
             for snap in todo {
@@ -298,6 +307,119 @@ impl Catalog {
         Ok(())
     }
 
+    /// Drop the catalogued snapshots of `host` whose ids are not in `keep`, in one transaction,
+    /// without reading any tree (the removed snapshots' trees may be pruned already): each
+    /// version's interval shrinks to the kept snapshots it spans, a version held only by removed
+    /// snapshots goes, two versions of a path with one identity that the removal made adjacent
+    /// become one, and the newest version of each path is marked deleted or present again.
+    ///
+    /// Cost: one pass over the host's versions, then work per path whose versions start or end
+    /// at a removed snapshot (or just after one).
+    fn drop_snapshots(&mut self, host: &str, keep: &HashSet<SnapshotId>, report: &mut SyncReport) -> Result<()> {
+        self.caches = Caches::default();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some(host_id) =
+            tx.query_row("SELECT id FROM hosts WHERE name=?1", [host], |r| r.get::<_, i64>(0)).optional()?
+        else {
+            return Ok(());
+        };
+        // The host's snapshots, oldest first: (key, kept).
+        let old: Vec<(i64, bool)> = tx
+            .prepare("SELECT key, id FROM snapshots WHERE host=?1 ORDER BY key")?
+            .query_map([host_id], |r| {
+                let id: Vec<u8> = r.get(1)?;
+                Ok((r.get(0)?, keep.contains(&crate::query::snapshot_id(&id))))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let kept: Vec<i64> = old.iter().filter(|s| s.1).map(|s| s.0).collect();
+        let removed: HashSet<i64> = old.iter().filter(|s| !s.1).map(|s| s.0).collect();
+        let (Some(&new_latest), Some(&(old_latest, _))) = (kept.last(), old.last()) else {
+            // Nothing is kept: the host goes (its new snapshots, if any, start it again).
+            drop(tx);
+            return self.remove_host(host);
+        };
+        if removed.is_empty() {
+            return Ok(());
+        }
+        // Snapshots that directly follow a removed one: a version starting there may now be
+        // adjacent to an equal older version of its path.
+        let after_removed: HashSet<i64> = old.windows(2).filter(|w| !w[0].1).map(|w| w[1].0).collect();
+        let latest_removed = removed.contains(&old_latest);
+        let mut paths: HashSet<(i64, i64)> = HashSet::new();
+        {
+            let mut stmt = tx.prepare("SELECT dir, name, first, last FROM versions WHERE host=?1")?;
+            let mut rows = stmt.query([host_id])?;
+            while let Some(r) = rows.next()? {
+                let (first, last): (i64, Option<i64>) = (r.get(2)?, r.get(3)?);
+                // An open version stays open unless it starts after the new latest snapshot
+                // (then its start was removed); a closed one changes if an end was removed, or
+                // if it ends at the new latest snapshot, which makes it present again.
+                let touched = removed.contains(&first)
+                    || after_removed.contains(&first)
+                    || last.is_some_and(|l| removed.contains(&l) || (latest_removed && l == new_latest));
+                if touched {
+                    paths.insert((r.get(0)?, r.get(1)?));
+                }
+            }
+        }
+        let mut paths: Vec<(i64, i64)> = paths.into_iter().collect();
+        paths.sort_unstable();
+        let mut dropped = 0u64;
+        for (dir, name) in paths {
+            let versions: Vec<(i64, StoredIdent, i64, Option<i64>, bool)> = tx
+                .prepare_cached(
+                    "SELECT id, kind, mode, uid, gid, size, mtime, mtime_ns, content, first, last, gone
+                     FROM versions WHERE dir=?1 AND name=?2 ORDER BY first",
+                )?
+                .query_map([dir, name], |r| {
+                    Ok((
+                        r.get(0)?,
+                        (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?),
+                        r.get(9)?,
+                        r.get(10)?,
+                        r.get(11)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            // (row id, identity, first and last as indexes into `kept`)
+            let mut live: Vec<(i64, StoredIdent, usize, usize)> = Vec::with_capacity(versions.len());
+            let mut gone_rows = Vec::new();
+            for &(id, ident, first, last, _) in &versions {
+                match kept_span(&kept, first, last.unwrap_or(old_latest)) {
+                    None => gone_rows.push(id),
+                    Some((a, b)) => match live.last_mut() {
+                        Some(prev) if prev.1 == ident && prev.3 + 1 == a => {
+                            prev.3 = b;
+                            gone_rows.push(id);
+                        }
+                        _ => live.push((id, ident, a, b)),
+                    },
+                }
+            }
+            for id in gone_rows {
+                tx.prepare_cached("DELETE FROM versions WHERE id=?1")?.execute([id])?;
+                dropped += 1;
+            }
+            let n = live.len();
+            for (i, &(id, _, a, b)) in live.iter().enumerate() {
+                let last = (kept[b] != new_latest).then_some(kept[b]);
+                let gone = i + 1 == n && last.is_some();
+                let before = versions.iter().find(|v| v.0 == id).expect("a live version was read");
+                if (before.2, before.3, before.4) != (kept[a], last, gone) {
+                    tx.prepare_cached("UPDATE versions SET first=?1, last=?2, gone=?3 WHERE id=?4")?
+                        .execute(params![kept[a], last, gone as i64, id])?;
+                }
+            }
+        }
+        for key in &removed {
+            tx.execute("DELETE FROM snapshots WHERE key=?1", [key])?;
+        }
+        tx.execute("UPDATE hosts SET latest=?1 WHERE id=?2", [new_latest, host_id])?;
+        tx.commit()?;
+        report.versions_dropped += dropped;
+        Ok(())
+    }
+
     /// Add one snapshot, newer than every catalogued snapshot of its host, in one transaction.
     /// Returns false if it was already there. An older snapshot is refused
     /// ([`Error::InvalidInput`]); [`Catalog::sync`] rebuilds the host instead.
@@ -327,10 +449,22 @@ impl Catalog {
     }
 }
 
+/// A version's identity as stored: kind, mode, uid, gid (NULL when equal to uid), size, mtime,
+/// mtime_ns, content.
+type StoredIdent = (i64, i64, i64, Option<i64>, i64, i64, i64, i64);
+
+/// The kept snapshots (`kept`: keys, oldest first) within `[first, last]`, as indexes into
+/// `kept`; `None` if there are none.
+fn kept_span(kept: &[i64], first: i64, last: i64) -> Option<(usize, usize)> {
+    let a = kept.partition_point(|&k| k < first);
+    let b = kept.partition_point(|&k| k <= last).checked_sub(1)?;
+    (a <= b).then_some((a, b))
+}
+
 fn clear_in(tx: &Transaction<'_>) -> Result<()> {
     tx.execute_batch(
         "DELETE FROM versions; DELETE FROM dirs; DELETE FROM names;
-         INSERT INTO names_fts(names_fts) VALUES('delete-all');
+         INSERT INTO names_fts(names_fts) VALUES('delete-all'); DELETE FROM trigrams;
          DELETE FROM snapshots; DELETE FROM hosts;",
     )?;
     Ok(())
@@ -385,7 +519,17 @@ fn apply_in(
         "INSERT INTO snapshots(key, id, host, time_ns, tree) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![key, snap.id.as_bytes().as_slice(), host, time_ns, snap.tree.as_bytes().as_slice()],
     )?;
-    let mut w = Writer { tx, caches, source, host, key, prev: prev.as_ref().map(|p| p.0), failpoint, written, report };
+    let mut w = Writer {
+        tx,
+        caches: &mut *caches,
+        source,
+        host,
+        key,
+        prev: prev.as_ref().map(|p| p.0),
+        failpoint,
+        written,
+        report,
+    };
     let (root, created) = w.root_dir()?;
     match &prev {
         None => w.add_tree(root, "", Some(snap.tree), created)?,
@@ -400,6 +544,12 @@ fn apply_in(
         }
     }
     tx.execute("UPDATE hosts SET latest=?1 WHERE id=?2", [key, host])?;
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO trigrams(tri, names) VALUES (?1, ?2) ON CONFLICT(tri) DO UPDATE SET names = names + excluded.names",
+    )?;
+    for (t, n) in caches.trigrams.drain() {
+        upsert.execute(params![t.iter().collect::<String>(), n])?;
+    }
     Ok(true)
 }
 
@@ -447,6 +597,12 @@ impl Writer<'_, '_> {
                 self.tx
                     .prepare_cached("INSERT INTO names_fts(rowid, name) VALUES (?1, ?2)")?
                     .execute(params![id, text])?;
+                let mut tris = crate::query::trigrams(&text);
+                tris.sort_unstable();
+                tris.dedup();
+                for t in tris {
+                    *self.caches.trigrams.entry(t).or_default() += 1;
+                }
                 id
             }
         };

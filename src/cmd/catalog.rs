@@ -148,12 +148,13 @@ pub fn run(c: CatalogCommand) -> Result<ExitCode> {
             let mut cat = Catalog::open_for(indexed.repo()).context("cannot open the catalog")?;
             let r = cat.sync(&indexed).context("catalog update failed")?;
             println!(
-                "catalog updated: {} snapshots added, {} dropped, {} hosts rebuilt, {} versions added, {} closed",
+                "catalog updated: {} snapshots added, {} dropped, {} hosts rebuilt, {} versions added, {} closed, {} removed",
                 r.snapshots_applied,
                 r.snapshots_dropped,
                 r.hosts_rebuilt.len(),
                 r.versions_added,
-                r.versions_closed
+                r.versions_closed,
+                r.versions_dropped
             );
         }
         CatalogCommand::Stats { repo, json } => {
