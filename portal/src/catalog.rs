@@ -1,12 +1,16 @@
 //! The catalog behind search, deleted and history (`rewind-catalog`, SQLite). The portal only
-//! reads it through a small pool of read-only connections (a connection is not shared between
-//! threads); with `catalog_sync_secs` it also brings it up to date itself, at start and then
-//! periodically, on a connection of its own. Without a catalog file those endpoints answer 503
-//! until one appears (it is opened on first use).
+//! reads it through a fixed pool of read-only connections, used from blocking threads (a
+//! connection is not shared between threads; WAL lets them all read at once, also during a
+//! sync). The pool is opened once and kept: a query never pays for opening a connection or
+//! preparing its statements again, and under load requests wait for a free connection rather
+//! than opening more (the machine has only so many cores; SQLite's page cache is per
+//! connection). With `catalog_sync_secs` the portal also brings the catalog up to date itself,
+//! at start and then periodically, on a connection of its own. Without a catalog file those
+//! endpoints answer 503 until one appears (it is opened on first use).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rewind_catalog::{FileVersion, Page, Query};
@@ -18,7 +22,9 @@ use crate::error::{ApiError, ApiResult};
 
 pub struct Catalog {
     path: PathBuf,
-    pool: Mutex<Vec<rewind_catalog::Catalog>>,
+    pool: Mutex<Pool>,
+    /// Signalled when a connection is put back.
+    freed: Condvar,
     /// Recent pages by query, shared by all users (filtered per user afterwards): the same
     /// "recently deleted" or search page asked by many is read from SQLite once per `ttl`.
     cache: Mutex<HashMap<String, CachedPage>>,
@@ -26,6 +32,34 @@ pub struct Catalog {
 }
 
 const CACHE_ENTRIES: usize = 4096;
+
+/// Idle connections, and how many exist (idle or in use).
+#[derive(Default)]
+struct Pool {
+    idle: Vec<rewind_catalog::Catalog>,
+    open: usize,
+}
+
+/// A connection taken from the pool, put back when dropped (also if the query panicked).
+struct Lease<'a> {
+    catalog: &'a Catalog,
+    conn: Option<rewind_catalog::Catalog>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.catalog.pool.lock().unwrap_or_else(|e| e.into_inner()).idle.push(c);
+            self.catalog.freed.notify_one();
+        }
+    }
+}
+
+/// How many connections the pool holds: a few per core, so that a query waiting on I/O does
+/// not idle a core, and no more (each has its own page cache).
+fn pool_size() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2
+}
 
 type CachedPage = (Instant, Arc<Page<FileVersion>>);
 
@@ -66,7 +100,8 @@ impl Catalog {
         }
         Ok(Catalog {
             path,
-            pool: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool::default()),
+            freed: Condvar::new(),
             cache: Mutex::new(HashMap::new()),
             ttl: Duration::from_millis(config.catalog_cache_ms),
         })
@@ -74,7 +109,7 @@ impl Catalog {
 
     /// Whether there is a catalog to read.
     pub fn available(&self) -> bool {
-        !self.pool.lock().expect("catalog pool").is_empty() || self.path.exists()
+        self.pool.lock().expect("catalog pool").open > 0 || self.path.exists()
     }
 
     /// Run `f` on a pooled read-only connection (call from a blocking thread).
@@ -82,18 +117,32 @@ impl Catalog {
         &self,
         f: impl FnOnce(&rewind_catalog::Catalog) -> Result<T, rewind_catalog::Error>,
     ) -> ApiResult<T> {
-        let conn = self.pool.lock().expect("catalog pool").pop();
-        let conn = match conn {
-            Some(c) => c,
-            None if !self.path.exists() => return Err(ApiError::Unavailable("catalog not available".into())),
-            None => rewind_catalog::Catalog::open_read_only(&self.path).map_err(catalog_error)?,
-        };
-        let r = f(&conn).map_err(catalog_error);
+        let lease = Lease { catalog: self, conn: Some(self.take()?) };
+        f(lease.conn.as_ref().expect("leased")).map_err(catalog_error)
+    }
+
+    /// An idle connection, a new one while the pool is not full, or else the next one put back.
+    fn take(&self) -> ApiResult<rewind_catalog::Catalog> {
         let mut pool = self.pool.lock().expect("catalog pool");
-        if pool.len() < 16 {
-            pool.push(conn);
+        loop {
+            if let Some(c) = pool.idle.pop() {
+                return Ok(c);
+            }
+            if pool.open < pool_size() {
+                if !self.path.exists() {
+                    return Err(ApiError::Unavailable("catalog not available".into()));
+                }
+                pool.open += 1;
+                drop(pool);
+                let opened = rewind_catalog::Catalog::open_read_only(&self.path).map_err(catalog_error);
+                if opened.is_err() {
+                    self.pool.lock().expect("catalog pool").open -= 1;
+                    self.freed.notify_one();
+                }
+                return opened;
+            }
+            pool = self.freed.wait(pool).expect("catalog pool");
         }
-        r
     }
 
     /// A page of `find` (or `deleted`), through the shared cache.
