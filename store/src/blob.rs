@@ -17,14 +17,43 @@ pub(crate) fn compress(raw: &[u8], level: i32) -> (Compression, Vec<u8>) {
 /// Recover a blob's bytes from its stored form and verify them against its id: damaged bytes are
 /// an error, never returned.
 pub(crate) fn open(id: &BlobId, compression: Compression, stored: &[u8], raw_len: u32) -> Result<Vec<u8>> {
-    let what = || format!("{} blob {}", kind_name(id.kind), id.hash.to_hex());
     let raw = match compression {
         Compression::None => stored.to_vec(),
-        Compression::Zstd => {
-            // Bounded by the recorded length: damaged input cannot make us allocate more.
-            zstd::bulk::decompress(stored, raw_len as usize).map_err(|e| Error::corrupt(what(), format!("zstd: {e}")))?
-        }
+        Compression::Zstd => decompress(id, stored, raw_len)?,
     };
+    verify(id, raw, raw_len)
+}
+
+/// [`open`] for stored bytes the caller no longer needs: a blob stored raw is not copied.
+pub(crate) fn open_owned(id: &BlobId, compression: Compression, stored: Vec<u8>, raw_len: u32) -> Result<Vec<u8>> {
+    match compression {
+        Compression::None => verify(id, stored, raw_len),
+        Compression::Zstd => open(id, compression, &stored, raw_len),
+    }
+}
+
+fn decompress(id: &BlobId, stored: &[u8], raw_len: u32) -> Result<Vec<u8>> {
+    use std::cell::RefCell;
+    // One decompression context per thread, not one per blob.
+    thread_local! {
+        static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    }
+    let what = || format!("{} blob {}", kind_name(id.kind), id.hash.to_hex());
+    DCTX.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Decompressor::new().map_err(|e| Error::corrupt(what(), format!("zstd: {e}")))?);
+        }
+        // Bounded by the recorded length: damaged input cannot make us allocate more.
+        cell.as_mut()
+            .expect("set above")
+            .decompress(stored, raw_len as usize)
+            .map_err(|e| Error::corrupt(what(), format!("zstd: {e}")))
+    })
+}
+
+fn verify(id: &BlobId, raw: Vec<u8>, raw_len: u32) -> Result<Vec<u8>> {
+    let what = || format!("{} blob {}", kind_name(id.kind), id.hash.to_hex());
     if raw.len() != raw_len as usize {
         return Err(Error::corrupt(what(), format!("length {} instead of {raw_len}", raw.len())));
     }
