@@ -29,6 +29,35 @@ pub struct Catalog {
     /// "recently deleted" or search page asked by many is read from SQLite once per `ttl`.
     cache: Mutex<HashMap<String, CachedPage>>,
     ttl: Duration,
+    /// Queries running now, by the same key: a request asking what another is already asking
+    /// waits for that answer instead of running the query again (also without the cache: the
+    /// answer is no older than the request). Many users opening "recently deleted" at once, or
+    /// the cache expiring under load, cost one query, not one each.
+    inflight: Mutex<HashMap<String, Arc<Flight>>>,
+}
+
+/// One running query and, once it ended, its page (`None`: it failed; ask again).
+#[derive(Default)]
+struct Flight {
+    result: Mutex<Option<Option<Arc<Page<FileVersion>>>>>,
+    done: Condvar,
+}
+
+/// The request running a query: publishes its outcome to those waiting when dropped, also on
+/// an error or a panic.
+struct Lead<'a> {
+    catalog: &'a Catalog,
+    key: &'a str,
+    flight: Arc<Flight>,
+    page: Option<Arc<Page<FileVersion>>>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.catalog.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(self.key);
+        *self.flight.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.page.take());
+        self.flight.done.notify_all();
+    }
 }
 
 const CACHE_ENTRIES: usize = 4096;
@@ -104,6 +133,7 @@ impl Catalog {
             freed: Condvar::new(),
             cache: Mutex::new(HashMap::new()),
             ttl: Duration::from_millis(config.catalog_cache_ms),
+            inflight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -154,7 +184,38 @@ impl Catalog {
         {
             return Ok(page.clone());
         }
-        let page = Arc::new(self.with(|c| if deleted { c.deleted(q) } else { c.find(q) })?);
+        let query = || self.with(|c| if deleted { c.deleted(q) } else { c.find(q) }).map(Arc::new);
+        // Ok: join the query running; Err: run it.
+        let running = {
+            let mut inflight = self.inflight.lock().expect("catalog inflight");
+            match inflight.get(&key) {
+                Some(f) => Ok(f.clone()),
+                None => {
+                    let f = Arc::new(Flight::default());
+                    inflight.insert(key.clone(), f.clone());
+                    Err(f)
+                }
+            }
+        };
+        let flight = match running {
+            Err(mine) => mine,
+            Ok(flight) => {
+                let mut r = flight.result.lock().expect("catalog flight");
+                while r.is_none() {
+                    r = flight.done.wait(r).expect("catalog flight");
+                }
+                if let Some(Some(page)) = &*r {
+                    return Ok(page.clone());
+                }
+                drop(r);
+                // It failed: ask for ourselves, to answer with our own error if it fails again.
+                return query();
+            }
+        };
+        let mut lead = Lead { catalog: self, key: &key, flight, page: None };
+        let page = query()?;
+        lead.page = Some(page.clone());
+        drop(lead);
         if !self.ttl.is_zero() {
             let mut cache = self.cache.lock().expect("catalog cache");
             if cache.len() >= CACHE_ENTRIES {
