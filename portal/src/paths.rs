@@ -31,8 +31,8 @@ pub fn clean_bytes(p: &[u8]) -> ApiResult<Vec<Vec<u8>>> {
     }
     // Control characters as bytes: C0 and DEL (bytes of C1 characters in UTF-8 are caught
     // below as characters, like the text form does; in other encodings they are just bytes).
-    let control = p.iter().any(|&b| b < 0x20 || b == 0x7f)
-        || p.utf8_chunks().any(|c| c.valid().chars().any(|c| c.is_control()));
+    let control =
+        p.iter().any(|&b| b < 0x20 || b == 0x7f) || p.utf8_chunks().any(|c| c.valid().chars().any(|c| c.is_control()));
     if p.contains(&b'\\') || control {
         return Err(ApiError::BadRequest("path contains NUL, a backslash or a control character".into()));
     }
