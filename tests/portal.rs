@@ -1381,3 +1381,112 @@ fn forwarded_clients_behind_a_trusted_proxy() {
     assert_eq!(post(&direct.addr, "10.9.9.9", "bob", "nope"), 401);
     assert!(direct.audit().iter().any(|r| r["actor"] == "bob" && r["client"] == "127.0.0.1"), "header ignored");
 }
+
+/// Names that are not UTF-8: listings show them lossily and as `path_b64`, which every path
+/// parameter takes instead of `path`; the rules apply to them like to any other path.
+#[test]
+fn non_utf8_names_by_path_b64() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    assert!(is_root(), "the portal tests create files owned by uids 2001.. and need root");
+    let repo = TempRepo::new();
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = repo.path("src");
+    mkdir(&src, 0, 0o755);
+    let home = src.join("alice");
+    mkdir(&home, 2001, 0o755);
+    // Latin-1 names: "café/résumé.txt".
+    let dir = home.join(OsStr::from_bytes(b"caf\xe9"));
+    mkdir(&dir, 2001, 0o755);
+    let file = dir.join(OsStr::from_bytes(b"r\xe9sum\xe9.txt"));
+    put(&file, b"not UTF-8, still mine\n", 2001, 0o644);
+    put(&dir.join("plain.txt"), b"plain\n", 2001, 0o644);
+    put(&home.join(OsStr::from_bytes(b"bob-\xff.txt")), b"bob's\n", 2002, 0o644);
+    repo.backup("fileserver", &[&src]);
+
+    let users = repo.path("users.toml");
+    let hash = {
+        let mut c =
+            Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(b"pw\n").unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert_success(&out, "rewind passwd");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    std::fs::write(
+        &users,
+        format!("[users.alice]\nhash = \"{hash}\"\nuid = 2001\n[users.bob]\nhash = \"{hash}\"\nuid = 2002\n"),
+    )
+    .unwrap();
+    let realm = format!("[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n", users.display());
+    let portal = Portal::start(&repo.repo, &realm, "[authz]\nrules = [\"owner\"]\n", "");
+    let alice = login(&portal.addr, "alice", "pw");
+    let bob = login(&portal.addr, "bob", "pw");
+    let snap = alice.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
+    let b64 = |p: &Path| b64url_encode(p.as_os_str().as_bytes());
+
+    // The listing of a UTF-8 folder names the Latin-1 folder lossily, and exactly in path_b64.
+    let r = browse(&alice, &snap, &home);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let entries = r.json()["entries"].as_array().unwrap().clone();
+    let cafe = entries.iter().find(|e| e["name"] == "caf\u{fffd}").unwrap_or_else(|| panic!("{entries:?}"));
+    assert_eq!(b64url_decode(cafe["path_b64"].as_str().unwrap()), dir.as_os_str().as_bytes());
+    assert!(entries.iter().all(|e| !e["name"].as_str().unwrap().starts_with("bob-")), "bob's file is not alice's");
+    let plain_entry = browse(&alice, &snap, &src).json();
+    assert!(plain_entry["entries"][0].get("path_b64").is_none(), "UTF-8 paths have no path_b64");
+
+    // Browsing that folder by path_b64: the folder's own path and its entries carry path_b64.
+    let r = alice.get(&format!("/api/browse?snapshot={snap}&path_b64={}", cafe["path_b64"].as_str().unwrap()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(b64url_decode(j["path_b64"].as_str().unwrap()), dir.as_os_str().as_bytes());
+    let resume = j["entries"].as_array().unwrap().iter().find(|e| e["name"] == "r\u{fffd}sum\u{fffd}.txt").unwrap();
+    assert_eq!(resume["path_b64"].as_str().unwrap(), b64(&file));
+
+    // Download, HEAD-less ranges and archives by path_b64; padded base64 is accepted too.
+    let r = alice.get(&format!("/api/download?snapshot={snap}&path_b64={}", b64(&file)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, b"not UTF-8, still mine\n");
+    let mut padded = b64(&file);
+    while padded.len() % 4 != 0 {
+        padded.push('=');
+    }
+    let r = alice.get(&format!("/api/download?snapshot={snap}&path_b64={}", enc(&padded)));
+    assert_eq!(r.body, b"not UTF-8, still mine\n");
+    let r = alice.get_with(
+        &format!("/api/download?snapshot={snap}&path_b64={}", b64(&file)),
+        &[("Range", "bytes=4-8".to_string())],
+    );
+    assert_eq!((r.status, &r.body[..]), (206, &b"UTF-8"[..]));
+    let r = alice.get(&format!(
+        "/api/archive?snapshot={snap}&path_b64={}&path={}",
+        b64(&dir),
+        enc(&home.join("nothing-here").to_string_lossy())
+    ));
+    assert_eq!(r.status, 404, "every path must exist");
+    let r = alice.get(&format!("/api/archive?snapshot={snap}&path_b64={}", b64(&dir)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/zip"));
+    assert!(!r.body.is_empty());
+
+    // The rules and the path checks apply as to text paths.
+    let bobs = home.join(OsStr::from_bytes(b"bob-\xff.txt"));
+    assert_eq!(alice.get(&format!("/api/download?snapshot={snap}&path_b64={}", b64(&bobs))).status, 404);
+    let r = bob.get(&format!("/api/download?snapshot={snap}&path_b64={}", b64(&bobs)));
+    assert_eq!((r.status, &r.body[..]), (200, &b"bob's\n"[..]));
+    assert_eq!(bob.get(&format!("/api/download?snapshot={snap}&path_b64={}", b64(&file))).status, 404);
+    let dots = b64url_encode(b"/a/../b");
+    for q in [
+        format!("path_b64={dots}"),
+        format!("path_b64={}&path={}", b64(&file), enc(&file.to_string_lossy())),
+        "path_b64=not*base64".to_string(),
+        format!("path_b64={}", b64url_encode(b"/a\0b")),
+    ] {
+        let r = alice.get(&format!("/api/download?snapshot={snap}&{q}"));
+        assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("bad_request")), "{q}");
+    }
+    // The audit log names the download (lossily: it is text).
+    assert!(portal.audit().iter().any(|r| r["event"] == "download"
+        && r["actor"] == "alice"
+        && r["paths"][0] == file.to_string_lossy().as_ref()));
+}

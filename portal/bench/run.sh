@@ -2,6 +2,7 @@
 # Portal benchmarks on the scale-1 corpus (shared/bench/corpus.py), as reported in the portal's
 # closing note. Needs: cargo build --release, python3, curl, wrk, fuse3 (for the FUSE comparison).
 # Usage: portal/bench/run.sh [WORKDIR]   (default /tmp/portal-bench; ~2.5 GB of disk)
+# ONLY="download concurrent api" (any of them) runs only those parts.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -65,7 +66,10 @@ cookie() {
 }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 IMG=$W/corpus/vm/disk-0.img
+ONLY=${ONLY:-download concurrent api}
+want() { [[ " $ONLY " == *" $1 "* ]]; }
 
+if want download; then
 echo "## 256 MiB file: portal cold/warm vs FUSE cold vs cat"
 portal_toml 2000
 for trial in 1 2 3; do
@@ -83,7 +87,9 @@ for trial in 1 2 3; do
     fi
 done
 cat "$IMG" > /dev/null; /usr/bin/time -f "cat from the page cache: %e s" cat "$IMG" > /dev/null
+fi
 
+if want concurrent; then
 echo "## 200 concurrent downloads (190 corpus files + 10 x the 256 MiB image)"
 drop_caches; start; C=$(cookie ada)
 S=$(curl -s -b "$C" "http://$A/api/snapshots" | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["id"])')
@@ -105,8 +111,9 @@ for round in 1 2; do
     grep VmHWM "/proc/$PID/status"
 done
 stop
+fi
 
-for cache in 2000 0; do
+want api && for cache in 2000 0; do
     echo "## search and deleted at 50 connections (catalog_cache_ms = $cache)"
     portal_toml $cache; start
     for who in alice ada; do

@@ -387,8 +387,17 @@ pub(crate) fn content_id(node: &Node) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// An entry as the API shows it. Passthrough folders show their name and nothing else.
+/// An entry as the API shows it. Passthrough folders show their name and nothing else. A path
+/// that is not UTF-8 is shown lossily and also as `path_b64`, which the path parameters take.
 pub(crate) fn entry_json(node: &Node, path: &[u8], access: Access) -> Value {
+    let mut v = entry_json_text(node, path, access);
+    if std::str::from_utf8(path).is_err() {
+        v["path_b64"] = json!(paths::to_b64(path));
+    }
+    v
+}
+
+fn entry_json_text(node: &Node, path: &[u8], access: Access) -> Value {
     let name = node.name_lossy();
     let path = String::from_utf8_lossy(path);
     match access {
@@ -418,17 +427,17 @@ pub(crate) fn entry_json(node: &Node, path: &[u8], access: Access) -> Value {
     }
 }
 
-/// Resolve `snapshot` + `path` parameters for the session (blocking: reads trees).
-pub(crate) fn resolve(state: &AppState, sub: &Subject, snapshot: SnapshotId, path: &str) -> ApiResult<Resolved> {
-    let comps = paths::clean(path)?;
-    state.policy.resolve(&state.view, sub, snapshot, &comps)
+/// Resolve `snapshot` + checked path components ([`paths::param`]) for the session (blocking:
+/// reads trees).
+pub(crate) fn resolve(state: &AppState, sub: &Subject, snapshot: SnapshotId, comps: &[Vec<u8>]) -> ApiResult<Resolved> {
+    state.policy.resolve(&state.view, sub, snapshot, comps)
 }
 
-/// `GET /api/browse?snapshot=ID&path=/a/b`.
+/// `GET /api/browse?snapshot=ID&path=/a/b` (or `path_b64=`).
 pub async fn browse(State(state): State<AppState>, RawQuery(q): RawQuery, s: Session) -> ApiResult<Json<Value>> {
     let p = Params::parse(q.as_deref())?;
     let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
-    let path = p.get("path")?.unwrap_or("/").to_string();
+    let path = paths::param(&p, "path")?.unwrap_or_default();
     let sub = subject(&state, &s);
     let st = state.clone();
     let (dir, children) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
@@ -446,12 +455,16 @@ pub async fn browse(State(state): State<AppState>, RawQuery(q): RawQuery, s: Ses
         Some(n) => entry_json(n, &dir.walk.path, dir.access),
         None => json!({ "name": "", "path": "/", "kind": "dir", "passthrough": dir.access == Access::Passthrough }),
     };
-    Ok(Json(json!({
+    let mut out = json!({
         "snapshot": snapshot_json(&state, &snap),
         "path": if dir.walk.path.is_empty() { "/".to_string() } else { String::from_utf8_lossy(&dir.walk.path).into_owned() },
         "dir": this,
         "entries": entries,
-    })))
+    });
+    if std::str::from_utf8(&dir.walk.path).is_err() {
+        out["path_b64"] = json!(paths::to_b64(&dir.walk.path));
+    }
+    Ok(Json(out))
 }
 
 /// `GET /healthz`: the repository can be listed.

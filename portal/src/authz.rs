@@ -225,9 +225,9 @@ impl Policy {
         Ok(None)
     }
 
-    /// Resolve `path` (already checked by [`crate::paths::clean`]) in a snapshot for a subject.
+    /// Resolve `path` (already checked by [`crate::paths::clean_bytes`]) in a snapshot for a subject.
     /// Missing and not-visible are the same [`ApiError::NotFound`].
-    pub fn resolve(&self, view: &View, s: &Subject, snapshot: SnapshotId, comps: &[String]) -> ApiResult<Resolved> {
+    pub fn resolve(&self, view: &View, s: &Subject, snapshot: SnapshotId, comps: &[Vec<u8>]) -> ApiResult<Resolved> {
         let snap = view.snapshot(&snapshot).ok_or(ApiError::NotFound)?;
         let mut walk = self.root_walk(s, &snap.snapshot.host);
         let mut entry = Entry::Snapshot(snapshot);
@@ -240,7 +240,7 @@ impl Policy {
             if access.is_none() {
                 break;
             }
-            let next = match view.lookup(&entry, c.as_bytes()) {
+            let next = match view.lookup(&entry, c) {
                 Ok(e) => e,
                 Err(rewind_store::Error::NotFound(_)) => return Err(ApiError::NotFound),
                 Err(e) => return Err(e.into()),

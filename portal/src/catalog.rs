@@ -1,12 +1,16 @@
 //! The catalog behind search, deleted and history (`rewind-catalog`, SQLite). The portal only
-//! reads it through a small pool of read-only connections (a connection is not shared between
-//! threads); with `catalog_sync_secs` it also brings it up to date itself, at start and then
-//! periodically, on a connection of its own. Without a catalog file those endpoints answer 503
-//! until one appears (it is opened on first use).
+//! reads it through a fixed pool of read-only connections, used from blocking threads (a
+//! connection is not shared between threads; WAL lets them all read at once, also during a
+//! sync). The pool is opened once and kept: a query never pays for opening a connection or
+//! preparing its statements again, and under load requests wait for a free connection rather
+//! than opening more (the machine has only so many cores; SQLite's page cache is per
+//! connection). With `catalog_sync_secs` the portal also brings the catalog up to date itself,
+//! at start and then periodically, on a connection of its own. Without a catalog file those
+//! endpoints answer 503 until one appears (it is opened on first use).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rewind_catalog::{FileVersion, Page, Query};
@@ -18,14 +22,73 @@ use crate::error::{ApiError, ApiResult};
 
 pub struct Catalog {
     path: PathBuf,
-    pool: Mutex<Vec<rewind_catalog::Catalog>>,
+    pool: Mutex<Pool>,
+    /// Signalled when a connection is put back.
+    freed: Condvar,
     /// Recent pages by query, shared by all users (filtered per user afterwards): the same
     /// "recently deleted" or search page asked by many is read from SQLite once per `ttl`.
     cache: Mutex<HashMap<String, CachedPage>>,
     ttl: Duration,
+    /// Queries running now, by the same key: a request asking what another is already asking
+    /// waits for that answer instead of running the query again (also without the cache: the
+    /// answer is no older than the request). Many users opening "recently deleted" at once, or
+    /// the cache expiring under load, cost one query, not one each.
+    inflight: Mutex<HashMap<String, Arc<Flight>>>,
+}
+
+/// One running query and, once it ended, its page (`None`: it failed; ask again).
+#[derive(Default)]
+struct Flight {
+    result: Mutex<Option<Option<Arc<Page<FileVersion>>>>>,
+    done: Condvar,
+}
+
+/// The request running a query: publishes its outcome to those waiting when dropped, also on
+/// an error or a panic.
+struct Lead<'a> {
+    catalog: &'a Catalog,
+    key: &'a str,
+    flight: Arc<Flight>,
+    page: Option<Arc<Page<FileVersion>>>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.catalog.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(self.key);
+        *self.flight.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.page.take());
+        self.flight.done.notify_all();
+    }
 }
 
 const CACHE_ENTRIES: usize = 4096;
+
+/// Idle connections, and how many exist (idle or in use).
+#[derive(Default)]
+struct Pool {
+    idle: Vec<rewind_catalog::Catalog>,
+    open: usize,
+}
+
+/// A connection taken from the pool, put back when dropped (also if the query panicked).
+struct Lease<'a> {
+    catalog: &'a Catalog,
+    conn: Option<rewind_catalog::Catalog>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.catalog.pool.lock().unwrap_or_else(|e| e.into_inner()).idle.push(c);
+            self.catalog.freed.notify_one();
+        }
+    }
+}
+
+/// How many connections the pool holds: a few per core, so that a query waiting on I/O does
+/// not idle a core, and no more (each has its own page cache).
+fn pool_size() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2
+}
 
 type CachedPage = (Instant, Arc<Page<FileVersion>>);
 
@@ -66,15 +129,17 @@ impl Catalog {
         }
         Ok(Catalog {
             path,
-            pool: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool::default()),
+            freed: Condvar::new(),
             cache: Mutex::new(HashMap::new()),
             ttl: Duration::from_millis(config.catalog_cache_ms),
+            inflight: Mutex::new(HashMap::new()),
         })
     }
 
     /// Whether there is a catalog to read.
     pub fn available(&self) -> bool {
-        !self.pool.lock().expect("catalog pool").is_empty() || self.path.exists()
+        self.pool.lock().expect("catalog pool").open > 0 || self.path.exists()
     }
 
     /// Run `f` on a pooled read-only connection (call from a blocking thread).
@@ -82,18 +147,32 @@ impl Catalog {
         &self,
         f: impl FnOnce(&rewind_catalog::Catalog) -> Result<T, rewind_catalog::Error>,
     ) -> ApiResult<T> {
-        let conn = self.pool.lock().expect("catalog pool").pop();
-        let conn = match conn {
-            Some(c) => c,
-            None if !self.path.exists() => return Err(ApiError::Unavailable("catalog not available".into())),
-            None => rewind_catalog::Catalog::open_read_only(&self.path).map_err(catalog_error)?,
-        };
-        let r = f(&conn).map_err(catalog_error);
+        let lease = Lease { catalog: self, conn: Some(self.take()?) };
+        f(lease.conn.as_ref().expect("leased")).map_err(catalog_error)
+    }
+
+    /// An idle connection, a new one while the pool is not full, or else the next one put back.
+    fn take(&self) -> ApiResult<rewind_catalog::Catalog> {
         let mut pool = self.pool.lock().expect("catalog pool");
-        if pool.len() < 16 {
-            pool.push(conn);
+        loop {
+            if let Some(c) = pool.idle.pop() {
+                return Ok(c);
+            }
+            if pool.open < pool_size() {
+                if !self.path.exists() {
+                    return Err(ApiError::Unavailable("catalog not available".into()));
+                }
+                pool.open += 1;
+                drop(pool);
+                let opened = rewind_catalog::Catalog::open_read_only(&self.path).map_err(catalog_error);
+                if opened.is_err() {
+                    self.pool.lock().expect("catalog pool").open -= 1;
+                    self.freed.notify_one();
+                }
+                return opened;
+            }
+            pool = self.freed.wait(pool).expect("catalog pool");
         }
-        r
     }
 
     /// A page of `find` (or `deleted`), through the shared cache.
@@ -105,7 +184,38 @@ impl Catalog {
         {
             return Ok(page.clone());
         }
-        let page = Arc::new(self.with(|c| if deleted { c.deleted(q) } else { c.find(q) })?);
+        let query = || self.with(|c| if deleted { c.deleted(q) } else { c.find(q) }).map(Arc::new);
+        // Ok: join the query running; Err: run it.
+        let running = {
+            let mut inflight = self.inflight.lock().expect("catalog inflight");
+            match inflight.get(&key) {
+                Some(f) => Ok(f.clone()),
+                None => {
+                    let f = Arc::new(Flight::default());
+                    inflight.insert(key.clone(), f.clone());
+                    Err(f)
+                }
+            }
+        };
+        let flight = match running {
+            Err(mine) => mine,
+            Ok(flight) => {
+                let mut r = flight.result.lock().expect("catalog flight");
+                while r.is_none() {
+                    r = flight.done.wait(r).expect("catalog flight");
+                }
+                if let Some(Some(page)) = &*r {
+                    return Ok(page.clone());
+                }
+                drop(r);
+                // It failed: ask for ourselves, to answer with our own error if it fails again.
+                return query();
+            }
+        };
+        let mut lead = Lead { catalog: self, key: &key, flight, page: None };
+        let page = query()?;
+        lead.page = Some(page.clone());
+        drop(lead);
         if !self.ttl.is_zero() {
             let mut cache = self.cache.lock().expect("catalog cache");
             if cache.len() >= CACHE_ENTRIES {

@@ -53,11 +53,11 @@ fn base_query(state: &AppState, p: &Params) -> ApiResult<Query> {
             Some(_) => return Err(ApiError::BadRequest("match is auto, substring or glob".into())),
         });
     }
-    if let Some(prefix) = p.get("path")? {
-        let comps = crate::paths::clean(prefix)?;
-        if !comps.is_empty() {
-            q.path_prefix = Some(crate::paths::join(&comps));
-        }
+    if let Some(comps) = crate::paths::param(p, "path")?
+        && !comps.is_empty()
+    {
+        // The catalog holds paths as lossy UTF-8.
+        q.path_prefix = Some(String::from_utf8_lossy(&crate::paths::join_bytes(&comps)).into_owned());
     }
     q.host = p.get("host")?.map(str::to_string);
     q.kind = p
@@ -202,11 +202,13 @@ pub async fn history(
     s: Session,
 ) -> ApiResult<Json<Value>> {
     let p = Params::parse(raw.as_deref())?;
-    let comps = crate::paths::clean(p.require("path")?)?;
+    let comps = crate::paths::param(&p, "path")?
+        .ok_or_else(|| ApiError::BadRequest("parameter path (or path_b64) is required".into()))?;
     if comps.is_empty() {
         return Err(ApiError::BadRequest("history of the root".into()));
     }
-    let path = crate::paths::join(&comps);
+    // The catalog holds paths as lossy UTF-8.
+    let path = String::from_utf8_lossy(&crate::paths::join_bytes(&comps)).into_owned();
     let host = p.get("host")?.map(str::to_string);
     let sub = subject(&state, &s);
     audit_search(&state, &s, &client, "history", raw.as_deref());

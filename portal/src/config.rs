@@ -48,6 +48,14 @@ pub struct Config {
     /// Decompressed chunk cache, MiB.
     #[serde(default = "default_cache_mib")]
     pub chunk_cache_mib: usize,
+    /// Decompressed chunks beyond the in-memory cache, kept in an unlinked scratch file in
+    /// `chunk_spill_dir` (the kernel's page cache holds what it can of it), MiB. 0 disables it.
+    #[serde(default = "default_spill_mib")]
+    pub chunk_spill_mib: u64,
+    /// Where that file is made; default: the system's temporary directory, unless it is a
+    /// tmpfs (there the file would be held in memory, not cached).
+    #[serde(default)]
+    pub chunk_spill_dir: Option<PathBuf>,
 }
 
 fn default_catalog_cache_ms() -> u64 {
@@ -56,6 +64,10 @@ fn default_catalog_cache_ms() -> u64 {
 
 fn default_cache_mib() -> usize {
     64
+}
+
+fn default_spill_mib() -> u64 {
+    1024
 }
 
 /// One authentication realm.
@@ -323,6 +335,9 @@ impl Config {
             fix(p);
         }
         if let Some(p) = &mut self.catalog {
+            fix(p);
+        }
+        if let Some(p) = &mut self.chunk_spill_dir {
             fix(p);
         }
         if let Some(t) = &mut self.tls {

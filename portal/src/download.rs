@@ -182,7 +182,7 @@ async fn read_piece(
     .map_err(std::io::Error::other)?
 }
 
-/// `GET /api/download?snapshot=ID&path=/a/b/file`.
+/// `GET /api/download?snapshot=ID&path=/a/b/file` (or `path_b64=`).
 pub async fn download(
     State(state): State<AppState>,
     RawQuery(q): RawQuery,
@@ -193,7 +193,8 @@ pub async fn download(
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref())?;
     let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
-    let path = p.require("path")?.to_string();
+    let path = crate::paths::param(&p, "path")?
+        .ok_or_else(|| ApiError::BadRequest("parameter path (or path_b64) is required".into()))?;
     let sub = subject(&state, &s);
     let st = state.clone();
     let (res, reader) = tokio::task::spawn_blocking(move || -> ApiResult<(Resolved, FileReader)> {
@@ -431,7 +432,7 @@ impl ArchiveJob {
     }
 }
 
-/// `GET /api/archive?snapshot=ID&path=/a&path=/b`: a zip of folders and files (each named by
+/// `GET /api/archive?snapshot=ID&path=/a&path=/b` (and/or `path_b64=`): a zip of folders and files (each named by
 /// its last component), holding only what the subject may see.
 pub async fn archive(
     State(state): State<AppState>,
@@ -441,7 +442,7 @@ pub async fn archive(
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref())?;
     let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
-    let paths: Vec<String> = p.all("path").into_iter().map(str::to_string).collect();
+    let paths = crate::paths::params_all(&p, "path")?;
     if paths.is_empty() || paths.len() > state.config.limits.max_selection {
         return Err(ApiError::BadRequest(format!("give 1 to {} path parameters", state.config.limits.max_selection)));
     }

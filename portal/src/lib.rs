@@ -10,7 +10,9 @@
 //!   state-changing requests; a handler without it is public (login, health, metrics).
 //! - **One error type** ([`ApiError`]) maps to status codes in one function.
 //! - **Downloads stream**: a file is read chunk by chunk, an archive is written into a bounded
-//!   channel; no whole file in memory, no temp file.
+//!   channel; no whole file in memory, no temp file per download. Decompressed chunks are shared
+//!   by all downloads through a bounded memory cache and, below it, one unlinked scratch file
+//!   (`chunk_spill_mib`), whose chunks are checked against their ids when read back.
 //! - The store is read-only here; the portal never writes the repository.
 //!
 //! The JSON API is described in `portal/API.md`, the configuration in `portal/portal.example.toml`.

@@ -42,6 +42,49 @@ impl Deref for AppState {
     }
 }
 
+/// The scratch file of decompressed chunks (see `chunk_spill_mib`), created private and unlinked
+/// at once: nobody else can open it, and it is gone when the portal exits however it ends.
+fn spill_file(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
+    use anyhow::Context;
+    use std::os::unix::fs::OpenOptionsExt;
+    if config.chunk_spill_mib == 0 {
+        return Ok(None);
+    }
+    let dir = match &config.chunk_spill_dir {
+        Some(d) => d.clone(),
+        None => {
+            let tmp = std::env::temp_dir();
+            if is_tmpfs(&tmp) {
+                tracing::info!("no chunk spill file: {} is a tmpfs (set chunk_spill_dir)", tmp.display());
+                return Ok(None);
+            }
+            tmp
+        }
+    };
+    let name = dir.join(format!(".rewind-portal-spill-{:016x}", rand::random::<u64>()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&name)
+        .with_context(|| format!("creating the chunk spill file {}", name.display()))?;
+    std::fs::remove_file(&name).with_context(|| format!("unlinking {}", name.display()))?;
+    tracing::info!("chunk spill file in {} (up to {} MiB)", dir.display(), config.chunk_spill_mib);
+    Ok(Some(file))
+}
+
+fn is_tmpfs(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a statfs struct to fill.
+    let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
+    ok && st.f_type as i64 == libc::TMPFS_MAGIC as i64
+}
+
 impl AppState {
     /// Open the repository, realms, key, audit log and catalog named by a configuration.
     pub fn new(config: Config) -> anyhow::Result<AppState> {
@@ -50,6 +93,9 @@ impl AppState {
             .with_context(|| format!("opening repository {}", config.repository.display()))?;
         let caches = rewind_store::CacheSizes { chunk_bytes: config.chunk_cache_mib << 20, tree_bytes: 32 << 20 };
         let view = Arc::new(View::new(repo.open_indexed(caches)?)?);
+        if let Some(file) = spill_file(&config)? {
+            view.repo().set_chunk_spill(file, config.chunk_spill_mib << 20);
+        }
         let secret = match (&config.session.key, &config.session.key_file) {
             (Some(k), _) => {
                 use base64::Engine;

@@ -31,6 +31,7 @@ mod repo;
 mod restore;
 pub mod retention;
 mod source;
+mod spill;
 mod view;
 
 pub use backup::{BackupOptions, BackupProgress, ErrorReport, backup};

@@ -4,7 +4,7 @@
 //! take an [`IndexedRepository`] and a lock).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::backend::{Backend, FileKind, LocalBackend};
 use crate::blob;
@@ -140,6 +140,7 @@ impl Repository {
                 index: RwLock::new(index),
                 chunks: ByteLru::new(caches.chunk_bytes),
                 trees: ByteLru::new(caches.tree_bytes),
+                spill: OnceLock::new(),
             }),
         })
     }
@@ -174,6 +175,7 @@ struct IndexedInner {
     index: RwLock<Index>,
     chunks: ByteLru<ChunkId, Vec<u8>>,
     trees: ByteLru<TreeId, Tree>,
+    spill: OnceLock<crate::spill::Spill>,
 }
 
 impl IndexedRepository {
@@ -250,13 +252,34 @@ impl IndexedRepository {
         self.with_index(|i| i.get(&id))
     }
 
-    /// A data chunk, through the cache.
+    /// Keep decompressed chunks that leave the in-memory cache in `file` too, up to `capacity`
+    /// bytes (see `spill.rs`): a private scratch file, usually already unlinked. Once only;
+    /// later calls are ignored.
+    pub fn set_chunk_spill(&self, file: std::fs::File, capacity: u64) {
+        let _ = self.inner.spill.set(crate::spill::Spill::new(file, capacity));
+    }
+
+    /// A data chunk, through the caches: memory, then the spill file (checked against the id
+    /// like a pack read: the file is not the repository), then the repository.
     pub fn chunk(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
         if let Some(c) = self.inner.chunks.get(&id) {
             return Ok(c);
         }
+        let spill = self.inner.spill.get();
+        if let Some(raw) = spill.and_then(|s| s.get(&id)) {
+            if Hash::of(&raw) == id.0 {
+                let data = Arc::new(raw);
+                self.inner.chunks.insert(id, data.clone(), data.len());
+                return Ok(data);
+            }
+            tracing::warn!("chunk {} in the spill file is damaged; reading it from the repository", id.0.to_hex());
+            spill.expect("read from it").forget(&id);
+        }
         let data = Arc::new(self.read_blob(id.into())?);
         self.inner.chunks.insert(id, data.clone(), data.len());
+        if let Some(s) = spill {
+            s.put(id, &data);
+        }
         Ok(data)
     }
 
