@@ -9,7 +9,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 W=${1:-/tmp/portal-bench}
 B=$W/rewind
 mkdir -p "$W"
-cp "$ROOT/target/release/rewind" "$B"
+cp "${REWIND_BIN:-$ROOT/target/release/rewind}" "$B"
 cd "$W"
 if [ ! -d corpus ]; then
     python3 "$ROOT/../shared/bench/corpus.py" make corpus --scale 1
@@ -113,10 +113,10 @@ done
 stop
 fi
 
-want api && for cache in 2000 0; do
+want api && for cache in ${CACHES:-2000 0}; do
     echo "## search and deleted at 50 connections (catalog_cache_ms = $cache)"
     portal_toml $cache; start
-    for who in alice ada; do
+    for who in ${WHO:-alice ada}; do
         C=$(cookie $who)
         for q in "search?q=report&limit=50" "deleted?limit=50"; do
             echo "# $who /api/$q"

@@ -81,7 +81,16 @@ pub struct Policy {
     rules: Vec<Rule>,
     cfg: AuthzConfig,
     memo: Mutex<HashMap<MemoKey, bool>>,
+    /// Decisions of [`Policy::visible_path`] across requests. Every input is in the key: the
+    /// subject's key spells out everything the rules read of it, and a snapshot never changes.
+    decisions: Mutex<lru::LruCache<DecisionKey, bool>>,
 }
+
+type DecisionKey = (Arc<str>, SnapshotId, String);
+
+/// Decisions kept: a search or deleted page checks up to hundreds of paths, and the same
+/// users ask again and again (~150 bytes an entry: ~10 MiB).
+const DECISIONS: usize = 1 << 16;
 
 /// (subject, folder, every folder above searchable) -> leads to something visible.
 type MemoKey = (Arc<str>, TreeId, bool);
@@ -94,7 +103,12 @@ const X: u32 = 1;
 
 impl Policy {
     pub fn new(cfg: &AuthzConfig) -> Policy {
-        Policy { rules: cfg.rules.clone(), cfg: cfg.clone(), memo: Mutex::new(HashMap::new()) }
+        Policy {
+            rules: cfg.rules.clone(),
+            cfg: cfg.clone(),
+            memo: Mutex::new(HashMap::new()),
+            decisions: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(DECISIONS).expect("nonzero"))),
+        }
     }
 
     fn has(&self, r: Rule) -> bool {
@@ -269,6 +283,19 @@ impl Policy {
         memo: &mut WalkMemo,
     ) -> ApiResult<bool> {
         let path = path.trim_end_matches('/');
+        if view.snapshot(&snapshot).is_none() {
+            return Ok(false);
+        }
+        let key = (s.key.clone(), snapshot, path.to_string());
+        if let Some(&v) = self.decisions.lock().expect("decision lock").get(&key) {
+            return Ok(v);
+        }
+        let v = self.decide_path(view, s, snapshot, path, memo)?;
+        self.decisions.lock().expect("decision lock").put(key, v);
+        Ok(v)
+    }
+
+    fn decide_path(&self, view: &View, s: &Subject, snapshot: SnapshotId, path: &str, memo: &mut WalkMemo) -> ApiResult<bool> {
         let Some((parent, name)) = path.rsplit_once('/') else { return Ok(false) };
         if name.is_empty() || name == "." || name == ".." {
             return Ok(false);
@@ -451,7 +478,7 @@ mod tests {
     use crate::config::Rewrite;
 
     fn subject(uid: u32, gids: &[u32]) -> Subject {
-        Subject { all: false, uid: Some(uid), gids: gids.to_vec(), homes: vec![], hosts: vec![], key: Arc::from("t") }
+        Subject { all: false, uid: Some(uid), gids: gids.to_vec(), homes: vec![], hosts: vec![], key: Arc::from(format!("t{uid}|{gids:?}")) }
     }
 
     fn node(uid: u32, gid: u32, mode: u32) -> Node {
