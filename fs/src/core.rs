@@ -33,6 +33,8 @@ struct Prefetch {
     files: usize,
     bytes: u64,
     limit: u64,
+    /// Entries looked at, files or not: a walk through many empty folders stops too.
+    seen: usize,
 }
 
 /// An attribute with how long the kernel may cache it.
@@ -547,7 +549,7 @@ impl Core {
     /// trees already cached are followed (the walk's listings have loaded them); the first two
     /// chunks of at most [`PREFETCH_FILES`] files are taken, up to a quarter of the read-ahead.
     pub fn following_to_prefetch(&self, ino: u64) -> Vec<ChunkId> {
-        let mut plan = Prefetch { out: Vec::new(), files: 0, bytes: 0, limit: self.readahead_bytes / 4 };
+        let mut plan = Prefetch { out: Vec::new(), files: 0, bytes: 0, limit: self.readahead_bytes / 4, seen: 0 };
         let mut cur = ino;
         loop {
             let (parent, name) = {
@@ -577,7 +579,8 @@ impl Core {
     /// reaches a tree that is not cached.
     fn plan_walk(&self, nodes: &[Node], plan: &mut Prefetch) -> bool {
         for n in nodes {
-            if plan.files >= PREFETCH_FILES || plan.bytes >= plan.limit {
+            plan.seen += 1;
+            if plan.files >= PREFETCH_FILES || plan.bytes >= plan.limit || plan.seen > 64 * PREFETCH_FILES {
                 return false;
             }
             match n.kind {
