@@ -286,6 +286,12 @@ const MAX_CANDIDATES: i64 = 20_000;
 /// matches more is first tried by a scan in result order (it is common).
 const FEW_NAMES: i64 = 10_000;
 
+/// A test of a name in SQL over `n.name`, `{}` where its parameter goes, and that parameter.
+struct NameTest {
+    sql: &'static str,
+    arg: Value,
+}
+
 struct Sql {
     clauses: Vec<String>,
     params: Vec<Value>,
@@ -316,59 +322,16 @@ impl Catalog {
                 if s.is_empty() {
                     return Err(Error::InvalidInput("empty name pattern".into()));
                 }
-                per_row.push("rw_icontains(n.name, ?)", [Value::Text(s.to_lowercase())]);
-                if let Some(expr) = self.trigram_plan(s)? {
-                    // Trigrams narrow the names through the index; the function then tests the
-                    // whole pattern (as the per-row form does, to the letter).
-                    let lowered = Value::Text(s.to_lowercase());
-                    match self.candidates(&expr, "rw_icontains(n.name, ?1)", &lowered)? {
-                        Candidates::Few => {
-                            selectivity = 0.0;
-                            found = true;
-                            sql.push(NAMES_FOUND, []);
-                        }
-                        Candidates::Common => {
-                            found = true;
-                            sql.push(NAMES_FOUND, []);
-                        }
-                        Candidates::Many => sql.push(
-                            "v.name IN (SELECT n.id FROM names n WHERE n.id IN (SELECT rowid FROM names_fts WHERE names_fts MATCH ?) AND rw_icontains(n.name, ?))",
-                            [Value::Text(expr), lowered],
-                        ),
-                    }
-                } else {
-                    sql.push(
-                        "v.name IN (SELECT id FROM names WHERE rw_icontains(name, ?))",
-                        [Value::Text(s.to_lowercase())],
-                    );
-                }
+                let test = NameTest { sql: "rw_icontains(n.name, {})", arg: Value::Text(s.to_lowercase()) };
+                found = self.push_name_test(s, test, &mut sql, &mut per_row, &mut selectivity)?;
             }
             Some(NameMatch::Glob(g)) => {
                 globset::GlobBuilder::new(g)
                     .case_insensitive(true)
                     .build()
                     .map_err(|e| Error::InvalidInput(format!("bad glob {g:?}: {e}")))?;
-                per_row.push("rw_glob(?, n.name)", [Value::Text(g.clone())]);
-                if let Some(expr) = self.trigram_plan(&glob_literal(g))? {
-                    let glob = Value::Text(g.clone());
-                    match self.candidates(&expr, "rw_glob(?1, n.name)", &glob)? {
-                        Candidates::Few => {
-                            selectivity = 0.0;
-                            found = true;
-                            sql.push(NAMES_FOUND, []);
-                        }
-                        Candidates::Common => {
-                            found = true;
-                            sql.push(NAMES_FOUND, []);
-                        }
-                        Candidates::Many => sql.push(
-                            "v.name IN (SELECT n.id FROM names n WHERE n.id IN (SELECT rowid FROM names_fts WHERE names_fts MATCH ?) AND rw_glob(?, n.name))",
-                            [Value::Text(expr), glob],
-                        ),
-                    }
-                } else {
-                    sql.push("v.name IN (SELECT id FROM names WHERE rw_glob(?, name))", [Value::Text(g.clone())]);
-                }
+                let test = NameTest { sql: "rw_glob({}, n.name)", arg: Value::Text(g.clone()) };
+                found = self.push_name_test(&glob_literal(g), test, &mut sql, &mut per_row, &mut selectivity)?;
             }
         }
         let name_params = sql.params.len();
@@ -514,6 +477,47 @@ impl Catalog {
         let more = items.len() > limit as usize;
         items.truncate(limit as usize);
         Ok(Page { items, offset: q.offset, next_offset: more.then_some(q.offset + u64::from(limit)) })
+    }
+
+    /// The name test in its two forms: per row, for a scan in result order, and through the
+    /// trigram index of `lit` (the pattern's literal text), for selective patterns; the function
+    /// then tests the whole pattern, as the per-row form does, to the letter. True when the
+    /// matching names are in `temp.names_found`; `selectivity` drops to 0 when they are few.
+    fn push_name_test(
+        &self,
+        lit: &str,
+        test: NameTest,
+        sql: &mut Sql,
+        per_row: &mut Sql,
+        selectivity: &mut f64,
+    ) -> Result<bool> {
+        let with = |param: &str| test.sql.replace("{}", param);
+        per_row.push(&with("?"), [test.arg.clone()]);
+        let Some(expr) = self.trigram_plan(lit)? else {
+            sql.push(&format!("v.name IN (SELECT n.id FROM names n WHERE {})", with("?")), [test.arg]);
+            return Ok(false);
+        };
+        match self.candidates(&expr, &with("?1"), &test.arg)? {
+            Candidates::Few => {
+                *selectivity = 0.0;
+                sql.push(NAMES_FOUND, []);
+                Ok(true)
+            }
+            Candidates::Common => {
+                sql.push(NAMES_FOUND, []);
+                Ok(true)
+            }
+            Candidates::Many => {
+                sql.push(
+                    &format!(
+                        "v.name IN (SELECT n.id FROM names n WHERE n.id IN (SELECT rowid FROM names_fts WHERE names_fts MATCH ?) AND {})",
+                        with("?")
+                    ),
+                    [Value::Text(expr), test.arg],
+                );
+                Ok(false)
+            }
+        }
     }
 
     /// Deleted files (the newest version of each path absent from its host's latest snapshot),
