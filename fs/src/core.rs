@@ -27,6 +27,16 @@ const PREFETCH_TREES: usize = 256;
 /// Files that follow one in a walk whose first chunks are loaded ahead when it is first read.
 const PREFETCH_FILES: usize = 32;
 
+/// Where a read of `size` bytes at `offset` ends (clamped to the file) and the indices of its
+/// first and last chunks; `None` for a read at or past the end.
+fn read_span(f: &OpenFile, offset: u64, size: u32) -> Option<(u64, usize, usize)> {
+    let end = offset.saturating_add(u64::from(size)).min(f.reader.size());
+    if offset >= end {
+        return None;
+    }
+    Some((end, f.reader.chunk_index(offset)?, f.reader.chunk_index(end - 1)?))
+}
+
 /// Chunks chosen for a prefetch, and how much they cover.
 struct Prefetch {
     out: Vec<ChunkId>,
@@ -618,25 +628,17 @@ impl Core {
     /// Whether every chunk a read of `[offset, offset + size)` needs is in the cache now, so the
     /// read costs copies only: such reads are answered on the FUSE thread, without a hand-off.
     pub fn read_is_cached(&self, f: &OpenFile, offset: u64, size: u32) -> bool {
-        let end = offset.saturating_add(u64::from(size)).min(f.reader.size());
-        if offset >= end {
-            return true;
-        }
-        match (f.reader.chunk_index(offset), f.reader.chunk_index(end - 1)) {
-            (Some(a), Some(b)) => f.reader.chunks()[a..=b].iter().all(|c| self.view.repo().chunk_cached(&c.id)),
-            _ => true,
+        match read_span(f, offset, size) {
+            Some((_, a, b)) => f.reader.chunks()[a..=b].iter().all(|c| self.view.repo().chunk_cached(&c.id)),
+            None => true,
         }
     }
 
     /// A read that lies within one chunk (most reads of small files), served as a slice of the
     /// cached chunk: no copy into a buffer. `None` when the read spans chunks or is empty.
     pub fn read_in_chunk(&self, f: &OpenFile, offset: u64, size: u32) -> Option<Result<(Arc<Vec<u8>>, Range<usize>), Errno>> {
-        let end = offset.saturating_add(u64::from(size)).min(f.reader.size());
-        if offset >= end {
-            return None;
-        }
-        let i = f.reader.chunk_index(offset)?;
-        if f.reader.chunk_index(end - 1)? != i {
+        let (end, i, last) = read_span(f, offset, size)?;
+        if last != i {
             return None;
         }
         let span = f.reader.chunks()[i];
@@ -666,7 +668,7 @@ impl Core {
         if offset >= end {
             return Ok(0);
         }
-        if let (Some(a), Some(b)) = (f.reader.chunk_index(offset), f.reader.chunk_index(end - 1)) {
+        if let Some((_, a, b)) = read_span(f, offset, size) {
             let ids: Vec<ChunkId> = f.reader.chunks()[a..=b].iter().map(|c| c.id).collect();
             self.inflight.wait(&ids);
         }
