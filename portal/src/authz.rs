@@ -283,7 +283,7 @@ impl Policy {
         memo: &mut WalkMemo,
     ) -> ApiResult<bool> {
         let path = path.trim_end_matches('/');
-        if view.snapshot(&snapshot).is_none() {
+        if !view.contains(&snapshot) {
             return Ok(false);
         }
         let key = (s.key.clone(), snapshot, path.to_string());

@@ -183,6 +183,11 @@ impl View {
         self.state.read().expect("view lock").snaps.iter().map(|n| (n.name.clone(), n.entry.clone())).collect()
     }
 
+    /// Whether the snapshot is in the view, without copying its manifest.
+    pub fn contains(&self, id: &SnapshotId) -> bool {
+        self.state.read().expect("view lock").by_id.contains_key(id)
+    }
+
     pub fn snapshot(&self, id: &SnapshotId) -> Option<SnapshotEntry> {
         let st = self.state.read().expect("view lock");
         st.by_id.get(id).map(|&i| st.snaps[i].entry.clone())
