@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
@@ -89,31 +89,6 @@ pub struct OpenFile {
     ahead: AtomicUsize,
 }
 
-/// Chunks being loaded by the prefetcher, so a reader waits for them instead of loading them twice.
-#[derive(Default)]
-struct InFlight {
-    map: Mutex<HashSet<ChunkId>>,
-    done: Condvar,
-}
-
-impl InFlight {
-    fn begin(&self, id: ChunkId) -> bool {
-        self.map.lock().expect("inflight lock").insert(id)
-    }
-
-    fn end(&self, id: &ChunkId) {
-        self.map.lock().expect("inflight lock").remove(id);
-        self.done.notify_all();
-    }
-
-    fn wait(&self, ids: &[ChunkId]) {
-        let mut m = self.map.lock().expect("inflight lock");
-        while ids.iter().any(|id| m.contains(id)) {
-            m = self.done.wait(m).expect("inflight lock");
-        }
-    }
-}
-
 /// The state of one mount.
 pub struct Core {
     view: Arc<View>,
@@ -125,7 +100,6 @@ pub struct Core {
     files: Mutex<lru::LruCache<u64, Arc<OpenFile>>>,
     /// Files whose damage has been logged, so each is logged once.
     damaged: Mutex<HashSet<(SnapshotId, String)>>,
-    inflight: InFlight,
     /// Bytes of chunks to load ahead of a sequential reader.
     readahead_bytes: u64,
     /// Reads answered from cached chunks on the FUSE thread, and by workers: how well
@@ -187,7 +161,6 @@ impl Core {
             listings: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(LISTINGS).expect("nonzero"))),
             files: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(READERS).expect("nonzero"))),
             damaged: Mutex::new(HashSet::new()),
-            inflight: InFlight::default(),
             readahead_bytes,
             reads_cached: AtomicU64::new(0),
             reads_waited: AtomicU64::new(0),
@@ -515,11 +488,10 @@ impl Core {
 
     /// Load a chunk into the cache unless it is there or on its way.
     pub fn warm_chunk(&self, id: ChunkId) {
-        if self.view.repo().chunk_cached(&id) || !self.inflight.begin(id) {
-            return;
+        // The store loads a chunk once however many ask: a reader asking for it meanwhile waits.
+        if !self.view.repo().chunk_cached(&id) {
+            let _ = self.view.repo().chunk(id);
         }
-        let _ = self.view.repo().chunk(id);
-        self.inflight.end(&id);
     }
 
     /// Load a directory into the tree cache (a prefetch; errors are left for the lookup), and
@@ -642,7 +614,6 @@ impl Core {
             return None;
         }
         let span = f.reader.chunks()[i];
-        self.inflight.wait(&[span.id]);
         let res = self.view.repo().chunk(span.id).and_then(|data| {
             let start = (offset - span.offset) as usize;
             let stop = start + (end - offset) as usize;
@@ -667,10 +638,6 @@ impl Core {
         let end = offset.saturating_add(u64::from(size)).min(f.reader.size());
         if offset >= end {
             return Ok(0);
-        }
-        if let Some((_, a, b)) = read_span(f, offset, size) {
-            let ids: Vec<ChunkId> = f.reader.chunks()[a..=b].iter().map(|c| c.id).collect();
-            self.inflight.wait(&ids);
         }
         let len = (end - offset) as usize;
         if buf.len() < len {

@@ -3,8 +3,9 @@
 //! cheap to clone and safe to share between threads; neither writes (backups and maintenance
 //! take an [`IndexedRepository`] and a lock).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 
 use crate::backend::{Backend, FileKind, LocalBackend};
 use crate::blob;
@@ -141,6 +142,9 @@ impl Repository {
                 chunks: ByteLru::new(caches.chunk_bytes),
                 trees: ByteLru::new(caches.tree_bytes),
                 spill: OnceLock::new(),
+                loading: Loading::default(),
+                #[cfg(test)]
+                loads: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -176,6 +180,47 @@ struct IndexedInner {
     chunks: ByteLru<ChunkId, Vec<u8>>,
     trees: ByteLru<TreeId, Tree>,
     spill: OnceLock<crate::spill::Spill>,
+    loading: Loading,
+    /// Chunks read from packs, for tests.
+    #[cfg(test)]
+    loads: std::sync::atomic::AtomicUsize,
+}
+
+/// Chunks being read and decompressed now. A second caller of [`IndexedRepository::chunk`]
+/// waits for the first instead of doing the same work again (a prefetcher and the reader it
+/// runs ahead of often ask for one chunk at once).
+#[derive(Default)]
+struct Loading {
+    ids: Mutex<HashSet<ChunkId>>,
+    done: Condvar,
+}
+
+/// The right to load one chunk; handing it back wakes whoever waits for that chunk.
+struct LoadTurn<'a> {
+    loading: &'a Loading,
+    id: ChunkId,
+}
+
+impl Loading {
+    /// `Some` if the caller is now the one loading `id`; `None` after another caller's load of
+    /// it ended (look in the cache again).
+    fn turn(&self, id: ChunkId) -> Option<LoadTurn<'_>> {
+        let mut ids = self.ids.lock().expect("loading lock");
+        if ids.insert(id) {
+            return Some(LoadTurn { loading: self, id });
+        }
+        while ids.contains(&id) {
+            ids = self.done.wait(ids).expect("loading lock");
+        }
+        None
+    }
+}
+
+impl Drop for LoadTurn<'_> {
+    fn drop(&mut self) {
+        self.loading.ids.lock().expect("loading lock").remove(&self.id);
+        self.loading.done.notify_all();
+    }
 }
 
 impl IndexedRepository {
@@ -262,6 +307,16 @@ impl IndexedRepository {
     /// A data chunk, through the caches: memory, then the spill file (checked against the id
     /// like a pack read: the file is not the repository), then the repository.
     pub fn chunk(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
+        let _turn = loop {
+            if let Some(c) = self.inner.chunks.get(&id) {
+                return Ok(c);
+            }
+            // Another caller loading it: wait, then take it from the cache (or, if that load
+            // failed or was evicted already, load it ourselves).
+            if let Some(turn) = self.inner.loading.turn(id) {
+                break turn;
+            }
+        };
         if let Some(c) = self.inner.chunks.get(&id) {
             return Ok(c);
         }
@@ -275,12 +330,21 @@ impl IndexedRepository {
             tracing::warn!("chunk {} in the spill file is damaged; reading it from the repository", id.0.to_hex());
             spill.expect("read from it").forget(&id);
         }
+        #[cfg(test)]
+        self.inner.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let data = Arc::new(self.read_blob(id.into())?);
         self.inner.chunks.insert(id, data.clone(), data.len());
         if let Some(s) = spill {
-            s.put(id, &data);
+            s.put(id, data.clone());
         }
         Ok(data)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn settle_spill(&self) {
+        if let Some(s) = self.inner.spill.get() {
+            s.settle();
+        }
     }
 
     /// Whether a chunk is in the cache now.
@@ -401,5 +465,51 @@ impl FileReader {
             Some(span) if !self.repo.chunk_cached(&span.id) => self.repo.chunk(span.id).map(|_| ()),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Barrier};
+
+    use crate::{BackupOptions, BackupProgress, CacheSizes, ChunkerParams, CompressionParams, Repository, backup};
+
+    /// Readers asking for one chunk at once share one read and decompression; a failed load
+    /// (here: none) would let the next one try.
+    #[test]
+    fn concurrent_readers_of_a_chunk_load_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        // One large chunk that takes a while to decompress, so the readers overlap.
+        let text: Vec<u8> = (0..300_000u32).flat_map(|i| format!("{} ", i % 9973).into_bytes()).collect();
+        let text = &text[..1 << 20];
+        std::fs::write(src.join("f"), text).unwrap();
+        let chunker = ChunkerParams { min_size: 1 << 20, avg_size: 4 << 20, max_size: 16 << 20 };
+        let repo = Repository::init(&dir.path().join("repo"), chunker, CompressionParams::default()).unwrap();
+        let repo = repo.open_indexed(CacheSizes::default()).unwrap();
+        let opts = BackupOptions { paths: vec![src.clone()], host: "h".into(), ..BackupOptions::default() };
+        let snap = backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
+        let node = repo.node_at(&snap.snapshot, src.join("f").as_os_str().as_encoded_bytes()).unwrap();
+        let reader = repo.open_file(&node).unwrap();
+        assert_eq!(reader.chunks().len(), 1);
+        let id = reader.chunks()[0].id;
+        // A fresh repository: nothing cached from the backup.
+        let repo = repo.repo().open_indexed(CacheSizes::default()).unwrap();
+        let start = Arc::new(Barrier::new(8));
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let (repo, start) = (repo.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    repo.chunk(id).unwrap()
+                })
+            })
+            .collect();
+        for r in readers {
+            assert_eq!(r.join().unwrap().as_slice(), text);
+        }
+        assert_eq!(repo.inner.loads.load(Ordering::Relaxed), 1);
     }
 }

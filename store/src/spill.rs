@@ -7,18 +7,35 @@
 //! The file is outside the repository and is not trusted: a chunk read back from it is checked
 //! against its id like a chunk read from a pack (see [`crate::repo::IndexedRepository::chunk`]),
 //! and one that fails is dropped and read from the repository again.
+//!
+//! Chunks are written by a thread of the spill's own, so a reader never waits for the copy into
+//! the file: it only hands over the chunk, and waits only when that thread is
+//! [`QUEUE`] chunks behind.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use crate::format::ChunkId;
 
+/// Chunks handed to the writer thread and not yet written, at most.
+const QUEUE: usize = 8;
+
 pub(crate) struct Spill {
+    ring: Arc<Ring>,
+    writes: SyncSender<(ChunkId, Arc<Vec<u8>>)>,
+}
+
+/// The file and what is where in it.
+struct Ring {
     file: File,
     capacity: u64,
     state: Mutex<State>,
+    /// Chunks queued for the writer thread.
+    queued: AtomicUsize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,11 +82,51 @@ impl State {
 
 impl Spill {
     pub fn new(file: File, capacity: u64) -> Spill {
-        Spill { file, capacity, state: Mutex::new(State::default()) }
+        let ring = Arc::new(Ring { file, capacity, state: Mutex::new(State::default()), queued: AtomicUsize::new(0) });
+        let (writes, queue) = sync_channel::<(ChunkId, Arc<Vec<u8>>)>(QUEUE);
+        let writer = ring.clone();
+        // Ends when the spill is dropped (the channel closes).
+        std::thread::Builder::new()
+            .name("rewind-spill".into())
+            .spawn(move || {
+                for (id, data) in queue {
+                    writer.store(id, &data);
+                    writer.queued.fetch_sub(1, Ordering::Release);
+                }
+            })
+            .expect("spawn the chunk spill writer");
+        Spill { ring, writes }
     }
 
     /// The bytes stored for `id`, unverified; `None` if absent or overwritten while reading.
     pub fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        self.ring.get(id)
+    }
+
+    /// Keep `data` as chunk `id` (unless it is there already or larger than the file), soon.
+    pub fn put(&self, id: ChunkId, data: Arc<Vec<u8>>) {
+        self.ring.queued.fetch_add(1, Ordering::Relaxed);
+        if self.writes.send((id, data)).is_err() {
+            self.ring.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forget a chunk (it failed its check).
+    pub fn forget(&self, id: &ChunkId) {
+        self.ring.state.lock().expect("spill lock").map.remove(id);
+    }
+
+    /// Wait until every chunk handed to [`Spill::put`] is written.
+    #[cfg(test)]
+    pub(crate) fn settle(&self) {
+        while self.ring.queued.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+impl Ring {
+    fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
         let slot = *self.state.lock().expect("spill lock").map.get(id)?;
         let mut buf = vec![0u8; slot.len as usize];
         self.file.read_exact_at(&mut buf, slot.offset).ok()?;
@@ -77,8 +134,7 @@ impl Spill {
         (self.state.lock().expect("spill lock").map.get(id) == Some(&slot)).then_some(buf)
     }
 
-    /// Keep `data` as chunk `id` (unless it is there already or larger than the file).
-    pub fn put(&self, id: ChunkId, data: &[u8]) {
+    fn store(&self, id: ChunkId, data: &[u8]) {
         let len = data.len() as u64;
         if len == 0 || len > self.capacity {
             return;
@@ -88,8 +144,7 @@ impl Spill {
             return;
         }
         let offset = st.reserve(len, self.capacity);
-        // Written under the lock: nobody can claim the region meanwhile. A write to the page
-        // cache is short next to the decompression that produced `data`.
+        // Written under the lock: nobody can claim the region meanwhile.
         if let Err(e) = self.file.write_all_at(data, offset) {
             tracing::debug!("chunk spill write failed: {e}");
             return;
@@ -97,11 +152,6 @@ impl Spill {
         let slot = Slot { offset, len: len as u32 };
         st.map.insert(id, slot);
         st.order.push_back((id, slot));
-    }
-
-    /// Forget a chunk (it failed its check).
-    pub fn forget(&self, id: &ChunkId) {
-        self.state.lock().expect("spill lock").map.remove(id);
     }
 }
 
@@ -121,12 +171,16 @@ mod tests {
     #[test]
     fn ring_keeps_the_newest_and_never_returns_overwritten_bytes() {
         let spill = Spill::new(tempfile::tempfile().unwrap(), 1000);
+        let put = |i: u32, d: Vec<u8>| {
+            spill.put(id(i), Arc::new(d));
+            spill.settle();
+        };
         // Sizes that do not divide the capacity, so wraps leave tails of the previous lap.
         let sizes = [300usize, 170, 410, 90, 260, 330, 120, 999, 5, 640];
         let mut written = Vec::new();
         for i in 0..200u32 {
             let len = sizes[i as usize % sizes.len()];
-            spill.put(id(i), &data(i, len));
+            put(i, data(i, len));
             written.push((i, len));
             let mut held = 0;
             for &(j, l) in &written {
@@ -139,7 +193,7 @@ mod tests {
             assert_eq!(spill.get(&id(i)), Some(data(i, len)), "the newest is always there");
         }
         assert_eq!(spill.get(&id(10_000)), None);
-        spill.put(id(5000), &data(0, 1001));
+        put(5000, data(0, 1001));
         assert_eq!(spill.get(&id(5000)), None, "larger than the file");
         spill.forget(&id(199));
         assert_eq!(spill.get(&id(199)), None);
@@ -173,6 +227,7 @@ mod tests {
             out
         };
         assert_eq!(read_all(), text);
+        repo.settle_spill();
         let spilled = spill_file.metadata().unwrap().len();
         assert_eq!(spilled, text.len() as u64, "every chunk went to the spill, decompressed");
         assert_eq!(read_all(), text, "read back from the spill");
