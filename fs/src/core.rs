@@ -488,10 +488,7 @@ impl Core {
 
     /// Load a chunk into the cache unless it is there or on its way.
     pub fn warm_chunk(&self, id: ChunkId) {
-        // The store loads a chunk once however many ask: a reader asking for it meanwhile waits.
-        if !self.view.repo().chunk_cached(&id) {
-            let _ = self.view.repo().chunk(id);
-        }
+        let _ = self.view.repo().prefetch_chunk(id);
     }
 
     /// Load a directory into the tree cache (a prefetch; errors are left for the lookup), and

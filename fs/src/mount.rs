@@ -109,16 +109,6 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
     // SAFETY: changes this thread's signal mask only.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
-    // Chunks and read buffers are large and short-lived. Left to itself glibc raises its mmap
-    // threshold after the first frees and gives each worker an arena, and freed chunks then stay
-    // in the heaps; a fixed threshold returns every large buffer to the system when freed, so
-    // memory stays near what the caches hold.
-    // SAFETY: mallopt only changes allocator tuning.
-    #[cfg(target_env = "gnu")]
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
     let workers = if opts.workers > 0 {
         opts.workers
     } else {

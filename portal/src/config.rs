@@ -49,7 +49,9 @@ pub struct Config {
     #[serde(default = "default_cache_mib")]
     pub chunk_cache_mib: usize,
     /// Decompressed chunks beyond the in-memory cache, kept in an unlinked scratch file in
-    /// `chunk_spill_dir` (the kernel's page cache holds what it can of it), MiB. 0 disables it.
+    /// `chunk_spill_dir` (the kernel's page cache holds what it can of it), MiB. A chunk goes
+    /// there when it is read a second time (a file downloaded again), not on its first read.
+    /// 0 disables it.
     #[serde(default = "default_spill_mib")]
     pub chunk_spill_mib: u64,
     /// Where that file is made; default: the system's temporary directory, unless it is a

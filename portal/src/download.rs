@@ -156,30 +156,34 @@ impl AsRef<[u8]> for SharedChunk {
     }
 }
 
-/// The bytes from `pos` to the end of the chunk holding it (at most up to `end`), holding a
-/// read permit while the chunk is fetched.
+/// The bytes from `pos` to the end of the chunk holding it (at most up to `end`). A chunk the
+/// read-ahead has decompressed is taken from the cache here; otherwise it is fetched on a
+/// blocking thread, holding a read permit.
 async fn read_piece(
     state: &AppState,
     r: Arc<FileReader>,
     pos: u64,
     end: u64,
 ) -> std::io::Result<(Arc<FileReader>, Bytes)> {
-    let _permit = state.reads.clone().acquire_owned().await.map_err(std::io::Error::other)?;
+    let i = r.chunk_index(pos).ok_or_else(|| std::io::Error::other("read past the end of the file"))?;
+    let span = r.chunks()[i];
     let repo = state.view.repo().clone();
-    tokio::task::spawn_blocking(move || {
-        let i = r.chunk_index(pos).ok_or_else(|| std::io::Error::other("read past the end of the file"))?;
-        let span = r.chunks()[i];
-        let data = repo.chunk(span.id).map_err(std::io::Error::other)?;
-        if data.len() != span.len as usize {
-            return Err(std::io::Error::other("chunk length differs from the index"));
+    let data = match repo.cached_chunk(&span.id) {
+        Some(data) => data,
+        None => {
+            let _permit = state.reads.clone().acquire_owned().await.map_err(std::io::Error::other)?;
+            tokio::task::spawn_blocking(move || repo.chunk(span.id))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?
         }
-        let from = (pos - span.offset) as usize;
-        let to = ((end - span.offset) as usize).min(data.len());
-        let piece = Bytes::from_owner(SharedChunk(data)).slice(from..to);
-        Ok((r, piece))
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    };
+    if data.len() != span.len as usize {
+        return Err(std::io::Error::other("chunk length differs from the index"));
+    }
+    let from = (pos - span.offset) as usize;
+    let to = ((end - span.offset) as usize).min(data.len());
+    Ok((r, Bytes::from_owner(SharedChunk(data)).slice(from..to)))
 }
 
 /// `GET /api/download?snapshot=ID&path=/a/b/file` (or `path_b64=`).

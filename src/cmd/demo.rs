@@ -316,6 +316,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     println!("  Portal configuration: {} (run it again with `rewind serve --config ...`)", config_path.display());
     println!("  Stop with Ctrl-C.");
     println!();
+    crate::cmd::tune_allocator(None);
     rewind_portal::serve_blocking(config)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ use crate::cli::MountArgs;
 use crate::cmd::open_repo;
 
 pub fn run(a: MountArgs) -> Result<ExitCode> {
+    crate::cmd::tune_allocator(Some(1 << 20));
     let repo = open_repo(&a.repo.repo)?;
     let caches = CacheSizes { chunk_bytes: usize::try_from(a.cache_size).unwrap_or(usize::MAX), ..CacheSizes::default() };
     let indexed =

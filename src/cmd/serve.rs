@@ -9,6 +9,7 @@ use crate::cli::{PasswdArgs, ServeArgs};
 
 pub fn run(a: ServeArgs) -> Result<ExitCode> {
     let config = rewind_portal::Config::load(&a.config)?;
+    crate::cmd::tune_allocator(None);
     rewind_portal::serve_blocking(config)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -214,6 +214,13 @@ impl Loading {
         }
         None
     }
+
+    /// Like [`Loading::turn`], but `None` at once if another caller is loading `id`.
+    fn try_turn(&self, id: ChunkId) -> Option<LoadTurn<'_>> {
+        // Made only when taken: a turn dropped unused would hand back someone else's.
+        let taken = self.ids.lock().expect("loading lock").insert(id);
+        taken.then(|| LoadTurn { loading: self, id })
+    }
 }
 
 impl Drop for LoadTurn<'_> {
@@ -307,7 +314,7 @@ impl IndexedRepository {
     /// A data chunk, through the caches: memory, then the spill file (checked against the id
     /// like a pack read: the file is not the repository), then the repository.
     pub fn chunk(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
-        let _turn = loop {
+        let turn = loop {
             if let Some(c) = self.inner.chunks.get(&id) {
                 return Ok(c);
             }
@@ -317,6 +324,24 @@ impl IndexedRepository {
                 break turn;
             }
         };
+        self.load_chunk(id, turn)
+    }
+
+    /// Bring a chunk into the cache unless it is there or on its way: for prefetchers, which
+    /// move on to the next chunk rather than wait for someone else's load.
+    pub fn prefetch_chunk(&self, id: ChunkId) -> Result<()> {
+        if self.inner.chunks.get(&id).is_some() {
+            return Ok(());
+        }
+        match self.inner.loading.try_turn(id) {
+            Some(turn) => self.load_chunk(id, turn).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Load a chunk with the turn to do so: from the spill file, or from its pack.
+    fn load_chunk(&self, id: ChunkId, _turn: LoadTurn<'_>) -> Result<Arc<Vec<u8>>> {
+        // Loaded by the previous turn between the caller's look and taking this one?
         if let Some(c) = self.inner.chunks.get(&id) {
             return Ok(c);
         }
@@ -341,6 +366,11 @@ impl IndexedRepository {
     }
 
     #[cfg(test)]
+    pub(crate) fn loads(&self) -> usize {
+        self.inner.loads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
     pub(crate) fn settle_spill(&self) {
         if let Some(s) = self.inner.spill.get() {
             s.settle();
@@ -349,7 +379,13 @@ impl IndexedRepository {
 
     /// Whether a chunk is in the cache now.
     pub fn chunk_cached(&self, id: &ChunkId) -> bool {
-        self.inner.chunks.get(id).is_some()
+        self.cached_chunk(id).is_some()
+    }
+
+    /// A chunk if it is in the in-memory cache now: never reads or decompresses, so it may be
+    /// called where blocking is not allowed.
+    pub fn cached_chunk(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+        self.inner.chunks.get(id)
     }
 
     /// Whether a directory is in the cache now (reading it would not decompress).
@@ -462,15 +498,14 @@ impl FileReader {
     /// Load chunk `i` into the cache (for read-ahead).
     pub fn warm(&self, i: usize) -> Result<()> {
         match self.chunks.get(i) {
-            Some(span) if !self.repo.chunk_cached(&span.id) => self.repo.chunk(span.id).map(|_| ()),
-            _ => Ok(()),
+            Some(span) => self.repo.prefetch_chunk(span.id),
+            None => Ok(()),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
     use std::sync::{Arc, Barrier};
 
     use crate::{BackupOptions, BackupProgress, CacheSizes, ChunkerParams, CompressionParams, Repository, backup};
@@ -510,6 +545,17 @@ mod tests {
         for r in readers {
             assert_eq!(r.join().unwrap().as_slice(), text);
         }
-        assert_eq!(repo.inner.loads.load(Ordering::Relaxed), 1);
+        assert_eq!(repo.loads(), 1);
+
+        // A prefetch does not wait for a load someone else has begun, nor repeat it.
+        let repo = repo.repo().open_indexed(CacheSizes::default()).unwrap();
+        let turn = repo.inner.loading.try_turn(id).unwrap();
+        repo.prefetch_chunk(id).unwrap();
+        assert_eq!(repo.loads(), 0);
+        drop(turn);
+        repo.prefetch_chunk(id).unwrap();
+        repo.prefetch_chunk(id).unwrap();
+        assert_eq!(repo.loads(), 1);
+        assert_eq!(repo.cached_chunk(&id).unwrap().as_slice(), text);
     }
 }

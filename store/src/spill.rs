@@ -8,11 +8,15 @@
 //! against its id like a chunk read from a pack (see [`crate::repo::IndexedRepository::chunk`]),
 //! and one that fails is dropped and read from the repository again.
 //!
-//! Chunks are written by a thread of the spill's own, so a reader never waits for the copy into
-//! the file: it only hands over the chunk, and waits only when that thread is
-//! [`QUEUE`] chunks behind.
+//! A chunk goes into the file the second time it is read from the repository, not the first:
+//! most chunks are read once (one download of a file), and copying each into the file would
+//! cost a first download time and page cache for nothing. The ids of chunks read once are
+//! remembered ([`SEEN`] of them), so a chunk read again, which is what the file is for, is
+//! kept. Chunks are written by a thread of the spill's own, so a reader never waits for the copy
+//! into the file: it only hands over the chunk, and waits only when that thread is [`QUEUE`]
+//! chunks behind.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,9 +28,37 @@ use crate::format::ChunkId;
 /// Chunks handed to the writer thread and not yet written, at most.
 const QUEUE: usize = 8;
 
+/// Ids of chunks read once that are remembered (40 bytes each with the set's overhead).
+const SEEN: usize = 1 << 16;
+
 pub(crate) struct Spill {
     ring: Arc<Ring>,
     writes: SyncSender<(ChunkId, Arc<Vec<u8>>)>,
+    seen: Mutex<Seen>,
+}
+
+/// Chunks read from the repository once, the oldest first out.
+#[derive(Default)]
+struct Seen {
+    ids: HashSet<ChunkId>,
+    order: VecDeque<ChunkId>,
+}
+
+impl Seen {
+    /// Whether `id` was seen before; remembers it if not.
+    fn again(&mut self, id: ChunkId) -> bool {
+        if self.ids.remove(&id) {
+            return true;
+        }
+        if self.order.len() >= SEEN
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        self.ids.insert(id);
+        self.order.push_back(id);
+        false
+    }
 }
 
 /// The file and what is where in it.
@@ -95,7 +127,7 @@ impl Spill {
                 }
             })
             .expect("spawn the chunk spill writer");
-        Spill { ring, writes }
+        Spill { ring, writes, seen: Mutex::default() }
     }
 
     /// The bytes stored for `id`, unverified; `None` if absent or overwritten while reading.
@@ -103,8 +135,12 @@ impl Spill {
         self.ring.get(id)
     }
 
-    /// Keep `data` as chunk `id` (unless it is there already or larger than the file), soon.
+    /// Chunk `id` was read from the repository: keep it, soon, if that happened before
+    /// (unless it is there already or larger than the file).
     pub fn put(&self, id: ChunkId, data: Arc<Vec<u8>>) {
+        if !self.seen.lock().expect("spill lock").again(id) {
+            return;
+        }
         self.ring.queued.fetch_add(1, Ordering::Relaxed);
         if self.writes.send((id, data)).is_err() {
             self.ring.queued.fetch_sub(1, Ordering::Relaxed);
@@ -172,7 +208,11 @@ mod tests {
     fn ring_keeps_the_newest_and_never_returns_overwritten_bytes() {
         let spill = Spill::new(tempfile::tempfile().unwrap(), 1000);
         let put = |i: u32, d: Vec<u8>| {
-            spill.put(id(i), Arc::new(d));
+            let d = Arc::new(d);
+            spill.put(id(i), d.clone());
+            spill.settle();
+            assert_eq!(spill.get(&id(i)), None, "a chunk read once is not kept");
+            spill.put(id(i), d);
             spill.settle();
         };
         // Sizes that do not divide the capacity, so wraps leave tails of the previous lap.
@@ -228,9 +268,15 @@ mod tests {
         };
         assert_eq!(read_all(), text);
         repo.settle_spill();
+        assert_eq!(spill_file.metadata().unwrap().len(), 0, "chunks read once are not spilled");
+        let loads = repo.loads();
+        assert_eq!(read_all(), text);
+        assert_eq!(repo.loads(), 2 * loads, "read from the repository again");
+        repo.settle_spill();
         let spilled = spill_file.metadata().unwrap().len();
-        assert_eq!(spilled, text.len() as u64, "every chunk went to the spill, decompressed");
+        assert_eq!(spilled, text.len() as u64, "every chunk read twice went to the spill, decompressed");
         assert_eq!(read_all(), text, "read back from the spill");
+        assert_eq!(repo.loads(), 2 * loads, "not from the repository");
         // Damage the whole spill file: the reads notice and go to the repository.
         spill_file.write_all_at(&vec![0x55; spilled as usize], 0).unwrap();
         assert_eq!(read_all(), text);
