@@ -26,6 +26,10 @@ const LISTINGS: usize = 256;
 const PREFETCH_TREES: usize = 256;
 /// Files that follow one in a walk whose first chunks are loaded ahead when it is first read.
 const PREFETCH_FILES: usize = 32;
+/// Files remembered as pushed into the kernel's page cache.
+const PUSHED: usize = 8192;
+/// Largest file pushed into the kernel's page cache ahead of a walk.
+const PUSH_MAX: u64 = 256 * 1024;
 
 /// Where a read of `size` bytes at `offset` ends (clamped to the file) and the indices of its
 /// first and last chunks; `None` for a read at or past the end.
@@ -100,12 +104,16 @@ pub struct Core {
     files: Mutex<lru::LruCache<u64, Arc<OpenFile>>>,
     /// Files whose damage has been logged, so each is logged once.
     damaged: Mutex<HashSet<(SnapshotId, String)>>,
+    /// Files whose contents were pushed into the kernel's page cache (most recent).
+    pushed: Mutex<lru::LruCache<u64, ()>>,
     /// Bytes of chunks to load ahead of a sequential reader.
     readahead_bytes: u64,
     /// Reads answered from cached chunks on the FUSE thread, and by workers: how well
     /// prefetching works, logged at unmount.
     pub reads_cached: AtomicU64,
     pub reads_waited: AtomicU64,
+    /// Files stored into the kernel's page cache ahead of a walk.
+    pub files_pushed: AtomicU64,
 }
 
 fn errno(e: &rewind_store::Error) -> Errno {
@@ -161,9 +169,11 @@ impl Core {
             listings: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(LISTINGS).expect("nonzero"))),
             files: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(READERS).expect("nonzero"))),
             damaged: Mutex::new(HashSet::new()),
+            pushed: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(PUSHED).expect("nonzero"))),
             readahead_bytes,
             reads_cached: AtomicU64::new(0),
             reads_waited: AtomicU64::new(0),
+            files_pushed: AtomicU64::new(0),
         }
     }
 
@@ -486,6 +496,12 @@ impl Core {
         }
     }
 
+    /// A chunk for a push into the page cache: loaded, or waited for if on its way; `None` if
+    /// damaged (the read that needs it will report that).
+    pub fn chunk_to_push(&self, id: ChunkId) -> Option<Arc<Vec<u8>>> {
+        self.view.repo().chunk(id).ok()
+    }
+
     /// Load a chunk into the cache unless it is there or on its way.
     pub fn warm_chunk(&self, id: ChunkId) {
         let _ = self.view.repo().prefetch_chunk(id);
@@ -552,6 +568,50 @@ impl Core {
             cur = parent;
         }
         plan.out
+    }
+
+    /// Small files after `ino` in its directory (one chunk, at most [`PUSH_MAX`] bytes; as many
+    /// as a walk prefetch takes) that the kernel knows (it listed them) and that were not pushed
+    /// before: their contents can go into the kernel's page cache before a walk reads them, so
+    /// reading them costs no round trip. Larger files are read ahead by the kernel anyway.
+    pub fn following_to_push(&self, ino: u64) -> Vec<(u64, ChunkId)> {
+        let (parent, snapshot, name) = {
+            let t = self.inodes.lock().expect("inode lock");
+            match t.get(ino) {
+                Some(i) => match &i.entry {
+                    Entry::Node { snapshot, node } => (i.parent, *snapshot, node.name.clone()),
+                    _ => return Vec::new(),
+                },
+                None => return Vec::new(),
+            }
+        };
+        let tree = match self.entry(parent) {
+            Ok(Entry::Node { node, .. }) => node.subtree,
+            Ok(Entry::Snapshot(id)) => self.view.snapshot(&id).map(|s| s.snapshot.tree),
+            _ => None,
+        };
+        let Some(tree) = tree.filter(|t| self.view.repo().tree_cached(t)) else { return Vec::new() };
+        let Ok(tree) = self.view.repo().tree(tree) else { return Vec::new() };
+        let Ok(pos) = tree.nodes.binary_search_by(|n| n.name.as_slice().cmp(&name)) else { return Vec::new() };
+        let t = self.inodes.lock().expect("inode lock");
+        let mut pushed = self.pushed.lock().expect("push lock");
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        for n in tree.nodes[pos + 1..].iter().take(64 * PREFETCH_FILES) {
+            if out.len() >= PREFETCH_FILES || bytes >= self.readahead_bytes / 4 {
+                break;
+            }
+            if n.kind != NodeKind::File || n.content.len() != 1 || n.size == 0 || n.size > PUSH_MAX {
+                continue;
+            }
+            bytes += n.size;
+            let e = Entry::Node { snapshot, node: Arc::new(n.clone()) };
+            if let Some(child) = t.known_child(parent, &n.name, &e)
+                && pushed.put(child, ()).is_none()
+            {
+                out.push((child, n.content[0]));
+            }
+        }
+        out
     }
 
     /// Add the files of `nodes`, depth first, to `plan`; false when the plan is full or the walk
@@ -1020,6 +1080,20 @@ mod tests {
         assert!(f.core.following_to_prefetch(big).is_empty(), "what is cached is not asked for again");
         // The last file of the snapshot has nothing after it.
         assert!(f.core.following_to_prefetch(tail).is_empty());
+    }
+
+    #[test]
+    fn walks_push_the_small_files_the_kernel_knows_once() {
+        let f = fixture();
+        let first_chunk = |ino| f.core.open(ino, false).unwrap().0.reader.chunks()[0].id;
+        let (big, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
+        let (tail, _) = walk(&f.core, &in_snapshot(&f, "tail")).unwrap();
+        // After big: link (not looked up yet), other (several chunks), sub, sym, tail.
+        assert_eq!(f.core.following_to_push(big), [(tail, first_chunk(tail))]);
+        let (link, _) = walk(&f.core, &in_snapshot(&f, "link")).unwrap();
+        assert_eq!(f.core.following_to_push(big), [(link, first_chunk(link))], "tail was pushed already");
+        assert!(f.core.following_to_push(big).is_empty());
+        assert!(f.core.following_to_push(tail).is_empty(), "nothing after the last file");
     }
 
     #[test]

@@ -32,11 +32,18 @@ thread_local! {
 pub struct RewindFs {
     core: Arc<Core>,
     pool: Pool,
+    /// File contents to store in the kernel's page cache, for the pusher thread.
+    push: Arc<std::sync::OnceLock<crossbeam_channel::Sender<(u64, Arc<Vec<u8>>)>>>,
 }
 
 impl RewindFs {
     pub fn new(core: Arc<Core>, workers: usize) -> RewindFs {
-        RewindFs { core, pool: Pool::new(workers) }
+        RewindFs { core, pool: Pool::new(workers), push: Arc::default() }
+    }
+
+    /// Where pushes go once the session exists (see [`start_pusher`]).
+    pub fn push_slot(&self) -> Arc<std::sync::OnceLock<crossbeam_channel::Sender<(u64, Arc<Vec<u8>>)>>> {
+        self.push.clone()
     }
 
     fn do_lookup(core: &Core, parent: u64, name: &OsStr, reply: ReplyEntry) {
@@ -216,6 +223,16 @@ impl Filesystem for RewindFs {
             for id in self.core.following_to_prefetch(ino.0) {
                 let core = self.core.clone();
                 self.pool.prefetch(move || core.warm_chunk(id));
+            }
+            if let Some(push) = self.push.get() {
+                for (file, id) in self.core.following_to_push(ino.0) {
+                    let (core, push) = (self.core.clone(), push.clone());
+                    self.pool.prefetch(move || {
+                        if let Some(data) = core.chunk_to_push(id) {
+                            let _ = push.try_send((file, data));
+                        }
+                    });
+                }
             }
         }
         for i in self.core.plan_readahead(&file, offset, u64::from(size)) {
@@ -445,4 +462,30 @@ fn send_xattr<V: AsRef<[u8]>>(value: Result<V, Errno>, size: u32, reply: ReplyXa
         },
         Err(e) => reply.error(e),
     }
+}
+
+/// Start the thread that stores file contents in the kernel's page cache (FUSE_NOTIFY_STORE)
+/// ahead of a walk's reads. Its own thread: a store waits for the kernel's page locks, which a
+/// read in flight holds until a FUSE thread or a worker answers it, so those must never wait
+/// for a store.
+pub fn start_pusher(
+    core: Arc<Core>,
+    notifier: fuser::Notifier,
+    slot: &std::sync::OnceLock<crossbeam_channel::Sender<(u64, Arc<Vec<u8>>)>>,
+) -> std::io::Result<()> {
+    // Bounded: when the kernel falls behind, pushes are dropped and the reads go as usual.
+    let (tx, rx) = crossbeam_channel::bounded::<(u64, Arc<Vec<u8>>)>(256);
+    std::thread::Builder::new().name("rewind-fs-push".into()).spawn(move || {
+        for (ino, data) in rx {
+            // The kernel may have forgotten the inode meanwhile (ENOENT): nothing lost.
+            match notifier.store(INodeNo(ino), 0, &data) {
+                Ok(()) => {
+                    core.files_pushed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!("page cache store of inode {ino}: {e}"),
+            }
+        }
+    })?;
+    let _ = slot.set(tx);
+    Ok(())
 }

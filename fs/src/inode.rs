@@ -110,6 +110,12 @@ impl InodeTable {
         Some(ino)
     }
 
+    /// The inode of `name` in directory `parent` if the kernel has been told of it.
+    pub fn known_child(&self, parent: u64, name: &[u8], entry: &Entry) -> Option<u64> {
+        let p = self.by_ino.get(&parent)?;
+        self.by_key.get(&child_key(p.key, p.snap_key, name, entry)).copied()
+    }
+
     /// The inode number of `key`: its own if known, else the first free one it would get.
     pub fn ino_of_key(&self, key: u64) -> u64 {
         if let Some(&ino) = self.by_key.get(&key) {

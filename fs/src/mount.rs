@@ -116,6 +116,7 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
     };
     let core = Arc::new(Core::new(view, opts.readahead_bytes));
     let fs = RewindFs::new(core.clone(), workers);
+    let push = fs.push_slot();
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -138,6 +139,9 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
         Some(libc::EPERM) | Some(libc::EACCES) if opts.allow_other => Error::AllowOtherDenied(e),
         _ => Error::Mount { path: mountpoint.into(), source: e },
     })?;
+    if let Err(e) = crate::fuse::start_pusher(core.clone(), session.notifier(), &push) {
+        tracing::warn!("no page cache pushes: {e}");
+    }
     let mut unmounter = session.unmount_callable();
     let target = canonical.clone();
     std::thread::Builder::new()
@@ -169,9 +173,10 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
     eprintln!("rewind: mounted at {} (Ctrl-C or `fusermount3 -u {}` to unmount)", mountpoint.display(), mountpoint.display());
     session.run().map_err(|e| Error::Mount { path: mountpoint.into(), source: e })?;
     tracing::info!(
-        "unmounted; {} reads served from cached chunks, {} waited for a chunk to be read",
+        "unmounted; {} reads served from cached chunks, {} waited for a chunk to be read, {} files pushed into the page cache",
         core.reads_cached.load(std::sync::atomic::Ordering::Relaxed),
-        core.reads_waited.load(std::sync::atomic::Ordering::Relaxed)
+        core.reads_waited.load(std::sync::atomic::Ordering::Relaxed),
+        core.files_pushed.load(std::sync::atomic::Ordering::Relaxed)
     );
     Ok(())
 }
