@@ -29,11 +29,15 @@ thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Where file contents for the kernel's page cache go: `(inode, its one chunk)`, set once the
+/// session exists.
+pub type PushSlot = std::sync::OnceLock<crossbeam_channel::Sender<(u64, Arc<Vec<u8>>)>>;
+
 pub struct RewindFs {
     core: Arc<Core>,
     pool: Pool,
     /// File contents to store in the kernel's page cache, for the pusher thread.
-    push: Arc<std::sync::OnceLock<crossbeam_channel::Sender<(u64, Arc<Vec<u8>>)>>>,
+    push: Arc<PushSlot>,
 }
 
 impl RewindFs {
@@ -42,7 +46,7 @@ impl RewindFs {
     }
 
     /// Where pushes go once the session exists (see [`start_pusher`]).
-    pub fn push_slot(&self) -> Arc<std::sync::OnceLock<crossbeam_channel::Sender<(u64, Arc<Vec<u8>>)>>> {
+    pub fn push_slot(&self) -> Arc<PushSlot> {
         self.push.clone()
     }
 
@@ -471,7 +475,7 @@ fn send_xattr<V: AsRef<[u8]>>(value: Result<V, Errno>, size: u32, reply: ReplyXa
 pub fn start_pusher(
     core: Arc<Core>,
     notifier: fuser::Notifier,
-    slot: &std::sync::OnceLock<crossbeam_channel::Sender<(u64, Arc<Vec<u8>>)>>,
+    slot: &PushSlot,
 ) -> std::io::Result<()> {
     // Bounded: when the kernel falls behind, pushes are dropped and the reads go as usual.
     let (tx, rx) = crossbeam_channel::bounded::<(u64, Arc<Vec<u8>>)>(256);
