@@ -510,8 +510,8 @@ mod tests {
 
     use crate::{BackupOptions, BackupProgress, CacheSizes, ChunkerParams, CompressionParams, Repository, backup};
 
-    /// Readers asking for one chunk at once share one read and decompression; a failed load
-    /// (here: none) would let the next one try.
+    /// Readers asking for one chunk at once share one read and decompression, and a prefetch
+    /// neither waits for a load under way nor repeats one.
     #[test]
     fn concurrent_readers_of_a_chunk_load_it_once() {
         let dir = tempfile::tempdir().unwrap();
