@@ -19,6 +19,7 @@ use fuser::{
 use rewind_store::TreeId;
 
 use crate::core::{Core, OpenFile, xattr_reply};
+use crate::latency::LatencyHint;
 use crate::pool::Pool;
 
 /// The largest read the kernel should send, and the read-ahead it may do.
@@ -36,13 +37,14 @@ pub type PushSlot = std::sync::OnceLock<crossbeam_channel::Sender<(u64, Arc<Vec<
 pub struct RewindFs {
     core: Arc<Core>,
     pool: Pool,
+    latency: LatencyHint,
     /// File contents to store in the kernel's page cache, for the pusher thread.
     push: Arc<PushSlot>,
 }
 
 impl RewindFs {
-    pub fn new(core: Arc<Core>, workers: usize) -> RewindFs {
-        RewindFs { core, pool: Pool::new(workers), push: Arc::default() }
+    pub fn new(core: Arc<Core>, workers: usize, latency: LatencyHint) -> RewindFs {
+        RewindFs { core, pool: Pool::new(workers), latency, push: Arc::default() }
     }
 
     /// Where pushes go once the session exists (see [`start_pusher`]).
@@ -72,6 +74,7 @@ impl RewindFs {
     }
 
     fn readdir_any<R: DirReply + Send + 'static>(&self, ino: u64, offset: u64, reply: R) {
+        self.latency.busy();
         if self.core.listing_needs_tree_read(ino, offset) {
             let (core, pool) = (self.core.clone(), self.pool.clone());
             self.pool.run(move || Self::do_readdir(&core, &pool, ino, offset, reply));
@@ -168,6 +171,7 @@ impl Filesystem for RewindFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.latency.busy();
         if self.core.needs_tree_read(parent.0) {
             let core = self.core.clone();
             let name = name.to_owned();
@@ -182,6 +186,7 @@ impl Filesystem for RewindFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.latency.busy();
         match self.core.getattr(ino.0) {
             Ok(a) => reply.attr(&a.ttl, &a.attr),
             Err(e) => reply.error(e),
@@ -189,6 +194,7 @@ impl Filesystem for RewindFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.latency.busy();
         match self.core.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
@@ -217,6 +223,7 @@ impl Filesystem for RewindFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.latency.busy();
         // Opening a reader and planning prefetches read no chunk: done here. The read itself is
         // answered here too when its chunks are cached; otherwise a worker decompresses them.
         let (file, new) = match self.core.open(ino.0, false) {
@@ -297,10 +304,12 @@ impl Filesystem for RewindFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.latency.busy();
         send_xattr(self.core.getxattr(ino.0, name.as_bytes()), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.latency.busy();
         send_xattr(self.core.listxattr(ino.0), size, reply);
     }
 
@@ -478,7 +487,7 @@ pub fn start_pusher(
     slot: &PushSlot,
 ) -> std::io::Result<()> {
     // Bounded: when the kernel falls behind, pushes are dropped and the reads go as usual.
-    let (tx, rx) = crossbeam_channel::bounded::<(u64, Arc<Vec<u8>>)>(256);
+    let (tx, rx) = crossbeam_channel::bounded::<(u64, Arc<Vec<u8>>)>(32);
     std::thread::Builder::new().name("rewind-fs-push".into()).spawn(move || {
         for (ino, data) in rx {
             // The kernel may have forgotten the inode meanwhile (ENOENT): nothing lost.

@@ -25,6 +25,7 @@ mod core;
 mod error;
 mod fuse;
 mod inode;
+mod latency;
 mod mount;
 mod pool;
 

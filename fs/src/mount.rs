@@ -22,11 +22,13 @@ pub struct MountOptions {
     pub workers: usize,
     /// Bytes of chunks to load ahead of a sequential reader.
     pub readahead_bytes: u64,
+    /// Ask for idle CPUs to poll rather than sleep while requests flow (see `latency.rs`).
+    pub latency_hint: bool,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { allow_other: false, workers: 0, readahead_bytes: 16 << 20 }
+        MountOptions { allow_other: false, workers: 0, readahead_bytes: 16 << 20, latency_hint: true }
     }
 }
 
@@ -115,7 +117,8 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
         std::thread::available_parallelism().map_or(4, |n| n.get()).clamp(4, 16)
     };
     let core = Arc::new(Core::new(view, opts.readahead_bytes));
-    let fs = RewindFs::new(core.clone(), workers);
+    let latency = if opts.latency_hint { crate::latency::LatencyHint::open() } else { Default::default() };
+    let fs = RewindFs::new(core.clone(), workers, latency);
     let push = fs.push_slot();
 
     let mut config = Config::default();

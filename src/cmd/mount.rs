@@ -17,7 +17,12 @@ pub fn run(a: MountArgs) -> Result<ExitCode> {
         repo.open_indexed(caches).with_context(|| format!("cannot load the index of {}", a.repo.repo.display()))?;
     // Read ahead a quarter of the cache at most, so prefetching never evicts what is being read.
     let readahead_bytes = (a.cache_size / 4).min(16 << 20);
-    let opts = MountOptions { allow_other: a.allow_other, readahead_bytes, ..MountOptions::default() };
+    let opts = MountOptions {
+        allow_other: a.allow_other,
+        readahead_bytes,
+        latency_hint: !a.no_latency_hint,
+        ..MountOptions::default()
+    };
     rewind_fs::mount(indexed, &a.mountpoint, &opts)
         .with_context(|| format!("cannot mount {}", a.repo.repo.display()))?;
     Ok(ExitCode::SUCCESS)
