@@ -496,10 +496,11 @@ impl Core {
         }
     }
 
-    /// A chunk for a push into the page cache: loaded, or waited for if on its way; `None` if
-    /// damaged (the read that needs it will report that).
-    pub fn chunk_to_push(&self, id: ChunkId) -> Option<Arc<Vec<u8>>> {
-        self.view.repo().chunk(id).ok()
+    /// The contents of a one-chunk file of `size` bytes, for a push into the page cache: loaded,
+    /// or waited for if on its way. `None` if damaged or not that long (the read that needs it
+    /// reports that): a push must never change what the file shows.
+    pub fn chunk_to_push(&self, id: ChunkId, size: u64) -> Option<Arc<Vec<u8>>> {
+        self.view.repo().chunk(id).ok().filter(|data| data.len() as u64 == size)
     }
 
     /// Load a chunk into the cache unless it is there or on its way.
@@ -574,7 +575,7 @@ impl Core {
     /// as a walk prefetch takes) that the kernel knows (it listed them) and that were not pushed
     /// before: their contents can go into the kernel's page cache before a walk reads them, so
     /// reading them costs no round trip. Larger files are read ahead by the kernel anyway.
-    pub fn following_to_push(&self, ino: u64) -> Vec<(u64, ChunkId)> {
+    pub fn following_to_push(&self, ino: u64) -> Vec<(u64, ChunkId, u64)> {
         let (parent, snapshot, name) = {
             let t = self.inodes.lock().expect("inode lock");
             match t.get(ino) {
@@ -608,7 +609,7 @@ impl Core {
             if let Some(child) = t.known_child(parent, &n.name, &e)
                 && pushed.put(child, ()).is_none()
             {
-                out.push((child, n.content[0]));
+                out.push((child, n.content[0], n.size));
             }
         }
         out
@@ -1089,9 +1090,9 @@ mod tests {
         let (big, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
         let (tail, _) = walk(&f.core, &in_snapshot(&f, "tail")).unwrap();
         // After big: link (not looked up yet), other (several chunks), sub, sym, tail.
-        assert_eq!(f.core.following_to_push(big), [(tail, first_chunk(tail))]);
+        assert_eq!(f.core.following_to_push(big), [(tail, first_chunk(tail), 5000)]);
         let (link, _) = walk(&f.core, &in_snapshot(&f, "link")).unwrap();
-        assert_eq!(f.core.following_to_push(big), [(link, first_chunk(link))], "tail was pushed already");
+        assert_eq!(f.core.following_to_push(big), [(link, first_chunk(link), 11)], "tail was pushed already");
         assert!(f.core.following_to_push(big).is_empty());
         assert!(f.core.following_to_push(tail).is_empty(), "nothing after the last file");
     }

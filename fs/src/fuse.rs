@@ -236,10 +236,10 @@ impl Filesystem for RewindFs {
                 self.pool.prefetch(move || core.warm_chunk(id));
             }
             if let Some(push) = self.push.get() {
-                for (file, id) in self.core.following_to_push(ino.0) {
+                for (file, id, size) in self.core.following_to_push(ino.0) {
                     let (core, push) = (self.core.clone(), push.clone());
                     self.pool.prefetch(move || {
-                        if let Some(data) = core.chunk_to_push(id) {
+                        if let Some(data) = core.chunk_to_push(id, size) {
                             let _ = push.try_send((file, data));
                         }
                     });
