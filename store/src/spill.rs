@@ -16,7 +16,7 @@
 //! into the file: it only hands over the chunk, and waits only when that thread is [`QUEUE`]
 //! chunks behind.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,26 +37,30 @@ pub(crate) struct Spill {
     seen: Mutex<Seen>,
 }
 
-/// Chunks read from the repository once, the oldest first out.
+/// Chunks read from the repository once, the oldest first out. Each id is stamped with when it
+/// was seen, so an entry of the queue that was taken out and seen anew meanwhile is told apart.
 #[derive(Default)]
 struct Seen {
-    ids: HashSet<ChunkId>,
-    order: VecDeque<ChunkId>,
+    ids: HashMap<ChunkId, u64>,
+    order: VecDeque<(ChunkId, u64)>,
+    next: u64,
 }
 
 impl Seen {
     /// Whether `id` was seen before; remembers it if not.
     fn again(&mut self, id: ChunkId) -> bool {
-        if self.ids.remove(&id) {
+        if self.ids.remove(&id).is_some() {
             return true;
         }
-        if self.order.len() >= SEEN
-            && let Some(old) = self.order.pop_front()
-        {
-            self.ids.remove(&old);
+        while self.order.len() >= SEEN {
+            let Some((old, stamp)) = self.order.pop_front() else { break };
+            if self.ids.get(&old) == Some(&stamp) {
+                self.ids.remove(&old);
+            }
         }
-        self.ids.insert(id);
-        self.order.push_back(id);
+        self.next += 1;
+        self.ids.insert(id, self.next);
+        self.order.push_back((id, self.next));
         false
     }
 }
@@ -237,6 +241,23 @@ mod tests {
         assert_eq!(spill.get(&id(5000)), None, "larger than the file");
         spill.forget(&id(199));
         assert_eq!(spill.get(&id(199)), None);
+    }
+
+    #[test]
+    fn admission_remembers_what_was_seen_once() {
+        let mut seen = Seen::default();
+        assert!(!seen.again(id(1)));
+        assert!(seen.again(id(1)), "the second time");
+        assert!(!seen.again(id(1)), "admitted chunks are forgotten, then seen anew");
+        // Fill the queue so that its first, stale entry for chunk 1 goes out.
+        for i in 2..=SEEN as u32 {
+            seen.again(id(i));
+        }
+        assert!(seen.again(id(1)), "a stale entry does not forget a chunk seen anew");
+        // Two more: the first pushes out chunk 1's last entry, the second the oldest, chunk 2.
+        seen.again(id(SEEN as u32 + 1));
+        seen.again(id(SEEN as u32 + 2));
+        assert!(!seen.again(id(2)), "the oldest went out");
     }
 
     /// Through a repository: with no memory cache, reads come back from the spill file; a
