@@ -916,14 +916,7 @@ fn downloads_ranges_etags_and_archives() {
 fn file_realm_and_graceful_shutdown() {
     let w = world();
     let dir = tempfile::tempdir().unwrap();
-    let hash = {
-        let mut c =
-            Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        c.stdin.take().unwrap().write_all(b"carol-local\n").unwrap();
-        let out = c.wait_with_output().unwrap();
-        assert_success(&out, "rewind passwd");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let hash = passwd_hash("carol-local");
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     let users = dir.path().join("users.toml");
     std::fs::write(&users, format!("[users.carol]\nhash = \"{hash}\"\nuid = 2003\n")).unwrap();
@@ -1127,12 +1120,7 @@ fn readable_rule_matches_the_kernel() {
     let people: [(&str, u32, &[u32]); 3] =
         [("alice", 2001, &[2001, 5000]), ("bob", 2002, &[2002]), ("carol", 2003, &[2003, 5000])];
     let dir = tempfile::tempdir().unwrap();
-    let hash = {
-        let mut c =
-            Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        c.stdin.take().unwrap().write_all(b"pw\n").unwrap();
-        String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap().trim().to_string()
-    };
+    let hash = passwd_hash("pw");
     let mut users = String::new();
     for (name, uid, gids) in people {
         users.push_str(&format!("[users.{name}]\nhash = \"{hash}\"\nuid = {uid}\ngids = {gids:?}\n"));
@@ -1405,14 +1393,7 @@ fn non_utf8_names_by_path_b64() {
     repo.backup("fileserver", &[&src]);
 
     let users = repo.path("users.toml");
-    let hash = {
-        let mut c =
-            Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        c.stdin.take().unwrap().write_all(b"pw\n").unwrap();
-        let out = c.wait_with_output().unwrap();
-        assert_success(&out, "rewind passwd");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let hash = passwd_hash("pw");
     std::fs::write(
         &users,
         format!("[users.alice]\nhash = \"{hash}\"\nuid = 2001\n[users.bob]\nhash = \"{hash}\"\nuid = 2002\n"),
@@ -1489,4 +1470,13 @@ fn non_utf8_names_by_path_b64() {
     assert!(portal.audit().iter().any(|r| r["event"] == "download"
         && r["actor"] == "alice"
         && r["paths"][0] == file.to_string_lossy().as_ref()));
+}
+
+/// An argon2id hash of `password` from `rewind passwd`, for a file realm's users.
+fn passwd_hash(password: &str) -> String {
+    let mut c = Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    c.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert_success(&out, "rewind passwd");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
