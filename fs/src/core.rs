@@ -41,6 +41,16 @@ fn read_span(f: &OpenFile, offset: u64, size: u32) -> Option<(u64, usize, usize)
     Some((end, f.reader.chunk_index(offset)?, f.reader.chunk_index(end - 1)?))
 }
 
+/// Where an entry stands in its directory: the directory's inode and tree, and the entry's
+/// index in it; `top` when the directory is a snapshot's root.
+struct Place {
+    parent: u64,
+    snapshot: SnapshotId,
+    tree: Arc<rewind_store::Tree>,
+    pos: usize,
+    top: bool,
+}
+
 /// Chunks chosen for a prefetch, and how much they cover.
 struct Prefetch {
     out: Vec<ChunkId>,
@@ -547,28 +557,34 @@ impl Core {
     pub fn following_to_prefetch(&self, ino: u64) -> Vec<ChunkId> {
         let mut plan = Prefetch { out: Vec::new(), files: 0, bytes: 0, limit: self.readahead_bytes / 4, seen: 0 };
         let mut cur = ino;
-        loop {
-            let (parent, name) = {
-                let t = self.inodes.lock().expect("inode lock");
-                match t.get(cur).map(|i| (i.parent, &i.entry)) {
-                    Some((p, Entry::Node { node, .. })) => (p, node.name.clone()),
-                    _ => break,
-                }
-            };
-            let (tree, top) = match self.entry(parent) {
-                Ok(Entry::Node { node, .. }) => (node.subtree, false),
-                Ok(Entry::Snapshot(id)) => (self.view.snapshot(&id).map(|s| s.snapshot.tree), true),
-                _ => break,
-            };
-            let Some(tree) = tree.filter(|t| self.view.repo().tree_cached(t)) else { break };
-            let Ok(tree) = self.view.repo().tree(tree) else { break };
-            let Ok(pos) = tree.nodes.binary_search_by(|n| n.name.as_slice().cmp(&name)) else { break };
-            if !self.plan_walk(&tree.nodes[pos + 1..], &mut plan) || top {
+        while let Some(place) = self.place(cur) {
+            if !self.plan_walk(&place.tree.nodes[place.pos + 1..], &mut plan) || place.top {
                 break;
             }
-            cur = parent;
+            cur = place.parent;
         }
         plan.out
+    }
+
+    /// Where `ino` (something inside a snapshot) stands in its directory, if that directory's
+    /// tree is cached.
+    fn place(&self, ino: u64) -> Option<Place> {
+        let (parent, snapshot, name) = {
+            let t = self.inodes.lock().expect("inode lock");
+            let i = t.get(ino)?;
+            match &i.entry {
+                Entry::Node { snapshot, node } => (i.parent, *snapshot, node.name.clone()),
+                _ => return None,
+            }
+        };
+        let (tree, top) = match self.entry(parent) {
+            Ok(Entry::Node { node, .. }) => (node.subtree, false),
+            Ok(Entry::Snapshot(id)) => (self.view.snapshot(&id).map(|s| s.snapshot.tree), true),
+            _ => return None,
+        };
+        let tree = self.view.repo().tree(tree.filter(|t| self.view.repo().tree_cached(t))?).ok()?;
+        let pos = tree.nodes.binary_search_by(|n| n.name.as_slice().cmp(&name)).ok()?;
+        Some(Place { parent, snapshot, tree, pos, top })
     }
 
     /// Small files after `ino` in its directory (one chunk, at most [`PUSH_MAX`] bytes; as many
@@ -576,24 +592,7 @@ impl Core {
     /// before: their contents can go into the kernel's page cache before a walk reads them, so
     /// reading them costs no round trip. Larger files are read ahead by the kernel anyway.
     pub fn following_to_push(&self, ino: u64) -> Vec<(u64, ChunkId, u64)> {
-        let (parent, snapshot, name) = {
-            let t = self.inodes.lock().expect("inode lock");
-            match t.get(ino) {
-                Some(i) => match &i.entry {
-                    Entry::Node { snapshot, node } => (i.parent, *snapshot, node.name.clone()),
-                    _ => return Vec::new(),
-                },
-                None => return Vec::new(),
-            }
-        };
-        let tree = match self.entry(parent) {
-            Ok(Entry::Node { node, .. }) => node.subtree,
-            Ok(Entry::Snapshot(id)) => self.view.snapshot(&id).map(|s| s.snapshot.tree),
-            _ => None,
-        };
-        let Some(tree) = tree.filter(|t| self.view.repo().tree_cached(t)) else { return Vec::new() };
-        let Ok(tree) = self.view.repo().tree(tree) else { return Vec::new() };
-        let Ok(pos) = tree.nodes.binary_search_by(|n| n.name.as_slice().cmp(&name)) else { return Vec::new() };
+        let Some(Place { parent, snapshot, tree, pos, .. }) = self.place(ino) else { return Vec::new() };
         let t = self.inodes.lock().expect("inode lock");
         let mut pushed = self.pushed.lock().expect("push lock");
         let (mut out, mut bytes) = (Vec::new(), 0);

@@ -231,12 +231,17 @@ impl Filesystem for RewindFs {
             Err(e) => return reply.error(e),
         };
         if new {
+            let pushes = if self.push.get().is_some() { self.core.following_to_push(ino.0) } else { Vec::new() };
+            // A pushed file's chunk is loaded by its push: not warmed a second time.
             for id in self.core.following_to_prefetch(ino.0) {
+                if pushes.iter().any(|&(_, pushed, _)| pushed == id) {
+                    continue;
+                }
                 let core = self.core.clone();
                 self.pool.prefetch(move || core.warm_chunk(id));
             }
             if let Some(push) = self.push.get() {
-                for (file, id, size) in self.core.following_to_push(ino.0) {
+                for (file, id, size) in pushes {
                     let (core, push) = (self.core.clone(), push.clone());
                     self.pool.prefetch(move || {
                         if let Some(data) = core.chunk_to_push(id, size) {
