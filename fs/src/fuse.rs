@@ -231,17 +231,16 @@ impl Filesystem for RewindFs {
             Err(e) => return reply.error(e),
         };
         if new {
-            let pushes = if self.push.get().is_some() { self.core.following_to_push(ino.0) } else { Vec::new() };
-            // A pushed file's chunk is loaded by its push: not warmed a second time.
             for id in self.core.following_to_prefetch(ino.0) {
-                if pushes.iter().any(|&(_, pushed, _)| pushed == id) {
-                    continue;
-                }
                 let core = self.core.clone();
                 self.pool.prefetch(move || core.warm_chunk(id));
             }
+            // The pushes below load some of the same chunks. Leaving them in the walk's list
+            // costs a no-op job each (a chunk cached or on its way is skipped) and keeps them in
+            // walk order: taken out, reads that waited for a chunk on a cold tar went from
+            // 7-39 to 43-146.
             if let Some(push) = self.push.get() {
-                for (file, id, size) in pushes {
+                for (file, id, size) in self.core.following_to_push(ino.0) {
                     let (core, push) = (self.core.clone(), push.clone());
                     self.pool.prefetch(move || {
                         if let Some(data) = core.chunk_to_push(id, size) {
