@@ -45,7 +45,7 @@ impl Mount {
             .arg("mount")
             .args(extra)
             .arg(&mnt)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
@@ -90,13 +90,17 @@ impl Mount {
         }
     }
 
-    /// `fusermount3 -u`, which must end the process cleanly.
-    fn unmount(mut self) {
+    /// `fusermount3 -u`, which must end the process cleanly and quietly; the process's log.
+    fn unmount(mut self) -> String {
         let out = Command::new("fusermount3").arg("-u").arg(&self.mnt).output().unwrap();
         assert_success(&out, "fusermount3 -u");
         let status = self.wait(Duration::from_secs(20));
-        assert!(status.success(), "rewind mount ended with {status} after fusermount3 -u: {}", self.log_text());
+        let log = self.log_text();
+        assert!(status.success(), "rewind mount ended with {status} after fusermount3 -u: {log}");
         assert!(!mounted(&self.mnt));
+        let warned = log.lines().find(|l| l.contains("WARN") && l.contains("mount"));
+        assert!(warned.is_none(), "an unmount from outside is no reason to warn: {log}");
+        log
     }
 
     fn signal(&self, sig: i32) {
@@ -480,6 +484,40 @@ fn bad_mountpoints_get_clear_errors() {
     m.unmount();
     let out = t.run(&["mount", "--cache-size", "lots", "x"]);
     assert!(!out.status.success());
+}
+
+/// A walk that looks at every entry of a large directory (as `tar`, `rsync` or `ls -l` do) gets
+/// every entry's attributes with the listing: the kernel sends no lookup per entry.
+#[test]
+fn listings_of_large_directories_carry_every_entrys_attributes() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    let big = src.join("photos");
+    fs::create_dir_all(&big).unwrap();
+    // About 180 bytes an entry: 1,500 entries fill several listing batches of 32 KiB.
+    for i in 0..1500 {
+        fs::write(big.join(format!("IMG_{i:05}.jpg")), i.to_string()).unwrap();
+    }
+    t.backup("h", &[&src]);
+    let m = Mount::start(&t, "mnt", &[]);
+    // As `tar` does: read the whole listing, then look at each entry.
+    let listed: Vec<_> = fs::read_dir(m.latest("h", &src).join("photos")).unwrap().map(|e| e.unwrap()).collect();
+    assert_eq!(listed.len(), 1500);
+    for e in listed {
+        let meta = fs::symlink_metadata(e.path()).unwrap();
+        let name = e.file_name();
+        let i: usize = name.to_str().unwrap()[4..9].parse().unwrap();
+        assert_eq!(meta.len(), i.to_string().len() as u64, "{name:?}");
+    }
+    let log = m.unmount();
+    let lookups: u64 = log
+        .lines()
+        .find_map(|l| l.split("files pushed into the page cache, ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no lookup count in the unmount log: {log}"));
+    // The path down to the directory takes a few; one per entry would be 1,500.
+    assert!(lookups < 50, "{lookups} lookups for a walk of 1,500 listed entries: {log}");
 }
 
 #[test]

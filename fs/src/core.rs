@@ -124,6 +124,8 @@ pub struct Core {
     pub reads_waited: AtomicU64,
     /// Files stored into the kernel's page cache ahead of a walk.
     pub files_pushed: AtomicU64,
+    /// Lookups answered: a walk whose listings came with attributes needs almost none.
+    pub lookups: AtomicU64,
 }
 
 fn errno(e: &rewind_store::Error) -> Errno {
@@ -184,6 +186,7 @@ impl Core {
             reads_cached: AtomicU64::new(0),
             reads_waited: AtomicU64::new(0),
             files_pushed: AtomicU64::new(0),
+            lookups: AtomicU64::new(0),
         }
     }
 
@@ -233,6 +236,7 @@ impl Core {
 
     /// Look `name` up in directory `parent`; counts one kernel reference on success.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Answer, Errno> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
         let dir = self.entry(parent)?;
         if is_live(&dir) {
             self.view.refresh_if_stale();

@@ -34,22 +34,32 @@ thread_local! {
 /// session exists.
 pub type PushSlot = std::sync::OnceLock<crossbeam_channel::Sender<(u64, Arc<Vec<u8>>)>>;
 
+/// What to do when the session ends, set once the session exists.
+pub type EndSlot = std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>;
+
 pub struct RewindFs {
     core: Arc<Core>,
     pool: Pool,
     latency: LatencyHint,
     /// File contents to store in the kernel's page cache, for the pusher thread.
     push: Arc<PushSlot>,
+    /// Run by `destroy`, after the last request.
+    end: Arc<EndSlot>,
 }
 
 impl RewindFs {
     pub fn new(core: Arc<Core>, workers: usize, latency: LatencyHint) -> RewindFs {
-        RewindFs { core, pool: Pool::new(workers), latency, push: Arc::default() }
+        RewindFs { core, pool: Pool::new(workers), latency, push: Arc::default(), end: Arc::default() }
     }
 
     /// Where pushes go once the session exists (see [`start_pusher`]).
     pub fn push_slot(&self) -> Arc<PushSlot> {
         self.push.clone()
+    }
+
+    /// Where to put what runs when the session ends.
+    pub fn end_slot(&self) -> Arc<EndSlot> {
+        self.end.clone()
     }
 
     fn do_lookup(core: &Core, parent: u64, name: &OsStr, reply: ReplyEntry) {
@@ -148,9 +158,14 @@ impl DirReply for ReplyDirectoryPlus {
 
 impl Filesystem for RewindFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Every listing comes with attributes. Not FUSE_READDIRPLUS_AUTO: with it the kernel asks
+        // for attributes only in a directory's first batch (what the reader's buffer holds) and
+        // for later batches only if something was looked up in between. `tar` and `rsync` read a
+        // whole directory before they look at its entries, so each later entry cost a lookup: a
+        // `tar` of 3,000 small files in one directory sent 2,229 lookups and took 590-710 ms;
+        // with attributes in every batch, 7 lookups and 150-210 ms.
         let wanted = [
             InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_MAX_PAGES,
         ];
@@ -168,6 +183,12 @@ impl Filesystem for RewindFs {
         }
         let _ = config.set_max_background(64);
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Some(end) = self.end.lock().expect("end lock").take() {
+            end();
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

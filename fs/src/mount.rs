@@ -5,6 +5,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use fuser::{Config, MountOption, SessionACL};
 use rewind_store::{IndexedRepository, View};
@@ -120,6 +121,7 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
     let latency = if opts.latency_hint { crate::latency::LatencyHint::open() } else { Default::default() };
     let fs = RewindFs::new(core.clone(), workers, latency);
     let push = fs.push_slot();
+    let end = fs.end_slot();
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -145,6 +147,7 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
     if let Err(e) = crate::fuse::start_pusher(core.clone(), session.notifier(), &push) {
         tracing::warn!("no page cache pushes: {e}");
     }
+    *end.lock().expect("end lock") = Some(forget_the_unmounted(&mut session)?);
     let mut unmounter = session.unmount_callable();
     let target = canonical.clone();
     std::thread::Builder::new()
@@ -176,12 +179,38 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
     eprintln!("rewind: mounted at {} (Ctrl-C or `fusermount3 -u {}` to unmount)", mountpoint.display(), mountpoint.display());
     session.run().map_err(|e| Error::Mount { path: mountpoint.into(), source: e })?;
     tracing::info!(
-        "unmounted; {} reads served from cached chunks, {} waited for a chunk to be read, {} files pushed into the page cache",
-        core.reads_cached.load(std::sync::atomic::Ordering::Relaxed),
-        core.reads_waited.load(std::sync::atomic::Ordering::Relaxed),
-        core.files_pushed.load(std::sync::atomic::Ordering::Relaxed)
+        "unmounted; {} reads served from cached chunks, {} waited for a chunk to be read, {} files pushed into the page cache, {} lookups",
+        core.reads_cached.load(Ordering::Relaxed),
+        core.reads_waited.load(Ordering::Relaxed),
+        core.files_pushed.load(Ordering::Relaxed),
+        core.lookups.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// What the session's end does about the mount: nothing when it is gone already.
+///
+/// When the mount is undone from outside (`fusermount3 -u`, `umount`), fuser 0.18 still unmounts
+/// the path again as the session ends, fails, and logs a warning each time: its check on the
+/// device reads "connection dead" as "still mounted" (fixed upstream in cberner/fuser#703, not
+/// released). This takes the mount out of fuser's hands first: a device that reports POLLERR has
+/// lost its mount, and only a live one is unmounted.
+fn forget_the_unmounted<FS: fuser::Filesystem>(
+    session: &mut fuser::Session<FS>,
+) -> Result<Box<dyn FnOnce() + Send>, Error> {
+    use std::os::fd::AsFd;
+    let device = session.as_fd().try_clone_to_owned().map_err(|e| Error::Io { path: "/dev/fuse".into(), source: e })?;
+    let mut unmounter = session.unmount_callable();
+    Ok(Box::new(move || {
+        let mut poll = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&device), events: 0, revents: 0 };
+        // SAFETY: one valid pollfd, no wait.
+        let gone = unsafe { libc::poll(&mut poll, 1, 0) } == 1 && poll.revents & libc::POLLERR != 0;
+        match unmounter.unmount() {
+            Err(e) if gone => tracing::debug!("already unmounted: {e}"),
+            Err(e) => tracing::warn!("cannot unmount at the end: {e}"),
+            Ok(()) => {}
+        }
+    }))
 }
 
 fn lazy_unmount(target: &Path) {
