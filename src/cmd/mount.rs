@@ -10,8 +10,10 @@ use crate::cli::MountArgs;
 use crate::cmd::open_repo;
 
 pub fn run(a: MountArgs) -> Result<ExitCode> {
-    crate::cmd::tune_allocator(Some(1 << 20));
     let repo = open_repo(&a.repo.repo)?;
+    // Every chunk buffer from the heap, reused: see `tune_allocator`.
+    let largest = repo.config().chunker.max_size as i32;
+    crate::cmd::tune_allocator(Some(largest.saturating_mul(2).clamp(1 << 20, 32 << 20)));
     let caches = CacheSizes { chunk_bytes: usize::try_from(a.cache_size).unwrap_or(usize::MAX), ..CacheSizes::default() };
     let indexed =
         repo.open_indexed(caches).with_context(|| format!("cannot load the index of {}", a.repo.repo.display()))?;
