@@ -188,13 +188,14 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
     Ok(())
 }
 
-/// What the session's end does about the mount: nothing when it is gone already.
+/// What the session's end does about the mount: unmount it, and say so only if that fails
+/// while the mount was still there.
 ///
 /// When the mount is undone from outside (`fusermount3 -u`, `umount`), fuser 0.18 still unmounts
 /// the path again as the session ends, fails, and logs a warning each time: its check on the
 /// device reads "connection dead" as "still mounted" (fixed upstream in cberner/fuser#703, not
-/// released). This takes the mount out of fuser's hands first: a device that reports POLLERR has
-/// lost its mount, and only a live one is unmounted.
+/// released). This ends the mount before fuser's own drop would, and a failure on a device that
+/// reports POLLERR (it has lost its mount) is only a debug message.
 fn forget_the_unmounted<FS: fuser::Filesystem>(
     session: &mut fuser::Session<FS>,
 ) -> Result<Box<dyn FnOnce() + Send>, Error> {

@@ -30,8 +30,9 @@ use rewind_store::{CacheSizes, IndexedRepository, Repository};
 /// a zeroed page for every 4 KiB, so the mount sets it above its largest chunk (twice the
 /// chunker's maximum) and takes every chunk buffer from the heap, where freed ones are reused. A
 /// cold read of a 256 MiB file through the mount took 422-460 ms of the mount's CPU with a
-/// 1 MiB threshold and 353-393 ms with 8 MiB (wall 275-312 ms, 241-284 ms); resident memory
-/// after a `find`, two reads and a `tar` stayed at 90-105 MiB.
+/// 1 MiB threshold and 353-393 ms with 8 MiB (wall 275-312 ms, 241-284 ms). Resident memory
+/// after a `find`, two reads and a `tar` was 87-143 MiB with either threshold; what keeps it
+/// down is the mount's trimming of free heap memory (`fs/src/latency.rs`).
 pub fn tune_allocator(mmap_threshold: Option<i32>) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning.

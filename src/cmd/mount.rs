@@ -12,7 +12,7 @@ use crate::cmd::open_repo;
 pub fn run(a: MountArgs) -> Result<ExitCode> {
     let repo = open_repo(&a.repo.repo)?;
     // Every chunk buffer from the heap, reused: see `tune_allocator`.
-    let largest = repo.config().chunker.max_size as i32;
+    let largest = i32::try_from(repo.config().chunker.max_size).unwrap_or(i32::MAX);
     crate::cmd::tune_allocator(Some(largest.saturating_mul(2).clamp(1 << 20, 32 << 20)));
     let caches = CacheSizes { chunk_bytes: usize::try_from(a.cache_size).unwrap_or(usize::MAX), ..CacheSizes::default() };
     let indexed =
