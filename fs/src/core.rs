@@ -45,7 +45,6 @@ fn read_span(f: &OpenFile, offset: u64, size: u32) -> Option<(u64, usize, usize)
 /// index in it; `top` when the directory is a snapshot's root.
 struct Place {
     parent: u64,
-    snapshot: SnapshotId,
     tree: Arc<rewind_store::Tree>,
     pos: usize,
     top: bool,
@@ -573,11 +572,11 @@ impl Core {
     /// Where `ino` (something inside a snapshot) stands in its directory, if that directory's
     /// tree is cached.
     fn place(&self, ino: u64) -> Option<Place> {
-        let (parent, snapshot, name) = {
+        let (parent, name) = {
             let t = self.inodes.lock().expect("inode lock");
             let i = t.get(ino)?;
             match &i.entry {
-                Entry::Node { snapshot, node } => (i.parent, *snapshot, node.name.clone()),
+                Entry::Node { node, .. } => (i.parent, node.name.clone()),
                 _ => return None,
             }
         };
@@ -588,7 +587,7 @@ impl Core {
         };
         let tree = self.view.repo().tree(tree.filter(|t| self.view.repo().tree_cached(t))?).ok()?;
         let pos = tree.nodes.binary_search_by(|n| n.name.as_slice().cmp(&name)).ok()?;
-        Some(Place { parent, snapshot, tree, pos, top })
+        Some(Place { parent, tree, pos, top })
     }
 
     /// Small files after `ino` in its directory (one chunk, at most [`PUSH_MAX`] bytes; as many
@@ -596,7 +595,7 @@ impl Core {
     /// before: their contents can go into the kernel's page cache before a walk reads them, so
     /// reading them costs no round trip. Larger files are read ahead by the kernel anyway.
     pub fn following_to_push(&self, ino: u64) -> Vec<(u64, ChunkId, u64)> {
-        let Some(Place { parent, snapshot, tree, pos, .. }) = self.place(ino) else { return Vec::new() };
+        let Some(Place { parent, tree, pos, .. }) = self.place(ino) else { return Vec::new() };
         let t = self.inodes.lock().expect("inode lock");
         let mut pushed = self.pushed.lock().expect("push lock");
         let (mut out, mut bytes) = (Vec::new(), 0);
@@ -608,8 +607,7 @@ impl Core {
                 continue;
             }
             bytes += n.size;
-            let e = Entry::Node { snapshot, node: Arc::new(n.clone()) };
-            if let Some(child) = t.known_child(parent, &n.name, &e)
+            if let Some(child) = t.known_child(parent, n)
                 && pushed.put(child, ()).is_none()
             {
                 out.push((child, n.content[0], n.size));

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use rewind_store::{Entry, NodeKind};
+use rewind_store::{Entry, Node, NodeKind};
 
 /// The root directory's inode number, fixed by FUSE.
 pub const ROOT: u64 = 1;
@@ -58,16 +58,20 @@ fn hash(parts: &[&[u8]]) -> u64 {
 /// key `snap_key`.
 pub fn child_key(parent_key: u64, snap_key: u64, name: &[u8], entry: &Entry) -> u64 {
     match entry {
-        Entry::Node { node, .. } if node.kind == NodeKind::File && node.nlink > 1 => hash(&[
-            b"hardlink",
-            &snap_key.to_le_bytes(),
-            &node.dev.to_le_bytes(),
-            &node.inode.to_le_bytes(),
-        ]),
+        Entry::Node { node, .. } => node_key(parent_key, snap_key, name, node),
         // A snapshot directory is keyed by its id, not its name: names of snapshots taken in the
         // same second can shift when another one arrives.
         Entry::Snapshot(id) => hash(&[b"snapshot", &parent_key.to_le_bytes(), id.as_bytes()]),
         _ => hash(&[b"entry", &parent_key.to_le_bytes(), name]),
+    }
+}
+
+/// [`child_key`] of a node inside a snapshot.
+fn node_key(parent_key: u64, snap_key: u64, name: &[u8], node: &Node) -> u64 {
+    if node.kind == NodeKind::File && node.nlink > 1 {
+        hash(&[b"hardlink", &snap_key.to_le_bytes(), &node.dev.to_le_bytes(), &node.inode.to_le_bytes()])
+    } else {
+        hash(&[b"entry", &parent_key.to_le_bytes(), name])
     }
 }
 
@@ -110,10 +114,10 @@ impl InodeTable {
         Some(ino)
     }
 
-    /// The inode of `name` in directory `parent` if the kernel has been told of it.
-    pub fn known_child(&self, parent: u64, name: &[u8], entry: &Entry) -> Option<u64> {
+    /// The inode of `node` in directory `parent` if the kernel has been told of it.
+    pub fn known_child(&self, parent: u64, node: &Node) -> Option<u64> {
         let p = self.by_ino.get(&parent)?;
-        self.by_key.get(&child_key(p.key, p.snap_key, name, entry)).copied()
+        self.by_key.get(&node_key(p.key, p.snap_key, &node.name, node)).copied()
     }
 
     /// The inode number of `key`: its own if known, else the first free one it would get.
