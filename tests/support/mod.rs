@@ -1,9 +1,15 @@
-//! The shared harness: temporary repositories, the built binary, corpora from
-//! `shared/bench/corpus.py`, and tree comparison.
+//! The shared harness: temporary repositories, the built binary, the corpus and its history
+//! (`corpus`), the seeded generator (`rng`), and tree comparison. Everything a test needs is
+//! built here: nothing is read from outside the repository.
 
 #![allow(dead_code)]
 
+pub mod corpus;
+pub mod rng;
 pub mod slapd;
+
+pub use corpus::{corpus_make, corpus_step};
+pub use rng::pseudo_random;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -15,13 +21,6 @@ use std::process::{Command, Output};
 /// The `rewind` binary under test.
 pub fn rewind_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rewind"))
-}
-
-/// `shared/` beside the checkout (where CI puts it).
-pub fn shared_dir() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    assert!(p.join("bench/corpus.py").exists(), "shared/bench/corpus.py not found at {}", p.display());
-    p
 }
 
 /// A temporary directory holding a repository (`repo/`) and room for sources and targets.
@@ -117,39 +116,6 @@ pub fn assert_success(out: &Output, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Deterministic incompressible bytes (xorshift), for test files.
-pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
-/// Generation 0 of the bench corpus at `dir`, at `scale`.
-pub fn corpus_make(dir: &Path, scale: f64) {
-    let out = Command::new("python3")
-        .arg(shared_dir().join("bench/corpus.py"))
-        .args(["make", &dir.to_string_lossy(), "--scale", &scale.to_string()])
-        .output()
-        .expect("python3 must be installed to build the corpus");
-    assert_success(&out, "corpus.py make");
-}
-
-/// Mutate the corpus at `dir` into generation `gen`.
-pub fn corpus_step(dir: &Path, generation: u32) {
-    let out = Command::new("python3")
-        .arg(shared_dir().join("bench/corpus.py"))
-        .args(["step", &dir.to_string_lossy(), "--gen", &generation.to_string()])
-        .output()
-        .expect("python3");
-    assert_success(&out, "corpus.py step");
 }
 
 /// What a tree looks like, entry by entry: kind, mode, owner, size, mtime, content hash, link
