@@ -21,9 +21,7 @@ fn require_fuse() {
 }
 
 fn mounted(path: &Path) -> bool {
-    let info = fs::read("/proc/self/mountinfo").expect("read mountinfo");
-    let want = path.as_os_str().as_bytes();
-    info.split(|&b| b == b'\n').any(|line| line.split(|&b| b == b' ').nth(4) == Some(want))
+    rewind_fs::is_mount_point(path).expect("read /proc/self/mountinfo")
 }
 
 /// A running `rewind mount`, unmounted (and its process reaped) on drop.
@@ -537,10 +535,8 @@ fn mount_is_ready_at_once_with_many_snapshots() {
     let ready = started.elapsed();
     assert!(ready < Duration::from_secs(3), "ready after {ready:?}");
     // The kernel sees a read-only FUSE mount of the repository.
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = info.lines().find(|l| l.contains(&*m.mnt.to_string_lossy())).unwrap();
-    let options = line.split(' ').nth(5).unwrap();
-    assert!(line.contains(" - fuse") && line.contains("rewind:"), "{line}");
-    assert!(options.split(',').any(|o| o == "ro"), "{line}");
+    let entry = rewind_fs::mounts().unwrap().into_iter().find(|e| e.point == m.mnt).expect("in mountinfo");
+    assert!(entry.fs_type.starts_with("fuse") && entry.source.starts_with(b"rewind:"), "{entry:?}");
+    assert!(entry.options.iter().any(|o| o == "ro"), "{entry:?}");
     m.unmount();
 }
