@@ -1,15 +1,18 @@
 //! The shared harness: temporary repositories, the built binary, the corpus and its history
-//! (`corpus`), the seeded generator (`rng`), and tree comparison. Everything a test needs is
-//! built here: nothing is read from outside the repository.
+//! (`corpus`), the seeded generator (`rng`), waiting on conditions (`wait`), and tree
+//! comparison. Everything a test needs is built here: nothing is read from outside the
+//! repository.
 
 #![allow(dead_code)]
 
 pub mod corpus;
 pub mod rng;
 pub mod slapd;
+pub mod wait;
 
 pub use corpus::{corpus_make, corpus_step};
 pub use rng::pseudo_random;
+pub use wait::{PATIENCE, wait_until};
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
