@@ -162,7 +162,9 @@ fn insertion_in_a_large_file_adds_few_chunks() {
 
 #[test]
 fn unchanged_tree_is_not_read_again() {
-    let t = TempRepo::new();
+    // The snapshot records the source's ancestors: they must all be the test's own, or another
+    // process creating a file in /tmp between the backups changes the root tree.
+    let t = TempRepo::owning_its_ancestors();
     let src = t.path("src");
     corpus_make(&src, 0.02);
     let first = t.backup("h", &[&src]);

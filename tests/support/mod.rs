@@ -33,8 +33,21 @@ pub struct TempRepo {
 }
 
 impl TempRepo {
+    /// In the system's temporary directory.
     pub fn new() -> TempRepo {
-        let dir = tempfile::Builder::new().prefix("rewind-test-").tempdir().expect("tempdir");
+        TempRepo::in_dir(tempfile::Builder::new().prefix("rewind-test-").tempdir().expect("tempdir"))
+    }
+
+    /// Directly under `/`, for a test that asserts on the metadata of every directory a snapshot
+    /// records: a snapshot holds each ancestor of its source paths (not `/` itself), and `/tmp`
+    /// changes its mtime whenever anyone creates a file there, so only a directory of its own at
+    /// the top keeps every recorded ancestor the test's. Needs root.
+    pub fn owning_its_ancestors() -> TempRepo {
+        assert!(is_root(), "a test directory directly under / needs root");
+        TempRepo::in_dir(tempfile::Builder::new().prefix("rewind-test-").tempdir_in("/").expect("tempdir in /"))
+    }
+
+    fn in_dir(dir: tempfile::TempDir) -> TempRepo {
         let repo = dir.path().join("repo");
         let out = run(&rewind_bin(), &[OsStr::new("init"), repo.as_os_str()]);
         assert_success(&out, "rewind init");
