@@ -6,9 +6,9 @@ use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use crate::support::*;
 
@@ -243,12 +243,18 @@ fn kill_during_backup_leaves_a_valid_repository() {
     let t = TempRepo::new();
     let src = t.path("src");
     corpus_make(&src, 0.3);
-    for delay_ms in [150u64, 400, 900, 1600] {
+    // Killed at moments seen on disk, not after delays (which a loaded machine stretches): at
+    // once, and once the backup has written its first, second and fourth pack file (of ten).
+    for packs in [0usize, 1, 2, 4] {
+        let before = repo_files(&t.repo, "data").len();
         let mut child = t.cmd().args([OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()]).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        // SAFETY: kill on a child pid we own.
+        wait_until(&format!("{packs} new pack files"), || {
+            repo_files(&t.repo, "data").len() >= before + packs || child.try_wait().unwrap().is_some()
+        });
+        // SAFETY: kill on a child pid we own (not yet reaped, so not reused).
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-        let _ = child.wait();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "the backup ended before it had written {packs} packs");
         t.ok(&["check"]);
     }
     let s = t.backup("h", &[&src]);
