@@ -172,6 +172,9 @@ fn is_live(e: &Entry) -> bool {
     !matches!(e, Entry::Node { .. } | Entry::Snapshot(_))
 }
 
+/// Bytes of a cached chunk: the chunk and the range of it a read returns.
+pub type ChunkSlice = (Arc<Vec<u8>>, Range<usize>);
+
 impl Core {
     pub fn new(view: Arc<View>, readahead_bytes: u64) -> Core {
         Core {
@@ -667,7 +670,7 @@ impl Core {
 
     /// A read that lies within one chunk (most reads of small files), served as a slice of the
     /// cached chunk: no copy into a buffer. `None` when the read spans chunks or is empty.
-    pub fn read_in_chunk(&self, f: &OpenFile, offset: u64, size: u32) -> Option<Result<(Arc<Vec<u8>>, Range<usize>), Errno>> {
+    pub fn read_in_chunk(&self, f: &OpenFile, offset: u64, size: u32) -> Option<Result<ChunkSlice, Errno>> {
         let (end, i, last) = read_span(f, offset, size)?;
         if last != i {
             return None;

@@ -297,7 +297,7 @@ fn attribute_damage(
         .into_iter()
         .map(|(id, (pack, error))| DamagedBlob { id, pack, error, used_by: uses.remove(&id).unwrap_or_default() })
         .collect();
-    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out.sort_by_key(|a| a.id);
     out
 }
 
@@ -320,7 +320,7 @@ pub fn rebuild_index(repo: &Repository) -> Result<RebuildReport> {
     let backend = repo.backend();
     let old_index = backend.list(FileKind::Index)?;
     let pack_names = backend.list(FileKind::Pack)?;
-    let results: Vec<(String, Result<(u64, Vec<format::BlobRecord>)>)> = pack_names
+    let results: Vec<_> = pack_names
         .par_iter()
         .map(|name| {
             let r = PackId::from_hex(name).and_then(|id| read_pack_trailer(backend, &id));

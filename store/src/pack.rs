@@ -134,11 +134,10 @@ impl<'a> Packer<'a> {
     pub fn flush(&self) -> Result<()> {
         for kind in [BlobKind::Data, BlobKind::Tree] {
             let pack = self.open[kind as usize].lock().expect("packer lock").take();
-            if let Some(pack) = pack {
-                if !pack.records.is_empty() {
+            if let Some(pack) = pack
+                && !pack.records.is_empty() {
                     self.seal(pack)?;
                 }
-            }
         }
         Ok(())
     }

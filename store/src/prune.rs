@@ -437,7 +437,7 @@ pub fn copy(
                 }
             }
         }
-        missing.sort_by(|a, b| (a.1.pack, a.1.offset).cmp(&(b.1.pack, b.1.offset)));
+        missing.sort_by_key(|a| (a.1.pack, a.1.offset));
         progress.blobs_total.fetch_add(missing.len() as u64, Ordering::Relaxed);
         // One read per pack run when the blobs fill most of it, else one read per blob.
         let mut runs: Vec<&[(BlobId, crate::index::Location)]> = missing.chunk_by(|a, b| a.1.pack == b.1.pack).collect();

@@ -107,15 +107,14 @@ impl Restorer<'_> {
     }
 
     fn restore_one(&self, node: &Node, path: &Path, depth: usize) -> Result<()> {
-        if node.kind != NodeKind::Dir {
-            if let Ok(m) = fs::symlink_metadata(path) {
+        if node.kind != NodeKind::Dir
+            && let Ok(m) = fs::symlink_metadata(path) {
                 if m.is_dir() {
                     fs::remove_dir_all(path).at(path)?;
                 } else {
                     fs::remove_file(path).at(path)?;
                 }
             }
-        }
         match node.kind {
             NodeKind::Dir => {
                 match fs::symlink_metadata(path) {
@@ -220,14 +219,13 @@ impl Restorer<'_> {
     fn finish(&self) {
         for (path, key) in std::mem::take(&mut *self.deferred_links.lock().expect("restore lock")) {
             let first = self.links.lock().expect("restore lock").get(&key).cloned();
-            if let Some(first) = first {
-                if let Err(e) = fs::hard_link(&first, &path) {
+            if let Some(first) = first
+                && let Err(e) = fs::hard_link(&first, &path) {
                     self.fail(&path, Error::io(&path, e));
                 }
-            }
         }
         let mut dirs = std::mem::take(&mut *self.dirs.lock().expect("restore lock"));
-        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
         for (_, path, node) in dirs {
             if let Err(e) = self.apply_metadata(&node, &path) {
                 self.fail(&path, e);
