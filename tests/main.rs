@@ -3,9 +3,9 @@
 
 mod support;
 
-mod portal;
-mod mount;
-mod store;
 mod catalog;
-mod web;
+mod mount;
+mod portal;
 mod prune;
+mod store;
+mod web;

@@ -15,7 +15,10 @@ use crate::support::*;
 
 /// Fail loudly when FUSE is not there: these tests must never pass by skipping.
 fn require_fuse() {
-    assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is missing: these tests need FUSE (install fuse3, load the module)");
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: these tests need FUSE (install fuse3, load the module)"
+    );
     let found = Command::new("fusermount3").arg("--version").output();
     assert!(found.is_ok(), "fusermount3 is missing: install fuse3");
 }

@@ -247,7 +247,11 @@ fn kill_during_backup_leaves_a_valid_repository() {
     // once, and once the backup has written its first, second and fourth pack file (of ten).
     for packs in [0usize, 1, 2, 4] {
         let before = repo_files(&t.repo, "data").len();
-        let mut child = t.cmd().args([OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()]).spawn().unwrap();
+        let mut child = t
+            .cmd()
+            .args([OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()])
+            .spawn()
+            .unwrap();
         wait_until(&format!("{packs} new pack files"), || {
             repo_files(&t.repo, "data").len() >= before + packs || child.try_wait().unwrap().is_some()
         });
@@ -269,7 +273,10 @@ fn kill_during_backup_leaves_a_valid_repository() {
 fn errors_are_one_clear_line() {
     let t = TempRepo::new();
     let missing = t.path("no-such-repo");
-    let out = Command::new(rewind_bin()).args([OsStr::new("snapshots"), OsStr::new("--repo"), missing.as_os_str()]).output().unwrap();
+    let out = Command::new(rewind_bin())
+        .args([OsStr::new("snapshots"), OsStr::new("--repo"), missing.as_os_str()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -311,7 +318,14 @@ fn unreadable_files_are_reported_and_skipped() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(rewind_bin())
-        .args([OsStr::new("backup"), OsStr::new("--repo"), t.repo.as_os_str(), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()])
+        .args([
+            OsStr::new("backup"),
+            OsStr::new("--repo"),
+            t.repo.as_os_str(),
+            OsStr::new("--host"),
+            OsStr::new("h"),
+            src.as_os_str(),
+        ])
         .output()
         .expect("setpriv (util-linux)");
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
@@ -348,8 +362,10 @@ fn excludes_and_multiple_paths() {
         b.as_os_str(),
     ]);
     let ls = t.ok(&["ls", "latest", "-R", "--json"]);
-    let paths: Vec<String> =
-        ls.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].as_str().unwrap().to_string()).collect();
+    let paths: Vec<String> = ls
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].as_str().unwrap().to_string())
+        .collect();
     let has = |p: &Path| paths.iter().any(|x| x == &p.to_string_lossy());
     assert!(has(&a.join("keep.txt")) && has(&b.join("keep.txt")));
     assert!(!has(&a.join("drop.tmp")) && !has(&b.join("drop.tmp")));

@@ -943,11 +943,12 @@ mod tests {
         let f = fixture();
         let names = |ino: u64| {
             let mut out = Vec::new();
-            f.core.readdir(ino, 0, |_, _, _, n| {
-                out.push(n.to_vec());
-                false
-            })
-            .unwrap();
+            f.core
+                .readdir(ino, 0, |_, _, _, n| {
+                    out.push(n.to_vec());
+                    false
+                })
+                .unwrap();
             out.len() - 2
         };
         let (snaps, _) = walk(&f.core, "snapshots").unwrap();
@@ -978,7 +979,10 @@ mod tests {
         // Snapshot directories keep their snapshot's time.
         let (snap, _) = walk(&f.core, "hosts/box/latest").unwrap();
         let t = f.core.view().snapshots()[0].1.snapshot.time;
-        assert_eq!(f.core.getattr(snap).unwrap().attr.mtime, to_system_time(Time { sec: t.as_second(), nsec: t.subsec_nanosecond() as u32 }));
+        assert_eq!(
+            f.core.getattr(snap).unwrap().attr.mtime,
+            to_system_time(Time { sec: t.as_second(), nsec: t.subsec_nanosecond() as u32 })
+        );
     }
 
     #[test]
@@ -986,11 +990,12 @@ mod tests {
         let f = fixture();
         let (dir, _) = walk(&f.core, &in_snapshot(&f, "")).unwrap();
         let mut seen = Vec::new();
-        f.core.readdir(dir, 2, |ino, _, _, name| {
-            seen.push((ino, name.to_vec()));
-            false
-        })
-        .unwrap();
+        f.core
+            .readdir(dir, 2, |ino, _, _, name| {
+                seen.push((ino, name.to_vec()));
+                false
+            })
+            .unwrap();
         for (ino, name) in seen {
             assert_eq!(f.core.lookup(dir, &name).unwrap().attr.ino.0, ino, "{}", String::from_utf8_lossy(&name));
         }
@@ -1178,11 +1183,12 @@ mod tests {
         let f = fixture();
         let (snaps, _) = walk(&f.core, "snapshots").unwrap();
         let mut names = Vec::new();
-        f.core.readdir(snaps, 2, |_, _, _, n| {
-            names.push(n.to_vec());
-            false
-        })
-        .unwrap();
+        f.core
+            .readdir(snaps, 2, |_, _, _, n| {
+                names.push(n.to_vec());
+                false
+            })
+            .unwrap();
         assert_eq!(names.len(), 1);
         let name = String::from_utf8(names.remove(0)).unwrap();
         let a = walk(&f.core, &format!("snapshots/{name}")).unwrap();

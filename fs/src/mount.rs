@@ -64,7 +64,8 @@ fn parse_mountinfo(info: &[u8]) -> Vec<MountEntry> {
         let mut raw = Vec::with_capacity(field.len());
         let mut i = 0;
         while i < field.len() {
-            if field[i] == b'\\' && i + 3 < field.len() && field[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            if field[i] == b'\\' && i + 3 < field.len() && field[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            {
                 raw.push((field[i + 1] - b'0') * 64 + (field[i + 2] - b'0') * 8 + (field[i + 3] - b'0'));
                 i += 4;
             } else {
@@ -206,7 +207,11 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
         })
         .map_err(|e| Error::Mount { path: mountpoint.into(), source: e })?;
     tune_readahead(&canonical);
-    eprintln!("rewind: mounted at {} (Ctrl-C or `fusermount3 -u {}` to unmount)", mountpoint.display(), mountpoint.display());
+    eprintln!(
+        "rewind: mounted at {} (Ctrl-C or `fusermount3 -u {}` to unmount)",
+        mountpoint.display(),
+        mountpoint.display()
+    );
     session.run().map_err(|e| Error::Mount { path: mountpoint.into(), source: e })?;
     tracing::info!(
         "unmounted; {} reads served from cached chunks, {} waited for a chunk to be read, {} files pushed into the page cache, {} lookups",
@@ -275,7 +280,10 @@ mod tests {
                      40 22 0:44 / /tmp/a\\040b ro,nosuid - fuse rewind:/r\\040s rw,user_id=0\n\
                      not a mountinfo line\n";
         let m = parse_mountinfo(info);
-        assert_eq!(m.iter().map(|m| m.point.clone()).collect::<Vec<_>>(), vec![PathBuf::from("/"), PathBuf::from("/tmp/a b")]);
+        assert_eq!(
+            m.iter().map(|m| m.point.clone()).collect::<Vec<_>>(),
+            vec![PathBuf::from("/"), PathBuf::from("/tmp/a b")]
+        );
         assert_eq!(m[0].fs_type, "ext4");
         assert_eq!(m[1].device, "0:44");
         assert_eq!(m[1].options, vec!["ro", "nosuid"]);

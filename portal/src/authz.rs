@@ -295,7 +295,14 @@ impl Policy {
         Ok(v)
     }
 
-    fn decide_path(&self, view: &View, s: &Subject, snapshot: SnapshotId, path: &str, memo: &mut WalkMemo) -> ApiResult<bool> {
+    fn decide_path(
+        &self,
+        view: &View,
+        s: &Subject,
+        snapshot: SnapshotId,
+        path: &str,
+        memo: &mut WalkMemo,
+    ) -> ApiResult<bool> {
         let Some((parent, name)) = path.rsplit_once('/') else { return Ok(false) };
         if name.is_empty() || name == "." || name == ".." {
             return Ok(false);
@@ -478,7 +485,14 @@ mod tests {
     use crate::config::Rewrite;
 
     fn subject(uid: u32, gids: &[u32]) -> Subject {
-        Subject { all: false, uid: Some(uid), gids: gids.to_vec(), homes: vec![], hosts: vec![], key: Arc::from(format!("t{uid}|{gids:?}")) }
+        Subject {
+            all: false,
+            uid: Some(uid),
+            gids: gids.to_vec(),
+            homes: vec![],
+            hosts: vec![],
+            key: Arc::from(format!("t{uid}|{gids:?}")),
+        }
     }
 
     fn node(uid: u32, gid: u32, mode: u32) -> Node {

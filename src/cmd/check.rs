@@ -39,7 +39,8 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
             eprintln!("  used by snapshot {} at {path}", snap.short());
         }
     }
-    let verified = if a.read_data { format!(", {} verified", human_bytes(report.bytes_verified)) } else { String::new() };
+    let verified =
+        if a.read_data { format!(", {} verified", human_bytes(report.bytes_verified)) } else { String::new() };
     let status = if report.ok() { "no errors" } else { "ERRORS FOUND" };
     println!(
         "check: {} snapshots, {} trees, {} blobs, {} packs{verified}: {status} ({} errors, {} damaged blobs) in {}",

@@ -123,10 +123,9 @@ impl Index {
                 Err(e) => return Err(e),
             };
             let packs = format::decode_index(&bytes).map_err(|e| match e {
-                Error::Corrupt { detail, .. } => Error::corrupt(
-                    format!("index file {name}"),
-                    format!("{detail}; run `rewind rebuild-index`"),
-                ),
+                Error::Corrupt { detail, .. } => {
+                    Error::corrupt(format!("index file {name}"), format!("{detail}; run `rewind rebuild-index`"))
+                }
                 e => e,
             })?;
             for p in &packs {
@@ -155,7 +154,8 @@ pub(crate) fn read_pack_trailer(backend: &dyn Backend, pack: &PackId) -> Result<
     if len < (format::PACK_FOOTER_LEN + 12) as u64 {
         return Err(Error::corrupt(what(), "too short"));
     }
-    let footer = backend.get_range(FileKind::Pack, &name, len - format::PACK_FOOTER_LEN as u64, format::PACK_FOOTER_LEN)?;
+    let footer =
+        backend.get_range(FileKind::Pack, &name, len - format::PACK_FOOTER_LEN as u64, format::PACK_FOOTER_LEN)?;
     let (rec_len, count, hash) = format::decode_pack_footer(&footer).map_err(|e| rename(e, what()))?;
     let rec_start = len
         .checked_sub((format::PACK_FOOTER_LEN + rec_len as usize) as u64)

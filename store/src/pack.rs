@@ -135,9 +135,10 @@ impl<'a> Packer<'a> {
         for kind in [BlobKind::Data, BlobKind::Tree] {
             let pack = self.open[kind as usize].lock().expect("packer lock").take();
             if let Some(pack) = pack
-                && !pack.records.is_empty() {
-                    self.seal(pack)?;
-                }
+                && !pack.records.is_empty()
+            {
+                self.seal(pack)?;
+            }
         }
         Ok(())
     }

@@ -63,7 +63,8 @@ fn pending_records(repo: &Repository) -> Result<Vec<(String, Pending)>> {
             Err(Error::NotFound(_)) => continue,
             Err(e) => return Err(e),
         };
-        let p: Pending = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(format!("pending record {name}"), e.to_string()))?;
+        let p: Pending = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(format!("pending record {name}"), e.to_string()))?;
         if p.magic != PENDING_MAGIC {
             return Err(Error::corrupt(format!("pending record {name}"), "bad magic"));
         }
@@ -135,7 +136,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
 
     // The packs present, then whether a backup runs: a pack listed before a check that finds no
     // backup running, and absent from the index loaded after, is garbage from a dead backup.
-    let pack_names: Vec<PackId> = backend.list(FileKind::Pack)?.iter().filter_map(|n| PackId::from_hex(n).ok()).collect();
+    let pack_names: Vec<PackId> =
+        backend.list(FileKind::Pack)?.iter().filter_map(|n| PackId::from_hex(n).ok()).collect();
     let backups_running = live_locks(repo, "backup")?.next().is_some() || live_locks(repo, "copy")?.next().is_some();
     let indexed = repo.open_indexed(CacheSizes::default())?;
     let already = condemned_packs(repo)?;
@@ -151,7 +153,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
     let mut packs: IdMap<PackId, PackUse> = IdMap::default();
     let mut order: Vec<(u64, PackId)> = all_packs
         .values()
-        .map(|p| (p.blobs.iter().filter(|b| used.contains(&b.id)).map(|b| u64::from(b.stored_len)).sum::<u64>(), p.pack))
+        .map(|p| {
+            (p.blobs.iter().filter(|b| used.contains(&b.id)).map(|b| u64::from(b.stored_len)).sum::<u64>(), p.pack)
+        })
         .collect();
     order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut assigned: IdSet<BlobId> = IdSet::default();
@@ -223,7 +227,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
     report.packs_repacked = repack.len();
     report.bytes_repacked = spent;
     if opts.dry_run {
-        report.bytes_freed = condemned.iter().chain(repack.iter().map(|(id, _)| id)).map(|id| packs[id].len).sum::<u64>() - spent;
+        report.bytes_freed =
+            condemned.iter().chain(repack.iter().map(|(id, _)| id)).map(|id| packs[id].len).sum::<u64>() - spent;
         return Ok(report);
     }
 
@@ -252,7 +257,12 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
     }
 
     if !condemned.is_empty() {
-        let record = Pending { magic: PENDING_MAGIC.into(), version: FORMAT_VERSION, time: jiff::Timestamp::now(), packs: condemned };
+        let record = Pending {
+            magic: PENDING_MAGIC.into(),
+            version: FORMAT_VERSION,
+            time: jiff::Timestamp::now(),
+            packs: condemned,
+        };
         let bytes = serde_json::to_vec_pretty(&record).expect("record serializes");
         let name = format!("{}-{}", record.time.as_nanosecond(), &Hash::of(&bytes).to_hex()[..16]);
         backend.put(FileKind::Pending, &name, &bytes)?;
@@ -275,7 +285,9 @@ struct PackUse {
 
 fn live_locks(repo: &Repository, purpose: &str) -> Result<impl Iterator<Item = crate::lock::LockInfo>> {
     let purpose = purpose.to_string();
-    Ok(list_locks(repo)?.into_iter().filter_map(move |(_, info, stale)| info.filter(|i| !stale && i.purpose == purpose)))
+    Ok(list_locks(repo)?
+        .into_iter()
+        .filter_map(move |(_, info, stale)| info.filter(|i| !stale && i.purpose == purpose)))
 }
 
 /// Every blob (trees and chunks) the snapshots reach.
@@ -321,7 +333,8 @@ fn sweep_all(repo: &Repository, report: &mut PruneReport) -> Result<()> {
         return Ok(());
     }
     let oldest_backup = live_locks(repo, "backup")?.chain(live_locks(repo, "copy")?).map(|l| l.time).min();
-    let (ready, waiting): (Vec<_>, Vec<_>) = records.into_iter().partition(|(_, p)| oldest_backup.is_none_or(|t| t > p.time));
+    let (ready, waiting): (Vec<_>, Vec<_>) =
+        records.into_iter().partition(|(_, p)| oldest_backup.is_none_or(|t| t > p.time));
     for (_, p) in &waiting {
         report.packs_deferred += p.packs.len();
         for pack in &p.packs {
@@ -342,7 +355,8 @@ fn sweep_all(repo: &Repository, report: &mut PruneReport) -> Result<()> {
         packs.values().filter(|p| !doomed.contains(&p.pack)).flat_map(|p| p.blobs.iter().map(|b| b.id)).collect();
     let mut delete: BTreeSet<PackId> = BTreeSet::new();
     for pack in &doomed {
-        let needed = packs.get(pack).is_some_and(|p| p.blobs.iter().any(|b| used.contains(&b.id) && !elsewhere.contains(&b.id)));
+        let needed =
+            packs.get(pack).is_some_and(|p| p.blobs.iter().any(|b| used.contains(&b.id) && !elsewhere.contains(&b.id)));
         if needed {
             report.packs_resurrected += 1;
         } else {
@@ -440,7 +454,8 @@ pub fn copy(
         missing.sort_by_key(|a| (a.1.pack, a.1.offset));
         progress.blobs_total.fetch_add(missing.len() as u64, Ordering::Relaxed);
         // One read per pack run when the blobs fill most of it, else one read per blob.
-        let mut runs: Vec<&[(BlobId, crate::index::Location)]> = missing.chunk_by(|a, b| a.1.pack == b.1.pack).collect();
+        let mut runs: Vec<&[(BlobId, crate::index::Location)]> =
+            missing.chunk_by(|a, b| a.1.pack == b.1.pack).collect();
         runs.sort_by_key(|r| std::cmp::Reverse(r.len()));
         runs.par_iter().try_for_each(|run| -> Result<()> {
             let start = run[0].1.offset;

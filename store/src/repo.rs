@@ -12,8 +12,7 @@ use crate::blob;
 use crate::cache::ByteLru;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{
-    BlobId, ChunkId, ChunkerParams, CompressionParams, Config, Hash, Node, NodeKind, Snapshot, SnapshotId, Tree,
-    TreeId,
+    BlobId, ChunkId, ChunkerParams, CompressionParams, Config, Hash, Node, NodeKind, Snapshot, SnapshotId, Tree, TreeId,
 };
 use crate::index::{Index, Location};
 
@@ -411,7 +410,8 @@ impl IndexedRepository {
         let mut node = Node::new(Vec::new(), NodeKind::Dir);
         node.mode = 0o755;
         node.subtree = Some(snapshot.tree);
-        node.mtime = crate::format::Time { sec: snapshot.time.as_second(), nsec: snapshot.time.subsec_nanosecond() as u32 };
+        node.mtime =
+            crate::format::Time { sec: snapshot.time.as_second(), nsec: snapshot.time.subsec_nanosecond() as u32 };
         for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
             if comp == b"." || comp == b".." {
                 return Err(Error::InvalidInput("`.` and `..` are not allowed in snapshot paths".into()));

@@ -108,13 +108,14 @@ impl Restorer<'_> {
 
     fn restore_one(&self, node: &Node, path: &Path, depth: usize) -> Result<()> {
         if node.kind != NodeKind::Dir
-            && let Ok(m) = fs::symlink_metadata(path) {
-                if m.is_dir() {
-                    fs::remove_dir_all(path).at(path)?;
-                } else {
-                    fs::remove_file(path).at(path)?;
-                }
+            && let Ok(m) = fs::symlink_metadata(path)
+        {
+            if m.is_dir() {
+                fs::remove_dir_all(path).at(path)?;
+            } else {
+                fs::remove_file(path).at(path)?;
             }
+        }
         match node.kind {
             NodeKind::Dir => {
                 match fs::symlink_metadata(path) {
@@ -220,9 +221,10 @@ impl Restorer<'_> {
         for (path, key) in std::mem::take(&mut *self.deferred_links.lock().expect("restore lock")) {
             let first = self.links.lock().expect("restore lock").get(&key).cloned();
             if let Some(first) = first
-                && let Err(e) = fs::hard_link(&first, &path) {
-                    self.fail(&path, Error::io(&path, e));
-                }
+                && let Err(e) = fs::hard_link(&first, &path)
+            {
+                self.fail(&path, Error::io(&path, e));
+            }
         }
         let mut dirs = std::mem::take(&mut *self.dirs.lock().expect("restore lock"));
         dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
@@ -235,7 +237,8 @@ impl Restorer<'_> {
 }
 
 fn cpath(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::InvalidInput(format!("{}: NUL in path", path.display())))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::InvalidInput(format!("{}: NUL in path", path.display())))
 }
 
 fn mknod(path: &Path, mode: u32, dev: u64) -> Result<()> {

@@ -89,7 +89,12 @@ impl NameCache {
     }
 
     pub fn group(&self, gid: u32) -> String {
-        self.groups.lock().expect("name cache").entry(gid).or_insert_with(|| group_name(gid).unwrap_or_default()).clone()
+        self.groups
+            .lock()
+            .expect("name cache")
+            .entry(gid)
+            .or_insert_with(|| group_name(gid).unwrap_or_default())
+            .clone()
     }
 }
 

@@ -25,7 +25,12 @@ fn write_files(dir: &Path, seed: u64, n: usize) {
 #[test]
 fn reader_survives_prune() {
     let d = tempfile::tempdir().unwrap();
-    let repo = Repository::init(&d.path().join("repo"), ChunkerParams { min_size: 16 << 10, avg_size: 64 << 10, max_size: 256 << 10 }, CompressionParams::default()).unwrap();
+    let repo = Repository::init(
+        &d.path().join("repo"),
+        ChunkerParams { min_size: 16 << 10, avg_size: 64 << 10, max_size: 256 << 10 },
+        CompressionParams::default(),
+    )
+    .unwrap();
     let src = d.path().join("src");
     let report = |p: &Path, e: &rewind_store::Error| panic!("{}: {e}", p.display());
     let opts = BackupOptions { paths: vec![src.clone()], host: "h".into(), ..Default::default() };

@@ -38,10 +38,41 @@ pub const BASE_MTIME: i64 = 1_767_225_600;
 pub const SEED: u64 = 801;
 
 const WORDS: [&str; 35] = [
-    "report", "budget", "meeting", "quarter", "invoice", "client", "draft", "final", "review", "project", "schedule",
-    "notes", "summary", "design", "backup", "restore", "server", "policy", "network", "storage", "offsite",
-    "retention", "snapshot", "archive", "recovery", "plan", "user", "ticket", "helpdesk", "audit", "table", "figure",
-    "chapter", "appendix", "data",
+    "report",
+    "budget",
+    "meeting",
+    "quarter",
+    "invoice",
+    "client",
+    "draft",
+    "final",
+    "review",
+    "project",
+    "schedule",
+    "notes",
+    "summary",
+    "design",
+    "backup",
+    "restore",
+    "server",
+    "policy",
+    "network",
+    "storage",
+    "offsite",
+    "retention",
+    "snapshot",
+    "archive",
+    "recovery",
+    "plan",
+    "user",
+    "ticket",
+    "helpdesk",
+    "audit",
+    "table",
+    "figure",
+    "chapter",
+    "appendix",
+    "data",
 ];
 
 /// What a step changed.
@@ -176,8 +207,10 @@ pub fn step(root: &Path, generation: u32, seed: u64) -> StepCounts {
     }
     for user in USERS {
         let home = root.join("users").join(user);
-        let mine: Vec<&PathBuf> =
-            files.iter().filter(|f| f.starts_with(&home) && f.file_name().is_some_and(|n| n != "activity.log")).collect();
+        let mine: Vec<&PathBuf> = files
+            .iter()
+            .filter(|f| f.starts_with(&home) && f.file_name().is_some_and(|n| n != "activity.log"))
+            .collect();
         let n = (mine.len() * 15 / 1000).max(1).min(mine.len());
         for i in rand::seq::index::sample(&mut rng, mine.len(), n) {
             fs::remove_file(mine[i]).unwrap();

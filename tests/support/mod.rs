@@ -80,7 +80,8 @@ impl TempRepo {
 
     /// Back up `paths` as host `host`; returns the snapshot as JSON.
     pub fn backup(&self, host: &str, paths: &[&Path]) -> serde_json::Value {
-        let mut args: Vec<&OsStr> = vec![OsStr::new("backup"), OsStr::new("--json"), OsStr::new("--host"), OsStr::new(host)];
+        let mut args: Vec<&OsStr> =
+            vec![OsStr::new("backup"), OsStr::new("--json"), OsStr::new("--host"), OsStr::new(host)];
         args.extend(paths.iter().map(|p| p.as_os_str()));
         let out = self.ok(&args);
         serde_json::from_str(out.trim()).expect("backup --json prints one JSON object")
@@ -171,7 +172,10 @@ pub fn tree_shape(root: &Path, opts: &ShapeOptions) -> BTreeMap<Vec<u8>, EntrySh
     let mut stack = vec![root.to_path_buf()];
     let mut all = Vec::new();
     while let Some(dir) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             let m = std::fs::symlink_metadata(&p).unwrap();
@@ -201,12 +205,13 @@ pub fn tree_shape(root: &Path, opts: &ShapeOptions) -> BTreeMap<Vec<u8>, EntrySh
         } else {
             "file"
         };
-        let content = if kind == "file" {
-            Some(blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string())
+        let content =
+            if kind == "file" { Some(blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string()) } else { None };
+        let target = if kind == "symlink" {
+            Some(std::fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec())
         } else {
             None
         };
-        let target = if kind == "symlink" { Some(std::fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()) } else { None };
         let link_of = if kind == "file" && m.nlink() > 1 {
             let first = inodes.entry((m.dev(), m.ino())).or_insert_with(|| rel.clone()).clone();
             Some(first)
@@ -215,7 +220,11 @@ pub fn tree_shape(root: &Path, opts: &ShapeOptions) -> BTreeMap<Vec<u8>, EntrySh
         };
         let xattrs = if opts.xattrs && kind != "symlink" {
             xattr::list(&p)
-                .map(|names| names.filter_map(|n| xattr::get(&p, &n).ok().flatten().map(|v| (n.as_bytes().to_vec(), v))).collect())
+                .map(|names| {
+                    names
+                        .filter_map(|n| xattr::get(&p, &n).ok().flatten().map(|v| (n.as_bytes().to_vec(), v)))
+                        .collect()
+                })
                 .unwrap_or_default()
         } else {
             BTreeMap::new()
