@@ -770,16 +770,11 @@ mod tests {
 
     use super::*;
 
+    /// Bytes from the workspace's seeded test generator (ChaCha8).
     fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect()
+        let mut out = vec![0u8; n];
+        rand::RngCore::fill_bytes(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed), &mut out);
+        out
     }
 
     struct Fixture {
