@@ -31,6 +31,7 @@
 //! A [`Catalog`] holds one SQLite connection: open one per thread (opening is cheap), read-only
 //! ones with [`Catalog::open_read_only`] for queries.
 
+pub mod access;
 mod db;
 mod error;
 mod query;
@@ -38,9 +39,11 @@ mod update;
 
 use std::path::{Path, PathBuf};
 
+pub use access::Reader;
 pub use error::{Error, Result};
 pub use query::{
-    CatalogSnapshot, DeletionWindow, FileVersion, MAX_LIMIT, NameMatch, Order, Page, Query, SnapshotRef, Stats,
+    CatalogSnapshot, DeletionWindow, FileVersion, MAX_LIMIT, NameMatch, Order, Page, Position, Query, Scope,
+    SnapshotRef, Stats,
 };
 pub use update::{SnapshotInfo, SyncReport, TreeSource, content_id};
 

@@ -215,7 +215,7 @@ pub async fn history(
     let st = state.clone();
     let items = tokio::task::spawn_blocking(move || -> ApiResult<Vec<Value>> {
         let catalog = &st.catalog;
-        let versions = catalog.with(|c| c.history(host.as_deref(), &path))?;
+        let versions = catalog.with(|c| c.history(host.as_deref(), &path, None))?;
         let mut out = Vec::new();
         let mut memo = WalkMemo::default();
         for v in &versions {

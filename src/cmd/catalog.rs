@@ -213,7 +213,7 @@ pub fn deleted(a: DeletedArgs) -> Result<ExitCode> {
 
 pub fn history(a: HistoryArgs) -> Result<ExitCode> {
     let cat = open_synced(&a.repo)?;
-    let versions = cat.history(a.host.as_deref(), &a.path)?;
+    let versions = cat.history(a.host.as_deref(), &a.path, None)?;
     if versions.is_empty() {
         bail!("{} is in no catalogued snapshot{}", a.path, a.host.map(|h| format!(" of host {h}")).unwrap_or_default());
     }
