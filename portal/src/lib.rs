@@ -24,6 +24,7 @@ mod authz;
 mod catalog;
 mod catalog_api;
 mod config;
+mod cursor;
 mod download;
 mod error;
 mod metrics;
