@@ -4,6 +4,7 @@
 mod support;
 
 mod portal;
+mod portal_oracle;
 mod mount;
 mod store;
 mod catalog;
