@@ -678,7 +678,9 @@ fn downloads_ranges_etags_and_archives() {
     let opts = crate::support::ShapeOptions { owners: false, dir_mtimes: false, xattrs: false };
     let src = crate::support::tree_shape(&home, &opts);
     let got = crate::support::tree_shape(&out.path().join("x/alice"), &opts);
-    let strip = |m: BTreeMap<Vec<u8>, crate::support::EntryShape>| -> BTreeMap<Vec<u8>, (&'static str, Option<String>, Option<Vec<u8>>)> {
+    // kind, content hash, link target
+    type Shape = (&'static str, Option<String>, Option<Vec<u8>>);
+    let strip = |m: BTreeMap<Vec<u8>, crate::support::EntryShape>| -> BTreeMap<Vec<u8>, Shape> {
         m.into_iter().map(|(k, v)| (k, (v.kind, v.content, v.target))).collect()
     };
     assert_eq!(strip(got), strip(src), "archive unzips to the source tree");

@@ -46,7 +46,7 @@ pub struct Record {
     pub query: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
-    /// Refusals of this actor left out of the log before this one (see [`AuditLog::denied`]).
+    /// Refusals of this actor left out of the log before this one (see `AuditLog::denied`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<u64>,
 }

@@ -7,7 +7,7 @@
 //!   deleted, history, downloads, archives) resolves paths through it, and "not yours" is the
 //!   same 404 as "does not exist". A folder appears only if it leads to something visible.
 //!   Every answer equals the answer on a repository holding only what the user may see: the
-//!   catalog is narrowed to the same rules ([`authz::Policy::scope`]) before it is paged, and
+//!   catalog is narrowed to the same rules (`Policy::scope`) before it is paged, and
 //!   cursors are sealed positions of results shown, never counts.
 //! - **One person, one identity**: a realm and its own spelling of the login, in sessions,
 //!   audit records and access history; a session's roles and account are asked again at each
