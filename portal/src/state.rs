@@ -122,6 +122,11 @@ impl AppState {
             keys = keys.with_revocations(std::path::Path::new(&name))?;
         }
         let realms = crate::auth::build_realms(&config)?;
+        if config.public_url.is_none() && config.allowed_hosts.is_empty() {
+            tracing::warn!(
+                "public_url is not set: logins and other state-changing requests are answered only for IP addresses and localhost (set public_url to the address users reach the portal at)"
+            );
+        }
         let audit = AuditLog::open(&config.audit_log)?;
         let window = Duration::from_secs(config.limits.window_secs);
         let catalog = crate::catalog::Catalog::open(&config, view.clone())?;
