@@ -227,34 +227,49 @@ fn brute(snaps: &[(SnapshotInfo, Fs)], store: &Store) -> Vec<Expect> {
                 }
             }
         }
-        let latest = list.len() - 1;
-        for (path, occ) in seen {
-            let mut runs: Vec<(usize, usize, BruteIdent)> = Vec::new();
-            for (i, id) in occ {
-                match runs.last_mut() {
-                    Some(r) if r.1 + 1 == i && r.2 == id => r.1 = i,
-                    _ => runs.push((i, i, id)),
-                }
-            }
-            let n = runs.len();
-            for (k, (a, b, id)) in runs.into_iter().enumerate() {
-                let gone = k + 1 == n && b != latest;
-                out.push(Expect {
-                    host: host.clone(),
-                    path: path.clone(),
-                    kind: id.0,
-                    uid: id.1,
-                    content: id.2,
-                    first: list[a].0.id.to_hex(),
-                    last: list[b].0.id.to_hex(),
-                    present: b == latest,
-                    gone_by: gone.then(|| list[b + 1].0.id.to_hex()),
-                });
-            }
-        }
+        let ids: Vec<SnapshotId> = list.iter().map(|s| s.0.id).collect();
+        cut_versions(&host, &ids, seen, |id| id, &mut out);
     }
     out.sort();
     out
+}
+
+/// Cut each path's presence (snapshot index, identity) into runs of one identity in
+/// consecutive snapshots of a host (`ids`, oldest first): its versions, the last one deleted
+/// when it ends before the host's latest snapshot.
+fn cut_versions<I: PartialEq>(
+    host: &str,
+    ids: &[SnapshotId],
+    seen: BTreeMap<String, Vec<(usize, I)>>,
+    brute: impl Fn(&I) -> &BruteIdent,
+    out: &mut Vec<Expect>,
+) {
+    let latest = ids.len() - 1;
+    for (path, occ) in seen {
+        let mut runs: Vec<(usize, usize, I)> = Vec::new();
+        for (i, id) in occ {
+            match runs.last_mut() {
+                Some(r) if r.1 + 1 == i && r.2 == id => r.1 = i,
+                _ => runs.push((i, i, id)),
+            }
+        }
+        let n = runs.len();
+        for (k, (a, b, id)) in runs.into_iter().enumerate() {
+            let gone = k + 1 == n && b != latest;
+            let (kind, uid, content, _) = brute(&id);
+            out.push(Expect {
+                host: host.to_string(),
+                path: path.clone(),
+                kind: kind.clone(),
+                uid: *uid,
+                content: content.clone(),
+                first: ids[a].to_hex(),
+                last: ids[b].to_hex(),
+                present: b == latest,
+                gone_by: gone.then(|| ids[b + 1].to_hex()),
+            });
+        }
+    }
 }
 
 /// The answer, checked to be the same in result order whichever way the query is run.
@@ -748,31 +763,8 @@ fn brute_scoped(snaps: &[(SnapshotInfo, Fs, Perms)], store: &Store, scope: &Scop
                 seen.entry(p).or_default().push((i, id));
             }
         }
-        let latest = list.len() - 1;
-        for (path, occ) in seen {
-            let mut runs: Vec<(usize, usize, ScopedIdent)> = Vec::new();
-            for (i, id) in occ {
-                match runs.last_mut() {
-                    Some(r) if r.1 + 1 == i && r.2 == id => r.1 = i,
-                    _ => runs.push((i, i, id)),
-                }
-            }
-            let n = runs.len();
-            for (k, (a, b, id)) in runs.into_iter().enumerate() {
-                let gone = k + 1 == n && b != latest;
-                out.push(Expect {
-                    host: host.clone(),
-                    path: path.clone(),
-                    kind: id.0.0,
-                    uid: id.0.1,
-                    content: id.0.2,
-                    first: list[a].id.to_hex(),
-                    last: list[b].id.to_hex(),
-                    present: b == latest,
-                    gone_by: gone.then(|| list[b + 1].id.to_hex()),
-                });
-            }
-        }
+        let ids: Vec<SnapshotId> = list.iter().map(|s| s.id).collect();
+        cut_versions(&host, &ids, seen, |id| &id.0, &mut out);
     }
     out.sort();
     out
