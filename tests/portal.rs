@@ -1693,7 +1693,7 @@ fn state_changing_requests_need_a_known_host() {
         if let Some(o) = origin {
             h.push(("Origin", o.to_string()));
         }
-        raw_http(addr, "POST", "/api/login", &h, Some(body.as_bytes()))
+        http(addr, "POST", "/api/login", &h, Some(body.as_bytes()))
     };
     let r = post(&portal.addr, "evil.example:8080", Some("http://evil.example:8080"));
     assert_eq!((r.status, r.json()["error"].as_str()), (403, Some("forbidden")), "{}", r.text());
@@ -1701,14 +1701,14 @@ fn state_changing_requests_need_a_known_host() {
     assert_eq!(post(&portal.addr, &portal.addr, Some(&format!("http://{}", portal.addr))).status, 200);
     assert_eq!(post(&portal.addr, &format!("localhost:{}", portal.addr.rsplit(':').next().unwrap()), None).status, 200);
     // Reading needs no known Host (a cookie is not sent to a foreign name anyway).
-    assert_eq!(raw_http(&portal.addr, "GET", "/healthz", &[("Host", "evil.example".into())], None).status, 200);
+    assert_eq!(http(&portal.addr, "GET", "/healthz", &[("Host", "evil.example".into())], None).status, 200);
     // With public_url, that name is the portal's, and only it.
     let named = ldap_portal(&w, &slapd, "public_url = \"https://backup.example.org\"");
     assert_eq!(post(&named.addr, "backup.example.org", Some("https://backup.example.org")).status, 200);
     assert_eq!(post(&named.addr, &named.addr, None).status, 403);
     let alice = login_via(&named.addr, "backup.example.org");
     let mut evil = alice.clone();
-    let r = raw_http(
+    let r = http(
         &named.addr,
         "POST",
         "/api/logout",
@@ -1719,29 +1719,9 @@ fn state_changing_requests_need_a_known_host() {
     evil.addr = named.addr.clone();
 }
 
-/// A request with exactly these headers (`http` adds its own Host).
-fn raw_http(addr: &str, method: &str, target: &str, headers: &[(&str, String)], body: Option<&[u8]>) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut req = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body.unwrap_or_default());
-    s.write_all(&bytes).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    parse_response(&raw)
-}
-
 fn login_via(addr: &str, host: &str) -> Client {
     let body = json!({ "username": "alice", "password": "alice-pw" }).to_string();
-    let r = raw_http(
+    let r = http(
         addr,
         "POST",
         "/api/login",
