@@ -1779,3 +1779,24 @@ fn http_details_ranges_etags_and_body_errors() {
     let r = alice.post("/api/act", &json!({ "user": "bob" }));
     assert_eq!((r.status, r.json()["error"].as_str()), (422, Some("unprocessable")), "{}", r.text());
 }
+
+/// A catalog left by an older rewind (another schema) is rebuilt by the next sync; until then
+/// search says the catalog is unavailable (503), not that the request was bad.
+#[test]
+fn a_catalog_of_another_schema_is_unavailable_until_synced() {
+    let w = world();
+    let path = w.repo.repo.join("catalog/catalog.sqlite");
+    let _ = std::fs::remove_dir_all(w.repo.repo.join("catalog"));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute(\"CREATE TABLE meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID\")\nc.execute(\"INSERT INTO meta VALUES ('schema_version', 4), ('repository', 'x')\")\nc.commit()\n";
+    assert_success(&Command::new("python3").args(["-c", script]).arg(&path).output().unwrap(), "python3 sqlite3");
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "");
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    let r = alice.get("/api/search?q=notes");
+    assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("unavailable")), "{}", r.text());
+    // A sync (as after every backup) rebuilds it, and the same portal uses it.
+    w.repo.ok(&["catalog", "sync"]);
+    let r = alice.get("/api/search?q=notes");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
