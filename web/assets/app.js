@@ -312,7 +312,7 @@ function layout(page) {
     const a = me.acting_for;
     banner.hidden = false;
     fill(banner, 
-      el("span", { id: "acting-text" }, `You are acting for ${a.display_name || a.login} (${a.login}) — reason: ${a.reason}. Everything you see is their view, and they can see that you looked.`),
+      el("span", { id: "acting-text" }, `You are acting for ${a.display_name || a.login} (${a.login}${a.realm ? `, realm ${a.realm}` : ""}) — reason: ${a.reason}. Everything you see is their view, and they can see that you looked.`),
       el("button", { type: "button", onclick: stopActing }, "Stop acting"),
     );
   } else {
