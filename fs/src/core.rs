@@ -245,7 +245,18 @@ impl Core {
         {
             return Err(Errno::ENOTDIR);
         }
-        let e = self.view.lookup(&dir, name).map_err(|e| errno(&e))?;
+        let e = match self.view.lookup(&dir, name) {
+            // A snapshot saved since the last look: its manifest exists, so it is there now.
+            // One listing of `snapshots/` per miss in a directory that lists snapshots.
+            Err(rewind_store::Error::NotFound(_)) if is_live(&dir) => {
+                if let Err(e) = self.view.refresh() {
+                    tracing::warn!("cannot refresh the snapshot list: {e}");
+                }
+                self.view.lookup(&dir, name)
+            }
+            r => r,
+        }
+        .map_err(|e| errno(&e))?;
         let ino = self.inodes.lock().expect("inode lock").lookup(parent, name, e.clone()).ok_or(Errno::ESTALE)?;
         match self.answer(ino, &e) {
             Ok(a) => Ok(a),
@@ -279,6 +290,12 @@ impl Core {
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
         let e = self.entry(ino)?;
+        if matches!(e, Entry::Latest(_)) {
+            // `latest` names the newest snapshot as of now, not as of the last second.
+            if let Err(err) = self.view.refresh() {
+                tracing::warn!("cannot refresh the snapshot list: {err}");
+            }
+        }
         self.view.readlink(&e).map_err(|err| match err {
             rewind_store::Error::InvalidInput(_) => Errno::EINVAL,
             other => errno(&other),
@@ -302,7 +319,10 @@ impl Core {
             return Ok(l.clone());
         }
         if live {
-            self.view.refresh_if_stale();
+            // A new listing pass shows every snapshot whose manifest exists now.
+            if let Err(err) = self.view.refresh() {
+                tracing::warn!("cannot refresh the snapshot list: {err}");
+            }
         }
         let items = self
             .view
