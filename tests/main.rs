@@ -9,3 +9,4 @@ mod store;
 mod catalog;
 mod web;
 mod prune;
+mod faults;

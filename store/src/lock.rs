@@ -170,6 +170,10 @@ impl Lock {
             let (m, cv) = &*stop2;
             let mut stopped = m.lock().unwrap_or_else(|e| e.into_inner());
             loop {
+                // Checked before waiting too: the holder may have let go before we got here.
+                if *stopped {
+                    return;
+                }
                 let (g, _) = cv.wait_timeout(stopped, every).unwrap_or_else(|e| e.into_inner());
                 stopped = g;
                 if *stopped {
