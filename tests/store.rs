@@ -381,16 +381,16 @@ fn interrupted_backup_ends_cleanly() {
     faults::make_source(&src, 40, 64 << 20, 9);
     let p = faults::Points::new(&t);
     for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
-        // Slow the packs down so that the signal comes mid-backup.
-        let mut child = p.spawn(&t, "pack-before-write=sleep(300)", &[OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()]);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while faults::files_of(&t.repo, "locks").is_empty() {
-            assert!(std::time::Instant::now() < deadline, "the backup never took its lock");
-            std::thread::sleep(Duration::from_millis(20));
+        // Stop the backup after its first pack, signal it there, and let it go on.
+        for f in faults::files_of(t.dir.path(), "failpoints") {
+            fs::remove_file(f).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(700));
+        let mut child = p.spawn(&t, "pack-written=pause", &[OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()]);
+        assert!(p.wait("pack-written", &mut child), "the backup ended before writing a pack");
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(child.id() as i32, sig) };
+        std::thread::sleep(Duration::from_millis(200));
+        p.release("pack-written");
         let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(code), "stderr: {}", String::from_utf8_lossy(&out.stderr));
         let err = String::from_utf8_lossy(&out.stderr);

@@ -907,6 +907,28 @@ impl Pending {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fuzzing
+
+/// The decoders of bytes read from a repository, by name: the fuzz targets (`store/fuzz`) and
+/// the test that replays their corpora run each through [`decode_for_fuzzing`].
+pub const DECODERS: &[&str] = &["pack", "index", "tree", "snapshot", "config", "pending", "lock"];
+
+/// Run `bytes` through the decoder `name` of [`DECODERS`]; whether it accepted them. Never
+/// panics, whatever the bytes (that is what the fuzzers check).
+pub fn decode_for_fuzzing(name: &str, bytes: &[u8]) -> bool {
+    match name {
+        "pack" => decode_pack_records_of(bytes).is_ok(),
+        "index" => decode_index(bytes).is_ok(),
+        "tree" => Tree::decode(bytes).is_ok(),
+        "snapshot" => Snapshot::decode(bytes).is_ok(),
+        "config" => Config::decode(bytes).is_ok(),
+        "pending" => Pending::decode(bytes).is_ok(),
+        "lock" => LockInfo::decode(bytes).is_ok(),
+        _ => panic!("no decoder {name}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
