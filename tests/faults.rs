@@ -253,10 +253,18 @@ fn kill_at_every_step() {
     }
 }
 
-/// One flipped byte in each kind of file: detected and named, no wrong bytes, and what it does
-/// not touch stays restorable.
-#[test]
-fn one_flipped_byte_in_each_kind_of_file() {
+/// A repository with two snapshots of a changing source, the copies they must restore to, and
+/// the catalog built.
+struct TwoSnapshots {
+    t: TempRepo,
+    src: PathBuf,
+    id1: String,
+    id2: String,
+    copy1: PathBuf,
+    copy2: PathBuf,
+}
+
+fn two_snapshots() -> TwoSnapshots {
     let t = TempRepo::new();
     let src = t.path("src");
     make_source(&src, 20, 8 << 20, 3);
@@ -269,32 +277,39 @@ fn one_flipped_byte_in_each_kind_of_file() {
     keep_copy(&src, &copy2);
     let (id1, id2) = (first["id"].as_str().unwrap().to_string(), second["id"].as_str().unwrap().to_string());
     t.ok(&["find", "f1"]);
-    let pristine = t.path("pristine");
-    keep_copy(&t.repo, &pristine);
-    let reset = |t: &TempRepo| {
-        std::fs::remove_dir_all(&t.repo).unwrap();
-        keep_copy(&pristine, &t.repo);
-    };
+    TwoSnapshots { t, src, id1, id2, copy1, copy2 }
+}
 
-    // A snapshot file: the other snapshot lists, restores and backs up; check names the file.
+/// Item 5: a damaged snapshot file is named (id and file) and skipped: the other snapshot lists,
+/// restores and backs up; prune keeps what it still names; forget removes it.
+#[test]
+fn flipped_byte_in_a_snapshot_file() {
+    let TwoSnapshots { t, src, id1, id2, copy2, .. } = two_snapshots();
     let snap1 = t.repo.join("snapshots").join(&id1);
     flip_byte(&snap1, 40);
     let listed = t.run(&["snapshots"]);
     assert_success(&listed, "snapshots with one damaged");
-    assert!(String::from_utf8_lossy(&listed.stderr).contains(&id1[..8]), "the damaged snapshot is not named");
+    let err = String::from_utf8_lossy(&listed.stderr);
+    assert!(err.contains(&id1[..8]) && err.contains(&snap1.display().to_string()), "the damaged snapshot is not named: {err}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&id2[..8]));
     assert_restores(&t, &id2, &src, &copy2);
     let bad = t.run(&["check"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains(&snap1.display().to_string()), "check does not name the file");
+    mutate_source(&src, 2);
+    t.backup("h", &[&src]);
     t.ok(&["prune"]);
     assert_restores(&t, &id2, &src, &copy2);
     t.ok(&["forget", &id1[..8]]);
     t.ok(&["prune"]);
     check_all(&t);
-    reset(&t);
+}
 
-    // An index file: restores find blobs through the others or the packs; check reports it and
-    // every other problem too.
+/// Item 6: damaged index files: restores find blobs through the packs; check reports them and
+/// every other problem too.
+#[test]
+fn flipped_byte_in_index_files() {
+    let TwoSnapshots { t, src, id1, id2, copy1, copy2 } = two_snapshots();
     for idx in files_of(&t.repo, "index") {
         flip_byte(&idx, 30);
     }
@@ -304,11 +319,17 @@ fn one_flipped_byte_in_each_kind_of_file() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("index file") && err.contains(&id1[..8]), "check stopped at the first problem: {err}");
     t.ok(&["rebuild-index"]);
-    reset(&t);
+    let good = t.repo.join("snapshots").join(&id1);
+    flip_byte(&good, 40);
+    check_all(&t);
+    assert_restores(&t, &id1, &src, &copy1);
+}
 
-    // A pack's trailer: rebuild-index recovers every blob from the copy after its header.
-    let data = files_of(&t.repo, "data");
-    for pack in &data {
+/// Item 7: a damaged pack trailer loses nothing: rebuild-index reads the copy after the header.
+#[test]
+fn flipped_byte_in_pack_trailers() {
+    let TwoSnapshots { t, src, id1, id2, copy1, copy2 } = two_snapshots();
+    for pack in &files_of(&t.repo, "data") {
         let len = std::fs::metadata(pack).unwrap().len() as usize;
         flip_byte(pack, len - 60);
     }
@@ -318,9 +339,21 @@ fn one_flipped_byte_in_each_kind_of_file() {
     assert!(!r.contains("unreadable"), "{r}");
     assert_restores(&t, &id1, &src, &copy1);
     assert_restores(&t, &id2, &src, &copy2);
-    reset(&t);
+    // check --read-data names the damaged trailers; the next operations work.
+    let bad = t.run(&["check", "--read-data"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("trailer is damaged"), "{}", String::from_utf8_lossy(&bad.stderr));
+    t.ok(&["prune"]);
+    mutate_source(&src, 5);
+    t.backup("h", &[&src]);
+    assert_restores(&t, &id2, &src, &copy2);
+}
 
-    // A blob's bytes: named by check, refused by restore, the other snapshot's files restore.
+/// A damaged blob: check names the files using it, restore of that snapshot fails, and no file
+/// is restored with wrong bytes.
+#[test]
+fn flipped_byte_in_a_blob() {
+    let TwoSnapshots { t, src, id1, copy1, copy2, .. } = two_snapshots();
+    let data = files_of(&t.repo, "data");
     let biggest = data.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
     let len = std::fs::metadata(biggest).unwrap().len() as usize;
     flip_byte(biggest, len / 2);
@@ -328,64 +361,81 @@ fn one_flipped_byte_in_each_kind_of_file() {
     assert!(!bad.status.success());
     let said = String::from_utf8_lossy(&bad.stderr).into_owned();
     let user = said.split("used by snapshot ").nth(1).unwrap_or_else(|| panic!("check does not say who uses the damage: {said}"));
-    let victim = user[..8].to_string();
-    let (victim, copy_v) = if id1.starts_with(&victim) { (id1.clone(), copy1.clone()) } else { (id2.clone(), copy2.clone()) };
+    let copy_v = if id1.starts_with(&user[..8]) { copy1 } else { copy2 };
     let out = t.path("damaged-restore");
-    let r = t.run(&[OsStr::new("restore"), OsStr::new(&victim[..8]), OsStr::new("--target"), out.as_os_str()]);
+    let r = t.run(&[OsStr::new("restore"), OsStr::new(&user[..8]), OsStr::new("--target"), out.as_os_str()]);
     assert!(!r.status.success(), "a damaged blob restored without an error");
-    // No file restored differs from the source: damaged ones are missing or reported, never wrong.
-    let shapes = tree_shape(&out, &ShapeOptions::default());
     let expected = tree_shape(&copy_v, &ShapeOptions::default());
     let root = out.join(src.strip_prefix("/").unwrap());
     for (rel, shape) in tree_shape(&root, &ShapeOptions::default()) {
         if shape.kind == "file" {
-            if let Some(e) = expected.get(&rel) {
-                if e.size == shape.size {
-                    assert_eq!(e.content, shape.content, "wrong bytes restored in {}", String::from_utf8_lossy(&rel));
-                }
+            let e = &expected[&rel];
+            if e.size == shape.size {
+                assert_eq!(e.content, shape.content, "wrong bytes restored in {}", String::from_utf8_lossy(&rel));
             }
         }
     }
-    drop(shapes);
-    reset(&t);
+}
 
-    // A pending record, a lock, the config, the catalog.
+/// A damaged pending record is reported, authorizes no deletion, and is removed by prune.
+#[test]
+fn flipped_byte_in_a_pending_record() {
+    let TwoSnapshots { t, src, id1, id2, copy2, .. } = two_snapshots();
     t.ok(&["forget", &id1[..8]]);
     let mut prune = Points::new(&t).spawn(&t, "sweep-start=kill", &["prune"]);
     let _ = prune.wait();
-    for rec in files_of(&t.repo, "pending") {
+    let records = files_of(&t.repo, "pending");
+    assert!(!records.is_empty(), "the killed prune left no record");
+    for rec in records {
         flip_byte(&rec, 20);
     }
     let bad = t.run(&["check"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("pending record"), "{}", String::from_utf8_lossy(&bad.stderr));
+    t.backup("h", &[&src]);
     t.ok(&["prune"]);
+    assert!(files_of(&t.repo, "pending").iter().all(|p| p.file_name().unwrap().to_string_lossy().starts_with("expired-")));
     assert_restores(&t, &id2, &src, &copy2);
     check_all(&t);
-    reset(&t);
+}
 
+/// An unreadable lock is listed by check, counts as live until it expires, and unlock says so.
+#[test]
+fn unreadable_lock_is_listed() {
+    let TwoSnapshots { t, .. } = two_snapshots();
     std::fs::write(t.repo.join("locks/backup-garbage"), b"{\"purpose\": \"back").unwrap();
-    let c = t.ok(&["check"]);
-    let _ = c;
-    let warn = String::from_utf8_lossy(&t.run(&["check"]).stderr).into_owned();
-    assert!(warn.contains("backup-garbage"), "check does not list the lock: {warn}");
-    reset(&t);
+    let out = t.run(&["check"]);
+    assert_success(&out, "check with an unreadable lock");
+    let warn = String::from_utf8_lossy(&out.stderr);
+    assert!(warn.contains("backup-garbage") && warn.contains("unreadable"), "check does not list the lock: {warn}");
+}
 
+/// A damaged config: every command refuses with one line naming it.
+#[test]
+fn flipped_byte_in_the_config() {
+    let TwoSnapshots { t, .. } = two_snapshots();
     flip_byte(&t.repo.join("config"), 5);
     let r = t.run(&["snapshots"]);
     assert!(!r.status.success());
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(err.contains("config") && err.trim().lines().count() == 1, "{err}");
-    reset(&t);
+}
 
+/// Item 8: a damaged catalog: check says so, and find rebuilds it and answers.
+#[test]
+fn flipped_bytes_in_the_catalog() {
+    let TwoSnapshots { t, .. } = two_snapshots();
     let cat = t.repo.join("catalog/catalog.sqlite");
     let len = std::fs::metadata(&cat).unwrap().len() as usize;
+    // The type byte of every page but the first: any read of a page finds it damaged.
     for off in (4096..len).step_by(4096) {
-        flip_byte(&cat, off + 100);
+        flip_byte(&cat, off);
     }
     let warn = String::from_utf8_lossy(&t.run(&["check"]).stderr).into_owned();
-    assert!(warn.contains("catalog"), "check says nothing of the damaged catalog: {warn}");
-    let found = t.ok(&["find", "f1"]);
-    assert!(found.contains("f1"), "find did not recover: {found}");
+    assert!(warn.contains("catalog") && warn.contains("catalog rebuild"), "check says nothing of the damaged catalog: {warn}");
+    let found = t.run(&["find", "f1"]);
+    assert_success(&found, "find on a damaged catalog");
+    assert!(String::from_utf8_lossy(&found.stdout).contains("f1"), "find did not recover");
+    assert!(String::from_utf8_lossy(&t.run(&["check"]).stderr).lines().all(|l| !l.contains("catalog")), "the catalog was not rebuilt");
 }
 
 /// A full filesystem: a backup that runs out of space removes what it wrote, and prune runs

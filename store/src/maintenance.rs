@@ -263,7 +263,7 @@ fn read_all_packs(
                 Err(_) => "its trailer is damaged",
             };
             errors.lock().expect("check lock").push(format!(
-                "pack {name}: content does not match its id ({which}; every blob verifies; `rewind prune --max-repack 100` rewrites it)"
+                "pack {name}: content does not match its id ({which}; every blob in it verifies, so nothing is lost)"
             ));
         }
     });
