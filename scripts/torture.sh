@@ -7,5 +7,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-1800}
-REWIND_TORTURE_SECS=$secs nice cargo test --release --test main faults::concurrency_run -- --nocapture --test-threads=1
-nice cargo test --release --test main faults:: -- --skip concurrency_run --test-threads=1
+REWIND_TORTURE_SECS=$secs nice cargo test --test main faults::concurrency_run -- --nocapture --test-threads=1
+nice cargo test --test main faults:: -- --skip concurrency_run --test-threads=1

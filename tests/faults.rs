@@ -559,7 +559,7 @@ fn torture(time: Duration) -> Torture {
                 let copy = t.path(&format!("gen{g}"));
                 keep_copy(&src, &copy);
                 let child = t.cmd().args([OsStr::new("backup"), OsStr::new("--json"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
-                if g % 5 == 0 {
+                if g.is_multiple_of(5) {
                     std::thread::sleep(Duration::from_millis(100 + (g * 37) % 400));
                     // SAFETY: our own child.
                     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };

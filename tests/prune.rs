@@ -34,7 +34,7 @@ fn forget_and_prune_keep_what_remains_whole() {
     t.ok(&["forget", "--keep-last", "2"]);
     assert_eq!(snapshot_ids(&t), ids[3..].to_vec());
     let before = dir_size(&t.repo);
-    let out: serde_json::Value = serde_json::from_str(&t.ok(&["prune", "--json"]).split("\nprune:").next().unwrap()).unwrap();
+    let out: serde_json::Value = serde_json::from_str(t.ok(&["prune", "--json"]).split("\nprune:").next().unwrap()).unwrap();
     assert!(out["bytes_freed"].as_u64().unwrap() > 0, "{out}");
     assert_eq!(out["packs_deferred"], 0);
     assert!(dir_size(&t.repo) < before);
@@ -45,7 +45,7 @@ fn forget_and_prune_keep_what_remains_whole() {
         assert_same_tree(&copies[3 + i], &out, &ShapeOptions { dir_mtimes: false, ..Default::default() });
     }
     // Nothing more to free; the next backup still deduplicates and works.
-    let again: serde_json::Value = serde_json::from_str(&t.ok(&["prune", "--json"]).split("\nprune:").next().unwrap()).unwrap();
+    let again: serde_json::Value = serde_json::from_str(t.ok(&["prune", "--json"]).split("\nprune:").next().unwrap()).unwrap();
     assert_eq!(again["bytes_freed"], 0, "{again}");
     let s = t.backup("h", &[&src]);
     assert_eq!(s["summary"]["bytes_read"], 0);

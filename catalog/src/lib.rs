@@ -113,13 +113,12 @@ impl Catalog {
                 problems.push(r);
             }
         }
-        if problems.is_empty() {
-            if let Err(e) = conn.execute("INSERT INTO names_fts(names_fts, rank) VALUES('integrity-check', 0)", []) {
-                // A read-only connection cannot run it; only a damage report counts.
-                if Error::from(e).is_corrupt() {
-                    problems.push("the name index (FTS5) is damaged".into());
-                }
-            }
+        // A read-only connection cannot run the FTS5 check; only a damage report counts.
+        if problems.is_empty()
+            && let Err(e) = conn.execute("INSERT INTO names_fts(names_fts, rank) VALUES('integrity-check', 0)", [])
+            && Error::from(e).is_corrupt()
+        {
+            problems.push("the name index (FTS5) is damaged".into());
         }
         Ok(problems)
     }

@@ -153,10 +153,10 @@ impl Backend for LocalBackend {
             };
             for e in entries {
                 let e = e.at(dir)?;
-                if let Some(name) = e.file_name().to_str() {
-                    if !name.starts_with('.') {
-                        out.push(name.to_string());
-                    }
+                if let Some(name) = e.file_name().to_str()
+                    && !name.starts_with('.')
+                {
+                    out.push(name.to_string());
                 }
             }
             Ok(())

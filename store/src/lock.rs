@@ -40,10 +40,10 @@ pub(crate) const VERDICT_PREFIX: &str = "expired-";
 /// Refresh interval and expiry; the fault tests shorten them (only with `failpoints`).
 pub(crate) fn times() -> (Duration, Duration) {
     #[cfg(feature = "failpoints")]
-    if let Some((r, s)) = std::env::var("REWIND_LOCK_TIMES_MS").ok().as_deref().and_then(|v| v.split_once(',')) {
-        if let (Ok(r), Ok(s)) = (r.parse(), s.parse()) {
-            return (Duration::from_millis(r), Duration::from_millis(s));
-        }
+    if let Some((r, s)) = std::env::var("REWIND_LOCK_TIMES_MS").ok().as_deref().and_then(|v| v.split_once(','))
+        && let (Ok(r), Ok(s)) = (r.parse(), s.parse())
+    {
+        return (Duration::from_millis(r), Duration::from_millis(s));
     }
     (REFRESH, STALE)
 }
@@ -94,11 +94,14 @@ impl LockEntry {
     }
 }
 
+/// Tells the refresher thread to stop: a flag and its condition variable.
+type Stop = Arc<(Mutex<bool>, Condvar)>;
+
 /// A held lock; refreshed while held, released on drop.
 pub struct Lock {
     repo: Repository,
     name: String,
-    refresher: Option<(Arc<(Mutex<bool>, Condvar)>, JoinHandle<()>)>,
+    refresher: Option<(Stop, JoinHandle<()>)>,
     lost: Arc<AtomicBool>,
 }
 
@@ -245,10 +248,11 @@ pub(crate) fn judge(info: Option<&LockInfo>, file_time: Option<SystemTime>, me: 
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
-    if let Some(i) = info {
-        if i.host == me && i32::try_from(i.pid).is_ok_and(pid_is_gone) {
-            return (LockState::Dead, refreshed);
-        }
+    if let Some(i) = info
+        && i.host == me
+        && i32::try_from(i.pid).is_ok_and(pid_is_gone)
+    {
+        return (LockState::Dead, refreshed);
     }
     let (_, stale) = times();
     let expired = refreshed.is_some_and(|t| now.duration_since(t).is_ok_and(|age| age > stale));
@@ -292,10 +296,10 @@ fn verdict_exists(repo: &Repository, name: &str) -> Result<bool> {
 /// Remove verdicts whose lock is gone (their holder has seen them or ended).
 pub(crate) fn clean_verdicts(repo: &Repository, locks: &[LockEntry]) -> Result<()> {
     for name in repo.backend().list(FileKind::Pending)? {
-        if let Some(lock) = name.strip_prefix(VERDICT_PREFIX) {
-            if !locks.iter().any(|l| l.name == lock) {
-                repo.backend().delete(FileKind::Pending, &name)?;
-            }
+        if let Some(lock) = name.strip_prefix(VERDICT_PREFIX)
+            && !locks.iter().any(|l| l.name == lock)
+        {
+            repo.backend().delete(FileKind::Pending, &name)?;
         }
     }
     Ok(())

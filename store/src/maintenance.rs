@@ -84,10 +84,10 @@ pub fn check(repo: &Repository, read_data: bool, progress: &CheckProgress) -> Re
             report.warnings.push(format!("pending/{name}: a lock was declared expired while it was there"));
             continue;
         }
-        if let Ok(bytes) = backend.get(FileKind::Pending, &name) {
-            if let Err(e) = format::Pending::decode(&bytes) {
-                report.errors.push(format!("pending record {name}: {e}; the next prune removes it (its packs stay)"));
-            }
+        if let Ok(bytes) = backend.get(FileKind::Pending, &name)
+            && let Err(e) = format::Pending::decode(&bytes)
+        {
+            report.errors.push(format!("pending record {name}: {e}; the next prune removes it (its packs stay)"));
         }
     }
     let mut indexed_packs = IdSet::default();
@@ -332,7 +332,7 @@ fn attribute_damage(
         .into_iter()
         .map(|(id, (pack, error))| DamagedBlob { id, pack, error, used_by: uses.remove(&id).unwrap_or_default() })
         .collect();
-    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out.sort_by_key(|d| d.id);
     out
 }
 
@@ -369,7 +369,8 @@ pub fn rebuild_index(repo: &Repository) -> Result<RebuildReport> {
         .into_iter()
         .filter(|l| l.name != lock.name() && l.state != crate::lock::LockState::Dead)
         .count();
-    let results: Vec<(String, Result<(u64, Vec<format::BlobRecord>, bool)>)> = pack_names
+    type PackRecords = Result<(u64, Vec<format::BlobRecord>, bool)>;
+    let results: Vec<(String, PackRecords)> = pack_names
         .par_iter()
         .map(|name| {
             let r = PackId::from_hex(name).and_then(|id| read_pack_records(backend, &id));

@@ -128,12 +128,12 @@ impl<'a> Packer<'a> {
         crate::failpoint::hit("pack-written")?;
         // Index the packs written so far, so that an interrupted backup's work is reused by the
         // next one instead of being stored again.
-        if !checkpoint.is_empty() {
-            if let Err(e) = write_index_file(self.backend, &checkpoint) {
-                // Not indexed after all: abandon() must find them.
-                self.finished.lock().expect("packer lock").extend(checkpoint);
-                return Err(e);
-            }
+        if !checkpoint.is_empty()
+            && let Err(e) = write_index_file(self.backend, &checkpoint)
+        {
+            // Not indexed after all: abandon() must find them.
+            self.finished.lock().expect("packer lock").extend(checkpoint);
+            return Err(e);
         }
         Ok(())
     }
@@ -177,10 +177,10 @@ impl<'a> Packer<'a> {
     pub fn flush(&self) -> Result<()> {
         for kind in [BlobKind::Data, BlobKind::Tree] {
             let pack = self.open[kind as usize].lock().expect("packer lock").take();
-            if let Some(pack) = pack {
-                if !pack.records.is_empty() {
-                    self.seal(pack)?;
-                }
+            if let Some(pack) = pack
+                && !pack.records.is_empty()
+            {
+                self.seal(pack)?;
             }
         }
         Ok(())

@@ -44,9 +44,8 @@ pub fn forget(repo: &Repository, ids: &[SnapshotId]) -> Result<()> {
 pub(crate) fn condemned_packs(repo: &Repository) -> Result<IdSet<PackId>> {
     let mut out = IdSet::default();
     for (_, p) in pending_records(repo)? {
-        match p {
-            Ok(p) => out.extend(p.packs),
-            Err(_) => {}
+        if let Ok(p) = p {
+            out.extend(p.packs);
         }
     }
     Ok(out)
@@ -385,7 +384,10 @@ fn used_blobs(repo: &IndexedRepository, roots: &[TreeId]) -> Result<IdSet<BlobId
 
 /// The readable index files' names and every pack they describe (all locations of every blob).
 /// A damaged index file is left out: its packs count as unindexed.
-fn load_index_files(backend: &dyn Backend) -> Result<(Vec<(String, Vec<PackId>)>, BTreeMap<PackId, IndexPack>)> {
+/// Index files by name with the packs each describes, and every pack described.
+type IndexFiles = (Vec<(String, Vec<PackId>)>, BTreeMap<PackId, IndexPack>);
+
+fn load_index_files(backend: &dyn Backend) -> Result<IndexFiles> {
     let names = backend.list(FileKind::Index)?;
     let mut files = Vec::new();
     let mut packs = BTreeMap::new();
@@ -642,7 +644,7 @@ fn copy_with(
                 }
             }
         }
-        missing.sort_by(|a, b| (a.1.pack, a.1.offset).cmp(&(b.1.pack, b.1.offset)));
+        missing.sort_by_key(|a| (a.1.pack, a.1.offset));
         progress.blobs_total.fetch_add(missing.len() as u64, Ordering::Relaxed);
         // One read per pack run when the blobs fill most of it, else one read per blob.
         let mut runs: Vec<&[(BlobId, crate::index::Location)]> = missing.chunk_by(|a, b| a.1.pack == b.1.pack).collect();

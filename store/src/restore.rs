@@ -133,22 +133,25 @@ impl Restorer<'_> {
             let merge = node.kind == NodeKind::Dir && m.is_dir();
             match self.opts.overwrite {
                 Overwrite::Never if !merge => return Ok(()),
-                Overwrite::IfChanged if node.kind == NodeKind::File && m.is_file() && m.len() == node.size => {
-                    if self.same_content(node, path)? {
-                        self.progress.files.fetch_add(1, Ordering::Relaxed);
-                        return self.apply_metadata(node, path);
-                    }
+                Overwrite::IfChanged
+                    if node.kind == NodeKind::File
+                        && m.is_file()
+                        && m.len() == node.size
+                        && self.same_content(node, path)? =>
+                {
+                    self.progress.files.fetch_add(1, Ordering::Relaxed);
+                    return self.apply_metadata(node, path);
                 }
                 _ => {}
             }
         }
-        if node.kind != NodeKind::Dir {
-            if let Some(m) = &existing {
-                if m.is_dir() {
-                    fs::remove_dir_all(path).at(path)?;
-                } else {
-                    fs::remove_file(path).at(path)?;
-                }
+        if node.kind != NodeKind::Dir
+            && let Some(m) = &existing
+        {
+            if m.is_dir() {
+                fs::remove_dir_all(path).at(path)?;
+            } else {
+                fs::remove_file(path).at(path)?;
             }
         }
         match node.kind {
@@ -270,14 +273,14 @@ impl Restorer<'_> {
     fn finish(&self) {
         for (path, key) in std::mem::take(&mut *self.deferred_links.lock().expect("restore lock")) {
             let first = self.links.lock().expect("restore lock").get(&key).cloned();
-            if let Some(first) = first {
-                if let Err(e) = fs::hard_link(&first, &path) {
-                    self.fail(&path, Error::io(&path, e));
-                }
+            if let Some(first) = first
+                && let Err(e) = fs::hard_link(&first, &path)
+            {
+                self.fail(&path, Error::io(&path, e));
             }
         }
         let mut dirs = std::mem::take(&mut *self.dirs.lock().expect("restore lock"));
-        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
         for (_, path, node) in dirs {
             if let Err(e) = self.apply_metadata(&node, &path) {
                 self.fail(&path, e);

@@ -365,11 +365,11 @@ impl View {
                 return Err(Error::InvalidInput("`.` and `..` are not allowed".into()));
             }
             e = self.lookup(&e, comp)?;
-            if let Entry::Latest(h) = &e {
-                if i + 1 < comps.len() {
-                    let target = self.readlink(&e)?;
-                    e = self.lookup(&Entry::Host(h.clone()), &target)?;
-                }
+            if let Entry::Latest(h) = &e
+                && i + 1 < comps.len()
+            {
+                let target = self.readlink(&e)?;
+                e = self.lookup(&Entry::Host(h.clone()), &target)?;
             }
         }
         Ok(e)

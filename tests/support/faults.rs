@@ -33,7 +33,7 @@ pub fn mutate_source(dir: &Path, seed: u64) {
     let mut files = repo_like_files(dir);
     files.sort();
     for (k, f) in files.iter().enumerate() {
-        if (k as u64 + seed) % 4 == 0 {
+        if (k as u64 + seed).is_multiple_of(4) {
             let mut b = std::fs::read(f).unwrap();
             let n = b.len();
             if n > 0 {
