@@ -100,6 +100,56 @@ fn backup_starting_during_a_sweep() {
     assert_backup_survives(&t, &src);
 }
 
+/// Every step of one against the whole of the other: a backup paused at each of its steps
+/// while a prune runs through, and a prune paused at each of its steps while a backup runs
+/// through. The backup's snapshot is whole every time.
+#[test]
+fn every_interleaving_of_one_prune_and_one_backup() {
+    let backup_points = ["backup-locked", "backup-records-read", "backup-index-loaded", "pack-written", "backup-before-snapshot", "backup-snapshot-written"];
+    let prune_points = [
+        "prune-before-record",
+        "prune-record-written",
+        "prune-witnesses-written",
+        "sweep-start",
+        "sweep-before-delete",
+        "sweep-after-delete",
+        "sweep-index-written",
+        "sweep-before-record-delete",
+    ];
+    let backup_args = |src: &Path| vec![OsStr::new("backup").to_os_string(), "--host".into(), "h".into(), src.as_os_str().to_os_string()];
+    for point in backup_points {
+        let t = TempRepo::new();
+        let src = t.path("src");
+        make_source(&src, 12, 6 << 20, 21);
+        let first = t.backup("h", &[&src]);
+        t.ok(&["forget", &first["id"].as_str().unwrap()[..8]]);
+        mutate_source(&src, 3);
+        let p = Points::new(&t);
+        let mut backup = p.spawn(&t, &format!("{point}=pause"), &backup_args(&src));
+        assert!(p.wait(point, &mut backup), "the backup never reached {point}");
+        t.ok(&["prune"]);
+        p.release(point);
+        finish_ok(backup, &format!("backup paused at {point}"));
+        assert_backup_survives(&t, &src);
+    }
+    for point in prune_points {
+        let t = TempRepo::new();
+        let src = t.path("src");
+        make_source(&src, 12, 6 << 20, 22);
+        let first = t.backup("h", &[&src]);
+        t.ok(&["forget", &first["id"].as_str().unwrap()[..8]]);
+        mutate_source(&src, 4);
+        let p = Points::new(&t);
+        let mut prune = p.spawn(&t, &format!("{point}=pause"), &["prune"]);
+        let paused = p.wait(point, &mut prune);
+        assert!(paused, "the prune never reached {point}");
+        t.backup("h", &[&src]);
+        p.release(point);
+        finish_ok(prune, &format!("prune paused at {point}"));
+        assert_backup_survives(&t, &src);
+    }
+}
+
 /// A copy into a repository that a prune sweeps meanwhile, paused between its records and its
 /// index as the backups above.
 #[test]
@@ -526,6 +576,15 @@ impl std::fmt::Display for Torture {
     }
 }
 
+/// A kept copy of a source generation, deleted when the last holder lets go of it.
+struct KeptCopy(PathBuf);
+
+impl Drop for KeptCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn torture(time: Duration) -> Torture {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
@@ -536,7 +595,7 @@ fn torture(time: Duration) -> Torture {
     let copy = t.path("gen0");
     keep_copy(&src, &copy);
     // Snapshot id -> the copy of what it holds; forgotten ones leave the map before forget.
-    let kept: Arc<Mutex<Vec<(String, PathBuf)>>> = Arc::new(Mutex::new(vec![(s["id"].as_str().unwrap().to_string(), copy)]));
+    let kept: Arc<Mutex<Vec<(String, Arc<KeptCopy>)>>> = Arc::new(Mutex::new(vec![(s["id"].as_str().unwrap().to_string(), Arc::new(KeptCopy(copy)))]));
     let stop = Arc::new(AtomicBool::new(false));
     let wrong = Arc::new(AtomicU64::new(0));
     let counts: Arc<[AtomicU64; 5]> = Arc::new(Default::default());
@@ -568,7 +627,7 @@ fn torture(time: Duration) -> Torture {
                 let out = child.wait_with_output().unwrap();
                 if out.status.success() {
                     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                    kept.lock().unwrap().push((v["id"].as_str().unwrap().to_string(), copy));
+                    kept.lock().unwrap().push((v["id"].as_str().unwrap().to_string(), Arc::new(KeptCopy(copy))));
                     counts[0].fetch_add(1, Ordering::Relaxed);
                 } else {
                     let _ = std::fs::remove_dir_all(&copy);
@@ -590,7 +649,7 @@ fn torture(time: Duration) -> Torture {
                 if let Some((id, copy)) = victim {
                     let r = t.run(&["forget", &id[..8]]);
                     assert_success(&r, "forget");
-                    // The copy stays: a reader may still compare with it.
+                    // Deleted once no reader compares with it any more.
                     drop(copy);
                 }
                 let mut child = t.cmd().arg("prune").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
@@ -622,7 +681,7 @@ fn torture(time: Duration) -> Torture {
                 let out = t.path(&format!("r{n}"));
                 let r = t.run(&[OsStr::new("restore"), OsStr::new(&format!("{}:{}", &id[..8], src.display())), OsStr::new("--target"), out.as_os_str()]);
                 if r.status.success() {
-                    let a = tree_shape(&copy, &ShapeOptions { dir_mtimes: false, ..Default::default() });
+                    let a = tree_shape(&copy.0, &ShapeOptions { dir_mtimes: false, ..Default::default() });
                     let b = tree_shape(&out, &ShapeOptions { dir_mtimes: false, ..Default::default() });
                     for (p, s) in &a {
                         if b.get(p).is_some_and(|o| o.content != s.content) {
@@ -648,7 +707,7 @@ fn torture(time: Duration) -> Torture {
                 n += 1;
                 let Some((id, copy)) = pick else { continue };
                 let base = mnt.join("ids").join(&id[..8]).join(src.strip_prefix("/").unwrap());
-                for (rel, shape) in tree_shape(&copy, &ShapeOptions::default()) {
+                for (rel, shape) in tree_shape(&copy.0, &ShapeOptions::default()) {
                     if shape.kind != "file" {
                         continue;
                     }
@@ -679,7 +738,7 @@ fn torture(time: Duration) -> Torture {
             lost += 1;
             continue;
         }
-        assert_restores(&t, id, &src, copy);
+        assert_restores(&t, id, &src, &copy.0);
     }
     Torture {
         backups: counts[0].load(Ordering::Relaxed),

@@ -172,9 +172,14 @@ fn unchanged_tree_is_not_read_again() {
     assert_eq!(second["summary"]["files_new"], 0);
     assert_eq!(second["summary"]["files_changed"], 0);
     assert_eq!(second["summary"]["files_unchanged"], first["summary"]["files_new"]);
-    assert_eq!(second["summary"]["blobs_added"], 0);
-    // Same content, same root tree.
-    assert_eq!(first["tree"], second["tree"]);
+    // Nothing new but, at most, the directories above the source (`/`, `/tmp`, the test's
+    // directory): their metadata is recorded too, and other tests running at once change the
+    // mtime of `/tmp`. The source's own tree is the same.
+    assert!(second["summary"]["blobs_added"].as_u64().unwrap() <= 3, "{second}");
+    let listing = |s: &serde_json::Value| {
+        t.ok(&[OsStr::new("ls"), OsStr::new(&s["id"].as_str().unwrap()[..8]), src.as_os_str(), OsStr::new("-R"), OsStr::new("--json")])
+    };
+    assert_eq!(listing(&first), listing(&second));
     assert_eq!(second["parent"], first["id"]);
     // A touched file is read again, the rest is not.
     let f = src.join("users/alice/logs/activity.log");
