@@ -14,8 +14,11 @@ use crate::inode::{InodeTable, ROOT, child_key};
 
 /// How long the kernel may keep attributes and names inside snapshots: they never change.
 pub const TTL_FROZEN: Duration = Duration::from_secs(365 * 24 * 3600);
-/// How long for the directories that list snapshots, which change when backups run.
-pub const TTL_LIVE: Duration = Duration::from_secs(1);
+/// How long for the directories that list snapshots, which change when backups run. The kernel
+/// keeps their listings until it sees their mtime move, which it checks this often: a new
+/// snapshot shows in a listing within this plus the view's refresh interval (half a second in
+/// all), and by name at once (a lookup miss re-reads the list).
+pub const TTL_LIVE: Duration = Duration::from_millis(250);
 /// `st_blksize`: tools size their reads by it; large reads suit chunked, compressed content.
 const BLKSIZE: u32 = 128 * 1024;
 /// Readers kept for files read recently.
@@ -282,7 +285,7 @@ impl Core {
 
     pub fn getattr(&self, ino: u64) -> Result<Answer, Errno> {
         let e = self.entry(ino)?;
-        if ino == ROOT {
+        if is_live(&e) {
             self.view.refresh_if_stale();
         }
         self.answer(ino, &e)

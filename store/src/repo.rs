@@ -425,8 +425,16 @@ impl IndexedRepository {
                 // copies, and read one of those.
                 Err(Error::NotFound(_)) if tries < 3 => {
                     tries += 1;
-                    self.pack_missing(loc.pack)?;
-                    loc = self.locate(id)?;
+                    // Usually the sweep has rewritten the index files already: one reload.
+                    self.refresh_index()?;
+                    let moved = self.locate(id)?;
+                    if moved.pack == loc.pack {
+                        // Between a sweep's deletions and its new index files: avoid the pack.
+                        self.pack_missing(loc.pack)?;
+                        loc = self.locate(id)?;
+                    } else {
+                        loc = moved;
+                    }
                 }
                 r => break r?,
             }
