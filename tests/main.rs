@@ -10,3 +10,4 @@ mod store;
 mod catalog;
 mod web;
 mod prune;
+mod faults;

@@ -100,6 +100,32 @@ impl Catalog {
         })
     }
 
+    /// Check the database file at `path` (SQLite's integrity check and the FTS5 index's): the
+    /// problems found, none if it is sound. A missing file has none.
+    pub fn check_integrity(path: &Path) -> Result<Vec<String>> {
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let conn = db::open_ro(path)?;
+        let mut problems = Vec::new();
+        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for r in rows {
+            let r = r?;
+            if r != "ok" {
+                problems.push(r);
+            }
+        }
+        // A read-only connection cannot run the FTS5 check; only a damage report counts.
+        if problems.is_empty()
+            && let Err(e) = conn.execute("INSERT INTO names_fts(names_fts, rank) VALUES('integrity-check', 0)", [])
+            && Error::from(e).is_corrupt()
+        {
+            problems.push("the name index (FTS5) is damaged".into());
+        }
+        Ok(problems)
+    }
+
     /// Delete the catalog file at `path` (and its WAL); the next open starts empty.
     pub fn remove(path: &Path) -> Result<()> {
         db::remove_db(path)
