@@ -4,8 +4,10 @@
 mod support;
 
 mod catalog;
+mod faults;
 mod mount;
 mod portal;
+mod portal_oracle;
 mod prune;
 mod store;
 mod web;

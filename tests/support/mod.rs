@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod faults;
+pub mod portal;
 pub mod rng;
 pub mod slapd;
 pub mod wait;
