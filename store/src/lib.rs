@@ -22,6 +22,7 @@ mod cache;
 mod chunker;
 mod error;
 pub mod format;
+pub mod image;
 mod index;
 mod lock;
 pub mod maintenance;
