@@ -9,8 +9,10 @@
 //! The crate keeps two things private that a backup browser needs: the inode number of an entry
 //! (hard links) and the inode change time. Both are printed by its `Debug` output (of an open
 //! `File` and of `Metadata`), which is where we take them from; the crate is pinned to an exact
-//! version and `store/tests/images.rs` checks both against `stat` of the source files, so a
-//! change of that output fails the tests instead of losing data.
+//! version and `store/tests/images.rs` checks both, so a change of that output fails the tests
+//! instead of losing data. An inode number costs opening the file, which looks its path up from
+//! the root again (about 0.1 ms), so `stat` gives it and `list` does not: a walk of 20,000
+//! files takes 0.05 s without and 2.2 s with.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -112,7 +114,9 @@ fn time(t: ext4_view::Timestamp) -> Time {
     Time { secs: t.seconds(), nanos: t.nanoseconds() }
 }
 
-fn stat_of(inst: &Instance, abs: &[u8], m: &Metadata) -> Result<Stat> {
+/// The entry's attributes; `with_ino` also finds a regular file's inode number, which costs
+/// resolving its path once more (the crate looks paths up from the root: about 0.1 ms).
+fn stat_of(inst: &Instance, abs: &[u8], m: &Metadata, with_ino: bool) -> Result<Stat> {
     let ft = m.file_type();
     let kind = if ft.is_regular_file() {
         Kind::File
@@ -124,7 +128,7 @@ fn stat_of(inst: &Instance, abs: &[u8], m: &Metadata) -> Result<Stat> {
         Kind::Other
     };
     let mut st = Stat::new(kind, m.len());
-    if kind == Kind::File {
+    if kind == Kind::File && with_ino {
         let f = inst.fs.open(abs).map_err(|e| convert(e, abs))?;
         st.ino = number_after(&format!("{f:?}"), "inode: ").and_then(|n| u64::try_from(n).ok());
     }
@@ -158,7 +162,7 @@ impl FileSystem for Ext {
         let abs = absolute(path)?;
         self.with(|inst| {
             let m = inst.fs.symlink_metadata(&abs[..]).map_err(|e| convert(e, &abs))?;
-            stat_of(inst, &abs, &m)
+            stat_of(inst, &abs, &m, true)
         })
     }
 
@@ -174,7 +178,7 @@ impl FileSystem for Ext {
                 }
                 let m = entry.metadata().map_err(|e| convert(e, &abs))?;
                 let child = entry.path();
-                let stat = stat_of(inst, child.as_ref(), &m)?;
+                let stat = stat_of(inst, child.as_ref(), &m, false)?;
                 out.push(DirEntry { name, stat });
             }
             Ok(out)

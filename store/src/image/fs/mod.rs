@@ -66,7 +66,9 @@ pub struct Stat {
     pub kind: Kind,
     /// Bytes (a symlink's: its target's length).
     pub size: u64,
-    /// Inode or MFT record number: entries that share one are hard links of one file.
+    /// Inode or MFT record number: entries that share one are hard links of one file. NTFS
+    /// always; ext for regular files from [`FileSystem::stat`] only (a listing leaves it out: it
+    /// would cost a path lookup per entry); FAT never (no hard links).
     pub ino: Option<u64>,
     pub nlink: Option<u32>,
     /// Permission bits (`0o7777`), ext only.
