@@ -33,6 +33,8 @@ struct Fixtures {
     mbr_parts: Vec<u64>,
     /// FAT16 on the whole disk, no table.
     fat16: PathBuf,
+    /// Small filesystems of a small tree, for damaging: ext4, FAT16, NTFS.
+    small: Vec<(FsKind, Vec<u8>)>,
 }
 
 fn fixtures() -> &'static Fixtures {
@@ -108,7 +110,21 @@ fn fixtures() -> &'static Fixtures {
         place(&mbr, &[(mbr_parts[0], &fat32), (mbr_parts[1], &ntfs_img), (mbr_parts[2], &ext2)]);
 
         let fat16 = fat_fs(&dir, &fat, 32, 16);
-        Fixtures { unix, ntfs, fat, ext4, gpt, gpt_p1, mbr, mbr_parts, fat16 }
+
+        let tiny = dir.join("src-tiny");
+        fs::create_dir_all(tiny.join("a/b")).unwrap();
+        for i in 0..40 {
+            fs::write(tiny.join(format!("a/f{i}.txt")), random_bytes(i, (i as usize * 977) % 20_000)).unwrap();
+        }
+        fs::write(tiny.join("a/b/big.bin"), random_bytes(99, 300_000)).unwrap();
+        let small_dir = dir.join("small");
+        fs::create_dir_all(&small_dir).unwrap();
+        let small = vec![
+            (FsKind::Ext, fs::read(ext4_fs(&small_dir, &tiny, 8, false)).unwrap()),
+            (FsKind::Fat, fs::read(fat_fs(&small_dir, &tiny, 16, 16)).unwrap()),
+            (FsKind::Ntfs, fs::read(ntfs_fs(&small_dir, &tiny, 8)).unwrap()),
+        ];
+        Fixtures { unix, ntfs, fat, ext4, gpt, gpt_p1, mbr, mbr_parts, fat16, small }
     })
 }
 
@@ -466,6 +482,74 @@ proptest! {
                 prop_assert!(&buf[..n] == want, "{}: {} bytes at {}", t.name, len, off);
             }
         }
+    }
+}
+
+/// Open, walk and read everything of a filesystem, tolerating errors; the count of entries.
+fn exercise(fs: &dyn FileSystem, path: &[u8], depth: u32, budget: &mut u32) {
+    let Ok(entries) = fs.list(path) else { return };
+    for e in entries {
+        if *budget == 0 || depth > 16 {
+            return;
+        }
+        *budget -= 1;
+        let mut child = path.to_vec();
+        child.push(b'/');
+        child.extend_from_slice(&e.name);
+        let _ = fs.stat(&child);
+        match e.stat.kind {
+            Kind::Dir => exercise(fs, &child, depth + 1, budget),
+            Kind::File => {
+                let mut buf = vec![0u8; 64 << 10];
+                let mut off = 0;
+                while off < e.stat.size.min(4 << 20) {
+                    match fs.read_at(&child, off, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => off += n as u64,
+                    }
+                }
+            }
+            Kind::Symlink => drop(fs.read_link(&child)),
+            Kind::Other => {}
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Filesystems with random bytes of their metadata changed open, list and read, or fail with
+    /// errors: never a panic, never a hang.
+    #[test]
+    fn damaged_filesystems_never_panic_or_hang(
+        which in 0usize..3,
+        flips in prop::collection::vec((any::<u32>(), any::<u8>()), 1..24),
+    ) {
+        let (kind, clean) = &fixtures().small[which];
+        let mut data = clean.clone();
+        // Where each keeps its metadata: ext and FAT at the start; NTFS in its MFT.
+        let (start, len) = match kind {
+            FsKind::Ntfs => {
+                let cluster = u64::from(u16::from_le_bytes([data[11], data[12]])) * u64::from(data[13]);
+                let mft = u64::from_le_bytes(data[0x30..0x38].try_into().unwrap()) * cluster;
+                (mft as usize, 64 << 10)
+            }
+            _ => (0, 1 << 20),
+        };
+        for (at, v) in flips {
+            let i = start + at as usize % len;
+            data[i] = v;
+        }
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let volume: Arc<dyn ReadAt> = Arc::new(data);
+            if let Ok(fs) = image::open_filesystem(volume) {
+                exercise(&*fs, b"", 0, &mut 5_000);
+            }
+            let _ = done_tx.send(());
+        });
+        let finished = done.recv_timeout(std::time::Duration::from_secs(60));
+        prop_assert!(finished.is_ok(), "{kind:?}: opening, walking or reading a damaged filesystem did not end (or panicked)");
     }
 }
 
