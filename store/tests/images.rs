@@ -261,10 +261,14 @@ fn a_qcow2_overlay_reads_through_its_backing_file() {
     let base = convert(&f.gpt, work.path(), QCOW2);
     let overlay = work.path().join("overlay.qcow2");
     run("qemu-img", &[&"create", &"-q", &"-f", &"qcow2", &"-b", &"qcow2.qcow2", &"-F", &"qcow2", &overlay]);
-    run(
-        "qemu-io",
-        &[&"-c", &"write -P 0x5a 1000k 300k", &"-c", &"write -z 3M 64k", &"-c", &"discard 5M 128k", &overlay],
-    );
+    // Zeros written over data of the base: a zero cluster, which must not read the base.
+    let blocks = run("debugfs", &[&"-R", &"blocks /big.bin", &f.ext4]);
+    let block: u64 = blocks.split_whitespace().nth(40).unwrap().parse().unwrap();
+    let zeroed = (f.gpt_p1 + block * 4096) / 65536 * 65536;
+    let base_there = fs::read(&f.gpt).unwrap()[zeroed as usize..][..65536].to_vec();
+    assert!(base_there.iter().any(|&b| b != 0), "the base has data where the overlay writes zeros");
+    let zero = format!("write -z {zeroed} 64k");
+    run("qemu-io", &[&"-c", &"write -P 0x5a 1000k 300k", &"-c", &zero, &"-c", &"discard 5M 128k", &overlay]);
     let expected = work.path().join("expected.raw");
     run("qemu-img", &[&"convert", &"-O", &"raw", &overlay, &expected]);
     let (format, disk) = open_disk(open_file(&overlay), &resolver(work.path())).unwrap();
@@ -273,6 +277,7 @@ fn a_qcow2_overlay_reads_through_its_backing_file() {
     let mut got = vec![0u8; want.len()];
     assert_eq!(disk.read_at(0, &mut got).unwrap(), want.len());
     assert!(got == want, "the overlay reads as qemu-img converts it");
+    assert!(want[zeroed as usize..][..65536].iter().all(|&b| b == 0));
 
     fs::remove_file(&base).unwrap();
     let err = open_disk(open_file(&overlay), &resolver(work.path())).err().unwrap();
