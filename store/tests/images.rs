@@ -31,6 +31,8 @@ struct Fixtures {
     /// MBR: p1 FAT32 (`fat`), extended: p5 NTFS (`ntfs`), p6 ext2 (`unix`).
     mbr: PathBuf,
     mbr_parts: Vec<u64>,
+    /// The NTFS filesystem image that is partition 5 of `mbr`.
+    ntfs_img: PathBuf,
     /// FAT16 on the whole disk, no table.
     fat16: PathBuf,
     /// Small filesystems of a small tree, for damaging: ext4, FAT16, NTFS.
@@ -124,7 +126,7 @@ fn fixtures() -> &'static Fixtures {
             (FsKind::Fat, fs::read(fat_fs(&small_dir, &tiny, 16, 16)).unwrap()),
             (FsKind::Ntfs, fs::read(ntfs_fs(&small_dir, &tiny, 8)).unwrap()),
         ];
-        Fixtures { unix, ntfs, fat, ext4, gpt, gpt_p1, mbr, mbr_parts, fat16, small }
+        Fixtures { unix, ntfs, fat, ext4, gpt, gpt_p1, mbr, mbr_parts, ntfs_img, fat16, small }
     })
 }
 
@@ -191,7 +193,21 @@ fn fat_ntfs_and_ext2_in_an_mbr_with_logical_partitions() {
         verify(&*fs_of(&img, 0), &f.fat, Flavour::Fat);
         verify(&*fs_of(&img, 1), &f.ntfs, Flavour::Ntfs);
         verify(&*fs_of(&img, 2), &f.unix, Flavour::Unix);
+        // Owners and ACLs: the descriptors equal what ntfs-3g shows.
+        for (rel, want) in ntfs_descriptors(work.path(), &f.ntfs_img, &f.ntfs) {
+            let got = fs_of(&img, 1).security_descriptor(rel.as_os_str().as_encoded_bytes()).unwrap();
+            assert_eq!(got.as_ref(), Some(&want), "security descriptor of /{}", rel.display());
+        }
+        assert_eq!(fs_of(&img, 2).security_descriptor(b"hello.txt").unwrap(), None);
     }
+    // ntfs-3g maps uid 0 to the Administrators group and other uids to SIDs of their own.
+    let img = open_image(&f.mbr);
+    let ntfs = fs_of(&img, 1);
+    let owner = |p: &[u8]| image::owner_sid(&ntfs.security_descriptor(p).unwrap().unwrap()).unwrap();
+    assert_eq!(owner(b""), "S-1-5-32-544");
+    assert_eq!(owner(b"hello.txt"), "S-1-5-32-544");
+    let secret = owner(b"secret.txt");
+    assert!(secret.starts_with("S-1-5-21-"), "{secret}");
 }
 
 #[test]
@@ -502,6 +518,9 @@ fn exercise(fs: &dyn FileSystem, path: &[u8], depth: u32, budget: &mut u32) {
         child.push(b'/');
         child.extend_from_slice(&e.name);
         let _ = fs.stat(&child);
+        if let Ok(Some(sd)) = fs.security_descriptor(&child) {
+            let _ = image::owner_sid(&sd);
+        }
         match e.stat.kind {
             Kind::Dir => exercise(fs, &child, depth + 1, budget),
             Kind::File => {

@@ -33,11 +33,14 @@
 //!   Not exposed by the crate: link counts, extended attributes (and so POSIX ACLs), inode
 //!   numbers of directories and symlinks.
 //! - NTFS (`ntfs`): names (UTF-16, shown as UTF-8), kind, size, the four NTFS times, file
-//!   attribute bits, record numbers (hard links share one), link counts, sparse files, and the
-//!   `owner_id` and `security_id` of `$STANDARD_INFORMATION`. Not exposed: the security
-//!   descriptors themselves (owner SID, ACLs; the crate does not parse `$Secure`), reparse points
-//!   (symlinks and junctions show as [`Kind::Other`]), alternate data streams. Compressed and
-//!   encrypted files are an [`Error::Unsupported`] when read, never their raw stored bytes.
+//!   attribute bits, record numbers (hard links share one), link counts, sparse files, the
+//!   `owner_id` and `security_id` of `$STANDARD_INFORMATION`, and each entry's security
+//!   descriptor (owner, group, ACLs) as Windows stores it, through
+//!   [`FileSystem::security_descriptor`] (the crate reads attributes; the `$Secure:$SDS` lookup
+//!   by security id is ours), with [`owner_sid`] to read its owner. Not exposed: reparse points
+//!   (symlinks and junctions show as [`Kind::Other`]), alternate data streams, extended
+//!   attributes. Compressed and encrypted files are an [`Error::Unsupported`] when read, never
+//!   their raw stored bytes.
 //! - FAT12/16/32 (`fatfs`): long names, kind, size, mtime (2 s resolution), creation time, access
 //!   date, attribute bits. FAT stores wall-clock times without a zone; they are reported as if
 //!   UTC. The volume is opened through an adapter whose writes fail, and `fatfs` is told never to
@@ -55,7 +58,7 @@ mod vmdk;
 use std::sync::Arc;
 
 pub use detect::{Format, open_disk};
-pub use fs::{DirEntry, FileSystem, FsKind, Kind, Stat, Time, open_filesystem};
+pub use fs::{DirEntry, FileSystem, FsKind, Kind, Stat, Time, open_filesystem, owner_sid};
 pub use io::{FileReadAt, Slice};
 pub use partition::{Partition, PartitionTable, read_partitions};
 

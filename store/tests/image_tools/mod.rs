@@ -135,6 +135,8 @@ pub fn corpus(dir: &Path, flavour: Flavour) {
     if flavour == Flavour::Unix {
         std::os::unix::fs::symlink("docs/report.docx", dir.join("latest-report")).unwrap();
         std::os::unix::fs::symlink("/nowhere/at/all", dir.join("dangling")).unwrap();
+    }
+    if flavour != Flavour::Fat {
         let c = std::ffi::CString::new(dir.join("secret.txt").as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a valid C string.
         assert_eq!(unsafe { libc::lchown(c.as_ptr(), 1234, 5678) }, 0, "chown (the tests run as root)");
@@ -222,6 +224,20 @@ pub fn fat_fs(work: &Path, src: &Path, size_mib: u64, bits: u32) -> PathBuf {
     img
 }
 
+/// The security descriptor ntfs-3g shows for each path of `src` inside an NTFS image (the
+/// `system.ntfs_acl` attribute, through a read-only mount).
+pub fn ntfs_descriptors(work: &Path, img: &Path, src: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mnt = work.join("ntfs-ro");
+    fs::create_dir_all(&mnt).unwrap();
+    run("ntfs-3g", &[&"-o", &"ro", &img, &mnt]);
+    let mut out = vec![(PathBuf::new(), xattr::get(&mnt, "system.ntfs_acl"))];
+    for rel in walk(src) {
+        out.push((rel.clone(), xattr::get(mnt.join(&rel), "system.ntfs_acl")));
+    }
+    run("fusermount3", &[&"-u", &mnt]);
+    out.into_iter().map(|(p, sd)| (p, sd.unwrap().expect("ntfs-3g shows a descriptor"))).collect()
+}
+
 /// NTFS with mkntfs, filled through a real ntfs-3g FUSE mount.
 pub fn ntfs_fs(work: &Path, src: &Path, size_mib: u64) -> PathBuf {
     let img = work.join("ntfs.fs");
@@ -231,9 +247,11 @@ pub fn ntfs_fs(work: &Path, src: &Path, size_mib: u64) -> PathBuf {
     run("mkntfs", &[&"-F", &"-Q", &"-q", &"-L", &"win", &img]);
     let mnt = work.join("ntfs-mnt");
     fs::create_dir_all(&mnt).unwrap();
-    run("ntfs-3g", &[&img, &mnt]);
+    // With `permissions`, ntfs-3g keeps owners and modes as Windows does: shared descriptors in
+    // $Secure, referred to by security id.
+    run("ntfs-3g", &[&"-o", &"permissions", &img, &mnt]);
     let copy = Command::new("cp")
-        .args(["-r", "--preserve=timestamps,links", "--sparse=always"])
+        .args(["-r", "--preserve=mode,ownership,timestamps,links", "--sparse=always"])
         .arg(src.join("."))
         .arg(&mnt)
         .output()
@@ -387,6 +405,8 @@ pub fn verify(fs: &dyn FileSystem, src: &Path, flavour: Flavour) {
         }
         if flavour == Flavour::Ntfs && m.is_file() {
             assert_eq!(st.nlink, Some(m.nlink() as u32), "links of {what}");
+            // NTFS 3.x keeps descriptors in $Secure, keyed by this id (256 and up).
+            assert!(st.security_id.is_some_and(|id| id >= 256), "security id of {what}: {:?}", st.security_id);
         }
     }
 }

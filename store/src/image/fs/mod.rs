@@ -32,6 +32,34 @@ pub trait FileSystem: Send + Sync {
     /// Fill `buf` from `offset` of the regular file at `path`; returns the bytes read, fewer
     /// only at the end of the file. Holes read as zeros without reading the volume.
     fn read_at(&self, path: &[u8], offset: u64, buf: &mut [u8]) -> Result<usize>;
+
+    /// NTFS: the entry's security descriptor (owner, group, ACLs) in the self-relative binary
+    /// form Windows stores (MS-DTYP 2.4.6), from the file's own `$SECURITY_DESCRIPTOR` or from
+    /// `$Secure` by its security id; [`owner_sid`] reads the owner. `None` on other filesystems.
+    fn security_descriptor(&self, path: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.stat(path).map(|_| None)
+    }
+}
+
+/// The owner of a self-relative security descriptor as a SID string (`S-1-5-21-...-1001`), or
+/// `None` when it has none or does not decode.
+pub fn owner_sid(sd: &[u8]) -> Option<String> {
+    let at = usize::try_from(u32::from_le_bytes(sd.get(4..8)?.try_into().ok()?)).ok()?;
+    if sd.first() != Some(&1) || at == 0 {
+        return None;
+    }
+    let sid = sd.get(at..)?;
+    let (revision, count) = (*sid.first()?, usize::from(*sid.get(1)?));
+    if revision != 1 || count > 15 {
+        return None;
+    }
+    let authority = sid.get(2..8)?.iter().fold(0u64, |a, &b| a << 8 | u64::from(b));
+    let mut s = format!("S-1-{authority}");
+    for i in 0..count {
+        let sub = u32::from_le_bytes(sid.get(8 + 4 * i..12 + 4 * i)?.try_into().ok()?);
+        s.push_str(&format!("-{sub}"));
+    }
+    Some(s)
 }
 
 /// Which filesystem.
@@ -83,7 +111,8 @@ pub struct Stat {
     pub btime: Option<Time>,
     /// DOS/Windows attribute bits (FAT, NTFS): read-only 0x1, hidden 0x2, system 0x4, ...
     pub attributes: Option<u32>,
-    /// NTFS: the key of the file's security descriptor in `$Secure`.
+    /// NTFS: the key of the file's security descriptor in `$Secure` (see
+    /// [`FileSystem::security_descriptor`]).
     pub security_id: Option<u32>,
     /// NTFS: the owner's key in the quota file (`$Quota`).
     pub owner_id: Option<u32>,
@@ -232,6 +261,38 @@ impl<T> Pool<T> {
                 *guard = None;
                 Err(Error::corrupt(what, "the filesystem reader failed on malformed data"))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn owner_sids_read_as_windows_writes_them() {
+        // Revision 1, self-relative, owner at 20: S-1-5-21-1-2-3-1001.
+        let mut sd = vec![1, 0, 0x04, 0x80, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        sd.extend_from_slice(&[1, 5, 0, 0, 0, 0, 0, 5]);
+        for sub in [21u32, 1, 2, 3, 1001] {
+            sd.extend_from_slice(&sub.to_le_bytes());
+        }
+        assert_eq!(owner_sid(&sd).as_deref(), Some("S-1-5-21-1-2-3-1001"));
+        sd[4] = 0;
+        assert_eq!(owner_sid(&sd), None);
+    }
+
+    proptest! {
+        #[test]
+        fn owner_sid_never_panics(sd in prop::collection::vec(any::<u8>(), 0..80), owner in 0u8..80) {
+            let mut sd = sd;
+            if sd.len() > 8 {
+                sd[0] = 1;
+                sd[4] = owner;
+            }
+            let _ = owner_sid(&sd);
         }
     }
 }

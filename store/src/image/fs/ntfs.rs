@@ -6,8 +6,9 @@
 //! DOS 8.3 aliases are not listed; neither are the metadata files in the root (`$MFT`, `$Bitmap`,
 //! ... records 0-23).
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use lru::LruCache;
 use ntfs::indexes::NtfsFileNameIndex;
@@ -24,12 +25,32 @@ const FIRST_USER_RECORD: u64 = 24;
 const CACHE_BLOCKS: usize = 256;
 const PATH_CACHE: usize = 4096;
 const REPARSE_POINT: u32 = 0x400;
+/// `$Secure`, whose `$SDS` stream holds the descriptors files refer to by security id.
+const SECURE: u64 = 9;
+/// `$SDS` is written in 256 KiB blocks, each followed by a mirror copy of itself.
+const SDS_BLOCK: u64 = 256 << 10;
+/// Larger descriptors or `$SDS` streams than these are taken for damage.
+const MAX_DESCRIPTOR: u64 = 64 << 10;
+const MAX_SDS: u64 = 256 << 20;
 
 /// An NTFS filesystem.
 pub(crate) struct Ntfs {
     volume: Arc<dyn ReadAt>,
     ntfs: ntfs::Ntfs,
     records: Mutex<LruCache<Vec<u8>, u64>>,
+    /// Security id -> (offset, length) of its descriptor in `$SDS`, read on first use.
+    sds: OnceLock<Result<HashMap<u32, (u64, u64)>, String>>,
+}
+
+/// Read `buf.len()` bytes at `pos` of an attribute value, or fail.
+fn value_at(
+    value: &mut ntfs::attribute_value::NtfsAttributeValue<'_, '_>,
+    c: &mut Cursor,
+    pos: u64,
+    buf: &mut [u8],
+) -> std::result::Result<(), NtfsError> {
+    value.seek(c, std::io::SeekFrom::Start(pos))?;
+    value.read_exact(c, buf)
 }
 
 fn convert(e: NtfsError, path: &[u8]) -> Error {
@@ -64,7 +85,7 @@ impl Ntfs {
             Ok(ntfs)
         })?;
         let records = Mutex::new(LruCache::new(NonZeroUsize::new(PATH_CACHE).expect("nonzero")));
-        Ok(Ntfs { volume, ntfs, records })
+        Ok(Ntfs { volume, ntfs, records, sds: OnceLock::new() })
     }
 
     fn cursor(&self) -> Cursor {
@@ -98,6 +119,83 @@ impl Ntfs {
         }
         self.records.lock().unwrap_or_else(|e| e.into_inner()).put(key, record);
         Ok(record)
+    }
+
+    /// Scan `$SDS` once: its entries (hash, id, offset, length, descriptor) follow each other
+    /// at 16-byte alignment inside each 256 KiB block; every other block is a mirror.
+    fn sds_index(&self) -> Result<&HashMap<u32, (u64, u64)>> {
+        let index = self.sds.get_or_init(|| {
+            let mut c = self.cursor();
+            let secure = self.ntfs.file(&mut c, SECURE).map_err(|e| e.to_string())?;
+            let Some(item) = secure.data(&mut c, "$SDS") else { return Ok(HashMap::new()) };
+            let attribute = item.map_err(|e| e.to_string())?;
+            let attribute = attribute.to_attribute().map_err(|e| e.to_string())?;
+            let mut value = attribute.value(&mut c).map_err(|e| e.to_string())?;
+            let len = value.len();
+            if len > MAX_SDS {
+                return Err(format!("a $SDS stream of {len} bytes"));
+            }
+            let mut index = HashMap::new();
+            let mut pos = 0u64;
+            while pos + 20 <= len {
+                if (pos / SDS_BLOCK) % 2 == 1 {
+                    pos = (pos / SDS_BLOCK + 1) * SDS_BLOCK;
+                    continue;
+                }
+                let mut h = [0u8; 20];
+                value_at(&mut value, &mut c, pos, &mut h).map_err(|e| e.to_string())?;
+                let id = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+                let offset = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+                let size = u64::from(u32::from_le_bytes(h[16..20].try_into().expect("4 bytes")));
+                let block_end = (pos / SDS_BLOCK + 1) * SDS_BLOCK;
+                if id == 0 || offset != pos || size < 20 || pos + size > block_end.min(len) {
+                    // The rest of this block is unused.
+                    pos = block_end;
+                    continue;
+                }
+                index.entry(id).or_insert((pos + 20, size - 20));
+                pos += size.div_ceil(16) * 16;
+            }
+            Ok(index)
+        });
+        index.as_ref().map_err(|e| Error::corrupt("NTFS $Secure", e))
+    }
+
+    fn descriptor(&self, c: &mut Cursor, file: &NtfsFile<'_>, path: &[u8]) -> Result<Option<Vec<u8>>> {
+        // A descriptor of its own (NTFS 1.x style, which mkntfs and ntfs-3g also write)...
+        let mut attrs = file.attributes();
+        while let Some(item) = attrs.next(c) {
+            let item = item.map_err(|e| convert(e, path))?;
+            let a = item.to_attribute().map_err(|e| convert(e, path))?;
+            if a.ty().map_err(|e| convert(e, path))? == NtfsAttributeType::SecurityDescriptor {
+                let mut value = a.value(c).map_err(|e| convert(e, path))?;
+                if value.len() > MAX_DESCRIPTOR {
+                    return Err(Error::corrupt(
+                        "NTFS filesystem",
+                        format!("{}: a huge security descriptor", show(path)),
+                    ));
+                }
+                let mut sd = vec![0u8; value.len() as usize];
+                value_at(&mut value, c, 0, &mut sd).map_err(|e| convert(e, path))?;
+                return Ok(Some(sd));
+            }
+        }
+        // ... or the shared one its security id names in $Secure (NTFS 3.x, as Windows writes).
+        let Some(id) = file.info().map_err(|e| convert(e, path))?.security_id() else { return Ok(None) };
+        let Some(&(offset, len)) = self.sds_index()?.get(&id) else {
+            return Err(Error::corrupt("NTFS $Secure", format!("{}: no descriptor with id {id}", show(path))));
+        };
+        if len > MAX_DESCRIPTOR {
+            return Err(Error::corrupt("NTFS $Secure", format!("descriptor {id} of {len} bytes")));
+        }
+        let secure = self.ntfs.file(c, SECURE).map_err(|e| convert(e, path))?;
+        let item = secure.data(c, "$SDS").ok_or_else(|| Error::corrupt("NTFS $Secure", "no $SDS"))?;
+        let item = item.map_err(|e| convert(e, path))?;
+        let attribute = item.to_attribute().map_err(|e| convert(e, path))?;
+        let mut value = attribute.value(c).map_err(|e| convert(e, path))?;
+        let mut sd = vec![0u8; len as usize];
+        value_at(&mut value, c, offset, &mut sd).map_err(|e| convert(e, path))?;
+        Ok(Some(sd))
     }
 
     fn stat_file(&self, c: &mut Cursor, file: &NtfsFile<'_>, path: &[u8]) -> Result<Stat> {
@@ -191,6 +289,15 @@ impl FileSystem for Ntfs {
                 out.push(DirEntry { name: name.into_bytes(), stat });
             }
             Ok(out)
+        })
+    }
+
+    fn security_descriptor(&self, path: &[u8]) -> Result<Option<Vec<u8>>> {
+        guarded("NTFS filesystem", || {
+            let mut c = self.cursor();
+            let record = self.record(&mut c, path)?;
+            let file = self.ntfs.file(&mut c, record).map_err(|e| convert(e, path))?;
+            self.descriptor(&mut c, &file, path)
         })
     }
 
