@@ -39,8 +39,11 @@ pub(crate) struct Ntfs {
     ntfs: ntfs::Ntfs,
     records: Mutex<LruCache<Vec<u8>, u64>>,
     /// Security id -> (offset, length) of its descriptor in `$SDS`, read on first use.
-    sds: OnceLock<Result<HashMap<u32, (u64, u64)>, String>>,
+    sds: OnceLock<Result<SdsIndex, String>>,
 }
+
+/// Security id -> (offset, length) of a descriptor in `$SDS`.
+type SdsIndex = HashMap<u32, (u64, u64)>;
 
 /// Read `buf.len()` bytes at `pos` of an attribute value, or fail.
 fn value_at(
@@ -123,7 +126,7 @@ impl Ntfs {
 
     /// Scan `$SDS` once: its entries (hash, id, offset, length, descriptor) follow each other
     /// at 16-byte alignment inside each 256 KiB block; every other block is a mirror.
-    fn sds_index(&self) -> Result<&HashMap<u32, (u64, u64)>> {
+    fn sds_index(&self) -> Result<&SdsIndex> {
         let index = self.sds.get_or_init(|| {
             let mut c = self.cursor();
             let secure = self.ntfs.file(&mut c, SECURE).map_err(|e| e.to_string())?;
