@@ -97,6 +97,65 @@ pub(crate) fn read_exact_at(r: &dyn ReadAt, offset: u64, buf: &mut [u8], what: &
     Ok(())
 }
 
+/// Where one unit (cluster, grain) of a mapped image's disk is.
+pub(crate) enum Piece {
+    /// Zeros: unallocated without a backing file, or a zero cluster.
+    Zeros,
+    /// At this offset of the image file, uncompressed.
+    Host(u64),
+    /// Decompressed bytes of the whole unit.
+    Decoded(Arc<Vec<u8>>),
+    /// The same offset of the disk below (a backing file).
+    Below(Arc<dyn ReadAt>),
+}
+
+/// Fill `buf` from `offset` of a disk of `size` bytes made of `unit`-byte units, each placed by
+/// `place`. Units that follow each other in the file are read at once.
+pub(crate) fn read_mapped(
+    file: &dyn ReadAt,
+    size: u64,
+    unit: u64,
+    what: &str,
+    offset: u64,
+    buf: &mut [u8],
+    place: impl Fn(u64) -> Result<Piece>,
+) -> Result<usize> {
+    if offset >= size {
+        return Ok(0);
+    }
+    let n = buf.len().min(usize::try_from(size - offset).unwrap_or(usize::MAX));
+    let mut done = 0;
+    while done < n {
+        let pos = offset + done as u64;
+        let (index, within) = (pos / unit, pos % unit);
+        let mut len = ((unit - within) as usize).min(n - done);
+        match place(index)? {
+            Piece::Zeros => buf[done..done + len].fill(0),
+            Piece::Below(below) => {
+                let got = below.read_at(pos, &mut buf[done..done + len])?;
+                // A backing file smaller than the image reads as zeros past its end.
+                buf[done + got..done + len].fill(0);
+            }
+            Piece::Host(host) => {
+                let mut next = index + 1;
+                while done + len < n && matches!(place(next)?, Piece::Host(h) if h == host + (next - index) * unit) {
+                    len = (len + unit as usize).min(n - done);
+                    next += 1;
+                }
+                read_exact_at(file, host + within, &mut buf[done..done + len], what)?;
+            }
+            Piece::Decoded(data) => {
+                let part = data.get(within as usize..within as usize + len).ok_or_else(|| {
+                    Error::corrupt(what, format!("a unit decodes to {} bytes, not {unit}", data.len()))
+                })?;
+                buf[done..done + len].copy_from_slice(part);
+            }
+        }
+        done += len;
+    }
+    Ok(n)
+}
+
 /// Size of a [`BlockCache`] block.
 const BLOCK: usize = 64 << 10;
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 
 use super::detect::open_at_depth;
-use super::io::read_exact_at;
+use super::io::{Piece, read_exact_at, read_mapped};
 use super::{Error, ReadAt, Resolver, Result};
 
 /// Bits 9..55 of an L1 entry, an L2 entry, or a refcount entry: a host offset.
@@ -261,44 +261,13 @@ impl Qcow2 {
         Ok(out)
     }
 
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        if offset >= self.size {
-            return Ok(0);
-        }
-        let n = buf.len().min(usize::try_from(self.size - offset).unwrap_or(usize::MAX));
-        let cs = self.cluster_size();
-        let mut done = 0;
-        while done < n {
-            let pos = offset + done as u64;
-            let index = pos >> self.cluster_bits;
-            let within = pos & (cs - 1);
-            let mut len = ((cs - within) as usize).min(n - done);
-            let place = self.place(index)?;
-            match place {
-                Place::Zeros => buf[done..done + len].fill(0),
-                Place::Backing => {
-                    let backing = self.backing.as_ref().expect("Backing only with a backing file");
-                    let got = backing.read_at(pos, &mut buf[done..done + len])?;
-                    // A backing file smaller than the image reads as zeros past its end.
-                    buf[done + got..done + len].fill(0);
-                }
-                Place::Host(host) => {
-                    // Merge the following clusters while they follow on the host too.
-                    let mut next = index + 1;
-                    while done + len < n && self.place(next)? == Place::Host(host + (next - index) * cs) {
-                        len = (len + cs as usize).min(n - done);
-                        next += 1;
-                    }
-                    read_exact_at(&*self.file, host + within, &mut buf[done..done + len], "qcow2 data cluster")?;
-                }
-                Place::Compressed { offset, len: clen } => {
-                    let data = self.decompressed(offset, clen)?;
-                    buf[done..done + len].copy_from_slice(&data[within as usize..within as usize + len]);
-                }
-            }
-            done += len;
-        }
-        Ok(n)
+    fn piece(&self, index: u64) -> Result<Piece> {
+        Ok(match self.place(index)? {
+            Place::Zeros => Piece::Zeros,
+            Place::Backing => Piece::Below(self.backing.clone().expect("Backing only with a backing file")),
+            Place::Host(host) => Piece::Host(host),
+            Place::Compressed { offset, len } => Piece::Decoded(self.decompressed(offset, len)?),
+        })
     }
 }
 
@@ -308,7 +277,8 @@ impl ReadAt for Qcow2 {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.read(offset, buf).map_err(into_io)
+        read_mapped(&*self.file, self.size, self.cluster_size(), "qcow2 data cluster", offset, buf, |i| self.piece(i))
+            .map_err(into_io)
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use super::io::read_exact_at;
+use super::io::{Piece, read_exact_at, read_mapped};
 use super::qcow2::into_io;
 use super::{Error, ReadAt, Resolver, Result};
 
@@ -196,35 +196,12 @@ impl Sparse {
         Ok(out)
     }
 
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        if offset >= self.capacity {
-            return Ok(0);
-        }
-        let n = buf.len().min(usize::try_from(self.capacity - offset).unwrap_or(usize::MAX));
-        let mut done = 0;
-        while done < n {
-            let pos = offset + done as u64;
-            let index = pos / self.grain;
-            let within = pos % self.grain;
-            let mut len = ((self.grain - within) as usize).min(n - done);
-            match self.place(index)? {
-                Grain::Zeros => buf[done..done + len].fill(0),
-                Grain::At(at) if self.compressed => {
-                    let g = self.inflated(index, at)?;
-                    buf[done..done + len].copy_from_slice(&g[within as usize..within as usize + len]);
-                }
-                Grain::At(at) => {
-                    let mut next = index + 1;
-                    while done + len < n && self.place(next)? == Grain::At(at + (next - index) * self.grain) {
-                        len = (len + self.grain as usize).min(n - done);
-                        next += 1;
-                    }
-                    read_exact_at(&*self.file, at + within, &mut buf[done..done + len], "VMDK grain")?;
-                }
-            }
-            done += len;
-        }
-        Ok(n)
+    fn piece(&self, index: u64) -> Result<Piece> {
+        Ok(match self.place(index)? {
+            Grain::Zeros => Piece::Zeros,
+            Grain::At(at) if self.compressed => Piece::Decoded(self.inflated(index, at)?),
+            Grain::At(at) => Piece::Host(at),
+        })
     }
 }
 
@@ -234,7 +211,8 @@ impl ReadAt for Sparse {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.read(offset, buf).map_err(into_io)
+        read_mapped(&*self.file, self.capacity, self.grain, "VMDK grain", offset, buf, |i| self.piece(i))
+            .map_err(into_io)
     }
 }
 
