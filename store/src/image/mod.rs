@@ -48,6 +48,15 @@
 //! - exFAT: not supported. The two crates on crates.io (`exfat` 0.1.0, `exfat-fs` 0.1.3) are
 //!   young single-author releases; the volume is named in an [`Error::Unsupported`].
 
+//! How the view is meant to use it (issue 18, second half): next to an image file
+//! `disk0.vmdk` the namespace shows `disk0.vmdk.d/`, holding one folder per volume, `p1`, `p5`,
+//! ... (Linux partition numbers), or the filesystem's root itself when the disk has no partition
+//! table; a volume that cannot be read shows as a file `pN.error` holding the one-line error. The
+//! view opens each image once (`Image::open` on the store's `FileReader` of the image, with a
+//! resolver that looks names up in the image's directory of the same snapshot), keeps the
+//! `Image` in a bounded cache keyed by the image's content, and maps `list`/`stat`/`read_at` of
+//! `disk0.vmdk.d/p1/rest` to the volume's [`FileSystem`] with path `rest`.
+
 mod detect;
 mod fs;
 mod io;
