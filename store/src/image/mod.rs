@@ -47,7 +47,7 @@
 //!   update access dates, so nothing is ever written.
 //! - exFAT: not supported. The two crates on crates.io (`exfat` 0.1.0, `exfat-fs` 0.1.3) are
 //!   young single-author releases; the volume is named in an [`Error::Unsupported`].
-
+//!
 //! How the view is meant to use it (issue 18, second half): next to an image file
 //! `disk0.vmdk` the namespace shows `disk0.vmdk.d/`, holding one folder per volume, `p1`, `p5`,
 //! ... (Linux partition numbers), or the filesystem's root itself when the disk has no partition

@@ -251,11 +251,13 @@ impl<T> Pool<T> {
             let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.slots.len();
             self.slots[i].lock().unwrap_or_else(|e| e.into_inner())
         });
-        if guard.is_none() {
-            *guard = Some(open()?);
-        }
-        let obj = guard.as_mut().expect("just filled");
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(obj))) {
+        let run = || {
+            if guard.is_none() {
+                *guard = Some(open()?);
+            }
+            f(guard.as_mut().expect("just filled"))
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
             Ok(r) => r,
             Err(_) => {
                 *guard = None;
