@@ -300,6 +300,32 @@ fn a_qcow2_overlay_reads_through_its_backing_file() {
     assert!(matches!(&err, Error::Missing(name) if name == "qcow2.qcow2"), "{err}");
 }
 
+#[test]
+fn ntfs_compressed_files_are_refused_not_misread() {
+    let work = workdir();
+    let img = work.path().join("c.ntfs");
+    sparse_file(&img, 8 << 20);
+    run("mkntfs", &[&"-F", &"-Q", &"-q", &img]);
+    let mnt = work.path().join("m");
+    fs::create_dir_all(&mnt).unwrap();
+    run("ntfs-3g", &[&"-o", &"compression", &img, &mnt]);
+    let written = (|| {
+        fs::create_dir(mnt.join("z"))?;
+        // The compressed attribute on a directory: what is created inside is compressed.
+        xattr::set(mnt.join("z"), "system.ntfs_attrib_be", &0x800u32.to_be_bytes())?;
+        fs::write(mnt.join("z/c.txt"), "compress me ".repeat(20_000))?;
+        fs::write(mnt.join("plain.txt"), b"plain")
+    })();
+    run("fusermount3", &[&"-u", &mnt]);
+    written.unwrap();
+    let image = open_image(&img);
+    let fs = fs_of(&image, 0);
+    assert_eq!(fs.stat(b"z/c.txt").unwrap().size, 240_000);
+    let err = fs.read_at(b"z/c.txt", 0, &mut [0u8; 100]).unwrap_err();
+    assert!(matches!(&err, Error::Unsupported(m) if m.contains("compressed")), "{err}");
+    assert_eq!(read_all(&*fs, b"plain.txt", 5).unwrap(), b"plain");
+}
+
 /// Guest offset -> host offset of a qcow2 image, from `qemu-img map`.
 fn host_offset(image: &Path, guest: u64) -> u64 {
     let map: serde_json::Value = serde_json::from_str(&run("qemu-img", &[&"map", &"--output=json", &image])).unwrap();
@@ -487,7 +513,7 @@ proptest! {
         let raw_disk = random_disk(seed, &runs);
         let raw = work.path().join("disk.raw");
         fs::write(&raw, &raw_disk).unwrap();
-        for t in [QCOW2, QCOW2_V2, QCOW2_512, QCOW2_2M, QCOW2_DEFLATE, QCOW2_ZSTD, VMDK_SPARSE, VMDK_STREAM, VMDK_FLAT, VMDK_2GB_SPARSE] {
+        for t in [QCOW2, QCOW2_V2, QCOW2_512, QCOW2_2M, QCOW2_DEFLATE, QCOW2_ZSTD, VMDK_SPARSE, VMDK_STREAM, VMDK_FLAT, VMDK_2GB_SPARSE, VMDK_2GB_FLAT] {
             let path = convert(&raw, work.path(), t);
             let (_, disk) = open_disk(open_file(&path), &resolver(work.path()))
                 .unwrap_or_else(|e| panic!("{}: {e}", t.name));

@@ -285,6 +285,8 @@ pub const VMDK_STREAM: Target =
     Target { name: "vmdk-stream", format: "vmdk", options: "subformat=streamOptimized", compress: false };
 pub const VMDK_FLAT: Target =
     Target { name: "vmdk-flat", format: "vmdk", options: "subformat=monolithicFlat", compress: false };
+pub const VMDK_2GB_FLAT: Target =
+    Target { name: "vmdk-2gb-flat", format: "vmdk", options: "subformat=twoGbMaxExtentFlat", compress: false };
 pub const VMDK_2GB_SPARSE: Target =
     Target { name: "vmdk-2gb-sparse", format: "vmdk", options: "subformat=twoGbMaxExtentSparse", compress: false };
 
