@@ -45,8 +45,10 @@
 //!   date, attribute bits. FAT stores wall-clock times without a zone; they are reported as if
 //!   UTC. The volume is opened through an adapter whose writes fail, and `fatfs` is told never to
 //!   update access dates, so nothing is ever written.
-//! - exFAT: not supported. The two crates on crates.io (`exfat` 0.1.0, `exfat-fs` 0.1.3) are
-//!   young single-author releases; the volume is named in an [`Error::Unsupported`].
+//! - exFAT: not supported yet; the volume is named in an [`Error::Unsupported`]. Of the two
+//!   crates, `exfat` 0.1.0 owns a `Read + Seek` image; `exfat-fs` 0.1.3 reads through a positional
+//!   trait and could serve, but loads the whole FAT when it opens and reports a file's valid data
+//!   length as its size, and testing it needs `exfatprogs` and `exfat-fuse` to build images.
 //!
 //! How the view is meant to use it (issue 18, second half): next to an image file
 //! `disk0.vmdk` the namespace shows `disk0.vmdk.d/`, holding one folder per volume, `p1`, `p5`,
