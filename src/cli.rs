@@ -36,6 +36,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Recreate the index from the packs
     RebuildIndex(RepoArg),
+    /// Remove stale locks (of processes that are gone or unrefreshed for 30 minutes)
+    Unlock(UnlockArgs),
     /// Remove snapshots by retention policy or by id (their data goes with `prune`)
     Forget(ForgetArgs),
     /// Delete data no snapshot uses; safe while backups, mounts and the portal run
@@ -150,6 +152,27 @@ pub struct RestoreArgs {
     /// Do not restore owners even when running as root
     #[arg(long)]
     pub no_owners: bool,
+    /// What to do with entries that exist in the target: replace them (always), replace files
+    /// whose content differs (if-changed), or keep them (never). Without it, restore refuses to
+    /// replace anything
+    #[arg(long, value_name = "WHEN", value_enum)]
+    pub overwrite: Option<OverwriteArg>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum OverwriteArg {
+    Always,
+    IfChanged,
+    Never,
+}
+
+#[derive(Args, Debug)]
+pub struct UnlockArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Remove every lock, live ones too: only when no rewind process uses the repository
+    #[arg(long)]
+    pub remove_all: bool,
 }
 
 #[derive(Args, Debug)]

@@ -2,6 +2,7 @@
 //! failure as one line on stderr with a non-zero exit.
 
 mod cli;
+#[macro_use]
 mod cmd;
 
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
         Command::Restore(a) => cmd::restore::run(a),
         Command::Check(a) => cmd::check::run(a),
         Command::RebuildIndex(a) => cmd::check::rebuild_index(a),
+        Command::Unlock(a) => cmd::unlock::run(a),
         Command::Forget(a) => cmd::maintain::forget(a),
         Command::Prune(a) => cmd::maintain::prune(a),
         Command::Copy(a) => cmd::maintain::copy(a),
@@ -41,11 +43,21 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing more to say, and no failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(code) = cmd::signals::interrupted_exit(&e) {
+                eprintln!("rewind: {}", one_line(&e));
+                return code;
+            }
             eprintln!("rewind: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// The error and its causes on one line, without repeating a cause already in the message.

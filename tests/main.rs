@@ -4,8 +4,10 @@
 mod support;
 
 mod portal;
+mod portal_oracle;
 mod mount;
 mod store;
 mod catalog;
 mod web;
 mod prune;
+mod faults;

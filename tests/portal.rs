@@ -7,213 +7,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::support::portal::*;
 use crate::support::slapd::{Slapd, corpus_users};
-use crate::support::{TempRepo, assert_success, is_root, pseudo_random, rewind_bin, spawn_serve};
-
-// ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 client: exactly what is sent is what the test wrote.
-
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn http(addr: &str, method: &str, target: &str, headers: &[(&str, String)], body: Option<&[u8]>) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    if let Some(b) = body {
-        bytes.extend_from_slice(b);
-    }
-    s.write_all(&bytes).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap_or_else(|e| panic!("{method} {target}: {e}"));
-    parse_response(&raw)
-}
-
-fn parse_response(raw: &[u8]) -> Resp {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    let mut body = raw[end + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    if chunked {
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        loop {
-            let nl = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
-            let size =
-                usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().split(';').next().unwrap().trim(), 16)
-                    .unwrap();
-            rest = &rest[nl + 2..];
-            if size == 0 {
-                break;
-            }
-            out.extend_from_slice(&rest[..size]);
-            rest = &rest[size + 2..];
-        }
-        body = out;
-    }
-    Resp { status, headers, body }
-}
-
-/// Percent-encode a query value.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// A logged-in client.
-#[derive(Clone)]
-struct Client {
-    addr: String,
-    cookie: String,
-    csrf: String,
-}
-
-impl Client {
-    fn get(&self, target: &str) -> Resp {
-        http(&self.addr, "GET", target, &[("Cookie", self.cookie.clone())], None)
-    }
-
-    fn get_with(&self, target: &str, extra: &[(&str, String)]) -> Resp {
-        let mut h = vec![("Cookie", self.cookie.clone())];
-        h.extend_from_slice(extra);
-        http(&self.addr, "GET", target, &h, None)
-    }
-
-    fn post(&mut self, target: &str, body: &Value) -> Resp {
-        let h = [
-            ("Cookie", self.cookie.clone()),
-            ("X-CSRF-Token", self.csrf.clone()),
-            ("Content-Type", "application/json".to_string()),
-        ];
-        let r = http(&self.addr, "POST", target, &h, Some(body.to_string().as_bytes()));
-        if let Some(c) = session_cookie(&r) {
-            self.cookie = c;
-            if r.status == 200 {
-                self.csrf = r.json()["csrf_token"].as_str().unwrap_or(&self.csrf).to_string();
-            }
-        }
-        r
-    }
-}
-
-fn session_cookie(r: &Resp) -> Option<String> {
-    r.headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
-        .map(|(_, v)| v.split(';').next().unwrap().to_string())
-        .find(|c| c.starts_with("rewind_session="))
-}
-
-fn login_raw(addr: &str, user: &str, password: &str) -> Resp {
-    let body = json!({ "username": user, "password": password }).to_string();
-    http(addr, "POST", "/api/login", &[("Content-Type", "application/json".into())], Some(body.as_bytes()))
-}
-
-fn login(addr: &str, user: &str, password: &str) -> Client {
-    let r = login_raw(addr, user, password);
-    assert_eq!(r.status, 200, "login {user}: {}", r.text());
-    let cookie = session_cookie(&r).expect("session cookie");
-    let sc = r.header("set-cookie").unwrap();
-    assert!(sc.contains("HttpOnly") && sc.contains("SameSite=Strict"), "{sc}");
-    Client { addr: addr.to_string(), cookie, csrf: r.json()["csrf_token"].as_str().unwrap().to_string() }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The portal process.
-
-struct Portal {
-    child: Child,
-    addr: String,
-    dir: tempfile::TempDir,
-}
-
-impl Portal {
-    /// Start `rewind serve` with `realms` (TOML) and `extra` top-level/section TOML.
-    fn start(repo: &Path, realms: &str, authz: &str, extra: &str) -> Portal {
-        let dir = tempfile::Builder::new().prefix("rewind-portal-").tempdir().unwrap();
-        // `extra` holds top-level keys or whole sections; a [session] in it replaces the default.
-        let session = if extra.contains("[session]") { "" } else { "[session]\nkey_file = \"session.key\"\n" };
-        let cfg = format!(
-            "listen = \"127.0.0.1:0\"\nrepository = \"{repo}\"\naudit_log = \"audit.jsonl\"\n{extra}\n{session}{authz}\n{realms}\n",
-            repo = repo.display()
-        );
-        std::fs::write(dir.path().join("portal.toml"), cfg).unwrap();
-        let (child, url) = spawn_serve(&dir.path().join("portal.toml"));
-        let addr = url.rsplit("://").next().expect("a URL").to_string();
-        // Ready when /healthz answers (over TLS: when the port accepts).
-        let tls = url.starts_with("https://");
-        for _ in 0..200 {
-            if TcpStream::connect(&addr).is_ok() && (tls || http(&addr, "GET", "/healthz", &[], None).status == 200) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Portal { child, addr, dir }
-    }
-
-    fn audit(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
-            .collect()
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Portal {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::{TempRepo, assert_success, is_root, pseudo_random};
 
 // ---------------------------------------------------------------------------------------------
 // The corpus: homes of alice, bob and carol on a file server, and bob's laptop.
@@ -537,11 +338,15 @@ fn ldap_logins() {
     assert_eq!(r.status, 429, "{}", r.text());
     assert!(r.header("retry-after").is_some());
     assert_eq!(login_raw(addr, "carol", "carol-pw").status, 200, "other users are not locked out by bob's failures");
-    // Throttling per client address: 20 failures from here, whatever the names, lock it.
+    // Throttling per client address: 20 failures from here, whatever the names, lock it. Every
+    // attempt that was not refused before a realm could be asked counts (invalid names too).
     let failures = portal
         .audit()
         .iter()
-        .filter(|r| r["event"] == "login" && r["outcome"].as_str().unwrap().starts_with("failed"))
+        .filter(|r| {
+            let o = r["outcome"].as_str().unwrap();
+            r["event"] == "login" && (o.starts_with("failed") || o == "refused: invalid login name")
+        })
         .count();
     assert!(failures < 20, "{failures}");
     for i in failures..20 {
@@ -604,10 +409,13 @@ fn directory_down_refuses_logins_but_keeps_sessions() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"], "unavailable");
     assert_eq!(alice.get("/api/hosts").status, 200, "existing sessions keep working");
-    // A failure of the directory is not a failed password: no lockout after many tries.
-    for _ in 0..6 {
+    // Every attempt counts toward the name's budget, whatever its outcome (issue 13, item 5: a
+    // 503 that did not count let another realm's passwords be guessed without limit): the
+    // first answer of the budget is 503, then the name waits.
+    for _ in 0..4 {
         assert_eq!(login_raw(&portal.addr, "bob", "bob-pw").status, 503);
     }
+    assert_eq!(login_raw(&portal.addr, "bob", "bob-pw").status, 429);
     assert!(
         portal.audit().iter().any(|r| r["actor"] == "bob" && r["outcome"].as_str().unwrap().starts_with("unavailable"))
     );
@@ -688,35 +496,6 @@ fn sessions_expire_refresh_and_refuse_forgeries() {
     let r = alice.post("/api/logout", &json!({}));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(Client { cookie: before, ..alice.clone() }.get("/api/me").status, 401, "revoked");
-}
-
-fn b64url_decode(s: &str) -> Vec<u8> {
-    let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes() {
-        let v = table.iter().position(|&t| t == c).expect("base64url") as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
-}
-
-fn b64url_encode(b: &[u8]) -> String {
-    let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in b.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &x)| acc | (u32::from(x) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(table[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
 }
 
 #[test]
@@ -899,7 +678,9 @@ fn downloads_ranges_etags_and_archives() {
     let opts = crate::support::ShapeOptions { owners: false, dir_mtimes: false, xattrs: false };
     let src = crate::support::tree_shape(&home, &opts);
     let got = crate::support::tree_shape(&out.path().join("x/alice"), &opts);
-    let strip = |m: BTreeMap<Vec<u8>, crate::support::EntryShape>| -> BTreeMap<Vec<u8>, (&'static str, Option<String>, Option<Vec<u8>>)> {
+    // kind, content hash, link target
+    type Shape = (&'static str, Option<String>, Option<Vec<u8>>);
+    let strip = |m: BTreeMap<Vec<u8>, crate::support::EntryShape>| -> BTreeMap<Vec<u8>, Shape> {
         m.into_iter().map(|(k, v)| (k, (v.kind, v.content, v.target))).collect()
     };
     assert_eq!(strip(got), strip(src), "archive unzips to the source tree");
@@ -1472,11 +1253,549 @@ fn non_utf8_names_by_path_b64() {
         && r["paths"][0] == file.to_string_lossy().as_ref()));
 }
 
-/// An argon2id hash of `password` from `rewind passwd`, for a file realm's users.
-fn passwd_hash(password: &str) -> String {
-    let mut c = Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    c.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = c.wait_with_output().unwrap();
-    assert_success(&out, "rewind passwd");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+// ---------------------------------------------------------------------------------------------
+// Issue 13: leaks and identity gaps, each as it was found.
+
+/// The LDAP realm `corp` and, after it, a file realm `local` holding a different person who is
+/// also called `alice` (uid 2101, password `local-alice-pw`) and `frank`, who exists only there.
+fn two_realm_portal(w: &World, slapd: &Slapd, extra: &str) -> Portal {
+    let users = w.repo.path("local-users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[users.alice]\nhash = \"{}\"\nuid = 2101\nhome = \"/home/alice-local\"\n\n[users.frank]\nhash = \"{}\"\nuid = 2106\n",
+            passwd_hash("local-alice-pw"),
+            passwd_hash("frank-local-pw")
+        ),
+    )
+    .unwrap();
+    let realms = format!(
+        "{}\n[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n",
+        slapd.realm_toml("corp"),
+        users.display()
+    );
+    let authz = format!(
+        "[authz]\nrules = [\"owner\", \"home\"]\n[[authz.home_rewrite]]\nfrom = \"/home\"\nto = \"{}\"\n",
+        w.corpus.join("users").display()
+    );
+    Portal::start(&w.repo.repo, &realms, &authz, extra)
+}
+
+fn login_in(addr: &str, user: &str, password: &str, realm: &str) -> Client {
+    let body = json!({ "username": user, "password": password, "realm": realm }).to_string();
+    let r = http(addr, "POST", "/api/login", &[("Content-Type", "application/json".into())], Some(body.as_bytes()));
+    assert_eq!(r.status, 200, "login {user}@{realm}: {}", r.text());
+    Client {
+        addr: addr.to_string(),
+        cookie: session_cookie(&r).expect("session cookie"),
+        csrf: r.json()["csrf_token"].as_str().unwrap().to_string(),
+    }
+}
+
+/// Item 1: a page's `next` (and its presence) depended on rows the user may not see: with one
+/// own file as an anchor, a brace glob and `limit=1` told whether someone else's file of a
+/// guessed name existed after it. Also: a cursor is opaque, sealed, and only good for its own
+/// user and query.
+#[test]
+fn paging_never_counts_hidden_rows() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "catalog_sync_secs = 3600");
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    let bob = login(&portal.addr, "bob", "bob-pw");
+    // In path order alice's notes.md comes before bob's secret.txt; alice may see only hers.
+    for (q, anchor) in [("{notes.md,secret*}", "notes.md"), ("{notes.md,no-such-file*}", "notes.md")] {
+        let r = alice.get(&format!("/api/search?q={}&limit=1&order=path", enc(q)));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let j = r.json();
+        let names: Vec<&str> = j["items"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+        assert_eq!(names, [anchor], "{q}");
+        assert_eq!(j["next"], Value::Null, "{q}: no further visible result, whatever bob has");
+    }
+    // Two visible results: a cursor, which reveals nothing and leads to the second.
+    let r = alice.get(&format!("/api/search?q={}&limit=1&order=path", enc("{notes.md,report.txt}"))).json();
+    let cursor = r["next"].as_str().expect("a second result").to_string();
+    assert!(cursor.len() > 20 && !cursor.bytes().all(|b| b.is_ascii_digit()), "opaque: {cursor}");
+    let second =
+        alice.get(&format!("/api/search?q={}&limit=1&order=path&cursor={cursor}", enc("{notes.md,report.txt}")));
+    assert_eq!(second.json()["items"][0]["name"], "report.txt");
+    assert_eq!(second.json()["next"], Value::Null);
+    // Bound to the user and to the query; a number is no cursor.
+    for (c, target) in [
+        (&bob, format!("/api/search?q={}&limit=1&order=path&cursor={cursor}", enc("{notes.md,report.txt}"))),
+        (&alice, format!("/api/search?q={}&limit=1&order=path&cursor={cursor}", enc("{notes.md,secret*}"))),
+        (&alice, format!("/api/deleted?q={}&limit=1&order=path&cursor={cursor}", enc("{notes.md,report.txt}"))),
+        (&alice, "/api/search?q=notes&cursor=1".to_string()),
+    ] {
+        let r = c.get(&target);
+        assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("bad_request")), "{target}");
+    }
+}
+
+/// Item 7: a cursor of 2^63 or more was a 500.
+#[test]
+fn huge_cursors_are_bad_requests() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "catalog_sync_secs = 3600");
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    for c in ["9223372036854775808", "18446744073709551615", "-1", "99999999999999999999999"] {
+        let r = alice.get(&format!("/api/search?q=notes&cursor={c}"));
+        assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("bad_request")), "{c}: {}", r.text());
+        assert_eq!(alice.get(&format!("/api/deleted?cursor={c}")).status, 400, "{c}");
+    }
+}
+
+/// Item 7: files a backup brought after the portal last listed snapshots were missing from
+/// search, deleted and history until someone called /api/snapshots.
+#[test]
+fn catalog_endpoints_see_the_newest_snapshots() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    // No page cache: what is measured is the view, not the cache's lifetime.
+    let portal = ldap_portal(&w, &slapd, "catalog_cache_ms = 0");
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    assert_eq!(alice.get("/api/search?q=brand-new").json()["items"], json!([]));
+    let users = w.corpus.join("users");
+    put(&users.join("alice/brand-new.txt"), b"new\n", 2001, 0o644);
+    std::fs::remove_file(users.join("alice/notes.md")).unwrap();
+    // The backup brings the catalog up to date itself; nobody asks the portal for snapshots.
+    w.repo.backup("fileserver", &[&w.corpus]);
+    let r = alice.get("/api/search?q=brand-new");
+    let names: Vec<String> =
+        r.json()["items"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["brand-new.txt"], "{}", r.text());
+    let gone = alice.get("/api/deleted?q=notes").json();
+    assert_eq!(gone["items"][0]["name"], "notes.md", "{gone}");
+    let hist = alice.get(&format!("/api/history?path={}", enc(&users.join("alice/brand-new.txt").to_string_lossy())));
+    assert_eq!(hist.status, 200, "{}", hist.text());
+}
+
+/// Item 2: ` dave`, `dave ` and `DAVE` were three people to the throttle (five failures each)
+/// and their sessions carried the name as typed; helpdesk acting for `ALICE` did not show in
+/// alice's access history.
+#[test]
+fn a_login_name_is_one_identity_however_typed() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "");
+    let addr = &portal.addr;
+    for typed in [" dave", "dave ", "DAVE", "Dave"] {
+        let me = login(addr, typed, "dave-pw").get("/api/me").json();
+        assert_eq!((me["login"].as_str(), me["realm"].as_str()), (Some("dave"), Some("corp")), "{typed:?}");
+    }
+    assert!(
+        portal.audit().iter().filter(|r| r["event"] == "login" && r["outcome"] == "ok").all(|r| r["actor"] == "dave")
+    );
+    // One budget for every spelling.
+    for typed in [" dave", "dave ", "DAVE", "Dave", "dAVE"] {
+        assert_eq!(login_raw(addr, typed, "wrong").status, 401, "{typed:?}");
+    }
+    assert_eq!(login_raw(addr, "dave", "dave-pw").status, 429, "locked out, however the failures were typed");
+    // Acting for a differently typed name is acting for alice, and alice sees it.
+    let mut hank = login(addr, "hank", "hank-pw");
+    let r = hank.post("/api/act", &json!({ "user": " ALICE", "reason": "TICKET-9 wrong case" }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["acting_for"]["login"], "alice");
+    assert_eq!(
+        hank.get(&format!("/api/browse?snapshot={}&path=/", snapshot_ids(&login(addr, "ada", "ada-pw"))["fileserver"]))
+            .status,
+        200
+    );
+    let alice = login(addr, "alice", "alice-pw");
+    let items = alice.get("/api/me/access").json()["items"].as_array().unwrap().clone();
+    assert!(items.iter().any(|i| i["by"] == "hank" && i["reason"] == "TICKET-9 wrong case"), "{items:?}");
+}
+
+/// Items 3 and 4: a file-realm `alice` (another person) read LDAP alice's access history; and
+/// with the directory down, acting for `alice` silently took the file realm's.
+#[test]
+fn realms_keep_same_named_people_apart() {
+    let w = world();
+    let mut slapd = Slapd::start(&corpus_users());
+    let portal = two_realm_portal(&w, &slapd, "");
+    let addr = &portal.addr;
+    let mut hank = login(addr, "hank", "hank-pw");
+    // Both realms know alice: the realm must be said.
+    let r = hank.post("/api/act", &json!({ "user": "alice", "reason": "TICKET-1" }));
+    assert_eq!((r.status, r.json()["error"].as_str()), (409, Some("ambiguous")), "{}", r.text());
+    assert_eq!(r.json()["realms"], json!(["corp", "local"]));
+    let r = hank.post("/api/act", &json!({ "user": "alice", "realm": "corp", "reason": "TICKET-1 corp alice" }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (r.json()["acting_for"]["login"].as_str(), r.json()["acting_for"]["realm"].as_str()),
+        (Some("alice"), Some("corp"))
+    );
+    let fs = snapshot_ids(&login(addr, "ada", "ada-pw"))["fileserver"].clone();
+    assert_eq!(download(&hank, &fs, &w.corpus.join("users/alice/notes.md")).status, 200);
+    assert_eq!(hank.post("/api/act/stop", &json!({})).status, 200);
+    // Each alice sees what was done for her, and only that.
+    let corp_alice = login_in(addr, "alice", "alice-pw", "corp");
+    let local_alice = login_in(addr, "alice", "local-alice-pw", "local");
+    assert_eq!(local_alice.get("/api/me").json()["uid"], 2101);
+    let corp_items = corp_alice.get("/api/me/access").json()["items"].as_array().unwrap().clone();
+    assert!(corp_items.iter().any(|i| i["event"] == "download"), "{corp_items:?}");
+    assert_eq!(local_alice.get("/api/me/access").json()["items"], json!([]), "another person's history");
+    assert!(portal.audit().iter().any(|r| r["event"] == "download"
+        && r["for_user"] == "alice"
+        && r["for_realm"] == "corp"
+        && r["realm"] == "corp"));
+
+    // The directory goes down: a name it might hold is not guessed to be the file realm's.
+    slapd.stop();
+    let r = hank.post("/api/act", &json!({ "user": "alice", "reason": "TICKET-2" }));
+    assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("unavailable")), "{}", r.text());
+    let r = hank.post("/api/act", &json!({ "user": "frank", "reason": "TICKET-2" }));
+    assert_eq!(r.status, 503, "frank may be in the directory too: {}", r.text());
+    let r = hank.post("/api/act", &json!({ "user": "alice", "realm": "corp", "reason": "TICKET-2" }));
+    assert_eq!(r.status, 503, "{}", r.text());
+    let r = hank.post("/api/act", &json!({ "user": "alice", "realm": "local", "reason": "TICKET-3 local alice" }));
+    assert_eq!(r.status, 200, "the realm that owns the name answers: {}", r.text());
+    assert_eq!(r.json()["acting_for"]["realm"], "local");
+    let r = hank.post("/api/act", &json!({ "user": "alice", "realm": "nowhere", "reason": "TICKET-4" }));
+    assert_eq!(r.status, 400);
+    // Refused acts are in the audit log.
+    let refused: Vec<String> = portal
+        .audit()
+        .iter()
+        .filter(|r| r["event"] == "act_start" && r["outcome"] != "ok")
+        .map(|r| r["outcome"].as_str().unwrap().to_string())
+        .collect();
+    assert!(refused.iter().any(|o| o == "refused: name in several realms"), "{refused:?}");
+    assert!(refused.iter().filter(|o| o.starts_with("unavailable")).count() >= 3, "{refused:?}");
+}
+
+/// Item 5: while the directory was down, failed logins of the file realm were not counted (503
+/// vs 200 was an unlimited password oracle).
+#[test]
+fn every_login_attempt_counts_while_a_realm_is_down() {
+    let w = world();
+    let mut slapd = Slapd::start(&corpus_users());
+    let portal = two_realm_portal(&w, &slapd, "");
+    let addr = &portal.addr;
+    slapd.stop();
+    for guess in ["a", "b", "c", "d", "e"] {
+        let r = login_raw(addr, "frank", guess);
+        assert_eq!(r.status, 503, "a realm could not be asked: {}", r.text());
+    }
+    let r = login_raw(addr, "frank", "frank-local-pw");
+    assert_eq!(r.status, 429, "the name's budget is spent: {}", r.text());
+    // Per address too: other names from the same address, 20 failures in all.
+    for i in 0..15 {
+        assert_eq!(login_raw(addr, &format!("guess{i}"), "x").status, 503);
+    }
+    assert_eq!(login_raw(addr, "erin", "x").status, 429, "the address's budget is spent");
+    let counted = portal
+        .audit()
+        .iter()
+        .filter(|r| r["event"] == "login" && r["outcome"].as_str().unwrap().starts_with("unavailable"))
+        .count();
+    assert_eq!(counted, 20);
+}
+
+/// Item 6: a user removed from the admin group stayed admin for the whole session (12 h).
+/// Renewals now ask the directory: roles follow it, a deleted account's session ends, and a
+/// directory that stays down stops sessions after the grace.
+#[test]
+fn renewals_follow_the_directory() {
+    let w = world();
+    let mut slapd = Slapd::start(&corpus_users());
+    let extra = "[session]\nkey_file = \"session.key\"\nttl_secs = 8\nmax_age_secs = 3600\ndirectory_grace_secs = 6\n";
+    let portal = ldap_portal(&w, &slapd, extra);
+    let addr = &portal.addr;
+    let ada = login(addr, "ada", "ada-pw");
+    let bob = login(addr, "bob", "bob-pw");
+    let carol = login(addr, "carol", "carol-pw");
+    assert_eq!(ada.get("/api/me").json()["role"], "admin");
+    assert_eq!(ada.get("/api/hosts").json()["items"].as_array().unwrap().len(), 2, "an admin sees every host");
+    // ada was the group's only member; the service account stands in (a group needs one).
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: member\nmember: {}\n",
+        crate::support::slapd::ADMIN_GROUP,
+        crate::support::slapd::SERVICE_DN
+    ));
+    slapd.modify(&format!("dn: uid=bob,ou=people,{}\nchangetype: delete\n", crate::support::slapd::BASE_DN));
+    // Past half the token's life the next request renews, and asks the directory.
+    std::thread::sleep(Duration::from_millis(4200));
+    let renewed = |c: &Client, r: &Resp| Client { cookie: session_cookie(r).unwrap_or(c.cookie.clone()), ..c.clone() };
+    let r = ada.get("/api/me");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["role"], "user", "no longer admin");
+    let ada = renewed(&ada, &r);
+    assert_eq!(ada.get("/api/hosts").json()["items"], json!([]), "and sees as a user");
+    let r = bob.get("/api/me");
+    assert_eq!(r.status, 401, "a deleted account's session ends: {}", r.text());
+    assert_eq!(bob.get("/api/me").status, 401);
+    assert!(portal.audit().iter().any(|r| r["event"] == "session_end" && r["actor"] == "bob"));
+    let r = carol.get("/api/me");
+    assert_eq!(r.status, 200);
+    let carol = renewed(&carol, &r);
+    // The directory goes down: within the grace (6 s after its last answer) sessions go on
+    // with what they had; past it they are refused until it answers again.
+    slapd.stop();
+    std::thread::sleep(Duration::from_millis(4200));
+    let r = carol.get("/api/me");
+    assert_eq!(r.status, 200, "within the grace: {}", r.text());
+    let carol = renewed(&carol, &r);
+    std::thread::sleep(Duration::from_millis(4200));
+    let r = carol.get("/api/me");
+    assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("unavailable")), "past the grace: {}", r.text());
+    slapd.resume();
+    // (an answer is reused for two seconds, so that a page's requests ask once)
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = carol.get("/api/me");
+    assert_eq!(r.status, 200, "the directory is back: {}", r.text());
+}
+
+/// Item 7: zip entries kept backslashes (a path separator to Windows extractors) and folders
+/// were written as files (mode bits without the directory type).
+#[test]
+fn archives_have_safe_names_and_real_folders() {
+    let w = world();
+    let users = w.corpus.join("users");
+    put(&users.join("alice/odd/..\\..\\evil.txt"), b"evil\n", 2001, 0o644);
+    put(&users.join("alice/odd/.._.._evil.txt"), b"twin\n", 2001, 0o644);
+    mkdir(&users.join("alice/odd"), 2001, 0o750);
+    w.repo.backup("fileserver", &[&w.corpus]);
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "");
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    let fs = alice.get("/api/snapshots?host=fileserver").json()["items"][0]["id"].as_str().unwrap().to_string();
+    let r = archive(&alice, &fs, &[&users.join("alice")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("a.zip");
+    std::fs::write(&zip, &r.body).unwrap();
+    assert_success(&Command::new("unzip").arg("-t").arg(&zip).output().unwrap(), "unzip -t");
+    let listing = Command::new("unzip").arg("-Z").arg(&zip).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert!(!listing.contains('\\'), "no backslash in any name:\n{listing}");
+    let line = |name: &str| {
+        listing
+            .lines()
+            .find(|l| l.trim_end().ends_with(name))
+            .unwrap_or_else(|| panic!("{name}:\n{listing}"))
+            .to_string()
+    };
+    assert!(line("alice/odd/").starts_with("drwxr-x---"), "a folder with its own mode: {}", line("alice/odd/"));
+    assert!(line("alice/").starts_with("drwxr-x---"), "{}", line("alice/"));
+    assert!(line("alice/odd/.._.._evil.txt").starts_with("-rw-r--r--"), "{listing}");
+    assert!(listing.contains("alice/odd/.._.._evil (2).txt"), "two distinct names: {listing}");
+    // A folder shown only on the way to the user's files is one they can enter.
+    let r = archive(&alice, &fs, &[&users.join("bob")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::fs::write(&zip, &r.body).unwrap();
+    let listing =
+        String::from_utf8_lossy(&Command::new("unzip").arg("-Z").arg(&zip).output().unwrap().stdout).into_owned();
+    assert!(
+        listing.lines().any(|l| l.starts_with("drwxr-xr-x") && l.trim_end().ends_with("bob/private/")),
+        "{listing}"
+    );
+    let out = dir.path().join("x");
+    assert_success(&Command::new("unzip").arg("-q").arg(&zip).arg("-d").arg(&out).output().unwrap(), "unzip");
+    assert_eq!(std::fs::read(out.join("bob/private/deep/alice-deep.txt")).unwrap(), b"deep\n");
+}
+
+/// Item 7: files whose names hold a backslash or a control character could not be downloaded
+/// nor shown in history (the path checks refused them); now `path_b64` carries them, and their
+/// Content-Disposition is safe.
+#[test]
+fn names_with_backslashes_and_controls_by_path_b64() {
+    use std::os::unix::ffi::OsStrExt;
+    let w = world();
+    let home = w.corpus.join("users/alice");
+    let odd = home.join("win\\dows\u{7}bell.txt");
+    put(&odd, b"odd\n", 2001, 0o644);
+    w.repo.backup("fileserver", &[&w.corpus]);
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "catalog_sync_secs = 3600");
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    let fs = alice.get("/api/snapshots?host=fileserver").json()["items"][0]["id"].as_str().unwrap().to_string();
+    let b64 = b64url_encode(odd.as_os_str().as_bytes());
+    let listed = browse(&alice, &fs, &home).json();
+    let entry = listed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "win\\dows\u{7}bell.txt")
+        .cloned()
+        .expect("listed");
+    assert_eq!(entry["path_b64"], b64.as_str(), "the listing names it in the form that works");
+    let r = alice.get(&format!("/api/download?snapshot={fs}&path_b64={b64}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, b"odd\n");
+    let cd = r.header("content-disposition").unwrap().to_string();
+    assert!(!cd.contains('\\') && !cd.contains("%5C") && !cd.contains("%07") && !cd.bytes().any(|b| b < 0x20), "{cd}");
+    let h = alice.get(&format!("/api/history?path_b64={b64}"));
+    assert_eq!(h.status, 200, "{}", h.text());
+    assert_eq!(h.json()["items"][0]["path_b64"], b64.as_str());
+    let s = alice.get("/api/search?q=dows").json();
+    assert_eq!(s["items"][0]["path_b64"], b64.as_str(), "{s}");
+    // As text, such a path is still refused.
+    assert_eq!(download(&alice, &fs, &odd).status, 400);
+}
+
+/// Item 7: 404s on paths a user probed and refused acts left no trace in the audit log.
+#[test]
+fn denied_attempts_are_audited_within_bounds() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "catalog_sync_secs = 3600");
+    let mut alice = login(&portal.addr, "alice", "alice-pw");
+    let fs = snapshot_ids(&login(&portal.addr, "ada", "ada-pw"))["fileserver"].clone();
+    let secret = w.corpus.join("users/bob/secret.txt");
+    assert_eq!(download(&alice, &fs, &secret).status, 404);
+    assert_eq!(browse(&alice, &fs, &w.corpus.join("users/bob/Pictures")).status, 404);
+    assert_eq!(archive(&alice, &fs, &[&secret]).status, 404);
+    assert_eq!(alice.get(&format!("/api/history?path={}", enc(&secret.to_string_lossy()))).status, 404);
+    assert_eq!(alice.post("/api/act", &json!({ "user": "bob", "reason": "TICKET-5" })).status, 403);
+    let denied = |audit: &[Value]| -> Vec<String> {
+        audit
+            .iter()
+            .filter(|r| r["event"] == "denied" && r["actor"] == "alice")
+            .map(|r| r["outcome"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let audit = portal.audit();
+    assert_eq!(
+        denied(&audit),
+        ["download: not found", "browse: not found", "archive: not found", "history: not found"]
+    );
+    let d = audit.iter().find(|r| r["event"] == "denied").unwrap();
+    assert_eq!(
+        (d["paths"][0].as_str(), d["snapshot"].as_str(), d["realm"].as_str()),
+        (Some(&*secret.to_string_lossy()), Some(fs.as_str()), Some("corp"))
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["event"] == "act_start" && r["actor"] == "alice" && r["outcome"] == "refused: not helpdesk")
+    );
+    // Probing at length is bounded: at most 20 a minute per user, the rest counted.
+    for i in 0..40 {
+        assert_eq!(download(&alice, &fs, &w.corpus.join(format!("users/bob/guess-{i}"))).status, 404);
+    }
+    let audit = portal.audit();
+    let refused_acts = audit.iter().filter(|r| r["event"] == "act_start" && r["actor"] == "alice").count();
+    assert_eq!(denied(&audit).len() + refused_acts, 20, "the refusals of one user a minute");
+}
+
+/// Item 7: the Host was not checked: a page rebinding its own name to the portal's address
+/// could log in and act, its Origin being "the portal's own".
+#[test]
+fn state_changing_requests_need_a_known_host() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "");
+    let body = json!({ "username": "alice", "password": "alice-pw" }).to_string();
+    let post = |addr: &str, host: &str, origin: Option<&str>| {
+        let mut h = vec![("Content-Type", "application/json".to_string()), ("Host", host.to_string())];
+        if let Some(o) = origin {
+            h.push(("Origin", o.to_string()));
+        }
+        http(addr, "POST", "/api/login", &h, Some(body.as_bytes()))
+    };
+    let r = post(&portal.addr, "evil.example:8080", Some("http://evil.example:8080"));
+    assert_eq!((r.status, r.json()["error"].as_str()), (403, Some("forbidden")), "{}", r.text());
+    assert_eq!(post(&portal.addr, "evil.example", None).status, 403, "no Origin either");
+    assert_eq!(post(&portal.addr, &portal.addr, Some(&format!("http://{}", portal.addr))).status, 200);
+    assert_eq!(post(&portal.addr, &format!("localhost:{}", portal.addr.rsplit(':').next().unwrap()), None).status, 200);
+    // Reading needs no known Host (a cookie is not sent to a foreign name anyway).
+    assert_eq!(http(&portal.addr, "GET", "/healthz", &[("Host", "evil.example".into())], None).status, 200);
+    // With public_url, that name is the portal's, and only it.
+    let named = ldap_portal(&w, &slapd, "public_url = \"https://backup.example.org\"");
+    assert_eq!(post(&named.addr, "backup.example.org", Some("https://backup.example.org")).status, 200);
+    assert_eq!(post(&named.addr, &named.addr, None).status, 403);
+    // A signed-in session, its token and CSRF token in hand, still needs a known Host to change
+    // anything (here: to log out).
+    let alice = login_via(&named.addr, "backup.example.org");
+    let logout = |host: &str| {
+        let h = [("Host", host.to_string()), ("Cookie", alice.cookie.clone()), ("X-CSRF-Token", alice.csrf.clone())];
+        http(&named.addr, "POST", "/api/logout", &h, Some(b"{}"))
+    };
+    let r = logout("evil.example");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(logout("backup.example.org").status, 200);
+}
+
+fn login_via(addr: &str, host: &str) -> Client {
+    let body = json!({ "username": "alice", "password": "alice-pw" }).to_string();
+    let r = http(
+        addr,
+        "POST",
+        "/api/login",
+        &[("Host", host.into()), ("Content-Type", "application/json".into())],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    Client {
+        addr: addr.to_string(),
+        cookie: session_cookie(&r).unwrap(),
+        csrf: r.json()["csrf_token"].as_str().unwrap().to_string(),
+    }
+}
+
+/// Item 7: an invalid Range was a 416 (it must be ignored), a weak ETag in If-None-Match did
+/// not match, and body errors (413, 415, 422) were plain text instead of the JSON error.
+#[test]
+fn http_details_ranges_etags_and_body_errors() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "");
+    let mut alice = login(&portal.addr, "alice", "alice-pw");
+    let fs = snapshot_ids(&login(&portal.addr, "ada", "ada-pw"))["fileserver"].clone();
+    let report = w.corpus.join("users/alice/Documents/report.txt");
+    let target = format!("/api/download?snapshot={fs}&path={}", enc(&report.to_string_lossy()));
+    for invalid in ["bytes=5-2", "bytes=abc", "bytes=1-x", "bytes=--3"] {
+        let r = alice.get_with(&target, &[("Range", invalid.to_string())]);
+        assert_eq!((r.status, &r.body[..]), (200, &b"quarterly report\n"[..]), "{invalid}");
+    }
+    let r = alice.get_with(&target, &[("Range", "bytes=100-".to_string())]);
+    assert_eq!(r.status, 416, "a valid range outside the file is still 416");
+    let etag = alice.get(&target).header("etag").unwrap().to_string();
+    let r = alice.get_with(&target, &[("If-None-Match", format!("W/{etag}"))]);
+    assert_eq!(r.status, 304, "a weak tag matches for If-None-Match");
+    let r = alice.get_with(&target, &[("If-None-Match", "W/\"other\", \"x\"".to_string())]);
+    assert_eq!(r.status, 200);
+    // Body errors are JSON like every other error.
+    let r = http(&portal.addr, "POST", "/api/login", &[("Content-Type", "text/plain".into())], Some(b"{}"));
+    assert_eq!((r.status, r.json()["error"].as_str()), (415, Some("unsupported_media_type")));
+    let r = http(
+        &portal.addr,
+        "POST",
+        "/api/login",
+        &[("Content-Type", "application/json".into())],
+        Some(b"{\"username\": 5}"),
+    );
+    assert_eq!((r.status, r.json()["error"].as_str()), (422, Some("unprocessable")), "{}", r.text());
+    let r =
+        http(&portal.addr, "POST", "/api/login", &[("Content-Type", "application/json".into())], Some(b"{not json"));
+    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("bad_request")));
+    let big = format!("{{\"username\": \"alice\", \"password\": \"{}\"}}", "x".repeat(100_000));
+    let r =
+        http(&portal.addr, "POST", "/api/login", &[("Content-Type", "application/json".into())], Some(big.as_bytes()));
+    assert_eq!((r.status, r.json()["error"].as_str()), (413, Some("too_large")), "{}", r.text());
+    let r = alice.post("/api/act", &json!({ "user": "bob" }));
+    assert_eq!((r.status, r.json()["error"].as_str()), (422, Some("unprocessable")), "{}", r.text());
+}
+
+/// A catalog left by an older rewind (another schema) is rebuilt by the next sync; until then
+/// search says the catalog is unavailable (503), not that the request was bad.
+#[test]
+fn a_catalog_of_another_schema_is_unavailable_until_synced() {
+    let w = world();
+    let path = w.repo.repo.join("catalog/catalog.sqlite");
+    let _ = std::fs::remove_dir_all(w.repo.repo.join("catalog"));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute(\"CREATE TABLE meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID\")\nc.execute(\"INSERT INTO meta VALUES ('schema_version', 4), ('repository', 'x')\")\nc.commit()\n";
+    assert_success(&Command::new("python3").args(["-c", script]).arg(&path).output().unwrap(), "python3 sqlite3");
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "");
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    let r = alice.get("/api/search?q=notes");
+    assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("unavailable")), "{}", r.text());
+    // A sync (as after every backup) rebuilds it, and the same portal uses it.
+    w.repo.ok(&["catalog", "sync"]);
+    let r = alice.get("/api/search?q=notes");
+    assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -34,7 +34,7 @@ fn forget_and_prune_keep_what_remains_whole() {
     t.ok(&["forget", "--keep-last", "2"]);
     assert_eq!(snapshot_ids(&t), ids[3..].to_vec());
     let before = dir_size(&t.repo);
-    let out: serde_json::Value = serde_json::from_str(&t.ok(&["prune", "--json"]).split("\nprune:").next().unwrap()).unwrap();
+    let out: serde_json::Value = serde_json::from_str(t.ok(&["prune", "--json"]).split("\nprune:").next().unwrap()).unwrap();
     assert!(out["bytes_freed"].as_u64().unwrap() > 0, "{out}");
     assert_eq!(out["packs_deferred"], 0);
     assert!(dir_size(&t.repo) < before);
@@ -45,7 +45,7 @@ fn forget_and_prune_keep_what_remains_whole() {
         assert_same_tree(&copies[3 + i], &out, &ShapeOptions { dir_mtimes: false, ..Default::default() });
     }
     // Nothing more to free; the next backup still deduplicates and works.
-    let again: serde_json::Value = serde_json::from_str(&t.ok(&["prune", "--json"]).split("\nprune:").next().unwrap()).unwrap();
+    let again: serde_json::Value = serde_json::from_str(t.ok(&["prune", "--json"]).split("\nprune:").next().unwrap()).unwrap();
     assert_eq!(again["bytes_freed"], 0, "{again}");
     let s = t.backup("h", &[&src]);
     assert_eq!(s["summary"]["bytes_read"], 0);
@@ -113,4 +113,55 @@ fn copy_adds_only_what_the_target_lacks() {
         .unwrap();
     assert_success(&r, "restore from the copy");
     assert_same_tree(&src, &out, &ShapeOptions::default());
+}
+
+/// Item 9: locks of another host, of pid 0 or 1, of a process that is gone, or that cannot be
+/// read count as live until unrefreshed for 30 minutes; then (or once their process is
+/// provably gone) prune passes over them, check lists them and unlock removes them.
+#[test]
+fn stale_locks_are_listed_passed_over_and_removed() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    crate::support::faults::make_source(&src, 10, 4 << 20, 11);
+    let first = t.backup("h", &[&src]);
+    t.ok(&["forget", &first["id"].as_str().unwrap()[..8]]);
+    let host = String::from_utf8_lossy(&Command::new("hostname").output().unwrap().stdout).trim().to_string();
+    let hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    let lock = |name: &str, body: String, old: bool| {
+        let p = t.repo.join("locks").join(name);
+        std::fs::write(&p, body).unwrap();
+        if old {
+            let ft = filetime::FileTime::from_unix_time(hour_ago.as_second(), 0);
+            filetime::set_file_mtime(&p, ft).unwrap();
+        }
+    };
+    let info = |host: &str, pid: u32, time: jiff::Timestamp| {
+        serde_json::json!({"purpose": "backup", "host": host, "pid": pid, "time": time}).to_string()
+    };
+    // Fresh ones first: a prune must wait for them.
+    lock("backup-elsewhere", info("elsewhere", 42, jiff::Timestamp::now()), false);
+    lock("backup-pid0", info(&host, 0, jiff::Timestamp::now()), false);
+    lock("backup-garbage", "{\"purp".into(), false);
+    let out = t.ok(&["prune"]);
+    assert!(out.contains("wait for running backups"), "prune passed over live-looking locks: {out}");
+    let check = String::from_utf8_lossy(&t.run(&["check"]).stderr).into_owned();
+    for name in ["backup-elsewhere", "backup-pid0", "backup-garbage"] {
+        assert!(check.contains(name), "check does not list {name}: {check}");
+    }
+    let kept = t.ok(&["unlock"]);
+    assert!(kept.contains("0 lock(s) removed"), "unlock removed live-looking locks: {kept}");
+    // Unrefreshed for an hour, and a lock of a process that is gone: stale.
+    lock("backup-elsewhere", info("elsewhere", 42, hour_ago), true);
+    lock("backup-pid0", info(&host, 0, hour_ago), true);
+    lock("backup-garbage", "{\"purp".into(), true);
+    lock("backup-pid1", info(&host, 1, hour_ago), true);
+    lock("backup-gone", info(&host, 999_999_999, jiff::Timestamp::now()), false);
+    let out = t.ok(&["prune"]);
+    assert!(!out.contains("wait for running backups"), "stale locks still block prune: {out}");
+    let check = String::from_utf8_lossy(&t.run(&["check"]).stderr).into_owned();
+    assert!(check.contains("unlock"), "check does not say how to remove stale locks: {check}");
+    let removed = t.ok(&["unlock"]);
+    assert!(removed.contains("5 lock(s) removed"), "{removed}");
+    assert!(repo_files(&t.repo, "locks").is_empty());
+    t.ok(&["check", "--read-data"]);
 }

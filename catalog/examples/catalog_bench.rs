@@ -358,10 +358,13 @@ fn build(out: &std::path::Path, files: usize, gens: usize, churn: f64, update_ch
     );
 }
 
+/// Makes a query pattern of one class.
+type Pattern = Box<dyn Fn(&mut Rng) -> String>;
+
 fn queries(out: &std::path::Path) {
     let cat = Catalog::open_read_only(out).unwrap();
     let mut rng = Rng(7);
-    let classes: [(&str, Box<dyn Fn(&mut Rng) -> String>); 4] = [
+    let classes: [(&str, Pattern); 4] = [
         ("one word (~5% of names)", Box::new(|r: &mut Rng| WORDS[r.below(WORDS.len())].to_uppercase())),
         (
             "two words (~0.06%)",

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::error::{Error, Result};
 
 /// Bump when the tables change: older catalogs are then dropped and rebuilt.
-pub(crate) const SCHEMA_VERSION: i64 = 4;
+pub(crate) const SCHEMA_VERSION: i64 = 5;
 
 /// Every table and index. Ids are integers; strings (names, directory paths) are interned once.
 ///
@@ -24,7 +24,15 @@ pub(crate) const SCHEMA_VERSION: i64 = 4;
 ///   interval extends to every later snapshot for free, which is what makes an update cost
 ///   proportional to the changes.
 /// - `gone = 1` marks the newest version of a path that is absent from the host's latest snapshot:
-///   the deleted files.
+///   the deleted files. `gone = 2` marks a closed version whose path's next version has other
+///   access (another `access` or `ctx`): for a reader who may see this version but not the
+///   next ones, the path was deleted here (see `Scope`).
+/// - `access` interns what decides who may read a version (folder or not, mode, uid, gid and
+///   its POSIX access ACL); `contexts` interns the chain of the folders above it (each context
+///   is its parent context plus the access of one folder; 0 is the root). A version's `access`
+///   and `ctx` are part of its identity, so whoever may see one snapshot of a version may see
+///   every snapshot of it, and a reader's access classes and searchable contexts are computed
+///   once per query from these two small tables (`Scope::reader`).
 /// - `versions_open` indexes the names of the open versions only (a tenth of the rows): a name
 ///   query's first page is usually all present versions, read without touching the table.
 /// - `trigrams` counts the names holding each trigram (case folded as `query::fold` does), so a
@@ -78,15 +86,32 @@ CREATE TABLE versions(
     content INTEGER NOT NULL,
     first INTEGER NOT NULL,
     last INTEGER,
-    gone INTEGER NOT NULL DEFAULT 0
+    gone INTEGER NOT NULL DEFAULT 0,
+    access INTEGER NOT NULL,
+    ctx INTEGER NOT NULL
 );
 CREATE INDEX versions_path ON versions(dir, name);
 CREATE INDEX versions_name ON versions(name);
 CREATE INDEX versions_recent ON versions(coalesce(last, 140737488355327));
-CREATE INDEX versions_gone ON versions(last) WHERE gone = 1;
-CREATE INDEX versions_gone_uid ON versions(uid, last) WHERE gone = 1;
+CREATE INDEX versions_gone ON versions(last) WHERE gone != 0;
+CREATE INDEX versions_gone_uid ON versions(uid, last) WHERE gone != 0;
 CREATE INDEX versions_open ON versions(name) WHERE last IS NULL;
 CREATE TABLE trigrams(tri TEXT PRIMARY KEY, names INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE access(
+    id INTEGER PRIMARY KEY,
+    dir INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    acl BLOB NOT NULL
+);
+CREATE UNIQUE INDEX access_key ON access(dir, mode, uid, gid, acl);
+CREATE TABLE contexts(
+    id INTEGER PRIMARY KEY,
+    parent INTEGER NOT NULL,
+    access INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX contexts_key ON contexts(parent, access);
 ";
 
 pub(crate) fn configure(conn: &Connection) -> Result<()> {
@@ -178,7 +203,9 @@ pub(crate) fn remove_db(path: &Path) -> Result<()> {
         match std::fs::remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::Io { path: p.into(), source: e }),
+            Err(e) => {
+                return Err(Error::Io { path: p.into(), source: e });
+            }
         }
     }
     Ok(())

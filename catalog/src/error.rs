@@ -31,3 +31,16 @@ pub enum Error {
 
 /// The catalog's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether the database file is damaged (not a busy or full database): a cache in that state
+    /// is deleted and rebuilt.
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            Error::Db(rusqlite::Error::SqliteFailure(e, _)) => {
+                matches!(e.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            }
+            _ => false,
+        }
+    }
+}

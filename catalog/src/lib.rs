@@ -31,6 +31,7 @@
 //! A [`Catalog`] holds one SQLite connection: open one per thread (opening is cheap), read-only
 //! ones with [`Catalog::open_read_only`] for queries.
 
+pub mod access;
 mod db;
 mod error;
 mod query;
@@ -38,9 +39,11 @@ mod update;
 
 use std::path::{Path, PathBuf};
 
+pub use access::Reader;
 pub use error::{Error, Result};
 pub use query::{
-    CatalogSnapshot, DeletionWindow, FileVersion, MAX_LIMIT, NameMatch, Order, Page, Query, SnapshotRef, Stats,
+    CatalogSnapshot, DeletionWindow, FileVersion, MAX_LIMIT, NameMatch, Order, Page, Position, Query, Scope,
+    SnapshotRef, Stats,
 };
 pub use update::{SnapshotInfo, SyncReport, TreeSource, content_id};
 
@@ -95,6 +98,32 @@ impl Catalog {
             versions_written: 0,
             scan_budget: query::SCAN_BUDGET,
         })
+    }
+
+    /// Check the database file at `path` (SQLite's integrity check and the FTS5 index's): the
+    /// problems found, none if it is sound. A missing file has none.
+    pub fn check_integrity(path: &Path) -> Result<Vec<String>> {
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let conn = db::open_ro(path)?;
+        let mut problems = Vec::new();
+        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for r in rows {
+            let r = r?;
+            if r != "ok" {
+                problems.push(r);
+            }
+        }
+        // A read-only connection cannot run the FTS5 check; only a damage report counts.
+        if problems.is_empty()
+            && let Err(e) = conn.execute("INSERT INTO names_fts(names_fts, rank) VALUES('integrity-check', 0)", [])
+            && Error::from(e).is_corrupt()
+        {
+            problems.push("the name index (FTS5) is damaged".into());
+        }
+        Ok(problems)
     }
 
     /// Delete the catalog file at `path` (and its WAL); the next open starts empty.

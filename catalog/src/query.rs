@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde::{Deserialize, Serialize};
 
 use crate::Catalog;
+use crate::access::{R, Reader, X, permits};
 use crate::error::{Error, Result};
 use crate::update::{kind_code, kind_from_code};
 
@@ -74,6 +75,43 @@ pub struct Query {
     /// Page size: 100 if 0, at most [`MAX_LIMIT`].
     pub limit: u32,
     pub offset: u64,
+    /// Only what this reader may see (the portal's rules), `deleted` included: see [`Scope`].
+    pub scope: Option<Scope>,
+    /// Continue after this result (keyset paging, see [`FileVersion::position`]); it must be a
+    /// position of the same `order`. Results that come and go between pages shift nothing.
+    pub after: Option<Position>,
+}
+
+/// Whose view a query is: a version is in it if any part says so, with the portal's rules
+/// (`owner`, `home`, `host`, `readable`). An empty scope sees nothing.
+///
+/// With a scope, "deleted" is the reader's own: a version is deleted when no later version of
+/// its path is in the scope, which includes a path whose later versions only others may see
+/// (the reader sees the path go away, exactly as if those versions were never backed up).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Scope {
+    /// `owner`: versions owned by this uid.
+    pub owner: Option<u32>,
+    /// `home`: these paths and everything below them.
+    pub paths: Vec<String>,
+    /// `host`: every version of these hosts.
+    pub hosts: Vec<String>,
+    /// `readable`: versions this reader could read at backup time (the mode bits or POSIX access
+    /// ACL of the version, every folder above it searchable), decided with
+    /// [`crate::access::permits`] on the catalog's access classes and folder contexts.
+    pub reader: Option<Reader>,
+}
+
+/// Where a result stands in its query's order, for [`Query::after`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Position {
+    /// [`Order::RecentFirst`] and [`Order::OldestFirst`]: the key of the last snapshot that held
+    /// the version (present ones after every key), then the row.
+    Seen { seen: i64, row: i64 },
+    /// [`Order::Path`]: host, folder, name, first snapshot key, row.
+    Path { host: String, dir: String, name: String, first: i64, row: i64 },
 }
 
 /// The largest page.
@@ -115,8 +153,32 @@ pub struct FileVersion {
     pub last_seen: SnapshotRef,
     /// In the host's latest snapshot.
     pub present: bool,
-    /// Set when this is the newest version of a path that is absent from the latest snapshot.
+    /// Set when this is the newest version of a path that is absent from the latest snapshot
+    /// (with a [`Scope`], the newest one in the scope).
     pub deleted: Option<DeletionWindow>,
+    /// The sort keys, for [`FileVersion::position`].
+    #[serde(skip)]
+    row: i64,
+    #[serde(skip)]
+    seen_key: i64,
+    #[serde(skip)]
+    first_key: i64,
+}
+
+impl FileVersion {
+    /// This result's position in `order`: a query with it as [`Query::after`] goes on after it.
+    pub fn position(&self, order: Order) -> Position {
+        match order {
+            Order::RecentFirst | Order::OldestFirst => Position::Seen { seen: self.seen_key, row: self.row },
+            Order::Path => Position::Path {
+                host: self.host.clone(),
+                dir: self.path[..self.path.len() - self.name.len() - 1].to_string(),
+                name: self.name.clone(),
+                first: self.first_key,
+                row: self.row,
+            },
+        }
+    }
 }
 
 /// A page of results; `next_offset` is set when there may be more.
@@ -264,7 +326,8 @@ macro_rules! concat_select {
     ($from:literal) => {
         concat!(
             "SELECT v.id, h.name, d.path, n.name, v.kind, v.size, v.mtime, v.mtime_ns, v.mode, v.uid, coalesce(v.gid, v.uid), ",
-            "v.content, v.first, coalesce(v.last, h.latest), v.last IS NULL, v.gone, v.host FROM ",
+            "v.content, v.first, coalesce(v.last, h.latest), v.last IS NULL, v.gone, v.host, v.dir, v.name, ",
+            "coalesce(v.last, 140737488355327) FROM ",
             $from,
             " JOIN names n ON n.id = v.name JOIN hosts h ON h.id = v.host JOIN dirs d ON d.id = v.dir"
         )
@@ -304,6 +367,52 @@ impl Sql {
     }
 }
 
+/// The key of open versions in `versions_recent` (and in positions): after every snapshot key.
+const OPEN_KEY: i64 = 140_737_488_355_327;
+
+/// A [`Scope`] as an SQL condition, with `{a}` where the alias of `versions` goes.
+struct ScopeSql {
+    sql: String,
+    params: Vec<Value>,
+}
+
+impl ScopeSql {
+    /// The condition on the versions aliased `a`.
+    fn on(&self, a: &str) -> String {
+        self.sql.replace("{a}", a)
+    }
+
+    /// "A later version of the path of `a` is in the scope": such a version is not deleted for
+    /// the reader.
+    fn later(&self, a: &str) -> (String, Vec<Value>) {
+        (
+            format!(
+                "EXISTS (SELECT 1 FROM versions w WHERE w.dir = {a}.dir AND w.name = {a}.name AND w.first > {a}.last AND {})",
+                self.on("w")
+            ),
+            self.params.clone(),
+        )
+    }
+}
+
+/// `p` (normalized) and everything below it, on the versions aliased `a`.
+fn path_clause(a: &str, p: &str) -> (String, Vec<Value>) {
+    let (parent, base) = p.rsplit_once('/').expect("normalized paths start with /");
+    (
+        format!(
+            "({a}.dir IN (SELECT id FROM dirs WHERE path = ? OR (path >= ? AND path < ?))
+              OR ({a}.dir IN (SELECT id FROM dirs WHERE path = ?) AND {a}.name IN (SELECT id FROM names WHERE name = ?)))"
+        ),
+        vec![
+            Value::Text(p.to_string()),
+            Value::Text(format!("{p}/")),
+            Value::Text(format!("{p}0")),
+            Value::Text(parent.to_string()),
+            Value::Text(base.to_string()),
+        ],
+    )
+}
+
 impl Catalog {
     /// Search versions. See [`Query`].
     pub fn find(&self, q: &Query) -> Result<Page<FileVersion>> {
@@ -336,18 +445,8 @@ impl Catalog {
         }
         let name_params = sql.params.len();
         if let Some(p) = q.path_prefix.as_deref().and_then(normalize_path) {
-            let (parent, base) = p.rsplit_once('/').expect("normalized paths start with /");
-            sql.push(
-                "(v.dir IN (SELECT id FROM dirs WHERE path = ? OR (path >= ? AND path < ?))
-                  OR (v.dir IN (SELECT id FROM dirs WHERE path = ?) AND v.name IN (SELECT id FROM names WHERE name = ?)))",
-                [
-                    Value::Text(p.clone()),
-                    Value::Text(format!("{p}/")),
-                    Value::Text(format!("{p}0")),
-                    Value::Text(parent.to_string()),
-                    Value::Text(base.to_string()),
-                ],
-            );
+            let (clause, params) = path_clause("v", &p);
+            sql.push(&clause, params);
         }
         if let Some(h) = &q.host {
             sql.push("v.host = (SELECT id FROM hosts WHERE name = ?)", [Value::Text(h.clone())]);
@@ -401,9 +500,20 @@ impl Catalog {
                 [Value::Integer(ts_ns(t))],
             );
         }
+        let scope = match &q.scope {
+            Some(scope) => Some(self.scope_sql(scope)?),
+            None => None,
+        };
         let deleted = q.deleted || q.deleted_since.is_some();
         if deleted {
-            sql.push("v.gone = 1", []);
+            // `gone != 0` as written selects the partial indexes of deleted rows.
+            match &scope {
+                None => sql.push("v.gone != 0 AND v.gone = 1", []),
+                Some(scope) => {
+                    let (later, params) = scope.later("v");
+                    sql.push(&format!("v.gone != 0 AND (v.gone = 1 OR (v.gone = 2 AND NOT {later}))"), params);
+                }
+            }
         }
         if let Some(t) = q.deleted_since {
             // The first snapshot without the file is at or after t exactly when the last one with
@@ -413,6 +523,9 @@ impl Catalog {
                 [Value::Integer(ts_ns(t))],
             );
         }
+        if let Some(scope) = &scope {
+            sql.push(&scope.on("v"), scope.params.clone());
+        }
         // Present versions first (they are in the latest snapshot of their host), newest version
         // first; then by the last snapshot that held them. `versions_recent` indexes exactly
         // this key, so a scan in result order can stop at the page's end.
@@ -420,27 +533,79 @@ impl Catalog {
         let order = match q.order {
             Order::RecentFirst => format!("{seen} DESC, v.id DESC"),
             Order::OldestFirst => format!("{seen} ASC, v.id ASC"),
-            Order::Path => "h.name, d.path, n.name, v.first".to_string(),
+            Order::Path => "h.name, d.path, n.name, v.first, v.id".to_string(),
         };
+        // Keyset paging: only what comes after `q.after` in this order.
+        let mut after: Option<(String, Vec<Value>)> = None;
+        match (&q.after, q.order) {
+            (None, _) => {}
+            (Some(Position::Seen { seen: k, row }), Order::RecentFirst) => {
+                after = Some((
+                    format!("{seen} <= ? AND ({seen} < ? OR v.id < ?)"),
+                    vec![Value::Integer(*k), Value::Integer(*k), Value::Integer(*row)],
+                ));
+            }
+            (Some(Position::Seen { seen: k, row }), Order::OldestFirst) => {
+                after = Some((
+                    format!("{seen} >= ? AND ({seen} > ? OR v.id > ?)"),
+                    vec![Value::Integer(*k), Value::Integer(*k), Value::Integer(*row)],
+                ));
+            }
+            (Some(Position::Path { host, dir, name, first, row }), Order::Path) => {
+                after = Some((
+                    "(h.name, d.path, n.name, v.first, v.id) > (?, ?, ?, ?, ?)".to_string(),
+                    vec![
+                        Value::Text(host.clone()),
+                        Value::Text(dir.clone()),
+                        Value::Text(name.clone()),
+                        Value::Integer(*first),
+                        Value::Integer(*row),
+                    ],
+                ));
+            }
+            (Some(_), _) => return Err(Error::InvalidInput("a position of another order".into())),
+        }
         let limit = if q.limit == 0 { 100 } else { q.limit.min(MAX_LIMIT) };
         let tail = format!("ORDER BY {order} LIMIT {} OFFSET {}", u64::from(limit) + 1, q.offset);
+        let later = scope.as_ref().map(|s| s.later("v"));
         let mut items = None;
-        if self.scan_budget > 0 && found && q.order == Order::RecentFirst && !deleted {
+        // The open versions alone answer a first page of present versions, and any page that
+        // continues among them.
+        let open_after = match &q.after {
+            None => Some(None),
+            Some(Position::Seen { seen: k, row }) if *k == OPEN_KEY => Some(Some(*row)),
+            Some(_) => None,
+        };
+        if self.scan_budget > 0
+            && found
+            && q.order == Order::RecentFirst
+            && !deleted
+            && let Some(open_after) = open_after
+        {
             // Present versions come first, newest first: when the matching names have a page
             // of them, the small index of open versions alone finds it (the table is read
             // for the page only).
+            let mut params = sql.params.clone();
+            let mut clauses = sql.clauses.clone();
+            if let Some(row) = open_after {
+                clauses.push("v.id < ?".into());
+                params.push(Value::Integer(row));
+            }
             let text = format!(
                 "{SELECT} WHERE v.id IN (SELECT v.id FROM versions v INDEXED BY versions_open{} WHERE {} AND v.last IS NULL
                  ORDER BY v.id DESC LIMIT {} OFFSET {}) ORDER BY v.id DESC",
                 if q.seen_from.is_some() { " JOIN hosts h ON h.id = v.host" } else { "" },
-                sql.clauses.join(" AND "),
+                clauses.join(" AND "),
                 u64::from(limit) + 1,
                 q.offset
             );
-            let page = self.run(&text, sql.params.clone(), None)?.expect("no budget, no interruption");
+            let page = self.run(&text, params, None, later.as_ref())?.expect("no budget, no interruption");
             if page.len() > limit as usize {
                 items = Some(page);
             }
+        }
+        if let Some((clause, params)) = &after {
+            sql.push(clause, params.clone());
         }
         if items.is_none()
             && self.scan_budget > 0
@@ -460,7 +625,7 @@ impl Catalog {
                 if clauses.is_empty() { "" } else { "WHERE" },
                 clauses.join(" AND ")
             );
-            items = self.run(&text, params, Some(self.scan_budget))?;
+            items = self.run(&text, params, Some(self.scan_budget), later.as_ref())?;
         }
         let mut items = match items {
             Some(items) => items,
@@ -471,12 +636,94 @@ impl Catalog {
                     if sql.clauses.is_empty() { "" } else { " WHERE" },
                     sql.clauses.join(" AND ")
                 );
-                self.run(&text, sql.params, None)?.expect("no budget, no interruption")
+                self.run(&text, sql.params, None, later.as_ref())?.expect("no budget, no interruption")
             }
         };
         let more = items.len() > limit as usize;
         items.truncate(limit as usize);
         Ok(Page { items, offset: q.offset, next_offset: more.then_some(q.offset + u64::from(limit)) })
+    }
+
+    /// A scope as SQL: the reader's access classes and searchable contexts go to temporary
+    /// tables first (they are few: one per distinct owner, mode and ACL, and per distinct chain
+    /// of folder access).
+    fn scope_sql(&self, scope: &Scope) -> Result<ScopeSql> {
+        let mut any = Vec::new();
+        let mut params = Vec::new();
+        if let Some(u) = scope.owner {
+            any.push("{a}.uid = ?".to_string());
+            params.push(Value::Integer(u.into()));
+        }
+        for p in &scope.paths {
+            match normalize_path(p) {
+                None => any.push("1".to_string()),
+                Some(p) => {
+                    let (clause, p) = path_clause("{a}", &p);
+                    any.push(clause);
+                    params.extend(p);
+                }
+            }
+        }
+        if !scope.hosts.is_empty() {
+            any.push(format!(
+                "{{a}}.host IN (SELECT id FROM hosts WHERE name IN ({}))",
+                vec!["?"; scope.hosts.len()].join(", ")
+            ));
+            params.extend(scope.hosts.iter().map(|h| Value::Text(h.clone())));
+        }
+        if let Some(reader) = &scope.reader {
+            self.readable_to_temp(reader)?;
+            any.push(
+                "({a}.access IN (SELECT id FROM temp.scope_access) AND {a}.ctx IN (SELECT id FROM temp.scope_ctx))"
+                    .to_string(),
+            );
+        }
+        let sql = if any.is_empty() { "0".to_string() } else { format!("({})", any.join(" OR ")) };
+        Ok(ScopeSql { sql, params })
+    }
+
+    /// Fill `temp.scope_access` with the access classes `reader` may read (folders: read and
+    /// search), and `temp.scope_ctx` with the contexts whose every folder they may search.
+    fn readable_to_temp(&self, reader: &Reader) -> Result<()> {
+        self.conn.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS scope_access(id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE IF NOT EXISTS scope_ctx(id INTEGER PRIMARY KEY);
+             DELETE FROM temp.scope_access; DELETE FROM temp.scope_ctx;",
+        )?;
+        let mut searchable: HashMap<i64, bool> = HashMap::new();
+        {
+            let mut add = self.conn.prepare_cached("INSERT INTO temp.scope_access(id) VALUES (?1)")?;
+            let mut stmt = self.conn.prepare_cached("SELECT id, dir, mode, uid, gid, acl FROM access")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let (id, dir): (i64, bool) = (r.get(0)?, r.get(1)?);
+                let (mode, uid, gid): (u32, u32, u32) = (r.get(2)?, r.get(3)?, r.get(4)?);
+                let acl: Vec<u8> = r.get(5)?;
+                let acl = (!acl.is_empty()).then_some(acl.as_slice());
+                if permits(reader, uid, gid, mode, acl, if dir { R | X } else { R }) {
+                    add.execute([id])?;
+                }
+                if dir {
+                    searchable.insert(id, permits(reader, uid, gid, mode, acl, X));
+                }
+            }
+        }
+        // A context is searchable when its parent is and its folder may be searched; parents
+        // are interned before their children, so one pass in id order decides them all.
+        let mut ok: HashMap<i64, bool> = HashMap::from([(crate::update::ROOT_CONTEXT, true)]);
+        let mut add = self.conn.prepare_cached("INSERT INTO temp.scope_ctx(id) VALUES (?1)")?;
+        add.execute([crate::update::ROOT_CONTEXT])?;
+        let mut stmt = self.conn.prepare_cached("SELECT id, parent, access FROM contexts ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let (id, parent, access): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let yes = ok.get(&parent).copied().unwrap_or(false) && searchable.get(&access).copied().unwrap_or(false);
+            ok.insert(id, yes);
+            if yes {
+                add.execute([id])?;
+            }
+        }
+        Ok(())
     }
 
     /// The name test in its two forms: per row, for a scan in result order, and through the
@@ -612,8 +859,9 @@ impl Catalog {
         ))
     }
 
-    /// Every version of one path, newest first. Without a host, the path's versions on every host.
-    pub fn history(&self, host: Option<&str>, path: &str) -> Result<Vec<FileVersion>> {
+    /// Every version of one path, newest first. Without a host, the path's versions on every
+    /// host. With a scope, only the versions in it (and "deleted" as the scope sees it).
+    pub fn history(&self, host: Option<&str>, path: &str, scope: Option<&Scope>) -> Result<Vec<FileVersion>> {
         let p = normalize_path(path).ok_or_else(|| Error::InvalidInput("history of the root".into()))?;
         let (parent, base) = p.rsplit_once('/').expect("normalized paths start with /");
         let mut params = vec![Value::Text(parent.to_string()), Value::Text(base.to_string())];
@@ -624,8 +872,17 @@ impl Catalog {
             text.push_str(" AND v.host = (SELECT id FROM hosts WHERE name = ?)");
             params.push(Value::Text(h.to_string()));
         }
+        let scope = match scope {
+            Some(scope) => Some(self.scope_sql(scope)?),
+            None => None,
+        };
+        if let Some(scope) = &scope {
+            text.push_str(&format!(" AND {}", scope.on("v")));
+            params.extend(scope.params.iter().cloned());
+        }
         text.push_str(" ORDER BY h.name, v.first DESC");
-        Ok(self.run(&text, params, None)?.expect("no budget"))
+        let later = scope.as_ref().map(|s| s.later("v"));
+        Ok(self.run(&text, params, None, later.as_ref())?.expect("no budget"))
     }
 
     /// The catalogued snapshots, oldest first.
@@ -669,9 +926,19 @@ impl Catalog {
         })
     }
 
-    /// Run a query built on `SELECT`. With a budget, `None` when the budget ran out.
-    fn run(&self, sql: &str, params: Vec<Value>, budget: Option<u64>) -> Result<Option<Vec<FileVersion>>> {
+    /// Run a query built on `SELECT`. With a budget, `None` when the budget ran out. `later`
+    /// ([`ScopeSql::later`] on `v`) decides whether a version closed before a change of access
+    /// is deleted for the scope.
+    fn run(
+        &self,
+        sql: &str,
+        params: Vec<Value>,
+        budget: Option<u64>,
+        later: Option<&(String, Vec<Value>)>,
+    ) -> Result<Option<Vec<FileVersion>>> {
         struct Raw {
+            row: i64,
+            seen_key: i64,
             host_id: i64,
             host: String,
             dir: String,
@@ -687,7 +954,7 @@ impl Catalog {
             first: i64,
             last: i64,
             present: bool,
-            gone: bool,
+            gone: i64,
         }
         let mut stmt = self.conn.prepare_cached(sql)?;
         if let Some(budget) = budget {
@@ -703,6 +970,8 @@ impl Catalog {
         let raws: rusqlite::Result<Vec<Raw>> = stmt
             .query_map(params_from_iter(params), |r| {
                 Ok(Raw {
+                    row: r.get(0)?,
+                    seen_key: r.get(19)?,
                     host: r.get(1)?,
                     dir: r.get(2)?,
                     name: r.get(3)?,
@@ -739,7 +1008,20 @@ impl Catalog {
         for r in raws {
             let first_seen = self.snapshot_ref(&mut snaps, r.first)?;
             let last_seen = self.snapshot_ref(&mut snaps, r.last)?;
-            let deleted = if r.gone {
+            let gone = match (r.gone, later) {
+                (1, _) => true,
+                (2, Some((later, params))) => {
+                    let mut params = params.clone();
+                    params.push(Value::Integer(r.row));
+                    let exists: bool = self
+                        .conn
+                        .prepare_cached(&format!("SELECT {later} FROM versions v WHERE v.id = ?"))?
+                        .query_row(params_from_iter(params), |row| row.get(0))?;
+                    !exists
+                }
+                _ => false,
+            };
+            let deleted = if gone {
                 let next: Option<i64> = self
                     .conn
                     .prepare_cached("SELECT min(key) FROM snapshots WHERE host = ?1 AND key > ?2")?
@@ -769,6 +1051,9 @@ impl Catalog {
                 last_seen,
                 present: r.present,
                 deleted,
+                row: r.row,
+                seen_key: r.seen_key,
+                first_key: r.first,
             });
         }
         Ok(Some(out))

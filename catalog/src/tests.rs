@@ -10,12 +10,42 @@ use crate::*;
 /// A file system state: path (no leading slash) -> (kind, uid, content seed, mtime).
 type Fs = BTreeMap<String, (NodeKind, u32, u64, i64)>;
 
+/// Access of the paths that have other than the default (mode 0644 for files, 0755 for
+/// folders, gid = uid, no ACL): path -> (mode, gid, ACL number into [`acl_value`], 0 for none).
+type Perms = BTreeMap<String, (u32, u32, u8)>;
+
 struct Store {
     trees: HashMap<TreeId, Arc<Tree>>,
 }
 
+/// A few POSIX access ACLs (in the kernel's xattr form) for the scope tests.
+fn acl_value(n: u8) -> Vec<u8> {
+    // (tag, perm, id): user_obj rw, a named user or group, mask, other.
+    let entries: &[(u16, u16, u32)] = match n {
+        1 => &[(0x01, 6, u32::MAX), (0x02, 4, 1001), (0x04, 0, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)],
+        2 => &[(0x01, 7, u32::MAX), (0x04, 0, u32::MAX), (0x08, 5, 77), (0x10, 5, u32::MAX), (0x20, 0, u32::MAX)],
+        _ => &[(0x01, 6, u32::MAX), (0x02, 4, 1002), (0x04, 4, u32::MAX), (0x10, 0, u32::MAX), (0x20, 4, u32::MAX)],
+    };
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(t, p, id) in entries {
+        v.extend(t.to_le_bytes());
+        v.extend(p.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
+/// The access of `path` in `perms`, or the default one.
+fn perms_of(perms: &Perms, path: &str, kind: NodeKind, uid: u32) -> (u32, u32, u8) {
+    perms.get(path).copied().unwrap_or((if kind == NodeKind::Dir { 0o755 } else { 0o644 }, uid, 0))
+}
+
 impl Store {
     fn put(&mut self, fs: &Fs, prefix: &str) -> TreeId {
+        self.put_with(fs, &Perms::new(), prefix)
+    }
+
+    fn put_with(&mut self, fs: &Fs, perms: &Perms, prefix: &str) -> TreeId {
         // Direct children of `prefix`.
         let mut nodes = Vec::new();
         for (path, &(kind, uid, seed, mtime)) in fs {
@@ -28,9 +58,13 @@ impl Store {
                 continue;
             }
             let mut n = Node::new(rest.as_bytes().to_vec(), kind);
+            let (mode, gid, acl) = perms_of(perms, path, kind, uid);
             n.uid = uid;
-            n.gid = uid;
-            n.mode = 0o644;
+            n.gid = gid;
+            n.mode = mode;
+            if acl != 0 {
+                n.xattrs.push(rewind_store::Xattr { name: crate::access::ACL_XATTR.to_vec(), value: acl_value(acl) });
+            }
             n.mtime = Time { sec: mtime, nsec: 0 };
             match kind {
                 NodeKind::File => {
@@ -38,7 +72,7 @@ impl Store {
                     n.content = vec![ChunkId(Hash::of(&seed.to_le_bytes()))];
                 }
                 NodeKind::Symlink => n.target = format!("t{seed}").into_bytes(),
-                NodeKind::Dir => n.subtree = Some(self.put(fs, path)),
+                NodeKind::Dir => n.subtree = Some(self.put_with(fs, perms, path)),
                 _ => {}
             }
             nodes.push(n);
@@ -193,34 +227,49 @@ fn brute(snaps: &[(SnapshotInfo, Fs)], store: &Store) -> Vec<Expect> {
                 }
             }
         }
-        let latest = list.len() - 1;
-        for (path, occ) in seen {
-            let mut runs: Vec<(usize, usize, BruteIdent)> = Vec::new();
-            for (i, id) in occ {
-                match runs.last_mut() {
-                    Some(r) if r.1 + 1 == i && r.2 == id => r.1 = i,
-                    _ => runs.push((i, i, id)),
-                }
-            }
-            let n = runs.len();
-            for (k, (a, b, id)) in runs.into_iter().enumerate() {
-                let gone = k + 1 == n && b != latest;
-                out.push(Expect {
-                    host: host.clone(),
-                    path: path.clone(),
-                    kind: id.0,
-                    uid: id.1,
-                    content: id.2,
-                    first: list[a].0.id.to_hex(),
-                    last: list[b].0.id.to_hex(),
-                    present: b == latest,
-                    gone_by: gone.then(|| list[b + 1].0.id.to_hex()),
-                });
-            }
-        }
+        let ids: Vec<SnapshotId> = list.iter().map(|s| s.0.id).collect();
+        cut_versions(&host, &ids, seen, |id| id, &mut out);
     }
     out.sort();
     out
+}
+
+/// Cut each path's presence (snapshot index, identity) into runs of one identity in
+/// consecutive snapshots of a host (`ids`, oldest first): its versions, the last one deleted
+/// when it ends before the host's latest snapshot.
+fn cut_versions<I: PartialEq>(
+    host: &str,
+    ids: &[SnapshotId],
+    seen: BTreeMap<String, Vec<(usize, I)>>,
+    brute: impl Fn(&I) -> &BruteIdent,
+    out: &mut Vec<Expect>,
+) {
+    let latest = ids.len() - 1;
+    for (path, occ) in seen {
+        let mut runs: Vec<(usize, usize, I)> = Vec::new();
+        for (i, id) in occ {
+            match runs.last_mut() {
+                Some(r) if r.1 + 1 == i && r.2 == id => r.1 = i,
+                _ => runs.push((i, i, id)),
+            }
+        }
+        let n = runs.len();
+        for (k, (a, b, id)) in runs.into_iter().enumerate() {
+            let gone = k + 1 == n && b != latest;
+            let (kind, uid, content, _) = brute(&id);
+            out.push(Expect {
+                host: host.to_string(),
+                path: path.clone(),
+                kind: kind.clone(),
+                uid: *uid,
+                content: content.clone(),
+                first: ids[a].to_hex(),
+                last: ids[b].to_hex(),
+                present: b == latest,
+                gone_by: gone.then(|| ids[b + 1].to_hex()),
+            });
+        }
+    }
 }
 
 /// The answer, checked to be the same in result order whichever way the query is run.
@@ -239,6 +288,10 @@ fn actual(cat: &Catalog, q: &Query) -> Vec<Expect> {
         tiny.find(&Query { limit: MAX_LIMIT, ..q.clone() }).unwrap().items
     };
     assert_eq!(scan, interrupted, "a scan cut short falls back to the same answer");
+    // Keyset paging in the query's order gives the whole answer, in order, page by page.
+    for (c, label) in [(cat, "planned"), (&unbudgeted, "indexed")] {
+        assert_eq!(keyset_pages(c, q, 4), scan, "keyset pages, {label}: {q:?}");
+    }
     let mut out = Vec::new();
     let mut q = q.clone();
     q.limit = 37; // exercise paging
@@ -264,6 +317,22 @@ fn actual(cat: &Catalog, q: &Query) -> Vec<Expect> {
     }
     out.sort();
     out
+}
+
+/// Every result of `q`, following positions with pages of `limit`.
+fn keyset_pages(cat: &Catalog, q: &Query, limit: u32) -> Vec<FileVersion> {
+    let mut out = Vec::new();
+    let mut kq = Query { limit, offset: 0, after: None, ..q.clone() };
+    loop {
+        let page = cat.find(&kq).unwrap();
+        let last = page.items.last().map(|v| v.position(q.order));
+        assert!(page.items.len() <= limit as usize);
+        out.extend(page.items);
+        match (page.next_offset, last) {
+            (Some(_), Some(p)) => kq.after = Some(p),
+            _ => return out,
+        }
+    }
 }
 
 fn history(seed: u64, gens: i64, hosts: &[&str]) -> (Store, Vec<(SnapshotInfo, Fs)>) {
@@ -546,7 +615,7 @@ fn order_paging_and_history() {
     let times: Vec<_> = page.items.iter().map(|v| v.last_seen.time).collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "most recent first");
     let p = page.items.iter().find(|v| v.kind == "file").unwrap().path.clone();
-    let hist = cat.history(Some("alpha"), &p).unwrap();
+    let hist = cat.history(Some("alpha"), &p, None).unwrap();
     let want: Vec<Expect> = brute(&snaps, &store).into_iter().filter(|e| e.path == p).collect();
     assert_eq!(hist.len(), want.len());
     assert!(hist.windows(2).all(|w| w[0].first_seen.time > w[1].first_seen.time));
@@ -600,4 +669,246 @@ fn readers_see_whole_snapshots_only() {
     assert!(cat.rebuild_from(&without, wanted(&snaps)).is_err());
     assert_eq!(actual(&reader, &Query::default()), brute(&snaps, &store));
     assert_eq!(actual(&cat, &Query::default()), brute(&snaps, &store));
+}
+
+/// Like [`history`], with access changing too: folders and files get other modes, groups and
+/// ACLs now and then (which hides or shows whole subtrees to a reader).
+fn history_access(seed: u64, gens: i64, hosts: &[&str]) -> (Store, Vec<(SnapshotInfo, Fs, Perms)>) {
+    let mut rng = Rng(seed | 1);
+    let mut store = Store { trees: HashMap::new() };
+    let mut snaps = Vec::new();
+    for (h, host) in hosts.iter().enumerate() {
+        let mut fs = Fs::new();
+        let mut perms = Perms::new();
+        for g in 0..gens {
+            step(&mut fs, &mut rng, g);
+            let paths: Vec<String> = fs.keys().cloned().collect();
+            for _ in 0..3 {
+                if paths.is_empty() {
+                    break;
+                }
+                let p = &paths[rng.below(paths.len() as u64) as usize];
+                if rng.below(4) == 0 {
+                    perms.remove(p);
+                    continue;
+                }
+                let modes = [0o700, 0o750, 0o755, 0o711, 0o705, 0o640, 0o600, 0o644, 0o604];
+                let mode = modes[rng.below(modes.len() as u64) as usize];
+                let gid = [fs[p].1, 77, 1001][rng.below(3) as usize];
+                let acl = if rng.below(3) == 0 { 1 + rng.below(3) as u8 } else { 0 };
+                perms.insert(p.clone(), (mode, gid, acl));
+            }
+            let tree = store.put_with(&fs, &perms, "");
+            let time = jiff::Timestamp::from_second(1_800_000_000 + g * 3600 + h as i64).unwrap();
+            let id = SnapshotId(Hash::of(format!("{host}{g}{seed}access").as_bytes()));
+            snaps.push((SnapshotInfo { id, host: host.to_string(), time, tree }, fs.clone(), perms.clone()));
+        }
+    }
+    snaps.sort_by_key(|s| (s.0.time, s.0.id));
+    (store, snaps)
+}
+
+/// What decides access to a node: mode, uid, gid, ACL.
+type Acc = (u32, u32, u32, Vec<u8>);
+
+/// A node's identity for a scope: as for [`brute`], with its access and that of the folders above.
+type ScopedIdent = (BruteIdent, Acc, Vec<Acc>);
+
+/// Brute force of a scope: the paths of one snapshot that `scope` sees, each with its identity
+/// (kind, uid, content, mtime, its access and the access of every folder above it).
+fn visible_in(info: &SnapshotInfo, store: &Store, scope: &Scope) -> BTreeMap<String, ScopedIdent> {
+    let mut out = BTreeMap::new();
+    let acc =
+        |n: &Node| -> Acc { (n.mode, n.uid, n.gid, n.xattr(crate::access::ACL_XATTR).unwrap_or_default().to_vec()) };
+    // (folder path, tree, access of the folders down to it, every one searchable by the reader)
+    let mut stack = vec![(String::new(), info.tree, Vec::<Acc>::new(), true)];
+    while let Some((prefix, tid, chain, searchable)) = stack.pop() {
+        for n in &store.trees[&tid].nodes {
+            let p = format!("{prefix}/{}", String::from_utf8_lossy(&n.name));
+            let a = acc(n);
+            let allows = |r: &Reader, want: u32| {
+                crate::access::permits(r, a.1, a.2, a.0, (!a.3.is_empty()).then_some(&a.3[..]), want)
+            };
+            let in_paths = scope.paths.iter().any(|h| p == *h || p.starts_with(&format!("{h}/")));
+            let readable = scope.reader.as_ref().is_some_and(|r| {
+                searchable && allows(r, if n.is_dir() { crate::access::R | crate::access::X } else { crate::access::R })
+            });
+            if scope.owner == Some(n.uid) || in_paths || scope.hosts.contains(&info.host) || readable {
+                let ident = (n.kind.as_str().to_string(), n.uid, format!("{:016x}", content_id(n) as u64), n.mtime);
+                out.insert(p.clone(), (ident, a.clone(), chain.clone()));
+            }
+            if let Some(sub) = n.subtree {
+                let mut inner = chain.clone();
+                inner.push(a.clone());
+                let search = searchable && scope.reader.as_ref().is_some_and(|r| allows(r, crate::access::X));
+                stack.push((p, sub, inner, search));
+            }
+        }
+    }
+    out
+}
+
+/// Brute force: the versions a scope sees, cut like [`brute`] from its visible paths alone
+/// (exactly as a catalog of a repository holding nothing else would cut them).
+fn brute_scoped(snaps: &[(SnapshotInfo, Fs, Perms)], store: &Store, scope: &Scope) -> Vec<Expect> {
+    let mut by_host: BTreeMap<String, Vec<&SnapshotInfo>> = BTreeMap::new();
+    for s in snaps {
+        by_host.entry(s.0.host.clone()).or_default().push(&s.0);
+    }
+    let mut out = Vec::new();
+    for (host, list) in by_host {
+        let mut seen: BTreeMap<String, Vec<(usize, ScopedIdent)>> = BTreeMap::new();
+        for (i, info) in list.iter().enumerate() {
+            for (p, id) in visible_in(info, store, scope) {
+                seen.entry(p).or_default().push((i, id));
+            }
+        }
+        let ids: Vec<SnapshotId> = list.iter().map(|s| s.id).collect();
+        cut_versions(&host, &ids, seen, |id| &id.0, &mut out);
+    }
+    out.sort();
+    out
+}
+
+fn expect_of(v: &FileVersion) -> Expect {
+    Expect {
+        host: v.host.clone(),
+        path: v.path.clone(),
+        kind: v.kind.clone(),
+        uid: v.uid,
+        content: v.content.clone(),
+        first: v.first_seen.id.clone(),
+        last: v.last_seen.id.clone(),
+        present: v.present,
+        gone_by: v.deleted.as_ref().map(|d| d.first_absent.id.clone()),
+    }
+}
+
+fn scopes() -> Vec<(&'static str, Scope)> {
+    let reader = |uid, gids: &[u32]| Some(Reader { uid, gids: gids.to_vec() });
+    vec![
+        ("nothing", Scope::default()),
+        ("owner", Scope { owner: Some(1001), ..Scope::default() }),
+        ("paths", Scope { paths: vec!["/d1".into(), "/d2/sub1".into()], ..Scope::default() }),
+        ("host", Scope { hosts: vec!["beta".into()], ..Scope::default() }),
+        ("reader 1001", Scope { reader: reader(1001, &[1001, 77]), ..Scope::default() }),
+        ("reader 1002", Scope { reader: reader(1002, &[1002]), ..Scope::default() }),
+        ("owner+paths", Scope { owner: Some(1000), paths: vec!["/d3".into()], ..Scope::default() }),
+        ("reader+paths", Scope { paths: vec!["/d0".into()], reader: reader(1000, &[1000]), ..Scope::default() }),
+        ("owner+host", Scope { owner: Some(1002), hosts: vec!["alpha".into()], ..Scope::default() }),
+    ]
+}
+
+/// A scope sees exactly what it would see in a repository where everything out of it was
+/// never backed up: versions, their intervals and deletions, brute-forced; and a catalog of
+/// that smaller repository answers every query with the same results in the same order, page
+/// by page.
+#[test]
+fn scopes_equal_their_own_repository() {
+    let mut split_by_access = 0;
+    let mut deleted_for_scope_only = 0;
+    for seed in [5u64, 13, 31] {
+        let (store, snaps) = history_access(seed, 10, &["alpha", "beta"]);
+        let (_d, mut cat) = fresh();
+        for i in 0..snaps.len() {
+            let w: Vec<(SnapshotInfo, Fs)> = snaps[..=i].iter().map(|s| (s.0.clone(), s.1.clone())).collect();
+            cat.sync_to(&store.trees, wanted(&w)).unwrap();
+        }
+        let everything = actual(&cat, &Query::default());
+        // The versions as cut by content and owner alone, without access.
+        let plain: Vec<(SnapshotInfo, Fs)> = snaps.iter().map(|s| (s.0.clone(), s.1.clone())).collect();
+        let by_content = brute(&plain, &store);
+        for (label, scope) in scopes() {
+            let want = brute_scoped(&snaps, &store, &scope);
+            let q = Query { scope: Some(scope.clone()), ..Query::default() };
+            assert_eq!(actual(&cat, &q), want, "seed {seed}, {label}");
+            let deleted: Vec<Expect> = want.iter().filter(|e| e.gone_by.is_some()).cloned().collect();
+            assert_eq!(actual(&cat, &Query { deleted: true, ..q.clone() }), deleted, "seed {seed}, {label}: deleted");
+            deleted_for_scope_only += deleted
+                .iter()
+                .filter(|e| !everything.iter().any(|a| a.path == e.path && a.first == e.first && a.gone_by.is_some()))
+                .count();
+            split_by_access += want.iter().filter(|e| !by_content.contains(e)).count();
+            // History, per path, as the scope sees it.
+            for path in want.iter().map(|e| e.path.clone()).collect::<std::collections::BTreeSet<_>>().iter().take(20) {
+                let mut got: Vec<Expect> =
+                    cat.history(None, path, Some(&scope)).unwrap().iter().map(expect_of).collect();
+                got.sort();
+                let w: Vec<Expect> = want.iter().filter(|e| &e.path == path).cloned().collect();
+                assert_eq!(got, w, "seed {seed}, {label}: history of {path}");
+            }
+
+            // The scope's own repository: every snapshot holds only what the scope sees and the
+            // folders on the way to it (same snapshots, same metadata).
+            let mut own_store = Store { trees: HashMap::new() };
+            let mut own: Vec<(SnapshotInfo, Fs)> = Vec::new();
+            for (info, fs, perms) in &snaps {
+                let seen = visible_in(info, &store, &scope);
+                let keep: Fs = fs
+                    .iter()
+                    .filter(|(p, _)| {
+                        let p = format!("/{p}");
+                        seen.keys().any(|v| *v == p || v.starts_with(&format!("{p}/")))
+                    })
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                let tree = own_store.put_with(&keep, perms, "");
+                own.push((SnapshotInfo { tree, ..info.clone() }, keep));
+            }
+            let (_d2, mut sub) = fresh();
+            for i in 0..own.len() {
+                sub.sync_to(&own_store.trees, wanted(&own[..=i])).unwrap();
+            }
+            for order in [Order::RecentFirst, Order::OldestFirst, Order::Path] {
+                for deleted in [false, true] {
+                    for name in [
+                        None,
+                        Some(NameMatch::Glob("{file*,notes?.md}".into())),
+                        Some(NameMatch::Substring("e".into())),
+                    ] {
+                        let q = Query { scope: Some(scope.clone()), order, deleted, name, ..Query::default() };
+                        for limit in [1, 2, 3] {
+                            let a: Vec<Expect> = keyset_pages(&cat, &q, limit).iter().map(expect_of).collect();
+                            let b: Vec<Expect> = keyset_pages(&sub, &q, limit).iter().map(expect_of).collect();
+                            assert_eq!(a, b, "seed {seed}, {label}: {q:?} by {limit}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(split_by_access > 0, "access changes cut versions a scope sees");
+    assert!(deleted_for_scope_only > 0, "some paths are deleted for a scope only");
+}
+
+/// Removing snapshots keeps every scope's view equal to the brute force over the kept ones:
+/// versions merged or dropped, and deletions as each scope sees them.
+#[test]
+fn scopes_after_removed_snapshots() {
+    for seed in [9u64, 17] {
+        let (store, snaps) = history_access(seed, 12, &["alpha", "beta"]);
+        let (_d, mut cat) = fresh();
+        let all: Vec<(SnapshotInfo, Fs)> = snaps.iter().map(|s| (s.0.clone(), s.1.clone())).collect();
+        cat.sync_to(&store.trees, wanted(&all)).unwrap();
+        let mut rng = Rng(seed * 7 + 1);
+        let mut kept = snaps.clone();
+        for round in 0..3 {
+            let n = kept.len();
+            let mut i = 0;
+            kept.retain(|_| {
+                i += 1;
+                i == n || rng.below(3) != 0 || round == 2 && i == 1
+            });
+            let w: Vec<(SnapshotInfo, Fs)> = kept.iter().map(|s| (s.0.clone(), s.1.clone())).collect();
+            let report = cat.sync_to(&store.trees, wanted(&w)).unwrap();
+            assert!(report.hosts_rebuilt.is_empty(), "{report:?}");
+            for (label, scope) in scopes() {
+                let want = brute_scoped(&kept, &store, &scope);
+                let q = Query { scope: Some(scope), ..Query::default() };
+                assert_eq!(actual(&cat, &q), want, "seed {seed} round {round}: {label}");
+                let deleted: Vec<Expect> = want.into_iter().filter(|e| e.gone_by.is_some()).collect();
+                assert_eq!(actual(&cat, &Query { deleted: true, ..q }), deleted, "seed {seed} round {round}: {label}");
+            }
+        }
+    }
 }

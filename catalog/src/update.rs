@@ -10,6 +10,7 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::Catalog;
+use crate::access::ACL_XATTR;
 use crate::error::{Error, Result};
 
 /// Where trees come from: the repository, or (in tests and benchmarks) memory.
@@ -89,9 +90,11 @@ pub(crate) fn kind_from_code(c: i64) -> NodeKind {
     }
 }
 
-/// A version's identity: two nodes at one path are the same version when all of this agrees.
+/// A version's identity: two nodes at one path are the same version when all of this agrees
+/// (and so do the folders' access above them: the context, compared beside it).
 /// `content` is the first 8 bytes of BLAKE3 over the file's chunk ids in order (the symlink
-/// target for symlinks, 0 otherwise): enough to tell one path's versions apart.
+/// target for symlinks, 0 otherwise): enough to tell one path's versions apart; `acl` likewise
+/// of the POSIX access ACL (0 without one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Ident {
     pub kind: i64,
@@ -102,6 +105,7 @@ pub(crate) struct Ident {
     pub mtime: i64,
     pub mtime_ns: u32,
     pub content: i64,
+    pub acl: i64,
 }
 
 /// The content id of a node, as stored.
@@ -122,6 +126,9 @@ pub fn content_id(node: &Node) -> i64 {
 }
 
 pub(crate) fn ident(n: &Node) -> Ident {
+    let acl = n
+        .xattr(ACL_XATTR)
+        .map_or(0, |a| i64::from_le_bytes(blake3::hash(a).as_bytes()[..8].try_into().expect("8 bytes")));
     Ident {
         kind: kind_code(n.kind),
         mode: n.mode,
@@ -131,7 +138,25 @@ pub(crate) fn ident(n: &Node) -> Ident {
         mtime: n.mtime.sec,
         mtime_ns: n.mtime.nsec,
         content: content_id(n),
+        acl,
     }
+}
+
+/// What decides who may read a node, as interned in `access`: folder or not, permission bits,
+/// owner, group and the POSIX access ACL (empty without one).
+type AccessKey = (bool, u32, u32, u32, Vec<u8>);
+
+fn access_key(n: &Node) -> AccessKey {
+    (n.is_dir(), n.mode, n.uid, n.gid, n.xattr(ACL_XATTR).unwrap_or_default().to_vec())
+}
+
+/// The context of the entries at a snapshot's root (not a row of `contexts`).
+pub(crate) const ROOT_CONTEXT: i64 = 0;
+
+/// `versions.gone` of a closed version whose path has a next version: 0 when that one has the
+/// same access (whoever sees one sees the other), else 2.
+fn closed_gone(same_access: bool) -> i64 {
+    if same_access { 0 } else { 2 }
 }
 
 /// A testing hook: `REWIND_CATALOG_FAILPOINT=abort-after-versions:N` aborts the process (as a
@@ -149,6 +174,9 @@ pub(crate) struct Caches {
     dirs: HashMap<(i64, i64), i64>,
     /// Names added per trigram in this transaction, not yet in `trigrams`.
     trigrams: HashMap<[char; 3], i64>,
+    access: HashMap<AccessKey, i64>,
+    /// (parent context, folder access) -> context.
+    contexts: HashMap<(i64, i64), i64>,
 }
 
 impl Catalog {
@@ -366,15 +394,18 @@ impl Catalog {
         paths.sort_unstable();
         let mut dropped = 0u64;
         for (dir, name) in paths {
-            let versions: Vec<(i64, StoredIdent, i64, Option<i64>, bool)> = tx
+            let versions: Vec<(i64, StoredIdent, i64, Option<i64>, i64)> = tx
                 .prepare_cached(
-                    "SELECT id, kind, mode, uid, gid, size, mtime, mtime_ns, content, first, last, gone
+                    "SELECT id, kind, mode, uid, gid, size, mtime, mtime_ns, content, first, last, gone, access, ctx
                      FROM versions WHERE dir=?1 AND name=?2 ORDER BY first",
                 )?
                 .query_map([dir, name], |r| {
                     Ok((
                         r.get(0)?,
-                        (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?),
+                        (
+                            (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?),
+                            (r.get(12)?, r.get(13)?),
+                        ),
                         r.get(9)?,
                         r.get(10)?,
                         r.get(11)?,
@@ -400,14 +431,16 @@ impl Catalog {
                 tx.prepare_cached("DELETE FROM versions WHERE id=?1")?.execute([id])?;
                 dropped += 1;
             }
-            let n = live.len();
-            for (i, &(id, _, a, b)) in live.iter().enumerate() {
+            for (i, &(id, ident, a, b)) in live.iter().enumerate() {
                 let last = (kept[b] != new_latest).then_some(kept[b]);
-                let gone = i + 1 == n && last.is_some();
+                let gone = match live.get(i + 1) {
+                    None => i64::from(last.is_some()),
+                    Some(next) => closed_gone(next.1.1 == ident.1),
+                };
                 let before = versions.iter().find(|v| v.0 == id).expect("a live version was read");
                 if (before.2, before.3, before.4) != (kept[a], last, gone) {
                     tx.prepare_cached("UPDATE versions SET first=?1, last=?2, gone=?3 WHERE id=?4")?
-                        .execute(params![kept[a], last, gone as i64, id])?;
+                        .execute(params![kept[a], last, gone, id])?;
                 }
             }
         }
@@ -450,8 +483,8 @@ impl Catalog {
 }
 
 /// A version's identity as stored: kind, mode, uid, gid (NULL when equal to uid), size, mtime,
-/// mtime_ns, content.
-type StoredIdent = (i64, i64, i64, Option<i64>, i64, i64, i64, i64);
+/// mtime_ns, content, and its access and context.
+type StoredIdent = ((i64, i64, i64, Option<i64>, i64, i64, i64, i64), (i64, i64));
 
 /// The kept snapshots (`kept`: keys, oldest first) within `[first, last]`, as indexes into
 /// `kept`; `None` if there are none.
@@ -465,7 +498,7 @@ fn clear_in(tx: &Transaction<'_>) -> Result<()> {
     tx.execute_batch(
         "DELETE FROM versions; DELETE FROM dirs; DELETE FROM names;
          INSERT INTO names_fts(names_fts) VALUES('delete-all'); DELETE FROM trigrams;
-         DELETE FROM snapshots; DELETE FROM hosts;",
+         DELETE FROM snapshots; DELETE FROM hosts; DELETE FROM contexts; DELETE FROM access;",
     )?;
     Ok(())
 }
@@ -532,7 +565,7 @@ fn apply_in(
     };
     let (root, created) = w.root_dir()?;
     match &prev {
-        None => w.add_tree(root, "", Some(snap.tree), created)?,
+        None => w.add_tree(root, "", Some(snap.tree), created, ROOT_CONTEXT)?,
         Some((_, _, _, ptree)) => {
             let ptree = TreeId(rewind_store::Hash(
                 ptree
@@ -540,7 +573,7 @@ fn apply_in(
                     .try_into()
                     .map_err(|_| Error::InvalidInput("damaged catalog: snapshot tree id is not 32 bytes".into()))?,
             ));
-            w.diff_tree(root, "", Some(ptree), Some(snap.tree))?
+            w.diff_tree(root, "", Some(ptree), Some(snap.tree), ROOT_CONTEXT, ROOT_CONTEXT)?
         }
     }
     tx.execute("UPDATE hosts SET latest=?1 WHERE id=?2", [key, host])?;
@@ -655,12 +688,62 @@ impl Writer<'_, '_> {
         Ok((id, true, path))
     }
 
-    fn insert_version(&mut self, dir: i64, name: i64, n: &Node) -> Result<()> {
+    /// The interned access of a node.
+    fn access_id(&mut self, n: &Node) -> Result<i64> {
+        let key = access_key(n);
+        if let Some(&id) = self.caches.access.get(&key) {
+            return Ok(id);
+        }
+        let (dir, mode, uid, gid, acl) = &key;
+        let found: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT id FROM access WHERE dir=?1 AND mode=?2 AND uid=?3 AND gid=?4 AND acl=?5")?
+            .query_row(params![dir, mode, uid, gid, acl], |r| r.get(0))
+            .optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                self.tx
+                    .prepare_cached("INSERT INTO access(dir, mode, uid, gid, acl) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                    .execute(params![dir, mode, uid, gid, acl])?;
+                self.tx.last_insert_rowid()
+            }
+        };
+        self.caches.access.insert(key, id);
+        Ok(id)
+    }
+
+    /// The context of the entries of a folder whose own access is `access`, inside `parent`.
+    fn context_id(&mut self, parent: i64, access: i64) -> Result<i64> {
+        if let Some(&id) = self.caches.contexts.get(&(parent, access)) {
+            return Ok(id);
+        }
+        let found: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT id FROM contexts WHERE parent=?1 AND access=?2")?
+            .query_row([parent, access], |r| r.get(0))
+            .optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                self.tx
+                    .prepare_cached("INSERT INTO contexts(parent, access) VALUES (?1, ?2)")?
+                    .execute([parent, access])?;
+                self.tx.last_insert_rowid()
+            }
+        };
+        self.caches.contexts.insert((parent, access), id);
+        Ok(id)
+    }
+
+    /// A new version of `n` in `dir`, whose entries have context `ctx`; returns its access.
+    fn insert_version(&mut self, dir: i64, name: i64, n: &Node, ctx: i64) -> Result<i64> {
         let i = ident(n);
+        let access = self.access_id(n)?;
         self.tx
             .prepare_cached(
-                "INSERT INTO versions(host, dir, name, kind, mode, uid, gid, size, mtime, mtime_ns, content, first)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT INTO versions(host, dir, name, kind, mode, uid, gid, size, mtime, mtime_ns, content, first, access, ctx)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
                 self.host,
@@ -674,7 +757,9 @@ impl Writer<'_, '_> {
                 i.mtime,
                 i.mtime_ns,
                 i.content,
-                self.key
+                self.key,
+                access,
+                ctx
             ])?;
         self.report.versions_added += 1;
         *self.written += 1;
@@ -682,24 +767,29 @@ impl Writer<'_, '_> {
             tracing::error!("REWIND_CATALOG_FAILPOINT reached after {} versions: aborting", self.written);
             std::process::abort();
         }
-        Ok(())
+        Ok(access)
     }
 
-    /// End the open version of `name` in `dir` at the previous snapshot.
-    fn close(&mut self, dir: i64, name: i64, gone: bool) -> Result<()> {
+    /// End the open version of `name` in `dir` at the previous snapshot, with `gone` (1: the
+    /// path went; else [`closed_gone`] of the version that follows).
+    fn close(&mut self, dir: i64, name: i64, gone: i64) -> Result<()> {
         let n = self
             .tx
             .prepare_cached("UPDATE versions SET last=?1, gone=?2 WHERE dir=?3 AND name=?4 AND last IS NULL")?
-            .execute(params![self.prev, gone as i64, dir, name])?;
+            .execute(params![self.prev, gone, dir, name])?;
         self.report.versions_closed += n as u64;
         Ok(())
     }
 
-    /// A path is back: its older versions are no longer the deleted ones.
-    fn unmark_gone(&mut self, dir: i64, name: i64) -> Result<()> {
+    /// A path is back, with a version of `access` in context `ctx`: its older versions are no
+    /// longer the deleted ones (but may still be for readers who cannot see the new one).
+    fn unmark_gone(&mut self, dir: i64, name: i64, access: i64, ctx: i64) -> Result<()> {
         self.tx
-            .prepare_cached("UPDATE versions SET gone=0 WHERE dir=?1 AND name=?2 AND gone=1")?
-            .execute([dir, name])?;
+            .prepare_cached(
+                "UPDATE versions SET gone = CASE WHEN access=?3 AND ctx=?4 THEN 0 ELSE 2 END
+                 WHERE dir=?1 AND name=?2 AND gone=1",
+            )?
+            .execute([dir, name, access, ctx])?;
         Ok(())
     }
 
@@ -721,26 +811,45 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    /// A directory new to the host's latest state: every entry below is a new version.
-    fn add_tree(&mut self, dir: i64, path: &str, tree: Option<TreeId>, dir_is_new: bool) -> Result<()> {
-        let tree = self.load(tree)?;
-        for node in &tree.nodes {
-            let name = self.name_id(&node.name)?;
-            if !dir_is_new {
-                self.unmark_gone(dir, name)?;
-            }
-            self.insert_version(dir, name, node)?;
-            if node.is_dir() {
-                let (child, created, cpath) = self.dir_id(dir, path, name, &node.name)?;
-                self.add_tree(child, &cpath, node.subtree, created)?;
-            }
+    /// A new version of `n` (in `dir`, context `ctx`), for a path that was absent before.
+    fn add_node(&mut self, dir: i64, path: &str, n: &Node, ctx: i64, dir_is_new: bool) -> Result<()> {
+        let name = self.name_id(&n.name)?;
+        if !dir_is_new {
+            let access = self.access_id(n)?;
+            self.unmark_gone(dir, name, access, ctx)?;
+        }
+        let access = self.insert_version(dir, name, n, ctx)?;
+        if n.is_dir() {
+            let (child, created, cpath) = self.dir_id(dir, path, name, &n.name)?;
+            let inner = self.context_id(ctx, access)?;
+            self.add_tree(child, &cpath, n.subtree, created, inner)?;
         }
         Ok(())
     }
 
-    /// Bring a directory from tree `a` (the previous snapshot) to tree `b`.
-    fn diff_tree(&mut self, dir: i64, path: &str, a: Option<TreeId>, b: Option<TreeId>) -> Result<()> {
-        if a == b {
+    /// A directory new to the host's latest state (its entries in context `ctx`): every entry
+    /// below is a new version.
+    fn add_tree(&mut self, dir: i64, path: &str, tree: Option<TreeId>, dir_is_new: bool, ctx: i64) -> Result<()> {
+        let tree = self.load(tree)?;
+        for node in &tree.nodes {
+            self.add_node(dir, path, node, ctx, dir_is_new)?;
+        }
+        Ok(())
+    }
+
+    /// Bring a directory from tree `a` (the previous snapshot, its entries in context `ca`) to
+    /// tree `b` (in context `cb`). A folder whose access changed changes the context of
+    /// everything below it, so its whole subtree gets new versions.
+    fn diff_tree(
+        &mut self,
+        dir: i64,
+        path: &str,
+        a: Option<TreeId>,
+        b: Option<TreeId>,
+        ca: i64,
+        cb: i64,
+    ) -> Result<()> {
+        if a == b && ca == cb {
             self.report.subtrees_skipped += 1;
             return Ok(());
         }
@@ -756,7 +865,7 @@ impl Writer<'_, '_> {
                 Ordering::Less => {
                     let na = &ta.nodes[i];
                     let name = self.name_id(&na.name)?;
-                    self.close(dir, name, true)?;
+                    self.close(dir, name, 1)?;
                     if na.is_dir()
                         && let Some(child) = self.find_dir(dir, name)?
                     {
@@ -765,31 +874,32 @@ impl Writer<'_, '_> {
                     i += 1;
                 }
                 Ordering::Greater => {
-                    let nb = &tb.nodes[j];
-                    let name = self.name_id(&nb.name)?;
-                    self.unmark_gone(dir, name)?;
-                    self.insert_version(dir, name, nb)?;
-                    if nb.is_dir() {
-                        let (child, created, cpath) = self.dir_id(dir, path, name, &nb.name)?;
-                        self.add_tree(child, &cpath, nb.subtree, created)?;
-                    }
+                    self.add_node(dir, path, &tb.nodes[j], cb, false)?;
                     j += 1;
                 }
                 Ordering::Equal => {
                     let (na, nb) = (&ta.nodes[i], &tb.nodes[j]);
-                    let same = ident(na) == ident(nb);
+                    // Equal identities in equal contexts have equal access, so their entries
+                    // are in equal contexts too.
+                    let same = ident(na) == ident(nb) && ca == cb;
                     let dirs_differ =
                         (na.is_dir() || nb.is_dir()) && !(na.is_dir() && nb.is_dir() && na.subtree == nb.subtree);
                     if !same || dirs_differ {
                         let name = self.name_id(&nb.name)?;
-                        if !same {
-                            self.close(dir, name, false)?;
-                            self.insert_version(dir, name, nb)?;
-                        }
+                        let old_access = self.access_id(na)?;
+                        let new_access = if same {
+                            old_access
+                        } else {
+                            let access = self.access_id(nb)?;
+                            self.close(dir, name, closed_gone(access == old_access && ca == cb))?;
+                            self.insert_version(dir, name, nb, cb)?
+                        };
                         match (na.is_dir(), nb.is_dir()) {
                             (true, true) => {
                                 let (child, _, cpath) = self.dir_id(dir, path, name, &nb.name)?;
-                                self.diff_tree(child, &cpath, na.subtree, nb.subtree)?;
+                                let (inner_a, inner_b) =
+                                    (self.context_id(ca, old_access)?, self.context_id(cb, new_access)?);
+                                self.diff_tree(child, &cpath, na.subtree, nb.subtree, inner_a, inner_b)?;
                             }
                             (true, false) => {
                                 if let Some(child) = self.find_dir(dir, name)? {
@@ -798,7 +908,8 @@ impl Writer<'_, '_> {
                             }
                             (false, true) => {
                                 let (child, created, cpath) = self.dir_id(dir, path, name, &nb.name)?;
-                                self.add_tree(child, &cpath, nb.subtree, created)?;
+                                let inner = self.context_id(cb, new_access)?;
+                                self.add_tree(child, &cpath, nb.subtree, created, inner)?;
                             }
                             (false, false) => {}
                         }

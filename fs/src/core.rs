@@ -14,8 +14,11 @@ use crate::inode::{InodeTable, ROOT, child_key};
 
 /// How long the kernel may keep attributes and names inside snapshots: they never change.
 pub const TTL_FROZEN: Duration = Duration::from_secs(365 * 24 * 3600);
-/// How long for the directories that list snapshots, which change when backups run.
-pub const TTL_LIVE: Duration = Duration::from_secs(1);
+/// How long for the directories that list snapshots, which change when backups run. The kernel
+/// keeps their listings until it sees their mtime move, which it checks this often: a new
+/// snapshot shows in a listing within this plus the view's refresh interval (half a second in
+/// all), and by name at once (a lookup miss re-reads the list).
+pub const TTL_LIVE: Duration = Duration::from_millis(250);
 /// `st_blksize`: tools size their reads by it; large reads suit chunked, compressed content.
 const BLKSIZE: u32 = 128 * 1024;
 /// Readers kept for files read recently.
@@ -245,7 +248,18 @@ impl Core {
         {
             return Err(Errno::ENOTDIR);
         }
-        let e = self.view.lookup(&dir, name).map_err(|e| errno(&e))?;
+        let e = match self.view.lookup(&dir, name) {
+            // A snapshot saved since the last look: its manifest exists, so it is there now.
+            // One listing of `snapshots/` per miss in a directory that lists snapshots.
+            Err(rewind_store::Error::NotFound(_)) if is_live(&dir) => {
+                if let Err(e) = self.view.refresh() {
+                    tracing::warn!("cannot refresh the snapshot list: {e}");
+                }
+                self.view.lookup(&dir, name)
+            }
+            r => r,
+        }
+        .map_err(|e| errno(&e))?;
         let ino = self.inodes.lock().expect("inode lock").lookup(parent, name, e.clone()).ok_or(Errno::ESTALE)?;
         match self.answer(ino, &e) {
             Ok(a) => Ok(a),
@@ -271,7 +285,7 @@ impl Core {
 
     pub fn getattr(&self, ino: u64) -> Result<Answer, Errno> {
         let e = self.entry(ino)?;
-        if ino == ROOT {
+        if is_live(&e) {
             self.view.refresh_if_stale();
         }
         self.answer(ino, &e)
@@ -279,6 +293,12 @@ impl Core {
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
         let e = self.entry(ino)?;
+        if matches!(e, Entry::Latest(_)) {
+            // `latest` names the newest snapshot as of now, not as of the last second.
+            if let Err(err) = self.view.refresh() {
+                tracing::warn!("cannot refresh the snapshot list: {err}");
+            }
+        }
         self.view.readlink(&e).map_err(|err| match err {
             rewind_store::Error::InvalidInput(_) => Errno::EINVAL,
             other => errno(&other),
@@ -302,7 +322,10 @@ impl Core {
             return Ok(l.clone());
         }
         if live {
-            self.view.refresh_if_stale();
+            // A new listing pass shows every snapshot whose manifest exists now.
+            if let Err(err) = self.view.refresh() {
+                tracing::warn!("cannot refresh the snapshot list: {err}");
+            }
         }
         let items = self
             .view

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::Json;
 use axum::extract::{ConnectInfo, FromRequestParts, RawQuery, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -14,12 +14,12 @@ use serde_json::{Value, json};
 use rewind_store::{Node, NodeKind, SnapshotEntry, SnapshotId};
 
 use crate::audit::Record;
-use crate::auth::{AuthError, Identity, Role, check_login_name};
+use crate::auth::{AuthError, Identity, Role, check_login_name, fold_login, trim_login};
 use crate::authz::{Access, Resolved, Subject};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::paths;
 use crate::query::Params;
-use crate::session::{Acting, Session, now, origin_ok};
+use crate::session::{Acting, Session, host_ok, now, origin_ok};
 use crate::state::AppState;
 
 /// The client's address, when the server knows it (not in `oneshot` tests). Behind a proxy
@@ -62,11 +62,47 @@ pub(crate) fn record(s: &Session, event: &str, client: &ClientAddr) -> Record {
         event: event.into(),
         outcome: "ok".into(),
         actor: s.actor().login.clone(),
+        realm: Some(s.actor().realm.clone()),
         for_user: s.acting().map(|a| a.user.login.clone()),
+        for_realm: s.acting().map(|a| a.user.realm.clone()),
         reason: s.acting().map(|a| a.reason.clone()),
         client: client.text(),
         ..Record::default()
     }
+}
+
+/// Audit a path the user was told does not exist, as event `denied` with outcome
+/// `<action>: not found` (rate-limited per user: see [`crate::audit::AuditLog::denied`]).
+pub(crate) fn audit_denied(
+    state: &AppState,
+    s: &Session,
+    client: &ClientAddr,
+    action: &str,
+    snapshot: Option<SnapshotId>,
+    paths: Vec<String>,
+) {
+    let mut r = record(s, "denied", client);
+    r.outcome = format!("{action}: not found");
+    r.snapshot = snapshot.map(|id| id.to_hex());
+    r.host = snapshot.and_then(|id| state.view.snapshot(&id)).map(|e| e.snapshot.host);
+    r.paths = paths;
+    state.audit.denied(r);
+}
+
+/// A handler's answer, with its 404 audited as a denial.
+pub(crate) fn audit_not_found<T>(
+    state: &AppState,
+    s: &Session,
+    client: &ClientAddr,
+    action: &str,
+    snapshot: Option<SnapshotId>,
+    paths: impl FnOnce() -> Vec<String>,
+    r: ApiResult<T>,
+) -> ApiResult<T> {
+    if matches!(r, Err(ApiError::NotFound)) {
+        audit_denied(state, s, client, action, snapshot, paths());
+    }
+    r
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -92,6 +128,7 @@ fn me_json(state: &AppState, s: &crate::session::Claims) -> Value {
         "gids": id.gids,
         "acting_for": s.act.as_ref().map(|a| json!({
             "login": a.user.login,
+            "realm": a.user.realm,
             "display_name": a.user.display_name,
             "reason": a.reason,
             "since": jiff::Timestamp::from_second(a.since).map(|t| t.to_string()).unwrap_or_default(),
@@ -104,41 +141,61 @@ fn me_json(state: &AppState, s: &crate::session::Claims) -> Value {
 }
 
 /// `POST /api/login`.
+///
+/// Every attempt that does not log in counts toward the failure budgets of its name (trimmed and
+/// case-folded: ` dave` and `DAVE` are `dave`) and of its address, whatever the reason: a wrong
+/// password, an unknown user, a realm that could not be asked. An unavailable realm answers 503
+/// whatever the other realms said, so that no answer tells a wrong password from a realm down.
 pub async fn login(
     State(state): State<AppState>,
     client: ClientAddr,
     headers: HeaderMap,
-    Json(req): Json<LoginRequest>,
+    uri: Uri,
+    ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Response> {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut rec =
-        Record { event: "login".into(), actor: req.username.clone(), client: client.text(), ..Record::default() };
+    let mut rec = Record {
+        event: "login".into(),
+        actor: req.username.clone(),
+        realm: req.realm.clone(),
+        client: client.text(),
+        ..Record::default()
+    };
     let fail = |rec: &mut Record, outcome: &str, e: ApiError| -> ApiError {
         rec.outcome = outcome.into();
         state.audit.write(rec.clone());
         e
     };
-    if !origin_ok(&headers, &state.config.allowed_origins, state.config.tls.is_some()) {
+    if !host_ok(&headers, &uri, &state.config) {
+        return Err(fail(
+            &mut rec,
+            "refused: foreign host",
+            ApiError::Forbidden("this portal does not answer for that host name (public_url)".into()),
+        ));
+    }
+    if !origin_ok(&headers, &uri, &state.config) {
         return Err(fail(&mut rec, "refused: foreign origin", ApiError::Forbidden("foreign origin".into())));
     }
-    if check_login_name(&req.username).is_err() {
-        state.metrics.logins_failed.fetch_add(1, Relaxed);
-        return Err(fail(&mut rec, "refused: invalid login name", ApiError::BadCredentials));
-    }
-    let user_key = req.username.to_lowercase();
+    let login = trim_login(&req.username);
+    let user_key = fold_login(&req.username);
     let addr_key = client.text().unwrap_or_else(|| "unknown".into());
     if let Some(wait) = state.user_throttle.check(&user_key).or_else(|| state.addr_throttle.check(&addr_key)) {
         state.metrics.logins_throttled.fetch_add(1, Relaxed);
         return Err(fail(&mut rec, "refused: throttled", ApiError::Throttled(wait)));
     }
-    let failed = |rec: &mut Record, reason: &str| -> ApiError {
-        state.metrics.logins_failed.fetch_add(1, Relaxed);
+    // From here every failure counts, whatever its reason.
+    let failed = |rec: &mut Record, reason: &str, e: ApiError| -> ApiError {
         state.user_throttle.fail(&user_key);
         state.addr_throttle.fail(&addr_key);
-        fail(rec, reason, ApiError::BadCredentials)
+        fail(rec, reason, e)
     };
+    if check_login_name(login).is_err() {
+        state.metrics.logins_failed.fetch_add(1, Relaxed);
+        return Err(failed(&mut rec, "refused: invalid login name", ApiError::BadCredentials));
+    }
     if req.password.is_empty() {
-        return Err(failed(&mut rec, "failed: empty password"));
+        state.metrics.logins_failed.fetch_add(1, Relaxed);
+        return Err(failed(&mut rec, "failed: empty password", ApiError::BadCredentials));
     }
     let mut outcome: Option<AuthError> = None;
     let mut identity = None;
@@ -146,17 +203,17 @@ pub async fn login(
         if req.realm.as_deref().is_some_and(|r| r != realm.name()) {
             continue;
         }
-        match realm.authenticate(&req.username, &req.password).await {
+        match realm.authenticate(login, &req.password).await {
             Ok(id) => {
                 identity = Some(id);
                 break;
             }
             Err(e) => {
-                tracing::info!(realm = realm.name(), user = %req.username, "login failed: {e}");
+                tracing::info!(realm = realm.name(), user = %login, "login failed: {e}");
                 // Keep the most telling failure: unavailable > wrong password > unknown user.
                 let rank = |e: &AuthError| match e {
                     AuthError::Unavailable(_) => 3,
-                    AuthError::WrongPassword | AuthError::NotAllowed => 2,
+                    AuthError::WrongPassword | AuthError::NotAllowed | AuthError::Disabled => 2,
                     _ => 1,
                 };
                 if outcome.as_ref().is_none_or(|o| rank(&e) > rank(o)) {
@@ -170,19 +227,27 @@ pub async fn login(
             Some(AuthError::Unavailable(m)) => {
                 state.metrics.logins_unavailable.fetch_add(1, Relaxed);
                 tracing::warn!("login refused, directory unavailable: {m}");
-                fail(
+                failed(
                     &mut rec,
                     &format!("unavailable: {m}"),
                     ApiError::Unavailable("the directory cannot be reached; try again later".into()),
                 )
             }
-            Some(e) => failed(&mut rec, &format!("failed: {e}")),
-            None => failed(&mut rec, "failed: no such realm"),
+            Some(e) => {
+                state.metrics.logins_failed.fetch_add(1, Relaxed);
+                failed(&mut rec, &format!("failed: {e}"), ApiError::BadCredentials)
+            }
+            None => {
+                state.metrics.logins_failed.fetch_add(1, Relaxed);
+                failed(&mut rec, "failed: no such realm", ApiError::BadCredentials)
+            }
         });
     };
     state.user_throttle.clear(&user_key);
     state.metrics.logins_ok.fetch_add(1, Relaxed);
     rec.outcome = "ok".into();
+    rec.actor = id.login.clone();
+    rec.realm = Some(id.realm.clone());
     rec.reason = Some(format!("realm {} role {:?}", id.realm, id.role).to_lowercase());
     state.audit.write(rec);
     let claims = state.keys.new_claims(id);
@@ -211,13 +276,15 @@ pub async fn my_access(State(state): State<AppState>, s: Session) -> ApiResult<J
     if s.acting().is_some() {
         return Err(ApiError::Forbidden("not while acting for a user".into()));
     }
-    let login = s.actor().login.clone();
+    let (realm, login) = (s.actor().realm.clone(), s.actor().login.clone());
+    let legacy = state.realms.len() == 1;
     let st = state.clone();
-    let records =
-        tokio::task::spawn_blocking(move || st.audit.acted_for(&login, 500)).await?.map_err(ApiError::internal)?;
+    let records = tokio::task::spawn_blocking(move || st.audit.acted_for(&realm, &login, legacy, 500))
+        .await?
+        .map_err(ApiError::internal)?;
     let items: Vec<Value> = records
         .into_iter()
-        .map(|r| json!({ "time": r.time, "by": r.actor, "event": r.event, "reason": r.reason, "host": r.host, "snapshot": r.snapshot, "paths": r.paths, "query": r.query }))
+        .map(|r| json!({ "time": r.time, "by": r.actor, "by_realm": r.realm, "event": r.event, "outcome": r.outcome, "reason": r.reason, "host": r.host, "snapshot": r.snapshot, "paths": r.paths, "query": r.query }))
         .collect();
     Ok(Json(json!({ "items": items })))
 }
@@ -225,50 +292,89 @@ pub async fn my_access(State(state): State<AppState>, s: Session) -> ApiResult<J
 #[derive(Deserialize)]
 pub struct ActRequest {
     pub user: String,
+    /// The user's realm; needed when several realms know the name.
+    #[serde(default)]
+    pub realm: Option<String>,
     pub reason: String,
 }
 
-/// `POST /api/act`: helpdesk (or admin) starts acting for a user, with a reason.
+/// `POST /api/act`: helpdesk (or admin) starts acting for a user, with a reason. Every refusal
+/// is audited too. The user is found in the realm given, or else in every realm: a name two
+/// realms know needs the realm (409), and while a realm cannot be asked, a name without one is
+/// not guessed to be another realm's user (503).
 pub async fn act_start(
     State(state): State<AppState>,
     client: ClientAddr,
     s: Session,
-    Json(req): Json<ActRequest>,
+    ApiJson(req): ApiJson<ActRequest>,
 ) -> ApiResult<Response> {
+    let mut rec = record(&s, "act_start", &client);
+    rec.for_user = Some(req.user.clone());
+    rec.for_realm = req.realm.clone();
+    rec.reason = Some(req.reason.trim().to_string());
+    let refuse = |mut rec: Record, outcome: &str, e: ApiError| -> ApiError {
+        rec.outcome = outcome.to_string();
+        state.audit.denied(rec);
+        e
+    };
     if s.actor().role < Role::Helpdesk {
-        return Err(ApiError::Forbidden("only helpdesk staff and admins act for users".into()));
+        return Err(refuse(
+            rec,
+            "refused: not helpdesk",
+            ApiError::Forbidden("only helpdesk staff and admins act for users".into()),
+        ));
     }
     let reason = req.reason.trim();
     if reason.len() < 3 || reason.len() > 200 || reason.chars().any(|c| c.is_control()) {
-        return Err(ApiError::BadRequest("give a reason (a ticket reference), 3 to 200 characters".into()));
+        return Err(refuse(
+            rec,
+            "refused: no reason",
+            ApiError::BadRequest("give a reason (a ticket reference), 3 to 200 characters".into()),
+        ));
     }
-    check_login_name(&req.user).map_err(|_| ApiError::BadRequest("invalid user name".into()))?;
-    let mut target: Option<Identity> = None;
-    let mut unavailable = None;
-    // The actor's own realm first.
-    let mut realms: Vec<&Box<dyn crate::auth::Authenticator>> = state.realms.iter().collect();
-    realms.sort_by_key(|r| r.name() != s.actor().realm);
-    for realm in realms {
-        match realm.lookup(&req.user).await {
-            Ok(id) => {
-                target = Some(id);
-                break;
+    let user = trim_login(&req.user);
+    if check_login_name(user).is_err() {
+        return Err(refuse(rec, "refused: invalid user name", ApiError::BadRequest("invalid user name".into())));
+    }
+    if let Some(r) = &req.realm
+        && !state.realms.iter().any(|realm| realm.name() == r)
+    {
+        return Err(refuse(rec, "refused: no such realm", ApiError::BadRequest(format!("no realm is called {r:?}"))));
+    }
+    let mut found: Vec<Identity> = Vec::new();
+    let mut unavailable: Vec<String> = Vec::new();
+    for realm in state.realms.iter().filter(|r| req.realm.as_deref().is_none_or(|want| want == r.name())) {
+        match realm.lookup(user).await {
+            Ok(id) => found.push(id),
+            Err(AuthError::Unavailable(m)) => {
+                tracing::warn!(realm = realm.name(), "acting: realm unavailable: {m}");
+                unavailable.push(realm.name().to_string());
             }
-            Err(AuthError::Unavailable(m)) => unavailable = Some(m),
             Err(_) => {}
         }
     }
-    let mut rec = record(&s, "act_start", &client);
-    rec.for_user = Some(req.user.clone());
-    rec.reason = Some(reason.to_string());
-    let Some(user) = target else {
-        rec.outcome = if unavailable.is_some() { "unavailable".into() } else { "failed: unknown user".into() };
-        state.audit.write(rec);
-        return Err(match unavailable {
-            Some(_) => ApiError::Unavailable("the directory cannot be reached; try again later".into()),
-            None => ApiError::NotFound,
-        });
+    if found.len() > 1 {
+        let realms: Vec<String> = found.iter().map(|i| i.realm.clone()).collect();
+        return Err(refuse(
+            rec,
+            "refused: name in several realms",
+            ApiError::Ambiguous { user: user.to_string(), realms },
+        ));
+    }
+    if !unavailable.is_empty() {
+        // Without an answer from every realm asked, the user found (if any) may not be the one meant.
+        let why = format!("unavailable: {}", unavailable.join(", "));
+        return Err(refuse(
+            rec,
+            &why,
+            ApiError::Unavailable("the directory cannot be reached; try again later".into()),
+        ));
+    }
+    let Some(user) = found.pop() else {
+        return Err(refuse(rec, "failed: unknown user", ApiError::NotFound));
     };
+    rec.for_user = Some(user.login.clone());
+    rec.for_realm = Some(user.realm.clone());
     state.audit.write(rec);
     let mut claims = state.keys.refreshed(&s.claims);
     claims.act = Some(Acting { user, reason: reason.to_string(), since: now() });
@@ -391,7 +497,7 @@ pub(crate) fn content_id(node: &Node) -> String {
 /// that is not UTF-8 is shown lossily and also as `path_b64`, which the path parameters take.
 pub(crate) fn entry_json(node: &Node, path: &[u8], access: Access) -> Value {
     let mut v = entry_json_text(node, path, access);
-    if std::str::from_utf8(path).is_err() {
+    if paths::needs_b64(path) {
         v["path_b64"] = json!(paths::to_b64(path));
     }
     v
@@ -434,13 +540,19 @@ pub(crate) fn resolve(state: &AppState, sub: &Subject, snapshot: SnapshotId, com
 }
 
 /// `GET /api/browse?snapshot=ID&path=/a/b` (or `path_b64=`).
-pub async fn browse(State(state): State<AppState>, RawQuery(q): RawQuery, s: Session) -> ApiResult<Json<Value>> {
+pub async fn browse(
+    State(state): State<AppState>,
+    RawQuery(q): RawQuery,
+    client: ClientAddr,
+    s: Session,
+) -> ApiResult<Json<Value>> {
     let p = Params::parse(q.as_deref())?;
     let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
     let path = paths::param(&p, "path")?.unwrap_or_default();
+    let shown = String::from_utf8_lossy(&paths::join_bytes(&path)).into_owned();
     let sub = subject(&state, &s);
     let st = state.clone();
-    let (dir, children) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
+    let found = tokio::task::spawn_blocking(move || -> ApiResult<_> {
         let dir = resolve(&st, &sub, snapshot, &path)?;
         if dir.node.as_ref().is_some_and(|n| !n.is_dir()) {
             return Err(ApiError::BadRequest("not a folder; use /api/download".into()));
@@ -448,7 +560,8 @@ pub async fn browse(State(state): State<AppState>, RawQuery(q): RawQuery, s: Ses
         let children = st.policy.children(&st.view, &sub, &dir)?;
         Ok((dir, children))
     })
-    .await??;
+    .await?;
+    let (dir, children) = audit_not_found(&state, &s, &client, "browse", Some(snapshot), || vec![shown], found)?;
     let entries: Vec<Value> = children.iter().map(|(n, w, a)| entry_json(n, &w.path, *a)).collect();
     let snap = state.view.snapshot(&snapshot).ok_or(ApiError::NotFound)?;
     let this = match &dir.node {
@@ -461,7 +574,7 @@ pub async fn browse(State(state): State<AppState>, RawQuery(q): RawQuery, s: Ses
         "dir": this,
         "entries": entries,
     });
-    if std::str::from_utf8(&dir.walk.path).is_err() {
+    if paths::needs_b64(&dir.walk.path) {
         out["path_b64"] = json!(paths::to_b64(&dir.walk.path));
     }
     Ok(Json(out))

@@ -16,6 +16,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use rewind_catalog::Scope;
+use rewind_catalog::access::{ACL_XATTR, R, Reader, X};
 use rewind_store::{Entry, Node, NodeKind, SnapshotId, TreeId, View};
 
 use crate::auth::Identity;
@@ -26,8 +28,8 @@ use crate::error::{ApiError, ApiResult};
 #[derive(Clone, Debug)]
 pub struct Subject {
     pub all: bool,
-    pub uid: Option<u32>,
-    pub gids: Vec<u32>,
+    /// uid (for `owner` and `readable`) and gids (for `readable`).
+    pub reader: Option<Reader>,
     /// Home directories as backup paths (absolute, no trailing `/`).
     pub homes: Vec<Vec<u8>>,
     pub hosts: Vec<String>,
@@ -37,7 +39,11 @@ pub struct Subject {
 impl Subject {
     /// A subject that sees everything (admins).
     pub fn everything() -> Subject {
-        Subject { all: true, uid: None, gids: vec![], homes: vec![], hosts: vec![], key: Arc::from("*") }
+        Subject { all: true, reader: None, homes: vec![], hosts: vec![], key: Arc::from("*") }
+    }
+
+    fn uid(&self) -> Option<u32> {
+        self.reader.as_ref().map(|r| r.uid)
     }
 }
 
@@ -80,6 +86,8 @@ pub struct Resolved {
 pub struct Policy {
     rules: Vec<Rule>,
     cfg: AuthzConfig,
+    /// Only one realm is configured (`authz.hosts` keys may then omit it).
+    single_realm: bool,
     memo: Mutex<HashMap<MemoKey, bool>>,
     /// Decisions of [`Policy::visible_path`] across requests. Every input is in the key: the
     /// subject's key spells out everything the rules read of it, and a snapshot never changes.
@@ -98,14 +106,12 @@ type MemoKey = (Arc<str>, TreeId, bool);
 // About 100 bytes an entry: a bound of ~25 MiB.
 const MEMO_MAX: usize = 1 << 18;
 
-const R: u32 = 4;
-const X: u32 = 1;
-
 impl Policy {
-    pub fn new(cfg: &AuthzConfig) -> Policy {
+    pub fn new(cfg: &AuthzConfig, realms: usize) -> Policy {
         Policy {
             rules: cfg.rules.clone(),
             cfg: cfg.clone(),
+            single_realm: realms == 1,
             memo: Mutex::new(HashMap::new()),
             decisions: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(DECISIONS).expect("nonzero"))),
         }
@@ -121,7 +127,7 @@ impl Policy {
             if self.has(Rule::Home) { id.home.iter().filter_map(|h| self.rewrite_home(h)).collect() } else { vec![] };
         let mut hosts = if self.has(Rule::Host) { id.hosts.clone() } else { vec![] };
         if self.has(Rule::Host) {
-            hosts.extend(self.cfg.hosts.get(&id.login).cloned().unwrap_or_default());
+            hosts.extend(self.cfg.user_hosts(&id.realm, &id.login, self.single_realm));
         }
         hosts.sort();
         hosts.dedup();
@@ -130,7 +136,23 @@ impl Policy {
         gids.sort();
         gids.dedup();
         let key = format!("{uid:?}|{gids:?}|{homes:?}|{hosts:?}|{}", self.has(Rule::Readable));
-        Subject { all: false, uid, gids, homes, hosts, key: Arc::from(key) }
+        let reader = uid.map(|uid| Reader { uid, gids });
+        Subject { all: false, reader, homes, hosts, key: Arc::from(key) }
+    }
+
+    /// The catalog scope of a subject: the same rules, as the catalog narrows queries by them
+    /// (`None` for a subject that sees everything).
+    pub fn scope(&self, s: &Subject) -> Option<Scope> {
+        if s.all {
+            return None;
+        }
+        Some(Scope {
+            owner: if self.has(Rule::Owner) { s.uid() } else { None },
+            // Homes come from the directory as text: the lossy form is the exact one.
+            paths: s.homes.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect(),
+            hosts: s.hosts.clone(),
+            reader: if self.has(Rule::Readable) { s.reader.clone() } else { None },
+        })
     }
 
     /// A home directory as a backup path; `None` for homes that are not absolute or are `/`.
@@ -168,7 +190,7 @@ impl Policy {
         if s.all || walk.host_grants {
             return true;
         }
-        if self.has(Rule::Owner) && s.uid == Some(node.uid) {
+        if self.has(Rule::Owner) && s.uid() == Some(node.uid) {
             return true;
         }
         if self.has(Rule::Readable) && parent.searchable {
@@ -295,7 +317,14 @@ impl Policy {
         Ok(v)
     }
 
-    fn decide_path(&self, view: &View, s: &Subject, snapshot: SnapshotId, path: &str, memo: &mut WalkMemo) -> ApiResult<bool> {
+    fn decide_path(
+        &self,
+        view: &View,
+        s: &Subject,
+        snapshot: SnapshotId,
+        path: &str,
+        memo: &mut WalkMemo,
+    ) -> ApiResult<bool> {
         let Some((parent, name)) = path.rsplit_once('/') else { return Ok(false) };
         if name.is_empty() || name == "." || name == ".." {
             return Ok(false);
@@ -394,157 +423,17 @@ fn ancestor(path: &[u8], target: &[u8]) -> bool {
 }
 
 /// POSIX access check of `want` (bits of r=4, w=2, x=1) for the subject on a node, by its mode
-/// or by its `system.posix_acl_access` when it has one.
+/// or by its `system.posix_acl_access` when it has one (the catalog's check: both always agree).
 pub fn permits(s: &Subject, node: &Node, want: u32) -> bool {
-    let Some(uid) = s.uid else { return false };
-    let grants = |perm: u32| perm & want == want;
-    if let Some(acl) = node.xattr(b"system.posix_acl_access").and_then(parse_acl) {
-        return acl_permits(&acl, uid, &s.gids, node, want);
-    }
-    let mode = node.mode;
-    if uid == node.uid {
-        grants((mode >> 6) & 7)
-    } else if s.gids.contains(&node.gid) {
-        grants((mode >> 3) & 7)
-    } else {
-        grants(mode & 7)
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct AclEntry {
-    tag: u16,
-    perm: u16,
-    id: u32,
-}
-
-const ACL_USER_OBJ: u16 = 0x01;
-const ACL_USER: u16 = 0x02;
-const ACL_GROUP_OBJ: u16 = 0x04;
-const ACL_GROUP: u16 = 0x08;
-const ACL_MASK: u16 = 0x10;
-const ACL_OTHER: u16 = 0x20;
-
-/// The kernel's xattr form: a u32 version (2), then (u16 tag, u16 perm, u32 id) entries, little-endian.
-fn parse_acl(b: &[u8]) -> Option<Vec<AclEntry>> {
-    if b.len() < 4 || !(b.len() - 4).is_multiple_of(8) || u32::from_le_bytes(b[0..4].try_into().ok()?) != 2 {
-        return None;
-    }
-    Some(
-        b[4..]
-            .chunks_exact(8)
-            .map(|c| AclEntry {
-                tag: u16::from_le_bytes([c[0], c[1]]),
-                perm: u16::from_le_bytes([c[2], c[3]]),
-                id: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
-            })
-            .collect(),
-    )
-}
-
-/// POSIX.1e access check algorithm.
-fn acl_permits(acl: &[AclEntry], uid: u32, gids: &[u32], node: &Node, want: u32) -> bool {
-    let grants = |perm: u16| u32::from(perm) & want == want;
-    let mask = acl.iter().find(|e| e.tag == ACL_MASK).map(|e| e.perm).unwrap_or(7);
-    if uid == node.uid {
-        return acl.iter().find(|e| e.tag == ACL_USER_OBJ).is_some_and(|e| grants(e.perm));
-    }
-    if let Some(e) = acl.iter().find(|e| e.tag == ACL_USER && e.id == uid) {
-        return grants(e.perm & mask);
-    }
-    let mut group_matched = false;
-    for e in acl {
-        let matches = match e.tag {
-            ACL_GROUP_OBJ => gids.contains(&node.gid),
-            ACL_GROUP => gids.contains(&e.id),
-            _ => false,
-        };
-        if matches {
-            group_matched = true;
-            if grants(e.perm & mask) {
-                return true;
-            }
-        }
-    }
-    if group_matched {
-        return false;
-    }
-    acl.iter().find(|e| e.tag == ACL_OTHER).is_some_and(|e| grants(e.perm))
+    s.reader
+        .as_ref()
+        .is_some_and(|r| rewind_catalog::access::permits(r, node.uid, node.gid, node.mode, node.xattr(ACL_XATTR), want))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Rewrite;
-
-    fn subject(uid: u32, gids: &[u32]) -> Subject {
-        Subject { all: false, uid: Some(uid), gids: gids.to_vec(), homes: vec![], hosts: vec![], key: Arc::from(format!("t{uid}|{gids:?}")) }
-    }
-
-    fn node(uid: u32, gid: u32, mode: u32) -> Node {
-        let mut n = Node::new(b"f".to_vec(), NodeKind::File);
-        n.uid = uid;
-        n.gid = gid;
-        n.mode = mode;
-        n
-    }
-
-    fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-        let mut v = 2u32.to_le_bytes().to_vec();
-        for &(t, p, id) in entries {
-            v.extend(t.to_le_bytes());
-            v.extend(p.to_le_bytes());
-            v.extend(id.to_le_bytes());
-        }
-        v
-    }
-
-    #[test]
-    fn mode_bits() {
-        let n = node(10, 20, 0o640);
-        assert!(permits(&subject(10, &[]), &n, R));
-        assert!(permits(&subject(11, &[20]), &n, R));
-        assert!(!permits(&subject(11, &[21]), &n, R));
-        // owner class decides even when group/other would allow
-        let n = node(10, 20, 0o044);
-        assert!(!permits(&subject(10, &[20]), &n, R));
-    }
-
-    #[test]
-    fn acl_rules() {
-        let mut n = node(10, 20, 0o600);
-        n.xattrs.push(rewind_store::Xattr {
-            name: b"system.posix_acl_access".to_vec(),
-            value: acl(&[
-                (ACL_USER_OBJ, 6, u32::MAX),
-                (ACL_USER, 4, 30),
-                (ACL_USER, 4, 31),
-                (ACL_GROUP_OBJ, 0, u32::MAX),
-                (ACL_GROUP, 4, 40),
-                (ACL_MASK, 4, u32::MAX),
-                (ACL_OTHER, 0, u32::MAX),
-            ]),
-        });
-        assert!(permits(&subject(10, &[]), &n, R));
-        assert!(permits(&subject(30, &[]), &n, R), "named user");
-        assert!(permits(&subject(99, &[40]), &n, R), "named group");
-        assert!(!permits(&subject(99, &[20]), &n, R), "owning group has nothing");
-        assert!(!permits(&subject(99, &[20, 41]), &n, R));
-        assert!(!permits(&subject(99, &[]), &n, R), "other");
-        // mask limits named entries
-        let mut m = node(10, 20, 0o600);
-        m.xattrs.push(rewind_store::Xattr {
-            name: b"system.posix_acl_access".to_vec(),
-            value: acl(&[
-                (ACL_USER_OBJ, 6, u32::MAX),
-                (ACL_USER, 4, 30),
-                (ACL_GROUP_OBJ, 0, u32::MAX),
-                (ACL_MASK, 0, u32::MAX),
-                (ACL_OTHER, 0, u32::MAX),
-            ]),
-        });
-        assert!(!permits(&subject(30, &[]), &m, R));
-    }
 
     #[test]
     fn homes_and_paths() {
@@ -553,7 +442,7 @@ mod tests {
             home_rewrite: vec![Rewrite { from: "/home".into(), to: "/srv/corpus/users/".into() }],
             hosts: std::collections::BTreeMap::new(),
         };
-        let p = Policy::new(&cfg);
+        let p = Policy::new(&cfg, 1);
         assert_eq!(p.rewrite_home("/home/alice").unwrap(), b"/srv/corpus/users/alice");
         assert_eq!(p.rewrite_home("/homes/x").unwrap(), b"/homes/x", "component-wise prefix");
         assert!(p.rewrite_home("relative").is_none());

@@ -164,7 +164,12 @@ impl Catalog {
                 }
                 pool.open += 1;
                 drop(pool);
-                let opened = rewind_catalog::Catalog::open_read_only(&self.path).map_err(catalog_error);
+                // A catalog of another schema (after an upgrade) is rebuilt by the next sync:
+                // until then the endpoints are unavailable, not the request bad.
+                let opened = rewind_catalog::Catalog::open_read_only(&self.path).map_err(|e| match e {
+                    rewind_catalog::Error::InvalidInput(m) => ApiError::Unavailable(format!("catalog: {m}")),
+                    other => catalog_error(other),
+                });
                 if opened.is_err() {
                     self.pool.lock().expect("catalog pool").open -= 1;
                     self.freed.notify_one();

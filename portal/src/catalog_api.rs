@@ -1,11 +1,16 @@
-//! Search, deleted files and version history: the catalog's queries, every result checked by
-//! the same policy as browsing and downloading ([`crate::authz::Policy::visible_path`] in the
-//! snapshot the result would be downloaded from: its `last_seen`).
+//! Search, deleted files and version history: the catalog's queries, narrowed to the subject's
+//! view in SQL ([`crate::authz::Policy::scope`]: the same rules as browsing and downloading),
+//! every result then checked by the policy itself in the snapshot it would be downloaded from
+//! (its `last_seen`).
 //!
-//! Paging: the catalog is asked for pages and hidden results are dropped, so a page may come
-//! back shorter than `limit`; `next` is an opaque cursor (the catalog offset) to continue from.
-//! When only the `owner` (or only the `home`) rule is configured, the query is narrowed in SQL
-//! to the user's uid (or home) first, so other users' files are not even read.
+//! The promise: every answer equals the answer the user would get from a repository where
+//! everything they may not see was never backed up. So nothing in an answer may depend on a
+//! hidden row: a page holds the next `limit` visible results; `next` is there exactly when a
+//! further visible result exists (looked ahead for, never guessed from rows scanned); the cursor
+//! is the sealed catalog position of the last result shown ([`crate::cursor`]), never a count of
+//! rows. Hidden rows are not even read where the rules can exclude them in SQL (all of them:
+//! uid, home paths, hosts, and for `readable` the catalog's access classes and folder contexts);
+//! there is no scan bound whose stopping point could depend on them.
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
@@ -16,15 +21,10 @@ use rewind_store::{NodeKind, SnapshotId};
 
 use crate::api::{ClientAddr, record, subject};
 use crate::authz::{Subject, WalkMemo};
-use crate::config::Rule;
 use crate::error::{ApiError, ApiResult};
 use crate::query::Params;
 use crate::session::Session;
 use crate::state::AppState;
-
-/// Most catalog rows looked at for one page, so that a search matching many hidden rows stays
-/// bounded; the cursor continues where it stopped.
-const MAX_SCANNED: u64 = 20_000;
 
 fn time_param(p: &Params, key: &str) -> ApiResult<Option<jiff::Timestamp>> {
     p.get(key)?
@@ -40,7 +40,7 @@ fn time_param(p: &Params, key: &str) -> ApiResult<Option<jiff::Timestamp>> {
 }
 
 /// The filters common to search and deleted.
-fn base_query(state: &AppState, p: &Params) -> ApiResult<Query> {
+fn base_query(p: &Params) -> ApiResult<Query> {
     let mut q = Query::default();
     if let Some(text) = p.get("q")?.filter(|t| !t.trim().is_empty()) {
         if text.len() > 256 {
@@ -74,73 +74,87 @@ fn base_query(state: &AppState, p: &Params) -> ApiResult<Query> {
         Some("path") => Order::Path,
         Some(_) => return Err(ApiError::BadRequest("order is recent, oldest or path".into())),
     };
-    let max = state.config.limits.max_page.max(1) as u32;
-    q.limit = p.number::<u32>("limit")?.unwrap_or(100).clamp(1, max);
-    q.offset = p.number("cursor")?.unwrap_or(0);
     Ok(q)
 }
 
-/// Narrow a query in SQL where the rules allow it exactly.
-fn narrow(state: &AppState, sub: &Subject, q: &mut Query) {
-    if sub.all {
-        return;
-    }
-    let rules = &state.config.authz.rules;
-    if rules == &[Rule::Owner] {
-        // No uid: nothing can match; u32::MAX is no one's.
-        q.uid = Some(sub.uid.unwrap_or(u32::MAX));
-    } else if rules == &[Rule::Home] && sub.homes.len() == 1 {
-        let home = String::from_utf8_lossy(&sub.homes[0]).into_owned();
-        let inside = q.path_prefix.as_ref().is_some_and(|p| p == &home || p.starts_with(&format!("{home}/")));
-        if !inside {
-            q.path_prefix = Some(home);
-        }
-    }
+/// What a cursor is bound to: the endpoint, who asks (and for whom), and every parameter but
+/// the cursor and the page size, in a canonical order.
+fn binding(endpoint: &str, s: &Session, p: &Params) -> Vec<u8> {
+    let (actor, subject) = (s.actor(), s.subject());
+    let mut params: Vec<(&str, &str)> = p.pairs().filter(|(k, _)| *k != "cursor" && *k != "limit").collect();
+    params.sort();
+    let fields: Vec<String> = [endpoint, &actor.realm, &actor.login, &subject.realm, &subject.login]
+        .iter()
+        .map(|f| f.to_string())
+        .chain(params.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect();
+    serde_json::to_vec(&fields).expect("strings serialize")
 }
 
+/// A result as the API shows it: the catalog version, where to download it from, and
+/// `path_b64` when its path cannot be given as `path` (a backslash or a control character).
 fn version_json(v: &FileVersion) -> Value {
     let mut j = serde_json::to_value(v).unwrap_or(Value::Null);
     // Where to download it from: the newest snapshot holding this version.
     j["snapshot"] = json!(v.last_seen.id);
+    if crate::paths::needs_b64(v.path.as_bytes()) {
+        j["path_b64"] = json!(crate::paths::to_b64(v.path.as_bytes()));
+    }
     j
 }
 
-fn visible(state: &AppState, sub: &Subject, v: &FileVersion, memo: &mut WalkMemo) -> ApiResult<bool> {
-    if sub.all {
-        return Ok(true);
-    }
-    let Ok(id) = SnapshotId::from_hex(&v.last_seen.id) else { return Ok(false) };
-    state.policy.visible_path(&state.view, sub, id, &v.path, memo)
+/// Checks catalog results against the policy, in the snapshot each names.
+struct Checker<'a> {
+    state: &'a AppState,
+    sub: &'a Subject,
+    memo: WalkMemo,
+    /// The view was refreshed for a snapshot it did not know yet (once per request).
+    refreshed: bool,
 }
 
-/// Pages of the catalog, filtered, until `limit` visible results or the scan bound.
-fn filtered(state: &AppState, sub: &Subject, q: Query, deleted: bool) -> ApiResult<(Vec<Value>, Option<u64>)> {
-    let catalog = &state.catalog;
-    let want = q.limit as usize;
+impl Checker<'_> {
+    fn visible(&mut self, v: &FileVersion) -> ApiResult<bool> {
+        if self.sub.all {
+            return Ok(true);
+        }
+        let Ok(id) = SnapshotId::from_hex(&v.last_seen.id) else { return Ok(false) };
+        // The catalog may hold a snapshot that came after the view last looked: look again
+        // rather than hide the user's newest files.
+        if !self.refreshed && !self.state.view.contains(&id) {
+            self.refreshed = true;
+            self.state.view.refresh()?;
+        }
+        self.state.policy.visible_path(&self.state.view, self.sub, id, &v.path, &mut self.memo)
+    }
+}
+
+/// The `want` visible results after `q.after`, and whether a further one exists: catalog pages
+/// (already narrowed to the subject's scope) are checked one by one, and the look-ahead is for
+/// one more *visible* result.
+fn filtered(
+    state: &AppState,
+    sub: &Subject,
+    mut q: Query,
+    deleted: bool,
+    want: usize,
+) -> ApiResult<(Vec<FileVersion>, bool)> {
+    let mut check = Checker { state, sub, memo: WalkMemo::default(), refreshed: false };
     let mut out = Vec::new();
-    let mut offset = q.offset;
-    let mut scanned = 0u64;
-    let mut memo = WalkMemo::default();
     loop {
-        let mut page_q = q.clone();
-        page_q.offset = offset;
-        page_q.limit = if sub.all { q.limit } else { 500 };
-        let page = catalog.page(&page_q, deleted)?;
-        for (i, v) in page.items.iter().enumerate() {
-            if visible(state, sub, v, &mut memo)? {
-                out.push(version_json(v));
-                if out.len() == want {
-                    let next = offset + i as u64 + 1;
-                    let more = page.next_offset.is_some() || i + 1 < page.items.len();
-                    return Ok((out, more.then_some(next)));
+        q.limit = (want + 1 - out.len()).min(rewind_catalog::MAX_LIMIT as usize) as u32;
+        let page = state.catalog.page(&q, deleted)?;
+        for v in &page.items {
+            if check.visible(v)? {
+                out.push(v.clone());
+                if out.len() > want {
+                    out.truncate(want);
+                    return Ok((out, true));
                 }
             }
         }
-        scanned += page.items.len() as u64;
-        match page.next_offset {
-            None => return Ok((out, None)),
-            Some(n) if scanned >= MAX_SCANNED => return Ok((out, Some(n))),
-            Some(n) => offset = n,
+        match (page.next_offset, page.items.last()) {
+            (Some(_), Some(last)) => q.after = Some(last.position(q.order)),
+            _ => return Ok((out, false)),
         }
     }
 }
@@ -162,16 +176,29 @@ async fn list(
     deleted: bool,
 ) -> ApiResult<Json<Value>> {
     let p = Params::parse(raw.as_deref())?;
-    let mut q = base_query(&state, &p)?;
+    let mut q = base_query(&p)?;
     if deleted {
         q.deleted_since = time_param(&p, "since")?;
     }
+    let endpoint = if deleted { "deleted" } else { "search" };
+    let bound = binding(endpoint, &s, &p);
+    if let Some(c) = p.get("cursor")? {
+        q.after = Some(state.cursors.open(&bound, c)?);
+    }
+    let max = state.config.limits.max_page.max(1);
+    let want = p.number::<usize>("limit")?.unwrap_or(100).clamp(1, max);
     let sub = subject(&state, &s);
-    narrow(&state, &sub, &mut q);
-    audit_search(&state, &s, &client, if deleted { "deleted" } else { "search" }, raw.as_deref());
+    q.scope = state.policy.scope(&sub);
+    audit_search(&state, &s, &client, endpoint, raw.as_deref());
     let st = state.clone();
-    let (items, next) = tokio::task::spawn_blocking(move || filtered(&st, &sub, q, deleted)).await??;
-    Ok(Json(json!({ "items": items, "next": next.map(|n| n.to_string()) })))
+    let order = q.order;
+    let (items, more) = tokio::task::spawn_blocking(move || filtered(&st, &sub, q, deleted, want)).await??;
+    let next = match items.last() {
+        Some(last) if more => Some(state.cursors.seal(&bound, &last.position(order))),
+        _ => None,
+    };
+    let items: Vec<Value> = items.iter().map(version_json).collect();
+    Ok(Json(json!({ "items": items, "next": next })))
 }
 
 /// `GET /api/search?q=report&host=&path=&kind=&min_size=&max_size=&modified_after=&modified_before=&order=&limit=&cursor=`.
@@ -213,13 +240,14 @@ pub async fn history(
     let sub = subject(&state, &s);
     audit_search(&state, &s, &client, "history", raw.as_deref());
     let st = state.clone();
+    let denied_path = path.clone();
     let items = tokio::task::spawn_blocking(move || -> ApiResult<Vec<Value>> {
-        let catalog = &st.catalog;
-        let versions = catalog.with(|c| c.history(host.as_deref(), &path))?;
+        let scope = st.policy.scope(&sub);
+        let versions = st.catalog.with(|c| c.history(host.as_deref(), &path, scope.as_ref()))?;
+        let mut check = Checker { state: &st, sub: &sub, memo: WalkMemo::default(), refreshed: false };
         let mut out = Vec::new();
-        let mut memo = WalkMemo::default();
         for v in &versions {
-            if visible(&st, &sub, v, &mut memo)? {
+            if check.visible(v)? {
                 out.push(version_json(v));
             }
         }
@@ -227,6 +255,7 @@ pub async fn history(
     })
     .await??;
     if items.is_empty() {
+        crate::api::audit_denied(&state, &s, &client, "history", None, vec![denied_path]);
         return Err(ApiError::NotFound);
     }
     Ok(Json(json!({ "items": items })))

@@ -37,6 +37,15 @@ pub struct Config {
     /// Allowed `Origin`s for state-changing requests besides the portal's own.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// The portal's address as users reach it (`https://backup.example.org`): its host is one
+    /// the portal answers state-changing requests for, and its origin is the portal's own.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// More `Host` values (`name` or `name:port`) the portal answers state-changing requests
+    /// for. Without these and `public_url`, only IP addresses and `localhost` are: a page that
+    /// rebinds its own name to the portal's address sends that name.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Bring the catalog up to date at start and then every so many seconds (0: never; the
     /// catalog is then maintained by `rewind catalog` after backups).
     #[serde(default)]
@@ -207,7 +216,8 @@ pub struct AuthzConfig {
     pub rules: Vec<Rule>,
     /// Rewrites of the directory's home paths to backup paths, first match wins.
     pub home_rewrite: Vec<Rewrite>,
-    /// Machines per login name for the `host` rule (added to the directory's `hosts` attribute).
+    /// Machines per user for the `host` rule (added to the directory's `hosts` attribute), keyed
+    /// `realm:login`, or `login` alone when only one realm is configured.
     pub hosts: BTreeMap<String, Vec<String>>,
 }
 
@@ -249,6 +259,10 @@ pub struct SessionConfig {
     /// Mark the cookie `Secure` (always set when TLS is on).
     pub cookie_secure: bool,
     pub cookie_name: String,
+    /// At each renewal a session's roles and account are read again from its realm. While the
+    /// realm cannot be asked, the session keeps its roles for at most this long after the last
+    /// answer, then its requests are refused (503) until the realm answers again.
+    pub directory_grace_secs: u64,
 }
 
 impl Default for SessionConfig {
@@ -260,6 +274,7 @@ impl Default for SessionConfig {
             max_age_secs: 12 * 3600,
             cookie_secure: false,
             cookie_name: "rewind_session".into(),
+            directory_grace_secs: 900,
         }
     }
 }
@@ -376,6 +391,29 @@ impl Config {
         if self.session.ttl_secs == 0 || self.session.max_age_secs < self.session.ttl_secs {
             bail!("portal.toml: session.ttl_secs must be > 0 and <= session.max_age_secs");
         }
+        if let Some(url) = &self.public_url {
+            public_origin(url)?;
+        }
+        for h in &self.allowed_hosts {
+            if h.is_empty() || h.contains(['/', ' ', '@']) {
+                bail!("portal.toml: allowed_hosts: {h:?} is not a host name (name or name:port)");
+            }
+        }
+        let realm_names: Vec<&str> = self.realms.iter().map(RealmConfig::name).collect();
+        for (i, name) in realm_names.iter().enumerate() {
+            if realm_names[..i].contains(name) {
+                bail!("portal.toml: two realms are named {name:?}");
+            }
+        }
+        for key in self.authz.hosts.keys() {
+            let qualified = key.split_once(':').is_some_and(|(realm, _)| realm_names.contains(&realm));
+            if !qualified && realm_names.len() > 1 {
+                bail!(
+                    "portal.toml: authz.hosts key {key:?} names no realm; with several realms write \"realm:{key}\" (realms: {})",
+                    realm_names.join(", ")
+                );
+            }
+        }
         for r in &self.realms {
             if let RealmConfig::Ldap(l) = r {
                 let plain = l.url.starts_with("ldap://");
@@ -397,6 +435,32 @@ impl Config {
     }
 }
 
+/// The origin (`scheme://host[:port]`, lowercase) of `public_url`, and its host (`host[:port]`).
+pub fn public_origin(url: &str) -> anyhow::Result<(String, String)> {
+    let bad = || anyhow::anyhow!("portal.toml: public_url {url:?} is not like https://backup.example.org");
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(bad());
+    }
+    let host = rest.strip_suffix('/').unwrap_or(rest).to_ascii_lowercase();
+    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+        return Err(bad());
+    }
+    Ok((format!("{scheme}://{host}"), host))
+}
+
+impl AuthzConfig {
+    /// The `hosts` machines of a user (`single_realm`: a key without a realm is theirs).
+    pub fn user_hosts(&self, realm: &str, login: &str, single_realm: bool) -> Vec<String> {
+        let mut out = self.hosts.get(&format!("{realm}:{login}")).cloned().unwrap_or_default();
+        if single_realm {
+            out.extend(self.hosts.get(login).cloned().unwrap_or_default());
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,6 +471,31 @@ mod tests {
         let cfg: Config = toml::from_str(text).expect("example parses");
         cfg.validate().expect("example is valid");
         assert_eq!(cfg.realms.len(), 2);
+    }
+
+    #[test]
+    fn host_keys_name_their_realm_when_there_are_several() {
+        let base = |hosts: &str, realms: &str| {
+            format!(
+                "listen = \"127.0.0.1:0\"\nrepository = \"/r\"\naudit_log = \"/a\"\n[session]\nkey_file = \"/k\"\n[authz]\nrules = [\"host\"]\n[authz.hosts]\n{hosts}\n{realms}"
+            )
+        };
+        let one = "[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"/u\"\n";
+        let two = format!("{one}[[realm]]\nkind = \"file\"\nname = \"other\"\nusers_file = \"/v\"\n");
+        let cfg: Config = toml::from_str(&base("alice = [\"lap\"]", one)).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.authz.user_hosts("local", "alice", true), ["lap"]);
+        let cfg: Config = toml::from_str(&base("alice = [\"lap\"]", &two)).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("names no realm"));
+        let cfg: Config = toml::from_str(&base("\"other:alice\" = [\"lap\"]", &two)).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.authz.user_hosts("other", "alice", false), ["lap"]);
+        assert!(cfg.authz.user_hosts("local", "alice", false).is_empty(), "the other realm's alice is someone else");
+        assert_eq!(
+            public_origin("HTTPS://Backup.Example.org/").unwrap(),
+            ("https://backup.example.org".into(), "backup.example.org".into())
+        );
+        assert!(public_origin("ftp://x").is_err() && public_origin("https://x/portal").is_err());
     }
 
     #[test]

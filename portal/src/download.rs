@@ -13,7 +13,7 @@ use axum::response::Response;
 
 use rewind_store::{FileReader, Node, NodeKind};
 
-use crate::api::{ClientAddr, content_id, parse_snapshot, record, resolve, subject};
+use crate::api::{ClientAddr, audit_not_found, content_id, parse_snapshot, record, resolve, subject};
 use crate::audit::Record;
 use crate::authz::{Access, Resolved, Subject};
 use crate::error::{ApiError, ApiResult};
@@ -65,37 +65,62 @@ impl Drop for StreamGuard {
 }
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` against `size`: `Ok(None)` means "send everything"
-/// (no Range, or several ranges, which we may ignore), `Err` means 416.
+/// (no Range; several ranges, which we may ignore; a header that is not a valid range, which
+/// RFC 9110 says to ignore), `Err` means 416 (a valid range that lies outside the file).
 fn parse_range(h: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(h) = h else { return Ok(None) };
     let Some(spec) = h.trim().strip_prefix("bytes=") else { return Ok(None) };
     if spec.contains(',') {
         return Ok(None);
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
+    let Some((a, b)) = spec.split_once('-') else { return Ok(None) };
     let (a, b) = (a.trim(), b.trim());
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit());
     let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
+        // A suffix: the last n bytes.
+        let Some(n) = b.parse::<u64>().ok().filter(|_| digits(b)) else { return Ok(None) };
         if n == 0 {
             return Err(());
         }
         (size.saturating_sub(n), size)
     } else {
-        let start: u64 = a.parse().map_err(|_| ())?;
-        let end = if b.is_empty() { size } else { b.parse::<u64>().map_err(|_| ())?.saturating_add(1).min(size) };
+        let Some(start) = a.parse::<u64>().ok().filter(|_| digits(a)) else { return Ok(None) };
+        let end = if b.is_empty() {
+            size
+        } else {
+            let Some(last) = b.parse::<u64>().ok().filter(|_| digits(b)) else { return Ok(None) };
+            if last < start {
+                return Ok(None);
+            }
+            last.saturating_add(1).min(size)
+        };
         (start, end)
     };
-    if start >= size || start >= end {
+    if start >= size {
         return Err(());
     }
     Ok(Some((start, end)))
 }
 
-/// `attachment; filename="ascii"; filename*=UTF-8''percent-encoded`.
+/// Whether an `If-None-Match` list holds `etag` (weak comparison, as RFC 9110 asks for it: `W/`
+/// tags match their strong twin) or is `*`.
+fn none_match(list: &str, etag: &str) -> bool {
+    list.split(',').map(str::trim).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+}
+
+/// A name as a downloaded file or a zip entry may carry it: backslashes (a separator to
+/// Windows and its extractors), colons (drive letters, alternate streams), slashes and control
+/// characters become `_`.
+pub(crate) fn safe_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_control() || matches!(c, '\\' | '/' | ':') { '_' } else { c }).collect()
+}
+
+/// `attachment; filename="ascii"; filename*=UTF-8''percent-encoded`, of the [`safe_name`].
 pub(crate) fn content_disposition(name: &str) -> HeaderValue {
+    let name = safe_name(name);
     let ascii: String = name
         .chars()
-        .map(|c| if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '%' | ';' | '/') || c == ' ' { c } else { '_' })
+        .map(|c| if c.is_ascii_graphic() && !matches!(c, '"' | '%' | ';') || c == ' ' { c } else { '_' })
         .collect();
     let mut enc = String::new();
     for b in name.bytes() {
@@ -199,9 +224,10 @@ pub async fn download(
     let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
     let path = crate::paths::param(&p, "path")?
         .ok_or_else(|| ApiError::BadRequest("parameter path (or path_b64) is required".into()))?;
+    let shown = String::from_utf8_lossy(&crate::paths::join_bytes(&path)).into_owned();
     let sub = subject(&state, &s);
     let st = state.clone();
-    let (res, reader) = tokio::task::spawn_blocking(move || -> ApiResult<(Resolved, FileReader)> {
+    let found = tokio::task::spawn_blocking(move || -> ApiResult<(Resolved, FileReader)> {
         let res = resolve(&st, &sub, snapshot, &path)?;
         let node = res.node.clone().filter(|n| res.access == Access::Visible && n.kind == NodeKind::File);
         let Some(node) = node else {
@@ -215,17 +241,14 @@ pub async fn download(
         let reader = st.view.repo().open_file(&node)?;
         Ok((res, reader))
     })
-    .await??;
+    .await?;
+    let (res, reader) = audit_not_found(&state, &s, &client, "download", Some(snapshot), || vec![shown], found)?;
     let node = res.node.clone().expect("a file");
     let size = reader.size();
     let etag = format!("\"{}\"", content_id(&node));
     let name = node.name_lossy().into_owned();
 
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| none_match(v, &etag)) {
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
@@ -338,6 +361,28 @@ fn zip_time(t: rewind_store::Time) -> zip::DateTime {
         .unwrap_or_default()
 }
 
+/// The names of one folder's entries in a zip: [`safe_name`]s, made distinct (`a_b` after
+/// `a\\b` becomes `a_b (2)`), so that no extractor overwrites one entry with another.
+#[derive(Default)]
+struct EntryNames(std::collections::HashSet<String>);
+
+impl EntryNames {
+    fn name(&mut self, raw: &str) -> String {
+        let safe = safe_name(raw);
+        let mut name = safe.clone();
+        let (stem, ext) = match safe.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => (stem.to_string(), format!(".{ext}")),
+            _ => (safe.clone(), String::new()),
+        };
+        let mut n = 1;
+        while !self.0.insert(name.clone()) {
+            n += 1;
+            name = format!("{stem} ({n}){ext}");
+        }
+        name
+    }
+}
+
 /// Walks the selection and writes the zip; runs on a blocking thread.
 struct ArchiveJob {
     state: AppState,
@@ -414,19 +459,22 @@ impl ArchiveJob {
                 self.files += 1;
             }
             (NodeKind::Dir, _) => {
+                // A folder's own mode when it is the user's; a folder shown only as the way to
+                // their files is one they can enter, and says nothing of its real mode.
+                let mode = if res.access == Access::Visible { node.mode & 0o777 } else { 0o755 };
+                let opts = Self::options(node).unix_permissions(mode);
                 let opts = if res.access == Access::Visible {
-                    Self::options(node)
+                    opts
                 } else {
-                    zip::write::SimpleFileOptions::default()
+                    opts.last_modified_time(zip::DateTime::default())
                 };
-                // Not `add_directory`: in stream mode it flags a data descriptor it never writes,
-                // which unzip rejects; an empty entry named `dir/` is a folder to every reader.
-                zip.start_file(format!("{name}/"), opts.compression_method(zip::CompressionMethod::Stored))
-                    .map_err(io)?;
+                zip.add_directory(format!("{name}/"), opts).map_err(io)?;
+                let mut names = EntryNames::default();
                 for (child, walk, access) in self.state.policy.children(&self.state.view, &self.sub, res)? {
                     let entry = self.state.view.lookup(&res.entry, &child.name)?;
                     let sub_res = Resolved { snapshot: res.snapshot, node: Some(child.clone()), entry, walk, access };
-                    self.add(zip, &sub_res, &format!("{name}/{}", child.name_lossy()))?;
+                    let child_name = names.name(&child.name_lossy());
+                    self.add(zip, &sub_res, &format!("{name}/{child_name}"))?;
                 }
             }
             // Devices, fifos and sockets have no content to restore.
@@ -450,11 +498,13 @@ pub async fn archive(
     if paths.is_empty() || paths.len() > state.config.limits.max_selection {
         return Err(ApiError::BadRequest(format!("give 1 to {} path parameters", state.config.limits.max_selection)));
     }
+    let shown: Vec<String> =
+        paths.iter().map(|p| String::from_utf8_lossy(&crate::paths::join_bytes(p)).into_owned()).collect();
     let sub = subject(&state, &s);
     // Resolve everything before answering, so that a refused path is a 404, not a broken zip.
     let st = state.clone();
     let sub2 = sub.clone();
-    let items = tokio::task::spawn_blocking(move || -> ApiResult<Vec<Resolved>> {
+    let found = tokio::task::spawn_blocking(move || -> ApiResult<Vec<Resolved>> {
         let mut v = Vec::new();
         for path in &paths {
             let r = resolve(&st, &sub2, snapshot, path)?;
@@ -465,9 +515,10 @@ pub async fn archive(
         }
         Ok(v)
     })
-    .await??;
+    .await?;
+    let items = audit_not_found(&state, &s, &client, "archive", Some(snapshot), || shown, found)?;
     let mut names: Vec<String> =
-        items.iter().map(|r| r.node.as_ref().expect("checked").name_lossy().into_owned()).collect();
+        items.iter().map(|r| safe_name(&r.node.as_ref().expect("checked").name_lossy())).collect();
     names.sort();
     names.dedup();
     if names.len() != items.len() {
@@ -493,7 +544,7 @@ pub async fn archive(
         let mut zip = zip::ZipWriter::new_stream(ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(PIECE) });
         let result = (|| -> ApiResult<()> {
             for r in &items {
-                let name = r.node.as_ref().expect("checked").name_lossy().into_owned();
+                let name = safe_name(&r.node.as_ref().expect("checked").name_lossy());
                 job.add(&mut zip, r, &name)?;
             }
             let mut w = zip.finish().map_err(|e| ApiError::Internal(format!("zip: {e}")))?.into_inner();
@@ -541,10 +592,36 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=-10"), 100), Ok(Some((90, 100))));
         assert_eq!(parse_range(Some("bytes=95-200"), 100), Ok(Some((95, 100))));
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Ok(None));
+        // Valid ranges outside the file: 416.
         assert!(parse_range(Some("bytes=100-"), 100).is_err());
-        assert!(parse_range(Some("bytes=5-4"), 100).is_err());
         assert!(parse_range(Some("bytes=-0"), 100).is_err());
-        assert!(parse_range(Some("bytes=x-"), 100).is_err());
+        // Headers that are no valid range are ignored: the whole file.
+        for invalid in ["bytes=5-4", "bytes=x-", "bytes=-", "bytes=5", "bytes=+5-6", "bytes=0-1x", "items=0-1"] {
+            assert_eq!(parse_range(Some(invalid), 100), Ok(None), "{invalid}");
+        }
+    }
+
+    #[test]
+    fn weak_etags_match_if_none_match() {
+        let tag = "\"abc\"";
+        assert!(none_match("\"abc\"", tag));
+        assert!(none_match("W/\"abc\"", tag));
+        assert!(none_match("\"x\", W/\"abc\"", tag));
+        assert!(none_match("*", tag));
+        assert!(!none_match("\"abcd\", W/\"ab\"", tag));
+    }
+
+    #[test]
+    fn zip_names_are_safe_and_distinct() {
+        let mut n = EntryNames::default();
+        assert_eq!(n.name("..\\..\\evil.txt"), ".._.._evil.txt");
+        assert_eq!(n.name("C:report.txt"), "C_report.txt");
+        assert_eq!(n.name("a\u{1b}[31mb"), "a_[31mb");
+        assert_eq!(n.name("x\\y.txt"), "x_y.txt");
+        assert_eq!(n.name("x_y.txt"), "x_y (2).txt");
+        assert_eq!(n.name("x:y.txt"), "x_y (3).txt");
+        assert_eq!(n.name("dir"), "dir");
+        assert_eq!(n.name("dir"), "dir (2)");
     }
 
     #[test]
@@ -553,7 +630,9 @@ mod tests {
         let s = v.to_str().unwrap();
         assert!(!s.contains('\r') && !s.contains('\n'));
         assert!(s.starts_with("attachment; filename=\"a_b_c__.txt\""), "{s}");
-        assert!(s.contains("filename*=UTF-8''a%22b%3Bc%0D%0A.txt"), "{s}");
+        assert!(s.contains("filename*=UTF-8''a%22b%3Bc__.txt"), "{s}");
+        let s = content_disposition("..\\x\u{7}y.txt").to_str().unwrap().to_string();
+        assert!(!s.contains('\\') && !s.contains("%5C") && !s.contains("%07"), "{s}");
         let s = content_disposition("résumé.pdf").to_str().unwrap().to_string();
         assert!(s.contains("filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"), "{s}");
         assert_eq!(content_type("x.txt").to_str().unwrap(), "text/plain; charset=utf-8");

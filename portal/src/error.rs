@@ -31,6 +31,18 @@ pub enum ApiError {
     /// A Range outside the file.
     #[error("range not satisfiable")]
     RangeNotSatisfiable { size: u64 },
+    /// A request body over `limits.max_body_bytes`.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// A body that is not `application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// JSON of the wrong shape (a missing or mistyped field).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// A user name that several realms know: say which (`realms` lists them).
+    #[error("{user} is a user of several realms; give the realm")]
+    Ambiguous { user: String, realms: Vec<String> },
     /// The directory (or another dependency) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -52,6 +64,10 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Ambiguous { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Corrupt(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -67,6 +83,10 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Throttled(_) => "throttled",
             ApiError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            ApiError::PayloadTooLarge => "too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::Ambiguous { .. } => "ambiguous",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Corrupt(_) => "corrupt",
             ApiError::Internal(_) => "internal",
@@ -112,7 +132,10 @@ impl IntoResponse for ApiError {
             }
             _ => self.to_string(),
         };
-        let body = serde_json::json!({ "error": self.code(), "message": message });
+        let mut body = serde_json::json!({ "error": self.code(), "message": message });
+        if let ApiError::Ambiguous { realms, .. } = &self {
+            body["realms"] = serde_json::json!(realms);
+        }
         let mut resp = (status, axum::Json(body)).into_response();
         match &self {
             ApiError::Throttled(secs) => {
@@ -131,6 +154,33 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// A JSON request body whose refusals are [`ApiError`]s like every other answer: 415 when it is
+/// not JSON, 413 when too large, 400 when it does not parse, 422 when a field is missing or of
+/// the wrong type.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::rejection::JsonRejection as J;
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(J::MissingJsonContentType(_)) => {
+                Err(ApiError::UnsupportedMediaType("the body must be JSON (Content-Type: application/json)".into()))
+            }
+            Err(J::JsonDataError(e)) => Err(ApiError::Unprocessable(e.body_text())),
+            Err(J::JsonSyntaxError(e)) => Err(ApiError::BadRequest(e.body_text())),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge),
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +196,10 @@ mod tests {
             (ApiError::BadRequest("x".into()), 400),
             (ApiError::Throttled(3), 429),
             (ApiError::RangeNotSatisfiable { size: 1 }, 416),
+            (ApiError::PayloadTooLarge, 413),
+            (ApiError::UnsupportedMediaType("x".into()), 415),
+            (ApiError::Unprocessable("x".into()), 422),
+            (ApiError::Ambiguous { user: "alice".into(), realms: vec!["a".into(), "b".into()] }, 409),
             (ApiError::Unavailable("ldap down".into()), 503),
             (ApiError::Corrupt("x".into()), 500),
             (ApiError::Internal("x".into()), 500),

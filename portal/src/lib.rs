@@ -6,6 +6,12 @@
 //! - **One policy decides visibility** ([`authz::Policy`]); every endpoint (listings, search,
 //!   deleted, history, downloads, archives) resolves paths through it, and "not yours" is the
 //!   same 404 as "does not exist". A folder appears only if it leads to something visible.
+//!   Every answer equals the answer on a repository holding only what the user may see: the
+//!   catalog is narrowed to the same rules (`Policy::scope`) before it is paged, and
+//!   cursors are sealed positions of results shown, never counts.
+//! - **One person, one identity**: a realm and its own spelling of the login, in sessions,
+//!   audit records and access history; a session's roles and account are asked again at each
+//!   renewal.
 //! - **One extractor checks sessions** ([`session::Session`]), including the CSRF token on
 //!   state-changing requests; a handler without it is public (login, health, metrics).
 //! - **One error type** ([`ApiError`]) maps to status codes in one function.
@@ -24,6 +30,7 @@ mod authz;
 mod catalog;
 mod catalog_api;
 mod config;
+mod cursor;
 mod download;
 mod error;
 mod metrics;

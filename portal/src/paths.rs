@@ -2,8 +2,11 @@
 //! control characters, over-long). The raw request target is checked too
 //! ([`raw_target_ok`]): encoded separators, dots or NUL in the URL path are refused before routing.
 //!
-//! A path is given as text (`path=/a/b`) or, for names that are not UTF-8, as the URL-safe
-//! base64 of its raw bytes (`path_b64=L2EvYg`); both go through the same checks, byte for byte.
+//! A path is given as text (`path=/a/b`) or, for names that text cannot carry, as the URL-safe
+//! base64 of its raw bytes (`path_b64=L2EvYg`); both go through the same checks, byte for byte,
+//! except that only `path_b64` may hold backslashes and control characters: names may (Linux
+//! allows every byte but `/` and NUL), and such a name must still be downloadable, while a
+//! typed path with them is far more likely an attack on something downstream than a file.
 
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -24,17 +27,37 @@ pub fn to_b64(path: &[u8]) -> String {
     B64.encode(path)
 }
 
+/// Whether a path holds a backslash or a control character: as text, it is refused.
+fn has_odd_bytes(p: &[u8]) -> bool {
+    // Control characters as bytes: C0 and DEL (bytes of C1 characters in UTF-8 are caught as
+    // characters, like the text form does; in other encodings they are just bytes).
+    p.contains(&b'\\')
+        || p.iter().any(|&b| b < 0x20 || b == 0x7f)
+        || p.utf8_chunks().any(|c| c.valid().chars().any(|c| c.is_control()))
+}
+
+/// Whether a path can only be given as `path_b64` (not UTF-8, a backslash, a control character):
+/// listings and results then carry it in that form too.
+pub fn needs_b64(p: &[u8]) -> bool {
+    std::str::from_utf8(p).is_err() || has_odd_bytes(p)
+}
+
 /// Split a path into checked components: `/a//b/` -> `["a", "b"]` (names need not be UTF-8).
 pub fn clean_bytes(p: &[u8]) -> ApiResult<Vec<Vec<u8>>> {
+    if has_odd_bytes(p) {
+        return Err(ApiError::BadRequest("path contains NUL, a backslash or a control character".into()));
+    }
+    clean_raw(p)
+}
+
+/// [`clean_bytes`] for the raw bytes of `path_b64`: backslashes and control characters are
+/// names like any other; NUL is not.
+fn clean_raw(p: &[u8]) -> ApiResult<Vec<Vec<u8>>> {
     if p.len() > MAX_PATH {
         return Err(ApiError::BadRequest("path too long".into()));
     }
-    // Control characters as bytes: C0 and DEL (bytes of C1 characters in UTF-8 are caught
-    // below as characters, like the text form does; in other encodings they are just bytes).
-    let control =
-        p.iter().any(|&b| b < 0x20 || b == 0x7f) || p.utf8_chunks().any(|c| c.valid().chars().any(|c| c.is_control()));
-    if p.contains(&b'\\') || control {
-        return Err(ApiError::BadRequest("path contains NUL, a backslash or a control character".into()));
+    if p.contains(&0) {
+        return Err(ApiError::BadRequest("path contains NUL".into()));
     }
     let mut out = Vec::new();
     for c in p.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
@@ -55,7 +78,7 @@ pub fn param(p: &Params, key: &str) -> ApiResult<Option<Vec<Vec<u8>>>> {
     match (p.get(key)?, p.get(&b64_key)?) {
         (Some(_), Some(_)) => Err(ApiError::BadRequest(format!("give {key} or {b64_key}, not both"))),
         (Some(text), None) => Ok(Some(clean_bytes(text.as_bytes())?)),
-        (None, Some(b64)) => Ok(Some(clean_bytes(&decode_b64(&b64_key, b64)?)?)),
+        (None, Some(b64)) => Ok(Some(clean_raw(&decode_b64(&b64_key, b64)?)?)),
         (None, None) => Ok(None),
     }
 }
@@ -68,7 +91,7 @@ pub fn params_all(p: &Params, key: &str) -> ApiResult<Vec<Vec<Vec<u8>>>> {
         out.push(clean_bytes(text.as_bytes())?);
     }
     for b64 in p.all(&b64_key) {
-        out.push(clean_bytes(&decode_b64(&b64_key, b64)?)?);
+        out.push(clean_raw(&decode_b64(&b64_key, b64)?)?);
     }
     Ok(out)
 }

@@ -7,7 +7,11 @@
 //!   and, for helpdesk staff acting for a user, that user and the reason.
 //! - Only HS256 with our key is accepted: `alg: none`, another algorithm, another key, a past
 //!   expiry or an altered claim all fail verification.
-//! - A token older than half its lifetime is replaced on the next request (sliding expiry).
+//! - A token older than half its lifetime is replaced on the next request (sliding expiry). That
+//!   renewal asks the user's realm again: roles and account state follow the directory within a
+//!   token's lifetime. A removed or disabled account ends the session there; while the realm
+//!   cannot be asked, the session keeps its roles for `directory_grace_secs` after the last
+//!   answer, then is refused (503) until it answers.
 //! - Logouts are kept in `<key_file>.revoked` until the session could have ended anyway, so a
 //!   restart does not bring a logged-out token back.
 
@@ -17,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
@@ -48,6 +52,9 @@ pub struct Claims {
     pub id: Identity,
     #[serde(default)]
     pub act: Option<Acting>,
+    /// When the realm last confirmed the identity (login, or a renewal that reached it).
+    #[serde(default)]
+    pub chk: i64,
 }
 
 /// The signing key and token lifetimes.
@@ -177,6 +184,7 @@ impl Keys {
             auth_time: t,
             id,
             act: None,
+            chk: t,
         }
     }
 
@@ -258,13 +266,50 @@ pub fn cookie_token<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// The host a request names: its `Host` header, or the authority of its URI (HTTP/2).
+fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> &'a str {
+    headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+/// Whether the portal answers state-changing requests for the `Host` a request names: the host
+/// of `public_url`, one of `allowed_hosts`, or, without those, an IP address or `localhost`
+/// (with a port or without). A page that rebinds its own DNS name to the portal's address
+/// sends that name, so it is refused.
+pub fn host_ok(headers: &HeaderMap, uri: &Uri, cfg: &crate::config::Config) -> bool {
+    let host = request_host(headers, uri).to_ascii_lowercase();
+    if let Some(Ok((_, public))) = cfg.public_url.as_deref().map(crate::config::public_origin)
+        && host == public
+    {
+        return true;
+    }
+    if cfg.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
+        return true;
+    }
+    if cfg.public_url.is_some() || !cfg.allowed_hosts.is_empty() {
+        return false;
+    }
+    // A name without its port: `[::1]:8080`, `127.0.0.1:8080`, `localhost`.
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(host.as_str(), |(n, _)| n),
+    };
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// Whether a state-changing request comes from our own pages: the `Origin` (or, without one,
-/// `Sec-Fetch-Site`) must be ours.
-pub fn origin_ok(headers: &HeaderMap, allowed: &[String], tls: bool) -> bool {
+/// `Sec-Fetch-Site`) must be ours: `public_url`'s, the request's own host's (when the portal
+/// answers for it, [`host_ok`]) or one of `allowed_origins`.
+pub fn origin_ok(headers: &HeaderMap, uri: &Uri, cfg: &crate::config::Config) -> bool {
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let own = format!("{}://{host}", if tls { "https" } else { "http" });
-        return origin == own || allowed.iter().any(|a| a == origin);
+        let own = format!("{}://{}", if cfg.tls.is_some() { "https" } else { "http" }, request_host(headers, uri));
+        let public = cfg.public_url.as_deref().and_then(|u| crate::config::public_origin(u).ok()).map(|(o, _)| o);
+        return (origin.eq_ignore_ascii_case(&own) && host_ok(headers, uri, cfg))
+            || public.is_some_and(|p| origin.eq_ignore_ascii_case(&p))
+            || cfg.allowed_origins.iter().any(|a| a == origin);
     }
     match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         Some(site) => site == "same-origin" || site == "none",
@@ -324,26 +369,105 @@ impl FromRequestParts<AppState> for Session {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Session, ApiError> {
         let keys = &state.keys;
         let token = cookie_token(&parts.headers, &keys.cookie_name).ok_or(ApiError::Unauthenticated)?;
-        let claims = keys.decode(token)?;
+        let mut claims = keys.decode(token)?;
         let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         if !safe {
+            if !host_ok(&parts.headers, &parts.uri, &state.config) {
+                return Err(ApiError::Forbidden("this portal does not answer for that host name (public_url)".into()));
+            }
             let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
             if !constant_time_eq(sent.as_bytes(), claims.csrf.as_bytes())
-                || !origin_ok(&parts.headers, &state.config.allowed_origins, state.config.tls.is_some())
+                || !origin_ok(&parts.headers, &parts.uri, &state.config)
             {
                 return Err(ApiError::Forbidden("missing or wrong CSRF token or origin".into()));
             }
         }
-        if claims.iat + keys.ttl / 2 <= now()
-            && let Some(slot) = parts.extensions.get::<RefreshSlot>()
-        {
-            let fresh = keys.refreshed(&claims);
-            if fresh.exp > claims.exp {
-                *slot.0.lock().expect("slot lock") = Some(keys.cookie(&keys.encode(&fresh)?));
+        if claims.iat + keys.ttl / 2 <= now() {
+            let slot = parts.extensions.get::<RefreshSlot>().cloned();
+            match renew(state, &claims).await {
+                Renewal::Renewed(fresh) => {
+                    if let Some(slot) = slot
+                        && fresh.exp > claims.exp
+                    {
+                        *slot.0.lock().expect("slot lock") = Some(keys.cookie(&keys.encode(&fresh)?));
+                    }
+                    claims = *fresh;
+                }
+                Renewal::Ended(why) => {
+                    keys.revoke(&claims);
+                    state.audit.write(crate::audit::Record {
+                        event: "session_end".into(),
+                        outcome: format!("ended: {why}"),
+                        actor: claims.id.login.clone(),
+                        realm: Some(claims.id.realm.clone()),
+                        ..crate::audit::Record::default()
+                    });
+                    if let Some(slot) = slot {
+                        *slot.0.lock().expect("slot lock") = Some(keys.clear_cookie());
+                    }
+                    return Err(ApiError::Unauthenticated);
+                }
+                Renewal::Unavailable => {
+                    return Err(ApiError::Unavailable(
+                        "your account cannot be checked with the directory right now; try again later".into(),
+                    ));
+                }
             }
         }
         Ok(Session { claims })
     }
+}
+
+/// What a renewal found.
+enum Renewal {
+    /// New claims: a later expiry, and the identity (roles, groups, home...) as the realm says now.
+    Renewed(Box<Claims>),
+    /// The account is gone or disabled, or its realm is no longer configured: the session ends.
+    Ended(String),
+    /// The realm cannot be asked and the last answer is older than the grace.
+    Unavailable,
+}
+
+/// Renew a session: ask the realm of the user (and of the user acted for) again.
+async fn renew(state: &AppState, c: &Claims) -> Renewal {
+    use crate::auth::AuthError;
+    let t = now();
+    let grace = state.config.session.directory_grace_secs as i64;
+    let mut fresh = state.keys.refreshed(c);
+    let last_answer = if c.chk > 0 { c.chk } else { c.auth_time };
+    let (found, answered) = state.lookups.lookup(&state.realms, &c.id.realm, &c.id.login).await;
+    match found {
+        Ok(Some(id)) => {
+            fresh.id = id;
+            fresh.chk = answered;
+        }
+        // The realm cannot look users up (no service account): the session keeps what it has.
+        Ok(None) => fresh.chk = answered,
+        Err(AuthError::Unavailable(m)) => {
+            if t - last_answer > grace {
+                tracing::warn!(user = %c.id.login, realm = %c.id.realm, "session refused: directory unavailable past the grace: {m}");
+                return Renewal::Unavailable;
+            }
+            tracing::info!(user = %c.id.login, realm = %c.id.realm, "session renewed without the directory (within the grace): {m}");
+        }
+        Err(e) => return Renewal::Ended(e.to_string()),
+    }
+    if let Some(act) = &mut fresh.act {
+        match state.lookups.lookup(&state.realms, &act.user.realm, &act.user.login).await.0 {
+            Ok(Some(user)) => act.user = user,
+            Ok(None) | Err(AuthError::Unavailable(_)) => {}
+            Err(e) => {
+                tracing::info!(user = %act.user.login, realm = %act.user.realm, "acting ends: {e}");
+                fresh.act = None;
+            }
+        }
+    }
+    if fresh.id.role < Role::Helpdesk {
+        fresh.act = None;
+    }
+    // The token names its user: the realm's spelling could have changed.
+    fresh.sub = fresh.id.login.clone();
+    Renewal::Renewed(Box::new(fresh))
 }
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -442,15 +566,53 @@ mod tests {
         assert_eq!(cookie_token(&h, "rewind_session"), Some("tok"));
     }
 
+    fn config(extra: &str) -> crate::config::Config {
+        toml::from_str(&format!(
+            "listen = \"127.0.0.1:0\"\nrepository = \"/r\"\naudit_log = \"/a\"\n{extra}\n[session]\nkey_file = \"/k\"\n[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"/u\"\n"
+        ))
+        .unwrap()
+    }
+
+    fn headers(host: &str, origin: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        }
+        h
+    }
+
     #[test]
     fn origins() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("portal:8080"));
-        assert!(origin_ok(&h, &[], false));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://portal:8080"));
-        assert!(origin_ok(&h, &[], false));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
-        assert!(!origin_ok(&h, &[], false));
-        assert!(origin_ok(&h, &["http://evil.example".into()], false));
+        let uri = Uri::from_static("/api/login");
+        let plain = config("");
+        assert!(origin_ok(&headers("portal:8080", None), &uri, &plain), "scripts send no origin");
+        assert!(origin_ok(&headers("127.0.0.1:8080", Some("http://127.0.0.1:8080")), &uri, &plain));
+        assert!(!origin_ok(&headers("127.0.0.1:8080", Some("http://evil.example")), &uri, &plain));
+        // A rebound name: its own origin, but not a host this portal answers for.
+        assert!(!origin_ok(&headers("evil.example", Some("http://evil.example")), &uri, &plain));
+        let allowed = config("allowed_origins = [\"http://evil.example\"]");
+        assert!(origin_ok(&headers("127.0.0.1:8080", Some("http://evil.example")), &uri, &allowed));
+        let public = config("public_url = \"https://backup.example.org\"");
+        assert!(origin_ok(&headers("backup.example.org", Some("https://backup.example.org")), &uri, &public));
+        assert!(!origin_ok(&headers("127.0.0.1:8080", Some("http://127.0.0.1:8080")), &uri, &public));
+    }
+
+    #[test]
+    fn hosts() {
+        let uri = Uri::from_static("/api/login");
+        let plain = config("");
+        for ok in ["127.0.0.1:8080", "127.0.0.1", "[::1]:8080", "localhost:80", "LOCALHOST"] {
+            assert!(host_ok(&headers(ok, None), &uri, &plain), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:8080", "127.0.0.1.evil.example", "", "localhost.evil"] {
+            assert!(!host_ok(&headers(bad, None), &uri, &plain), "{bad}");
+        }
+        let public = config("public_url = \"https://Backup.example.org\"\nallowed_hosts = [\"backup:8443\"]");
+        assert!(host_ok(&headers("backup.example.org", None), &uri, &public));
+        assert!(host_ok(&headers("BACKUP:8443", None), &uri, &public));
+        assert!(!host_ok(&headers("127.0.0.1:8080", None), &uri, &public), "configured: only those");
+        // HTTP/2 names the host in the URI's authority.
+        assert!(host_ok(&HeaderMap::new(), &Uri::from_static("https://backup.example.org/api/x"), &public));
     }
 }

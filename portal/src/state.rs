@@ -8,7 +8,7 @@ use rewind_store::View;
 use tokio::sync::Semaphore;
 
 use crate::audit::AuditLog;
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Lookups};
 use crate::authz::Policy;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -29,6 +29,10 @@ pub struct Portal {
     /// many downloads run.
     pub reads: Arc<Semaphore>,
     pub catalog: crate::catalog::Catalog,
+    /// Seals the paging cursors of search and deleted.
+    pub cursors: crate::cursor::CursorKey,
+    /// Realm lookups of session renewals, shared by requests running at once.
+    pub lookups: Lookups,
 }
 
 /// Cheap to clone; the router's state.
@@ -82,7 +86,10 @@ fn is_tmpfs(dir: &std::path::Path) -> bool {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid NUL-terminated path and a statfs struct to fill.
     let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
-    ok && st.f_type as i64 == libc::TMPFS_MAGIC as i64
+    // The two types differ between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let tmpfs = st.f_type as i64 == libc::TMPFS_MAGIC as i64;
+    ok && tmpfs
 }
 
 impl AppState {
@@ -107,6 +114,7 @@ impl AppState {
             (None, Some(p)) => crate::session::load_or_create_key(p)?,
             (None, None) => anyhow::bail!("no session key configured"),
         };
+        let cursors = crate::cursor::CursorKey::derive(&secret);
         let mut keys = Keys::new(&secret, &config.session, config.tls.is_some());
         if let Some(p) = &config.session.key_file {
             let mut name = p.as_os_str().to_owned();
@@ -114,13 +122,18 @@ impl AppState {
             keys = keys.with_revocations(std::path::Path::new(&name))?;
         }
         let realms = crate::auth::build_realms(&config)?;
+        if config.public_url.is_none() && config.allowed_hosts.is_empty() {
+            tracing::warn!(
+                "public_url is not set: logins and other state-changing requests are answered only for IP addresses and localhost (set public_url to the address users reach the portal at)"
+            );
+        }
         let audit = AuditLog::open(&config.audit_log)?;
         let window = Duration::from_secs(config.limits.window_secs);
         let catalog = crate::catalog::Catalog::open(&config, view.clone())?;
         let reads =
             Arc::new(Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2 + 2));
         Ok(AppState(Arc::new(Portal {
-            policy: Policy::new(&config.authz),
+            policy: Policy::new(&config.authz, config.realms.len()),
             user_throttle: Throttle::new(config.limits.failures_per_user, window),
             addr_throttle: Throttle::new(config.limits.failures_per_address, window),
             config,
@@ -131,6 +144,8 @@ impl AppState {
             metrics: Metrics::default(),
             reads,
             catalog,
+            cursors,
+            lookups: Lookups::default(),
         })))
     }
 }

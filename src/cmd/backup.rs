@@ -13,6 +13,7 @@ use crate::cmd::{Progress, human_bytes, human_duration, open_indexed, show_bytes
 pub const EXIT_INCOMPLETE: u8 = 3;
 
 pub fn run(a: BackupArgs) -> Result<ExitCode> {
+    crate::cmd::signals::handle_interrupts();
     let started = Instant::now();
     let repo = open_indexed(&a.repo.repo)?;
     let opts = BackupOptions {
@@ -54,9 +55,9 @@ pub fn run(a: BackupArgs) -> Result<ExitCode> {
     if a.json {
         let mut v = serde_json::to_value(&saved.snapshot)?;
         v["id"] = saved.id.to_hex().into();
-        println!("{}", serde_json::to_string(&v)?);
+        outln!("{}", serde_json::to_string(&v)?);
     } else {
-        println!(
+        outln!(
             "snapshot {} saved: {} files ({} new, {} changed, {} unchanged), {} skipped; read {}, added {} (stored {}) in {}",
             saved.id.short(),
             s.files_new + s.files_changed + s.files_unchanged,

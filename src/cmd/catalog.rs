@@ -102,12 +102,60 @@ pub enum CatalogCommand {
     },
 }
 
-/// After a backup: bring the catalog up to date, warning (never failing) when that fails.
+/// After a backup: bring the catalog up to date, warning (never failing) when that fails. A
+/// damaged catalog is rebuilt (it is a cache).
 pub fn update_after_backup(repo: &IndexedRepository) {
-    let result = Catalog::open_for(repo.repo()).and_then(|mut c| c.sync(repo));
+    let sync = || Catalog::open_for(repo.repo()).and_then(|mut c| c.sync(repo));
+    let result = match sync() {
+        Err(e) if e.is_corrupt() => {
+            eprintln!("rewind: the file catalog is damaged ({e}); rebuilding it");
+            Catalog::remove(&Catalog::default_path(repo.repo().path())).and_then(|()| sync())
+        }
+        r => r,
+    };
     match result {
         Ok(r) => tracing::debug!("catalog updated: {r:?}"),
         Err(e) => eprintln!("rewind: warning: the file catalog was not updated ({e}); `rewind catalog sync` retries"),
+    }
+}
+
+/// What is wrong with the repository's catalog, if anything (for `check`).
+pub fn check_catalog(repo: &std::path::Path) -> Option<String> {
+    let path = Catalog::default_path(repo);
+    let problems = match Catalog::check_integrity(&path) {
+        Ok(p) => p,
+        Err(e) => vec![e.to_string()],
+    };
+    (!problems.is_empty()).then(|| {
+        format!(
+            "the file catalog {} is damaged ({}); it is a cache: it rebuilds itself when next used, or run `rewind catalog rebuild`",
+            path.display(),
+            problems.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+        )
+    })
+}
+
+/// An open catalog whose queries, if it turns out damaged, rebuild it and run again.
+struct Session<'a> {
+    repo: &'a RepoArg,
+    cat: Catalog,
+}
+
+impl<'a> Session<'a> {
+    fn open(repo: &'a RepoArg) -> Result<Session<'a>> {
+        Ok(Session { repo, cat: open_synced(repo)? })
+    }
+
+    fn run<T>(&mut self, f: impl Fn(&Catalog) -> rewind_catalog::Result<T>) -> Result<T> {
+        match f(&self.cat) {
+            Err(e) if e.is_corrupt() => {
+                eprintln!("rewind: the file catalog is damaged ({e}); rebuilding it");
+                Catalog::remove(&Catalog::default_path(&self.repo.repo))?;
+                self.cat = open_synced(self.repo)?;
+                Ok(f(&self.cat)?)
+            }
+            r => Ok(r?),
+        }
     }
 }
 
@@ -115,7 +163,15 @@ pub fn update_after_backup(repo: &IndexedRepository) {
 fn open_synced(repo: &RepoArg) -> Result<Catalog> {
     let indexed = open_indexed(&repo.repo)?;
     let path = Catalog::default_path(&repo.repo);
-    match Catalog::open_for(indexed.repo()).and_then(|mut c| c.sync(&indexed).map(|_| c)) {
+    let open = || Catalog::open_for(indexed.repo()).and_then(|mut c| c.sync(&indexed).map(|_| c));
+    let opened = match open() {
+        Err(e) if e.is_corrupt() => {
+            eprintln!("rewind: the file catalog is damaged ({e}); rebuilding it");
+            Catalog::remove(&path).and_then(|()| open())
+        }
+        r => r,
+    };
+    match opened {
         Ok(c) => Ok(c),
         Err(e) => {
             eprintln!("rewind: warning: could not update the file catalog ({e}); answering from it as it is");
@@ -134,7 +190,7 @@ pub fn run(c: CatalogCommand) -> Result<ExitCode> {
             let mut cat = Catalog::open_for(indexed.repo()).context("cannot open the catalog")?;
             let r = cat.rebuild(&indexed).context("catalog rebuild failed")?;
             let st = cat.stats()?;
-            println!(
+            outln!(
                 "catalog rebuilt: {} snapshots, {} versions, {} deleted, {} on disk, in {:.1}s",
                 r.snapshots_applied,
                 st.versions,
@@ -147,7 +203,7 @@ pub fn run(c: CatalogCommand) -> Result<ExitCode> {
             let indexed = open_indexed(&repo.repo)?;
             let mut cat = Catalog::open_for(indexed.repo()).context("cannot open the catalog")?;
             let r = cat.sync(&indexed).context("catalog update failed")?;
-            println!(
+            outln!(
                 "catalog updated: {} snapshots added, {} dropped, {} hosts rebuilt, {} versions added, {} closed, {} removed",
                 r.snapshots_applied,
                 r.snapshots_dropped,
@@ -161,9 +217,9 @@ pub fn run(c: CatalogCommand) -> Result<ExitCode> {
             let cat = open_synced(&repo)?;
             let st = cat.stats()?;
             if json {
-                println!("{}", serde_json::to_string(&st)?);
+                outln!("{}", serde_json::to_string(&st)?);
             } else {
-                println!(
+                outln!(
                     "{} hosts, {} snapshots, {} versions ({} deleted files), {} names, {} directories, {} on disk",
                     st.hosts,
                     st.snapshots,
@@ -193,8 +249,8 @@ pub fn find(a: FindArgs) -> Result<ExitCode> {
         kind,
         ..Default::default()
     };
-    let cat = open_synced(&a.repo)?;
-    print_pages(&a.page, q, |q| Ok(cat.find(q)?))
+    let mut session = Session::open(&a.repo)?;
+    print_pages(&a.page, q, |q| session.run(|cat| cat.find(q)))
 }
 
 pub fn deleted(a: DeletedArgs) -> Result<ExitCode> {
@@ -207,13 +263,12 @@ pub fn deleted(a: DeletedArgs) -> Result<ExitCode> {
         path_prefix: a.path,
         ..Default::default()
     };
-    let cat = open_synced(&a.repo)?;
-    print_pages(&a.page, q, |q| Ok(cat.deleted(q)?))
+    let mut session = Session::open(&a.repo)?;
+    print_pages(&a.page, q, |q| session.run(|cat| cat.deleted(q)))
 }
 
 pub fn history(a: HistoryArgs) -> Result<ExitCode> {
-    let cat = open_synced(&a.repo)?;
-    let versions = cat.history(a.host.as_deref(), &a.path)?;
+    let versions = Session::open(&a.repo)?.run(|cat| cat.history(a.host.as_deref(), &a.path, None))?;
     if versions.is_empty() {
         bail!("{} is in no catalogued snapshot{}", a.path, a.host.map(|h| format!(" of host {h}")).unwrap_or_default());
     }
@@ -223,7 +278,7 @@ pub fn history(a: HistoryArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_pages(p: &PageArgs, mut q: Query, fetch: impl Fn(&Query) -> Result<Page<FileVersion>>) -> Result<ExitCode> {
+fn print_pages(p: &PageArgs, mut q: Query, mut fetch: impl FnMut(&Query) -> Result<Page<FileVersion>>) -> Result<ExitCode> {
     q.limit = if p.all { rewind_catalog::MAX_LIMIT } else { p.limit };
     q.offset = if p.all { 0 } else { p.offset };
     loop {
@@ -245,7 +300,7 @@ fn print_pages(p: &PageArgs, mut q: Query, fetch: impl Fn(&Query) -> Result<Page
 
 fn print_version(v: &FileVersion, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(v)?);
+        outln!("{}", serde_json::to_string(v)?);
         return Ok(());
     }
     let day = |t: &jiff::Timestamp| t.strftime("%Y-%m-%d %H:%M").to_string();
@@ -254,14 +309,14 @@ fn print_version(v: &FileVersion, json: bool) -> Result<()> {
         (None, true) => format!("present since {}", day(&v.first_seen.time)),
         (None, false) => format!("seen {} .. {}", day(&v.first_seen.time), day(&v.last_seen.time)),
     };
-    println!(
+    outln!(
         "{:<8} {:<7} {:>10}  {}  uid {}  {}  ({state})",
         v.host,
         v.kind,
         if v.kind == "file" { human_bytes(v.size) } else { "-".into() },
         day(&v.mtime),
         v.uid,
-        v.path
+        crate::cmd::show_bytes(v.path.as_bytes())
     );
     Ok(())
 }

@@ -22,8 +22,12 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
             human_bytes(p.bytes_read.load(Ordering::Relaxed))
         )
     });
-    let report = maintenance::check(&repo, a.read_data, &progress)?;
+    let mut report = maintenance::check(&repo, a.read_data, &progress)?;
     drop(bar);
+    // The catalog is a cache beside the repository: damage there loses nothing, but say so.
+    if let Some(problem) = crate::cmd::catalog::check_catalog(&a.repo.repo) {
+        report.warnings.push(problem);
+    }
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
@@ -41,7 +45,7 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
     }
     let verified = if a.read_data { format!(", {} verified", human_bytes(report.bytes_verified)) } else { String::new() };
     let status = if report.ok() { "no errors" } else { "ERRORS FOUND" };
-    println!(
+    outln!(
         "check: {} snapshots, {} trees, {} blobs, {} packs{verified}: {status} ({} errors, {} damaged blobs) in {}",
         report.snapshots,
         report.trees,
@@ -60,7 +64,13 @@ pub fn rebuild_index(a: RepoArg) -> Result<ExitCode> {
     for (pack, e) in &r.bad_packs {
         eprintln!("warning: pack {pack} skipped: {e}");
     }
-    println!(
+    for pack in &r.recovered_from_head {
+        eprintln!("warning: pack {pack}: its trailer is damaged; indexed from the copy after its header");
+    }
+    if r.unindexed_left > 0 {
+        eprintln!("warning: {} pack(s) no index file described were left out while a backup runs; run rebuild-index again when none does", r.unindexed_left);
+    }
+    outln!(
         "rebuilt index: {} packs, {} blobs, {} index files written, {} removed{}",
         r.packs,
         r.blobs,

@@ -241,7 +241,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             bail!("{} exists and is not a demo directory; choose another with --dir", dir.display());
         }
         if !empty {
-            println!("Starting fresh: removing the previous demo in {}", dir.display());
+            outln!("Starting fresh: removing the previous demo in {}", dir.display());
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
     }
@@ -250,7 +250,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let server = dir.join("fileserver");
     let repo_path = dir.join("repo");
 
-    println!("Building a sample file server in {} ...", server.display());
+    outln!("Building a sample file server in {} ...", server.display());
     Repository::init(&repo_path, ChunkerParams::default(), CompressionParams::default())
         .with_context(|| format!("creating the repository {}", repo_path.display()))?;
     let mut rng = Rng(0x5eed_2026_0001);
@@ -271,7 +271,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         let opts = BackupOptions { paths: vec![server.clone()], host: "fileserver".into(), ..Default::default() };
         let report = |p: &Path, e: &rewind_store::Error| eprintln!("rewind: skipped {}: {e}", p.display());
         let saved = backup(&repo, &opts, &BackupProgress::default(), &report).context("backing up the demo")?;
-        println!("  backup {} of {generations}: snapshot {}", generation + 1, saved.id.short());
+        outln!("  backup {} of {generations}: snapshot {}", generation + 1, saved.id.short());
     }
     let repo = open_indexed(&repo_path)?;
     let mut cat = rewind_catalog::Catalog::open_for(repo.repo()).context("opening the catalog")?;
@@ -299,23 +299,23 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     std::fs::write(&config_path, config)?;
     let config = rewind_portal::Config::load(&config_path)?;
 
-    println!();
-    println!("rewind demo: {generations} backups of a file server with 3 users' homes, with edits and deletions.");
-    println!("  data:        {} (rebuilt from scratch by the next `rewind demo`)", dir.display());
-    println!();
-    println!("  Open http://{listen}/ and sign in as:");
+    outln!();
+    outln!("rewind demo: {generations} backups of a file server with 3 users' homes, with edits and deletions.");
+    outln!("  data:        {} (rebuilt from scratch by the next `rewind demo`)", dir.display());
+    outln!();
+    outln!("  Open http://{listen}/ and sign in as:");
     for (login, _, role, password) in USERS {
-        println!("    {login:<6} password {password:<11} ({role})");
+        outln!("    {login:<6} password {password:<11} ({role})");
     }
-    println!();
-    println!("  alice lost 'Quarterly report.md': she finds it under Recently deleted.");
-    println!("  The same backups as a filesystem (needs FUSE):");
+    outln!();
+    outln!("  alice lost 'Quarterly report.md': she finds it under Recently deleted.");
+    outln!("  The same backups as a filesystem (needs FUSE):");
     // The binary that runs now (`cargo run` leaves it in target/), so the command works as printed.
     let rewind = std::env::current_exe().map(|e| e.display().to_string()).unwrap_or_else(|_| "rewind".into());
-    println!("    mkdir -p /tmp/rewind-mnt && {rewind} mount --repo {} /tmp/rewind-mnt", repo_path.display());
-    println!("  Portal configuration: {} (run it again with `rewind serve --config ...`)", config_path.display());
-    println!("  Stop with Ctrl-C.");
-    println!();
+    outln!("    mkdir -p /tmp/rewind-mnt && {rewind} mount --repo {} /tmp/rewind-mnt", repo_path.display());
+    outln!("  Portal configuration: {} (run it again with `rewind serve --config ...`)", config_path.display());
+    outln!("  Stop with Ctrl-C.");
+    outln!();
     crate::cmd::tune_allocator(None);
     rewind_portal::serve_blocking(config)?;
     Ok(ExitCode::SUCCESS)

@@ -18,6 +18,6 @@ pub fn run(a: InitArgs) -> Result<ExitCode> {
     }
     let repo = Repository::init(&a.repo, chunker, compression)
         .with_context(|| format!("cannot create a repository at {}", a.repo.display()))?;
-    println!("created repository {} at {}", &repo.config().id.to_hex()[..8], a.repo.display());
+    outln!("created repository {} at {}", &repo.config().id.to_hex()[..8], a.repo.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -28,12 +28,25 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode> {
     };
     // Named snapshots, or a policy over groups of (host, paths).
     let mut decisions: Vec<(SnapshotEntry, Vec<&'static str>)> = Vec::new();
+    let mut damaged_ids = Vec::new();
     if !a.snapshots.is_empty() {
         if !policy.is_empty() {
             bail!("give either snapshot ids or --keep-* rules, not both");
         }
         for spec in &a.snapshots {
-            decisions.push((repo.find_snapshot(spec, a.host.as_deref())?, Vec::new()));
+            match repo.find_snapshot(spec, a.host.as_deref()) {
+                Ok(s) => decisions.push((s, Vec::new())),
+                // A damaged snapshot can be forgotten by its id: nothing of it needs reading.
+                Err(e) if e.is_corrupt() => {
+                    let (_, damaged) = repo.snapshots_and_damage()?;
+                    let d = damaged
+                        .iter()
+                        .find(|d| d.id.to_hex().starts_with(&spec.to_ascii_lowercase()))
+                        .ok_or(e)?;
+                    damaged_ids.push(d.id);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     } else {
         if policy.is_empty() {
@@ -56,18 +69,22 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode> {
             }
         }
     }
-    let remove: Vec<_> = decisions.iter().filter(|(_, r)| r.is_empty()).map(|(s, _)| s.id).collect();
+    let mut remove: Vec<_> = decisions.iter().filter(|(_, r)| r.is_empty()).map(|(s, _)| s.id).collect();
+    for id in &damaged_ids {
+        outln!("{} (damaged) remove", id.short());
+    }
+    remove.extend(damaged_ids.iter().copied());
     if a.json {
         let v: Vec<serde_json::Value> = decisions
             .iter()
             .map(|(s, r)| serde_json::json!({"id": s.id.to_hex(), "time": s.snapshot.time, "host": s.snapshot.host,
                 "paths": s.snapshot.paths, "keep": !r.is_empty(), "reasons": r}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for (s, r) in &decisions {
             let what = if r.is_empty() { "remove".to_string() } else { format!("keep ({})", r.join(", ")) };
-            println!("{} {} {:<16} {}", s.id.short(), s.snapshot.time.strftime("%Y-%m-%d %H:%M:%S"), s.snapshot.host, what);
+            outln!("{} {} {:<16} {}", s.id.short(), s.snapshot.time.strftime("%Y-%m-%d %H:%M:%S"), s.snapshot.host, what);
         }
     }
     if !a.dry_run {
@@ -78,7 +95,7 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode> {
         "forget: {} snapshot(s) {}, {} kept{}",
         remove.len(),
         if a.dry_run { "would be removed" } else { "removed" },
-        decisions.len() - remove.len(),
+        decisions.len() + damaged_ids.len() - remove.len(),
         if a.dry_run || remove.is_empty() { "" } else { "; run `rewind prune` to free their data" }
     );
     Ok(ExitCode::SUCCESS)
@@ -111,6 +128,7 @@ fn parse_duration(s: &str) -> Result<jiff::SignedDuration> {
 }
 
 pub fn prune(a: PruneArgs) -> Result<ExitCode> {
+    crate::cmd::signals::handle_interrupts();
     let started = Instant::now();
     let repo = open_repo(&a.repo.repo)?;
     let progress = Arc::new(PruneProgress::default());
@@ -127,10 +145,10 @@ pub fn prune(a: PruneArgs) -> Result<ExitCode> {
     let r = prune::prune(&repo, &opts, &progress)?;
     drop(bar);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?);
     }
     let verb = if a.dry_run { "would free" } else { "freed" };
-    println!(
+    outln!(
         "prune: {} snapshots, {} packs ({}, {} used); {} unused and {} repacked packs ({} rewritten); {verb} {}{}{} in {}",
         r.snapshots,
         r.packs,
@@ -152,6 +170,7 @@ pub fn prune(a: PruneArgs) -> Result<ExitCode> {
 }
 
 pub fn copy(a: CopyArgs) -> Result<ExitCode> {
+    crate::cmd::signals::handle_interrupts();
     let started = Instant::now();
     let src = open_indexed(&a.repo.repo)?;
     let dst = Repository::open(&a.to)
@@ -179,7 +198,7 @@ pub fn copy(a: CopyArgs) -> Result<ExitCode> {
     let r = prune::copy(&src, &dst, &chosen, &progress)?;
     drop(bar);
     let secs = started.elapsed().as_secs_f64().max(0.001);
-    println!(
+    outln!(
         "copy: {} snapshots copied, {} already there; {} blobs, {} ({}/s) in {}",
         r.snapshots_copied,
         r.snapshots_present,

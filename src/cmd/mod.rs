@@ -1,4 +1,19 @@
 //! One module per command, each a small `run` function; shared helpers below.
+//!
+//! Output goes through [`outln!`]: a write to a closed pipe (`rewind snapshots | head -1`) is an
+//! error that `main` turns into a quiet exit with status 0, as ripgrep does.
+
+/// `println!` that returns the write's error (to end the command) instead of panicking.
+macro_rules! outln {
+    () => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock())?;
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
 
 pub mod backup;
 pub mod catalog;
@@ -10,7 +25,9 @@ pub mod maintain;
 pub mod mount;
 pub mod restore;
 pub mod serve;
+pub mod signals;
 pub mod snapshots;
+pub mod unlock;
 
 use std::io::IsTerminal;
 use std::path::Path;

@@ -4,9 +4,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use rewind_store::{RestoreOptions, RestoreProgress, restore};
+use rewind_store::{Overwrite, RestoreOptions, RestoreProgress, restore};
 
-use crate::cli::RestoreArgs;
+use crate::cli::{OverwriteArg, RestoreArgs};
 use crate::cmd::{Progress, human_bytes, human_duration, open_indexed};
 
 pub fn run(a: RestoreArgs) -> Result<ExitCode> {
@@ -19,7 +19,13 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
     let snap = repo.repo().find_snapshot(spec, a.host.as_deref())?;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let opts = RestoreOptions { owners: root && !a.no_owners };
+    let overwrite = match a.overwrite {
+        None => Overwrite::Refuse,
+        Some(OverwriteArg::Always) => Overwrite::Always,
+        Some(OverwriteArg::IfChanged) => Overwrite::IfChanged,
+        Some(OverwriteArg::Never) => Overwrite::Never,
+    };
+    let opts = RestoreOptions { owners: root && !a.no_owners, overwrite };
     let progress = Arc::new(RestoreProgress::default());
     let p = progress.clone();
     let bar = Progress::start(move || {
@@ -29,7 +35,7 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
     let errors = restore(&repo, &snap.snapshot, path.as_bytes(), &a.target, &opts, &progress, &report)
         .with_context(|| format!("cannot restore {path} of snapshot {}", snap.id.short()))?;
     drop(bar);
-    println!(
+    outln!(
         "restored {} files, {} from snapshot {} into {} in {}{}",
         progress.files.load(Ordering::Relaxed),
         human_bytes(progress.bytes.load(Ordering::Relaxed)),

@@ -35,8 +35,8 @@ pub fn passwd(a: PasswdArgs) -> Result<ExitCode> {
     anyhow::ensure!(!password.is_empty(), "empty password");
     let hash = rewind_portal::hash_password(&password)?;
     match a.user {
-        Some(user) => println!("[users.{user}]\nhash = \"{hash}\"\nrole = \"user\""),
-        None => println!("{hash}"),
+        Some(user) => outln!("[users.{user}]\nhash = \"{hash}\"\nrole = \"user\""),
+        None => outln!("{hash}"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,8 +7,17 @@ use crate::cmd::{human_bytes, open_repo};
 
 pub fn run(a: SnapshotsArgs) -> Result<ExitCode> {
     let repo = open_repo(&a.repo.repo)?;
-    let snaps: Vec<_> =
-        repo.snapshots()?.into_iter().filter(|s| a.host.as_ref().is_none_or(|h| &s.snapshot.host == h)).collect();
+    let (all, damaged) = repo.snapshots_and_damage()?;
+    for d in &damaged {
+        eprintln!(
+            "rewind: snapshot {} ({}) is damaged and not listed: {}; `rewind forget {}` removes it",
+            d.id.short(),
+            d.path.display(),
+            d.error,
+            d.id.short()
+        );
+    }
+    let snaps: Vec<_> = all.into_iter().filter(|s| a.host.as_ref().is_none_or(|h| &s.snapshot.host == h)).collect();
     if a.json {
         let v: Vec<serde_json::Value> = snaps
             .iter()
@@ -19,13 +28,13 @@ pub fn run(a: SnapshotsArgs) -> Result<ExitCode> {
                 v
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<9} {:<20} {:<16} {:>10}  {:<16} paths", "id", "time (local)", "host", "size", "tags");
+    outln!("{:<9} {:<20} {:<16} {:>10}  {:<16} paths", "id", "time (local)", "host", "size", "tags");
     for s in &snaps {
         let t = s.snapshot.time.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string();
-        println!(
+        outln!(
             "{:<9} {:<20} {:<16} {:>10}  {:<16} {}",
             s.id.short(),
             t,
@@ -35,6 +44,6 @@ pub fn run(a: SnapshotsArgs) -> Result<ExitCode> {
             s.snapshot.paths.join(" ")
         );
     }
-    println!("{} snapshot(s)", snaps.len());
+    outln!("{} snapshot(s)", snaps.len());
     Ok(ExitCode::SUCCESS)
 }

@@ -51,6 +51,12 @@ pub trait Backend: Send + Sync {
     fn list(&self, kind: FileKind) -> Result<Vec<String>>;
     /// Remove a file; removing a missing file is not an error.
     fn delete(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// Store a whole file atomically and durably only if none of that name exists: exactly one
+    /// of several concurrent callers succeeds, the others get [`Error::AlreadyExists`]. (On
+    /// object storage: a conditional put, `If-None-Match: *`.)
+    fn put_new(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+    /// When the file was last written, by the storage's clock.
+    fn modified(&self, kind: FileKind, name: &str) -> Result<std::time::SystemTime>;
 }
 
 /// A repository in a local directory:
@@ -121,15 +127,7 @@ impl Backend for LocalBackend {
 
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
         let dest = self.path(kind, name);
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{}-{}-{n}", std::process::id(), name));
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).at(&tmp)?;
-        let result = f.write_all(data).and_then(|_| f.sync_all());
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io(&tmp, e));
-        }
-        drop(f);
+        let tmp = self.write_tmp(name, data)?;
         let parent = dest.parent().expect("repository files live in a directory");
         if let Err(e) = fs::rename(&tmp, &dest) {
             if e.kind() != std::io::ErrorKind::NotFound || parent.exists() {
@@ -155,10 +153,10 @@ impl Backend for LocalBackend {
             };
             for e in entries {
                 let e = e.at(dir)?;
-                if let Some(name) = e.file_name().to_str() {
-                    if !name.starts_with('.') {
-                        out.push(name.to_string());
-                    }
+                if let Some(name) = e.file_name().to_str()
+                    && !name.starts_with('.')
+                {
+                    out.push(name.to_string());
                 }
             }
             Ok(())
@@ -187,4 +185,137 @@ impl Backend for LocalBackend {
             Err(e) => Err(Error::io(&path, e)),
         }
     }
+
+    fn put_new(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        let dest = self.path(kind, name);
+        let tmp = self.write_tmp(name, data)?;
+        // link(2) fails if the name exists, where rename would replace it.
+        let linked = fs::hard_link(&tmp, &dest);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::AlreadyExists(dest)),
+            Err(e) => return Err(Error::io(&dest, e)),
+        }
+        fsync_dir(dest.parent().expect("repository files live in a directory"))
+    }
+
+    fn modified(&self, kind: FileKind, name: &str) -> Result<std::time::SystemTime> {
+        let path = self.path(kind, name);
+        fs::symlink_metadata(&path).and_then(|m| m.modified()).map_err(|e| Self::not_found_or_io(&path, e, kind, name))
+    }
+}
+
+/// A file left in `tmp/`, and whether its writer is provably gone.
+#[derive(Clone, Debug)]
+pub struct TmpFile {
+    pub name: String,
+    pub bytes: u64,
+    /// Its process (named in the file name) is not running on this host.
+    pub dead: bool,
+    pub modified: Option<std::time::SystemTime>,
+}
+
+impl LocalBackend {
+    /// Write `data` to a new file in `tmp/`, durably; returns its path. The name carries this
+    /// host's tag and pid (`<host tag>-<pid>-<n>-<name>`), so leftovers of a dead process can be
+    /// told apart from files being written.
+    fn write_tmp(&self, name: &str, data: &[u8]) -> Result<PathBuf> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{}-{}-{n}-{name}", host_tag(), std::process::id()));
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).at(&tmp)?;
+        let result = f.write_all(data).and_then(|_| f.sync_all());
+        if let Err(e) = result {
+            drop(f);
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(&tmp, e));
+        }
+        Ok(tmp)
+    }
+
+    /// The files in `tmp/`.
+    pub fn tmp_files(&self) -> Result<Vec<TmpFile>> {
+        let dir = self.root.join("tmp");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        let tag = host_tag();
+        let mut out = Vec::new();
+        for e in entries {
+            let e = e.at(&dir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let meta = e.metadata().ok();
+            let mut parts = name.splitn(3, '-');
+            let dead = match (parts.next(), parts.next().and_then(|p| p.parse::<i32>().ok())) {
+                (Some(t), Some(pid)) if t == tag => crate::lock::pid_is_gone(pid),
+                _ => false,
+            };
+            out.push(TmpFile {
+                name,
+                bytes: meta.as_ref().map(|m| m.len()).unwrap_or(0),
+                dead,
+                modified: meta.and_then(|m| m.modified().ok()),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Remove a file of `tmp/`.
+    pub fn remove_tmp(&self, name: &str) -> Result<()> {
+        let p = self.root.join("tmp").join(name);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&p, e)),
+        }
+    }
+
+    /// `REPO/reserve`: room kept for prune on a full filesystem (see FORMAT.md, "Full disk").
+    fn reserve_path(&self) -> PathBuf {
+        self.root.join("reserve")
+    }
+
+    /// Make sure the reserve exists (best effort: a full filesystem may not have room for it).
+    pub fn ensure_reserve(&self) {
+        let p = self.reserve_path();
+        if fs::metadata(&p).map(|m| m.len() >= RESERVE_BYTES).unwrap_or(false) {
+            return;
+        }
+        let result = (|| -> std::io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&p)?;
+            // Real blocks, not a hole: writing zeros allocates them on every filesystem.
+            let zeros = vec![0u8; 64 << 10];
+            for _ in 0..RESERVE_BYTES / zeros.len() as u64 {
+                f.write_all(&zeros)?;
+            }
+            f.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&p);
+            tracing::debug!("no room for the prune reserve: {e}");
+        }
+    }
+
+    /// Give the reserve's space back to the filesystem; true if there was one.
+    pub fn release_reserve(&self) -> bool {
+        fs::remove_file(self.reserve_path()).is_ok()
+    }
+}
+
+/// Size of `REPO/reserve`.
+pub const RESERVE_BYTES: u64 = 1 << 20;
+
+/// Whether an error means the storage is full.
+pub fn is_no_space(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+}
+
+/// Eight hex digits of BLAKE3 of this host's name: tells this host's temporary files from other
+/// hosts' in a shared repository.
+pub(crate) fn host_tag() -> String {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| blake3::hash(crate::lock::hostname().as_bytes()).to_hex()[..8].to_string()).clone()
 }

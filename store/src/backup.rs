@@ -29,6 +29,7 @@ use crate::format::{
     BlobId, ChunkId, FORMAT_VERSION, Hash, Node, NodeKind, SNAPSHOT_MAGIC, Snapshot, SnapshotId, Summary, Tree,
     TreeId,
 };
+use crate::failpoint;
 use crate::lock::Lock;
 use crate::pack::Packer;
 use crate::repo::{IndexedRepository, SnapshotEntry};
@@ -76,17 +77,16 @@ pub fn backup(
         return Err(Error::InvalidInput("the host name is empty".into()));
     }
     let paths = normalize_paths(&opts.paths)?;
-    let _lock = Lock::acquire(repo.repo(), "backup")?;
-    repo.refresh_index()?;
-
-    let parent = match opts.parent {
-        Some(id) => Some(SnapshotEntry { id, snapshot: repo.repo().load_snapshot(&id)? }),
-        None => find_parent(repo, &opts.host, &paths)?,
-    };
-    let parent_tree = match &parent {
-        Some(p) if !opts.force => Some(repo.tree(p.snapshot.tree)?),
-        _ => None,
-    };
+    // The order is the rule for writers (FORMAT.md, "Prune"): the lock exists before the pending
+    // records are read, and they are read before the index is loaded. A prune that misses this
+    // lock wrote its record before the lock existed, so the record is read below; a prune that
+    // sees the lock waits for this backup before deleting anything the index loaded here names.
+    let lock = Lock::acquire(repo.repo(), crate::lock::BACKUP)?;
+    failpoint::hit("backup-locked")?;
+    let condemned = crate::prune::condemned_packs(repo.repo())?;
+    failpoint::hit("backup-records-read")?;
+    repo.avoid_packs(condemned.clone())?;
+    failpoint::hit("backup-index-loaded")?;
 
     let config = repo.repo().config();
     let archiver = Archiver {
@@ -98,7 +98,39 @@ pub fn backup(
         progress,
         report,
         counts: Counts::default(),
-        condemned: crate::prune::condemned_packs(repo.repo())?,
+        condemned,
+    };
+    let result = run(&archiver, opts, &paths, time, started, &lock);
+    if let Err(e) = &result {
+        let removed = archiver.packer.abandon();
+        tracing::info!("backup failed ({e}); removed the {removed} pack(s) it wrote that no index names");
+    }
+    result
+}
+
+fn run(
+    archiver: &Archiver<'_>,
+    opts: &BackupOptions,
+    paths: &[PathBuf],
+    time: jiff::Timestamp,
+    started: Instant,
+    lock: &Lock,
+) -> Result<SnapshotEntry> {
+    let repo = archiver.repo;
+    let parent = match opts.parent {
+        Some(id) => Some(SnapshotEntry { id, snapshot: repo.repo().load_snapshot(&id)? }),
+        None => find_parent(repo, &opts.host, paths)?,
+    };
+    let parent_tree = match &parent {
+        Some(p) if !opts.force => match repo.tree(p.snapshot.tree) {
+            Ok(t) => Some(t),
+            Err(e) if e.is_corrupt() => {
+                tracing::warn!("the parent snapshot's root is unreadable, reading every file: {e}");
+                None
+            }
+            Err(e) => return Err(e),
+        },
+        _ => None,
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) + 1)
@@ -106,9 +138,11 @@ pub fn backup(
         .build()
         .map_err(|e| Error::InvalidInput(format!("cannot start worker threads: {e}")))?;
 
-    let root = pool.install(|| archiver.save_roots(&paths, parent_tree.as_deref()))?;
+    let root = pool.install(|| archiver.save_roots(paths, parent_tree.as_deref()))?;
+    crate::interrupt::check()?;
     archiver.packer.finish()?;
 
+    let progress = archiver.progress;
     let c = &archiver.counts;
     let stats = archiver.packer.stats();
     let summary = Summary {
@@ -138,7 +172,16 @@ pub fn backup(
     };
     let bytes = snapshot.encode();
     let id = SnapshotId(Hash::of(&bytes));
+    failpoint::hit("backup-before-snapshot")?;
+    crate::interrupt::check()?;
     repo.backend().put(FileKind::Snapshot, &id.to_hex(), &bytes)?;
+    failpoint::hit("backup-snapshot-written")?;
+    // A sweep waits for this backup only while its lock is live. If the lock was removed or
+    // declared expired meanwhile, what this snapshot references may be gone: take it back.
+    if let Err(e) = lock.check_held() {
+        repo.backend().delete(FileKind::Snapshot, &id.to_hex())?;
+        return Err(e);
+    }
     repo.refresh_index()?;
     tracing::info!(snapshot = %id.short(), "snapshot saved");
     Ok(SnapshotEntry { id, snapshot })
@@ -295,6 +338,7 @@ impl Archiver<'_> {
 
     /// One entry of the source. `Ok(None)`: left out (excluded, or reported as unreadable).
     fn save_entry(&self, path: &Path, name: Vec<u8>, parent: Option<&Node>, top: bool) -> Result<Option<Node>> {
+        crate::interrupt::check()?;
         if !top && self.excludes.excluded(path, &name) {
             return Ok(None);
         }
@@ -456,6 +500,7 @@ impl Archiver<'_> {
                     Err(e) => return Err(src(e)),
                 }
             }
+            crate::interrupt::check().map_err(ReadError::Repo)?;
             let mut spans = Vec::new();
             let mut pos = 0;
             while let Some(n) = self.chunker.next_cut(&buf[pos..], eof) {

@@ -44,6 +44,11 @@ pub enum Error {
     /// The repository is locked in a way that forbids the operation.
     #[error("repository is locked: {0}")]
     Locked(String),
+
+    /// The operation was asked to stop (SIGINT, SIGTERM) and did, leaving the repository as it
+    /// was.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// The store's result type.

@@ -18,6 +18,12 @@ pub const FORMAT_VERSION: u32 = 1;
 
 pub(crate) const PACK_MAGIC: &[u8; 8] = b"RWNDPACK";
 pub(crate) const PACK_TRAILER_MAGIC: &[u8; 8] = b"RWNDPTRL";
+/// The copy of a pack's records right after its header (packs written since 2026-12).
+pub(crate) const PACK_HEAD_MAGIC: &[u8; 8] = b"RWNDPHDR";
+/// The pack header: magic and version.
+pub(crate) const PACK_HEADER_LEN: usize = 12;
+/// The fixed part of the head copy: magic, records length, count, BLAKE3 of the records.
+pub(crate) const PACK_HEAD_FIXED_LEN: usize = 8 + 4 + 4 + 32;
 pub(crate) const INDEX_MAGIC: &[u8; 8] = b"RWNDINDX";
 pub(crate) const TREE_VERSION: u8 = 1;
 
@@ -658,6 +664,89 @@ pub(crate) fn decode_pack_records(records: &[u8], count: u32, hash: Hash) -> Res
     records.chunks_exact(RECORD_LEN).map(BlobRecord::decode).collect()
 }
 
+/// Encode the copy of a pack's records that follows its header:
+/// `"RWNDPHDR" | records_len u32 | count u32 | BLAKE3(records) | records`. With it a pack whose
+/// trailer is damaged (or cut off) can still be indexed.
+pub(crate) fn encode_pack_head(records: &[BlobRecord]) -> Vec<u8> {
+    let mut recs = Vec::with_capacity(records.len() * RECORD_LEN);
+    for r in records {
+        r.encode_into(&mut recs);
+    }
+    let mut out = Vec::with_capacity(PACK_HEAD_FIXED_LEN + recs.len());
+    out.extend_from_slice(PACK_HEAD_MAGIC);
+    out.extend_from_slice(&(recs.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    out.extend_from_slice(&Hash::of(&recs).0);
+    out.extend_from_slice(&recs);
+    out
+}
+
+/// Parse the fixed part of a pack's head copy: `None` if the pack has none (written before the
+/// head copy existed), else the length and count of the records that follow, and their hash.
+pub(crate) fn decode_pack_head_fixed(fixed: &[u8]) -> Result<Option<(u32, u32, Hash)>> {
+    if fixed.len() < PACK_HEAD_FIXED_LEN || &fixed[..8] != PACK_HEAD_MAGIC {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(fixed[8..12].try_into().expect("4 bytes"));
+    let count = u32::from_le_bytes(fixed[12..16].try_into().expect("4 bytes"));
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&fixed[16..48]);
+    if len as usize != count as usize * RECORD_LEN {
+        return Err(Error::corrupt("pack", "head copy length and count disagree"));
+    }
+    Ok(Some((len, count, Hash(hash))))
+}
+
+/// A whole pack's records from its bytes: the trailer, or, if that is damaged, the head copy.
+/// Returns the records and whether the head copy was used. Every record is checked to lie
+/// between the header (and head copy) and the trailer.
+pub fn decode_pack_records_of(pack: &[u8]) -> Result<(Vec<BlobRecord>, bool)> {
+    let len = pack.len() as u64;
+    let from_trailer = || -> Result<Vec<BlobRecord>> {
+        let footer = pack.get(pack.len().saturating_sub(PACK_FOOTER_LEN)..).unwrap_or(&[]);
+        let (rec_len, count, hash) = decode_pack_footer(footer)?;
+        let start = pack
+            .len()
+            .checked_sub(PACK_FOOTER_LEN + rec_len as usize)
+            .filter(|&s| s >= PACK_HEADER_LEN)
+            .ok_or_else(|| Error::corrupt("pack", "trailer longer than the pack"))?;
+        decode_pack_records(&pack[start..start + rec_len as usize], count, hash)
+    };
+    let trailer = from_trailer();
+    let (records, head) = match trailer {
+        Ok(r) => (r, false),
+        Err(e) => {
+            let fixed = pack.get(PACK_HEADER_LEN..).unwrap_or(&[]);
+            match decode_pack_head_fixed(fixed)? {
+                None => return Err(e),
+                Some((rec_len, count, hash)) => {
+                    let start = PACK_HEADER_LEN + PACK_HEAD_FIXED_LEN;
+                    let recs = pack
+                        .get(start..start + rec_len as usize)
+                        .ok_or_else(|| Error::corrupt("pack", "head copy longer than the pack"))?;
+                    (decode_pack_records(recs, count, hash)?, true)
+                }
+            }
+        }
+    };
+    check_record_bounds(&records, len)?;
+    Ok((records, head))
+}
+
+/// Every record must lie after the header and head copy and before the trailer (both copies
+/// list the same records, so their lengths are known from either).
+pub(crate) fn check_record_bounds(records: &[BlobRecord], pack_len: u64) -> Result<()> {
+    let recs = (records.len() * RECORD_LEN) as u64;
+    let min = PACK_HEADER_LEN as u64;
+    let max = pack_len.checked_sub(recs + PACK_FOOTER_LEN as u64).ok_or_else(|| Error::corrupt("pack", "too short"))?;
+    for r in records {
+        if r.offset < min || r.offset.checked_add(u64::from(r.stored_len)).is_none_or(|end| end > max) {
+            return Err(Error::corrupt("pack", "a blob lies outside the pack's data"));
+        }
+    }
+    Ok(())
+}
+
 /// One pack's entry in an index file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexPack {
@@ -717,6 +806,127 @@ pub(crate) fn decode_index(bytes: &[u8]) -> Result<Vec<IndexPack>> {
         return Err(bad("trailing bytes"));
     }
     Ok(packs)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Locks and prune's pending records
+
+/// `REPO/locks/<name>`, JSON: who holds a lock. Rewritten whole (a new version of the same
+/// object) every [`crate::lock::REFRESH`] while held.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockInfo {
+    pub purpose: String,
+    pub host: String,
+    pub pid: u32,
+    /// When the lock was taken.
+    pub time: jiff::Timestamp,
+    /// When the lock was last refreshed (absent in locks of older versions: `time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed: Option<jiff::Timestamp>,
+}
+
+impl LockInfo {
+    pub fn decode(bytes: &[u8]) -> Result<LockInfo> {
+        let info: LockInfo = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("lock", e.to_string()))?;
+        if info.purpose.is_empty() {
+            return Err(Error::corrupt("lock", "no purpose"));
+        }
+        Ok(info)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("lock info serializes")
+    }
+
+    /// The last time the holder said it was alive, by its own clock.
+    pub fn last_refresh(&self) -> jiff::Timestamp {
+        self.refreshed.unwrap_or(self.time).max(self.time)
+    }
+}
+
+pub(crate) const PENDING_MAGIC: &str = "rewind-prune-pending";
+/// Version of pending records: 2 added `witnesses`. Version 1 records (no witnesses) are read
+/// and get their witnesses recorded by the next prune; rewind versions that knew only version 1
+/// refuse version 2 records, so an old prune cannot sweep them by its unsafe rule.
+pub const PENDING_VERSION: u32 = 2;
+
+/// `REPO/pending/<name>`, JSON: packs a prune condemned, to be deleted once every writer that may
+/// not have seen the record has ended (see FORMAT.md, "Prune").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pending {
+    pub magic: String,
+    pub version: u32,
+    /// When the record was made (for people; no decision depends on it).
+    pub time: jiff::Timestamp,
+    pub packs: Vec<PackId>,
+    /// The writer locks that existed just after the record became durable: the record may be
+    /// swept once none of them is live. `None` until recorded.
+    #[serde(default)]
+    pub witnesses: Option<Vec<String>>,
+    /// BLAKE3 of the record encoded with this field empty: a damaged record (a witness name
+    /// changed by one bit would let it be swept too early) is refused, not misread.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sum: String,
+}
+
+impl Pending {
+    pub fn decode(bytes: &[u8]) -> Result<Pending> {
+        #[derive(Deserialize)]
+        struct Head {
+            magic: String,
+            version: u32,
+        }
+        let head: Head = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("pending record", e.to_string()))?;
+        if head.magic != PENDING_MAGIC {
+            return Err(Error::corrupt("pending record", "bad magic"));
+        }
+        if head.version == 0 || head.version > PENDING_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "pending record".into(),
+                found: head.version,
+                supported: PENDING_VERSION,
+            });
+        }
+        let p: Pending = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("pending record", e.to_string()))?;
+        if p.version >= 2 && p.sum != p.checksum() {
+            return Err(Error::corrupt("pending record", "checksum mismatch"));
+        }
+        Ok(p)
+    }
+
+    fn checksum(&self) -> String {
+        let plain = Pending { sum: String::new(), ..self.clone() };
+        Hash::of(&serde_json::to_vec(&plain).expect("record serializes")).to_hex()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let sealed = Pending { sum: self.checksum(), ..self.clone() };
+        let mut v = serde_json::to_vec_pretty(&sealed).expect("record serializes");
+        v.push(b'\n');
+        v
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fuzzing
+
+/// The decoders of bytes read from a repository, by name: the fuzz targets (`store/fuzz`) and
+/// the test that replays their corpora run each through [`decode_for_fuzzing`].
+pub const DECODERS: &[&str] = &["pack", "index", "tree", "snapshot", "config", "pending", "lock"];
+
+/// Run `bytes` through the decoder `name` of [`DECODERS`]; whether it accepted them. Never
+/// panics, whatever the bytes (that is what the fuzzers check).
+pub fn decode_for_fuzzing(name: &str, bytes: &[u8]) -> bool {
+    match name {
+        "pack" => decode_pack_records_of(bytes).is_ok(),
+        "index" => decode_index(bytes).is_ok(),
+        "tree" => Tree::decode(bytes).is_ok(),
+        "snapshot" => Snapshot::decode(bytes).is_ok(),
+        "config" => Config::decode(bytes).is_ok(),
+        "pending" => Pending::decode(bytes).is_ok(),
+        "lock" => LockInfo::decode(bytes).is_ok(),
+        _ => panic!("no decoder {name}"),
+    }
 }
 
 #[cfg(test)]

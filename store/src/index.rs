@@ -56,6 +56,11 @@ pub(crate) struct Index {
     pack_slots: IdMap<PackId, u32>,
     blobs: IdMap<BlobId, Slot>,
     files: IdSet<IndexId>,
+    /// Index files that do not decode: skipped (their packs are found by their trailers).
+    damaged: Vec<String>,
+    /// Packs to use only for blobs found nowhere else: condemned by a prune (for a backup) or
+    /// found missing (for a reader).
+    avoid: IdSet<PackId>,
 }
 
 impl Index {
@@ -90,25 +95,65 @@ impl Index {
             self.packs.push((p.pack, p.pack_len));
             (self.packs.len() - 1) as u32
         });
+        let avoided = self.avoid.contains(&p.pack);
         for b in &p.blobs {
-            self.blobs.entry(b.id).or_insert(Slot {
+            let new = Slot {
                 pack: slot,
                 compression: b.compression,
                 offset: b.offset,
                 stored_len: b.stored_len,
                 raw_len: b.raw_len,
-            });
+            };
+            match self.blobs.entry(b.id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(new);
+                }
+                // A blob stored twice: prefer the copy in a pack that stays.
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    if !avoided && self.avoid.contains(&self.packs[o.get().pack as usize].0) {
+                        o.insert(new);
+                    }
+                }
+            }
         }
     }
 
+    /// Index files skipped because they do not decode.
+    pub fn damaged_files(&self) -> &[String] {
+        &self.damaged
+    }
+
+    /// Whether the index prefers other copies than those in `pack`.
+    pub fn avoids(&self, pack: &PackId) -> bool {
+        self.avoid.contains(pack)
+    }
+
+    /// Also prefer copies outside `packs` (reloads every index file).
+    pub fn add_avoid(&mut self, backend: &dyn Backend, packs: IdSet<PackId>) -> Result<()> {
+        let mut all = self.avoid.clone();
+        all.extend(packs);
+        self.set_avoid(backend, all)
+    }
+
+    /// Prefer copies of blobs outside `packs` (reloads every index file).
+    pub fn set_avoid(&mut self, backend: &dyn Backend, packs: IdSet<PackId>) -> Result<()> {
+        let mut fresh = Index { avoid: packs, ..Index::default() };
+        fresh.refresh(backend)?;
+        *self = fresh;
+        Ok(())
+    }
+
     /// Load every index file not loaded yet; if one we loaded is gone (a prune or rebuild
-    /// rewrote the index), start over from the current files. Returns how many were loaded.
+    /// rewrote the index), start over from the current files. Returns how many were loaded. An
+    /// index file that does not decode is skipped with a warning (once): the blobs it listed are
+    /// found through the other files or the packs' trailers.
     pub fn refresh(&mut self, backend: &dyn Backend) -> Result<usize> {
         let mut new = 0;
         let names = backend.list(FileKind::Index)?;
         let current: IdSet<IndexId> = names.iter().filter_map(|n| IndexId::from_hex(n).ok()).collect();
         if self.files.iter().any(|f| !current.contains(f)) {
-            *self = Index::default();
+            let avoid = std::mem::take(&mut self.avoid);
+            *self = Index { avoid, ..Index::default() };
         }
         for name in names {
             let Ok(id) = IndexId::from_hex(&name) else { continue };
@@ -122,20 +167,40 @@ impl Index {
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            let packs = format::decode_index(&bytes).map_err(|e| match e {
-                Error::Corrupt { detail, .. } => Error::corrupt(
-                    format!("index file {name}"),
-                    format!("{detail}; run `rewind rebuild-index`"),
-                ),
-                e => e,
-            })?;
-            for p in &packs {
-                self.add_pack(p);
+            let decoded = if format::Hash::of(&bytes) != id.0 {
+                Err(Error::corrupt(format!("index file {name}"), "content does not match its name"))
+            } else {
+                format::decode_index(&bytes)
+            };
+            match decoded {
+                Ok(packs) => {
+                    for p in &packs {
+                        self.add_pack(p);
+                    }
+                }
+                Err(e) if e.is_corrupt() => {
+                    warn_damaged_once(&name, &e);
+                    self.damaged.push(name);
+                }
+                Err(e) => return Err(e),
             }
             self.files.insert(id);
             new += 1;
         }
         Ok(new)
+    }
+
+    /// Whether a pack is described by a loaded index file.
+    pub fn has_pack(&self, pack: &PackId) -> bool {
+        self.pack_slots.contains_key(pack)
+    }
+}
+
+fn warn_damaged_once(name: &str, e: &Error) {
+    static WARNED: std::sync::Mutex<Option<HashSet<String>>> = std::sync::Mutex::new(None);
+    let mut w = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if w.get_or_insert_with(HashSet::new).insert(name.to_string()) {
+        tracing::warn!("index file {name} is damaged and skipped ({e}); run `rewind rebuild-index`");
     }
 }
 
@@ -147,28 +212,46 @@ pub(crate) fn write_index_file(backend: &dyn Backend, packs: &[IndexPack]) -> Re
     Ok(id)
 }
 
-/// Read the trailer of a pack: the list of what it holds.
-pub(crate) fn read_pack_trailer(backend: &dyn Backend, pack: &PackId) -> Result<(u64, Vec<BlobRecord>)> {
+/// A pack's records from its trailer or, if that is damaged, from the copy after its header.
+/// The flag says whether the copy was used.
+pub(crate) fn read_pack_records(backend: &dyn Backend, pack: &PackId) -> Result<(u64, Vec<BlobRecord>, bool)> {
     let name = pack.to_hex();
     let len = backend.len(FileKind::Pack, &name)?;
     let what = || format!("pack {name}");
-    if len < (format::PACK_FOOTER_LEN + 12) as u64 {
-        return Err(Error::corrupt(what(), "too short"));
-    }
-    let footer = backend.get_range(FileKind::Pack, &name, len - format::PACK_FOOTER_LEN as u64, format::PACK_FOOTER_LEN)?;
-    let (rec_len, count, hash) = format::decode_pack_footer(&footer).map_err(|e| rename(e, what()))?;
-    let rec_start = len
-        .checked_sub((format::PACK_FOOTER_LEN + rec_len as usize) as u64)
-        .filter(|&s| s >= 12)
-        .ok_or_else(|| Error::corrupt(what(), "trailer longer than the pack"))?;
-    let recs = backend.get_range(FileKind::Pack, &name, rec_start, rec_len as usize)?;
-    let records = format::decode_pack_records(&recs, count, hash).map_err(|e| rename(e, what()))?;
-    for r in &records {
-        if r.offset < 12 || r.offset + u64::from(r.stored_len) > rec_start {
-            return Err(Error::corrupt(what(), "a blob lies outside the pack's data"));
+    let trailer = (|| -> Result<Vec<BlobRecord>> {
+        if len < (format::PACK_FOOTER_LEN + format::PACK_HEADER_LEN) as u64 {
+            return Err(Error::corrupt(what(), "too short"));
         }
-    }
-    Ok((len, records))
+        let footer =
+            backend.get_range(FileKind::Pack, &name, len - format::PACK_FOOTER_LEN as u64, format::PACK_FOOTER_LEN)?;
+        let (rec_len, count, hash) = format::decode_pack_footer(&footer)?;
+        let rec_start = len
+            .checked_sub((format::PACK_FOOTER_LEN + rec_len as usize) as u64)
+            .filter(|&s| s >= format::PACK_HEADER_LEN as u64)
+            .ok_or_else(|| Error::corrupt(what(), "trailer longer than the pack"))?;
+        let recs = backend.get_range(FileKind::Pack, &name, rec_start, rec_len as usize)?;
+        format::decode_pack_records(&recs, count, hash)
+    })();
+    let (records, from_head) = match trailer {
+        Ok(r) => (r, false),
+        Err(e) if e.is_corrupt() => {
+            let fixed = backend.get_range(FileKind::Pack, &name, format::PACK_HEADER_LEN as u64, format::PACK_HEAD_FIXED_LEN)?;
+            match format::decode_pack_head_fixed(&fixed).map_err(|e| rename(e, what()))? {
+                None => return Err(rename(e, what())),
+                Some((rec_len, count, hash)) => {
+                    let start = (format::PACK_HEADER_LEN + format::PACK_HEAD_FIXED_LEN) as u64;
+                    let recs = backend.get_range(FileKind::Pack, &name, start, rec_len as usize)?;
+                    let records = format::decode_pack_records(&recs, count, hash)
+                        .map_err(|h| rename(Error::corrupt("", format!("trailer: {e}; head copy: {h}")), what()))?;
+                    tracing::warn!("pack {}: trailer damaged ({e}); read its head copy", pack.short());
+                    (records, true)
+                }
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    format::check_record_bounds(&records, len).map_err(|e| rename(e, what()))?;
+    Ok((len, records, from_head))
 }
 
 fn rename(e: Error, what: String) -> Error {

@@ -11,7 +11,10 @@
 //! - A blob's id is the BLAKE3 of its uncompressed bytes, and every read verifies it: damaged data
 //!   is an error ([`Error::Corrupt`]), never wrong bytes.
 //! - The index is a cache of the packs' trailers: [`maintenance::rebuild_index`] recreates it.
-//! - Readers take no locks; writers take a lock file in `locks/`.
+//! - Readers take no locks; writers take a lock file in `locks/`, create it before reading the
+//!   pending records, and read those before loading the index (FORMAT.md, "Prune").
+//! - Damage stays local: a damaged snapshot, index file or pack trailer is reported by name and
+//!   skipped by every operation that does not need it.
 //!
 //! The on-disk format is described in `store/FORMAT.md`.
 
@@ -21,10 +24,12 @@ mod blob;
 mod cache;
 mod chunker;
 mod error;
+mod failpoint;
 pub mod format;
 pub mod image;
 mod index;
-mod lock;
+pub mod interrupt;
+pub mod lock;
 pub mod maintenance;
 mod pack;
 pub mod prune;
@@ -43,7 +48,7 @@ pub use format::{
     PackId, Snapshot, SnapshotId, Summary, Time, Tree, TreeId, Xattr,
 };
 pub use index::Location;
-pub use lock::{LockInfo, hostname, list_locks};
-pub use repo::{CacheSizes, ChunkSpan, FileReader, IndexedRepository, Repository, SnapshotEntry};
-pub use restore::{RestoreOptions, RestoreProgress, restore};
+pub use lock::{LockEntry, LockInfo, LockState, hostname, list_locks, unlock};
+pub use repo::{CacheSizes, ChunkSpan, DamagedSnapshot, FileReader, IndexedRepository, Repository, SnapshotEntry};
+pub use restore::{Overwrite, RestoreOptions, RestoreProgress, restore};
 pub use view::{Entry, View};

@@ -10,7 +10,7 @@ use crate::backend::{Backend, FileKind};
 use crate::blob;
 use crate::error::{Error, Result};
 use crate::format::{self, BlobId, Hash, IndexId, IndexPack, PackId, SnapshotId, TreeId};
-use crate::index::{IdMap, IdSet, Index, read_pack_trailer, write_index_file};
+use crate::index::{IdMap, IdSet, Index, read_pack_records, write_index_file};
 use crate::lock::Lock;
 use crate::repo::{CacheSizes, IndexedRepository, Repository, SnapshotEntry};
 
@@ -78,12 +78,28 @@ pub fn check(repo: &Repository, read_data: bool, progress: &CheckProgress) -> Re
     }
 
     let pack_names: BTreeSet<String> = backend.list(FileKind::Pack)?.into_iter().collect();
+    let condemned = crate::prune::condemned_packs(repo)?;
+    for name in backend.list(FileKind::Pending)? {
+        if name.starts_with(crate::lock::VERDICT_PREFIX) {
+            report.warnings.push(format!("pending/{name}: a lock was declared expired while it was there"));
+            continue;
+        }
+        if let Ok(bytes) = backend.get(FileKind::Pending, &name)
+            && let Err(e) = format::Pending::decode(&bytes)
+        {
+            report.errors.push(format!("pending record {name}: {e}; the next prune removes it (its packs stay)"));
+        }
+    }
     let mut indexed_packs = IdSet::default();
     for (pack, len) in index.packs() {
         indexed_packs.insert(pack);
         let name = pack.to_hex();
         if !pack_names.contains(&name) {
-            report.errors.push(format!("pack {name} is in the index but missing"));
+            if condemned.contains(&pack) {
+                report.warnings.push(format!("pack {name} was deleted by a prune that was interrupted; the next prune finishes"));
+            } else {
+                report.errors.push(format!("pack {name} is in the index but missing"));
+            }
             continue;
         }
         match backend.len(FileKind::Pack, &name) {
@@ -102,10 +118,23 @@ pub fn check(repo: &Repository, read_data: bool, progress: &CheckProgress) -> Re
             unindexed.len()
         ));
     }
-    for (name, info, stale) in crate::lock::list_locks(repo)? {
-        if stale {
-            report.warnings.push(format!("stale lock {name} ({info:?})"));
-        }
+    for l in crate::lock::list_locks(repo)? {
+        let advice = match l.state {
+            crate::lock::LockState::Live => "",
+            _ => "; `rewind unlock` removes it",
+        };
+        report.warnings.push(format!("lock {}{advice}", l.describe()));
+    }
+    let tmp = backend.tmp_files()?;
+    if !tmp.is_empty() {
+        let dead = tmp.iter().filter(|t| t.dead).count();
+        let bytes: u64 = tmp.iter().map(|t| t.bytes).sum();
+        report.warnings.push(format!(
+            "{} file(s) in tmp/ ({} bytes; {dead} left by processes that are gone, which `rewind unlock` or `rewind prune` removes): {}",
+            tmp.len(),
+            bytes,
+            tmp.iter().take(5).map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+        ));
     }
     report.packs = pack_names.len();
     report.blobs = index.len();
@@ -113,15 +142,16 @@ pub fn check(repo: &Repository, read_data: bool, progress: &CheckProgress) -> Re
     // Snapshots and the trees they reach.
     let indexed = repo.open_indexed(CacheSizes::default())?;
     indexed.replace_index(index);
-    let mut snapshots = Vec::new();
-    for id in repo.snapshot_ids()? {
-        match repo.load_snapshot(&id) {
-            Ok(s) => snapshots.push(SnapshotEntry { id, snapshot: s }),
-            Err(Error::NotFound(_)) => {}
-            Err(e) => report.errors.push(format!("snapshot {}: {e}", id.short())),
-        }
+    let (snapshots, damaged) = repo.snapshots_and_damage()?;
+    for d in &damaged {
+        report.errors.push(format!(
+            "snapshot {} ({}) is damaged: {}; `rewind forget {}` removes it",
+            d.id.short(),
+            d.path.display(),
+            d.error,
+            d.id.short()
+        ));
     }
-    crate::repo::sort_snapshots(&mut snapshots);
     report.snapshots = snapshots.len();
     let mut seen_trees = IdSet::default();
     for s in &snapshots {
@@ -227,8 +257,13 @@ fn read_all_packs(
             }
         }
         if !pack_ok && !found_bad {
+            let which = match format::decode_pack_records_of(&bytes) {
+                Ok((_, true)) => "its trailer is damaged; the copy after its header is good",
+                Ok((_, false)) => "its header or the copy of its trailer is damaged",
+                Err(_) => "its trailer is damaged",
+            };
             errors.lock().expect("check lock").push(format!(
-                "pack {name}: content does not match its id (its trailer or padding is damaged; blobs verify)"
+                "pack {name}: content does not match its id ({which}; every blob in it verifies, so nothing is lost)"
             ));
         }
     });
@@ -297,7 +332,7 @@ fn attribute_damage(
         .into_iter()
         .map(|(id, (pack, error))| DamagedBlob { id, pack, error, used_by: uses.remove(&id).unwrap_or_default() })
         .collect();
-    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out.sort_by_key(|d| d.id);
     out
 }
 
@@ -310,20 +345,35 @@ pub struct RebuildReport {
     pub index_files_removed: usize,
     /// Packs whose trailer could not be read: their blobs are not indexed.
     pub bad_packs: Vec<(String, String)>,
+    /// Packs whose trailer is damaged, indexed from the copy after their header.
+    pub recovered_from_head: Vec<String>,
+    /// Packs no index file described, left unindexed because a writer runs (run again later).
+    pub unindexed_left: usize,
 }
 
-/// Recreate the index from the pack trailers alone, then remove the index files that existed
-/// before. Safe beside a running backup: only index files listed before the packs are removed,
-/// and a backup writes a pack's index file after the pack.
+/// Recreate the index from the pack trailers alone (or, where a trailer is damaged, from the
+/// copy after the pack's header), then remove the index files that existed before. Safe beside
+/// running backups: only index files listed before the packs are removed, and a backup writes a
+/// pack's index file after the pack. A pack that no readable index file describes is indexed only
+/// if no writer runs (checked after listing the packs, with the pack's presence checked again
+/// after that): it might be a running backup's, which deletes its unindexed packs if it fails.
+/// Refused while a prune runs.
 pub fn rebuild_index(repo: &Repository) -> Result<RebuildReport> {
-    let _lock = Lock::acquire(repo, "rebuild-index")?;
+    let lock = Lock::acquire_exclusive(repo, crate::lock::REBUILD_INDEX, &[crate::lock::PRUNE, crate::lock::REBUILD_INDEX])?;
     let backend = repo.backend();
     let old_index = backend.list(FileKind::Index)?;
+    let mut known = Index::default();
+    known.refresh(backend)?;
     let pack_names = backend.list(FileKind::Pack)?;
-    let results: Vec<(String, Result<(u64, Vec<format::BlobRecord>)>)> = pack_names
+    let writers = crate::lock::list_locks(repo)?
+        .into_iter()
+        .filter(|l| l.name != lock.name() && l.state != crate::lock::LockState::Dead)
+        .count();
+    type PackRecords = Result<(u64, Vec<format::BlobRecord>, bool)>;
+    let results: Vec<(String, PackRecords)> = pack_names
         .par_iter()
         .map(|name| {
-            let r = PackId::from_hex(name).and_then(|id| read_pack_trailer(backend, &id));
+            let r = PackId::from_hex(name).and_then(|id| read_pack_records(backend, &id));
             (name.clone(), r)
         })
         .collect();
@@ -331,9 +381,23 @@ pub fn rebuild_index(repo: &Repository) -> Result<RebuildReport> {
     let mut packs = Vec::new();
     for (name, r) in results {
         match r {
-            Ok((len, blobs)) => {
+            Ok((len, blobs, from_head)) => {
+                let id = PackId::from_hex(&name)?;
+                if !known.has_pack(&id) {
+                    if writers > 0 {
+                        report.unindexed_left += 1;
+                        continue;
+                    }
+                    // Gone since listed: a failed writer removed it.
+                    if backend.len(FileKind::Pack, &name).is_err() {
+                        continue;
+                    }
+                }
+                if from_head {
+                    report.recovered_from_head.push(name.clone());
+                }
                 report.blobs += blobs.len();
-                packs.push(IndexPack { pack: PackId::from_hex(&name)?, pack_len: len, blobs });
+                packs.push(IndexPack { pack: id, pack_len: len, blobs });
             }
             Err(e) => report.bad_packs.push((name, e.to_string())),
         }

@@ -99,24 +99,63 @@ impl<'a> Packer<'a> {
         Ok(stored.len() as u64)
     }
 
-    fn seal(&self, mut pack: OpenPack) -> Result<()> {
-        let trailer = format::encode_pack_trailer(&pack.records);
-        pack.buf.extend_from_slice(&trailer);
-        let id = PackId(Hash::of(&pack.buf));
-        self.backend.put(FileKind::Pack, &id.to_hex(), &pack.buf)?;
-        tracing::debug!(pack = %id.short(), blobs = pack.records.len(), bytes = pack.buf.len(), "pack written");
+    fn seal(&self, pack: OpenPack) -> Result<()> {
+        // The records go twice: after the header and at the end, so that a damaged trailer
+        // loses nothing (FORMAT.md, "Packs"). The head copy moves the blobs along by its length.
+        let OpenPack { buf, mut records } = pack;
+        let shift = (format::PACK_HEAD_FIXED_LEN + records.len() * format::RECORD_LEN) as u64;
+        for r in &mut records {
+            r.offset += shift;
+        }
+        let head = format::encode_pack_head(&records);
+        let trailer = format::encode_pack_trailer(&records);
+        let mut file = Vec::with_capacity(buf.len() + head.len() + trailer.len());
+        file.extend_from_slice(&buf[..format::PACK_HEADER_LEN]);
+        file.extend_from_slice(&head);
+        file.extend_from_slice(&buf[format::PACK_HEADER_LEN..]);
+        drop(buf);
+        file.extend_from_slice(&trailer);
+        let id = PackId(Hash::of(&file));
+        crate::failpoint::hit("pack-before-write")?;
+        self.backend.put(FileKind::Pack, &id.to_hex(), &file)?;
+        tracing::debug!(pack = %id.short(), blobs = records.len(), bytes = file.len(), "pack written");
         self.stats.lock().expect("packer lock").packs += 1;
         let checkpoint = {
             let mut finished = self.finished.lock().expect("packer lock");
-            finished.push(IndexPack { pack: id, pack_len: pack.buf.len() as u64, blobs: pack.records });
+            finished.push(IndexPack { pack: id, pack_len: file.len() as u64, blobs: records });
             if finished.len() >= INDEX_EVERY { std::mem::take(&mut *finished) } else { Vec::new() }
         };
+        crate::failpoint::hit("pack-written")?;
         // Index the packs written so far, so that an interrupted backup's work is reused by the
         // next one instead of being stored again.
-        if !checkpoint.is_empty() {
-            write_index_file(self.backend, &checkpoint)?;
+        if !checkpoint.is_empty()
+            && let Err(e) = write_index_file(self.backend, &checkpoint)
+        {
+            // Not indexed after all: abandon() must find them.
+            self.finished.lock().expect("packer lock").extend(checkpoint);
+            return Err(e);
         }
         Ok(())
+    }
+
+    /// After a failure: delete the packs this packer wrote that no index file names yet. Nobody
+    /// else can have used them: writers find blobs only through index files, and rebuild-index
+    /// and prune index unindexed packs only while no writer's lock is live (FORMAT.md). Packs
+    /// already in an index file stay (another backup may have deduplicated against them) and
+    /// are freed by the next prune if unused. Returns how many packs were deleted.
+    pub fn abandon(&self) -> usize {
+        for kind in [BlobKind::Data, BlobKind::Tree] {
+            self.open[kind as usize].lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+        let orphans = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut n = 0;
+        for p in orphans {
+            match self.backend.delete(FileKind::Pack, &p.pack.to_hex()) {
+                Ok(()) => n += 1,
+                Err(e) => tracing::warn!("cannot remove pack {} of the failed run: {e}", p.pack.short()),
+            }
+        }
+        n
     }
 
     /// Seal the open packs and index every pack not indexed yet. After this, everything added
@@ -125,7 +164,11 @@ impl<'a> Packer<'a> {
         self.flush()?;
         let rest = self.take_finished();
         if !rest.is_empty() {
-            write_index_file(self.backend, &rest)?;
+            crate::failpoint::hit("index-before-write")?;
+            if let Err(e) = write_index_file(self.backend, &rest) {
+                self.finished.lock().expect("packer lock").extend(rest);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -134,10 +177,10 @@ impl<'a> Packer<'a> {
     pub fn flush(&self) -> Result<()> {
         for kind in [BlobKind::Data, BlobKind::Tree] {
             let pack = self.open[kind as usize].lock().expect("packer lock").take();
-            if let Some(pack) = pack {
-                if !pack.records.is_empty() {
-                    self.seal(pack)?;
-                }
+            if let Some(pack) = pack
+                && !pack.records.is_empty()
+            {
+                self.seal(pack)?;
             }
         }
         Ok(())

@@ -50,8 +50,13 @@ impl Repository {
         let backend = LocalBackend::new(path);
         backend.create_layout()?;
         let config = Config::new(chunker, compression);
-        // The config goes last: a directory without one is not a repository yet.
-        backend.put(FileKind::Config, "config", &config.encode())?;
+        // The config goes last: a directory without one is not a repository yet. Created
+        // exclusively: of two inits of one path at once, exactly one succeeds.
+        match backend.put_new(FileKind::Config, "config", &config.encode()) {
+            Err(Error::AlreadyExists(_)) => return Err(Error::AlreadyExists(path.to_path_buf())),
+            r => r?,
+        }
+        backend.ensure_reserve();
         Repository::open(path)
     }
 
@@ -92,23 +97,55 @@ impl Repository {
         Snapshot::decode(&bytes)
     }
 
-    /// All snapshots, oldest first (ties by id). Snapshots removed while listing are skipped.
+    /// All readable snapshots, oldest first (ties by id). Snapshots removed while listing are
+    /// skipped; damaged ones are skipped with a warning (once per process): see
+    /// [`Repository::snapshots_and_damage`].
     pub fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let (good, damaged) = self.snapshots_and_damage()?;
+        for d in &damaged {
+            warn_damaged_once(d);
+        }
+        Ok(good)
+    }
+
+    /// The readable snapshots (oldest first) and the damaged ones.
+    pub fn snapshots_and_damage(&self) -> Result<(Vec<SnapshotEntry>, Vec<DamagedSnapshot>)> {
         let mut out = Vec::new();
+        let mut damaged = Vec::new();
         for id in self.snapshot_ids()? {
             match self.load_snapshot(&id) {
                 Ok(snapshot) => out.push(SnapshotEntry { id, snapshot }),
                 Err(Error::NotFound(_)) => {}
+                Err(e @ (Error::Corrupt { .. } | Error::UnsupportedVersion { .. })) => {
+                    let bytes = self.backend().get(FileKind::Snapshot, &id.to_hex()).unwrap_or_default();
+                    damaged.push(DamagedSnapshot {
+                        id,
+                        path: self.backend().path(FileKind::Snapshot, &id.to_hex()),
+                        error: e.to_string(),
+                        salvaged_tree: salvage_tree(&bytes),
+                    })
+                }
                 Err(e) => return Err(e),
             }
         }
         sort_snapshots(&mut out);
-        Ok(out)
+        Ok((out, damaged))
     }
 
-    /// Find a snapshot by `latest` or an id prefix, optionally only among one host's.
+    /// Find a snapshot by `latest` or an id prefix, optionally only among one host's. A prefix
+    /// that names a damaged snapshot is an error that says so.
     pub fn find_snapshot(&self, spec: &str, host: Option<&str>) -> Result<SnapshotEntry> {
-        let all = self.snapshots()?;
+        let (all, damaged) = self.snapshots_and_damage()?;
+        for d in &damaged {
+            warn_damaged_once(d);
+        }
+        if spec != "latest" && !spec.is_empty() {
+            let lower = spec.to_ascii_lowercase();
+            let hit: Vec<&DamagedSnapshot> = damaged.iter().filter(|d| d.id.to_hex().starts_with(&lower)).collect();
+            if !hit.is_empty() && !all.iter().any(|s| s.id.to_hex().starts_with(&lower)) && hit.len() == 1 {
+                return Err(Error::corrupt(format!("snapshot {} ({})", hit[0].id.short(), hit[0].path.display()), hit[0].error.clone()));
+            }
+        }
         let mut candidates: Vec<&SnapshotEntry> =
             all.iter().filter(|s| host.is_none_or(|h| s.snapshot.host == h)).collect();
         if spec == "latest" {
@@ -143,11 +180,50 @@ impl Repository {
                 trees: ByteLru::new(caches.tree_bytes),
                 spill: OnceLock::new(),
                 loading: Loading::default(),
+                recovered: Mutex::new(Recovered::default()),
                 #[cfg(test)]
                 loads: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
+}
+
+/// A snapshot file that does not verify or decode.
+#[derive(Clone, Debug)]
+pub struct DamagedSnapshot {
+    pub id: SnapshotId,
+    /// The file.
+    pub path: PathBuf,
+    pub error: String,
+    /// Its root tree, if the damaged bytes still name one (prune keeps what it reaches).
+    pub salvaged_tree: Option<TreeId>,
+}
+
+fn warn_damaged_once(d: &DamagedSnapshot) {
+    static WARNED: Mutex<Option<HashSet<SnapshotId>>> = Mutex::new(None);
+    let mut w = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if w.get_or_insert_with(HashSet::new).insert(d.id) {
+        tracing::warn!(
+            "snapshot {} ({}) is damaged and skipped: {}; `rewind forget {}` removes it",
+            d.id.short(),
+            d.path.display(),
+            d.error,
+            d.id.short()
+        );
+    }
+}
+
+/// The root tree a damaged manifest names, if one can still be read from it: the first
+/// `"tree": "<64 hex>"`.
+fn salvage_tree(bytes: &[u8]) -> Option<TreeId> {
+    if let Ok(s) = serde_json::from_slice::<Snapshot>(bytes) {
+        return Some(s.tree);
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let at = text.find("\"tree\"")?;
+    let rest = &text[at + 6..];
+    let start = rest.find('"')? + 1;
+    TreeId::from_hex(rest.get(start..start + 64)?).ok()
 }
 
 pub(crate) fn sort_snapshots(v: &mut [SnapshotEntry]) {
@@ -181,9 +257,19 @@ struct IndexedInner {
     trees: ByteLru<TreeId, Tree>,
     spill: OnceLock<crate::spill::Spill>,
     loading: Loading,
+    recovered: Mutex<Recovered>,
     /// Chunks read from packs, for tests.
     #[cfg(test)]
     loads: std::sync::atomic::AtomicUsize,
+}
+
+/// Blobs found through the trailers of packs that no readable index file describes (an index
+/// file is damaged or missing). Used for reading only: a backup never deduplicates against them
+/// (such a pack may be a running backup's, not yet indexed).
+#[derive(Default)]
+struct Recovered {
+    index: Index,
+    scanned: crate::index::IdSet<crate::format::PackId>,
 }
 
 /// Chunks being read and decompressed now. A second caller of [`IndexedRepository::chunk`]
@@ -261,15 +347,62 @@ impl IndexedRepository {
         self.with_index(|i| i.contains(&id))
     }
 
-    /// Where a blob is; looks for new index files once before saying it is missing.
+    /// Where a blob is; looks for new index files once, then in the trailers of packs no
+    /// index file describes, before saying it is missing.
     pub fn locate(&self, id: BlobId) -> Result<Location> {
         if let Some(l) = self.with_index(|i| i.get(&id)) {
             return Ok(l);
         }
         self.refresh_index()?;
-        self.with_index(|i| i.get(&id)).ok_or_else(|| {
-            Error::NotFound(format!("{} blob {} (not in the index)", blob::kind_name(id.kind), id.hash.to_hex()))
-        })
+        if let Some(l) = self.with_index(|i| i.get(&id)) {
+            return Ok(l);
+        }
+        if let Some(l) = self.recover(id)? {
+            return Ok(l);
+        }
+        Err(Error::NotFound(format!("{} blob {} (not in the index)", blob::kind_name(id.kind), id.hash.to_hex())))
+    }
+
+    /// Look for a blob in the packs that no loaded index file describes, reading each such
+    /// pack's trailer (or head copy) once.
+    fn recover(&self, id: BlobId) -> Result<Option<Location>> {
+        let mut rec = self.inner.recovered.lock().expect("recovery lock");
+        if let Some(l) = rec.index.get(&id) {
+            return Ok(Some(l));
+        }
+        for name in self.backend().list(FileKind::Pack)? {
+            let Ok(pack) = crate::format::PackId::from_hex(&name) else { continue };
+            if rec.scanned.contains(&pack) || self.with_index(|i| i.has_pack(&pack)) {
+                continue;
+            }
+            rec.scanned.insert(pack);
+            match crate::index::read_pack_records(self.backend(), &pack) {
+                Ok((len, blobs, _)) => rec.index.add_pack(&crate::format::IndexPack { pack, pack_len: len, blobs }),
+                Err(e) => tracing::warn!("pack {} unreadable: {e}", pack.short()),
+            }
+        }
+        Ok(rec.index.get(&id))
+    }
+
+    /// Prefer copies of blobs outside `packs` (condemned by a prune) from now on.
+    pub(crate) fn avoid_packs(&self, packs: crate::index::IdSet<crate::format::PackId>) -> Result<()> {
+        self.inner.index.write().expect("index lock").set_avoid(self.backend(), packs)
+    }
+
+    /// Index files skipped because they are damaged.
+    pub fn damaged_index_files(&self) -> Vec<String> {
+        self.with_index(|i| i.damaged_files().to_vec())
+    }
+
+    /// A pack the index named is gone: reload the index preferring other copies of its blobs.
+    fn pack_missing(&self, pack: crate::format::PackId) -> Result<()> {
+        let mut index = self.inner.index.write().expect("index lock");
+        if index.avoids(&pack) {
+            return index.refresh(self.backend()).map(|_| ());
+        }
+        let mut avoid: crate::index::IdSet<crate::format::PackId> = Default::default();
+        avoid.insert(pack);
+        index.add_avoid(self.backend(), avoid)
     }
 
     /// Read and verify one blob, bypassing the caches.
@@ -285,13 +418,26 @@ impl IndexedRepository {
             self.backend().get_range(FileKind::Pack, &loc.pack.to_hex(), loc.offset, loc.stored_len as usize)
         };
         let mut loc = self.locate(id)?;
-        let stored = match read(&loc) {
-            Err(Error::NotFound(_)) => {
-                self.refresh_index()?;
-                loc = self.locate(id)?;
-                read(&loc)?
+        let mut tries = 0;
+        let stored = loop {
+            match read(&loc) {
+                // The pack is gone (a prune deleted it): reload the index, preferring other
+                // copies, and read one of those.
+                Err(Error::NotFound(_)) if tries < 3 => {
+                    tries += 1;
+                    // Usually the sweep has rewritten the index files already: one reload.
+                    self.refresh_index()?;
+                    let moved = self.locate(id)?;
+                    if moved.pack == loc.pack {
+                        // Between a sweep's deletions and its new index files: avoid the pack.
+                        self.pack_missing(loc.pack)?;
+                        loc = self.locate(id)?;
+                    } else {
+                        loc = moved;
+                    }
+                }
+                r => break r?,
             }
-            r => r?,
         };
         if stored.len() != loc.stored_len as usize {
             return Err(Error::corrupt(format!("pack {}", loc.pack.to_hex()), "truncated"));

@@ -25,6 +25,24 @@ use crate::repo::IndexedRepository;
 pub struct RestoreOptions {
     /// Restore owners and groups (needs root).
     pub owners: bool,
+    /// What to do with entries that already exist in the target.
+    pub overwrite: Overwrite,
+}
+
+/// What restore does where the target already has an entry of the same name. Directories always
+/// merge into existing directories.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Restore nothing if any entry would replace an existing one (checked before writing).
+    #[default]
+    Refuse,
+    /// Replace existing entries.
+    Always,
+    /// Replace an existing file only if its content differs (read and compared chunk by chunk);
+    /// other kinds of entry are replaced.
+    IfChanged,
+    /// Leave every existing entry as it is; restore only what is missing.
+    Never,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +66,9 @@ pub fn restore(
 ) -> Result<u64> {
     let node = repo.node_at(snapshot, path)?;
     let created = !target.exists();
+    if !created && opts.overwrite == Overwrite::Refuse {
+        refuse_conflicts(repo, &node, target)?;
+    }
     fs::create_dir_all(target).at(target)?;
     let r = Restorer {
         repo,
@@ -107,13 +128,30 @@ impl Restorer<'_> {
     }
 
     fn restore_one(&self, node: &Node, path: &Path, depth: usize) -> Result<()> {
-        if node.kind != NodeKind::Dir {
-            if let Ok(m) = fs::symlink_metadata(path) {
-                if m.is_dir() {
-                    fs::remove_dir_all(path).at(path)?;
-                } else {
-                    fs::remove_file(path).at(path)?;
+        let existing = fs::symlink_metadata(path).ok();
+        if let Some(m) = &existing {
+            let merge = node.kind == NodeKind::Dir && m.is_dir();
+            match self.opts.overwrite {
+                Overwrite::Never if !merge => return Ok(()),
+                Overwrite::IfChanged
+                    if node.kind == NodeKind::File
+                        && m.is_file()
+                        && m.len() == node.size
+                        && self.same_content(node, path)? =>
+                {
+                    self.progress.files.fetch_add(1, Ordering::Relaxed);
+                    return self.apply_metadata(node, path);
                 }
+                _ => {}
+            }
+        }
+        if node.kind != NodeKind::Dir
+            && let Some(m) = &existing
+        {
+            if m.is_dir() {
+                fs::remove_dir_all(path).at(path)?;
+            } else {
+                fs::remove_file(path).at(path)?;
             }
         }
         match node.kind {
@@ -157,6 +195,21 @@ impl Restorer<'_> {
             }
         }
         self.apply_metadata(node, path)
+    }
+
+    /// Whether the file at `path` holds exactly the node's content (same chunks, by hash).
+    fn same_content(&self, node: &Node, path: &Path) -> Result<bool> {
+        use std::io::Read;
+        let mut f = fs::File::open(path).at(path)?;
+        let mut buf = Vec::new();
+        for id in &node.content {
+            let len = self.repo.locate((*id).into())?.raw_len as usize;
+            buf.resize(len, 0);
+            if f.read_exact(&mut buf).is_err() || crate::format::Hash::of(&buf) != id.0 {
+                return Ok(false);
+            }
+        }
+        Ok(f.read(&mut [0u8; 1]).at(path)? == 0)
     }
 
     fn write_file(&self, node: &Node, path: &Path) -> Result<()> {
@@ -220,19 +273,61 @@ impl Restorer<'_> {
     fn finish(&self) {
         for (path, key) in std::mem::take(&mut *self.deferred_links.lock().expect("restore lock")) {
             let first = self.links.lock().expect("restore lock").get(&key).cloned();
-            if let Some(first) = first {
-                if let Err(e) = fs::hard_link(&first, &path) {
-                    self.fail(&path, Error::io(&path, e));
-                }
+            if let Some(first) = first
+                && let Err(e) = fs::hard_link(&first, &path)
+            {
+                self.fail(&path, Error::io(&path, e));
             }
         }
         let mut dirs = std::mem::take(&mut *self.dirs.lock().expect("restore lock"));
-        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
         for (_, path, node) in dirs {
             if let Err(e) = self.apply_metadata(&node, &path) {
                 self.fail(&path, e);
             }
         }
+    }
+}
+
+/// Fail, before anything is written, if restoring `node` into `target` would replace an
+/// existing entry (a directory merging into a directory is not a replacement).
+fn refuse_conflicts(repo: &IndexedRepository, node: &Node, target: &Path) -> Result<()> {
+    let mut first: Option<PathBuf> = None;
+    let mut count = 0u64;
+    let mut stack: Vec<(Node, PathBuf)> = Vec::new();
+    if node.is_dir() {
+        stack.push((node.clone(), target.to_path_buf()));
+    } else {
+        let p = target.join(OsStr::from_bytes(&node.name));
+        if fs::symlink_metadata(&p).is_ok() {
+            count += 1;
+            first = Some(p);
+        }
+    }
+    while let Some((dir, at)) = stack.pop() {
+        let Some(id) = dir.subtree else { continue };
+        for child in &repo.tree(id)?.nodes {
+            let p = at.join(OsStr::from_bytes(&child.name));
+            match fs::symlink_metadata(&p) {
+                Err(_) => {}
+                Ok(m) if m.is_dir() && child.is_dir() => stack.push((child.clone(), p)),
+                Ok(_) => {
+                    count += 1;
+                    if first.is_none() {
+                        first = Some(p);
+                    }
+                }
+            }
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some(p) => Err(Error::InvalidInput(format!(
+            "{count} entr{} in {} would be replaced (first: {}); nothing was restored; choose --overwrite always, if-changed or never",
+            if count == 1 { "y" } else { "ies" },
+            target.display(),
+            p.display()
+        ))),
     }
 }
 

@@ -88,7 +88,7 @@ impl View {
         let view = View {
             repo,
             state: RwLock::new(State::default()),
-            min_refresh: Duration::from_secs(1),
+            min_refresh: Duration::from_millis(250),
             last_refresh: Mutex::new(Instant::now()),
         };
         view.refresh()?;
@@ -168,7 +168,8 @@ impl View {
         Ok(true)
     }
 
-    /// Refresh if the last one is older than a second; errors are logged, the old list kept.
+    /// Refresh if the last one is older than a quarter of a second; errors are logged, the old
+    /// list kept.
     pub fn refresh_if_stale(&self) {
         if self.last_refresh.lock().expect("view lock").elapsed() < self.min_refresh {
             return;
@@ -365,11 +366,11 @@ impl View {
                 return Err(Error::InvalidInput("`.` and `..` are not allowed".into()));
             }
             e = self.lookup(&e, comp)?;
-            if let Entry::Latest(h) = &e {
-                if i + 1 < comps.len() {
-                    let target = self.readlink(&e)?;
-                    e = self.lookup(&Entry::Host(h.clone()), &target)?;
-                }
+            if let Entry::Latest(h) = &e
+                && i + 1 < comps.len()
+            {
+                let target = self.readlink(&e)?;
+                e = self.lookup(&Entry::Host(h.clone()), &target)?;
             }
         }
         Ok(e)

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
+pub mod portal;
 pub mod slapd;
 
 use std::collections::BTreeMap;

@@ -300,9 +300,14 @@ olcDynListAttrSet: {{0}}groupOfURLs memberURL member+memberOf@groupOfNames
     }
 
     fn launch(&mut self) {
+        self.launch_on(None);
+    }
+
+    /// Start slapd on `ports`, or on free ones.
+    fn launch_on(&mut self, ports: Option<(u16, u16)>) {
         let d = self.dir.path().to_path_buf();
         for _attempt in 0..5 {
-            let (port, tls_port) = (free_port(), free_port());
+            let (port, tls_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
             let urls = format!("ldap://127.0.0.1:{port}/ ldaps://127.0.0.1:{tls_port}/");
             let log = std::fs::File::create(d.join("slapd.log")).unwrap();
             let child = Command::new("slapd")
@@ -359,6 +364,13 @@ olcDynListAttrSet: {{0}}groupOfURLs memberURL member+memberOf@groupOfNames
         self.launch();
     }
 
+    /// Start a stopped server again on the ports it had, so that portals configured with it
+    /// find it back (the directory "comes back").
+    pub fn resume(&mut self) {
+        self.stop();
+        self.launch_on(Some((self.port, self.tls_port)));
+    }
+
     /// `ldapsearch` as the service account (for checking the fixture itself).
     pub fn search(&self, filter: &str, attrs: &[&str]) -> String {
         let out = Command::new("ldapsearch")
@@ -368,6 +380,21 @@ olcDynListAttrSet: {{0}}groupOfURLs memberURL member+memberOf@groupOfNames
             .expect("ldapsearch");
         assert!(out.status.success(), "ldapsearch: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Change the directory as its administrator (`ldapmodify` with an LDIF of changes): remove
+    /// a user from a group, delete an entry, while a portal runs.
+    pub fn modify(&self, ldif: &str) {
+        let mut c = Command::new("ldapmodify")
+            .args(["-x", "-H", &self.url(), "-D", &format!("cn=admin,{BASE_DN}"), "-w", "admin-secret"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ldapmodify (ldap-utils) must be installed");
+        c.stdin.take().unwrap().write_all(ldif.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "ldapmodify: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// A `[[realm]]` block for `portal.toml` using this directory over StartTLS.

@@ -115,11 +115,12 @@ function archiveUrl(snapshot, paths) {
 let me = null;
 
 class ApiError extends Error {
-  constructor(status, code, message, retryAfter) {
+  constructor(status, code, message, retryAfter, body) {
     super(message);
     this.status = status;
     this.code = code;
     this.retryAfter = retryAfter;
+    this.body = body || {};
   }
 }
 
@@ -136,7 +137,7 @@ async function api(method, path, body) {
   let j = null;
   try { j = await r.json(); } catch (e) { /* not JSON */ }
   if (!r.ok) {
-    throw new ApiError(r.status, j && j.error, (j && j.message) || r.statusText, r.headers.get("Retry-After"));
+    throw new ApiError(r.status, j && j.error, (j && j.message) || r.statusText, r.headers.get("Retry-After"), j);
   }
   return j;
 }
@@ -311,7 +312,7 @@ function layout(page) {
     const a = me.acting_for;
     banner.hidden = false;
     fill(banner, 
-      el("span", { id: "acting-text" }, `You are acting for ${a.display_name || a.login} (${a.login}) — reason: ${a.reason}. Everything you see is their view, and they can see that you looked.`),
+      el("span", { id: "acting-text" }, `You are acting for ${a.display_name || a.login} (${a.login}${a.realm ? `, realm ${a.realm}` : ""}) — reason: ${a.reason}. Everything you see is their view, and they can see that you looked.`),
       el("button", { type: "button", onclick: stopActing }, "Stop acting"),
     );
   } else {
@@ -688,13 +689,18 @@ function helpdeskPage() {
   const err = el("div", { role: "alert" });
   const user = el("input", { id: "act-user", autocomplete: "off", autocapitalize: "none", spellcheck: "false", required: true });
   const reason = el("input", { id: "act-reason", required: true, minlength: 3, maxlength: 200, placeholder: "e.g. ticket 4711: restore lost report" });
+  // Shown when the name is known in more than one sign-in realm (two different people).
+  const realm = el("select", { id: "act-realm" });
+  const realmBox = el("div", { hidden: true }, el("label", { for: "act-realm" }, "Realm (two users have this name)"), realm);
   const btn = el("button", { type: "submit", class: "primary", id: "act-start" }, "Act for this user");
   page("Act for a user", "See a user's files exactly as they see them, to help them get something back. The user can read who acted for them, when and why.",
     el("form", { class: "card", onsubmit: submit, novalidate: true }, err,
       el("label", { for: "act-user" }, "User name"), user,
+      realmBox,
       el("label", { for: "act-reason" }, "Reason (a ticket number or a few words; the user sees it)"), reason,
       el("div", { class: "row" }, btn)));
   user.focus();
+  user.addEventListener("input", () => { realmBox.hidden = true; fill(realm); });
 
   async function submit(ev) {
     ev.preventDefault();
@@ -702,11 +708,20 @@ function helpdeskPage() {
     if (!user.value.trim()) return err.append(el("div", { class: "error" }, "Enter the user name of the person you are helping.")), user.focus();
     if (reason.value.trim().length < 3) return err.append(el("div", { class: "error" }, "Give a reason of at least 3 characters, such as the ticket number.")), reason.focus();
     btn.disabled = true;
+    const body = { user: user.value.trim(), reason: reason.value.trim() };
+    if (!realmBox.hidden && realm.value) body.realm = realm.value;
     try {
-      me = await api("POST", "/api/act", { user: user.value.trim(), reason: reason.value.trim() });
+      me = await api("POST", "/api/act", body);
       go("#/deleted");
     } catch (e) {
-      err.append(el("div", { class: "error" }, e.status === 404 ? `There is no user called "${user.value.trim()}". Check the spelling of the user name.` : explain(e)));
+      if (e.status === 409 && Array.isArray(e.body.realms)) {
+        fill(realm, ...e.body.realms.map((r) => el("option", { value: r }, r)));
+        realmBox.hidden = false;
+        err.append(el("div", { class: "error" }, `There are users called "${body.user}" in several realms: ${e.body.realms.join(", ")}. Choose the realm of the person you are helping.`));
+        realm.focus();
+      } else {
+        err.append(el("div", { class: "error" }, e.status === 404 ? `There is no user called "${body.user}". Check the spelling of the user name.` : explain(e)));
+      }
       btn.disabled = false;
     }
   }
@@ -732,11 +747,13 @@ async function accessPage() {
   page("Access history", "Who from the helpdesk or the backup team looked at your files for you, when, and why.", out);
   try {
     const items = (await api("GET", "/api/me/access")).items;
-    const label = { act_start: "Started acting for you", act_stop: "Stopped", search: "Searched", deleted: "Listed deleted files", history: "Looked at versions", download: "Downloaded", archive: "Downloaded a zip" };
+    const label = { act_start: "Started acting for you", act_stop: "Stopped", search: "Searched", deleted: "Listed deleted files", history: "Looked at versions", download: "Downloaded", archive: "Downloaded a zip", denied: "Asked for something that is not there" };
+    // Attempts that were refused (a path that is not there, an act that was not allowed).
+    const refused = (i) => i.outcome && i.outcome !== "ok" && i.outcome !== "incomplete";
     const cols = [
       { key: "time", label: "When", value: (i) => i.time, cell: (i) => when(i.time), cls: "when" },
       { key: "by", label: "Who", value: (i) => i.by, cell: (i) => i.by },
-      { key: "event", label: "What", value: (i) => i.event, cell: (i) => [label[i.event] || i.event,
+      { key: "event", label: "What", value: (i) => i.event, cell: (i) => [label[i.event] || i.event, refused(i) ? ` (refused: ${i.outcome})` : null,
         i.paths && i.paths.length ? el("div", { class: "sub" }, i.paths.join(", ")) : null, i.query ? el("div", { class: "sub" }, readableQuery(i.query)) : null] },
       { key: "reason", label: "Reason", value: (i) => i.reason, cell: (i) => i.reason || "" },
     ];

@@ -3,6 +3,11 @@
 //!
 //! Every login opens its own connection: binds change a connection's identity, and a fresh
 //! connection also tells at once when the directory is down (-> [`AuthError::Unavailable`]).
+//!
+//! The identity's login is the entry's own login attribute (`uid`) as stored, not what was
+//! typed: the directory matches ` dave` and `DAVE` to the entry of `dave`, and that entry is one
+//! person. A disabled account is one the `user_filter` does not find (add a condition such as
+//! `(!(pwdAccountLockedTime=*))`): it cannot log in, and its live sessions end at renewal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,16 +197,23 @@ impl LdapRealm {
         Ok((names, gids))
     }
 
-    async fn identity(&self, ldap: &mut ldap3::Ldap, login: &str, entry: &SearchEntry) -> Result<Identity, AuthError> {
+    async fn identity(&self, ldap: &mut ldap3::Ldap, typed: &str, entry: &SearchEntry) -> Result<Identity, AuthError> {
         let a = &self.cfg.attributes;
-        let (groups, mut gids) = self.groups(ldap, login, entry).await?;
+        let login = match first(entry, &a.login) {
+            Some(l) => l,
+            None => {
+                tracing::warn!(realm = %self.cfg.name, dn = %entry.dn, "entry has no {} attribute; using the login as typed", a.login);
+                typed.to_string()
+            }
+        };
+        let (groups, mut gids) = self.groups(ldap, &login, entry).await?;
         let role = role_from_groups(&self.cfg.roles, &groups).ok_or(AuthError::NotAllowed)?;
         if let Some(g) = first(entry, &a.gid_number).and_then(|v| v.parse().ok()) {
             gids.insert(0, g);
         }
         gids.dedup();
         Ok(Identity {
-            login: login.to_string(),
+            login,
             realm: self.cfg.name.clone(),
             role,
             display_name: first(entry, &a.display_name),
@@ -270,6 +282,10 @@ impl Authenticator for LdapRealm {
             let _ = ldap.unbind().await;
             result
         })
+    }
+
+    fn can_lookup(&self) -> bool {
+        self.cfg.bind_dn.is_some()
     }
 
     fn lookup<'a>(&'a self, login: &'a str) -> BoxFuture<'a, Result<Identity, AuthError>> {

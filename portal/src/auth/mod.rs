@@ -1,11 +1,20 @@
 //! Authentication realms behind one [`Authenticator`] trait, and the [`Identity`] they produce.
 //!
 //! A realm answers two questions: "is this the password of this login?" ([`Authenticator::authenticate`])
-//! and "who is this login?" without a password, for helpdesk staff acting for a user
-//! ([`Authenticator::lookup`]). An empty password is refused before any realm is asked.
+//! and "who is this login?" without a password, for helpdesk staff acting for a user and for
+//! re-reading a live session's roles ([`Authenticator::lookup`]). An empty password is refused
+//! before any realm is asked.
+//!
+//! **One person, one identity.** An [`Identity`] is named by its realm and the realm's own
+//! spelling of the login: the directory's `uid` value as stored (however it was typed: ` dave`,
+//! `DAVE`), a file realm's configured name. Sessions, the audit log, `/api/me` and access
+//! history all use that pair; two realms may each have an `alice`, and they are two people.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,9 +33,10 @@ pub enum Role {
 }
 
 /// Who a user is, as far as authorization cares. Kept in the session token, so that sessions
-/// keep working while the directory is down.
+/// keep working while the directory is down (for a while: see `session.directory_grace_secs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
+    /// The realm's own spelling of the login (canonical: see the module docs).
     pub login: String,
     pub realm: String,
     pub role: Role,
@@ -49,7 +59,7 @@ pub struct Identity {
 }
 
 /// Why a login failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("unknown user")]
     UnknownUser,
@@ -61,6 +71,8 @@ pub enum AuthError {
     NotAllowed,
     #[error("invalid login name")]
     InvalidLogin,
+    #[error("account disabled")]
+    Disabled,
     #[error("directory unavailable: {0}")]
     Unavailable(String),
 }
@@ -72,16 +84,33 @@ pub trait Authenticator: Send + Sync {
     fn name(&self) -> &str;
     /// Check a password; `password` is never empty here.
     fn authenticate<'a>(&'a self, login: &'a str, password: &'a str) -> BoxFuture<'a, Result<Identity, AuthError>>;
-    /// Find a user without a password (helpdesk acting for them).
+    /// Find a user without a password (helpdesk acting for them; a session's renewal).
     fn lookup<'a>(&'a self, login: &'a str) -> BoxFuture<'a, Result<Identity, AuthError>>;
+    /// Whether [`Authenticator::lookup`] can work at all (an LDAP realm without a service
+    /// account cannot): sessions of a realm that cannot are not re-checked at renewal.
+    fn can_lookup(&self) -> bool {
+        true
+    }
 }
 
 /// Login names: printable, no control characters, bounded; anything else never reaches a realm.
+/// Give it the trimmed name ([`trim_login`]).
 pub fn check_login_name(login: &str) -> Result<(), AuthError> {
     if login.is_empty() || login.len() > 256 || login.chars().any(|c| c.is_control()) {
         return Err(AuthError::InvalidLogin);
     }
     Ok(())
+}
+
+/// A typed login without the spaces around it: no realm spells a login with them.
+pub fn trim_login(typed: &str) -> &str {
+    typed.trim()
+}
+
+/// The key of a typed login where case must not matter (failed-login budgets, a file realm's
+/// names): trimmed and case-folded, so ` dave`, `dave ` and `DAVE` are one name.
+pub fn fold_login(typed: &str) -> String {
+    trim_login(typed).to_lowercase()
 }
 
 /// The highest role any of `groups` maps to; `None` if `map.user` restricts logins and none matches.
@@ -95,6 +124,52 @@ pub(crate) fn role_from_groups(map: &crate::config::RoleMap, groups: &[String]) 
         Some(Role::User)
     } else {
         None
+    }
+}
+
+/// What a lookup for a renewal found: `None` when the realm cannot look users up.
+type Looked = Result<Option<Identity>, AuthError>;
+
+/// A lookup running or done (with the time of its answer, seconds since the epoch), and when
+/// it started.
+type LookupCell = (Instant, Arc<tokio::sync::OnceCell<(Looked, i64)>>);
+
+/// Realm lookups for session renewals: the requests of one page, which all renew at once, ask
+/// the realm once, and an answer (also "unavailable") is reused for a moment.
+#[derive(Default)]
+pub struct Lookups {
+    cells: Mutex<HashMap<(String, String), LookupCell>>,
+}
+
+/// How long a lookup's answer is reused.
+const LOOKUP_REUSE: Duration = Duration::from_secs(2);
+
+impl Lookups {
+    /// The identity of `login` in `realm` as the realm says now, and when it said so (seconds
+    /// since the epoch); an error of [`AuthError::UnknownUser`] also when the realm is no
+    /// longer configured.
+    pub async fn lookup(&self, realms: &[Box<dyn Authenticator>], realm: &str, login: &str) -> (Looked, i64) {
+        let now = || jiff::Timestamp::now().as_second();
+        let Some(r) = realms.iter().find(|r| r.name() == realm) else { return (Err(AuthError::UnknownUser), now()) };
+        if !r.can_lookup() {
+            return (Ok(None), now());
+        }
+        let cell = {
+            let mut cells = self.cells.lock().expect("lookups lock");
+            if cells.len() > 10_000 {
+                cells.retain(|_, (at, _)| at.elapsed() < LOOKUP_REUSE);
+            }
+            let key = (realm.to_string(), login.to_string());
+            match cells.get(&key) {
+                Some((at, cell)) if at.elapsed() < LOOKUP_REUSE => cell.clone(),
+                _ => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    cells.insert(key, (Instant::now(), cell.clone()));
+                    cell
+                }
+            }
+        };
+        cell.get_or_init(|| async { (r.lookup(login).await.map(Some), now()) }).await.clone()
     }
 }
 
@@ -127,6 +202,8 @@ mod tests {
 
     #[test]
     fn login_names() {
+        assert_eq!(fold_login(" DaVe "), "dave");
+        assert_eq!(fold_login("Ärger"), "ärger");
         assert!(check_login_name("alice").is_ok());
         assert!(check_login_name("").is_err());
         assert!(check_login_name("a\0b").is_err());

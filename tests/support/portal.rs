@@ -1,0 +1,257 @@
+//! The portal as the end-to-end tests drive it: `rewind serve` in a process of its own, and a
+//! minimal HTTP/1.1 client that sends exactly what a test wrote (a browser would not let a test
+//! forge a Host, an Origin or a cookie).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{assert_success, rewind_bin, spawn_serve};
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 client: exactly what is sent is what the test wrote.
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One request on a connection of its own: `Host: addr` unless `headers` name another.
+pub fn http(addr: &str, method: &str, target: &str, headers: &[(&str, String)], body: Option<&[u8]>) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    if let Some(b) = body {
+        bytes.extend_from_slice(b);
+    }
+    s.write_all(&bytes).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap_or_else(|e| panic!("{method} {target}: {e}"));
+    parse_response(&raw)
+}
+
+pub fn parse_response(raw: &[u8]) -> Resp {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let nl = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().split(';').next().unwrap().trim(), 16)
+                    .unwrap();
+            rest = &rest[nl + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        body = out;
+    }
+    Resp { status, headers, body }
+}
+
+/// Percent-encode a query value.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A logged-in client.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: String,
+    pub cookie: String,
+    pub csrf: String,
+}
+
+impl Client {
+    pub fn get(&self, target: &str) -> Resp {
+        http(&self.addr, "GET", target, &[("Cookie", self.cookie.clone())], None)
+    }
+
+    pub fn get_with(&self, target: &str, extra: &[(&str, String)]) -> Resp {
+        let mut h = vec![("Cookie", self.cookie.clone())];
+        h.extend_from_slice(extra);
+        http(&self.addr, "GET", target, &h, None)
+    }
+
+    pub fn post(&mut self, target: &str, body: &Value) -> Resp {
+        let h = [
+            ("Cookie", self.cookie.clone()),
+            ("X-CSRF-Token", self.csrf.clone()),
+            ("Content-Type", "application/json".to_string()),
+        ];
+        let r = http(&self.addr, "POST", target, &h, Some(body.to_string().as_bytes()));
+        if let Some(c) = session_cookie(&r) {
+            self.cookie = c;
+            if r.status == 200 {
+                self.csrf = r.json()["csrf_token"].as_str().unwrap_or(&self.csrf).to_string();
+            }
+        }
+        r
+    }
+}
+
+pub fn session_cookie(r: &Resp) -> Option<String> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.split(';').next().unwrap().to_string())
+        .find(|c| c.starts_with("rewind_session="))
+}
+
+pub fn login_raw(addr: &str, user: &str, password: &str) -> Resp {
+    let body = json!({ "username": user, "password": password }).to_string();
+    http(addr, "POST", "/api/login", &[("Content-Type", "application/json".into())], Some(body.as_bytes()))
+}
+
+pub fn login(addr: &str, user: &str, password: &str) -> Client {
+    let r = login_raw(addr, user, password);
+    assert_eq!(r.status, 200, "login {user}: {}", r.text());
+    let cookie = session_cookie(&r).expect("session cookie");
+    let sc = r.header("set-cookie").unwrap();
+    assert!(sc.contains("HttpOnly") && sc.contains("SameSite=Strict"), "{sc}");
+    Client { addr: addr.to_string(), cookie, csrf: r.json()["csrf_token"].as_str().unwrap().to_string() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The portal process.
+
+pub struct Portal {
+    pub child: Child,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Portal {
+    /// Start `rewind serve` with `realms` (TOML) and `extra` top-level/section TOML.
+    pub fn start(repo: &Path, realms: &str, authz: &str, extra: &str) -> Portal {
+        let dir = tempfile::Builder::new().prefix("rewind-portal-").tempdir().unwrap();
+        // `extra` holds top-level keys or whole sections; a [session] in it replaces the default.
+        let session = if extra.contains("[session]") { "" } else { "[session]\nkey_file = \"session.key\"\n" };
+        let cfg = format!(
+            "listen = \"127.0.0.1:0\"\nrepository = \"{repo}\"\naudit_log = \"audit.jsonl\"\n{extra}\n{session}{authz}\n{realms}\n",
+            repo = repo.display()
+        );
+        std::fs::write(dir.path().join("portal.toml"), cfg).unwrap();
+        let (child, url) = spawn_serve(&dir.path().join("portal.toml"));
+        let addr = url.rsplit("://").next().expect("a URL").to_string();
+        // Ready when /healthz answers (over TLS: when the port accepts).
+        let tls = url.starts_with("https://");
+        for _ in 0..200 {
+            if TcpStream::connect(&addr).is_ok() && (tls || http(&addr, "GET", "/healthz", &[], None).status == 200) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Portal { child, addr, dir }
+    }
+
+    pub fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+            .collect()
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Portal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn b64url_decode(s: &str) -> Vec<u8> {
+    let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        let v = table.iter().position(|&t| t == c).expect("base64url") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+pub fn b64url_encode(b: &[u8]) -> String {
+    let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &x)| acc | (u32::from(x) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(table[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// An argon2id hash of `password` from `rewind passwd`, for a file realm's users.
+pub fn passwd_hash(password: &str) -> String {
+    let mut c = Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    c.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert_success(&out, "rewind passwd");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
