@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(fuse3 slapd ldap-utils openssl chromium chromium-driver unzip python3 util-linux acl curl)
+packages=(fuse3 slapd ldap-utils openssl chromium chromium-driver unzip python3 util-linux acl curl
+  qemu-utils e2fsprogs dosfstools mtools ntfs-3g fdisk gdisk)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

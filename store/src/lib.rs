@@ -26,6 +26,7 @@ mod chunker;
 mod error;
 mod failpoint;
 pub mod format;
+pub mod image;
 mod index;
 pub mod interrupt;
 pub mod lock;
