@@ -199,10 +199,10 @@ fn catalog_answers_equal_a_walk_of_every_snapshot() {
     for (path, _) in latest.iter().filter(|(p, _)| p.ends_with(".txt") || p.ends_with(".log")).take(400) {
         let mut states: Vec<&(u32, u64, i64, String)> = Vec::new();
         for g in &gens {
-            if let Some(s) = g.get(path) {
-                if states.last() != Some(&s) {
-                    states.push(s);
-                }
+            if let Some(s) = g.get(path)
+                && states.last() != Some(&s)
+            {
+                states.push(s);
             }
         }
         if states.len() < 2 && checked > 0 && !path.ends_with(".log") {

@@ -46,7 +46,11 @@ fn prune_as_another_user_waits_for_a_root_backup() {
     let p = Points::new(&t);
     // Everyone may write the repository, as when an admin lets a service user prune it.
     assert_success(&Command::new("chmod").args(["-R", "a+rwX"]).arg(t.dir.path()).output().unwrap(), "chmod");
-    let mut backup = p.spawn(&t, "backup-index-loaded=pause", &[OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()]);
+    let mut backup = p.spawn(
+        &t,
+        "backup-index-loaded=pause",
+        &[OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()],
+    );
     assert!(p.wait("backup-index-loaded", &mut backup), "backup ended early");
     let prune = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -72,7 +76,11 @@ fn backup_starting_while_prune_writes_its_record() {
     let p = Points::new(&t);
     let mut prune = p.spawn(&t, "prune-before-record=pause", &["prune"]);
     assert!(p.wait("prune-before-record", &mut prune), "prune ended early");
-    let mut backup = p.spawn(&t, "backup-index-loaded=pause", &[OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()]);
+    let mut backup = p.spawn(
+        &t,
+        "backup-index-loaded=pause",
+        &[OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()],
+    );
     assert!(p.wait("backup-index-loaded", &mut backup), "backup ended early");
     p.release("prune-before-record");
     let said = finish_ok(prune, "prune");
@@ -91,7 +99,11 @@ fn backup_starting_during_a_sweep() {
     let p = Points::new(&t);
     let mut prune = p.spawn(&t, "sweep-before-delete=pause", &["prune"]);
     assert!(p.wait("sweep-before-delete", &mut prune), "prune ended early");
-    let mut backup = p.spawn(&t, "backup-records-read=pause", &[OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()]);
+    let mut backup = p.spawn(
+        &t,
+        "backup-records-read=pause",
+        &[OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()],
+    );
     assert!(p.wait("backup-records-read", &mut backup), "backup ended early");
     p.release("sweep-before-delete");
     finish_ok(prune, "prune");
@@ -105,7 +117,14 @@ fn backup_starting_during_a_sweep() {
 /// through. The backup's snapshot is whole every time.
 #[test]
 fn every_interleaving_of_one_prune_and_one_backup() {
-    let backup_points = ["backup-locked", "backup-records-read", "backup-index-loaded", "pack-written", "backup-before-snapshot", "backup-snapshot-written"];
+    let backup_points = [
+        "backup-locked",
+        "backup-records-read",
+        "backup-index-loaded",
+        "pack-written",
+        "backup-before-snapshot",
+        "backup-snapshot-written",
+    ];
     let prune_points = [
         "prune-before-record",
         "prune-record-written",
@@ -116,7 +135,9 @@ fn every_interleaving_of_one_prune_and_one_backup() {
         "sweep-index-written",
         "sweep-before-record-delete",
     ];
-    let backup_args = |src: &Path| vec![OsStr::new("backup").to_os_string(), "--host".into(), "h".into(), src.as_os_str().to_os_string()];
+    let backup_args = |src: &Path| {
+        vec![OsStr::new("backup").to_os_string(), "--host".into(), "h".into(), src.as_os_str().to_os_string()]
+    };
     for point in backup_points {
         let t = TempRepo::new();
         let src = t.path("src");
@@ -160,7 +181,14 @@ fn copy_beside_a_sweep() {
     let other = t.path("other");
     t.ok(&[OsStr::new("init"), other.as_os_str()]);
     let b = Command::new(rewind_bin())
-        .args([OsStr::new("backup"), OsStr::new("--repo"), other.as_os_str(), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()])
+        .args([
+            OsStr::new("backup"),
+            OsStr::new("--repo"),
+            other.as_os_str(),
+            OsStr::new("--host"),
+            OsStr::new("h"),
+            src.as_os_str(),
+        ])
         .output()
         .unwrap();
     assert_success(&b, "backup into the other repository");
@@ -289,12 +317,20 @@ fn kill_at_every_step() {
         let r = t.run(&["prune"]);
         assert_success(&r, &format!("prune after a kill at {point} (killed: {killed})"));
         check_all(&t);
-        let c = Command::new(rewind_bin()).args([OsStr::new("check"), OsStr::new("--read-data"), OsStr::new("--repo"), other.as_os_str()]).output().unwrap();
+        let c = Command::new(rewind_bin())
+            .args([OsStr::new("check"), OsStr::new("--read-data"), OsStr::new("--repo"), other.as_os_str()])
+            .output()
+            .unwrap();
         assert_success(&c, &format!("check of the copy target after a kill at {point}"));
     }
     // A killed catalog update leaves a catalog that answers and catches up.
     mutate_source(&src, 999);
-    let r = t.cmd().env("REWIND_CATALOG_FAILPOINT", "abort-after-versions:3").args([OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()]).output().unwrap();
+    let r = t
+        .cmd()
+        .env("REWIND_CATALOG_FAILPOINT", "abort-after-versions:3")
+        .args([OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()])
+        .output()
+        .unwrap();
     let _ = r;
     t.ok(&["catalog", "sync"]);
     t.ok(&["find", "f1"]);
@@ -340,12 +376,18 @@ fn flipped_byte_in_a_snapshot_file() {
     let listed = t.run(&["snapshots"]);
     assert_success(&listed, "snapshots with one damaged");
     let err = String::from_utf8_lossy(&listed.stderr);
-    assert!(err.contains(&id1[..8]) && err.contains(&snap1.display().to_string()), "the damaged snapshot is not named: {err}");
+    assert!(
+        err.contains(&id1[..8]) && err.contains(&snap1.display().to_string()),
+        "the damaged snapshot is not named: {err}"
+    );
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&id2[..8]));
     assert_restores(&t, &id2, &src, &copy2);
     let bad = t.run(&["check"]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains(&snap1.display().to_string()), "check does not name the file");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains(&snap1.display().to_string()),
+        "check does not name the file"
+    );
     mutate_source(&src, 2);
     t.backup("h", &[&src]);
     t.ok(&["prune"]);
@@ -391,7 +433,11 @@ fn flipped_byte_in_pack_trailers() {
     assert_restores(&t, &id2, &src, &copy2);
     // check --read-data names the damaged trailers; the next operations work.
     let bad = t.run(&["check", "--read-data"]);
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("trailer is damaged"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("trailer is damaged"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     t.ok(&["prune"]);
     mutate_source(&src, 5);
     t.backup("h", &[&src]);
@@ -410,7 +456,10 @@ fn flipped_byte_in_a_blob() {
     let bad = t.run(&["check", "--read-data"]);
     assert!(!bad.status.success());
     let said = String::from_utf8_lossy(&bad.stderr).into_owned();
-    let user = said.split("used by snapshot ").nth(1).unwrap_or_else(|| panic!("check does not say who uses the damage: {said}"));
+    let user = said
+        .split("used by snapshot ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("check does not say who uses the damage: {said}"));
     let copy_v = if id1.starts_with(&user[..8]) { copy1 } else { copy2 };
     let out = t.path("damaged-restore");
     let r = t.run(&[OsStr::new("restore"), OsStr::new(&user[..8]), OsStr::new("--target"), out.as_os_str()]);
@@ -440,10 +489,16 @@ fn flipped_byte_in_a_pending_record() {
         flip_byte(&rec, 20);
     }
     let bad = t.run(&["check"]);
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("pending record"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("pending record"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     t.backup("h", &[&src]);
     t.ok(&["prune"]);
-    assert!(files_of(&t.repo, "pending").iter().all(|p| p.file_name().unwrap().to_string_lossy().starts_with("expired-")));
+    assert!(
+        files_of(&t.repo, "pending").iter().all(|p| p.file_name().unwrap().to_string_lossy().starts_with("expired-"))
+    );
     assert_restores(&t, &id2, &src, &copy2);
     check_all(&t);
 }
@@ -481,11 +536,17 @@ fn flipped_bytes_in_the_catalog() {
         flip_byte(&cat, off);
     }
     let warn = String::from_utf8_lossy(&t.run(&["check"]).stderr).into_owned();
-    assert!(warn.contains("catalog") && warn.contains("catalog rebuild"), "check says nothing of the damaged catalog: {warn}");
+    assert!(
+        warn.contains("catalog") && warn.contains("catalog rebuild"),
+        "check says nothing of the damaged catalog: {warn}"
+    );
     let found = t.run(&["find", "f1"]);
     assert_success(&found, "find on a damaged catalog");
     assert!(String::from_utf8_lossy(&found.stdout).contains("f1"), "find did not recover");
-    assert!(String::from_utf8_lossy(&t.run(&["check"]).stderr).lines().all(|l| !l.contains("catalog")), "the catalog was not rebuilt");
+    assert!(
+        String::from_utf8_lossy(&t.run(&["check"]).stderr).lines().all(|l| !l.contains("catalog")),
+        "the catalog was not rebuilt"
+    );
 }
 
 /// A full filesystem: a backup that runs out of space removes what it wrote, and prune runs
@@ -508,7 +569,9 @@ fn full_filesystem() {
     let repo = mnt.join("repo");
     let r = Command::new(rewind_bin()).arg("init").arg(&repo).output().unwrap();
     assert_success(&r, "init on tmpfs");
-    let run = |args: &[&OsStr]| Command::new(rewind_bin()).args(args).env("REWIND_REPO", &repo).env("RUST_LOG", "warn").output().unwrap();
+    let run = |args: &[&OsStr]| {
+        Command::new(rewind_bin()).args(args).env("REWIND_REPO", &repo).env("RUST_LOG", "warn").output().unwrap()
+    };
     let big = t.path("big");
     make_source(&big, 12, 60 << 20, 4);
     let r = run(&[OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), big.as_os_str()]);
@@ -524,14 +587,25 @@ fn full_filesystem() {
     make_source(&small, 10, 8 << 20, 5);
     let r = run(&[OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), small.as_os_str()]);
     assert_success(&r, "backup that fits");
-    let ids: Vec<serde_json::Value> = serde_json::from_slice(&run(&[OsStr::new("snapshots"), OsStr::new("--json")]).stdout).unwrap();
+    let ids: Vec<serde_json::Value> =
+        serde_json::from_slice(&run(&[OsStr::new("snapshots"), OsStr::new("--json")]).stdout).unwrap();
     for s in ids {
         let r = run(&[OsStr::new("forget"), OsStr::new(&s["id"].as_str().unwrap()[..8])]);
         assert_success(&r, "forget");
     }
     let filler = mnt.join("filler");
-    let _ = Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", filler.display())).args(["bs=64k"]).output().unwrap();
-    let _ = Command::new("dd").arg("if=/dev/zero").arg(format!("of={}.2", filler.display())).args(["bs=1"]).output().unwrap();
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", filler.display()))
+        .args(["bs=64k"])
+        .output()
+        .unwrap();
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}.2", filler.display()))
+        .args(["bs=1"])
+        .output()
+        .unwrap();
     let st = Command::new("df").arg("--output=avail").arg("-B1").arg(&mnt).output().unwrap();
     let avail: u64 = String::from_utf8_lossy(&st.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
     assert_eq!(avail, 0, "the filesystem is not full");
@@ -571,10 +645,19 @@ impl std::fmt::Display for Torture {
         write!(
             f,
             "torture: {} backups, {} prunes, {} kills, {} restores, {} mount reads; wrong bytes {}, lost snapshots {}",
-            self.backups, self.prunes, self.kills, self.restores, self.mount_reads, self.wrong_bytes, self.lost_snapshots
+            self.backups,
+            self.prunes,
+            self.kills,
+            self.restores,
+            self.mount_reads,
+            self.wrong_bytes,
+            self.lost_snapshots
         )
     }
 }
+
+/// A snapshot id and the copy of what it holds.
+type KeptSnapshot = (String, std::sync::Arc<KeptCopy>);
 
 /// A kept copy of a source generation, deleted when the last holder lets go of it.
 struct KeptCopy(PathBuf);
@@ -595,7 +678,8 @@ fn torture(time: Duration) -> Torture {
     let copy = t.path("gen0");
     keep_copy(&src, &copy);
     // Snapshot id -> the copy of what it holds; forgotten ones leave the map before forget.
-    let kept: Arc<Mutex<Vec<(String, Arc<KeptCopy>)>>> = Arc::new(Mutex::new(vec![(s["id"].as_str().unwrap().to_string(), Arc::new(KeptCopy(copy)))]));
+    let kept: Arc<Mutex<Vec<KeptSnapshot>>> =
+        Arc::new(Mutex::new(vec![(s["id"].as_str().unwrap().to_string(), Arc::new(KeptCopy(copy)))]));
     let stop = Arc::new(AtomicBool::new(false));
     let wrong = Arc::new(AtomicU64::new(0));
     let counts: Arc<[AtomicU64; 5]> = Arc::new(Default::default());
@@ -617,7 +701,19 @@ fn torture(time: Duration) -> Torture {
                 mutate_source(&src, 1000 + g);
                 let copy = t.path(&format!("gen{g}"));
                 keep_copy(&src, &copy);
-                let child = t.cmd().args([OsStr::new("backup"), OsStr::new("--json"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+                let child = t
+                    .cmd()
+                    .args([
+                        OsStr::new("backup"),
+                        OsStr::new("--json"),
+                        OsStr::new("--host"),
+                        OsStr::new("h"),
+                        src.as_os_str(),
+                    ])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
                 if g.is_multiple_of(5) {
                     std::thread::sleep(Duration::from_millis(100 + (g * 37) % 400));
                     // SAFETY: our own child.
@@ -655,7 +751,13 @@ fn torture(time: Duration) -> Torture {
                     // Deleted once no reader compares with it any more.
                     drop(copy);
                 }
-                let mut child = t.cmd().arg("prune").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+                let mut child = t
+                    .cmd()
+                    .arg("prune")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
                 if n % 4 == 3 {
                     std::thread::sleep(Duration::from_millis(50 + (n * 53) % 300));
                     // SAFETY: our own child.
@@ -671,7 +773,8 @@ fn torture(time: Duration) -> Torture {
     }
     // Restores of kept snapshots, compared with what they held.
     {
-        let (t, kept, stop, counts, wrong, src) = (t.clone(), kept.clone(), stop.clone(), counts.clone(), wrong.clone(), src.clone());
+        let (t, kept, stop, counts, wrong, src) =
+            (t.clone(), kept.clone(), stop.clone(), counts.clone(), wrong.clone(), src.clone());
         threads.push(std::thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -682,7 +785,12 @@ fn torture(time: Duration) -> Torture {
                 n += 1;
                 let Some((id, copy)) = pick else { continue };
                 let out = t.path(&format!("r{n}"));
-                let r = t.run(&[OsStr::new("restore"), OsStr::new(&format!("{}:{}", &id[..8], src.display())), OsStr::new("--target"), out.as_os_str()]);
+                let r = t.run(&[
+                    OsStr::new("restore"),
+                    OsStr::new(&format!("{}:{}", &id[..8], src.display())),
+                    OsStr::new("--target"),
+                    out.as_os_str(),
+                ]);
                 if r.status.success() {
                     let a = tree_shape(&copy.0, &ShapeOptions { dir_mtimes: false, ..Default::default() });
                     let b = tree_shape(&out, &ShapeOptions { dir_mtimes: false, ..Default::default() });
@@ -699,7 +807,8 @@ fn torture(time: Duration) -> Torture {
     }
     // Mount readers: whole files of kept snapshots through the FUSE mount.
     {
-        let (kept, stop, counts, wrong, mnt, src) = (kept.clone(), stop.clone(), counts.clone(), wrong.clone(), mnt.clone(), src.clone());
+        let (kept, stop, counts, wrong, mnt, src) =
+            (kept.clone(), stop.clone(), counts.clone(), wrong.clone(), mnt.clone(), src.clone());
         threads.push(std::thread::spawn(move || {
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
@@ -714,7 +823,9 @@ fn torture(time: Duration) -> Torture {
                     if shape.kind != "file" {
                         continue;
                     }
-                    if let Ok(bytes) = std::fs::read(base.join(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&rel))) {
+                    if let Ok(bytes) =
+                        std::fs::read(base.join(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&rel)))
+                    {
                         if Some(blake3::hash(&bytes).to_hex().to_string()) != shape.content {
                             wrong.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                         }
@@ -766,7 +877,8 @@ fn new_snapshot_appears_in_the_mount_at_once() {
     t.backup("h", &[&src]);
     let mnt = t.path("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let mut mount = t.cmd().args([OsStr::new("mount"), mnt.as_os_str()]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut mount =
+        t.cmd().args([OsStr::new("mount"), mnt.as_os_str()]).stderr(std::process::Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !mnt.join("snapshots").exists() {
         assert!(Instant::now() < deadline, "the mount did not come up");
@@ -779,20 +891,30 @@ fn new_snapshot_appears_in_the_mount_at_once() {
         std::fs::write(src.join("file"), format!("round {round}")).unwrap();
         let s = t.backup("h", &[&src]);
         let short = &s["id"].as_str().unwrap()[..8];
-        let name = jiff::Timestamp::from_str_strict(s["time"].as_str().unwrap()).strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let name =
+            jiff::Timestamp::from_str_strict(s["time"].as_str().unwrap()).strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         let by_id = mnt.join("ids").join(short);
-        assert!(std::fs::symlink_metadata(&by_id).is_ok(), "round {round}: ids/{short} is not there right after the backup");
+        assert!(
+            std::fs::symlink_metadata(&by_id).is_ok(),
+            "round {round}: ids/{short} is not there right after the backup"
+        );
         let latest = std::fs::read_link(mnt.join("hosts/h/latest")).unwrap();
         assert!(latest.to_string_lossy().starts_with(&name), "round {round}: latest -> {}", latest.display());
         // Listings the kernel caches follow within a second (fs TTL_LIVE plus the view's
         // refresh interval, half a second).
         let saved = Instant::now();
         loop {
-            let listed: Vec<String> = std::fs::read_dir(mnt.join("snapshots")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            let listed: Vec<String> = std::fs::read_dir(mnt.join("snapshots"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
             if listed.iter().any(|n| n.starts_with(&name)) {
                 break;
             }
-            assert!(saved.elapsed() < Duration::from_secs(1), "round {round}: {name} not listed after a second: {listed:?}");
+            assert!(
+                saved.elapsed() < Duration::from_secs(1),
+                "round {round}: {name} not listed after a second: {listed:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let got = std::fs::read(by_id.join(src.strip_prefix("/").unwrap()).join("file")).unwrap();

@@ -3,11 +3,11 @@
 
 mod support;
 
+mod catalog;
+mod faults;
+mod mount;
 mod portal;
 mod portal_oracle;
-mod mount;
-mod store;
-mod catalog;
-mod web;
 mod prune;
-mod faults;
+mod store;
+mod web;

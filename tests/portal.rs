@@ -724,6 +724,7 @@ fn file_realm_and_graceful_shutdown() {
     .unwrap();
     let mut first = vec![0u8; 65536];
     s.read_exact(&mut first).unwrap();
+    // SAFETY: kill on our own child, not yet reaped (so its pid is not reused).
     unsafe { libc::kill(portal.child.id() as i32, libc::SIGTERM) };
     std::thread::sleep(Duration::from_millis(300));
     assert!(

@@ -34,7 +34,8 @@ fn forget_and_prune_keep_what_remains_whole() {
     t.ok(&["forget", "--keep-last", "2"]);
     assert_eq!(snapshot_ids(&t), ids[3..].to_vec());
     let before = dir_size(&t.repo);
-    let out: serde_json::Value = serde_json::from_str(t.ok(&["prune", "--json"]).split("\nprune:").next().unwrap()).unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(t.ok(&["prune", "--json"]).split("\nprune:").next().unwrap()).unwrap();
     assert!(out["bytes_freed"].as_u64().unwrap() > 0, "{out}");
     assert_eq!(out["packs_deferred"], 0);
     assert!(dir_size(&t.repo) < before);
@@ -45,7 +46,8 @@ fn forget_and_prune_keep_what_remains_whole() {
         assert_same_tree(&copies[3 + i], &out, &ShapeOptions { dir_mtimes: false, ..Default::default() });
     }
     // Nothing more to free; the next backup still deduplicates and works.
-    let again: serde_json::Value = serde_json::from_str(t.ok(&["prune", "--json"]).split("\nprune:").next().unwrap()).unwrap();
+    let again: serde_json::Value =
+        serde_json::from_str(t.ok(&["prune", "--json"]).split("\nprune:").next().unwrap()).unwrap();
     assert_eq!(again["bytes_freed"], 0, "{again}");
     let s = t.backup("h", &[&src]);
     assert_eq!(s["summary"]["bytes_read"], 0);
@@ -67,7 +69,11 @@ fn prune_beside_backups_never_loses_a_blob() {
         // Forget all but the newest, so prune has plenty to condemn while a backup runs that
         // deduplicates against the same data.
         t.ok(&["forget", "--keep-last", "1"]);
-        let mut backup = t.cmd().args([OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()]).spawn().unwrap();
+        let mut backup = t
+            .cmd()
+            .args([OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()])
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(30 * u64::from(round)));
         let mut prune = t.cmd().arg("prune").spawn().unwrap();
         // Kill one of them at a different moment each round.
@@ -104,11 +110,21 @@ fn copy_adds_only_what_the_target_lacks() {
     assert!(first.contains("2 snapshots copied"), "{first}");
     let second = t.ok(&[OsStr::new("copy"), OsStr::new("--to"), target.as_os_str()]);
     assert!(second.contains("0 snapshots copied, 2 already there; 0 blobs"), "{second}");
-    let check = Command::new(rewind_bin()).args([OsStr::new("check"), OsStr::new("--read-data"), OsStr::new("--repo"), target.as_os_str()]).output().unwrap();
+    let check = Command::new(rewind_bin())
+        .args([OsStr::new("check"), OsStr::new("--read-data"), OsStr::new("--repo"), target.as_os_str()])
+        .output()
+        .unwrap();
     assert_success(&check, "check --read-data of the copy");
     let out = t.path("out");
     let r = Command::new(rewind_bin())
-        .args([OsStr::new("restore"), OsStr::new(&format!("latest:{}", src.display())), OsStr::new("--target"), out.as_os_str(), OsStr::new("--repo"), target.as_os_str()])
+        .args([
+            OsStr::new("restore"),
+            OsStr::new(&format!("latest:{}", src.display())),
+            OsStr::new("--target"),
+            out.as_os_str(),
+            OsStr::new("--repo"),
+            target.as_os_str(),
+        ])
         .output()
         .unwrap();
     assert_success(&r, "restore from the copy");

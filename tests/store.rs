@@ -6,6 +6,7 @@ use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -163,7 +164,9 @@ fn insertion_in_a_large_file_adds_few_chunks() {
 
 #[test]
 fn unchanged_tree_is_not_read_again() {
-    let t = TempRepo::new();
+    // The snapshot records the source's ancestors: they must all be the test's own, or another
+    // process creating a file in /tmp between the backups changes the root tree.
+    let t = TempRepo::owning_its_ancestors();
     let src = t.path("src");
     corpus_make(&src, 0.02);
     let first = t.backup("h", &[&src]);
@@ -177,7 +180,13 @@ fn unchanged_tree_is_not_read_again() {
     // mtime of `/tmp`. The source's own tree is the same.
     assert!(second["summary"]["blobs_added"].as_u64().unwrap() <= 3, "{second}");
     let listing = |s: &serde_json::Value| {
-        t.ok(&[OsStr::new("ls"), OsStr::new(&s["id"].as_str().unwrap()[..8]), src.as_os_str(), OsStr::new("-R"), OsStr::new("--json")])
+        t.ok(&[
+            OsStr::new("ls"),
+            OsStr::new(&s["id"].as_str().unwrap()[..8]),
+            src.as_os_str(),
+            OsStr::new("-R"),
+            OsStr::new("--json"),
+        ])
     };
     assert_eq!(listing(&first), listing(&second));
     assert_eq!(second["parent"], first["id"]);
@@ -247,12 +256,22 @@ fn kill_during_backup_leaves_a_valid_repository() {
     let t = TempRepo::new();
     let src = t.path("src");
     corpus_make(&src, 0.3);
-    for delay_ms in [150u64, 400, 900, 1600] {
-        let mut child = t.cmd().args([OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()]).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        // SAFETY: kill on a child pid we own.
+    // Killed at moments seen on disk, not after delays (which a loaded machine stretches): at
+    // once, and once the backup has written its first, second and fourth pack file (of ten).
+    for packs in [0usize, 1, 2, 4] {
+        let before = repo_files(&t.repo, "data").len();
+        let mut child = t
+            .cmd()
+            .args([OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()])
+            .spawn()
+            .unwrap();
+        wait_until(&format!("{packs} new pack files"), || {
+            repo_files(&t.repo, "data").len() >= before + packs || child.try_wait().unwrap().is_some()
+        });
+        // SAFETY: kill on a child pid we own (not yet reaped, so not reused).
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-        let _ = child.wait();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "the backup ended before it had written {packs} packs");
         t.ok(&["check"]);
     }
     let s = t.backup("h", &[&src]);
@@ -267,7 +286,10 @@ fn kill_during_backup_leaves_a_valid_repository() {
 fn errors_are_one_clear_line() {
     let t = TempRepo::new();
     let missing = t.path("no-such-repo");
-    let out = Command::new(rewind_bin()).args([OsStr::new("snapshots"), OsStr::new("--repo"), missing.as_os_str()]).output().unwrap();
+    let out = Command::new(rewind_bin())
+        .args([OsStr::new("snapshots"), OsStr::new("--repo"), missing.as_os_str()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -309,7 +331,14 @@ fn unreadable_files_are_reported_and_skipped() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(rewind_bin())
-        .args([OsStr::new("backup"), OsStr::new("--repo"), t.repo.as_os_str(), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()])
+        .args([
+            OsStr::new("backup"),
+            OsStr::new("--repo"),
+            t.repo.as_os_str(),
+            OsStr::new("--host"),
+            OsStr::new("h"),
+            src.as_os_str(),
+        ])
         .output()
         .expect("setpriv (util-linux)");
     assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
@@ -346,8 +375,10 @@ fn excludes_and_multiple_paths() {
         b.as_os_str(),
     ]);
     let ls = t.ok(&["ls", "latest", "-R", "--json"]);
-    let paths: Vec<String> =
-        ls.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].as_str().unwrap().to_string()).collect();
+    let paths: Vec<String> = ls
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].as_str().unwrap().to_string())
+        .collect();
     let has = |p: &Path| paths.iter().any(|x| x == &p.to_string_lossy());
     assert!(has(&a.join("keep.txt")) && has(&b.join("keep.txt")));
     assert!(!has(&a.join("drop.tmp")) && !has(&b.join("drop.tmp")));
@@ -362,14 +393,25 @@ fn concurrent_init_has_one_winner() {
         let d = tempfile::tempdir().unwrap();
         let repo = d.path().join("repo");
         let children: Vec<_> = (0..4)
-            .map(|_| Command::new(rewind_bin()).arg("init").arg(&repo).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap())
+            .map(|_| {
+                Command::new(rewind_bin())
+                    .arg("init")
+                    .arg(&repo)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
             .collect();
         let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
         let winners: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
         assert_eq!(winners.len(), 1, "round {round}: {} inits succeeded", winners.len());
         let config: serde_json::Value = serde_json::from_slice(&fs::read(repo.join("config")).unwrap()).unwrap();
         let said = String::from_utf8_lossy(&winners[0].stdout);
-        assert!(said.contains(&config["id"].as_str().unwrap()[..8]), "round {round}: the config is not the winner's: {said}");
+        assert!(
+            said.contains(&config["id"].as_str().unwrap()[..8]),
+            "round {round}: the config is not the winner's: {said}"
+        );
         for o in outs.iter().filter(|o| !o.status.success()) {
             let err = String::from_utf8_lossy(&o.stderr);
             assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -390,7 +432,11 @@ fn interrupted_backup_ends_cleanly() {
         for f in faults::files_of(t.dir.path(), "failpoints") {
             fs::remove_file(f).unwrap();
         }
-        let mut child = p.spawn(&t, "pack-written=pause", &[OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()]);
+        let mut child = p.spawn(
+            &t,
+            "pack-written=pause",
+            &[OsStr::new("backup"), OsStr::new("--host"), OsStr::new("h"), src.as_os_str()],
+        );
         assert!(p.wait("pack-written", &mut child), "the backup ended before writing a pack");
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(child.id() as i32, sig) };
@@ -427,7 +473,8 @@ fn restore_does_not_overwrite_unless_told() {
     fs::write(target.join("same.txt"), b"same").unwrap();
     let what = format!("latest:{}", src.display());
     let run = |extra: &[&str]| {
-        let mut args: Vec<&OsStr> = vec![OsStr::new("restore"), OsStr::new(&what), OsStr::new("--target"), target.as_os_str()];
+        let mut args: Vec<&OsStr> =
+            vec![OsStr::new("restore"), OsStr::new(&what), OsStr::new("--target"), target.as_os_str()];
         args.extend(extra.iter().map(OsStr::new));
         t.run(&args)
     };
@@ -437,14 +484,35 @@ fn restore_does_not_overwrite_unless_told() {
     assert!(err.contains("--overwrite") && err.trim().lines().count() == 1, "{err}");
     assert_eq!(fs::read(target.join("edited.txt")).unwrap(), b"edited since");
     assert!(!target.join("missing.txt").exists(), "a refused restore wrote something");
-    t.ok(&[OsStr::new("restore"), OsStr::new(&what), OsStr::new("--target"), target.as_os_str(), OsStr::new("--overwrite"), OsStr::new("never")]);
+    t.ok(&[
+        OsStr::new("restore"),
+        OsStr::new(&what),
+        OsStr::new("--target"),
+        target.as_os_str(),
+        OsStr::new("--overwrite"),
+        OsStr::new("never"),
+    ]);
     assert_eq!(fs::read(target.join("edited.txt")).unwrap(), b"edited since");
     assert_eq!(fs::read(target.join("missing.txt")).unwrap(), b"restore me");
-    t.ok(&[OsStr::new("restore"), OsStr::new(&what), OsStr::new("--target"), target.as_os_str(), OsStr::new("--overwrite"), OsStr::new("if-changed")]);
+    t.ok(&[
+        OsStr::new("restore"),
+        OsStr::new(&what),
+        OsStr::new("--target"),
+        target.as_os_str(),
+        OsStr::new("--overwrite"),
+        OsStr::new("if-changed"),
+    ]);
     assert_eq!(fs::read(target.join("edited.txt")).unwrap(), b"backed up");
     assert_eq!(fs::read(target.join("dir/keep/mine")).unwrap(), b"mine", "a directory merge lost a file");
     fs::write(target.join("edited.txt"), b"edited again").unwrap();
-    t.ok(&[OsStr::new("restore"), OsStr::new(&what), OsStr::new("--target"), target.as_os_str(), OsStr::new("--overwrite"), OsStr::new("always")]);
+    t.ok(&[
+        OsStr::new("restore"),
+        OsStr::new(&what),
+        OsStr::new("--target"),
+        target.as_os_str(),
+        OsStr::new("--overwrite"),
+        OsStr::new("always"),
+    ]);
     assert_eq!(fs::read(target.join("edited.txt")).unwrap(), b"backed up");
 }
 
@@ -466,7 +534,8 @@ fn closed_pipe_ends_quietly() {
     }
     for cmd in ["snapshots", "deleted --all", "ls latest -R", "find deleted --all"] {
         let sh = format!("{} {cmd} | head -1", rewind_bin().display());
-        let out = Command::new("bash").args(["-o", "pipefail", "-c", &sh]).env("REWIND_REPO", &t.repo).output().unwrap();
+        let out =
+            Command::new("bash").args(["-o", "pipefail", "-c", &sh]).env("REWIND_REPO", &t.repo).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "`{cmd} | head -1` failed: {err}");
         assert!(!err.contains("panicked") && err.trim().is_empty(), "`{cmd} | head -1` said: {err}");

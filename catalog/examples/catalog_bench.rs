@@ -61,18 +61,18 @@ const WORDS: &[&str] = &[
 ];
 const EXTS: &[&str] = &["txt", "pdf", "docx", "xlsx", "jpg", "rs", "md", "csv"];
 
-struct Rng(u64);
+/// The workspace's seeded generator (ChaCha8, as the tests and the demo), so that every run
+/// builds the same catalog.
+struct Rng(rand_chacha::ChaCha8Rng);
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(rand::SeedableRng::seed_from_u64(seed))
+    }
     fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        rand::RngCore::next_u64(&mut self.0)
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        rand::Rng::random_range(&mut self.0, 0..n)
     }
 }
 
@@ -113,7 +113,7 @@ impl World {
     fn new(files: usize) -> World {
         let leaves_n = (files / 40).max(1);
         let mut w = World {
-            rng: Rng(801),
+            rng: Rng::new(801),
             leaves: Vec::new(),
             leaf_ids: Vec::new(),
             dirs_per_project: leaves_n.div_ceil(USERS * PROJECTS),
@@ -363,7 +363,7 @@ type Pattern = Box<dyn Fn(&mut Rng) -> String>;
 
 fn queries(out: &std::path::Path) {
     let cat = Catalog::open_read_only(out).unwrap();
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let classes: [(&str, Pattern); 4] = [
         ("one word (~5% of names)", Box::new(|r: &mut Rng| WORDS[r.below(WORDS.len())].to_uppercase())),
         (

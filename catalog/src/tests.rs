@@ -85,17 +85,17 @@ impl Store {
     }
 }
 
-/// xorshift, enough for tests.
-struct Rng(u64);
+/// The workspace's seeded test generator (ChaCha8, as in the end-to-end tests).
+struct Rng(rand_chacha::ChaCha8Rng);
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(rand::SeedableRng::seed_from_u64(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        rand::RngCore::next_u64(&mut self.0)
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        rand::Rng::random_range(&mut self.0, 0..n.max(1))
     }
 }
 
@@ -343,7 +343,7 @@ fn history(seed: u64, gens: i64, hosts: &[&str]) -> (Store, Vec<(SnapshotInfo, F
 /// in the next one (a moved-and-restored folder, an unmounted disk): removing the snapshot in
 /// between must make its two versions one.
 fn history_with(seed: u64, gens: i64, hosts: &[&str], returns: bool) -> (Store, Vec<(SnapshotInfo, Fs)>) {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut store = Store { trees: HashMap::new() };
     let mut snaps = Vec::new();
     for (h, host) in hosts.iter().enumerate() {
@@ -462,7 +462,7 @@ fn removed_snapshots_shrink_versions_like_brute_force() {
     let mut dropped = 0;
     for seed in [3u64, 8, 21, 64, 77] {
         let (store, snaps) = history_with(seed, 14, &["alpha", "beta"], true);
-        let mut rng = Rng(seed * 31 + 5);
+        let mut rng = Rng::new(seed * 31 + 5);
         let (_d, mut cat) = fresh();
         // The last three snapshots of each host are backed up after the removals.
         let late = |s: &SnapshotInfo| {
@@ -674,7 +674,7 @@ fn readers_see_whole_snapshots_only() {
 /// Like [`history`], with access changing too: folders and files get other modes, groups and
 /// ACLs now and then (which hides or shows whole subtrees to a reader).
 fn history_access(seed: u64, gens: i64, hosts: &[&str]) -> (Store, Vec<(SnapshotInfo, Fs, Perms)>) {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut store = Store { trees: HashMap::new() };
     let mut snaps = Vec::new();
     for (h, host) in hosts.iter().enumerate() {
@@ -890,7 +890,7 @@ fn scopes_after_removed_snapshots() {
         let (_d, mut cat) = fresh();
         let all: Vec<(SnapshotInfo, Fs)> = snaps.iter().map(|s| (s.0.clone(), s.1.clone())).collect();
         cat.sync_to(&store.trees, wanted(&all)).unwrap();
-        let mut rng = Rng(seed * 7 + 1);
+        let mut rng = Rng::new(seed * 7 + 1);
         let mut kept = snaps.clone();
         for round in 0..3 {
             let n = kept.len();

@@ -175,6 +175,9 @@ fn is_live(e: &Entry) -> bool {
     !matches!(e, Entry::Node { .. } | Entry::Snapshot(_))
 }
 
+/// Bytes of a cached chunk: the chunk and the range of it a read returns.
+pub type ChunkSlice = (Arc<Vec<u8>>, Range<usize>);
+
 impl Core {
     pub fn new(view: Arc<View>, readahead_bytes: u64) -> Core {
         Core {
@@ -690,7 +693,7 @@ impl Core {
 
     /// A read that lies within one chunk (most reads of small files), served as a slice of the
     /// cached chunk: no copy into a buffer. `None` when the read spans chunks or is empty.
-    pub fn read_in_chunk(&self, f: &OpenFile, offset: u64, size: u32) -> Option<Result<(Arc<Vec<u8>>, Range<usize>), Errno>> {
+    pub fn read_in_chunk(&self, f: &OpenFile, offset: u64, size: u32) -> Option<Result<ChunkSlice, Errno>> {
         let (end, i, last) = read_span(f, offset, size)?;
         if last != i {
             return None;
@@ -790,16 +793,11 @@ mod tests {
 
     use super::*;
 
+    /// Bytes from the workspace's seeded test generator (ChaCha8).
     fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect()
+        let mut out = vec![0u8; n];
+        rand::RngCore::fill_bytes(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed), &mut out);
+        out
     }
 
     struct Fixture {
@@ -963,11 +961,12 @@ mod tests {
         let f = fixture();
         let names = |ino: u64| {
             let mut out = Vec::new();
-            f.core.readdir(ino, 0, |_, _, _, n| {
-                out.push(n.to_vec());
-                false
-            })
-            .unwrap();
+            f.core
+                .readdir(ino, 0, |_, _, _, n| {
+                    out.push(n.to_vec());
+                    false
+                })
+                .unwrap();
             out.len() - 2
         };
         let (snaps, _) = walk(&f.core, "snapshots").unwrap();
@@ -998,7 +997,10 @@ mod tests {
         // Snapshot directories keep their snapshot's time.
         let (snap, _) = walk(&f.core, "hosts/box/latest").unwrap();
         let t = f.core.view().snapshots()[0].1.snapshot.time;
-        assert_eq!(f.core.getattr(snap).unwrap().attr.mtime, to_system_time(Time { sec: t.as_second(), nsec: t.subsec_nanosecond() as u32 }));
+        assert_eq!(
+            f.core.getattr(snap).unwrap().attr.mtime,
+            to_system_time(Time { sec: t.as_second(), nsec: t.subsec_nanosecond() as u32 })
+        );
     }
 
     #[test]
@@ -1006,11 +1008,12 @@ mod tests {
         let f = fixture();
         let (dir, _) = walk(&f.core, &in_snapshot(&f, "")).unwrap();
         let mut seen = Vec::new();
-        f.core.readdir(dir, 2, |ino, _, _, name| {
-            seen.push((ino, name.to_vec()));
-            false
-        })
-        .unwrap();
+        f.core
+            .readdir(dir, 2, |ino, _, _, name| {
+                seen.push((ino, name.to_vec()));
+                false
+            })
+            .unwrap();
         for (ino, name) in seen {
             assert_eq!(f.core.lookup(dir, &name).unwrap().attr.ino.0, ino, "{}", String::from_utf8_lossy(&name));
         }
@@ -1198,11 +1201,12 @@ mod tests {
         let f = fixture();
         let (snaps, _) = walk(&f.core, "snapshots").unwrap();
         let mut names = Vec::new();
-        f.core.readdir(snaps, 2, |_, _, _, n| {
-            names.push(n.to_vec());
-            false
-        })
-        .unwrap();
+        f.core
+            .readdir(snaps, 2, |_, _, _, n| {
+                names.push(n.to_vec());
+                false
+            })
+            .unwrap();
         assert_eq!(names.len(), 1);
         let name = String::from_utf8(names.remove(0)).unwrap();
         let a = walk(&f.core, &format!("snapshots/{name}")).unwrap();

@@ -10,10 +10,10 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use rewind_store::TreeId;
@@ -132,9 +132,8 @@ trait DirReply {
 
 impl DirReply for ReplyDirectory {
     fn fill(mut self, core: &Core, ino: u64, offset: u64) -> bool {
-        let res = core.readdir(ino, offset, |ino, next, kind, name| {
-            self.add(INodeNo(ino), next, kind, OsStr::from_bytes(name))
-        });
+        let res = core
+            .readdir(ino, offset, |ino, next, kind, name| self.add(INodeNo(ino), next, kind, OsStr::from_bytes(name)));
         match res {
             Ok(()) => self.ok(),
             Err(e) => self.error(e),
@@ -164,11 +163,7 @@ impl Filesystem for RewindFs {
         // whole directory before they look at its entries, so each later entry cost a lookup: a
         // `tar` of 3,000 small files in one directory sent 2,229 lookups and took 590-710 ms;
         // with attributes in every batch, 7 lookups and 150-210 ms.
-        let wanted = [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_MAX_PAGES,
-        ];
+        let wanted = [InitFlags::FUSE_DO_READDIRPLUS, InitFlags::FUSE_PARALLEL_DIROPS, InitFlags::FUSE_MAX_PAGES];
         for flag in wanted {
             if config.add_capabilities(flag).is_err() {
                 tracing::debug!("kernel lacks {flag:?}");
@@ -506,11 +501,7 @@ fn send_xattr<V: AsRef<[u8]>>(value: Result<V, Errno>, size: u32, reply: ReplyXa
 /// ahead of a walk's reads. Its own thread: a store waits for the kernel's page locks, which a
 /// read in flight holds until a FUSE thread or a worker answers it, so those must never wait
 /// for a store.
-pub fn start_pusher(
-    core: Arc<Core>,
-    notifier: fuser::Notifier,
-    slot: &PushSlot,
-) -> std::io::Result<()> {
+pub fn start_pusher(core: Arc<Core>, notifier: fuser::Notifier, slot: &PushSlot) -> std::io::Result<()> {
     // Bounded: when the kernel falls behind, pushes are dropped and the reads go as usual.
     let (tx, rx) = crossbeam_channel::bounded::<(u64, Arc<Vec<u8>>)>(32);
     std::thread::Builder::new().name("rewind-fs-push".into()).spawn(move || {

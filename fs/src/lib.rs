@@ -30,4 +30,4 @@ mod mount;
 mod pool;
 
 pub use error::Error;
-pub use mount::{MountOptions, check_mountpoint, is_mount_point, mount};
+pub use mount::{MountEntry, MountOptions, check_mountpoint, is_mount_point, mount, mounts};

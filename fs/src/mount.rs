@@ -33,30 +33,61 @@ impl Default for MountOptions {
     }
 }
 
-/// Whether `path` is a mount point, by `/proc/self/mountinfo`.
-pub fn is_mount_point(path: &Path) -> io::Result<bool> {
-    let info = std::fs::read("/proc/self/mountinfo")?;
-    Ok(mount_points(&info).iter().any(|p| p == path))
+/// One mount, as `/proc/self/mountinfo` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// `major:minor` of the mounted filesystem.
+    pub device: String,
+    pub point: PathBuf,
+    /// The per-mount options (`ro`, `nosuid`, ...).
+    pub options: Vec<String>,
+    /// `ext4`, `fuse`, `fuse.NAME`, ...
+    pub fs_type: String,
+    pub source: Vec<u8>,
 }
 
-/// The mount points listed in a mountinfo file (field 5, with its octal escapes undone).
-pub fn mount_points(info: &[u8]) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for line in info.split(|&b| b == b'\n') {
-        let Some(field) = line.split(|&b| b == b' ').nth(4) else { continue };
+/// Every mount this process sees, by `/proc/self/mountinfo`.
+pub fn mounts() -> io::Result<Vec<MountEntry>> {
+    Ok(parse_mountinfo(&std::fs::read("/proc/self/mountinfo")?))
+}
+
+/// Whether `path` is a mount point.
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    Ok(mounts()?.iter().any(|m| m.point == path))
+}
+
+/// The lines of a mountinfo file (`proc(5)`): ID, parent ID, `major:minor`, root, mount point,
+/// options, optional fields up to `-`, type, source, superblock options; paths and the source
+/// with their octal escapes (`\040` for a space) undone. Lines that do not parse are left out.
+fn parse_mountinfo(info: &[u8]) -> Vec<MountEntry> {
+    let unescape = |field: &[u8]| -> Vec<u8> {
         let mut raw = Vec::with_capacity(field.len());
         let mut i = 0;
         while i < field.len() {
-            if field[i] == b'\\' && i + 3 < field.len() && field[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = (field[i + 1] - b'0') * 64 + (field[i + 2] - b'0') * 8 + (field[i + 3] - b'0');
-                raw.push(v);
+            if field[i] == b'\\' && i + 3 < field.len() && field[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            {
+                raw.push((field[i + 1] - b'0') * 64 + (field[i + 2] - b'0') * 8 + (field[i + 3] - b'0'));
                 i += 4;
             } else {
                 raw.push(field[i]);
                 i += 1;
             }
         }
-        out.push(PathBuf::from(std::ffi::OsStr::from_bytes(&raw)));
+        raw
+    };
+    let text = |field: &[u8]| String::from_utf8_lossy(field).into_owned();
+    let mut out = Vec::new();
+    for line in info.split(|&b| b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let Some(dash) = fields.iter().skip(6).position(|f| *f == b"-").map(|p| p + 6) else { continue };
+        let (Some(fs_type), Some(source)) = (fields.get(dash + 1), fields.get(dash + 2)) else { continue };
+        out.push(MountEntry {
+            device: text(fields[2]),
+            point: PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(fields[4]))),
+            options: fields[5].split(|&b| b == b',').map(text).collect(),
+            fs_type: text(fs_type),
+            source: unescape(source),
+        });
     }
     out
 }
@@ -176,7 +207,11 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
         })
         .map_err(|e| Error::Mount { path: mountpoint.into(), source: e })?;
     tune_readahead(&canonical);
-    eprintln!("rewind: mounted at {} (Ctrl-C or `fusermount3 -u {}` to unmount)", mountpoint.display(), mountpoint.display());
+    eprintln!(
+        "rewind: mounted at {} (Ctrl-C or `fusermount3 -u {}` to unmount)",
+        mountpoint.display(),
+        mountpoint.display()
+    );
     session.run().map_err(|e| Error::Mount { path: mountpoint.into(), source: e })?;
     tracing::info!(
         "unmounted; {} reads served from cached chunks, {} waited for a chunk to be read, {} files pushed into the page cache, {} lookups",
@@ -226,14 +261,9 @@ fn lazy_unmount(target: &Path) {
 /// The kernel caps a FUSE mount's read-ahead at 128 KiB at mount time; as root, raise it through
 /// the mount's backing device so sequential reads arrive as large requests. Best effort.
 fn tune_readahead(mountpoint: &Path) {
-    let Ok(info) = std::fs::read("/proc/self/mountinfo") else { return };
-    for line in info.split(|&b| b == b'\n') {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        if fields.len() < 5 || mount_points(line).first().map(PathBuf::as_path) != Some(mountpoint) {
-            continue;
-        }
-        let dev = String::from_utf8_lossy(fields[2]).into_owned();
-        let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    let Ok(table) = mounts() else { return };
+    for m in table.iter().filter(|m| m.point == mountpoint) {
+        let path = format!("/sys/class/bdi/{}/read_ahead_kb", m.device);
         if let Err(e) = std::fs::write(&path, b"1024") {
             tracing::debug!("cannot raise read-ahead through {path}: {e}");
         }
@@ -245,10 +275,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_points_with_escapes() {
-        let info = b"22 1 0:21 / / rw,relatime - ext4 /dev/root rw\n\
-                     40 22 0:44 / /tmp/a\\040b rw - fuse.rewind rewind:/r ro\n";
-        assert_eq!(mount_points(info), vec![PathBuf::from("/"), PathBuf::from("/tmp/a b")]);
+    fn mountinfo_with_escapes_and_optional_fields() {
+        let info = b"22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/root rw\n\
+                     40 22 0:44 / /tmp/a\\040b ro,nosuid - fuse rewind:/r\\040s rw,user_id=0\n\
+                     not a mountinfo line\n";
+        let m = parse_mountinfo(info);
+        assert_eq!(
+            m.iter().map(|m| m.point.clone()).collect::<Vec<_>>(),
+            vec![PathBuf::from("/"), PathBuf::from("/tmp/a b")]
+        );
+        assert_eq!(m[0].fs_type, "ext4");
+        assert_eq!(m[1].device, "0:44");
+        assert_eq!(m[1].options, vec!["ro", "nosuid"]);
+        assert_eq!((m[1].fs_type.as_str(), m[1].source.as_slice()), ("fuse", &b"rewind:/r s"[..]));
     }
 
     #[test]

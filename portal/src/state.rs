@@ -83,6 +83,7 @@ fn is_tmpfs(dir: &std::path::Path) -> bool {
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return false;
     };
+    // SAFETY: statfs is plain old data, for which all zero bytes are a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid NUL-terminated path and a statfs struct to fill.
     let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;

@@ -278,7 +278,11 @@ pub fn history(a: HistoryArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_pages(p: &PageArgs, mut q: Query, mut fetch: impl FnMut(&Query) -> Result<Page<FileVersion>>) -> Result<ExitCode> {
+fn print_pages(
+    p: &PageArgs,
+    mut q: Query,
+    mut fetch: impl FnMut(&Query) -> Result<Page<FileVersion>>,
+) -> Result<ExitCode> {
     q.limit = if p.all { rewind_catalog::MAX_LIMIT } else { p.limit };
     q.offset = if p.all { 0 } else { p.offset };
     loop {

@@ -43,7 +43,8 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
             eprintln!("  used by snapshot {} at {path}", snap.short());
         }
     }
-    let verified = if a.read_data { format!(", {} verified", human_bytes(report.bytes_verified)) } else { String::new() };
+    let verified =
+        if a.read_data { format!(", {} verified", human_bytes(report.bytes_verified)) } else { String::new() };
     let status = if report.ok() { "no errors" } else { "ERRORS FOUND" };
     outln!(
         "check: {} snapshots, {} trees, {} blobs, {} packs{verified}: {status} ({} errors, {} damaged blobs) in {}",
@@ -68,7 +69,10 @@ pub fn rebuild_index(a: RepoArg) -> Result<ExitCode> {
         eprintln!("warning: pack {pack}: its trailer is damaged; indexed from the copy after its header");
     }
     if r.unindexed_left > 0 {
-        eprintln!("warning: {} pack(s) no index file described were left out while a backup runs; run rebuild-index again when none does", r.unindexed_left);
+        eprintln!(
+            "warning: {} pack(s) no index file described were left out while a backup runs; run rebuild-index again when none does",
+            r.unindexed_left
+        );
     }
     outln!(
         "rebuilt index: {} packs, {} blobs, {} index files written, {} removed{}",

@@ -34,18 +34,16 @@ const WORDS: [&str; 24] = [
     "release", "feedback",
 ];
 
-/// A small deterministic generator (xorshift64*), so every run builds the same history.
-struct Rng(u64);
+/// The seeded generator the tests use too (ChaCha8: the same stream whatever the `rand`
+/// version), so every run builds the same history.
+struct Rng(rand_chacha::ChaCha8Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    fn new(seed: u64) -> Rng {
+        Rng(rand::SeedableRng::seed_from_u64(seed))
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        rand::Rng::random_range(&mut self.0, 0..n)
     }
     fn text(&mut self, words: usize) -> String {
         let mut s = String::new();
@@ -253,7 +251,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     outln!("Building a sample file server in {} ...", server.display());
     Repository::init(&repo_path, ChunkerParams::default(), CompressionParams::default())
         .with_context(|| format!("creating the repository {}", repo_path.display()))?;
-    let mut rng = Rng(0x5eed_2026_0001);
+    let mut rng = Rng::new(0x5eed_2026_0001);
     let generations = 4u32;
     for generation in 0..generations {
         let started = std::time::SystemTime::now() - std::time::Duration::from_secs(1);

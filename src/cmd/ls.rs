@@ -88,7 +88,8 @@ fn print_entry(n: &Node, path: &[u8], json: bool, out: &mut impl std::io::Write)
             .unwrap_or_default();
         let owner = if n.user.is_empty() { n.uid.to_string() } else { n.user.clone() };
         let group = if n.group.is_empty() { n.gid.to_string() } else { n.group.clone() };
-        let mut line = format!("{} {:>8} {:>8} {:>12} {} {}", mode_string(n), owner, group, n.size, t, show_bytes(path));
+        let mut line =
+            format!("{} {:>8} {:>8} {:>12} {} {}", mode_string(n), owner, group, n.size, t, show_bytes(path));
         if n.kind == NodeKind::Symlink {
             line.push_str(" -> ");
             line.push_str(&show_bytes(&n.target));

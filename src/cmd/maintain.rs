@@ -39,10 +39,7 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode> {
                 // A damaged snapshot can be forgotten by its id: nothing of it needs reading.
                 Err(e) if e.is_corrupt() => {
                     let (_, damaged) = repo.snapshots_and_damage()?;
-                    let d = damaged
-                        .iter()
-                        .find(|d| d.id.to_hex().starts_with(&spec.to_ascii_lowercase()))
-                        .ok_or(e)?;
+                    let d = damaged.iter().find(|d| d.id.to_hex().starts_with(&spec.to_ascii_lowercase())).ok_or(e)?;
                     damaged_ids.push(d.id);
                 }
                 Err(e) => return Err(e.into()),
@@ -54,7 +51,9 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode> {
         }
         let mut groups: BTreeMap<(String, Vec<String>), Vec<SnapshotEntry>> = BTreeMap::new();
         for s in all {
-            if a.host.as_ref().is_some_and(|h| &s.snapshot.host != h) || a.tag.as_ref().is_some_and(|t| !s.snapshot.tags.contains(t)) {
+            if a.host.as_ref().is_some_and(|h| &s.snapshot.host != h)
+                || a.tag.as_ref().is_some_and(|t| !s.snapshot.tags.contains(t))
+            {
                 continue;
             }
             groups.entry((s.snapshot.host.clone(), s.snapshot.paths.clone())).or_default().push(s);
@@ -77,14 +76,22 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode> {
     if a.json {
         let v: Vec<serde_json::Value> = decisions
             .iter()
-            .map(|(s, r)| serde_json::json!({"id": s.id.to_hex(), "time": s.snapshot.time, "host": s.snapshot.host,
-                "paths": s.snapshot.paths, "keep": !r.is_empty(), "reasons": r}))
+            .map(|(s, r)| {
+                serde_json::json!({"id": s.id.to_hex(), "time": s.snapshot.time, "host": s.snapshot.host,
+                "paths": s.snapshot.paths, "keep": !r.is_empty(), "reasons": r})
+            })
             .collect();
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for (s, r) in &decisions {
             let what = if r.is_empty() { "remove".to_string() } else { format!("keep ({})", r.join(", ")) };
-            outln!("{} {} {:<16} {}", s.id.short(), s.snapshot.time.strftime("%Y-%m-%d %H:%M:%S"), s.snapshot.host, what);
+            outln!(
+                "{} {} {:<16} {}",
+                s.id.short(),
+                s.snapshot.time.strftime("%Y-%m-%d %H:%M:%S"),
+                s.snapshot.host,
+                what
+            );
         }
     }
     if !a.dry_run {
@@ -159,11 +166,19 @@ pub fn prune(a: PruneArgs) -> Result<ExitCode> {
         human_bytes(r.bytes_repacked),
         human_bytes(r.bytes_freed),
         if r.packs_deferred > 0 {
-            format!("; {} packs ({}) wait for running backups and go with the next prune", r.packs_deferred, human_bytes(r.bytes_deferred))
+            format!(
+                "; {} packs ({}) wait for running backups and go with the next prune",
+                r.packs_deferred,
+                human_bytes(r.bytes_deferred)
+            )
         } else {
             String::new()
         },
-        if r.packs_reindexed > 0 { format!("; {} unindexed packs indexed again", r.packs_reindexed) } else { String::new() },
+        if r.packs_reindexed > 0 {
+            format!("; {} unindexed packs indexed again", r.packs_reindexed)
+        } else {
+            String::new()
+        },
         human_duration(started.elapsed())
     );
     Ok(ExitCode::SUCCESS)
@@ -177,13 +192,18 @@ pub fn copy(a: CopyArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot open target repository {}", a.to.display()))?
         .open_indexed(CacheSizes::default())?;
     if src.repo().config().chunker != dst.repo().config().chunker {
-        eprintln!("warning: the repositories chunk differently; copied snapshots will not deduplicate against the target's own backups");
+        eprintln!(
+            "warning: the repositories chunk differently; copied snapshots will not deduplicate against the target's own backups"
+        );
     }
     let all = src.repo().snapshots()?;
     let chosen: Vec<SnapshotEntry> = if a.snapshots.is_empty() {
         all.into_iter().filter(|s| a.host.as_ref().is_none_or(|h| &s.snapshot.host == h)).collect()
     } else {
-        a.snapshots.iter().map(|s| src.repo().find_snapshot(s, a.host.as_deref())).collect::<rewind_store::Result<_>>()?
+        a.snapshots
+            .iter()
+            .map(|s| src.repo().find_snapshot(s, a.host.as_deref()))
+            .collect::<rewind_store::Result<_>>()?
     };
     let progress = Arc::new(CopyProgress::default());
     let p = progress.clone();

@@ -14,7 +14,8 @@ pub fn run(a: MountArgs) -> Result<ExitCode> {
     // Every chunk buffer from the heap, reused: see `tune_allocator`.
     let largest = i32::try_from(repo.config().chunker.max_size).unwrap_or(i32::MAX);
     crate::cmd::tune_allocator(Some(largest.saturating_mul(2).clamp(1 << 20, 32 << 20)));
-    let caches = CacheSizes { chunk_bytes: usize::try_from(a.cache_size).unwrap_or(usize::MAX), ..CacheSizes::default() };
+    let caches =
+        CacheSizes { chunk_bytes: usize::try_from(a.cache_size).unwrap_or(usize::MAX), ..CacheSizes::default() };
     let indexed =
         repo.open_indexed(caches).with_context(|| format!("cannot load the index of {}", a.repo.repo.display()))?;
     // Read ahead a quarter of the cache at most, so prefetching never evicts what is being read.

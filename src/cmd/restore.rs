@@ -31,7 +31,8 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
     let bar = Progress::start(move || {
         format!("{} files, {}", p.files.load(Ordering::Relaxed), human_bytes(p.bytes.load(Ordering::Relaxed)))
     });
-    let report = |path: &std::path::Path, e: &rewind_store::Error| eprintln!("rewind: cannot restore {}: {e}", path.display());
+    let report =
+        |path: &std::path::Path, e: &rewind_store::Error| eprintln!("rewind: cannot restore {}: {e}", path.display());
     let errors = restore(&repo, &snap.snapshot, path.as_bytes(), &a.target, &opts, &progress, &report)
         .with_context(|| format!("cannot restore {path} of snapshot {}", snap.id.short()))?;
     drop(bar);

@@ -49,15 +49,18 @@ fn read_line(stdin: &std::io::Stdin) -> Result<String> {
 
 /// Run `f` with terminal echo off on stdin.
 fn without_echo<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed, then filled, termios.
+    // SAFETY: termios is plain old data, for which all zero bytes are a valid value.
     let mut old: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd 0 and a termios to fill; on failure (not a terminal) it is left unused.
     if unsafe { libc::tcgetattr(0, &mut old) } != 0 {
         return f();
     }
     let mut quiet = old;
     quiet.c_lflag &= !libc::ECHO;
+    // SAFETY: fd 0 and a termios that tcgetattr filled, with echo off.
     unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) };
     let r = f();
+    // SAFETY: fd 0 and the termios tcgetattr filled: the settings as they were.
     unsafe { libc::tcsetattr(0, libc::TCSANOW, &old) };
     r
 }

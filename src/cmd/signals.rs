@@ -52,7 +52,8 @@ fn name(sig: i32) -> &'static str {
 
 /// The exit status of a command that stopped because of a signal: 128 + its number.
 pub fn interrupted_exit(e: &anyhow::Error) -> Option<ExitCode> {
-    let stopped = e.chain().any(|c| matches!(c.downcast_ref::<rewind_store::Error>(), Some(rewind_store::Error::Interrupted)));
+    let stopped =
+        e.chain().any(|c| matches!(c.downcast_ref::<rewind_store::Error>(), Some(rewind_store::Error::Interrupted)));
     let sig = SIGNAL.load(Ordering::SeqCst);
     (stopped && sig != 0).then(|| ExitCode::from((128 + sig) as u8))
 }

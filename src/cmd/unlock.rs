@@ -12,11 +12,18 @@ pub fn run(a: UnlockArgs) -> Result<ExitCode> {
         outln!("removed lock {l}");
     }
     for l in &r.kept {
-        eprintln!("rewind: kept live lock {l} (--remove-all removes it too, when no rewind process uses the repository)");
+        eprintln!(
+            "rewind: kept live lock {l} (--remove-all removes it too, when no rewind process uses the repository)"
+        );
     }
     for t in &r.tmp_removed {
         outln!("removed tmp/{t}");
     }
-    outln!("unlock: {} lock(s) removed, {} kept, {} leftover temporary file(s) removed", r.removed.len(), r.kept.len(), r.tmp_removed.len());
+    outln!(
+        "unlock: {} lock(s) removed, {} kept, {} leftover temporary file(s) removed",
+        r.removed.len(),
+        r.kept.len(),
+        r.tmp_removed.len()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -15,8 +15,8 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -25,11 +25,10 @@ use rayon::prelude::*;
 use crate::backend::{Backend, FileKind};
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
-use crate::format::{
-    BlobId, ChunkId, FORMAT_VERSION, Hash, Node, NodeKind, SNAPSHOT_MAGIC, Snapshot, SnapshotId, Summary, Tree,
-    TreeId,
-};
 use crate::failpoint;
+use crate::format::{
+    BlobId, ChunkId, FORMAT_VERSION, Hash, Node, NodeKind, SNAPSHOT_MAGIC, Snapshot, SnapshotId, Summary, Tree, TreeId,
+};
 use crate::lock::Lock;
 use crate::pack::Packer;
 use crate::repo::{IndexedRepository, SnapshotEntry};
@@ -236,7 +235,11 @@ impl Excludes {
                 .backslash_escape(true)
                 .build()
                 .map_err(|e| Error::InvalidInput(format!("bad --exclude pattern {p:?}: {e}")))?;
-            if p.contains('/') { by_path.add(glob) } else { by_name.add(glob) };
+            if p.contains('/') {
+                by_path.add(glob)
+            } else {
+                by_name.add(glob)
+            };
         }
         let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::InvalidInput(format!("bad --exclude: {e}")));
         Ok(Excludes { by_name: build(by_name)?, by_path: build(by_path)? })
@@ -472,7 +475,10 @@ impl Archiver<'_> {
         let mut file = open_noatime(path).map_err(src)?;
         let opened = file.metadata().map_err(src)?;
         if opened.ino() != meta.ino() || opened.dev() != meta.dev() {
-            self.source_error(path, Error::InvalidInput(format!("{}: replaced while being read; skipped", path.display())));
+            self.source_error(
+                path,
+                Error::InvalidInput(format!("{}: replaced while being read; skipped", path.display())),
+            );
             return Ok(None);
         }
         const BUFFER: usize = 8 << 20;
@@ -527,7 +533,10 @@ impl Archiver<'_> {
             || after.ctime() != meta.ctime()
             || after.ctime_nsec() != meta.ctime_nsec();
         if changed {
-            self.source_error(path, Error::InvalidInput(format!("{}: changed while being read; skipped", path.display())));
+            self.source_error(
+                path,
+                Error::InvalidInput(format!("{}: changed while being read; skipped", path.display())),
+            );
             return Ok(None);
         }
         Ok(Some(content))

@@ -93,7 +93,12 @@ mod tests {
     #[test]
     fn incompressible_is_stored_raw() {
         let mut x = 1u32;
-        let data: Vec<u8> = (0..100_000).map(|_| { x = x.wrapping_mul(1664525).wrapping_add(1013904223); (x >> 24) as u8 }).collect();
+        let data: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+                (x >> 24) as u8
+            })
+            .collect();
         assert_eq!(compress(&data, 3).0, Compression::None);
         let text = b"hello world ".repeat(1000);
         let (c, stored) = compress(&text, 3);

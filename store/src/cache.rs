@@ -17,10 +17,7 @@ struct Inner<K: Hash + Eq, V> {
 
 impl<K: Hash + Eq + Clone, V> ByteLru<K, V> {
     pub fn new(budget: usize) -> Self {
-        ByteLru {
-            inner: Mutex::new(Inner { map: LruCache::unbounded(), bytes: 0 }),
-            budget,
-        }
+        ByteLru { inner: Mutex::new(Inner { map: LruCache::unbounded(), bytes: 0 }), budget }
     }
 
     pub fn get(&self, key: &K) -> Option<Arc<V>> {

@@ -58,16 +58,11 @@ mod tests {
         Chunker::new(ChunkerParams { min_size: 256, avg_size: 1024, max_size: 4096 })
     }
 
+    /// Bytes from the workspace's seeded test generator (ChaCha8).
     fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        let mut out = vec![0u8; n];
+        rand::RngCore::fill_bytes(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed), &mut out);
+        out
     }
 
     /// Feeding the input piecewise gives the same cuts as chunking it whole.

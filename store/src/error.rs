@@ -16,9 +16,7 @@ pub enum Error {
     Corrupt { what: String, detail: String },
 
     /// The repository was written by a format this build does not know.
-    #[error(
-        "{what} has format version {found}, this rewind reads versions up to {supported}; upgrade rewind"
-    )]
+    #[error("{what} has format version {found}, this rewind reads versions up to {supported}; upgrade rewind")]
     UnsupportedVersion { what: String, found: u32, supported: u32 },
 
     /// There is no repository at the path.

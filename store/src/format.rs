@@ -46,8 +46,7 @@ impl Hash {
 
     pub fn from_hex(s: &str) -> Result<Hash> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out)
-            .map_err(|_| Error::InvalidInput(format!("not a 64-digit hex id: {s:?}")))?;
+        hex::decode_to_slice(s, &mut out).map_err(|_| Error::InvalidInput(format!("not a 64-digit hex id: {s:?}")))?;
         Ok(Hash(out))
     }
 }
@@ -234,11 +233,7 @@ impl ChunkerParams {
             && min % 2 == 0
             && avg % 2 == 0
             && max % 2 == 0;
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::InvalidInput(format!("chunker sizes out of range: {self:?}")))
-        }
+        if ok { Ok(()) } else { Err(Error::InvalidInput(format!("chunker sizes out of range: {self:?}"))) }
     }
 }
 

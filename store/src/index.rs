@@ -235,7 +235,12 @@ pub(crate) fn read_pack_records(backend: &dyn Backend, pack: &PackId) -> Result<
     let (records, from_head) = match trailer {
         Ok(r) => (r, false),
         Err(e) if e.is_corrupt() => {
-            let fixed = backend.get_range(FileKind::Pack, &name, format::PACK_HEADER_LEN as u64, format::PACK_HEAD_FIXED_LEN)?;
+            let fixed = backend.get_range(
+                FileKind::Pack,
+                &name,
+                format::PACK_HEADER_LEN as u64,
+                format::PACK_HEAD_FIXED_LEN,
+            )?;
             match format::decode_pack_head_fixed(&fixed).map_err(|e| rename(e, what()))? {
                 None => return Err(rename(e, what())),
                 Some((rec_len, count, hash)) => {

@@ -44,8 +44,8 @@ pub use backup::{BackupOptions, BackupProgress, ErrorReport, backup};
 pub use chunker::Chunker;
 pub use error::{Error, Result};
 pub use format::{
-    BlobId, BlobKind, ChunkId, ChunkerParams, CompressionParams, Config, FORMAT_VERSION, Hash, Node, NodeKind,
-    PackId, Snapshot, SnapshotId, Summary, Time, Tree, TreeId, Xattr,
+    BlobId, BlobKind, ChunkId, ChunkerParams, CompressionParams, Config, FORMAT_VERSION, Hash, Node, NodeKind, PackId,
+    Snapshot, SnapshotId, Summary, Time, Tree, TreeId, Xattr,
 };
 pub use index::Location;
 pub use lock::{LockEntry, LockInfo, LockState, hostname, list_locks, unlock};

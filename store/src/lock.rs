@@ -82,7 +82,13 @@ impl LockEntry {
 
     pub fn describe(&self) -> String {
         let who = match &self.info {
-            Some(i) => format!("{} by pid {} on {}, taken {}", i.purpose, i.pid, i.host, i.time.strftime("%Y-%m-%d %H:%M:%S UTC")),
+            Some(i) => format!(
+                "{} by pid {} on {}, taken {}",
+                i.purpose,
+                i.pid,
+                i.host,
+                i.time.strftime("%Y-%m-%d %H:%M:%S UTC")
+            ),
             None => "unreadable".into(),
         };
         let state = match self.state {
@@ -111,7 +117,8 @@ impl Lock {
     /// Create a lock for `purpose` (shared: many may hold one at once).
     pub fn acquire(repo: &Repository, purpose: &str) -> Result<Lock> {
         let now = jiff::Timestamp::now();
-        let info = LockInfo { purpose: purpose.into(), host: hostname(), pid: std::process::id(), time: now, refreshed: None };
+        let info =
+            LockInfo { purpose: purpose.into(), host: hostname(), pid: std::process::id(), time: now, refreshed: None };
         let name = format!(
             "{purpose}-{}-{}-{}-{}",
             crate::backend::host_tag(),
@@ -183,7 +190,9 @@ impl Lock {
                     return;
                 }
                 // Never bring back a lock someone removed or declared expired.
-                if verdict_exists(&repo, &name).unwrap_or(false) || matches!(repo.backend().get(FileKind::Lock, &name), Err(Error::NotFound(_))) {
+                if verdict_exists(&repo, &name).unwrap_or(false)
+                    || matches!(repo.backend().get(FileKind::Lock, &name), Err(Error::NotFound(_)))
+                {
                     tracing::warn!("lock {name} was removed or declared expired by another process");
                     lost.store(true, Ordering::SeqCst);
                     return;
@@ -242,7 +251,12 @@ pub fn pid_is_gone(pid: i32) -> bool {
 }
 
 /// The state of a lock from what it says and when its file was written.
-pub(crate) fn judge(info: Option<&LockInfo>, file_time: Option<SystemTime>, me: &str, now: SystemTime) -> (LockState, Option<SystemTime>) {
+pub(crate) fn judge(
+    info: Option<&LockInfo>,
+    file_time: Option<SystemTime>,
+    me: &str,
+    now: SystemTime,
+) -> (LockState, Option<SystemTime>) {
     let recorded = info.map(|i| SystemTime::from(i.last_refresh()));
     let refreshed = match (recorded, file_time) {
         (Some(a), Some(b)) => Some(a.max(b)),

@@ -68,7 +68,9 @@ pub fn check(repo: &Repository, read_data: bool, progress: &CheckProgress) -> Re
             Err(e) => return Err(e),
         };
         if IndexId::from_hex(&name).ok().map(|id| id.0) != Some(Hash::of(&bytes)) {
-            report.errors.push(format!("index file {name}: content does not match its name; run `rewind rebuild-index`"));
+            report
+                .errors
+                .push(format!("index file {name}: content does not match its name; run `rewind rebuild-index`"));
             continue;
         }
         match format::decode_index(&bytes) {
@@ -96,7 +98,9 @@ pub fn check(repo: &Repository, read_data: bool, progress: &CheckProgress) -> Re
         let name = pack.to_hex();
         if !pack_names.contains(&name) {
             if condemned.contains(&pack) {
-                report.warnings.push(format!("pack {name} was deleted by a prune that was interrupted; the next prune finishes"));
+                report
+                    .warnings
+                    .push(format!("pack {name} was deleted by a prune that was interrupted; the next prune finishes"));
             } else {
                 report.errors.push(format!("pack {name} is in the index but missing"));
             }
@@ -110,8 +114,10 @@ pub fn check(repo: &Repository, read_data: bool, progress: &CheckProgress) -> Re
             Err(e) => report.errors.push(format!("pack {name}: {e}")),
         }
     }
-    let unindexed: Vec<&String> =
-        pack_names.iter().filter(|n| PackId::from_hex(n).map(|p| !indexed_packs.contains(&p)).unwrap_or(true)).collect();
+    let unindexed: Vec<&String> = pack_names
+        .iter()
+        .filter(|n| PackId::from_hex(n).map(|p| !indexed_packs.contains(&p)).unwrap_or(true))
+        .collect();
     if !unindexed.is_empty() {
         report.warnings.push(format!(
             "{} pack(s) not in the index (left by an interrupted backup; `rewind rebuild-index` adds them)",
@@ -175,7 +181,11 @@ fn walk_structure(repo: &IndexedRepository, s: &SnapshotEntry, seen: &mut IdSet<
             continue;
         }
         if !repo.with_index(|i| i.contains(&id.into())) {
-            report.errors.push(format!("tree {} of {path} (snapshot {}) is not in the index", id.short(), s.id.short()));
+            report.errors.push(format!(
+                "tree {} of {path} (snapshot {}) is not in the index",
+                id.short(),
+                s.id.short()
+            ));
             continue;
         }
         let tree = match repo.tree(id) {
@@ -359,7 +369,8 @@ pub struct RebuildReport {
 /// after that): it might be a running backup's, which deletes its unindexed packs if it fails.
 /// Refused while a prune runs.
 pub fn rebuild_index(repo: &Repository) -> Result<RebuildReport> {
-    let lock = Lock::acquire_exclusive(repo, crate::lock::REBUILD_INDEX, &[crate::lock::PRUNE, crate::lock::REBUILD_INDEX])?;
+    let lock =
+        Lock::acquire_exclusive(repo, crate::lock::REBUILD_INDEX, &[crate::lock::PRUNE, crate::lock::REBUILD_INDEX])?;
     let backend = repo.backend();
     let old_index = backend.list(FileKind::Index)?;
     let mut known = Index::default();

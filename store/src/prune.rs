@@ -24,7 +24,9 @@ use crate::backend::{Backend, FileKind};
 use crate::blob;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::format::{self, BlobId, Hash, IndexPack, PENDING_MAGIC, PENDING_VERSION, PackId, Pending, SnapshotId, TreeId};
+use crate::format::{
+    self, BlobId, Hash, IndexPack, PENDING_MAGIC, PENDING_VERSION, PackId, Pending, SnapshotId, TreeId,
+};
 use crate::index::{IdMap, IdSet, read_pack_records, write_index_file};
 use crate::lock::{self, Lock, LockEntry, LockState, list_locks};
 use crate::pack::Packer;
@@ -156,7 +158,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
 
     // The packs present, then the writers: an unindexed pack listed before a lock listing that
     // shows no writer cannot be one a writer is about to index (FORMAT.md, "Unindexed packs").
-    let pack_names: Vec<PackId> = backend.list(FileKind::Pack)?.iter().filter_map(|n| PackId::from_hex(n).ok()).collect();
+    let pack_names: Vec<PackId> =
+        backend.list(FileKind::Pack)?.iter().filter_map(|n| PackId::from_hex(n).ok()).collect();
     let writers_running = list_locks(repo)?.iter().any(|l| l.name != lock.name() && l.state != LockState::Dead);
     let indexed = repo.open_indexed(CacheSizes::default())?;
     let already = condemned_packs(repo)?;
@@ -172,7 +175,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
     let mut packs: IdMap<PackId, PackUse> = IdMap::default();
     let mut order: Vec<(u64, PackId)> = all_packs
         .values()
-        .map(|p| (p.blobs.iter().filter(|b| used.contains(&b.id)).map(|b| u64::from(b.stored_len)).sum::<u64>(), p.pack))
+        .map(|p| {
+            (p.blobs.iter().filter(|b| used.contains(&b.id)).map(|b| u64::from(b.stored_len)).sum::<u64>(), p.pack)
+        })
         .collect();
     order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut assigned: IdSet<BlobId> = IdSet::default();
@@ -254,7 +259,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
     report.packs_repacked = repack.len();
     report.bytes_repacked = spent;
     if opts.dry_run {
-        report.bytes_freed = unused.iter().chain(repack.iter().map(|(id, _)| id)).map(|id| packs[id].len).sum::<u64>() - spent;
+        report.bytes_freed =
+            unused.iter().chain(repack.iter().map(|(id, _)| id)).map(|id| packs[id].len).sum::<u64>() - spent;
         return Ok(report);
     }
 
@@ -459,7 +465,8 @@ fn sweep_all(repo: &Repository, lock: &Lock, report: &mut PruneReport) -> Result
 
     // S3: what the snapshots use now. Every writer that may not have seen these records has
     // ended, so its snapshot, if it made one, is listed here.
-    let present: IdSet<PackId> = backend.list(FileKind::Pack)?.iter().filter_map(|n| PackId::from_hex(n).ok()).collect();
+    let present: IdSet<PackId> =
+        backend.list(FileKind::Pack)?.iter().filter_map(|n| PackId::from_hex(n).ok()).collect();
     let (files, packs) = load_index_files(backend)?;
     let indexed = repo.open_indexed(CacheSizes::default())?;
     let (_, roots) = snapshot_roots(repo, &indexed)?;
@@ -509,7 +516,8 @@ fn sweep_all(repo: &Repository, lock: &Lock, report: &mut PruneReport) -> Result
     }
 
     // S5: the index files that name dropped packs are rewritten without them, then removed.
-    let affected: Vec<&(String, Vec<PackId>)> = files.iter().filter(|(_, ps)| ps.iter().any(|p| drop_set.contains(p))).collect();
+    let affected: Vec<&(String, Vec<PackId>)> =
+        files.iter().filter(|(_, ps)| ps.iter().any(|p| drop_set.contains(p))).collect();
     let keep: BTreeMap<PackId, &IndexPack> = affected
         .iter()
         .flat_map(|(_, ps)| ps.iter())
@@ -647,7 +655,8 @@ fn copy_with(
         missing.sort_by_key(|a| (a.1.pack, a.1.offset));
         progress.blobs_total.fetch_add(missing.len() as u64, Ordering::Relaxed);
         // One read per pack run when the blobs fill most of it, else one read per blob.
-        let mut runs: Vec<&[(BlobId, crate::index::Location)]> = missing.chunk_by(|a, b| a.1.pack == b.1.pack).collect();
+        let mut runs: Vec<&[(BlobId, crate::index::Location)]> =
+            missing.chunk_by(|a, b| a.1.pack == b.1.pack).collect();
         runs.sort_by_key(|r| std::cmp::Reverse(r.len()));
         runs.par_iter().try_for_each(|run| -> Result<()> {
             let start = run[0].1.offset;

@@ -12,8 +12,7 @@ use crate::blob;
 use crate::cache::ByteLru;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{
-    BlobId, ChunkId, ChunkerParams, CompressionParams, Config, Hash, Node, NodeKind, Snapshot, SnapshotId, Tree,
-    TreeId,
+    BlobId, ChunkId, ChunkerParams, CompressionParams, Config, Hash, Node, NodeKind, Snapshot, SnapshotId, Tree, TreeId,
 };
 use crate::index::{Index, Location};
 
@@ -143,7 +142,10 @@ impl Repository {
             let lower = spec.to_ascii_lowercase();
             let hit: Vec<&DamagedSnapshot> = damaged.iter().filter(|d| d.id.to_hex().starts_with(&lower)).collect();
             if !hit.is_empty() && !all.iter().any(|s| s.id.to_hex().starts_with(&lower)) && hit.len() == 1 {
-                return Err(Error::corrupt(format!("snapshot {} ({})", hit[0].id.short(), hit[0].path.display()), hit[0].error.clone()));
+                return Err(Error::corrupt(
+                    format!("snapshot {} ({})", hit[0].id.short(), hit[0].path.display()),
+                    hit[0].error.clone(),
+                ));
             }
         }
         let mut candidates: Vec<&SnapshotEntry> =
@@ -557,7 +559,8 @@ impl IndexedRepository {
         let mut node = Node::new(Vec::new(), NodeKind::Dir);
         node.mode = 0o755;
         node.subtree = Some(snapshot.tree);
-        node.mtime = crate::format::Time { sec: snapshot.time.as_second(), nsec: snapshot.time.subsec_nanosecond() as u32 };
+        node.mtime =
+            crate::format::Time { sec: snapshot.time.as_second(), nsec: snapshot.time.subsec_nanosecond() as u32 };
         for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
             if comp == b"." || comp == b".." {
                 return Err(Error::InvalidInput("`.` and `..` are not allowed in snapshot paths".into()));

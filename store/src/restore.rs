@@ -332,7 +332,8 @@ fn refuse_conflicts(repo: &IndexedRepository, node: &Node, target: &Path) -> Res
 }
 
 fn cpath(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::InvalidInput(format!("{}: NUL in path", path.display())))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::InvalidInput(format!("{}: NUL in path", path.display())))
 }
 
 fn mknod(path: &Path, mode: u32, dev: u64) -> Result<()> {

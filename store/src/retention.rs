@@ -126,7 +126,8 @@ mod tests {
             buckets.dedup();
             buckets.reverse();
             for b in buckets.into_iter().take(n) {
-                let newest = (0..times.len()).filter(|&i| bucket(rule, times[i], tz) == b).max_by_key(|&i| times[i]).unwrap();
+                let newest =
+                    (0..times.len()).filter(|&i| bucket(rule, times[i], tz) == b).max_by_key(|&i| times[i]).unwrap();
                 keep[newest] = true;
             }
         }
@@ -163,7 +164,12 @@ mod tests {
     #[test]
     fn daily_keeps_newest_of_each_day() {
         let t = |s: &str| s.parse::<Timestamp>().unwrap();
-        let times = [t("2026-03-03T20:00:00Z"), t("2026-03-03T08:00:00Z"), t("2026-03-02T10:00:00Z"), t("2026-03-01T10:00:00Z")];
+        let times = [
+            t("2026-03-03T20:00:00Z"),
+            t("2026-03-03T08:00:00Z"),
+            t("2026-03-02T10:00:00Z"),
+            t("2026-03-01T10:00:00Z"),
+        ];
         let p = Policy { daily: 2, ..Policy::default() };
         let r = apply(&p, &times, &TimeZone::UTC);
         assert_eq!(r.iter().map(|r| !r.is_empty()).collect::<Vec<_>>(), vec![true, false, true, false]);

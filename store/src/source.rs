@@ -89,17 +89,23 @@ impl NameCache {
     }
 
     pub fn group(&self, gid: u32) -> String {
-        self.groups.lock().expect("name cache").entry(gid).or_insert_with(|| group_name(gid).unwrap_or_default()).clone()
+        self.groups
+            .lock()
+            .expect("name cache")
+            .entry(gid)
+            .or_insert_with(|| group_name(gid).unwrap_or_default())
+            .clone()
     }
 }
 
 fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0u8; 4096];
     loop {
-        // SAFETY: passwd is plain data; getpwuid_r writes only into `pw` and `buf`, whose length
-        // we pass, and `result` points at `pw` or is null.
+        // SAFETY: passwd is plain data, for which all zero bytes are a valid value.
         let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result = std::ptr::null_mut();
+        // SAFETY: getpwuid_r writes only into `pw` and `buf`, whose length we pass, and `result`
+        // points at `pw` or is null.
         let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
         if rc == libc::ERANGE && buf.len() < 1 << 20 {
             buf.resize(buf.len() * 4, 0);
@@ -116,9 +122,11 @@ fn user_name(uid: u32) -> Option<String> {
 fn group_name(gid: u32) -> Option<String> {
     let mut buf = vec![0u8; 4096];
     loop {
-        // SAFETY: as in user_name, for getgrgid_r.
+        // SAFETY: group is plain data, for which all zero bytes are a valid value.
         let mut gr: libc::group = unsafe { std::mem::zeroed() };
         let mut result = std::ptr::null_mut();
+        // SAFETY: getgrgid_r writes only into `gr` and `buf`, whose length we pass, and `result`
+        // points at `gr` or is null.
         let rc = unsafe { libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
         if rc == libc::ERANGE && buf.len() < 1 << 20 {
             buf.resize(buf.len() * 4, 0);

@@ -38,7 +38,10 @@ pub enum Entry {
     /// The root directory of a snapshot.
     Snapshot(SnapshotId),
     /// Something inside a snapshot.
-    Node { snapshot: SnapshotId, node: Arc<Node> },
+    Node {
+        snapshot: SnapshotId,
+        node: Arc<Node>,
+    },
 }
 
 /// What `stat` says about an entry.
@@ -132,7 +135,10 @@ impl View {
         let changed = if first {
             newest
         } else {
-            let after = Time { sec: prev_changed.sec + i64::from(prev_changed.nsec == 999_999_999), nsec: (prev_changed.nsec + 1) % 1_000_000_000 };
+            let after = Time {
+                sec: prev_changed.sec + i64::from(prev_changed.nsec == 999_999_999),
+                nsec: (prev_changed.nsec + 1) % 1_000_000_000,
+            };
             newest.max(after).max(to_time(jiff::Timestamp::now()))
         };
         let mut st = State { known, changed, ..State::default() };
@@ -239,7 +245,8 @@ impl View {
                 self.lookup_in_tree(*id, tree, name)
             }
             Entry::Node { snapshot, node } => {
-                let tree = node.subtree.filter(|_| node.is_dir()).ok_or_else(|| Error::NotFound("not a directory".into()))?;
+                let tree =
+                    node.subtree.filter(|_| node.is_dir()).ok_or_else(|| Error::NotFound("not a directory".into()))?;
                 drop(st);
                 self.lookup_in_tree(*snapshot, tree, name)
             }
@@ -257,13 +264,19 @@ impl View {
     pub fn list(&self, dir: &Entry) -> Result<Vec<(Vec<u8>, Entry)>> {
         let st = self.state.read().expect("view lock");
         let snaps = |filter: &dyn Fn(&Named) -> bool| -> Vec<(Vec<u8>, Entry)> {
-            st.snaps.iter().filter(|n| filter(n)).map(|n| (n.name.clone().into_bytes(), Entry::Snapshot(n.entry.id))).collect()
+            st.snaps
+                .iter()
+                .filter(|n| filter(n))
+                .map(|n| (n.name.clone().into_bytes(), Entry::Snapshot(n.entry.id)))
+                .collect()
         };
         let mut out = match dir {
-            Entry::Root => [("hosts", Entry::Hosts), ("ids", Entry::Ids), ("snapshots", Entry::Snapshots), ("tags", Entry::Tags)]
-                .into_iter()
-                .map(|(n, e)| (n.as_bytes().to_vec(), e))
-                .collect(),
+            Entry::Root => {
+                [("hosts", Entry::Hosts), ("ids", Entry::Ids), ("snapshots", Entry::Snapshots), ("tags", Entry::Tags)]
+                    .into_iter()
+                    .map(|(n, e)| (n.as_bytes().to_vec(), e))
+                    .collect()
+            }
             Entry::Snapshots => snaps(&|_| true),
             Entry::Hosts => {
                 let hosts: std::collections::BTreeSet<&String> = st.snaps.iter().map(|n| &n.host).collect();
@@ -283,12 +296,19 @@ impl View {
             }
             Entry::Tag(t) => snaps(&|n| n.tags.contains(t)),
             Entry::Snapshot(id) => {
-                let tree = st.by_id.get(id).map(|&i| st.snaps[i].entry.snapshot.tree).ok_or_else(|| Error::NotFound(id.short()))?;
+                let tree = st
+                    .by_id
+                    .get(id)
+                    .map(|&i| st.snaps[i].entry.snapshot.tree)
+                    .ok_or_else(|| Error::NotFound(id.short()))?;
                 drop(st);
                 return self.list_tree(*id, tree);
             }
             Entry::Node { snapshot, node } => {
-                let tree = node.subtree.filter(|_| node.is_dir()).ok_or_else(|| Error::InvalidInput("not a directory".into()))?;
+                let tree = node
+                    .subtree
+                    .filter(|_| node.is_dir())
+                    .ok_or_else(|| Error::InvalidInput("not a directory".into()))?;
                 drop(st);
                 return self.list_tree(*snapshot, tree);
             }
@@ -318,9 +338,13 @@ impl View {
             rdev: 0,
         };
         Ok(match e {
-            Entry::Root | Entry::Snapshots | Entry::Hosts | Entry::Ids | Entry::Tags | Entry::Host(_) | Entry::Tag(_) => {
-                dir(st.changed)
-            }
+            Entry::Root
+            | Entry::Snapshots
+            | Entry::Hosts
+            | Entry::Ids
+            | Entry::Tags
+            | Entry::Host(_)
+            | Entry::Tag(_) => dir(st.changed),
             Entry::Latest(h) => {
                 let target = st.snaps.iter().rev().find(|n| &n.host == h).ok_or_else(|| Error::NotFound(h.clone()))?;
                 let t = to_time(target.entry.snapshot.time);
@@ -349,7 +373,12 @@ impl View {
         match e {
             Entry::Latest(h) => {
                 let st = self.state.read().expect("view lock");
-                st.snaps.iter().rev().find(|n| &n.host == h).map(|n| n.name.clone().into_bytes()).ok_or_else(|| Error::NotFound(h.clone()))
+                st.snaps
+                    .iter()
+                    .rev()
+                    .find(|n| &n.host == h)
+                    .map(|n| n.name.clone().into_bytes())
+                    .ok_or_else(|| Error::NotFound(h.clone()))
             }
             Entry::Node { node, .. } if node.kind == NodeKind::Symlink => Ok(node.target.clone()),
             _ => Err(Error::InvalidInput("not a symlink".into())),

@@ -6,18 +6,13 @@ use std::path::Path;
 use rewind_store::prune::{PruneOptions, PruneProgress, forget, prune};
 use rewind_store::{BackupOptions, BackupProgress, CacheSizes, ChunkerParams, CompressionParams, Repository, backup};
 
+/// `n` files of 300,000 letters a-g from the workspace's seeded test generator (ChaCha8).
 fn write_files(dir: &Path, seed: u64, n: usize) {
+    use rand::{Rng, SeedableRng};
     std::fs::create_dir_all(dir).unwrap();
-    let mut x = seed | 1;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     for i in 0..n {
-        let data: Vec<u8> = (0..300_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % 7) as u8 + b'a'
-            })
-            .collect();
+        let data: Vec<u8> = (0..300_000).map(|_| rng.random_range(b'a'..=b'g')).collect();
         std::fs::write(dir.join(format!("f{i}")), data).unwrap();
     }
 }
@@ -25,7 +20,12 @@ fn write_files(dir: &Path, seed: u64, n: usize) {
 #[test]
 fn reader_survives_prune() {
     let d = tempfile::tempdir().unwrap();
-    let repo = Repository::init(&d.path().join("repo"), ChunkerParams { min_size: 16 << 10, avg_size: 64 << 10, max_size: 256 << 10 }, CompressionParams::default()).unwrap();
+    let repo = Repository::init(
+        &d.path().join("repo"),
+        ChunkerParams { min_size: 16 << 10, avg_size: 64 << 10, max_size: 256 << 10 },
+        CompressionParams::default(),
+    )
+    .unwrap();
     let src = d.path().join("src");
     let report = |p: &Path, e: &rewind_store::Error| panic!("{}: {e}", p.display());
     let opts = BackupOptions { paths: vec![src.clone()], host: "h".into(), ..Default::default() };

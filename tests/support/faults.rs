@@ -19,7 +19,8 @@ pub fn make_source(dir: &Path, files: usize, bytes: usize, seed: u64) {
         std::fs::create_dir_all(&sub).unwrap();
         let s = seed.wrapping_mul(1000).wrapping_add(i as u64);
         let data = if i % 3 == 0 {
-            let words: Vec<u8> = pseudo_random(each / 8 + 1, s).iter().flat_map(|b| format!("w{} ", b % 50).into_bytes()).collect();
+            let words: Vec<u8> =
+                pseudo_random(each / 8 + 1, s).iter().flat_map(|b| format!("w{} ", b % 50).into_bytes()).collect();
             words[..words.len().min(each)].to_vec()
         } else {
             pseudo_random(each, s)

@@ -1,11 +1,20 @@
-//! The shared harness: temporary repositories, the built binary, corpora from
-//! `shared/bench/corpus.py`, and tree comparison.
+//! The shared harness: temporary repositories, the built binary, the corpus and its history
+//! (`corpus`), the seeded generator (`rng`), waiting on conditions (`wait`), and tree
+//! comparison. Everything a test needs is built here: nothing is read from outside the
+//! repository.
 
 #![allow(dead_code)]
 
+pub mod corpus;
 pub mod faults;
 pub mod portal;
+pub mod rng;
 pub mod slapd;
+pub mod wait;
+
+pub use corpus::{corpus_make, corpus_step};
+pub use rng::pseudo_random;
+pub use wait::{PATIENCE, wait_until};
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -19,13 +28,6 @@ pub fn rewind_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rewind"))
 }
 
-/// `shared/` beside the checkout (where CI puts it).
-pub fn shared_dir() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    assert!(p.join("bench/corpus.py").exists(), "shared/bench/corpus.py not found at {}", p.display());
-    p
-}
-
 /// A temporary directory holding a repository (`repo/`) and room for sources and targets.
 pub struct TempRepo {
     pub dir: tempfile::TempDir,
@@ -33,8 +35,21 @@ pub struct TempRepo {
 }
 
 impl TempRepo {
+    /// In the system's temporary directory.
     pub fn new() -> TempRepo {
-        let dir = tempfile::Builder::new().prefix("rewind-test-").tempdir().expect("tempdir");
+        TempRepo::in_dir(tempfile::Builder::new().prefix("rewind-test-").tempdir().expect("tempdir"))
+    }
+
+    /// Directly under `/`, for a test that asserts on the metadata of every directory a snapshot
+    /// records: a snapshot holds each ancestor of its source paths (not `/` itself), and `/tmp`
+    /// changes its mtime whenever anyone creates a file there, so only a directory of its own at
+    /// the top keeps every recorded ancestor the test's. Needs root.
+    pub fn owning_its_ancestors() -> TempRepo {
+        assert!(is_root(), "a test directory directly under / needs root");
+        TempRepo::in_dir(tempfile::Builder::new().prefix("rewind-test-").tempdir_in("/").expect("tempdir in /"))
+    }
+
+    fn in_dir(dir: tempfile::TempDir) -> TempRepo {
         let repo = dir.path().join("repo");
         let out = run(&rewind_bin(), &[OsStr::new("init"), repo.as_os_str()]);
         assert_success(&out, "rewind init");
@@ -67,7 +82,8 @@ impl TempRepo {
 
     /// Back up `paths` as host `host`; returns the snapshot as JSON.
     pub fn backup(&self, host: &str, paths: &[&Path]) -> serde_json::Value {
-        let mut args: Vec<&OsStr> = vec![OsStr::new("backup"), OsStr::new("--json"), OsStr::new("--host"), OsStr::new(host)];
+        let mut args: Vec<&OsStr> =
+            vec![OsStr::new("backup"), OsStr::new("--json"), OsStr::new("--host"), OsStr::new(host)];
         args.extend(paths.iter().map(|p| p.as_os_str()));
         let out = self.ok(&args);
         serde_json::from_str(out.trim()).expect("backup --json prints one JSON object")
@@ -121,39 +137,6 @@ pub fn assert_success(out: &Output, what: &str) {
     );
 }
 
-/// Deterministic incompressible bytes (xorshift), for test files.
-pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
-/// Generation 0 of the bench corpus at `dir`, at `scale`.
-pub fn corpus_make(dir: &Path, scale: f64) {
-    let out = Command::new("python3")
-        .arg(shared_dir().join("bench/corpus.py"))
-        .args(["make", &dir.to_string_lossy(), "--scale", &scale.to_string()])
-        .output()
-        .expect("python3 must be installed to build the corpus");
-    assert_success(&out, "corpus.py make");
-}
-
-/// Mutate the corpus at `dir` into generation `gen`.
-pub fn corpus_step(dir: &Path, generation: u32) {
-    let out = Command::new("python3")
-        .arg(shared_dir().join("bench/corpus.py"))
-        .args(["step", &dir.to_string_lossy(), "--gen", &generation.to_string()])
-        .output()
-        .expect("python3");
-    assert_success(&out, "corpus.py step");
-}
-
 /// What a tree looks like, entry by entry: kind, mode, owner, size, mtime, content hash, link
 /// target, xattrs, and which entries are hard links of each other.
 #[derive(Debug, PartialEq, Eq)]
@@ -191,7 +174,10 @@ pub fn tree_shape(root: &Path, opts: &ShapeOptions) -> BTreeMap<Vec<u8>, EntrySh
     let mut stack = vec![root.to_path_buf()];
     let mut all = Vec::new();
     while let Some(dir) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             let m = std::fs::symlink_metadata(&p).unwrap();
@@ -221,12 +207,13 @@ pub fn tree_shape(root: &Path, opts: &ShapeOptions) -> BTreeMap<Vec<u8>, EntrySh
         } else {
             "file"
         };
-        let content = if kind == "file" {
-            Some(blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string())
+        let content =
+            if kind == "file" { Some(blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string()) } else { None };
+        let target = if kind == "symlink" {
+            Some(std::fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec())
         } else {
             None
         };
-        let target = if kind == "symlink" { Some(std::fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()) } else { None };
         let link_of = if kind == "file" && m.nlink() > 1 {
             let first = inodes.entry((m.dev(), m.ino())).or_insert_with(|| rel.clone()).clone();
             Some(first)
@@ -235,7 +222,11 @@ pub fn tree_shape(root: &Path, opts: &ShapeOptions) -> BTreeMap<Vec<u8>, EntrySh
         };
         let xattrs = if opts.xattrs && kind != "symlink" {
             xattr::list(&p)
-                .map(|names| names.filter_map(|n| xattr::get(&p, &n).ok().flatten().map(|v| (n.as_bytes().to_vec(), v))).collect())
+                .map(|names| {
+                    names
+                        .filter_map(|n| xattr::get(&p, &n).ok().flatten().map(|v| (n.as_bytes().to_vec(), v)))
+                        .collect()
+                })
                 .unwrap_or_default()
         } else {
             BTreeMap::new()

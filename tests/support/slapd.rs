@@ -329,8 +329,13 @@ olcDynListAttrSet: {{0}}groupOfURLs memberURL member+memberOf@groupOfNames
                     self.child = None;
                     break;
                 }
+                // Ports picked this way may be taken by someone else before slapd binds them (then
+                // slapd exits, and the next attempt takes other ports): only a server that proves
+                // it holds our throwaway CA's certificate, on both ports, is ours.
                 if TcpStream::connect(("127.0.0.1", port)).is_ok()
                     && TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+                    && self.answers(&self.url(), true)
+                    && self.answers(&self.ldaps_url(), false)
                 {
                     return;
                 }
@@ -339,6 +344,17 @@ olcDynListAttrSet: {{0}}groupOfURLs memberURL member+memberOf@groupOfNames
             self.stop();
         }
         panic!("slapd did not start; log:\n{}", std::fs::read_to_string(d.join("slapd.log")).unwrap_or_default());
+    }
+
+    /// Whether the server at `url` reads its root entry to us over TLS with our CA.
+    fn answers(&self, url: &str, starttls: bool) -> bool {
+        let mut c = Command::new("ldapsearch");
+        c.args(["-x", "-LLL", "-H", url, "-b", "", "-s", "base", "-o", "nettimeout=10"]);
+        if starttls {
+            c.arg("-ZZ");
+        }
+        c.env("LDAPTLS_CACERT", &self.ca_file).env("LDAPTLS_REQCERT", "demand");
+        c.arg("namingContexts").output().is_ok_and(|o| o.status.success())
     }
 
     /// `ldap://127.0.0.1:PORT` (use with StartTLS).
