@@ -821,7 +821,13 @@ mod tests {
         std::fs::write(src.join("tail"), noise(5000, 3)).unwrap();
         assert!(xattr_set(&src.join("other"), b"user.note", b"value"), "the temp filesystem must support user xattrs");
         let chunker = ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 };
-        let repo = Repository::init(&dir.path().join("repo"), chunker, CompressionParams::default()).unwrap();
+        let repo = Repository::init(
+            &dir.path().join("repo"),
+            chunker,
+            CompressionParams::default(),
+            rewind_store::NewKey::test(),
+        )
+        .unwrap();
         let repo = repo.open_indexed(CacheSizes::default()).unwrap();
         let opts = BackupOptions {
             paths: vec![src.clone()],

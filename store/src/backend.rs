@@ -22,6 +22,8 @@ pub enum FileKind {
     Lock,
     /// Prune's records of packs to delete once running backups are done.
     Pending,
+    /// Key files of an encrypted repository.
+    Key,
 }
 
 impl FileKind {
@@ -33,6 +35,7 @@ impl FileKind {
             FileKind::Snapshot => "snapshots",
             FileKind::Lock => "locks",
             FileKind::Pending => "pending",
+            FileKind::Key => "keys",
         }
     }
 }
@@ -73,7 +76,7 @@ impl LocalBackend {
 
     /// Create the directory layout of an empty repository.
     pub fn create_layout(&self) -> Result<()> {
-        for d in ["data", "index", "snapshots", "locks", "pending", "tmp"] {
+        for d in ["data", "index", "snapshots", "locks", "pending", "keys", "tmp"] {
             fs::create_dir_all(self.root.join(d)).at(self.root.join(d))?;
         }
         for i in 0..=255u8 {

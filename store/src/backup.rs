@@ -26,9 +26,7 @@ use crate::backend::{Backend, FileKind};
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::format::{
-    BlobId, ChunkId, FORMAT_VERSION, Hash, Node, NodeKind, SNAPSHOT_MAGIC, Snapshot, SnapshotId, Summary, Tree, TreeId,
-};
+use crate::format::{BlobId, ChunkId, Node, NodeKind, SNAPSHOT_MAGIC, Snapshot, SnapshotId, Summary, Tree, TreeId};
 use crate::lock::Lock;
 use crate::pack::Packer;
 use crate::repo::{IndexedRepository, SnapshotEntry};
@@ -90,8 +88,8 @@ pub fn backup(
     let config = repo.repo().config();
     let archiver = Archiver {
         repo,
-        packer: Packer::new(repo.backend(), config.pack_size, config.compression.level),
-        chunker: Chunker::new(config.chunker),
+        packer: Packer::new(repo.backend(), repo.repo().codec(), config.pack_size, config.compression.level),
+        chunker: Chunker::with_gear(config.chunker, repo.repo().codec().crypto().gear()),
         excludes: Excludes::new(&opts.excludes)?,
         names: NameCache::default(),
         progress,
@@ -160,7 +158,7 @@ fn run(
     };
     let snapshot = Snapshot {
         magic: SNAPSHOT_MAGIC.into(),
-        version: FORMAT_VERSION,
+        version: repo.repo().codec().version(),
         time,
         host: opts.host.clone(),
         paths: paths.iter().map(|p| p.to_string_lossy().into_owned()).collect(),
@@ -168,9 +166,9 @@ fn run(
         tree: root,
         parent: parent.map(|p| p.id),
         summary,
+        original: None,
     };
-    let bytes = snapshot.encode();
-    let id = SnapshotId(Hash::of(&bytes));
+    let (id, bytes) = repo.repo().codec().encode_snapshot(&snapshot);
     failpoint::hit("backup-before-snapshot")?;
     crate::interrupt::check()?;
     repo.backend().put(FileKind::Snapshot, &id.to_hex(), &bytes)?;
@@ -421,7 +419,7 @@ impl Archiver<'_> {
 
     fn save_tree(&self, nodes: Vec<Node>) -> Result<TreeId> {
         let encoded = Tree { nodes }.encode();
-        let id = Tree::id(&encoded);
+        let id = TreeId(self.repo.repo().codec().id(&encoded));
         self.store_blob(id.into(), &encoded)?;
         Ok(id)
     }
@@ -543,7 +541,7 @@ impl Archiver<'_> {
     }
 
     fn store_chunk(&self, data: &[u8]) -> Result<ChunkId> {
-        let id = ChunkId(Hash::of(data));
+        let id = ChunkId(self.repo.repo().codec().id(data));
         self.store_blob(id.into(), data)?;
         Ok(id)
     }

@@ -2,8 +2,9 @@
 
 use std::cell::RefCell;
 
+use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::format::{BlobId, BlobKind, Compression, Hash};
+use crate::format::{BlobId, BlobKind, Compression};
 
 thread_local! {
     // One zstd context per thread and level, reused: making one costs more than decompressing a
@@ -42,21 +43,44 @@ pub(crate) fn compress(raw: &[u8], level: i32) -> (Compression, Vec<u8>) {
     }
 }
 
-/// Recover a blob's bytes from its stored form and verify them against its id: damaged bytes are
-/// an error, never returned.
-pub(crate) fn open(id: &BlobId, compression: Compression, stored: &[u8], raw_len: u32) -> Result<Vec<u8>> {
-    match compression {
-        Compression::None => verify(id, stored.to_vec(), raw_len),
-        Compression::Zstd => verify(id, decompress(id, stored, raw_len)?, raw_len),
-    }
+/// Recover a blob's bytes from its stored form (sealed in version 2, maybe compressed) and verify
+/// them against its id: damaged bytes are an error, never returned.
+pub(crate) fn open(
+    codec: &Codec,
+    id: &BlobId,
+    compression: Compression,
+    stored: &[u8],
+    raw_len: u32,
+) -> Result<Vec<u8>> {
+    open_owned(codec, id, compression, stored.to_vec(), raw_len)
 }
 
-/// [`open`] of bytes the caller gives up: a blob stored raw is verified in place, not copied.
-pub(crate) fn open_owned(id: &BlobId, compression: Compression, stored: Vec<u8>, raw_len: u32) -> Result<Vec<u8>> {
-    match compression {
-        Compression::None => verify(id, stored, raw_len),
-        Compression::Zstd => verify(id, decompress(id, &stored, raw_len)?, raw_len),
-    }
+/// [`open`] of bytes the caller gives up: a blob stored raw (and, in version 1, unsealed) is
+/// verified in place, not copied.
+pub(crate) fn open_owned(
+    codec: &Codec,
+    id: &BlobId,
+    compression: Compression,
+    stored: Vec<u8>,
+    raw_len: u32,
+) -> Result<Vec<u8>> {
+    let bytes = codec.open_blob(id, stored)?;
+    unsealed(codec, id, compression, bytes, raw_len)
+}
+
+/// A blob's bytes from its unsealed (maybe compressed) form, verified against its id.
+pub(crate) fn unsealed(
+    codec: &Codec,
+    id: &BlobId,
+    compression: Compression,
+    bytes: Vec<u8>,
+    raw_len: u32,
+) -> Result<Vec<u8>> {
+    let raw = match compression {
+        Compression::None => bytes,
+        Compression::Zstd => decompress(id, &bytes, raw_len)?,
+    };
+    verify(codec, id, raw, raw_len)
 }
 
 fn what(id: &BlobId) -> String {
@@ -68,11 +92,11 @@ fn decompress(id: &BlobId, stored: &[u8], raw_len: u32) -> Result<Vec<u8>> {
     zstd_decompress(stored, raw_len as usize).map_err(|e| Error::corrupt(what(id), format!("zstd: {e}")))
 }
 
-fn verify(id: &BlobId, raw: Vec<u8>, raw_len: u32) -> Result<Vec<u8>> {
+fn verify(codec: &Codec, id: &BlobId, raw: Vec<u8>, raw_len: u32) -> Result<Vec<u8>> {
     if raw.len() != raw_len as usize {
         return Err(Error::corrupt(what(id), format!("length {} instead of {raw_len}", raw.len())));
     }
-    if Hash::of(&raw) != id.hash {
+    if codec.id(&raw) != id.hash {
         return Err(Error::corrupt(what(id), "content does not match its BLAKE3 id"));
     }
     Ok(raw)
@@ -88,6 +112,7 @@ pub(crate) fn kind_name(kind: BlobKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Hash;
     use proptest::prelude::*;
 
     #[test]
@@ -104,7 +129,7 @@ mod tests {
         let (c, stored) = compress(&text, 3);
         assert_eq!(c, Compression::Zstd);
         let id = BlobId { kind: BlobKind::Data, hash: Hash::of(&text) };
-        assert_eq!(open(&id, c, &stored, text.len() as u32).unwrap(), text);
+        assert_eq!(open(&Codec::plain(), &id, c, &stored, text.len() as u32).unwrap(), text);
     }
 
     #[test]
@@ -114,14 +139,14 @@ mod tests {
         let id = BlobId { kind: BlobKind::Data, hash: Hash::of(&text) };
         let n = stored.len() / 2;
         stored[n] ^= 1;
-        assert!(open(&id, c, &stored, text.len() as u32).is_err());
+        assert!(open(&Codec::plain(), &id, c, &stored, text.len() as u32).is_err());
     }
 
     proptest! {
         #[test]
         fn open_never_panics(stored in proptest::collection::vec(any::<u8>(), 0..400), raw_len in 0u32..10_000, z in any::<bool>()) {
             let id = BlobId { kind: BlobKind::Data, hash: Hash::of(b"") };
-            let _ = open(&id, if z { Compression::Zstd } else { Compression::None }, &stored, raw_len);
+            let _ = open(&Codec::plain(), &id, if z { Compression::Zstd } else { Compression::None }, &stored, raw_len);
         }
     }
 }

@@ -3,9 +3,12 @@
 
 use fastcdc::v2020::{self, Normalization};
 
+use crate::crypto::Gear;
 use crate::format::ChunkerParams;
 
-/// FastCDC (2020 variant, normalization level 1, default gear table).
+/// FastCDC (2020 variant, normalization level 1), with the fastcdc crate's gear table or, in an
+/// encrypted repository, one derived from its chunker key (so cut points reveal nothing to
+/// someone who does not hold the key).
 #[derive(Clone, Debug)]
 pub struct Chunker {
     min: usize,
@@ -13,12 +16,19 @@ pub struct Chunker {
     max: usize,
     mask_s: u64,
     mask_l: u64,
+    gear: Option<Box<Gear>>,
 }
 
 impl Chunker {
+    /// The default gear table (format version 1).
     pub fn new(p: ChunkerParams) -> Chunker {
+        Chunker::with_gear(p, None)
+    }
+
+    /// A chunker with its own gear table (`None`: the default one).
+    pub fn with_gear(p: ChunkerParams, gear: Option<Box<Gear>>) -> Chunker {
         let (mask_s, mask_l) = v2020::select_masks(p.avg_size as usize, Normalization::Level1);
-        Chunker { min: p.min_size as usize, avg: p.avg_size as usize, max: p.max_size as usize, mask_s, mask_l }
+        Chunker { min: p.min_size as usize, avg: p.avg_size as usize, max: p.max_size as usize, mask_s, mask_l, gear }
     }
 
     /// The largest chunk this chunker emits.
@@ -32,8 +42,13 @@ impl Chunker {
         if buf.is_empty() {
             return None;
         }
-        let (_, cut) =
-            v2020::cut(buf, self.min, self.avg, self.max, self.mask_s, self.mask_l, self.mask_s << 1, self.mask_l << 1);
+        let (ms, ml) = (self.mask_s, self.mask_l);
+        let (_, cut) = match &self.gear {
+            None => v2020::cut(buf, self.min, self.avg, self.max, ms, ml, ms << 1, ml << 1),
+            Some(g) => {
+                v2020::cut_gear(buf, self.min, self.avg, self.max, ms, ml, ms << 1, ml << 1, &g.table, &g.shifted)
+            }
+        };
         // A cut at the very end of a partial buffer only means "no cut point yet".
         if cut == buf.len() && !eof && buf.len() < self.max { None } else { Some(cut) }
     }

@@ -75,7 +75,8 @@ impl MasterKey {
         zeroize::Zeroizing::new(v)
     }
 
-    pub(crate) fn from_bytes(b: &[u8]) -> Option<MasterKey> {
+    /// A master key from its 96 bytes (encryption, id and chunker keys).
+    pub fn from_bytes(b: &[u8]) -> Option<MasterKey> {
         if b.len() != Self::LEN {
             return None;
         }
@@ -261,7 +262,8 @@ mod tests {
 
     #[test]
     fn ids_are_keyed_per_repository() {
-        let (a, b) = (Crypto::Encrypted(Box::new(MasterKey::random())), Crypto::Encrypted(Box::new(MasterKey::random())));
+        let (a, b) =
+            (Crypto::Encrypted(Box::new(MasterKey::random())), Crypto::Encrypted(Box::new(MasterKey::random())));
         assert_ne!(a.id(b"content"), b.id(b"content"));
         assert_ne!(a.id(b"content"), Crypto::None.id(b"content"));
         assert_eq!(Crypto::None.id(b"content"), Hash::of(b"content"));

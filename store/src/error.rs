@@ -43,6 +43,10 @@ pub enum Error {
     #[error("repository is locked: {0}")]
     Locked(String),
 
+    /// The repository's key could not be had: no secret given, a wrong password, no key file.
+    #[error("{0}")]
+    Key(String),
+
     /// The operation was asked to stop (SIGINT, SIGTERM) and did, leaving the repository as it
     /// was.
     #[error("interrupted")]

@@ -13,8 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The repository format this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest repository format this build reads and writes: 2, encrypted (see `codec.rs`).
+/// Version 1, plaintext, is read and written too (`init --insecure-no-encryption`).
+pub const FORMAT_VERSION: u32 = 2;
+/// The version of the plaintext layouts this file encodes (packs, index files, configs).
+pub(crate) const V1: u32 = 1;
 
 pub(crate) const PACK_MAGIC: &[u8; 8] = b"RWNDPACK";
 pub(crate) const PACK_TRAILER_MAGIC: &[u8; 8] = b"RWNDPTRL";
@@ -190,7 +193,8 @@ impl Compression {
 // ---------------------------------------------------------------------------------------------
 // Config
 
-/// `REPO/config`, JSON.
+/// `REPO/config`, JSON: what a repository is. In version 2 its parameters are sealed (see
+/// [`Config::encode_sealed`]); the in-memory form is the same.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Config {
     pub magic: String,
@@ -201,6 +205,84 @@ pub struct Config {
     pub compression: CompressionParams,
     /// Packs are closed once they reach this many bytes.
     pub pack_size: u64,
+    /// How objects are protected (version 2: always AES-256-GCM).
+    #[serde(default, skip_serializing_if = "Encryption::is_none")]
+    pub encryption: Encryption,
+}
+
+/// The protection of a repository's objects.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encryption {
+    /// Version 1: plaintext objects, BLAKE3 ids.
+    #[default]
+    None,
+    /// Version 2: AES-256-GCM sealed objects, keyed ids.
+    Aes256Gcm,
+}
+
+impl Encryption {
+    pub fn is_none(&self) -> bool {
+        *self == Encryption::None
+    }
+}
+
+/// What every config says in the clear: enough to know which repository it is and how to open
+/// it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConfigHead {
+    pub magic: String,
+    pub version: u32,
+    pub id: Hash,
+    #[serde(default)]
+    pub encryption: Encryption,
+}
+
+impl ConfigHead {
+    pub fn decode(bytes: &[u8]) -> Result<ConfigHead> {
+        let head: ConfigHead = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e.to_string()))?;
+        if head.magic != CONFIG_MAGIC {
+            return Err(Error::corrupt("config", format!("magic is {:?}, not {CONFIG_MAGIC:?}", head.magic)));
+        }
+        check_version("repository", head.version)?;
+        let consistent = match head.version {
+            V1 => head.encryption == Encryption::None,
+            _ => head.encryption == Encryption::Aes256Gcm,
+        };
+        if !consistent {
+            return Err(Error::corrupt(
+                "config",
+                format!("version {} with encryption {:?}", head.version, head.encryption),
+            ));
+        }
+        Ok(head)
+    }
+}
+
+/// The sealed part of a version 2 config.
+#[derive(Serialize, Deserialize)]
+struct SealedParams {
+    chunker: ChunkerParams,
+    compression: CompressionParams,
+    pack_size: u64,
+}
+
+/// A version 2 config file.
+#[derive(Serialize, Deserialize)]
+struct ConfigFileV2 {
+    magic: String,
+    version: u32,
+    id: Hash,
+    created: jiff::Timestamp,
+    encryption: Encryption,
+    /// Base64 of the sealed [`SealedParams`].
+    sealed: String,
+}
+
+fn config_aad(id: &Hash) -> Vec<u8> {
+    let mut a = b"rewind v2 config\0".to_vec();
+    a.extend_from_slice(&id.0);
+    a
 }
 
 pub(crate) const CONFIG_MAGIC: &str = "rewind-repository";
@@ -258,40 +340,82 @@ impl Default for CompressionParams {
 }
 
 impl Config {
-    pub fn new(chunker: ChunkerParams, compression: CompressionParams) -> Config {
+    /// A new config: version 2 (encrypted) unless `encryption` is none (version 1).
+    pub fn new(chunker: ChunkerParams, compression: CompressionParams, encryption: Encryption) -> Config {
         let mut seed = [0u8; 32];
-        let now = jiff::Timestamp::now();
-        let entropy = format!("{}{}{:?}", now.as_nanosecond(), std::process::id(), std::thread::current().id());
-        seed.copy_from_slice(blake3::hash(entropy.as_bytes()).as_bytes());
+        crate::crypto::fill_random(&mut seed);
         Config {
             magic: CONFIG_MAGIC.into(),
-            version: FORMAT_VERSION,
+            version: if encryption.is_none() { V1 } else { FORMAT_VERSION },
             id: Hash(seed),
-            created: now,
+            created: jiff::Timestamp::now(),
             chunker,
             compression,
             pack_size: 16 * 1024 * 1024,
+            encryption,
         }
     }
 
+    /// A version 1 config.
     pub fn decode(bytes: &[u8]) -> Result<Config> {
-        #[derive(Deserialize)]
-        struct Head {
-            magic: String,
-            version: u32,
+        let head = ConfigHead::decode(bytes)?;
+        if head.version != V1 {
+            return Err(Error::InvalidInput(
+                "the repository is encrypted: its key is needed to read its config".into(),
+            ));
         }
-        let head: Head = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e.to_string()))?;
-        if head.magic != CONFIG_MAGIC {
-            return Err(Error::corrupt("config", format!("magic is {:?}, not {CONFIG_MAGIC:?}", head.magic)));
-        }
-        check_version("repository", head.version)?;
         let config: Config = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e.to_string()))?;
         config.chunker.validate()?;
         Ok(config)
     }
 
+    /// A version 2 config, opened with the repository's key.
+    pub fn decode_sealed(bytes: &[u8], crypto: &crate::crypto::Crypto) -> Result<Config> {
+        let head = ConfigHead::decode(bytes)?;
+        if head.version == V1 {
+            return Config::decode(bytes);
+        }
+        let file: ConfigFileV2 = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e.to_string()))?;
+        use base64::Engine;
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(&file.sealed)
+            .map_err(|_| Error::corrupt("config", "sealed part is not base64"))?;
+        let plain = crypto.open(&config_aad(&file.id), sealed, || "config".into())?;
+        let p: SealedParams = serde_json::from_slice(&plain).map_err(|e| Error::corrupt("config", e.to_string()))?;
+        p.chunker.validate()?;
+        Ok(Config {
+            magic: file.magic,
+            version: file.version,
+            id: file.id,
+            created: file.created,
+            chunker: p.chunker,
+            compression: p.compression,
+            pack_size: p.pack_size,
+            encryption: file.encryption,
+        })
+    }
+
+    /// The config file of a version 1 repository.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).expect("config serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// The config file of a version 2 repository: its parameters sealed.
+    pub fn encode_sealed(&self, crypto: &crate::crypto::Crypto) -> Vec<u8> {
+        use base64::Engine;
+        let params = SealedParams { chunker: self.chunker, compression: self.compression, pack_size: self.pack_size };
+        let plain = serde_json::to_vec(&params).expect("params serialize");
+        let file = ConfigFileV2 {
+            magic: self.magic.clone(),
+            version: self.version,
+            id: self.id,
+            created: self.created,
+            encryption: self.encryption,
+            sealed: base64::engine::general_purpose::STANDARD.encode(crypto.seal(&config_aad(&self.id), &plain)),
+        };
+        let mut v = serde_json::to_vec_pretty(&file).expect("config serializes");
         v.push(b'\n');
         v
     }
@@ -324,6 +448,10 @@ pub struct Snapshot {
     #[serde(default)]
     pub parent: Option<SnapshotId>,
     pub summary: Summary,
+    /// The snapshot this one is a copy of, when `copy` had to name its content anew (between
+    /// repositories with different keys): how a second copy knows it is there already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<SnapshotId>,
 }
 
 /// Counts of a backup, kept in its snapshot.
@@ -623,7 +751,7 @@ pub(crate) fn encode_pack_trailer(records: &[BlobRecord]) -> Vec<u8> {
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
     out.extend_from_slice(&hash.0);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&V1.to_le_bytes());
     out.extend_from_slice(PACK_TRAILER_MAGIC);
     out
 }
@@ -638,6 +766,9 @@ pub(crate) fn decode_pack_footer(footer: &[u8]) -> Result<(u32, u32, Hash)> {
     }
     let version = u32::from_le_bytes(footer[40..44].try_into().expect("4 bytes"));
     check_version("pack", version)?;
+    if version != V1 {
+        return Err(Error::corrupt("pack", format!("a version {version} pack in a version 1 repository")));
+    }
     let len = u32::from_le_bytes(footer[0..4].try_into().expect("4 bytes"));
     let count = u32::from_le_bytes(footer[4..8].try_into().expect("4 bytes"));
     let mut hash = [0u8; 32];
@@ -756,7 +887,16 @@ pub struct IndexPack {
 pub(crate) fn encode_index(packs: &[IndexPack]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(INDEX_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&V1.to_le_bytes());
+    out.extend_from_slice(&encode_index_body(packs));
+    let hash = Hash::of(&out);
+    out.extend_from_slice(&hash.0);
+    out
+}
+
+/// `pack count u32 | packs...`: what an index file says, in either version.
+pub(crate) fn encode_index_body(packs: &[IndexPack]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + packs.iter().map(|p| 44 + p.blobs.len() * RECORD_LEN).sum::<usize>());
     out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
     for p in packs {
         out.extend_from_slice(p.pack.as_bytes());
@@ -766,8 +906,6 @@ pub(crate) fn encode_index(packs: &[IndexPack]) -> Vec<u8> {
             b.encode_into(&mut out);
         }
     }
-    let hash = Hash::of(&out);
-    out.extend_from_slice(&hash.0);
     out
 }
 
@@ -778,12 +916,23 @@ pub(crate) fn decode_index(bytes: &[u8]) -> Result<Vec<IndexPack>> {
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     check_version("index file", version)?;
+    if version != V1 {
+        return Err(bad("an encrypted index file in an unencrypted repository"));
+    }
     let (body, hash) = bytes.split_at(bytes.len() - 32);
     if Hash::of(body).0 != hash {
         return Err(bad("checksum mismatch"));
     }
-    let count = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
-    let mut pos = 16;
+    decode_index_body(&body[12..], false)
+}
+
+/// The packs of an index body; `padded`: zeros may follow them (version 2 pads).
+pub(crate) fn decode_index_body(body: &[u8], padded: bool) -> Result<Vec<IndexPack>> {
+    let bad = |d: &str| Error::corrupt("index file", d.to_string());
+    let count =
+        body.get(..4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).ok_or_else(|| bad("truncated"))?
+            as usize;
+    let mut pos = 4;
     let mut packs = Vec::with_capacity(count.min(1 << 16));
     for _ in 0..count {
         let head = body.get(pos..pos + 44).ok_or_else(|| bad("truncated"))?;
@@ -792,12 +941,14 @@ pub(crate) fn decode_index(bytes: &[u8]) -> Result<Vec<IndexPack>> {
         let pack_len = u64::from_le_bytes(head[32..40].try_into().expect("8 bytes"));
         let n = u32::from_le_bytes(head[40..44].try_into().expect("4 bytes")) as usize;
         pos += 44;
-        let recs = body.get(pos..pos + n * RECORD_LEN).ok_or_else(|| bad("truncated"))?;
+        let recs = n.checked_mul(RECORD_LEN).and_then(|l| body.get(pos..pos + l)).ok_or_else(|| bad("truncated"))?;
         pos += n * RECORD_LEN;
         let blobs = recs.chunks_exact(RECORD_LEN).map(BlobRecord::decode).collect::<Result<_>>()?;
         packs.push(IndexPack { pack: PackId(Hash(id)), pack_len, blobs });
     }
-    if pos != body.len() {
+    let rest = &body[pos..];
+    let only_padding = padded && rest.iter().all(|&b| b == 0);
+    if !rest.is_empty() && !only_padding {
         return Err(bad("trailing bytes"));
     }
     Ok(packs)
@@ -907,7 +1058,37 @@ impl Pending {
 
 /// The decoders of bytes read from a repository, by name: the fuzz targets (`store/fuzz`) and
 /// the test that replays their corpora run each through [`decode_for_fuzzing`].
-pub const DECODERS: &[&str] = &["pack", "index", "tree", "snapshot", "config", "pending", "lock"];
+pub const DECODERS: &[&str] = &[
+    "pack",
+    "index",
+    "tree",
+    "snapshot",
+    "config",
+    "pending",
+    "lock",
+    "key",
+    "pack-v2",
+    "index-v2",
+    "snapshot-v2",
+    "config-v2",
+    "lock-v2",
+];
+
+/// The name the version 2 index and snapshot decoders are fuzzed under: a seed is sealed and
+/// named for it (the decoders check the name, which the fuzzer's mutations then break too).
+pub const FUZZ_NAME: &str = "0707070707070707070707070707070707070707070707070707070707070707";
+
+/// The key the version 2 decoders are fuzzed under (the fuzzer cannot forge a tag, so what it
+/// reaches past authentication comes from the seeds, which are sealed under this key).
+pub fn fuzzing_codec() -> crate::codec::Codec {
+    let key = crate::crypto::MasterKey::from_bytes(&[7u8; 96]).expect("96 bytes");
+    crate::codec::Codec::encrypted(crate::crypto::Crypto::Encrypted(Box::new(key)))
+}
+
+/// The raw key the key-file decoder is fuzzed with, and the repository id it binds to.
+pub fn fuzzing_raw_key() -> (crate::keys::Secret, Hash) {
+    (crate::keys::Secret::parse_raw_key(&"07".repeat(32)).expect("64 hex digits"), Hash([9; 32]))
+}
 
 /// Run `bytes` through the decoder `name` of [`DECODERS`]; whether it accepted them. Never
 /// panics, whatever the bytes (that is what the fuzzers check).
@@ -920,6 +1101,18 @@ pub fn decode_for_fuzzing(name: &str, bytes: &[u8]) -> bool {
         "config" => Config::decode(bytes).is_ok(),
         "pending" => Pending::decode(bytes).is_ok(),
         "lock" => LockInfo::decode(bytes).is_ok(),
+        "key" => {
+            let (secret, repo) = fuzzing_raw_key();
+            crate::keys::KeyFile::decode(bytes).is_ok_and(|k| k.unwrap(&repo, &secret).is_ok_and(|m| m.is_some()))
+        }
+        "pack-v2" => fuzzing_codec().decode_pack(bytes).is_ok(),
+        // Named as the seeds are: the id of the sealed plaintext under the fuzzing key.
+        "index-v2" => fuzzing_codec().decode_index_named(FUZZ_NAME, bytes, false).is_ok(),
+        "snapshot-v2" => fuzzing_codec()
+            .decode_snapshot_named(&SnapshotId(Hash::from_hex(FUZZ_NAME).expect("hex")), bytes.to_vec(), false)
+            .is_ok(),
+        "config-v2" => Config::decode_sealed(bytes, fuzzing_codec().crypto()).is_ok(),
+        "lock-v2" => fuzzing_codec().decode_lock("fuzz", bytes.to_vec()).is_ok(),
         _ => panic!("no decoder {name}"),
     }
 }
@@ -980,7 +1173,7 @@ mod tests {
 
     #[test]
     fn newer_versions_are_refused() {
-        let mut c = Config::new(ChunkerParams::default(), CompressionParams::default());
+        let mut c = Config::new(ChunkerParams::default(), CompressionParams::default(), Encryption::None);
         c.version = FORMAT_VERSION + 1;
         let err = Config::decode(&c.encode()).unwrap_err();
         assert!(err.to_string().contains("upgrade rewind"), "{err}");

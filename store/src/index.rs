@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::backend::{Backend, FileKind};
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::format::{self, BlobId, BlobRecord, Compression, IndexId, IndexPack, PackId};
 
@@ -129,16 +130,16 @@ impl Index {
     }
 
     /// Also prefer copies outside `packs` (reloads every index file).
-    pub fn add_avoid(&mut self, backend: &dyn Backend, packs: IdSet<PackId>) -> Result<()> {
+    pub fn add_avoid(&mut self, backend: &dyn Backend, codec: &Codec, packs: IdSet<PackId>) -> Result<()> {
         let mut all = self.avoid.clone();
         all.extend(packs);
-        self.set_avoid(backend, all)
+        self.set_avoid(backend, codec, all)
     }
 
     /// Prefer copies of blobs outside `packs` (reloads every index file).
-    pub fn set_avoid(&mut self, backend: &dyn Backend, packs: IdSet<PackId>) -> Result<()> {
+    pub fn set_avoid(&mut self, backend: &dyn Backend, codec: &Codec, packs: IdSet<PackId>) -> Result<()> {
         let mut fresh = Index { avoid: packs, ..Index::default() };
-        fresh.refresh(backend)?;
+        fresh.refresh(backend, codec)?;
         *self = fresh;
         Ok(())
     }
@@ -147,7 +148,7 @@ impl Index {
     /// rewrote the index), start over from the current files. Returns how many were loaded. An
     /// index file that does not decode is skipped with a warning (once): the blobs it listed are
     /// found through the other files or the packs' trailers.
-    pub fn refresh(&mut self, backend: &dyn Backend) -> Result<usize> {
+    pub fn refresh(&mut self, backend: &dyn Backend, codec: &Codec) -> Result<usize> {
         let mut new = 0;
         let names = backend.list(FileKind::Index)?;
         let current: IdSet<IndexId> = names.iter().filter_map(|n| IndexId::from_hex(n).ok()).collect();
@@ -167,11 +168,7 @@ impl Index {
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            let decoded = if format::Hash::of(&bytes) != id.0 {
-                Err(Error::corrupt(format!("index file {name}"), "content does not match its name"))
-            } else {
-                format::decode_index(&bytes)
-            };
+            let decoded = codec.decode_index(&name, &bytes);
             match decoded {
                 Ok(packs) => {
                     for p in &packs {
@@ -205,32 +202,35 @@ fn warn_damaged_once(name: &str, e: &Error) {
 }
 
 /// Write one index file for `packs`; returns its id.
-pub(crate) fn write_index_file(backend: &dyn Backend, packs: &[IndexPack]) -> Result<IndexId> {
-    let bytes = format::encode_index(packs);
-    let id = IndexId(format::Hash::of(&bytes));
+pub(crate) fn write_index_file(backend: &dyn Backend, codec: &Codec, packs: &[IndexPack]) -> Result<IndexId> {
+    let (id, bytes) = codec.encode_index(packs);
     backend.put(FileKind::Index, &id.to_hex(), &bytes)?;
     Ok(id)
 }
 
 /// A pack's records from its trailer or, if that is damaged, from the copy after its header.
 /// The flag says whether the copy was used.
-pub(crate) fn read_pack_records(backend: &dyn Backend, pack: &PackId) -> Result<(u64, Vec<BlobRecord>, bool)> {
+pub(crate) fn read_pack_records(
+    backend: &dyn Backend,
+    codec: &Codec,
+    pack: &PackId,
+) -> Result<(u64, Vec<BlobRecord>, bool)> {
     let name = pack.to_hex();
     let len = backend.len(FileKind::Pack, &name)?;
     let what = || format!("pack {name}");
+    let footer_len = codec.pack_footer_len();
     let trailer = (|| -> Result<Vec<BlobRecord>> {
-        if len < (format::PACK_FOOTER_LEN + format::PACK_HEADER_LEN) as u64 {
+        if len < (footer_len + format::PACK_HEADER_LEN) as u64 {
             return Err(Error::corrupt(what(), "too short"));
         }
-        let footer =
-            backend.get_range(FileKind::Pack, &name, len - format::PACK_FOOTER_LEN as u64, format::PACK_FOOTER_LEN)?;
-        let (rec_len, count, hash) = format::decode_pack_footer(&footer)?;
+        let footer = backend.get_range(FileKind::Pack, &name, len - footer_len as u64, footer_len)?;
+        let (back, rec_len) = codec.pack_trailer_span(&footer)?;
         let rec_start = len
-            .checked_sub((format::PACK_FOOTER_LEN + rec_len as usize) as u64)
+            .checked_sub(back)
             .filter(|&s| s >= format::PACK_HEADER_LEN as u64)
             .ok_or_else(|| Error::corrupt(what(), "trailer longer than the pack"))?;
-        let recs = backend.get_range(FileKind::Pack, &name, rec_start, rec_len as usize)?;
-        format::decode_pack_records(&recs, count, hash)
+        let recs = backend.get_range(FileKind::Pack, &name, rec_start, rec_len)?;
+        codec.decode_pack_trailer(&recs, &footer)
     })();
     let (records, from_head) = match trailer {
         Ok(r) => (r, false),
@@ -239,14 +239,14 @@ pub(crate) fn read_pack_records(backend: &dyn Backend, pack: &PackId) -> Result<
                 FileKind::Pack,
                 &name,
                 format::PACK_HEADER_LEN as u64,
-                format::PACK_HEAD_FIXED_LEN,
+                codec.pack_head_fixed_len(),
             )?;
-            match format::decode_pack_head_fixed(&fixed).map_err(|e| rename(e, what()))? {
+            match codec.pack_head_span(&fixed).map_err(|e| rename(e, what()))? {
                 None => return Err(rename(e, what())),
-                Some((rec_len, count, hash)) => {
-                    let start = (format::PACK_HEADER_LEN + format::PACK_HEAD_FIXED_LEN) as u64;
-                    let recs = backend.get_range(FileKind::Pack, &name, start, rec_len as usize)?;
-                    let records = format::decode_pack_records(&recs, count, hash)
+                Some((start, rec_len)) => {
+                    let recs = backend.get_range(FileKind::Pack, &name, start, rec_len)?;
+                    let records = codec
+                        .decode_pack_head(&recs, &fixed)
                         .map_err(|h| rename(Error::corrupt("", format!("trailer: {e}; head copy: {h}")), what()))?;
                     tracing::warn!("pack {}: trailer damaged ({e}); read its head copy", pack.short());
                     (records, true)
@@ -255,7 +255,7 @@ pub(crate) fn read_pack_records(backend: &dyn Backend, pack: &PackId) -> Result<
         }
         Err(e) => return Err(e),
     };
-    format::check_record_bounds(&records, len).map_err(|e| rename(e, what()))?;
+    codec.check_record_bounds(&records, len).map_err(|e| rename(e, what()))?;
     Ok((len, records, from_head))
 }
 

@@ -55,6 +55,72 @@ impl Secret {
     }
 }
 
+/// Where a secret may come from, in the order tried: a raw key file, a password file (its first
+/// line), a command (`sh -c`, the first line it prints), an environment variable holding the
+/// password. Never the command line, where other users see it.
+#[derive(Clone, Debug, Default)]
+pub struct SecretSource {
+    pub key_file: Option<std::path::PathBuf>,
+    pub password_file: Option<std::path::PathBuf>,
+    pub password_command: Option<String>,
+    /// The name of the environment variable that may hold the password itself.
+    pub env: Option<&'static str>,
+}
+
+impl SecretSource {
+    /// The secret this source names, or `None` if it names none.
+    pub fn read(&self) -> Result<Option<Secret>> {
+        let bad = |what: String, e: std::io::Error| Error::Key(format!("cannot read {what}: {e}"));
+        if let Some(p) = &self.key_file {
+            let text = std::fs::read_to_string(p).map_err(|e| bad(format!("the key file {}", p.display()), e))?;
+            return Secret::parse_raw_key(&text)
+                .map(Some)
+                .map_err(|e| Error::Key(format!("key file {}: {e}", p.display())));
+        }
+        if let Some(p) = &self.password_file {
+            let text = std::fs::read_to_string(p).map_err(|e| bad(format!("the password file {}", p.display()), e))?;
+            return nonempty(first_line(&text), &format!("the password file {}", p.display())).map(Some);
+        }
+        if let Some(cmd) = &self.password_command {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(|e| bad(format!("the password command {cmd:?}"), e))?;
+            if !out.status.success() {
+                return Err(Error::Key(format!("the password command {cmd:?} failed ({})", out.status)));
+            }
+            return nonempty(first_line(&String::from_utf8_lossy(&out.stdout)), "the password command").map(Some);
+        }
+        if let Some(var) = self.env
+            && let Ok(p) = std::env::var(var)
+        {
+            return nonempty(&p, var).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Whether any place is given (the environment variable, if set, included).
+    pub fn given(&self) -> bool {
+        self.key_file.is_some()
+            || self.password_file.is_some()
+            || self.password_command.is_some()
+            || self.env.is_some_and(|v| std::env::var_os(v).is_some())
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}
+
+fn nonempty(p: &str, from: &str) -> Result<Secret> {
+    if p.is_empty() {
+        return Err(Error::Key(format!("{from} gives an empty password")));
+    }
+    Ok(Secret::password(p))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyKind {
@@ -137,7 +203,9 @@ impl KeyFile {
             return Ok(None);
         }
         let plain = Zeroizing::new(sealed);
-        MasterKey::from_bytes(&plain).map(Some).ok_or_else(|| Error::corrupt("key file", "master key has the wrong length"))
+        MasterKey::from_bytes(&plain)
+            .map(Some)
+            .ok_or_else(|| Error::corrupt("key file", "master key has the wrong length"))
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -152,7 +220,11 @@ impl KeyFile {
             return Err(Error::corrupt("key file", format!("magic is {:?}", k.magic)));
         }
         if k.version != KEY_VERSION {
-            return Err(Error::UnsupportedVersion { what: "key file".into(), found: k.version, supported: KEY_VERSION });
+            return Err(Error::UnsupportedVersion {
+                what: "key file".into(),
+                found: k.version,
+                supported: KEY_VERSION,
+            });
         }
         if k.kind == KeyKind::Password && k.kdf.is_none() {
             return Err(Error::corrupt("key file", "a password key without KDF parameters"));

@@ -23,6 +23,8 @@ mod backup;
 mod blob;
 mod cache;
 mod chunker;
+pub mod codec;
+pub mod copy;
 pub mod crypto;
 mod error;
 mod failpoint;
@@ -46,11 +48,14 @@ pub use backup::{BackupOptions, BackupProgress, ErrorReport, backup};
 pub use chunker::Chunker;
 pub use error::{Error, Result};
 pub use format::{
-    BlobId, BlobKind, ChunkId, ChunkerParams, CompressionParams, Config, FORMAT_VERSION, Hash, Node, NodeKind, PackId,
-    Snapshot, SnapshotId, Summary, Time, Tree, TreeId, Xattr,
+    BlobId, BlobKind, ChunkId, ChunkerParams, CompressionParams, Config, ConfigHead, Encryption, FORMAT_VERSION, Hash,
+    Node, NodeKind, PackId, Snapshot, SnapshotId, Summary, Time, Tree, TreeId, Xattr,
 };
 pub use index::Location;
+pub use keys::{KdfParams, KeyFile, KeyKind, Secret, SecretSource};
 pub use lock::{LockEntry, LockInfo, LockState, hostname, list_locks, unlock};
-pub use repo::{CacheSizes, ChunkSpan, DamagedSnapshot, FileReader, IndexedRepository, Repository, SnapshotEntry};
+pub use repo::{
+    CacheSizes, ChunkSpan, DamagedSnapshot, FileReader, IndexedRepository, NewKey, Repository, SnapshotEntry,
+};
 pub use restore::{Overwrite, RestoreOptions, RestoreProgress, restore};
 pub use view::{Entry, View};

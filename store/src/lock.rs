@@ -119,20 +119,25 @@ impl Lock {
         let now = jiff::Timestamp::now();
         let info =
             LockInfo { purpose: purpose.into(), host: hostname(), pid: std::process::id(), time: now, refreshed: None };
-        let name = format!(
-            "{purpose}-{}-{}-{}-{}",
-            crate::backend::host_tag(),
-            std::process::id(),
-            now.as_nanosecond(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        // Version 1 names say who holds the lock; version 2 names are random (names are not
+        // sealed, contents are).
+        let name = repo.codec().lock_name(|| {
+            format!(
+                "{purpose}-{}-{}-{}-{}",
+                crate::backend::host_tag(),
+                std::process::id(),
+                now.as_nanosecond(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            )
+        });
         let backend = repo.backend();
-        match backend.put(FileKind::Lock, &name, &info.encode()) {
+        let bytes = repo.codec().encode_lock(&name, &info);
+        match backend.put(FileKind::Lock, &name, &bytes) {
             Ok(()) => {}
             // A full disk: the reserve makes room for maintenance (FORMAT.md, "Full disk").
             Err(e) if crate::backend::is_no_space(&e) && purpose == PRUNE && backend.release_reserve() => {
                 tracing::warn!("the filesystem is full; using the space kept in reserve for prune");
-                backend.put(FileKind::Lock, &name, &info.encode())?
+                backend.put(FileKind::Lock, &name, &bytes)?
             }
             Err(e) => return Err(e),
         }
@@ -198,7 +203,7 @@ impl Lock {
                     return;
                 }
                 info.refreshed = Some(jiff::Timestamp::now());
-                if let Err(e) = repo.backend().put(FileKind::Lock, &name, &info.encode()) {
+                if let Err(e) = repo.backend().put(FileKind::Lock, &name, &repo.codec().encode_lock(&name, &info)) {
                     tracing::warn!("cannot refresh lock {name}: {e}");
                 }
             }
@@ -286,7 +291,7 @@ pub fn list_locks(repo: &Repository) -> Result<Vec<LockEntry>> {
             Err(e) => return Err(e),
         };
         let file_time = backend.modified(FileKind::Lock, &name).ok();
-        let info = LockInfo::decode(&bytes).ok();
+        let info = repo.codec().decode_lock(&name, bytes).ok();
         let (state, refreshed) = judge(info.as_ref(), file_time, &me, now);
         out.push(LockEntry { name, info, state, refreshed });
     }

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::backend::{Backend, FileKind};
 use crate::blob;
 use crate::error::{Error, Result};
-use crate::format::{self, BlobId, Hash, IndexId, IndexPack, PackId, SnapshotId, TreeId};
+use crate::format::{self, BlobId, Hash, IndexPack, PackId, SnapshotId, TreeId};
 use crate::index::{IdMap, IdSet, Index, read_pack_records, write_index_file};
 use crate::lock::Lock;
 use crate::repo::{CacheSizes, IndexedRepository, Repository, SnapshotEntry};
@@ -58,6 +58,7 @@ impl CheckReport {
 pub fn check(repo: &Repository, read_data: bool, progress: &CheckProgress) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let backend = repo.backend();
+    let codec = repo.codec();
 
     // Index files, one by one, so one bad file does not hide the rest.
     let mut index = Index::default();
@@ -67,15 +68,9 @@ pub fn check(repo: &Repository, read_data: bool, progress: &CheckProgress) -> Re
             Err(Error::NotFound(_)) => continue,
             Err(e) => return Err(e),
         };
-        if IndexId::from_hex(&name).ok().map(|id| id.0) != Some(Hash::of(&bytes)) {
-            report
-                .errors
-                .push(format!("index file {name}: content does not match its name; run `rewind rebuild-index`"));
-            continue;
-        }
-        match format::decode_index(&bytes) {
+        match codec.decode_index(&name, &bytes) {
             Ok(packs) => packs.iter().for_each(|p| index.add_pack(p)),
-            Err(e) => report.errors.push(format!("index file {name}: {e}; run `rewind rebuild-index`")),
+            Err(e) => report.errors.push(format!("{e}; run `rewind rebuild-index`")),
         }
     }
 
@@ -87,7 +82,7 @@ pub fn check(repo: &Repository, read_data: bool, progress: &CheckProgress) -> Re
             continue;
         }
         if let Ok(bytes) = backend.get(FileKind::Pending, &name)
-            && let Err(e) = format::Pending::decode(&bytes)
+            && let Err(e) = codec.decode_pending(&name, bytes)
         {
             report.errors.push(format!("pending record {name}: {e}; the next prune removes it (its packs stay)"));
         }
@@ -258,7 +253,7 @@ fn read_all_packs(
             let start = loc.offset as usize;
             let end = start + loc.stored_len as usize;
             let err = match bytes.get(start..end) {
-                Some(stored) => blob::open(id, loc.compression, stored, loc.raw_len).err(),
+                Some(stored) => blob::open(repo.codec(), id, loc.compression, stored, loc.raw_len).err(),
                 None => Some(Error::corrupt("pack", "truncated")),
             };
             if let Some(e) = err {
@@ -267,7 +262,7 @@ fn read_all_packs(
             }
         }
         if !pack_ok && !found_bad {
-            let which = match format::decode_pack_records_of(&bytes) {
+            let which = match repo.codec().decode_pack(&bytes) {
                 Ok((_, true)) => "its trailer is damaged; the copy after its header is good",
                 Ok((_, false)) => "its header or the copy of its trailer is damaged",
                 Err(_) => "its trailer is damaged",
@@ -372,9 +367,10 @@ pub fn rebuild_index(repo: &Repository) -> Result<RebuildReport> {
     let lock =
         Lock::acquire_exclusive(repo, crate::lock::REBUILD_INDEX, &[crate::lock::PRUNE, crate::lock::REBUILD_INDEX])?;
     let backend = repo.backend();
+    let codec = repo.codec();
     let old_index = backend.list(FileKind::Index)?;
     let mut known = Index::default();
-    known.refresh(backend)?;
+    known.refresh(backend, codec)?;
     let pack_names = backend.list(FileKind::Pack)?;
     let writers = crate::lock::list_locks(repo)?
         .into_iter()
@@ -384,7 +380,7 @@ pub fn rebuild_index(repo: &Repository) -> Result<RebuildReport> {
     let results: Vec<(String, PackRecords)> = pack_names
         .par_iter()
         .map(|name| {
-            let r = PackId::from_hex(name).and_then(|id| read_pack_records(backend, &id));
+            let r = PackId::from_hex(name).and_then(|id| read_pack_records(backend, codec, &id));
             (name.clone(), r)
         })
         .collect();
@@ -416,7 +412,7 @@ pub fn rebuild_index(repo: &Repository) -> Result<RebuildReport> {
     report.packs = packs.len();
     let mut written = BTreeSet::new();
     for batch in packs.chunks(256) {
-        written.insert(write_index_file(backend, batch)?.to_hex());
+        written.insert(write_index_file(backend, codec, batch)?.to_hex());
         report.index_files_written += 1;
     }
     for name in old_index {

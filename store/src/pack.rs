@@ -1,13 +1,15 @@
-//! Writing packs. A pack is `"RWNDPACK" | version u32 | blobs... | trailer`; its id is the BLAKE3
-//! of the whole file. Blobs are compressed by the caller's thread; the shared part is a short
+//! Writing packs. A pack is `"RWNDPACK" | version u32 | head copy | blobs... | trailer`; its id is
+//! the BLAKE3 of the whole file; the codec says what the copies of the records and the blobs look
+//! like in the repository's version. Blobs are compressed by the caller's thread; the shared part is a short
 //! append under a mutex. A full pack is sealed and written outside the lock.
 
 use std::sync::Mutex;
 
 use crate::backend::{Backend, FileKind};
 use crate::blob;
+use crate::codec::Codec;
 use crate::error::Result;
-use crate::format::{self, BlobId, BlobKind, BlobRecord, Compression, FORMAT_VERSION, Hash, IndexPack, PackId};
+use crate::format::{self, BlobId, BlobKind, BlobRecord, Compression, Hash, IndexPack, PackId};
 use crate::index::{IdSet, write_index_file};
 
 /// Packs per index file written during a backup.
@@ -19,10 +21,9 @@ struct OpenPack {
 }
 
 impl OpenPack {
-    fn new(capacity: usize) -> OpenPack {
+    fn new(capacity: usize, codec: &Codec) -> OpenPack {
         let mut buf = Vec::with_capacity(capacity);
-        buf.extend_from_slice(format::PACK_MAGIC);
-        buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        buf.extend_from_slice(&codec.pack_header());
         OpenPack { buf, records: Vec::new() }
     }
 }
@@ -40,6 +41,7 @@ pub(crate) struct PackerStats {
 /// touches few, small packs), and remembers what it has added so nothing is stored twice.
 pub(crate) struct Packer<'a> {
     backend: &'a dyn Backend,
+    codec: &'a Codec,
     pack_size: usize,
     level: i32,
     open: [Mutex<Option<OpenPack>>; 2],
@@ -49,9 +51,10 @@ pub(crate) struct Packer<'a> {
 }
 
 impl<'a> Packer<'a> {
-    pub fn new(backend: &'a dyn Backend, pack_size: u64, level: i32) -> Packer<'a> {
+    pub fn new(backend: &'a dyn Backend, codec: &'a Codec, pack_size: u64, level: i32) -> Packer<'a> {
         Packer {
             backend,
+            codec,
             pack_size: pack_size as usize,
             level,
             open: [Mutex::new(None), Mutex::new(None)],
@@ -66,17 +69,23 @@ impl<'a> Packer<'a> {
         self.added.lock().expect("packer lock").insert(id)
     }
 
-    /// Compress and add a blob already claimed. Returns the bytes it took in the pack.
+    /// Compress, seal and add a blob already claimed. Returns the bytes it took in the pack.
     pub fn add_claimed(&self, id: BlobId, raw: &[u8]) -> Result<u64> {
-        let (compression, stored) = blob::compress(raw, self.level);
+        let (compression, compressed) = blob::compress(raw, self.level);
+        if !self.codec.is_encrypted() {
+            return self.add_stored(id, compression, &compressed, raw.len() as u32);
+        }
+        let mut stored = Vec::with_capacity(compressed.len() + self.codec.blob_overhead());
+        self.codec.seal_blob(&id, &compressed, &mut stored);
         self.add_stored(id, compression, &stored, raw.len() as u32)
     }
 
-    /// Add a claimed blob in its stored form (already verified by the caller).
+    /// Add a claimed blob in its stored form (sealed for this repository, already verified by
+    /// the caller).
     pub fn add_stored(&self, id: BlobId, compression: Compression, stored: &[u8], raw_len: u32) -> Result<u64> {
         let sealed = {
             let mut slot = self.open[id.kind as usize].lock().expect("packer lock");
-            let pack = slot.get_or_insert_with(|| OpenPack::new(self.pack_size + self.pack_size / 8));
+            let pack = slot.get_or_insert_with(|| OpenPack::new(self.pack_size + self.pack_size / 8, self.codec));
             pack.records.push(BlobRecord {
                 id,
                 compression,
@@ -103,12 +112,11 @@ impl<'a> Packer<'a> {
         // The records go twice: after the header and at the end, so that a damaged trailer
         // loses nothing (FORMAT.md, "Packs"). The head copy moves the blobs along by its length.
         let OpenPack { buf, mut records } = pack;
-        let shift = (format::PACK_HEAD_FIXED_LEN + records.len() * format::RECORD_LEN) as u64;
+        let shift = self.codec.pack_head_len(records.len()) as u64;
         for r in &mut records {
             r.offset += shift;
         }
-        let head = format::encode_pack_head(&records);
-        let trailer = format::encode_pack_trailer(&records);
+        let (head, trailer) = self.codec.pack_head_and_trailer(&records);
         let mut file = Vec::with_capacity(buf.len() + head.len() + trailer.len());
         file.extend_from_slice(&buf[..format::PACK_HEADER_LEN]);
         file.extend_from_slice(&head);
@@ -129,7 +137,7 @@ impl<'a> Packer<'a> {
         // Index the packs written so far, so that an interrupted backup's work is reused by the
         // next one instead of being stored again.
         if !checkpoint.is_empty()
-            && let Err(e) = write_index_file(self.backend, &checkpoint)
+            && let Err(e) = write_index_file(self.backend, self.codec, &checkpoint)
         {
             // Not indexed after all: abandon() must find them.
             self.finished.lock().expect("packer lock").extend(checkpoint);
@@ -165,7 +173,7 @@ impl<'a> Packer<'a> {
         let rest = self.take_finished();
         if !rest.is_empty() {
             crate::failpoint::hit("index-before-write")?;
-            if let Err(e) = write_index_file(self.backend, &rest) {
+            if let Err(e) = write_index_file(self.backend, self.codec, &rest) {
                 self.finished.lock().expect("packer lock").extend(rest);
                 return Err(e);
             }

@@ -22,15 +22,14 @@ use serde::Serialize;
 
 use crate::backend::{Backend, FileKind};
 use crate::blob;
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::format::{
-    self, BlobId, Hash, IndexPack, PENDING_MAGIC, PENDING_VERSION, PackId, Pending, SnapshotId, TreeId,
-};
+use crate::format::{self, BlobId, IndexPack, PENDING_MAGIC, PENDING_VERSION, PackId, Pending, SnapshotId, TreeId};
 use crate::index::{IdMap, IdSet, read_pack_records, write_index_file};
 use crate::lock::{self, Lock, LockEntry, LockState, list_locks};
 use crate::pack::Packer;
-use crate::repo::{CacheSizes, IndexedRepository, Repository, SnapshotEntry};
+use crate::repo::{CacheSizes, IndexedRepository, Repository};
 
 /// Remove snapshot manifests. Data goes with the next `prune`.
 pub fn forget(repo: &Repository, ids: &[SnapshotId]) -> Result<()> {
@@ -67,7 +66,7 @@ fn pending_records(repo: &Repository) -> Result<Records> {
             Err(Error::NotFound(_)) => continue,
             Err(e) => return Err(e),
         };
-        let p = Pending::decode(&bytes).map_err(|e| match e {
+        let p = repo.codec().decode_pending(&name, bytes).map_err(|e| match e {
             Error::Corrupt { detail, .. } => Error::corrupt(format!("pending record {name}"), detail),
             e => e,
         });
@@ -171,7 +170,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
     // Per pack: total and used bytes. A blob stored twice counts for one pack only: the fullest
     // (ties by id), so that the same accounting is reached on every run and a duplicate never
     // keeps a mostly empty pack alive.
-    let (_, all_packs) = load_index_files(backend)?;
+    let (_, all_packs) = load_index_files(backend, repo.codec())?;
     let mut packs: IdMap<PackId, PackUse> = IdMap::default();
     let mut order: Vec<(u64, PackId)> = all_packs
         .values()
@@ -203,7 +202,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
     let mut reindex = Vec::new();
     let unindexed: Vec<PackId> = pack_names.iter().filter(|p| !all_packs.contains_key(p)).copied().collect();
     for pack in &unindexed {
-        let (len, blobs, _) = match read_pack_records(backend, pack) {
+        let (len, blobs, _) = match read_pack_records(backend, repo.codec(), pack) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!("pack {} has no readable trailer: {e}", pack.short());
@@ -223,7 +222,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
     }
     report.packs_reindexed = reindex.len();
     if !opts.dry_run && !reindex.is_empty() {
-        write_index_file(backend, &reindex)?;
+        write_index_file(backend, repo.codec(), &reindex)?;
     }
 
     report.packs = packs.len();
@@ -274,7 +273,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
     if !repack.is_empty() {
         progress.packs_total.store(repack.len() as u64, Ordering::Relaxed);
         let config = repo.config();
-        let packer = Packer::new(backend, config.pack_size, config.compression.level);
+        let packer = Packer::new(backend, repo.codec(), config.pack_size, config.compression.level);
         let copied = repack.par_iter().try_for_each(|(pack, blobs)| -> Result<()> {
             crate::interrupt::check()?;
             let bytes = backend.get(FileKind::Pack, &pack.to_hex())?;
@@ -283,7 +282,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
                     .get(b.offset as usize..b.offset as usize + b.stored_len as usize)
                     .ok_or_else(|| Error::corrupt(format!("pack {}", pack.to_hex()), "truncated"))?;
                 // Never carry damage forward: verify before copying.
-                blob::open(&b.id, b.compression, stored, b.raw_len)?;
+                blob::open(repo.codec(), &b.id, b.compression, stored, b.raw_len)?;
                 if packer.claim(b.id) {
                     packer.add_stored(b.id, b.compression, stored, b.raw_len)?;
                     progress.bytes_repacked.fetch_add(stored.len() as u64, Ordering::Relaxed);
@@ -317,15 +316,17 @@ fn condemn(repo: &Repository, lock: &Lock, packs: Vec<PackId>) -> Result<String>
         witnesses: None,
         sum: String::new(),
     };
-    let bytes = record.encode();
-    let name = format!("{}-{}", record.time.as_nanosecond(), &Hash::of(&bytes).to_hex()[..16]);
+    let mut salt = [0u8; 8];
+    crate::crypto::fill_random(&mut salt);
+    let name = format!("{}-{}", record.time.as_nanosecond(), hex::encode(salt));
+    let bytes = repo.codec().encode_pending(&name, &record);
     failpoint::hit("prune-before-record")?;
     backend.put(FileKind::Pending, &name, &bytes)?;
     failpoint::hit("prune-record-written")?;
     // Only now, with the record durable, may the locks be listed: a writer whose lock this
     // listing misses created it later, and so reads the record.
     record.witnesses = Some(witnesses(&list_locks(repo)?, lock.name()));
-    backend.put(FileKind::Pending, &name, &record.encode())?;
+    backend.put(FileKind::Pending, &name, &repo.codec().encode_pending(&name, &record))?;
     failpoint::hit("prune-witnesses-written")?;
     Ok(name)
 }
@@ -393,7 +394,7 @@ fn used_blobs(repo: &IndexedRepository, roots: &[TreeId]) -> Result<IdSet<BlobId
 /// Index files by name with the packs each describes, and every pack described.
 type IndexFiles = (Vec<(String, Vec<PackId>)>, BTreeMap<PackId, IndexPack>);
 
-fn load_index_files(backend: &dyn Backend) -> Result<IndexFiles> {
+fn load_index_files(backend: &dyn Backend, codec: &Codec) -> Result<IndexFiles> {
     let names = backend.list(FileKind::Index)?;
     let mut files = Vec::new();
     let mut packs = BTreeMap::new();
@@ -403,10 +404,7 @@ fn load_index_files(backend: &dyn Backend) -> Result<IndexFiles> {
             Err(Error::NotFound(_)) => continue,
             Err(e) => return Err(e),
         };
-        let decoded = match format::IndexId::from_hex(name) {
-            Ok(id) if id.0 == Hash::of(&bytes) => format::decode_index(&bytes),
-            _ => Err(Error::corrupt(format!("index file {name}"), "content does not match its name")),
-        };
+        let decoded = codec.decode_index(name, &bytes);
         match decoded {
             Ok(ps) => {
                 files.push((name.clone(), ps.iter().map(|p| p.pack).collect()));
@@ -446,7 +444,7 @@ fn sweep_all(repo: &Repository, lock: &Lock, report: &mut PruneReport) -> Result
             // writer that started before the record and still runs holds a lock listed now.
             rec.witnesses = Some(self::witnesses(&locks, lock.name()));
             rec.version = PENDING_VERSION;
-            backend.put(FileKind::Pending, &name, &rec.encode())?;
+            backend.put(FileKind::Pending, &name, &repo.codec().encode_pending(&name, &rec))?;
             defer(repo, report, &rec);
             continue;
         };
@@ -467,7 +465,7 @@ fn sweep_all(repo: &Repository, lock: &Lock, report: &mut PruneReport) -> Result
     // ended, so its snapshot, if it made one, is listed here.
     let present: IdSet<PackId> =
         backend.list(FileKind::Pack)?.iter().filter_map(|n| PackId::from_hex(n).ok()).collect();
-    let (files, packs) = load_index_files(backend)?;
+    let (files, packs) = load_index_files(backend, repo.codec())?;
     let indexed = repo.open_indexed(CacheSizes::default())?;
     let (_, roots) = snapshot_roots(repo, &indexed)?;
     let used = used_blobs(&indexed, &roots)?;
@@ -484,7 +482,7 @@ fn sweep_all(repo: &Repository, lock: &Lock, report: &mut PruneReport) -> Result
         }
         let blobs = match packs.get(pack) {
             Some(p) => Some(p.blobs.clone()),
-            None => read_pack_records(backend, pack).ok().map(|(_, b, _)| b),
+            None => read_pack_records(backend, repo.codec(), pack).ok().map(|(_, b, _)| b),
         };
         let needed = blobs.is_some_and(|b| b.iter().any(|b| used.contains(&b.id) && !elsewhere.contains(&b.id)));
         if needed {
@@ -527,7 +525,7 @@ fn sweep_all(repo: &Repository, lock: &Lock, report: &mut PruneReport) -> Result
     let keep: Vec<IndexPack> = keep.into_values().cloned().collect();
     let mut written = BTreeSet::new();
     for batch in keep.chunks(256) {
-        written.insert(write_index_file(backend, batch)?.to_hex());
+        written.insert(write_index_file(backend, repo.codec(), batch)?.to_hex());
     }
     failpoint::hit("sweep-index-written")?;
     for (name, _) in affected {
@@ -562,141 +560,4 @@ fn defer(repo: &Repository, report: &mut PruneReport, rec: &Pending) {
     for pack in &rec.packs {
         report.bytes_deferred += repo.backend().len(FileKind::Pack, &pack.to_hex()).unwrap_or(0);
     }
-}
-
-/// What `copy` did.
-#[derive(Debug, Default, Serialize)]
-pub struct CopyReport {
-    pub snapshots_copied: usize,
-    pub snapshots_present: usize,
-    pub blobs_copied: u64,
-    pub bytes_copied: u64,
-}
-
-#[derive(Debug, Default)]
-pub struct CopyProgress {
-    pub blobs_total: AtomicU64,
-    pub blobs_done: AtomicU64,
-    pub bytes: AtomicU64,
-}
-
-/// Copy snapshots into `dst` with only the blobs it lacks. Every blob is verified on the way;
-/// each snapshot's manifest is written after its blobs are durable, so an interrupted copy
-/// resumes where it stopped, and a second copy adds nothing.
-pub fn copy(
-    src: &IndexedRepository,
-    dst: &IndexedRepository,
-    snapshots: &[SnapshotEntry],
-    progress: &CopyProgress,
-) -> Result<CopyReport> {
-    let lock = Lock::acquire(dst.repo(), lock::COPY)?;
-    // Lock, then the pending records, then the index (FORMAT.md, "The rule for writers").
-    let condemned = condemned_packs(dst.repo())?;
-    failpoint::hit("copy-records-read")?;
-    dst.avoid_packs(condemned.clone())?;
-    let config = dst.repo().config();
-    let packer = Packer::new(dst.backend(), config.pack_size, config.compression.level);
-    let result = copy_with(src, dst, snapshots, progress, &packer, &condemned, &lock);
-    if result.is_err() {
-        packer.abandon();
-    }
-    let mut report = result?;
-    let stats = packer.stats();
-    report.blobs_copied = stats.blobs;
-    report.bytes_copied = stats.stored_bytes;
-    dst.refresh_index()?;
-    Ok(report)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn copy_with(
-    src: &IndexedRepository,
-    dst: &IndexedRepository,
-    snapshots: &[SnapshotEntry],
-    progress: &CopyProgress,
-    packer: &Packer<'_>,
-    condemned: &IdSet<PackId>,
-    lock: &Lock,
-) -> Result<CopyReport> {
-    let have = |id: BlobId| dst.location_cached(id).is_some_and(|l| !condemned.contains(&l.pack));
-    let present: BTreeSet<SnapshotId> = dst.repo().snapshot_ids()?.into_iter().collect();
-    let mut report = CopyReport::default();
-    let mut seen_trees: IdSet<TreeId> = IdSet::default();
-    for s in snapshots {
-        if present.contains(&s.id) {
-            report.snapshots_present += 1;
-            continue;
-        }
-        // The blobs this snapshot needs that the target lacks, in pack order for sequential reads.
-        let mut missing: Vec<(BlobId, crate::index::Location)> = Vec::new();
-        let mut stack = vec![s.snapshot.tree];
-        let mut queued: IdSet<BlobId> = IdSet::default();
-        let mut want = |id: BlobId, missing: &mut Vec<_>| -> Result<()> {
-            if !have(id) && queued.insert(id) {
-                missing.push((id, src.locate(id)?));
-            }
-            Ok(())
-        };
-        while let Some(id) = stack.pop() {
-            if !seen_trees.insert(id) {
-                continue;
-            }
-            want(id.into(), &mut missing)?;
-            let tree = src.tree(id)?;
-            for n in &tree.nodes {
-                if let Some(sub) = n.subtree {
-                    stack.push(sub);
-                }
-                for c in &n.content {
-                    want((*c).into(), &mut missing)?;
-                }
-            }
-        }
-        missing.sort_by_key(|a| (a.1.pack, a.1.offset));
-        progress.blobs_total.fetch_add(missing.len() as u64, Ordering::Relaxed);
-        // One read per pack run when the blobs fill most of it, else one read per blob.
-        let mut runs: Vec<&[(BlobId, crate::index::Location)]> =
-            missing.chunk_by(|a, b| a.1.pack == b.1.pack).collect();
-        runs.sort_by_key(|r| std::cmp::Reverse(r.len()));
-        runs.par_iter().try_for_each(|run| -> Result<()> {
-            let start = run[0].1.offset;
-            let end = run.iter().map(|(_, l)| l.offset + u64::from(l.stored_len)).max().unwrap_or(start);
-            let needed: u64 = run.iter().map(|(_, l)| u64::from(l.stored_len)).sum();
-            let span = if end - start <= needed * 2 {
-                src.backend().get_range(FileKind::Pack, &run[0].1.pack.to_hex(), start, (end - start) as usize).ok()
-            } else {
-                None
-            };
-            for (id, loc) in run.iter() {
-                crate::interrupt::check()?;
-                if !packer.claim(*id) {
-                    continue;
-                }
-                let from_span = span.as_ref().and_then(|b| {
-                    let o = (loc.offset - start) as usize;
-                    b.get(o..o + loc.stored_len as usize).map(|s| (*loc, s.to_vec()))
-                });
-                // A pack gone meanwhile (a prune moved the blob) or a sparse run: read alone.
-                let (loc, stored) = match from_span {
-                    Some(x) => x,
-                    None => src.read_stored(*id)?,
-                };
-                blob::open(id, loc.compression, &stored, loc.raw_len)?;
-                packer.add_stored(*id, loc.compression, &stored, loc.raw_len)?;
-                progress.blobs_done.fetch_add(1, Ordering::Relaxed);
-                progress.bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
-            }
-            Ok(())
-        })?;
-        packer.finish()?;
-        let manifest = src.backend().get(FileKind::Snapshot, &s.id.to_hex())?;
-        failpoint::hit("copy-before-snapshot")?;
-        dst.backend().put(FileKind::Snapshot, &s.id.to_hex(), &manifest)?;
-        if let Err(e) = lock.check_held() {
-            dst.backend().delete(FileKind::Snapshot, &s.id.to_hex())?;
-            return Err(e);
-        }
-        report.snapshots_copied += 1;
-    }
-    Ok(report)
 }

@@ -10,11 +10,15 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use crate::backend::{Backend, FileKind, LocalBackend};
 use crate::blob;
 use crate::cache::ByteLru;
+use crate::codec::Codec;
+use crate::crypto::{Crypto, MasterKey};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{
-    BlobId, ChunkId, ChunkerParams, CompressionParams, Config, Hash, Node, NodeKind, Snapshot, SnapshotId, Tree, TreeId,
+    BlobId, ChunkId, ChunkerParams, CompressionParams, Config, Node, NodeKind, Snapshot, SnapshotId, Tree, TreeId,
 };
+use crate::format::{ConfigHead, Encryption};
 use crate::index::{Index, Location};
+use crate::keys::{KdfParams, KeyFile, Secret};
 
 /// A snapshot and its id.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,11 +37,43 @@ struct RepoInner {
     root: PathBuf,
     backend: LocalBackend,
     config: Config,
+    codec: Codec,
+    /// The key file that opened an encrypted repository.
+    key_name: Option<String>,
+}
+
+/// How to protect a new repository.
+#[allow(clippy::large_enum_variant)]
+pub enum NewKey {
+    /// Version 1: no encryption (`init --insecure-no-encryption`).
+    None,
+    /// Version 2: a new random master key wrapped under `secret`; with `content_identity_of`,
+    /// the id and chunker keys of that repository's master key (`init --copy-chunker-params`),
+    /// so that copies between the two deduplicate.
+    Encrypted { secret: Secret, kdf: KdfParams, content_identity_of: Option<Box<MasterKey>> },
+}
+
+impl NewKey {
+    /// An encrypted repository with the password `"test"` and the cheapest key derivation: for
+    /// tests of everything but the key derivation, which then costs nothing.
+    #[doc(hidden)]
+    pub fn test() -> NewKey {
+        NewKey::Encrypted {
+            secret: Secret::password("test"),
+            kdf: KdfParams { memory_kib: 64, iterations: 1, ..KdfParams::default() },
+            content_identity_of: None,
+        }
+    }
 }
 
 impl Repository {
     /// Create a new, empty repository at `path` (which must not exist or be an empty directory).
-    pub fn init(path: &Path, chunker: ChunkerParams, compression: CompressionParams) -> Result<Repository> {
+    pub fn init(
+        path: &Path,
+        chunker: ChunkerParams,
+        compression: CompressionParams,
+        key: NewKey,
+    ) -> Result<Repository> {
         chunker.validate()?;
         if path.exists() {
             let mut entries = std::fs::read_dir(path).at(path)?;
@@ -48,27 +84,71 @@ impl Repository {
         std::fs::create_dir_all(path).at(path)?;
         let backend = LocalBackend::new(path);
         backend.create_layout()?;
-        let config = Config::new(chunker, compression);
+        let (config, config_bytes, secret) = match key {
+            NewKey::None => {
+                let config = Config::new(chunker, compression, Encryption::None);
+                let bytes = config.encode();
+                (config, bytes, None)
+            }
+            NewKey::Encrypted { secret, kdf, content_identity_of } => {
+                let config = Config::new(chunker, compression, Encryption::Aes256Gcm);
+                let mut master = MasterKey::random();
+                if let Some(other) = content_identity_of {
+                    master = master.with_content_identity_of(&other);
+                }
+                // The key file first: a config that no key opens would be a dead repository.
+                let kf = KeyFile::wrap(&master, &config.id, &secret, kdf)?;
+                let bytes = kf.encode();
+                backend.put(FileKind::Key, &KeyFile::name_of(&bytes), &bytes)?;
+                let crypto = Crypto::Encrypted(Box::new(master));
+                let bytes = config.encode_sealed(&crypto);
+                (config, bytes, Some(secret))
+            }
+        };
         // The config goes last: a directory without one is not a repository yet. Created
         // exclusively: of two inits of one path at once, exactly one succeeds.
-        match backend.put_new(FileKind::Config, "config", &config.encode()) {
+        match backend.put_new(FileKind::Config, "config", &config_bytes) {
             Err(Error::AlreadyExists(_)) => return Err(Error::AlreadyExists(path.to_path_buf())),
             r => r?,
         }
         backend.ensure_reserve();
-        Repository::open(path)
+        debug_assert_eq!(config.encryption.is_none(), secret.is_none());
+        Repository::open(path, secret.as_ref())
     }
 
-    /// Open the repository at `path`, refusing formats newer than this build.
-    pub fn open(path: &Path) -> Result<Repository> {
+    /// What the config says in the clear: which repository, which version, whether encrypted.
+    pub fn head(path: &Path) -> Result<ConfigHead> {
+        ConfigHead::decode(&Self::config_bytes(path)?)
+    }
+
+    fn config_bytes(path: &Path) -> Result<Vec<u8>> {
+        match LocalBackend::new(path).get(FileKind::Config, "config") {
+            Ok(b) => Ok(b),
+            Err(Error::NotFound(_)) => Err(Error::NoRepository(path.to_path_buf())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Open the repository at `path`, refusing formats newer than this build. An encrypted one
+    /// needs `secret` (a password or raw key that opens one of its key files).
+    pub fn open(path: &Path, secret: Option<&Secret>) -> Result<Repository> {
         let backend = LocalBackend::new(path);
-        let bytes = match backend.get(FileKind::Config, "config") {
-            Ok(b) => b,
-            Err(Error::NotFound(_)) => return Err(Error::NoRepository(path.to_path_buf())),
-            Err(e) => return Err(e),
+        let bytes = Self::config_bytes(path)?;
+        let head = ConfigHead::decode(&bytes)?;
+        let (config, codec, key_name) = if head.encryption.is_none() {
+            (Config::decode(&bytes)?, Codec::plain(), None)
+        } else {
+            let secret = secret.ok_or_else(|| {
+                Error::Key(format!(
+                    "repository {} is encrypted: give its password (REWIND_PASSWORD, REWIND_PASSWORD_FILE, --password-file, --password-command) or raw key (--key-file)",
+                    path.display()
+                ))
+            })?;
+            let (name, master) = unlock(&backend, &head, secret)?;
+            let crypto = Crypto::Encrypted(Box::new(master));
+            (Config::decode_sealed(&bytes, &crypto)?, Codec::encrypted(crypto), Some(name))
         };
-        let config = Config::decode(&bytes)?;
-        Ok(Repository { inner: Arc::new(RepoInner { root: path.to_path_buf(), backend, config }) })
+        Ok(Repository { inner: Arc::new(RepoInner { root: path.to_path_buf(), backend, config, codec, key_name }) })
     }
 
     pub fn path(&self) -> &Path {
@@ -83,6 +163,72 @@ impl Repository {
         &self.inner.backend
     }
 
+    /// How this repository's objects are written.
+    pub fn codec(&self) -> &Codec {
+        &self.inner.codec
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.inner.codec.is_encrypted()
+    }
+
+    /// The master key of an encrypted repository (for `init --copy-chunker-params`).
+    pub fn master_key(&self) -> Option<&MasterKey> {
+        match self.inner.codec.crypto() {
+            Crypto::Encrypted(k) => Some(k),
+            Crypto::None => None,
+        }
+    }
+
+    /// The key files, by name; damaged ones with their error.
+    pub fn key_files(&self) -> Result<Vec<(String, Result<KeyFile>)>> {
+        let backend = self.backend();
+        Ok(backend
+            .list(FileKind::Key)?
+            .into_iter()
+            .filter_map(|name| match backend.get(FileKind::Key, &name) {
+                Ok(b) => Some((name, KeyFile::decode(&b))),
+                Err(Error::NotFound(_)) => None,
+                Err(e) => Some((name, Err(e))),
+            })
+            .collect())
+    }
+
+    /// The key file this process opened the repository with.
+    pub fn key_name(&self) -> Option<&str> {
+        self.inner.key_name.as_deref()
+    }
+
+    /// Add a key file wrapping this repository's master key under `secret`; returns its name.
+    pub fn add_key(&self, secret: &Secret, kdf: KdfParams) -> Result<String> {
+        let master = self
+            .master_key()
+            .ok_or_else(|| Error::InvalidInput("the repository is not encrypted: it has no keys".into()))?;
+        let kf = KeyFile::wrap(master, &self.config().id, secret, kdf)?;
+        let bytes = kf.encode();
+        let name = KeyFile::name_of(&bytes);
+        self.backend().put(FileKind::Key, &name, &bytes)?;
+        Ok(name)
+    }
+
+    /// Remove the key file `name` (a unique prefix will do). The last key, and the key this
+    /// process opened the repository with, are refused: either would lock everyone out.
+    pub fn remove_key(&self, name: &str) -> Result<String> {
+        let keys = self.key_files()?;
+        let full = unique_key(&keys, name)?;
+        if Some(full.as_str()) == self.key_name() {
+            return Err(Error::InvalidInput(format!(
+                "key {} is the one in use; open the repository with another key to remove it",
+                &full[..8]
+            )));
+        }
+        if keys.iter().filter(|(n, k)| n != &full && k.is_ok()).count() == 0 {
+            return Err(Error::InvalidInput("that is the last readable key; add another first".into()));
+        }
+        self.backend().delete(FileKind::Key, &full)?;
+        Ok(full)
+    }
+
     /// The ids of all snapshots (unordered; cheap: one directory listing).
     pub fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
         Ok(self.backend().list(FileKind::Snapshot)?.iter().filter_map(|n| SnapshotId::from_hex(n).ok()).collect())
@@ -90,10 +236,7 @@ impl Repository {
 
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let bytes = self.backend().get(FileKind::Snapshot, &id.to_hex())?;
-        if Hash::of(&bytes) != id.0 {
-            return Err(Error::corrupt(format!("snapshot {}", id.short()), "content does not match its id"));
-        }
-        Snapshot::decode(&bytes)
+        self.codec().decode_snapshot(id, bytes)
     }
 
     /// All readable snapshots, oldest first (ties by id). Snapshots removed while listing are
@@ -117,6 +260,7 @@ impl Repository {
                 Err(Error::NotFound(_)) => {}
                 Err(e @ (Error::Corrupt { .. } | Error::UnsupportedVersion { .. })) => {
                     let bytes = self.backend().get(FileKind::Snapshot, &id.to_hex()).unwrap_or_default();
+                    let bytes = self.codec().snapshot_plaintext(&id, bytes).unwrap_or_default();
                     damaged.push(DamagedSnapshot {
                         id,
                         path: self.backend().path(FileKind::Snapshot, &id.to_hex()),
@@ -173,7 +317,7 @@ impl Repository {
     /// Load the index, giving a repository that reads blobs.
     pub fn open_indexed(&self, caches: CacheSizes) -> Result<IndexedRepository> {
         let mut index = Index::default();
-        index.refresh(self.backend())?;
+        index.refresh(self.backend(), self.codec())?;
         Ok(IndexedRepository {
             inner: Arc::new(IndexedInner {
                 repo: self.clone(),
@@ -199,6 +343,55 @@ pub struct DamagedSnapshot {
     pub error: String,
     /// Its root tree, if the damaged bytes still name one (prune keeps what it reaches).
     pub salvaged_tree: Option<TreeId>,
+}
+
+/// The master key from the first key file `secret` opens, and that file's name. Wrong secrets
+/// cost the KDF's time per key file of the secret's kind, then one clear error.
+fn unlock(backend: &LocalBackend, head: &ConfigHead, secret: &Secret) -> Result<(String, MasterKey)> {
+    let names = backend.list(FileKind::Key)?;
+    if names.is_empty() {
+        return Err(Error::Key(format!(
+            "the repository is encrypted but {} holds no key file",
+            backend.path(FileKind::Key, "").display()
+        )));
+    }
+    let mut damaged = Vec::new();
+    for name in &names {
+        let kf = match backend.get(FileKind::Key, name).and_then(|b| KeyFile::decode(&b)) {
+            Ok(k) => k,
+            Err(Error::NotFound(_)) => continue,
+            Err(e) => {
+                damaged.push(format!("{} ({e})", &name[..name.len().min(8)]));
+                continue;
+            }
+        };
+        if let Some(master) = kf.unwrap(&head.id, secret)? {
+            return Ok((name.clone(), master));
+        }
+    }
+    let kind = match secret {
+        Secret::Password(_) => "wrong password",
+        Secret::RawKey(_) => "wrong raw key",
+    };
+    let listed: Vec<&str> = names.iter().map(|n| &n[..n.len().min(8)]).collect();
+    let mut msg = format!("{kind}: none of the repository's key files opens with it (keys: {})", listed.join(", "));
+    if !damaged.is_empty() {
+        msg.push_str(&format!("; damaged: {}", damaged.join(", ")));
+    }
+    Err(Error::Key(msg))
+}
+
+/// The one key file whose name starts with `prefix`.
+fn unique_key(keys: &[(String, Result<KeyFile>)], prefix: &str) -> Result<String> {
+    let hits: Vec<&String> = keys.iter().map(|(n, _)| n).filter(|n| n.starts_with(prefix)).collect();
+    match hits.as_slice() {
+        [one] if !prefix.is_empty() => Ok((*one).clone()),
+        [] | [_] => {
+            let all: Vec<&str> = keys.iter().map(|(n, _)| &n[..n.len().min(8)]).collect();
+            Err(Error::NotFound(format!("key {prefix:?} (the keys are: {})", all.join(", "))))
+        }
+        _ => Err(Error::InvalidInput(format!("key prefix {prefix:?} is ambiguous ({} match)", hits.len()))),
+    }
 }
 
 fn warn_damaged_once(d: &DamagedSnapshot) {
@@ -327,6 +520,10 @@ impl IndexedRepository {
         self.inner.repo.backend()
     }
 
+    pub(crate) fn codec(&self) -> &Codec {
+        self.inner.repo.codec()
+    }
+
     pub(crate) fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> T {
         f(&self.inner.index.read().expect("index lock"))
     }
@@ -337,7 +534,12 @@ impl IndexedRepository {
 
     /// Pick up index files written since opening (by a backup running beside us).
     pub fn refresh_index(&self) -> Result<usize> {
-        self.inner.index.write().expect("index lock").refresh(self.backend())
+        self.inner.index.write().expect("index lock").refresh(self.backend(), self.codec())
+    }
+
+    /// Every blob the index names.
+    pub fn blob_ids(&self) -> Vec<BlobId> {
+        self.with_index(|i| i.blobs().map(|(id, _)| id).collect())
     }
 
     /// Number of blobs in the index.
@@ -378,7 +580,7 @@ impl IndexedRepository {
                 continue;
             }
             rec.scanned.insert(pack);
-            match crate::index::read_pack_records(self.backend(), &pack) {
+            match crate::index::read_pack_records(self.backend(), self.codec(), &pack) {
                 Ok((len, blobs, _)) => rec.index.add_pack(&crate::format::IndexPack { pack, pack_len: len, blobs }),
                 Err(e) => tracing::warn!("pack {} unreadable: {e}", pack.short()),
             }
@@ -388,7 +590,7 @@ impl IndexedRepository {
 
     /// Prefer copies of blobs outside `packs` (condemned by a prune) from now on.
     pub(crate) fn avoid_packs(&self, packs: crate::index::IdSet<crate::format::PackId>) -> Result<()> {
-        self.inner.index.write().expect("index lock").set_avoid(self.backend(), packs)
+        self.inner.index.write().expect("index lock").set_avoid(self.backend(), self.codec(), packs)
     }
 
     /// Index files skipped because they are damaged.
@@ -400,17 +602,17 @@ impl IndexedRepository {
     fn pack_missing(&self, pack: crate::format::PackId) -> Result<()> {
         let mut index = self.inner.index.write().expect("index lock");
         if index.avoids(&pack) {
-            return index.refresh(self.backend()).map(|_| ());
+            return index.refresh(self.backend(), self.codec()).map(|_| ());
         }
         let mut avoid: crate::index::IdSet<crate::format::PackId> = Default::default();
         avoid.insert(pack);
-        index.add_avoid(self.backend(), avoid)
+        index.add_avoid(self.backend(), self.codec(), avoid)
     }
 
     /// Read and verify one blob, bypassing the caches.
     pub fn read_blob(&self, id: BlobId) -> Result<Vec<u8>> {
         let (loc, stored) = self.read_stored(id)?;
-        blob::open_owned(&id, loc.compression, stored, loc.raw_len)
+        blob::open_owned(self.codec(), &id, loc.compression, stored, loc.raw_len)
     }
 
     /// A blob's stored (maybe compressed) bytes, unverified. If its pack is gone (a prune moved
@@ -495,7 +697,7 @@ impl IndexedRepository {
         }
         let spill = self.inner.spill.get();
         if let Some(raw) = spill.and_then(|s| s.get(&id)) {
-            if Hash::of(&raw) == id.0 {
+            if self.codec().id(&raw) == id.0 {
                 let data = Arc::new(raw);
                 self.inner.chunks.insert(id, data.clone(), data.len());
                 return Ok(data);
@@ -671,7 +873,9 @@ mod tests {
         let text = &text[..1 << 20];
         std::fs::write(src.join("f"), text).unwrap();
         let chunker = ChunkerParams { min_size: 1 << 20, avg_size: 4 << 20, max_size: 16 << 20 };
-        let repo = Repository::init(&dir.path().join("repo"), chunker, CompressionParams::default()).unwrap();
+        let repo =
+            Repository::init(&dir.path().join("repo"), chunker, CompressionParams::default(), crate::NewKey::test())
+                .unwrap();
         let repo = repo.open_indexed(CacheSizes::default()).unwrap();
         let opts = BackupOptions { paths: vec![src.clone()], host: "h".into(), ..BackupOptions::default() };
         let snap = backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();

@@ -205,7 +205,7 @@ impl Restorer<'_> {
         for id in &node.content {
             let len = self.repo.locate((*id).into())?.raw_len as usize;
             buf.resize(len, 0);
-            if f.read_exact(&mut buf).is_err() || crate::format::Hash::of(&buf) != id.0 {
+            if f.read_exact(&mut buf).is_err() || self.repo.codec().id(&buf) != id.0 {
                 return Ok(false);
             }
         }

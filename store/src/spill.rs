@@ -272,7 +272,9 @@ mod tests {
         let text: Vec<u8> = (0..400_000u32).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
         std::fs::write(src.join("f"), &text).unwrap();
         let chunker = ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 };
-        let repo = Repository::init(&dir.path().join("repo"), chunker, CompressionParams::default()).unwrap();
+        let repo =
+            Repository::init(&dir.path().join("repo"), chunker, CompressionParams::default(), crate::NewKey::test())
+                .unwrap();
         let repo = repo.open_indexed(CacheSizes { chunk_bytes: 0, tree_bytes: 1 << 20 }).unwrap();
         let opts = BackupOptions { paths: vec![src.clone()], host: "h".into(), ..BackupOptions::default() };
         let snap = backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();

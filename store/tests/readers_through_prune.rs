@@ -24,6 +24,7 @@ fn reader_survives_prune() {
         &d.path().join("repo"),
         ChunkerParams { min_size: 16 << 10, avg_size: 64 << 10, max_size: 256 << 10 },
         CompressionParams::default(),
+        rewind_store::NewKey::test(),
     )
     .unwrap();
     let src = d.path().join("src");
