@@ -127,8 +127,19 @@ pub(crate) fn configure(conn: &Connection) -> Result<()> {
 /// Open (creating if needed) a writable catalog at `path` for the repository `repo_id`. A file
 /// that is not a usable catalog of this schema and repository is replaced.
 pub(crate) fn open_rw(path: &Path, repo_id: &str) -> Result<Connection> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.into(), source: e })?;
+    // The catalog holds every path in the clear, also of an encrypted repository: readable by
+    // its owner only. A folder made here is 0700; the database is created 0600 before SQLite
+    // opens it (its -wal and -shm files take the database's mode).
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::Io { path: dir.into(), source: e })?;
     }
     match try_open_rw(path, repo_id) {
         Ok(Some(conn)) => Ok(conn),
@@ -145,8 +156,17 @@ pub(crate) fn open_rw(path: &Path, repo_id: &str) -> Result<Connection> {
     }
 }
 
+/// Make sure `path` exists and is readable by its owner only.
+fn private_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e| Error::Io { path: path.into(), source: e };
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
+}
+
 /// `Ok(None)`: the file is a database but not a catalog we can use.
 fn try_open_rw(path: &Path, repo_id: &str) -> Result<Option<Connection>> {
+    private_file(path)?;
     let conn = Connection::open(path)?;
     configure(&conn)?;
     // WAL: readers go on reading the last committed state while an update runs.

@@ -85,6 +85,14 @@ impl Catalog {
         Catalog::open(&Catalog::default_path(repo.path()), &repo.config().id.to_hex())
     }
 
+    /// Open or create the catalog of `repo` at `path`, or at its default place.
+    pub fn open_at(path: Option<&Path>, repo: &rewind_store::Repository) -> Result<Catalog> {
+        match path {
+            Some(p) => Catalog::open(p, &repo.config().id.to_hex()),
+            None => Catalog::open_for(repo),
+        }
+    }
+
     /// Open an existing catalog for queries only.
     pub fn open_read_only(path: &Path) -> Result<Catalog> {
         let conn = db::open_ro(path)?;
