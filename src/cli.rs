@@ -12,12 +12,32 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The repository, from `--repo` or `REWIND_REPO`.
+/// The repository, from `--repo` or `REWIND_REPO`, and what opens it.
 #[derive(Args, Debug, Clone)]
 pub struct RepoArg {
     /// Repository directory
     #[arg(long, short = 'r', env = "REWIND_REPO", value_name = "REPO")]
     pub repo: PathBuf,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The file catalog behind find, deleted and history [default: REPO/catalog/catalog.sqlite]
+    #[arg(long, env = "REWIND_CATALOG", value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+}
+
+/// Where an encrypted repository's password or raw key comes from; never the command line.
+/// Without any of these, `REWIND_PASSWORD` is used, else the password is asked on the terminal.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KeyArgs {
+    /// Read the password from the first line of FILE
+    #[arg(long, env = "REWIND_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Run COMMAND (with sh -c) and take the first line it prints as the password
+    #[arg(long, env = "REWIND_PASSWORD_COMMAND", value_name = "COMMAND")]
+    pub password_command: Option<String>,
+    /// Open the repository with a raw key file instead of a password (see `rewind key add`)
+    #[arg(long, env = "REWIND_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -61,6 +81,62 @@ pub enum Command {
     Catalog(crate::cmd::catalog::CatalogCommand),
     /// Try rewind: a sample file server with history, backed up and served by the portal
     Demo(DemoArgs),
+    /// Manage the keys (passwords, raw key files) of an encrypted repository
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List the key files; `*` marks the one that opened the repository
+    List(KeyListArgs),
+    /// Add a key: a new password (asked, or --new-password-file/--new-password-command/
+    /// REWIND_NEW_PASSWORD), or a new raw key file written to --new-raw-key-file
+    Add(KeyAddArgs),
+    /// Remove a key file (not the last one, nor the one in use)
+    Remove(KeyRemoveArgs),
+    /// Change the password: add a key with the new password, then remove the one in use
+    Passwd(KeyAddArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeyListArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct KeyAddArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    #[command(flatten)]
+    pub new: NewKeyArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct KeyRemoveArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// The key file's id (a unique prefix will do)
+    pub id: String,
+}
+
+/// Where a new password or raw key comes from.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NewKeyArgs {
+    /// Read the new password from the first line of FILE
+    #[arg(long, env = "REWIND_NEW_PASSWORD_FILE", value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+    /// Run COMMAND (with sh -c) and take the first line it prints as the new password
+    #[arg(long, value_name = "COMMAND")]
+    pub new_password_command: Option<String>,
+    /// Make a new raw key instead of a password, and write it to FILE (which must not exist)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["new_password_file", "new_password_command"])]
+    pub new_raw_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
 }
 
 #[derive(Args, Debug)]
@@ -80,6 +156,61 @@ pub struct InitArgs {
     /// zstd level
     #[arg(long, hide = true)]
     pub compression_level: Option<i32>,
+    /// Store everything in plaintext (format version 1): anyone who can read the repository
+    /// reads every file in it
+    #[arg(long)]
+    pub insecure_no_encryption: bool,
+    /// Cut and name content as the repository FROM does (its chunker and id keys), so that
+    /// `rewind copy` between the two deduplicates; FROM opens with --from-password-file,
+    /// --from-key-file or REWIND_FROM_PASSWORD, else with the new repository's password
+    #[arg(long, value_name = "FROM", conflicts_with = "insecure_no_encryption")]
+    pub copy_chunker_params: Option<PathBuf>,
+    #[command(flatten)]
+    pub from_key: FromKeyArgs,
+    /// Where the new repository's password comes from (as for any command; asked twice on a
+    /// terminal otherwise)
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Protect the repository with a new raw key, written to FILE (which must not exist),
+    /// instead of a password: for unattended backups
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure_no_encryption")]
+    pub new_raw_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+}
+
+/// The cost of a password's key derivation, recorded in its key file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KdfArgs {
+    /// argon2id memory, KiB (the tests make it small)
+    #[arg(long, hide = true, env = "REWIND_KDF_MEMORY_KIB", default_value_t = 64 * 1024)]
+    pub kdf_memory_kib: u32,
+    /// argon2id passes
+    #[arg(long, hide = true, env = "REWIND_KDF_ITERATIONS", default_value_t = 3)]
+    pub kdf_iterations: u32,
+}
+
+/// What opens a second repository (`init --copy-chunker-params`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct FromKeyArgs {
+    #[arg(long, env = "REWIND_FROM_PASSWORD_FILE", value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
+    #[arg(long, value_name = "COMMAND")]
+    pub from_password_command: Option<String>,
+    #[arg(long, env = "REWIND_FROM_KEY_FILE", value_name = "FILE")]
+    pub from_key_file: Option<PathBuf>,
+}
+
+/// What opens the target of `copy`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ToKeyArgs {
+    /// Read the target's password from FILE [default: the source's password or key]
+    #[arg(long, env = "REWIND_TO_PASSWORD_FILE", value_name = "FILE")]
+    pub to_password_file: Option<PathBuf>,
+    #[arg(long, value_name = "COMMAND")]
+    pub to_password_command: Option<String>,
+    #[arg(long, env = "REWIND_TO_KEY_FILE", value_name = "FILE")]
+    pub to_key_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -297,6 +428,8 @@ pub struct CopyArgs {
     /// The target repository
     #[arg(long, value_name = "REPO2")]
     pub to: PathBuf,
+    #[command(flatten)]
+    pub to_key: ToKeyArgs,
     /// Snapshots to copy (id prefixes or `latest`); default: all (of --host)
     pub snapshots: Vec<String>,
     #[arg(long)]

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::History(a) => cmd::catalog::history(a),
         Command::Catalog(c) => cmd::catalog::run(c),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Key(c) => cmd::keys::run(c),
     };
     match result {
         Ok(code) => code,

@@ -14,6 +14,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The repository to serve.
     pub repository: PathBuf,
+    /// An encrypted repository's password, in the first line of this file (else
+    /// `REWIND_PASSWORD_FILE`, or `REWIND_PASSWORD` in the environment).
+    #[serde(default)]
+    pub repository_password_file: Option<PathBuf>,
+    /// An encrypted repository's raw key file (else `REWIND_KEY_FILE`).
+    #[serde(default)]
+    pub repository_key_file: Option<PathBuf>,
     /// Authentication realms, tried in order.
     #[serde(rename = "realm")]
     pub realms: Vec<RealmConfig>,
@@ -329,6 +336,17 @@ impl Default for LimitsConfig {
 }
 
 impl Config {
+    /// Where the repository's secret comes from: the config's files, else the environment.
+    pub fn repository_secret(&self) -> rewind_store::SecretSource {
+        let env_path = |v: &str| std::env::var_os(v).map(PathBuf::from);
+        rewind_store::SecretSource {
+            key_file: self.repository_key_file.clone().or_else(|| env_path("REWIND_KEY_FILE")),
+            password_file: self.repository_password_file.clone().or_else(|| env_path("REWIND_PASSWORD_FILE")),
+            password_command: None,
+            env: Some("REWIND_PASSWORD"),
+        }
+    }
+
     /// Read and check a config file; relative paths are taken from the file's folder.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         use anyhow::Context;
@@ -348,6 +366,9 @@ impl Config {
         };
         fix(&mut self.repository);
         fix(&mut self.audit_log);
+        for p in [&mut self.repository_password_file, &mut self.repository_key_file].into_iter().flatten() {
+            fix(p);
+        }
         if let Some(p) = &mut self.session.key_file {
             fix(p);
         }

@@ -97,7 +97,19 @@ impl AppState {
     /// Open the repository, realms, key, audit log and catalog named by a configuration.
     pub fn new(config: Config) -> anyhow::Result<AppState> {
         use anyhow::Context;
-        let repo = rewind_store::Repository::open(&config.repository)
+        let secret = match rewind_store::Repository::head(&config.repository)
+            .with_context(|| format!("opening repository {}", config.repository.display()))?
+            .encryption
+        {
+            rewind_store::Encryption::None => None,
+            _ => Some(config.repository_secret().read()?.with_context(|| {
+                format!(
+                    "repository {} is encrypted: set repository_password_file or repository_key_file in the config, or REWIND_PASSWORD_FILE, REWIND_KEY_FILE or REWIND_PASSWORD",
+                    config.repository.display()
+                )
+            })?),
+        };
+        let repo = rewind_store::Repository::open(&config.repository, secret.as_ref())
             .with_context(|| format!("opening repository {}", config.repository.display()))?;
         let caches = rewind_store::CacheSizes { chunk_bytes: config.chunk_cache_mib << 20, tree_bytes: 32 << 20 };
         let view = Arc::new(View::new(repo.open_indexed(caches)?)?);

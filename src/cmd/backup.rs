@@ -15,7 +15,8 @@ pub const EXIT_INCOMPLETE: u8 = 3;
 pub fn run(a: BackupArgs) -> Result<ExitCode> {
     crate::cmd::signals::handle_interrupts();
     let started = Instant::now();
-    let repo = open_indexed(&a.repo.repo)?;
+    let repo = open_indexed(&a.repo)?;
+    crate::cmd::keys::refuse_plain_with_password(repo.repo(), &a.repo.key)?;
     let opts = BackupOptions {
         paths: a.paths.clone(),
         host: a.host.clone().unwrap_or_else(hostname),
@@ -72,7 +73,7 @@ pub fn run(a: BackupArgs) -> Result<ExitCode> {
         );
     }
     // The catalog is a cache: failing to update it never fails the backup.
-    crate::cmd::catalog::update_after_backup(&repo);
+    crate::cmd::catalog::update_after_backup(&repo, a.repo.catalog.as_deref());
     if s.errors > 0 {
         eprintln!("rewind: {} entries could not be read and are not in snapshot {}", s.errors, saved.id.short());
         return Ok(ExitCode::from(EXIT_INCOMPLETE));

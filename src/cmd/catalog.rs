@@ -2,6 +2,7 @@
 //! that follows each backup. The catalog is a cache beside the repository
 //! (`REPO/catalog/catalog.sqlite`); every command brings it up to date first.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -104,12 +105,12 @@ pub enum CatalogCommand {
 
 /// After a backup: bring the catalog up to date, warning (never failing) when that fails. A
 /// damaged catalog is rebuilt (it is a cache).
-pub fn update_after_backup(repo: &IndexedRepository) {
-    let sync = || Catalog::open_for(repo.repo()).and_then(|mut c| c.sync(repo));
+pub fn update_after_backup(repo: &IndexedRepository, catalog: Option<&Path>) {
+    let sync = || Catalog::open_at(catalog, repo.repo()).and_then(|mut c| c.sync(repo));
     let result = match sync() {
         Err(e) if e.is_corrupt() => {
             eprintln!("rewind: the file catalog is damaged ({e}); rebuilding it");
-            Catalog::remove(&Catalog::default_path(repo.repo().path())).and_then(|()| sync())
+            Catalog::remove(&catalog_path(catalog, repo.repo().path())).and_then(|()| sync())
         }
         r => r,
     };
@@ -119,9 +120,14 @@ pub fn update_after_backup(repo: &IndexedRepository) {
     }
 }
 
+/// Where a repository's catalog is: the one given, or the default place.
+pub fn catalog_path(given: Option<&Path>, repo: &Path) -> PathBuf {
+    given.map(Path::to_path_buf).unwrap_or_else(|| Catalog::default_path(repo))
+}
+
 /// What is wrong with the repository's catalog, if anything (for `check`).
-pub fn check_catalog(repo: &std::path::Path) -> Option<String> {
-    let path = Catalog::default_path(repo);
+pub fn check_catalog(repo: &RepoArg) -> Option<String> {
+    let path = catalog_path(repo.catalog.as_deref(), &repo.repo);
     let problems = match Catalog::check_integrity(&path) {
         Ok(p) => p,
         Err(e) => vec![e.to_string()],
@@ -150,7 +156,7 @@ impl<'a> Session<'a> {
         match f(&self.cat) {
             Err(e) if e.is_corrupt() => {
                 eprintln!("rewind: the file catalog is damaged ({e}); rebuilding it");
-                Catalog::remove(&Catalog::default_path(&self.repo.repo))?;
+                Catalog::remove(&catalog_path(self.repo.catalog.as_deref(), &self.repo.repo))?;
                 self.cat = open_synced(self.repo)?;
                 Ok(f(&self.cat)?)
             }
@@ -161,9 +167,10 @@ impl<'a> Session<'a> {
 
 /// The repository's catalog, up to date if it can be made so (else as it is, with a warning).
 fn open_synced(repo: &RepoArg) -> Result<Catalog> {
-    let indexed = open_indexed(&repo.repo)?;
-    let path = Catalog::default_path(&repo.repo);
-    let open = || Catalog::open_for(indexed.repo()).and_then(|mut c| c.sync(&indexed).map(|_| c));
+    let indexed = open_indexed(repo)?;
+    let path = catalog_path(repo.catalog.as_deref(), &repo.repo);
+    let open =
+        || Catalog::open(&path, &indexed.repo().config().id.to_hex()).and_then(|mut c| c.sync(&indexed).map(|_| c));
     let opened = match open() {
         Err(e) if e.is_corrupt() => {
             eprintln!("rewind: the file catalog is damaged ({e}); rebuilding it");
@@ -183,11 +190,12 @@ fn open_synced(repo: &RepoArg) -> Result<Catalog> {
 pub fn run(c: CatalogCommand) -> Result<ExitCode> {
     match c {
         CatalogCommand::Rebuild(repo) => {
-            let indexed = open_indexed(&repo.repo)?;
+            let indexed = open_indexed(&repo)?;
             let started = std::time::Instant::now();
             // In place and in one transaction: readers (the portal) keep the old catalog until
             // the new one is complete. A file that is not a usable catalog is replaced on open.
-            let mut cat = Catalog::open_for(indexed.repo()).context("cannot open the catalog")?;
+            let mut cat =
+                Catalog::open_at(repo.catalog.as_deref(), indexed.repo()).context("cannot open the catalog")?;
             let r = cat.rebuild(&indexed).context("catalog rebuild failed")?;
             let st = cat.stats()?;
             outln!(
@@ -200,8 +208,9 @@ pub fn run(c: CatalogCommand) -> Result<ExitCode> {
             );
         }
         CatalogCommand::Sync(repo) => {
-            let indexed = open_indexed(&repo.repo)?;
-            let mut cat = Catalog::open_for(indexed.repo()).context("cannot open the catalog")?;
+            let indexed = open_indexed(&repo)?;
+            let mut cat =
+                Catalog::open_at(repo.catalog.as_deref(), indexed.repo()).context("cannot open the catalog")?;
             let r = cat.sync(&indexed).context("catalog update failed")?;
             outln!(
                 "catalog updated: {} snapshots added, {} dropped, {} hosts rebuilt, {} versions added, {} closed, {} removed",

@@ -11,7 +11,7 @@ use crate::cmd::{Progress, human_bytes, human_duration, open_repo};
 
 pub fn run(a: CheckArgs) -> Result<ExitCode> {
     let started = Instant::now();
-    let repo = open_repo(&a.repo.repo)?;
+    let repo = open_repo(&a.repo)?;
     let progress = Arc::new(CheckProgress::default());
     let p = progress.clone();
     let bar = Progress::start(move || {
@@ -25,7 +25,7 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
     let mut report = maintenance::check(&repo, a.read_data, &progress)?;
     drop(bar);
     // The catalog is a cache beside the repository: damage there loses nothing, but say so.
-    if let Some(problem) = crate::cmd::catalog::check_catalog(&a.repo.repo) {
+    if let Some(problem) = crate::cmd::catalog::check_catalog(&a.repo) {
         report.warnings.push(problem);
     }
     for w in &report.warnings {
@@ -46,8 +46,13 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
     let verified =
         if a.read_data { format!(", {} verified", human_bytes(report.bytes_verified)) } else { String::new() };
     let status = if report.ok() { "no errors" } else { "ERRORS FOUND" };
+    let protection = if repo.is_encrypted() {
+        if a.read_data { ", every blob authenticated (AES-256-GCM)" } else { ", encrypted" }
+    } else {
+        crate::cmd::encryption_note(&repo)
+    };
     outln!(
-        "check: {} snapshots, {} trees, {} blobs, {} packs{verified}: {status} ({} errors, {} damaged blobs) in {}",
+        "check: {} snapshots, {} trees, {} blobs, {} packs{verified}: {status} ({} errors, {} damaged blobs){protection} in {}",
         report.snapshots,
         report.trees,
         report.blobs,
@@ -60,7 +65,7 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
 }
 
 pub fn rebuild_index(a: RepoArg) -> Result<ExitCode> {
-    let repo = open_repo(&a.repo)?;
+    let repo = open_repo(&a)?;
     let r = maintenance::rebuild_index(&repo)?;
     for (pack, e) in &r.bad_packs {
         eprintln!("warning: pack {pack} skipped: {e}");

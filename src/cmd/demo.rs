@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use rewind_store::{BackupOptions, BackupProgress, ChunkerParams, CompressionParams, Repository, backup};
+use rewind_store::{BackupOptions, BackupProgress, ChunkerParams, CompressionParams, NewKey, Repository, backup};
 
-use crate::cli::DemoArgs;
+use crate::cli::{DemoArgs, KeyArgs, RepoArg};
 use crate::cmd::open_indexed;
 
 /// Marks a directory as made by `rewind demo`, so that a second run may replace it.
@@ -249,8 +249,19 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let repo_path = dir.join("repo");
 
     outln!("Building a sample file server in {} ...", server.display());
-    Repository::init(&repo_path, ChunkerParams::default(), CompressionParams::default())
+    // Encrypted, as every repository is by default, with a raw key kept beside it (a real
+    // deployment keeps the key apart from the repository).
+    let key_path = dir.join("repo.key");
+    let (secret, key_text) = rewind_store::Secret::new_raw_key();
+    std::fs::write(&key_path, key_text.as_bytes())?;
+    let key = NewKey::Encrypted { secret, kdf: rewind_store::KdfParams::default(), content_identity_of: None };
+    Repository::init(&repo_path, ChunkerParams::default(), CompressionParams::default(), key)
         .with_context(|| format!("creating the repository {}", repo_path.display()))?;
+    let repo_arg = RepoArg {
+        repo: repo_path.clone(),
+        key: KeyArgs { key_file: Some(key_path.clone()), ..KeyArgs::default() },
+        catalog: None,
+    };
     let mut rng = Rng::new(0x5eed_2026_0001);
     let generations = 4u32;
     for generation in 0..generations {
@@ -265,13 +276,13 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             // Snapshots are named by their time: keep them apart.
             std::thread::sleep(std::time::Duration::from_millis(1100));
         }
-        let repo = open_indexed(&repo_path)?;
+        let repo = open_indexed(&repo_arg)?;
         let opts = BackupOptions { paths: vec![server.clone()], host: "fileserver".into(), ..Default::default() };
         let report = |p: &Path, e: &rewind_store::Error| eprintln!("rewind: skipped {}: {e}", p.display());
         let saved = backup(&repo, &opts, &BackupProgress::default(), &report).context("backing up the demo")?;
         outln!("  backup {} of {generations}: snapshot {}", generation + 1, saved.id.short());
     }
-    let repo = open_indexed(&repo_path)?;
+    let repo = open_indexed(&repo_arg)?;
     let mut cat = rewind_catalog::Catalog::open_for(repo.repo()).context("opening the catalog")?;
     cat.sync(&repo).context("building the catalog")?;
 
@@ -289,7 +300,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     std::fs::write(dir.join("users.toml"), users)?;
     let listen = pick_listen(a.listen)?;
     let config = format!(
-        "listen = \"{listen}\"\nrepository = \"{repo}\"\naudit_log = \"audit.jsonl\"\n\n[session]\nkey_file = \"session.key\"\n\n\
+        "listen = \"{listen}\"\nrepository = \"{repo}\"\nrepository_key_file = \"repo.key\"\naudit_log = \"audit.jsonl\"\n\n[session]\nkey_file = \"session.key\"\n\n\
          [authz]\nrules = [\"home\"]\n\n[[realm]]\nkind = \"file\"\nname = \"demo\"\nusers_file = \"users.toml\"\n",
         repo = repo_path.display()
     );
@@ -310,7 +321,11 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     outln!("  The same backups as a filesystem (needs FUSE):");
     // The binary that runs now (`cargo run` leaves it in target/), so the command works as printed.
     let rewind = std::env::current_exe().map(|e| e.display().to_string()).unwrap_or_else(|_| "rewind".into());
-    outln!("    mkdir -p /tmp/rewind-mnt && {rewind} mount --repo {} /tmp/rewind-mnt", repo_path.display());
+    outln!(
+        "    mkdir -p /tmp/rewind-mnt && {rewind} mount --repo {} --key-file {} /tmp/rewind-mnt",
+        repo_path.display(),
+        key_path.display()
+    );
     outln!("  Portal configuration: {} (run it again with `rewind serve --config ...`)", config_path.display());
     outln!("  Stop with Ctrl-C.");
     outln!();

@@ -7,7 +7,7 @@ use crate::cli::LsArgs;
 use crate::cmd::{open_indexed, show_bytes};
 
 pub fn run(a: LsArgs) -> Result<ExitCode> {
-    let repo = open_indexed(&a.repo.repo)?;
+    let repo = open_indexed(&a.repo)?;
     let snap = repo.repo().find_snapshot(&a.snapshot, a.host.as_deref())?;
     let path = a.path.clone().unwrap_or_else(|| "/".into());
     let node = repo

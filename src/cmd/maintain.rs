@@ -7,15 +7,15 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use rewind_store::prune::{self, CopyProgress, PruneOptions, PruneProgress};
+use rewind_store::prune::{self, PruneOptions, PruneProgress};
 use rewind_store::retention::{self, Policy};
-use rewind_store::{CacheSizes, Repository, SnapshotEntry};
+use rewind_store::{CacheSizes, SnapshotEntry};
 
 use crate::cli::{CopyArgs, ForgetArgs, PruneArgs};
 use crate::cmd::{Progress, human_bytes, human_duration, open_indexed, open_repo};
 
 pub fn forget(a: ForgetArgs) -> Result<ExitCode> {
-    let repo = open_repo(&a.repo.repo)?;
+    let repo = open_repo(&a.repo)?;
     let all = repo.snapshots()?;
     let policy = Policy {
         last: a.keep_last,
@@ -96,7 +96,7 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode> {
     }
     if !a.dry_run {
         prune::forget(&repo, &remove)?;
-        crate::cmd::catalog::update_after_backup(&repo.open_indexed(CacheSizes::default())?);
+        crate::cmd::catalog::update_after_backup(&repo.open_indexed(CacheSizes::default())?, a.repo.catalog.as_deref());
     }
     eprintln!(
         "forget: {} snapshot(s) {}, {} kept{}",
@@ -137,7 +137,7 @@ fn parse_duration(s: &str) -> Result<jiff::SignedDuration> {
 pub fn prune(a: PruneArgs) -> Result<ExitCode> {
     crate::cmd::signals::handle_interrupts();
     let started = Instant::now();
-    let repo = open_repo(&a.repo.repo)?;
+    let repo = open_repo(&a.repo)?;
     let progress = Arc::new(PruneProgress::default());
     let p = progress.clone();
     let bar = Progress::start(move || {
@@ -187,15 +187,18 @@ pub fn prune(a: PruneArgs) -> Result<ExitCode> {
 pub fn copy(a: CopyArgs) -> Result<ExitCode> {
     crate::cmd::signals::handle_interrupts();
     let started = Instant::now();
-    let src = open_indexed(&a.repo.repo)?;
-    let dst = Repository::open(&a.to)
-        .with_context(|| format!("cannot open target repository {}", a.to.display()))?
-        .open_indexed(CacheSizes::default())?;
-    if src.repo().config().chunker != dst.repo().config().chunker {
-        eprintln!(
-            "warning: the repositories chunk differently; copied snapshots will not deduplicate against the target's own backups"
-        );
-    }
+    let src = open_indexed(&a.repo)?;
+    // The target opens with its own secret if one is given, else with the source's.
+    let to = crate::cmd::keys::to_source(&a.to_key);
+    let to = if to.given() { to } else { crate::cmd::keys::source(&a.repo.key) };
+    let dst = crate::cmd::keys::open_with(&a.to, &to)
+        .with_context(|| format!("cannot open target repository {}", a.to.display()))?;
+    crate::cmd::keys::refuse_plain_with_password(&dst, &a.repo.key).or_else(|e| {
+        // Copying out of an encrypted repository into a plaintext one is the user's choice to
+        // make knowingly; into one when only the source's password was given is refused.
+        if src.repo().is_encrypted() { Err(e) } else { Ok(()) }
+    })?;
+    let dst = dst.open_indexed(CacheSizes::default())?;
     let all = src.repo().snapshots()?;
     let chosen: Vec<SnapshotEntry> = if a.snapshots.is_empty() {
         all.into_iter().filter(|s| a.host.as_ref().is_none_or(|h| &s.snapshot.host == h)).collect()
@@ -205,7 +208,7 @@ pub fn copy(a: CopyArgs) -> Result<ExitCode> {
             .map(|s| src.repo().find_snapshot(s, a.host.as_deref()))
             .collect::<rewind_store::Result<_>>()?
     };
-    let progress = Arc::new(CopyProgress::default());
+    let progress = Arc::new(rewind_store::copy::CopyProgress::default());
     let p = progress.clone();
     let bar = Progress::start(move || {
         format!(
@@ -215,9 +218,14 @@ pub fn copy(a: CopyArgs) -> Result<ExitCode> {
             human_bytes(p.bytes.load(Ordering::Relaxed))
         )
     });
-    let r = prune::copy(&src, &dst, &chosen, &progress)?;
+    let r = rewind_store::copy::copy(&src, &dst, &chosen, &progress)?;
     drop(bar);
     let secs = started.elapsed().as_secs_f64().max(0.001);
+    if r.mode == "renamed" && r.snapshots_copied > 0 {
+        eprintln!(
+            "note: the repositories name content differently (other keys or chunkers): the copies were cut and named anew, and deduplicate only among themselves (`init --copy-chunker-params` avoids this)"
+        );
+    }
     outln!(
         "copy: {} snapshots copied, {} already there; {} blobs, {} ({}/s) in {}",
         r.snapshots_copied,
@@ -227,7 +235,7 @@ pub fn copy(a: CopyArgs) -> Result<ExitCode> {
         human_bytes((r.bytes_copied as f64 / secs) as u64),
         human_duration(started.elapsed())
     );
-    crate::cmd::catalog::update_after_backup(&dst);
+    crate::cmd::catalog::update_after_backup(&dst, None);
     Ok(ExitCode::SUCCESS)
 }
 

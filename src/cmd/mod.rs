@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod check;
 pub mod demo;
 pub mod init;
+pub mod keys;
 pub mod ls;
 pub mod maintain;
 pub mod mount;
@@ -30,11 +31,12 @@ pub mod snapshots;
 pub mod unlock;
 
 use std::io::IsTerminal;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rewind_store::{CacheSizes, IndexedRepository, Repository};
+
+use crate::cli::RepoArg;
 
 /// Allocator settings for the long-running readers (`mount`, `serve`, `demo`), set before their
 /// threads start. glibc gives threads that allocate arenas of their own (up to eight per core),
@@ -62,13 +64,21 @@ pub fn tune_allocator(mmap_threshold: Option<i32>) {
     let _ = mmap_threshold;
 }
 
-pub fn open_repo(path: &Path) -> Result<Repository> {
-    Repository::open(path).with_context(|| format!("cannot open repository {}", path.display()))
+/// Open the repository a command names (asking for its password if it is encrypted and none
+/// is given).
+pub fn open_repo(repo: &RepoArg) -> Result<Repository> {
+    keys::open(&repo.repo, &repo.key)
 }
 
-pub fn open_indexed(path: &Path) -> Result<IndexedRepository> {
-    let repo = open_repo(path)?;
-    repo.open_indexed(CacheSizes::default()).with_context(|| format!("cannot load the index of {}", path.display()))
+/// What a summary line says about a repository's encryption: nothing when encrypted (the
+/// default), a warning when not.
+pub fn encryption_note(repo: &Repository) -> &'static str {
+    if repo.is_encrypted() { "" } else { "; repository NOT encrypted (format version 1)" }
+}
+
+pub fn open_indexed(repo: &RepoArg) -> Result<IndexedRepository> {
+    let r = open_repo(repo)?;
+    r.open_indexed(CacheSizes::default()).with_context(|| format!("cannot load the index of {}", repo.repo.display()))
 }
 
 /// Bytes for people: `1.5 GiB`.

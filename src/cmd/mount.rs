@@ -10,7 +10,7 @@ use crate::cli::MountArgs;
 use crate::cmd::open_repo;
 
 pub fn run(a: MountArgs) -> Result<ExitCode> {
-    let repo = open_repo(&a.repo.repo)?;
+    let repo = open_repo(&a.repo)?;
     // Every chunk buffer from the heap, reused: see `tune_allocator`.
     let largest = i32::try_from(repo.config().chunker.max_size).unwrap_or(i32::MAX);
     crate::cmd::tune_allocator(Some(largest.saturating_mul(2).clamp(1 << 20, 32 << 20)));

@@ -15,7 +15,7 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         Some((s, p)) => (s, p),
         None => (a.what.as_str(), "/"),
     };
-    let repo = open_indexed(&a.repo.repo)?;
+    let repo = open_indexed(&a.repo)?;
     let snap = repo.repo().find_snapshot(spec, a.host.as_deref())?;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;

@@ -6,7 +6,7 @@ use crate::cli::SnapshotsArgs;
 use crate::cmd::{human_bytes, open_repo};
 
 pub fn run(a: SnapshotsArgs) -> Result<ExitCode> {
-    let repo = open_repo(&a.repo.repo)?;
+    let repo = open_repo(&a.repo)?;
     let (all, damaged) = repo.snapshots_and_damage()?;
     for d in &damaged {
         eprintln!(
@@ -44,6 +44,6 @@ pub fn run(a: SnapshotsArgs) -> Result<ExitCode> {
             s.snapshot.paths.join(" ")
         );
     }
-    outln!("{} snapshot(s)", snaps.len());
+    outln!("{} snapshot(s){}", snaps.len(), crate::cmd::encryption_note(&repo));
     Ok(ExitCode::SUCCESS)
 }

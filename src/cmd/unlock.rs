@@ -6,7 +6,7 @@ use crate::cli::UnlockArgs;
 use crate::cmd::open_repo;
 
 pub fn run(a: UnlockArgs) -> Result<ExitCode> {
-    let repo = open_repo(&a.repo.repo)?;
+    let repo = open_repo(&a.repo)?;
     let r = rewind_store::unlock(&repo, a.remove_all)?;
     for l in &r.removed {
         outln!("removed lock {l}");
