@@ -44,7 +44,10 @@ fn rows(json_lines: &str) -> BTreeSet<Row> {
 /// Brute force: walk every snapshot of every host through the store and cut each path's
 /// presence into runs of one identity.
 fn brute_force(repo: &Path, only: Option<&BTreeSet<String>>) -> BTreeSet<Row> {
-    let repo = Repository::open(repo).unwrap().open_indexed(CacheSizes::default()).unwrap();
+    let repo = Repository::open(repo, Some(&crate::support::test_secret()))
+        .unwrap()
+        .open_indexed(CacheSizes::default())
+        .unwrap();
     let mut by_host: BTreeMap<String, Vec<(String, TreeId)>> = BTreeMap::new();
     for e in repo.repo().snapshots().unwrap() {
         if only.is_some_and(|o| !o.contains(&e.id.to_hex())) {

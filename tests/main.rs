@@ -4,6 +4,7 @@
 mod support;
 
 mod catalog;
+mod encryption;
 mod faults;
 mod mount;
 mod portal;

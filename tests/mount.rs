@@ -251,7 +251,7 @@ fn damaged_chunk_gives_eio_on_exactly_that_file() {
     t.backup("h", &[&src]);
 
     // Find the first chunk of f3 in its pack and flip a byte in the middle of it.
-    let repo = rewind_store::Repository::open(&t.repo).unwrap();
+    let repo = t.open();
     let indexed = repo.open_indexed(rewind_store::CacheSizes::default()).unwrap();
     let snap = repo.find_snapshot("latest", None).unwrap();
     let victim = src.join("f3");

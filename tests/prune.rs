@@ -110,13 +110,13 @@ fn copy_adds_only_what_the_target_lacks() {
     assert!(first.contains("2 snapshots copied"), "{first}");
     let second = t.ok(&[OsStr::new("copy"), OsStr::new("--to"), target.as_os_str()]);
     assert!(second.contains("0 snapshots copied, 2 already there; 0 blobs"), "{second}");
-    let check = Command::new(rewind_bin())
+    let check = rewind_cmd()
         .args([OsStr::new("check"), OsStr::new("--read-data"), OsStr::new("--repo"), target.as_os_str()])
         .output()
         .unwrap();
     assert_success(&check, "check --read-data of the copy");
     let out = t.path("out");
-    let r = Command::new(rewind_bin())
+    let r = rewind_cmd()
         .args([
             OsStr::new("restore"),
             OsStr::new(&format!("latest:{}", src.display())),
@@ -143,21 +143,27 @@ fn stale_locks_are_listed_passed_over_and_removed() {
     t.ok(&["forget", &first["id"].as_str().unwrap()[..8]]);
     let host = String::from_utf8_lossy(&Command::new("hostname").output().unwrap().stdout).trim().to_string();
     let hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
-    let lock = |name: &str, body: String, old: bool| {
+    // Written as rewind writes them: sealed with the repository's key (the garbage one is not).
+    let codec = t.open().codec().clone();
+    let lock = |name: &str, body: Option<rewind_store::LockInfo>, old: bool| {
         let p = t.repo.join("locks").join(name);
-        std::fs::write(&p, body).unwrap();
+        let bytes = match body {
+            Some(info) => codec.encode_lock(name, &info),
+            None => b"{\"purp".to_vec(),
+        };
+        std::fs::write(&p, bytes).unwrap();
         if old {
             let ft = filetime::FileTime::from_unix_time(hour_ago.as_second(), 0);
             filetime::set_file_mtime(&p, ft).unwrap();
         }
     };
     let info = |host: &str, pid: u32, time: jiff::Timestamp| {
-        serde_json::json!({"purpose": "backup", "host": host, "pid": pid, "time": time}).to_string()
+        Some(rewind_store::LockInfo { purpose: "backup".into(), host: host.into(), pid, time, refreshed: None })
     };
     // Fresh ones first: a prune must wait for them.
     lock("backup-elsewhere", info("elsewhere", 42, jiff::Timestamp::now()), false);
     lock("backup-pid0", info(&host, 0, jiff::Timestamp::now()), false);
-    lock("backup-garbage", "{\"purp".into(), false);
+    lock("backup-garbage", None, false);
     let out = t.ok(&["prune"]);
     assert!(out.contains("wait for running backups"), "prune passed over live-looking locks: {out}");
     let check = String::from_utf8_lossy(&t.run(&["check"]).stderr).into_owned();
@@ -169,7 +175,7 @@ fn stale_locks_are_listed_passed_over_and_removed() {
     // Unrefreshed for an hour, and a lock of a process that is gone: stale.
     lock("backup-elsewhere", info("elsewhere", 42, hour_ago), true);
     lock("backup-pid0", info(&host, 0, hour_ago), true);
-    lock("backup-garbage", "{\"purp".into(), true);
+    lock("backup-garbage", None, true);
     lock("backup-pid1", info(&host, 1, hour_ago), true);
     lock("backup-gone", info(&host, 999_999_999, jiff::Timestamp::now()), false);
     let out = t.ok(&["prune"]);

@@ -286,10 +286,7 @@ fn kill_during_backup_leaves_a_valid_repository() {
 fn errors_are_one_clear_line() {
     let t = TempRepo::new();
     let missing = t.path("no-such-repo");
-    let out = Command::new(rewind_bin())
-        .args([OsStr::new("snapshots"), OsStr::new("--repo"), missing.as_os_str()])
-        .output()
-        .unwrap();
+    let out = rewind_cmd().args([OsStr::new("snapshots"), OsStr::new("--repo"), missing.as_os_str()]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -297,7 +294,7 @@ fn errors_are_one_clear_line() {
 
     // A repository of a newer format is refused, with a reason.
     let cfg = t.repo.join("config");
-    let text = fs::read_to_string(&cfg).unwrap().replace("\"version\": 1", "\"version\": 99");
+    let text = fs::read_to_string(&cfg).unwrap().replace("\"version\": 2", "\"version\": 99");
     fs::write(&cfg, text).unwrap();
     let out = t.run(&["snapshots"]);
     assert!(!out.status.success());
@@ -328,7 +325,8 @@ fn unreadable_files_are_reported_and_skipped() {
         fs::set_permissions(p, fs::Permissions::from_mode(0o777)).unwrap();
     }
     Command::new("chown").args(["-R", "65534:65534"]).arg(&t.repo).status().unwrap();
-    let out = Command::new("setpriv")
+    let out = t
+        .cmd_env(&mut Command::new("setpriv"))
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(rewind_bin())
         .args([
@@ -394,7 +392,7 @@ fn concurrent_init_has_one_winner() {
         let repo = d.path().join("repo");
         let children: Vec<_> = (0..4)
             .map(|_| {
-                Command::new(rewind_bin())
+                rewind_cmd()
                     .arg("init")
                     .arg(&repo)
                     .stdout(std::process::Stdio::piped())
@@ -534,8 +532,7 @@ fn closed_pipe_ends_quietly() {
     }
     for cmd in ["snapshots", "deleted --all", "ls latest -R", "find deleted --all"] {
         let sh = format!("{} {cmd} | head -1", rewind_bin().display());
-        let out =
-            Command::new("bash").args(["-o", "pipefail", "-c", &sh]).env("REWIND_REPO", &t.repo).output().unwrap();
+        let out = t.cmd_env(&mut Command::new("bash")).args(["-o", "pipefail", "-c", &sh]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "`{cmd} | head -1` failed: {err}");
         assert!(!err.contains("panicked") && err.trim().is_empty(), "`{cmd} | head -1` said: {err}");

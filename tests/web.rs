@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::slapd::{Slapd, corpus_users};
-use crate::support::{TempRepo, assert_success, corpus_make, corpus_step, is_root, rewind_bin, spawn_serve};
+use crate::support::{TempRepo, assert_success, corpus_make, corpus_step, is_root, rewind_cmd, spawn_serve};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -593,7 +593,7 @@ fn browser_restores_deleted_files_folders_and_helpdesk_acts() {
 fn demo_serves_a_history_that_alice_can_restore_from() {
     let dir = tempfile::Builder::new().prefix("rewind-demo-test-").tempdir().unwrap();
     let port = free_port();
-    let mut child = Command::new(rewind_bin())
+    let mut child = rewind_cmd()
         .args(["demo", "--dir"])
         .arg(dir.path().join("demo"))
         .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -28,10 +28,28 @@ pub fn rewind_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rewind"))
 }
 
+/// The password of the tests' encrypted repositories.
+pub const TEST_PASSWORD: &str = "rewind-test-password";
+
+/// `rewind` with the tests' password, and a cheap key derivation for the repositories it
+/// creates (recorded in their key files; the real cost is tested on its own).
+pub fn rewind_cmd() -> Command {
+    let mut c = Command::new(rewind_bin());
+    c.env("REWIND_PASSWORD", TEST_PASSWORD).env("REWIND_KDF_MEMORY_KIB", "64").env("REWIND_KDF_ITERATIONS", "1");
+    c
+}
+
+/// The tests' password as the store takes it.
+pub fn test_secret() -> rewind_store::Secret {
+    rewind_store::Secret::password(TEST_PASSWORD)
+}
+
 /// A temporary directory holding a repository (`repo/`) and room for sources and targets.
 pub struct TempRepo {
     pub dir: tempfile::TempDir,
     pub repo: PathBuf,
+    /// Encrypted (the default) with [`TEST_PASSWORD`], or plaintext (format version 1).
+    pub encrypted: bool,
 }
 
 impl TempRepo {
@@ -49,11 +67,36 @@ impl TempRepo {
         TempRepo::in_dir(tempfile::Builder::new().prefix("rewind-test-").tempdir_in("/").expect("tempdir in /"))
     }
 
+    /// Encrypted with its own key, but cutting and naming content as `other` does
+    /// (`init --copy-chunker-params`): ids of the same content are the same in both.
+    pub fn with_content_identity_of(other: &TempRepo) -> TempRepo {
+        let dir = tempfile::Builder::new().prefix("rewind-test-").tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        let out = rewind_cmd().arg("init").arg(&repo).arg("--copy-chunker-params").arg(&other.repo).output().unwrap();
+        assert_success(&out, "rewind init --copy-chunker-params");
+        TempRepo { dir, repo, encrypted: true }
+    }
+
+    /// Unencrypted (`init --insecure-no-encryption`, format version 1).
+    pub fn plain() -> TempRepo {
+        let dir = tempfile::Builder::new().prefix("rewind-test-").tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        let out = Command::new(rewind_bin()).arg("init").arg("--insecure-no-encryption").arg(&repo).output().unwrap();
+        assert_success(&out, "rewind init --insecure-no-encryption");
+        TempRepo { dir, repo, encrypted: false }
+    }
+
     fn in_dir(dir: tempfile::TempDir) -> TempRepo {
         let repo = dir.path().join("repo");
-        let out = run(&rewind_bin(), &[OsStr::new("init"), repo.as_os_str()]);
+        let out = rewind_cmd().arg("init").arg(&repo).output().expect("run rewind init");
         assert_success(&out, "rewind init");
-        TempRepo { dir, repo }
+        TempRepo { dir, repo, encrypted: true }
+    }
+
+    /// The repository opened in process.
+    pub fn open(&self) -> rewind_store::Repository {
+        let secret = self.encrypted.then(test_secret);
+        rewind_store::Repository::open(&self.repo, secret.as_ref()).expect("open the test repository")
     }
 
     /// A path inside the temporary directory.
@@ -61,9 +104,18 @@ impl TempRepo {
         self.dir.path().join(rel)
     }
 
+    /// Give another program (a shell that runs rewind) what rewind needs for this repository:
+    /// `REWIND_REPO` and, if encrypted, its password.
+    pub fn cmd_env<'c>(&self, c: &'c mut Command) -> &'c mut Command {
+        if self.encrypted {
+            c.env("REWIND_PASSWORD", TEST_PASSWORD);
+        }
+        c.env("REWIND_REPO", &self.repo).env("RUST_LOG", "warn")
+    }
+
     /// `rewind ARGS` with `REWIND_REPO` set to this repository.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(rewind_bin());
+        let mut c = if self.encrypted { rewind_cmd() } else { Command::new(rewind_bin()) };
         c.env("REWIND_REPO", &self.repo).env("RUST_LOG", "warn");
         c
     }
@@ -103,7 +155,7 @@ impl TempRepo {
 /// (`http://127.0.0.1:PORT` or `https://...`).
 pub fn spawn_serve(config: &Path) -> (std::process::Child, String) {
     use std::io::BufRead;
-    let mut child = Command::new(rewind_bin())
+    let mut child = rewind_cmd()
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")

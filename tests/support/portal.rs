@@ -7,12 +7,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{assert_success, rewind_bin, spawn_serve};
+use crate::support::{assert_success, rewind_cmd, spawn_serve};
 
 // ---------------------------------------------------------------------------------------------
 // A minimal HTTP/1.1 client: exactly what is sent is what the test wrote.
@@ -231,7 +231,7 @@ pub fn b64url_encode(b: &[u8]) -> String {
 
 /// An argon2id hash of `password` from `rewind passwd`, for a file realm's users.
 pub fn passwd_hash(password: &str) -> String {
-    let mut c = Command::new(rewind_bin()).arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut c = rewind_cmd().arg("passwd").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     c.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
     let out = c.wait_with_output().unwrap();
     assert_success(&out, "rewind passwd");

@@ -1,0 +1,6 @@
+//! Fuzz the config-v2 decoder: any bytes give a result, never a panic (scripts/fuzz.sh config-v2 SECONDS).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = rewind_store::format::decode_for_fuzzing("config-v2", data);
+});

@@ -1,0 +1,6 @@
+//! Fuzz the lock-v2 decoder: any bytes give a result, never a panic (scripts/fuzz.sh lock-v2 SECONDS).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = rewind_store::format::decode_for_fuzzing("lock-v2", data);
+});
