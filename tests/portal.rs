@@ -1800,3 +1800,67 @@ fn a_catalog_of_another_schema_is_unavailable_until_synced() {
     let r = alice.get("/api/search?q=notes");
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Review of issue 13: each finding as the review showed it.
+
+/// A repository with one small backup of `src` (alice's notes), and `src` for tests to change
+/// and back up again.
+fn tiny_repo() -> (TempRepo, PathBuf) {
+    assert!(is_root(), "the portal tests chown files to other users: run as root");
+    let repo = TempRepo::new();
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = repo.path("src");
+    mkdir(&src, 0, 0o755);
+    put(&src.join("alice/notes.md"), b"notes\n", 2001, 0o644);
+    std::os::unix::fs::chown(src.join("alice"), Some(2001), Some(2001)).unwrap();
+    repo.backup("fileserver", &[&src]);
+    (repo, src)
+}
+
+fn owner_authz() -> String {
+    "[authz]\nrules = [\"owner\"]\n".to_string()
+}
+
+/// Review finding 1: the renewal (the only place roles and account state are read again) was
+/// due at `iat + ttl/2`, and `POST /api/act/stop` (any user may call it) and `POST /api/act`
+/// answered a token with `iat = now` without asking the realm: calling one more often than
+/// every `ttl/2` kept a session unchecked until `max_age_secs`.
+#[test]
+fn act_stop_does_not_postpone_the_directory_check() {
+    let (repo, _src) = tiny_repo();
+    let slapd = Slapd::start(&corpus_users());
+    let extra = "[session]\nkey_file = \"session.key\"\nttl_secs = 8\nmax_age_secs = 3600\ndirectory_grace_secs = 6\n";
+    let portal = Portal::start(&repo.repo, &slapd.realm_toml("corp"), &owner_authz(), extra);
+    let mut ada = login(&portal.addr, "ada", "ada-pw");
+    let mut bob = login(&portal.addr, "bob", "bob-pw");
+    assert_eq!(ada.get("/api/me").json()["role"], "admin");
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: member\nmember: {}\n",
+        crate::support::slapd::ADMIN_GROUP,
+        crate::support::slapd::SERVICE_DN
+    ));
+    slapd.modify(&format!("dn: uid=bob,ou=people,{}\nchangetype: delete\n", crate::support::slapd::BASE_DN));
+    // Three half-lives of the token, each bridged by a call that hands out a new token.
+    let mut bob_ended = false;
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(3000));
+        let r = ada.post("/api/act/stop", &json!({}));
+        assert_eq!(r.status, 200, "{}", r.text());
+        if !bob_ended {
+            // A 401 here is the session checked and ended: as it should be.
+            bob_ended = bob.post("/api/act/stop", &json!({})).status == 401;
+        }
+    }
+    // 12 s after the directory changed, with an 8 s token: a renewal is long overdue.
+    let me = ada.get("/api/me");
+    let bob_me = bob.get("/api/me");
+    assert_eq!(
+        (me.json()["role"].as_str(), bob_me.status),
+        (Some("user"), 401),
+        "ada is no longer admin and bob's account is gone, yet: ada {} / bob {} {}",
+        me.text(),
+        bob_me.status,
+        bob_me.text()
+    );
+}

@@ -376,7 +376,8 @@ pub async fn act_start(
     rec.for_user = Some(user.login.clone());
     rec.for_realm = Some(user.realm.clone());
     state.audit.write(rec);
-    let mut claims = state.keys.refreshed(&s.claims);
+    // The same token times and directory check: acting is no renewal.
+    let mut claims = s.claims.clone();
     claims.act = Some(Acting { user, reason: reason.to_string(), since: now() });
     let token = state.keys.encode(&claims)?;
     let mut resp = Json(me_json(&state, &claims)).into_response();
@@ -389,7 +390,7 @@ pub async fn act_stop(State(state): State<AppState>, client: ClientAddr, s: Sess
     if s.acting().is_some() {
         state.audit.write(record(&s, "act_stop", &client));
     }
-    let mut claims = state.keys.refreshed(&s.claims);
+    let mut claims = s.claims.clone();
     claims.act = None;
     let token = state.keys.encode(&claims)?;
     let mut resp = Json(me_json(&state, &claims)).into_response();
