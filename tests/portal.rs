@@ -1864,3 +1864,86 @@ fn act_stop_does_not_postpone_the_directory_check() {
         bob_me.text()
     );
 }
+
+/// Review finding 2: the per-name failure budget was keyed on the name trimmed and lowercased,
+/// but the directory matches `uid` with its own folding: `ｄａｖｅ` (fullwidth), `𝐝𝐚𝐯𝐞`
+/// (mathematical bold) and `ⓓave` (circled) all log in as dave, each with a fresh budget of five.
+#[test]
+fn compatibility_forms_of_a_name_share_its_failure_budget() {
+    let (repo, _src) = tiny_repo();
+    let slapd = Slapd::start(&corpus_users());
+    let portal = Portal::start(&repo.repo, &slapd.realm_toml("corp"), &owner_authz(), "");
+    let addr = &portal.addr;
+    let fullwidth = "\u{ff44}\u{ff41}\u{ff56}\u{ff45}";
+    let bold = "\u{1d41d}\u{1d41a}\u{1d42f}\u{1d41e}";
+    let circled = "\u{24d3}ave";
+    // The directory itself takes these spellings as dave: they log in, as dave.
+    for typed in [fullwidth, bold, circled] {
+        let r = login_raw(addr, typed, "dave-pw");
+        assert_eq!(r.status, 200, "{typed:?}: {}", r.text());
+        assert_eq!(r.json()["login"], "dave", "{typed:?}");
+    }
+    // Spend dave's budget (five failures, one spelling).
+    for _ in 0..5 {
+        assert_eq!(login_raw(addr, "dave", "guess").status, 401);
+    }
+    assert_eq!(login_raw(addr, "dave", "dave-pw").status, 429, "dave is locked out");
+    // Every spelling the directory takes for dave must be locked out as well.
+    for typed in [fullwidth, bold, circled] {
+        let r = login_raw(addr, typed, "another-guess");
+        assert_eq!(r.status, 429, "{typed:?} is dave and dave is locked out, yet: {} {}", r.status, r.text());
+    }
+}
+
+/// Review finding 2, beyond folding: a directory may find a person by a name no folding ties
+/// to their login (here the user filter also takes the mail address). The realm says whom it
+/// found, and that person's budget counts, whatever was typed; a spent budget refuses even
+/// the right password (else the lockout would be a password oracle).
+#[test]
+fn failures_count_against_the_person_the_directory_found() {
+    let (repo, _src) = tiny_repo();
+    let slapd = Slapd::start(&corpus_users());
+    let realm = slapd.realm_toml("corp").replace("(uid={login})", "(|(uid={login})(mail={login}))");
+    let portal = Portal::start(&repo.repo, &realm, &owner_authz(), "");
+    let addr = &portal.addr;
+    let r = login_raw(addr, "dave@rewind.test", "dave-pw");
+    assert_eq!((r.status, r.json()["login"].as_str()), (200, Some("dave")), "{}", r.text());
+    for _ in 0..5 {
+        assert_eq!(login_raw(addr, "Dave@Rewind.Test", "guess").status, 401);
+    }
+    for (typed, password) in [("dave", "guess"), ("dave", "dave-pw"), ("dave@rewind.test", "dave-pw")] {
+        let r = login_raw(addr, typed, password);
+        assert_eq!(r.status, 429, "{typed:?} finds dave, whose budget is spent: {}", r.text());
+    }
+    // Someone else's budget is their own.
+    assert_eq!(login_raw(addr, "erin@rewind.test", "erin-pw").status, 200);
+}
+
+/// Review finding 2, second face: the file realm matched names trimmed and lowercased, the
+/// directory with its own folding: `ａｌｉｃｅ` (fullwidth) was LDAP alice and nobody in the
+/// file realm, so acting for it was not the 409 that `alice` (known to both realms) is. Nor is a
+/// name only the directory takes for alice (her mail address, with a user filter that takes it).
+#[test]
+fn acting_for_a_compatibility_form_of_a_shared_name_needs_the_realm() {
+    let (repo, _src) = tiny_repo();
+    let slapd = Slapd::start(&corpus_users());
+    let users = repo.path("local-users.toml");
+    std::fs::write(&users, format!("[users.alice]\nhash = \"{}\"\nuid = 2101\n", passwd_hash("local-alice-pw")))
+        .unwrap();
+    let realms = format!(
+        "{}\n[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n",
+        slapd.realm_toml("corp").replace("(uid={login})", "(|(uid={login})(mail={login}))"),
+        users.display()
+    );
+    let portal = Portal::start(&repo.repo, &realms, &owner_authz(), "");
+    let mut hank = login(&portal.addr, "hank", "hank-pw");
+    assert_eq!(hank.post("/api/act", &json!({ "user": "alice", "reason": "TICKET-1 plain" })).status, 409);
+    let fullwidth = "\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}";
+    for typed in [fullwidth, "alice@rewind.test"] {
+        let r = hank.post("/api/act", &json!({ "user": typed, "reason": "TICKET-2 otherwise" }));
+        assert_eq!(r.status, 409, "{typed:?} is alice, typed otherwise: {}", r.text());
+    }
+    // With the realm said, the directory's alice, as it spells her.
+    let r = hank.post("/api/act", &json!({ "user": fullwidth, "realm": "corp", "reason": "TICKET-3 corp" }));
+    assert_eq!((r.status, r.json()["acting_for"]["login"].as_str()), (200, Some("alice")), "{}", r.text());
+}
