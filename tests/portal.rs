@@ -1947,3 +1947,35 @@ fn acting_for_a_compatibility_form_of_a_shared_name_needs_the_realm() {
     let r = hank.post("/api/act", &json!({ "user": fullwidth, "realm": "corp", "reason": "TICKET-3 corp" }));
     assert_eq!((r.status, r.json()["acting_for"]["login"].as_str()), (200, Some("alice")), "{}", r.text());
 }
+
+/// Review finding 8: refusals were rate-limited per actor (20 a minute) whoever they were for:
+/// a helpdesk user who first spent that budget on his own session (20 probes of paths that are
+/// not there) could then probe for alice without a single `denied` record in her access history.
+#[test]
+fn probes_made_for_a_user_reach_their_access_history_whatever_else_the_actor_did() {
+    let (repo, src) = tiny_repo();
+    let slapd = Slapd::start(&corpus_users());
+    let portal = Portal::start(&repo.repo, &slapd.realm_toml("corp"), &owner_authz(), "");
+    let addr = &portal.addr;
+    let admin = login(addr, "ada", "ada-pw");
+    let snap = admin.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
+    let mut hank = login(addr, "hank", "hank-pw");
+    let probe = |c: &Client, name: &str| {
+        let r = c
+            .get(&format!("/api/browse?snapshot={snap}&path={}", enc(&src.join("alice").join(name).to_string_lossy())));
+        assert_eq!(r.status, 404);
+    };
+    for i in 0..20 {
+        probe(&hank, &format!("warm-{i}"));
+    }
+    let r = hank.post("/api/act", &json!({ "user": "alice", "reason": "TICKET-8 review" }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    for name in ["diary.txt", "passwords.txt", "letters"] {
+        probe(&hank, name);
+    }
+    assert_eq!(hank.post("/api/act/stop", &json!({})).status, 200);
+    let alice = login(addr, "alice", "alice-pw");
+    let items = alice.get("/api/me/access").json()["items"].as_array().unwrap().clone();
+    let denied: Vec<&Value> = items.iter().filter(|i| i["event"] == "denied").collect();
+    assert_eq!(denied.len(), 3, "hank's three probes for alice, in her access history: {items:#?}");
+}

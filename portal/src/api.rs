@@ -72,7 +72,8 @@ pub(crate) fn record(s: &Session, event: &str, client: &ClientAddr) -> Record {
 }
 
 /// Audit a path the user was told does not exist, as event `denied` with outcome
-/// `<action>: not found` (rate-limited per user: see [`crate::audit::AuditLog::denied`]).
+/// `<action>: not found` (rate-limited per actor and person acted for: see
+/// [`crate::audit::AuditLog::denied`]).
 pub(crate) fn audit_denied(
     state: &AppState,
     s: &Session,
