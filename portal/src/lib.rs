@@ -33,6 +33,7 @@ mod config;
 mod cursor;
 mod download;
 mod error;
+mod fold;
 mod metrics;
 mod paths;
 mod query;

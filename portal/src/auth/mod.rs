@@ -140,11 +140,7 @@ pub fn trim_login(typed: &str) -> &str {
 /// composed (NFKC). ` dave`, `DAVE`, `ｄａｖｅ` (fullwidth), `𝐝𝐚𝐯𝐞` (mathematical bold) and
 /// `ⓓave` are one name, as they are to a directory's matching rules.
 pub fn fold_login(typed: &str) -> String {
-    use caseless::Caseless;
-    use unicode_normalization::UnicodeNormalization;
-    let folded: String =
-        trim_login(typed).chars().nfd().default_case_fold().nfkd().default_case_fold().nfkd().nfc().collect();
-    folded.trim().to_string()
+    crate::fold::caseless(trim_login(typed)).trim().to_string()
 }
 
 /// The highest role any of `groups` maps to; `None` if `map.user` restricts logins and none matches.
