@@ -1979,3 +1979,60 @@ fn probes_made_for_a_user_reach_their_access_history_whatever_else_the_actor_did
     let denied: Vec<&Value> = items.iter().filter(|i| i["event"] == "denied").collect();
     assert_eq!(denied.len(), 3, "hank's three probes for alice, in her access history: {items:#?}");
 }
+
+/// Review finding 7: zip entry names were distinct byte for byte only, but the common
+/// extractors write to case-insensitive file systems (Explorer and 7-Zip on NTFS, Archive
+/// Utility on APFS) and Windows drops trailing dots and spaces and keeps device names:
+/// `Report.txt` and `report.txt`, `notes` and `notes.`, `todo ` and `todo` landed on one file
+/// there, and `CON` or `aux.txt` on none.
+#[test]
+fn zip_entry_names_are_distinct_for_case_insensitive_extractors() {
+    let (repo, src) = tiny_repo();
+    let files = [
+        ("Report.txt", "upper\n"),
+        ("report.txt", "lower\n"),
+        ("notes", "plain\n"),
+        ("notes.", "dot\n"),
+        ("todo ", "space\n"),
+        ("todo", "plain\n"),
+        ("CON", "device\n"),
+        ("aux.txt", "device with an extension\n"),
+    ];
+    for (name, data) in files {
+        put(&src.join("alice/docs").join(name), data.as_bytes(), 2001, 0o644);
+    }
+    std::os::unix::fs::chown(src.join("alice/docs"), Some(2001), Some(2001)).unwrap();
+    repo.backup("fileserver", &[&src]);
+    let slapd = Slapd::start(&corpus_users());
+    let portal = Portal::start(&repo.repo, &slapd.realm_toml("corp"), &owner_authz(), "");
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    let snap = alice.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
+    let r = alice.get(&format!("/api/archive?snapshot={snap}&path={}", enc(&src.join("alice/docs").to_string_lossy())));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("a.zip");
+    std::fs::write(&zip, &r.body).unwrap();
+    let out = Command::new("unzip").arg("-Z1").arg(&zip).output().expect("unzip");
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(names.len(), files.len() + 1, "every file and the folder: {names:?}");
+    // As NTFS (and Windows' path normalisation) and APFS see them.
+    let windows =
+        |n: &str| n.split('/').map(|c| c.trim_end_matches(['.', ' ']).to_lowercase()).collect::<Vec<_>>().join("/");
+    let mut seen = BTreeMap::new();
+    for n in &names {
+        if let Some(prev) = seen.insert(windows(n), n.clone()) {
+            panic!("{prev:?} and {n:?} are one file to a case-insensitive extractor; entries: {names:?}");
+        }
+        let stem = n.rsplit('/').next().unwrap().split('.').next().unwrap().trim_end().to_lowercase();
+        assert!(!["con", "aux"].contains(&stem.as_str()), "{n:?} names a Windows device");
+    }
+    // Every file is there, with its own bytes.
+    let x = dir.path().join("x");
+    assert_success(&Command::new("unzip").arg("-q").arg(&zip).arg("-d").arg(&x).output().unwrap(), "unzip");
+    let mut got: Vec<Vec<u8>> =
+        std::fs::read_dir(x.join("docs")).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+    let mut want: Vec<Vec<u8>> = files.iter().map(|(_, d)| d.as_bytes().to_vec()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+}
