@@ -2036,3 +2036,40 @@ fn zip_entry_names_are_distinct_for_case_insensitive_extractors() {
     want.sort();
     assert_eq!(got, want);
 }
+
+/// Review, design note on zips: symlinks were stored as they were, and some extractors follow
+/// them (or leave them for a program to follow later) out of the folder extracted into. A link
+/// that points down from its folder stays a link; any other becomes a small file holding its
+/// target.
+#[test]
+fn zip_symlinks_never_point_out_of_the_folder() {
+    let (repo, src) = tiny_repo();
+    let alice = src.join("alice");
+    for (name, target) in [("down", "notes.md"), ("absolute", "/etc/passwd"), ("up", "../../../etc"), ("loop", "..")] {
+        std::os::unix::fs::symlink(target, alice.join(name)).unwrap();
+        std::os::unix::fs::lchown(alice.join(name), Some(2001), Some(2001)).unwrap();
+    }
+    repo.backup("fileserver", &[&src]);
+    let slapd = Slapd::start(&corpus_users());
+    let portal = Portal::start(&repo.repo, &slapd.realm_toml("corp"), &owner_authz(), "");
+    let c = login(&portal.addr, "alice", "alice-pw");
+    let snap = c.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
+    let r = c.get(&format!("/api/archive?snapshot={snap}&path={}", enc(&alice.to_string_lossy())));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("a.zip");
+    std::fs::write(&zip, &r.body).unwrap();
+    let listing =
+        String::from_utf8_lossy(&Command::new("unzip").arg("-Z").arg(&zip).output().unwrap().stdout).into_owned();
+    let kind = |name: &str| {
+        let line = listing.lines().find(|l| l.trim_end().ends_with(&format!("alice/{name}"))).unwrap_or("");
+        line.chars().next().unwrap_or('?')
+    };
+    assert_eq!((kind("down"), kind("absolute"), kind("up"), kind("loop")), ('l', '-', '-', '-'), "{listing}");
+    let x = dir.path().join("x");
+    assert_success(&Command::new("unzip").arg("-q").arg(&zip).arg("-d").arg(&x).output().unwrap(), "unzip");
+    assert_eq!(std::fs::read(x.join("alice/down")).unwrap(), b"notes\n", "a link inside works");
+    assert!(std::fs::symlink_metadata(x.join("alice/absolute")).unwrap().is_file());
+    assert_eq!(std::fs::read(x.join("alice/absolute")).unwrap(), b"/etc/passwd");
+    assert_eq!(std::fs::read(x.join("alice/up")).unwrap(), b"../../../etc");
+}

@@ -413,6 +413,18 @@ impl EntryNames {
     }
 }
 
+/// Whether a symlink's target points down from the link's own folder: relative, with no `..`
+/// (nor `\\`, a separator to Windows tools, nor `:`, which names a drive there). Such links
+/// stay inside the folder the zip is extracted into, also through one another: a target with
+/// `..` could climb through another link (`sub -> ..`, then `x -> sub/..`), which no lexical
+/// check of one target sees.
+fn link_points_below(target: &str) -> bool {
+    !target.is_empty()
+        && !target.starts_with('/')
+        && !target.contains(['\\', ':'])
+        && target.split('/').all(|c| c != "..")
+}
+
 /// Walks the selection and writes the zip; runs on a blocking thread.
 struct ArchiveJob {
     state: AppState,
@@ -485,7 +497,16 @@ impl ArchiveJob {
                 self.bytes += pos;
             }
             (NodeKind::Symlink, Access::Visible) => {
-                zip.add_symlink(name, String::from_utf8_lossy(&node.target), Self::options(node)).map_err(io)?;
+                let target = String::from_utf8_lossy(&node.target);
+                if link_points_below(&target) {
+                    zip.add_symlink(name, target, Self::options(node)).map_err(io)?;
+                } else {
+                    // Any other link (absolute, or climbing) is a small file holding its target,
+                    // as git stores links where it cannot make them: extracting the zip never
+                    // leaves a link that an extractor, or a program later, follows out of it.
+                    zip.start_file(name, Self::options(node).unix_permissions(0o644)).map_err(io)?;
+                    zip.write_all(&node.target).map_err(|e| ApiError::Internal(format!("zip: {e}")))?;
+                }
                 self.files += 1;
             }
             (NodeKind::Dir, _) => {
@@ -677,6 +698,16 @@ mod tests {
             ("com10", "com10"),
         ] {
             assert_eq!(zip_name(device), safe, "{device:?}");
+        }
+    }
+
+    #[test]
+    fn links_that_point_below_their_folder() {
+        assert!(link_points_below("report.txt"));
+        assert!(link_points_below("sub/./x"));
+        assert!(link_points_below("."));
+        for out in ["../beside", "a/../../etc", "/etc/passwd", "..\\..\\x", "C:x", "", ".."] {
+            assert!(!link_points_below(out), "{out:?}");
         }
     }
 
