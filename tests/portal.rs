@@ -2073,3 +2073,61 @@ fn zip_symlinks_never_point_out_of_the_folder() {
     assert_eq!(std::fs::read(x.join("alice/absolute")).unwrap(), b"/etc/passwd");
     assert_eq!(std::fs::read(x.join("alice/up")).unwrap(), b"../../../etc");
 }
+
+/// The `next` cursors of every query in `targets`, as `c` gets them.
+fn cursors(c: &Client, targets: &[String]) -> Vec<String> {
+    targets
+        .iter()
+        .map(|t| {
+            let r = c.get(t);
+            assert_eq!(r.status, 200, "{t}: {}", r.text());
+            r.json()["next"].as_str().unwrap_or_else(|| panic!("{t}: a next page")).to_string()
+        })
+        .collect()
+}
+
+/// Review finding 6: a cursor was sealed but not padded: its length was the length of the JSON
+/// of a catalog position, whose row (the catalog's row id, counting every version catalogued
+/// before, everybody's) and snapshot keys are written in decimal. So its length told the order
+/// of magnitude of how many versions of other people's files were catalogued before the user's
+/// own. Here: the same files of alice's, with and without 1200 files of bob's before them.
+#[test]
+fn cursor_length_does_not_depend_on_hidden_rows() {
+    assert!(is_root(), "chowns files");
+    let slapd = Slapd::start(&corpus_users());
+    let mut lens: Vec<Vec<usize>> = Vec::new();
+    for with_bob in [false, true] {
+        let repo = TempRepo::new();
+        std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let src = repo.path("src");
+        mkdir(&src, 0, 0o755);
+        mkdir(&src.join("alice"), 2001, 0o755);
+        mkdir(&src.join("bob"), 2002, 0o700);
+        if with_bob {
+            for i in 0..1200 {
+                put(&src.join(format!("bob/f{i:04}.txt")), format!("{i}\n").as_bytes(), 2002, 0o600);
+            }
+        }
+        repo.backup("fileserver", &[&src]);
+        for n in ["a.txt", "b.txt", "c.txt"] {
+            put(&src.join("alice").join(n), n.as_bytes(), 2001, 0o644);
+        }
+        repo.backup("fileserver", &[&src]);
+        let portal = Portal::start(&repo.repo, &slapd.realm_toml("corp"), &owner_authz(), "catalog_sync_secs = 3600");
+        let alice = login(&portal.addr, "alice", "alice-pw");
+        let targets: Vec<String> =
+            ["recent", "oldest", "path"].iter().map(|o| format!("/api/search?q=*.txt&order={o}&limit=1")).collect();
+        // Alice sees the same three files in both repositories.
+        for t in &targets {
+            let names: Vec<Value> = alice.get(&t.replace("limit=1", "limit=10")).json()["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["name"].clone())
+                .collect();
+            assert_eq!(names.len(), 3, "{t}: {names:?}");
+        }
+        lens.push(cursors(&alice, &targets).iter().map(|c| c.len()).collect());
+    }
+    assert_eq!(lens[0], lens[1], "cursor lengths (recent, oldest, path) without and with bob's hidden files");
+}
