@@ -2131,3 +2131,50 @@ fn cursor_length_does_not_depend_on_hidden_rows() {
     }
     assert_eq!(lens[0], lens[1], "cursor lengths (recent, oldest, path) without and with bob's hidden files");
 }
+
+/// Review finding 3: a version's identity held the access of every folder above it, for every
+/// rule set: under `owner`, when bob changed the ACL of his drop folder above alice's file (a
+/// folder alice only passes through: name only), her unchanged file got a new version, and her
+/// search and history showed that something changed and when. Here: the same file of alice's in
+/// bob's folder, in two repositories that differ only in an ACL entry bob gives carol on that
+/// folder between the two backups.
+#[test]
+fn a_passthrough_folders_access_does_not_cut_the_users_versions() {
+    assert!(is_root(), "chowns files");
+    let slapd = Slapd::start(&corpus_users());
+    let mut answers: Vec<(Value, Value, usize)> = Vec::new();
+    for bob_changes_his_folder in [false, true] {
+        let repo = TempRepo::new();
+        std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let src = repo.path("src");
+        mkdir(&src, 0, 0o755);
+        mkdir(&src.join("bob"), 2002, 0o755);
+        mkdir(&src.join("bob/inbox"), 2002, 0o733);
+        put(&src.join("bob/inbox/from-alice.txt"), b"for bob\n", 2001, 0o600);
+        repo.backup("fileserver", &[&src]);
+        if bob_changes_his_folder {
+            let out = Command::new("setfacl").args(["-m", "u:2003:rwx"]).arg(src.join("bob/inbox")).output().unwrap();
+            assert!(out.status.success(), "setfacl: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        repo.backup("fileserver", &[&src]);
+        let portal = Portal::start(&repo.repo, &slapd.realm_toml("corp"), &owner_authz(), "catalog_sync_secs = 3600");
+        let alice = login(&portal.addr, "alice", "alice-pw");
+        let snap = alice.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
+        // What alice may see of bob's folder: its name, on the way to her file.
+        let inbox = src.join("bob/inbox");
+        let browse =
+            alice.get(&format!("/api/browse?snapshot={snap}&path={}", enc(&src.join("bob").to_string_lossy())));
+        let mut entry = browse.json()["entries"][0].clone();
+        assert_eq!(entry["passthrough"], true, "{entry}");
+        entry["path"] = json!("<tmp>/src/bob/inbox");
+        let hist = alice.get(&format!("/api/history?path={}", enc(&inbox.join("from-alice.txt").to_string_lossy())));
+        assert_eq!(hist.status, 200, "{}", hist.text());
+        let versions = hist.json()["items"].as_array().unwrap().len();
+        let search = alice.get("/api/search?q=from-alice").json()["items"].as_array().unwrap().len();
+        answers.push((entry, json!(search), versions));
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "(bob's folder as alice sees it, search hits, history versions) without and with bob's ACL change"
+    );
+}

@@ -40,10 +40,11 @@ const PATH: u8 = 2;
 fn encode(position: &Position) -> Vec<u8> {
     let mut out = Vec::with_capacity(BLOCK);
     match position {
-        Position::Seen { seen, row } => {
+        Position::Seen { seen, row, sub } => {
             out.push(SEEN);
             out.extend_from_slice(&seen.to_be_bytes());
             out.extend_from_slice(&row.to_be_bytes());
+            out.extend_from_slice(&sub.to_be_bytes());
         }
         Position::Path { host, dir, name, first, row } => {
             out.push(PATH);
@@ -75,7 +76,7 @@ fn decode(data: &[u8]) -> Option<Position> {
     }
     let (&tag, mut rest) = data.split_first()?;
     let position = match tag {
-        SEEN => Position::Seen { seen: int(&mut rest)?, row: int(&mut rest)? },
+        SEEN => Position::Seen { seen: int(&mut rest)?, row: int(&mut rest)?, sub: int(&mut rest)? },
         PATH => {
             let (first, row) = (int(&mut rest)?, int(&mut rest)?);
             let (host, dir, name) = (text(&mut rest)?, text(&mut rest)?, text(&mut rest)?);
@@ -130,7 +131,7 @@ mod tests {
     #[test]
     fn cursors_open_only_for_their_binding() {
         let k = CursorKey::derive(&[7u8; 64]);
-        let p = Position::Seen { seen: 1_800_000_000, row: 42 };
+        let p = Position::Seen { seen: 1_800_000_000, row: 42, sub: 0 };
         let c = k.seal(b"alice|search|q=x", &p);
         assert!(!c.contains("42") || !c.contains("1800000000"), "opaque: {c}");
         assert_eq!(k.open(b"alice|search|q=x", &c).unwrap(), p);
@@ -150,7 +151,7 @@ mod tests {
     #[test]
     fn cursors_have_a_fixed_length() {
         let k = CursorKey::derive(&[7u8; 64]);
-        let seen = |seen, row| k.seal(b"b", &Position::Seen { seen, row }).len();
+        let seen = |seen, row| k.seal(b"b", &Position::Seen { seen, row, sub: row / 2 }).len();
         let one = seen(1, 1);
         assert_eq!(seen(1_800_000_000, 42), one);
         assert_eq!(seen(i64::MAX, i64::MAX), one);
@@ -166,7 +167,7 @@ mod tests {
         assert_eq!(path(&"/x".repeat(200), 1), path(&"/y".repeat(200), 99), "a block at a time");
         assert!(path(&"/x".repeat(2000), 1) < MAX_CURSOR);
         // Padding that is not zeros, or a tag we do not know, is no cursor.
-        let mut data = encode(&Position::Seen { seen: 1, row: 2 });
+        let mut data = encode(&Position::Seen { seen: 1, row: 2, sub: 0 });
         assert_eq!(data.len(), BLOCK);
         *data.last_mut().unwrap() = 1;
         assert!(decode(&data).is_none());
