@@ -357,9 +357,20 @@ macro_rules! concat_select {
     };
 }
 
-/// A query's SELECT from `table` ([`ScopeSql::runs_table`]), aliased `v`.
-fn select_from(table: &str) -> String {
-    format!("{}v.sort_row, v.sub FROM {table} v{}", select_columns!(), select_joins!())
+/// A query's SELECT from the versions seen in runs ([`ScopeSql::runs_table`]). `made_once`:
+/// they are made once for the query, then filtered and sorted (SQLite would otherwise look for
+/// them anew from each name that matches); else the query reads them in its own order (the
+/// deleted ones, from the index of deleted rows).
+fn select_from(table: &str, made_once: bool) -> String {
+    if made_once {
+        format!(
+            "WITH runs AS MATERIALIZED {table} {}v.sort_row, v.sub FROM runs v{}",
+            select_columns!(),
+            select_joins!()
+        )
+    } else {
+        format!("{}v.sort_row, v.sub FROM {table} v{}", select_columns!(), select_joins!())
+    }
 }
 
 const SELECT: &str = concat_select!("versions v");
@@ -474,7 +485,9 @@ impl ScopeSql {
     /// the reader's own files would have met it: in that snapshot, just after the version of the
     /// folder whose access let them see it again (`sort_row` that folder version's row, `sub`
     /// its own; else `sort_row` its own row and `sub` 0, as every whole version).
-    fn runs_table(&self) -> (String, Vec<Value>) {
+    fn runs_table(&self, filter: Option<(&str, &[Value])>) -> (String, Vec<Value>) {
+        let mut params = self.params.clone();
+        params.extend(filter.iter().flat_map(|f| f.1.iter().cloned()));
         (
             format!(
                 "(SELECT v.id AS id, v.host AS host, v.dir AS dir, v.name AS name, v.kind AS kind, v.mode AS mode,
@@ -487,13 +500,14 @@ impl ScopeSql {
                    v.access AS access,
                    CASE WHEN r.lo > v.first THEN coalesce(r.row, v.id) ELSE v.id END AS sort_row,
                    CASE WHEN r.lo > v.first THEN v.id ELSE 0 END AS sub
-                 FROM temp.ctx_runs r JOIN dirs dd ON dd.ctx = r.ctx JOIN versions v ON v.dir = dd.id
-                   JOIN hosts hh ON hh.id = v.host
+                 FROM temp.ctx_runs r CROSS JOIN dirs dd ON dd.ctx = r.ctx CROSS JOIN versions v ON v.dir = dd.id
+                   CROSS JOIN hosts hh ON hh.id = v.host
                  WHERE r.lo <= coalesce(v.last, hh.latest) AND r.hi >= v.first
-                   AND v.access IN (SELECT id FROM temp.scope_access) AND NOT {})",
-                self.plain_on("v")
+                   AND v.access IN (SELECT id FROM temp.scope_access) AND NOT {}{})",
+                self.plain_on("v"),
+                filter.map(|f| format!(" AND {}", f.0)).unwrap_or_default()
             ),
-            self.params.clone(),
+            params,
         )
     }
 }
@@ -715,6 +729,8 @@ impl Catalog {
             return Ok(all.split_off(usize::try_from(q.offset).unwrap_or(usize::MAX).min(all.len())));
         }
         let deleted = q.deleted || q.deleted_since.is_some();
+        // Where the deleted clause is: the versions seen in runs test it row by row, in order.
+        let deleted_at = (deleted && scope.is_some()).then_some((sql.clauses.len(), sql.params.len()));
         if deleted {
             // `gone != 0` as written selects the partial indexes of deleted rows.
             match &scope {
@@ -867,26 +883,45 @@ impl Catalog {
         if let (Some(s), Some(scope_at)) = (scope.as_ref().filter(|s| s.runs), scope_at) {
             // The versions the reader sees for runs of snapshots: the same query over them,
             // without the scope (the table applies it) and in their own order.
-            let runs_sql = match (after_at, &after_runs) {
+            // (Changed from the last clause to the first, so that each one's place holds.)
+            let mut runs_sql = match (after_at, &after_runs) {
                 (Some(after_at), Some(instead)) => sql.without(after_at, Some(instead)),
                 _ => sql.clone(),
             }
             .without(scope_at, None);
-            let (table, mut params) = s.runs_table();
+            // Whether a part the reader lost is where its path went for them is asked of the
+            // parts in order, until the page is full ([`Catalog::run`] asks `later`), not of all.
+            if let Some((at, from)) = deleted_at {
+                runs_sql = runs_sql.without((at, from, s.params.len()), Some(&("v.gone != 0".to_string(), vec![])));
+            }
+            // The name's test through its index, inside, where it picks the rows to make.
+            let name = (q.name.is_some() && !deleted).then(|| (sql.clauses[0].as_str(), &sql.params[..name_params]));
+            let (table, mut params) = s.runs_table(name);
             params.extend(runs_sql.params);
             let order = match q.order {
                 Order::RecentFirst => format!("{seen} DESC, v.sort_row DESC, v.sub DESC"),
                 Order::OldestFirst => format!("{seen} ASC, v.sort_row ASC, v.sub ASC"),
                 Order::Path => order,
             };
-            let text = format!(
-                "{} {} {} ORDER BY {order} LIMIT {}",
-                select_from(&table),
-                if runs_sql.clauses.is_empty() { "" } else { "WHERE" },
-                runs_sql.clauses.join(" AND "),
-                limit + 1
-            );
-            items.extend(self.run(&text, params, None, later.as_ref())?.expect("no budget, no interruption"));
+            let (mut offset, mut batch) = (0, limit + 1);
+            let mut found = Vec::new();
+            loop {
+                let text = format!(
+                    "{} {} {} ORDER BY {order} LIMIT {batch} OFFSET {offset}",
+                    select_from(&table, !deleted),
+                    if runs_sql.clauses.is_empty() { "" } else { "WHERE" },
+                    runs_sql.clauses.join(" AND "),
+                );
+                let rows = self.run(&text, params.clone(), None, later.as_ref())?.expect("no budget, no interruption");
+                let full = rows.len() as u64 == batch;
+                found.extend(rows.into_iter().filter(|v| deleted_at.is_none() || v.deleted.is_some()));
+                if deleted_at.is_none() || !full || found.len() as u64 > limit {
+                    break;
+                }
+                offset += batch;
+                batch *= 4;
+            }
+            items.extend(found);
             items.sort_by(|a, b| result_order(q.order, a, b));
             items.truncate(usize::try_from(limit + 1).unwrap_or(usize::MAX));
         }
@@ -1197,9 +1232,9 @@ impl Catalog {
         let mut runs = Vec::new();
         if let Some(s) = scope.as_ref().filter(|s| s.runs) {
             // The versions the reader sees for runs of snapshots, each run a version.
-            let (table, mut p) = s.runs_table();
+            let (table, mut p) = s.runs_table(None);
             p.extend(params.iter().cloned());
-            let text = text.replacen(&format!("{SELECT} "), &format!("{} ", select_from(&table)), 1);
+            let text = text.replacen(&format!("{SELECT} "), &format!("{} ", select_from(&table, false)), 1);
             runs = self.run(&text, p, None, later.as_ref())?.expect("no budget");
         }
         if let Some(scope) = &scope {
