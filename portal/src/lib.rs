@@ -37,6 +37,7 @@ mod fold;
 mod metrics;
 mod paths;
 mod query;
+mod reach;
 mod server;
 mod session;
 mod state;
