@@ -321,3 +321,39 @@ fn a_broken_catalog_never_fails_a_backup() {
     assert_eq!(found.len(), 1);
     assert_eq!(found.iter().next().unwrap().1, format!("{}/d/report.txt", src.display()));
 }
+
+/// Review of issue 13, finding 4: a folder's access was part of the identity of every version
+/// below it, so one `chmod` of a folder added a catalog version per file below it (500 files:
+/// 503 versions). Now it adds the folder's own.
+#[test]
+fn a_folders_chmod_adds_one_version_not_one_per_file_below() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(crate::support::is_root(), "chowns files");
+    let repo = TempRepo::new();
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = repo.path("src");
+    let docs = src.join("alice/docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for i in 0..500 {
+        std::fs::write(docs.join(format!("f{i:03}.txt")), format!("{i}\n")).unwrap();
+    }
+    for p in [src.join("alice"), docs.clone()] {
+        std::os::unix::fs::chown(&p, Some(2001), Some(2001)).unwrap();
+    }
+    let versions = || -> u64 {
+        let out = repo.ok(&["catalog", "stats", "--json"]);
+        serde_json::from_str::<Value>(out.trim()).unwrap()["versions"].as_u64().unwrap()
+    };
+    repo.backup("fileserver", &[&src]);
+    let before = versions();
+    for (round, mode) in [0o750, 0o755, 0o750].into_iter().enumerate() {
+        std::fs::set_permissions(src.join("alice"), std::fs::Permissions::from_mode(mode)).unwrap();
+        repo.backup("fileserver", &[&src]);
+        let added = versions() - before;
+        assert!(
+            added <= (round as u64 + 1) * 2,
+            "after {} chmods of alice's home: {added} new catalog versions",
+            round + 1
+        );
+    }
+}

@@ -3,12 +3,15 @@
 //!
 //! A small world (a file server with homes, shared and private folders, POSIX ACLs, and
 //! alice's laptop) is written by the test in three generations: edits, deletions, a folder
-//! closed to its group and opened again, files given to someone else and back, a file that
-//! goes and comes back. Every generation is backed up into the real repository; and for each
-//! rule set and each user, the part of it that user may see (decided by the test: owners and
-//! paths by hand, `readable` by the kernel itself, asked as the user with `setpriv`) plus the
-//! folders on the way to it is written at the same place and backed up into that user's own
-//! repository. A portal on the real repository and a portal on the user's own one must then
+//! closed to its group and opened again, a folder others pass through whose mode changes, files
+//! given to someone else and back, a file that goes and comes back. Every generation is backed
+//! up into the real repository; and for each rule set and each user, the part of it that user
+//! may see (decided by the test: owners and paths by hand, `readable` by the kernel itself,
+//! asked as the user with `setpriv`) plus the folders on the way to it is written at the same
+//! place and backed up into that user's own repository. The folders the user only passes
+//! through carry nothing the user could observe there: fixed, neutral metadata (root's, mode
+//! 0711, no ACL, one time), so that any answer that depends on their real metadata (their mode,
+//! owner, ACL, or when those changed) shows as a difference. A portal on the real repository and a portal on the user's own one must then
 //! answer the same, byte for byte once snapshot ids, times and cursors are named alike:
 //! - the paging oracle: search and deleted with brace globs, every order, limits 1 to 3 and
 //!   each filter, followed page by page to the end;
@@ -77,7 +80,9 @@ fn generation(g: u32) -> [(&'static str, Vec<Entry>); 2] {
         file("home/alice/report-2025.txt", 2001, 2001, 0o600, 120, 1),
         file("home/alice/from-bob.txt", 2002, 2002, 0o644, 30, 2),
         Entry { kind: Kind::Link("Documents/report.txt"), ..file("home/alice/link", 2001, 2001, 0o777, 0, 3) },
-        dir("home/bob", 2002, 2002, 0o755),
+        // Others pass through it (to alice's files in it) in every generation; in the second,
+        // without being able to list it.
+        dir("home/bob", 2002, 2002, if g == 1 { 0o751 } else { 0o755 }),
         file("home/bob/public-notes.txt", if g == 1 { 2001 } else { 2002 }, 2002, 0o644, 60, 4),
         file("home/bob/for-alice.txt", 2001, 2001, 0o644, 45, 5),
         dir("home/bob/shared", 2002, 5000, if g == 1 { 0o700 } else { 0o750 }),
@@ -269,13 +274,19 @@ fn kernel_readable(root: &Path, who: &Person) -> BTreeSet<String> {
         .collect()
 }
 
-/// What a user's own repository holds of a generation: what they see and the folders on the
-/// way to it.
+/// What a user's own repository holds of a generation: what they see, as it is, and the folders
+/// on the way to it, with neutral metadata (root's, searchable by everyone, never changing).
 fn own_part(entries: &[Entry], seen: &BTreeSet<String>) -> Vec<Entry> {
     entries
         .iter()
         .filter(|e| seen.iter().any(|s| *s == e.path || s.starts_with(&format!("{}/", e.path))))
-        .cloned()
+        .map(|e| {
+            if seen.contains(&e.path) {
+                e.clone()
+            } else {
+                Entry { uid: 0, gid: 0, mode: 0o711, mtime: T0, acl: None, ..e.clone() }
+            }
+        })
         .collect()
 }
 
@@ -682,6 +693,12 @@ fn the_oracle_world_is_what_it_claims() {
     let g1 = generation(1);
     let fs = &g1[0].1;
     assert!(fs.iter().any(|e| e.path == "home/bob/shared" && e.mode == 0o700), "a folder closed to its group");
+    assert!(
+        fs.iter().any(|e| e.path == "home/bob" && e.mode == 0o751)
+            && generation(0)[0].1.iter().any(|e| e.path == "home/bob" && e.mode == 0o755),
+        "a folder others pass through changes its mode"
+    );
+    assert!(fs.iter().any(|e| e.path.starts_with("home/bob/") && e.uid == 2001), "and holds files of alice's");
     assert!(fs.iter().any(|e| e.path == "home/bob/public-notes.txt" && e.uid == 2001), "a file given away");
     assert!(!fs.iter().any(|e| e.path == "home/alice/notes.md"), "a file that goes");
     assert!(generation(2)[0].1.iter().any(|e| e.path == "home/alice/notes.md"), "and comes back");

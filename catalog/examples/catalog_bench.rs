@@ -7,14 +7,16 @@
 //! ```
 //!
 //! Reports: the time of the full build (every generation from scratch, as `catalog rebuild`
-//! does), the time of one more update at `--update-churn`, bytes per version on disk, and p50/p99
-//! of name-substring queries (first 100 results) and of `deleted` for one owner.
+//! does), the time of one more update at `--update-churn`, bytes per version on disk, then two
+//! permission changes (a `chmod` of one user's home, then of `/home` itself: the versions, bytes
+//! and time each adds), and p50/p99 of name-substring queries (first 100 results), of `deleted`
+//! for one owner, and of both for one reader under the `readable` rule (a [`Scope`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rewind_catalog::{Catalog, NameMatch, Query, SnapshotInfo};
+use rewind_catalog::{Catalog, NameMatch, Query, Reader, Scope, SnapshotInfo};
 use rewind_store::{ChunkId, Hash, Node, NodeKind, SnapshotId, Time, Tree, TreeId};
 
 const WORDS: &[&str] = &[
@@ -87,6 +89,9 @@ struct World {
     dirs_per_project: usize,
     counter: u64,
     generation: i64,
+    /// Permission bits of `/home` and of each user's folder (`chmod` generations change them).
+    home_mode: u32,
+    user_modes: Vec<u32>,
 }
 
 impl World {
@@ -119,6 +124,8 @@ impl World {
             dirs_per_project: leaves_n.div_ceil(USERS * PROJECTS),
             counter: 0,
             generation: 0,
+            home_mode: 0o755,
+            user_modes: vec![0o755; USERS],
         };
         for l in 0..leaves_n {
             let user = l % USERS;
@@ -184,9 +191,9 @@ impl World {
                 self.leaf_ids[i] = put(Tree { nodes: nodes.clone() });
             }
         }
-        let dir = |name: String, id: TreeId| {
+        let dir = |name: String, id: TreeId, mode: u32| {
             let mut n = Node::new(name.into_bytes(), NodeKind::Dir);
-            n.mode = 0o755;
+            n.mode = mode;
             n.subtree = Some(id);
             n
         };
@@ -198,14 +205,14 @@ impl World {
                 for d in 0..self.dirs_per_project {
                     let l = (p * self.dirs_per_project + d) * USERS + u;
                     if l < self.leaf_ids.len() {
-                        leaves.push(dir(format!("dir{d:03}"), self.leaf_ids[l]));
+                        leaves.push(dir(format!("dir{d:03}"), self.leaf_ids[l], 0o755));
                     }
                 }
-                projects.push(dir(format!("proj{p}"), put(Tree { nodes: leaves })));
+                projects.push(dir(format!("proj{p}"), put(Tree { nodes: leaves }), 0o755));
             }
-            users.push(dir(format!("u{u:03}"), put(Tree { nodes: projects })));
+            users.push(dir(format!("u{u:03}"), put(Tree { nodes: projects }), self.user_modes[u]));
         }
-        let home = dir("home".into(), put(Tree { nodes: users }));
+        let home = dir("home".into(), put(Tree { nodes: users }), self.home_mode);
         put(Tree { nodes: vec![home] })
     }
 }
@@ -329,7 +336,32 @@ fn build(out: &std::path::Path, files: usize, gens: usize, churn: f64, update_ch
     }
     next.extend(store.drain());
     let update = snap(&mut cat, &next, gens, root);
-    drop(next);
+    store = next;
+
+    // Permission changes: what one `chmod` of a folder adds to the catalog.
+    let mut chmods = Vec::new();
+    for (g, label) in [(gens + 1, "chmod 0750 of one user's home"), (gens + 2, "chmod 0751 of /home")] {
+        if g == gens + 1 {
+            world.user_modes[0] = 0o750;
+        } else {
+            world.home_mode = 0o751;
+        }
+        world.generation += 1;
+        let mut next = HashMap::new();
+        root = world.trees(Some(&vec![false; world.leaves.len()]), &mut next);
+        next.extend(store.drain());
+        let (before, bytes_before) = versions_and_bytes(&mut cat, out);
+        let took = snap(&mut cat, &next, g, root);
+        let (after, bytes_after) = versions_and_bytes(&mut cat, out);
+        chmods.push(format!(
+            "{label}: {:.3}s, {} versions added, {:.1} MiB added",
+            took.as_secs_f64(),
+            after - before,
+            (bytes_after as f64 - bytes_before as f64) / (1 << 20) as f64
+        ));
+        store = next;
+    }
+    drop(store);
 
     drop(cat);
     {
@@ -356,6 +388,17 @@ fn build(out: &std::path::Path, files: usize, gens: usize, churn: f64, update_ch
         update.as_secs_f64(),
         100.0 * update.as_secs_f64() / (build.as_secs_f64() + update.as_secs_f64())
     );
+    for line in chmods {
+        println!("{line}");
+    }
+}
+
+/// Versions in the catalog, and its bytes on disk once checkpointed (the writer is closed and
+/// opened again around the checkpoint).
+fn versions_and_bytes(cat: &mut Catalog, out: &std::path::Path) -> (u64, u64) {
+    *cat = Catalog::open(out, "bench").unwrap();
+    let st = cat.stats().unwrap();
+    (st.versions, st.bytes_on_disk)
 }
 
 /// Makes a query pattern of one class.
@@ -409,6 +452,28 @@ fn queries(out: &std::path::Path) {
         pct(&mut times, 0.99).as_secs_f64() * 1e3,
         hits / 200
     );
+    // One reader's view under `readable`: the portal's narrowing of a user who is not root.
+    for deleted in [false, true] {
+        let mut times = Vec::new();
+        let mut hits = 0;
+        for i in 0..200 {
+            let uid = 2001 + (i % (USERS - 1)) as u32;
+            let scope = Scope { reader: Some(Reader { uid, gids: vec![uid] }), ..Default::default() };
+            let name = (!deleted).then(|| NameMatch::guess(&WORDS[rng.below(WORDS.len())].to_uppercase()));
+            let q = Query { name, deleted, scope: Some(scope), limit: 100, ..Default::default() };
+            let t = Instant::now();
+            let page = cat.find(&q).unwrap();
+            times.push(t.elapsed());
+            hits += page.items.len();
+        }
+        println!(
+            "{} for one reader (readable): first 100, p50 {:.1} ms, p99 {:.1} ms (avg {} results)",
+            if deleted { "deleted" } else { "find one word" },
+            pct(&mut times, 0.5).as_secs_f64() * 1e3,
+            pct(&mut times, 0.99).as_secs_f64() * 1e3,
+            hits / 200
+        );
+    }
 }
 
 /// Fold the WAL into the database so the size on disk is the database's.

@@ -39,6 +39,25 @@ pub fn permits(reader: &Reader, uid: u32, gid: u32, mode: u32, acl: Option<&[u8]
     }
 }
 
+/// Whether every reader whatever their uid and groups has every permission of `want` (what
+/// [`permits`] would say for each): every class of the mode bits, or every entry of a valid
+/// access ACL (named ones and groups through its mask), grants it.
+pub fn permits_everyone(mode: u32, acl: Option<&[u8]>, want: u32) -> bool {
+    let grants = |perm: u32| perm & want == want;
+    if let Some(acl) = acl.and_then(parse_acl) {
+        let mask = u32::from(acl.iter().find(|e| e.tag == ACL_MASK).map(|e| e.perm).unwrap_or(7));
+        let has = |tag: u16| acl.iter().any(|e| e.tag == tag);
+        return has(ACL_USER_OBJ)
+            && has(ACL_OTHER)
+            && acl.iter().all(|e| match e.tag {
+                ACL_USER_OBJ | ACL_OTHER => grants(u32::from(e.perm)),
+                ACL_USER | ACL_GROUP_OBJ | ACL_GROUP => grants(u32::from(e.perm) & mask),
+                _ => true,
+            });
+    }
+    grants((mode >> 6) & 7) && grants((mode >> 3) & 7) && grants(mode & 7)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct AclEntry {
     tag: u16,
@@ -158,5 +177,36 @@ mod tests {
         assert!(!permits(&reader(30, &[]), 10, 20, 0o600, Some(&masked), R));
         // A damaged ACL is no ACL: the mode bits decide.
         assert!(permits(&reader(99, &[]), 10, 20, 0o604, Some(b"\x02\0\0"), R));
+    }
+
+    #[test]
+    fn permitted_to_everyone() {
+        assert!(permits_everyone(0o755, None, R | X));
+        assert!(permits_everyone(0o711, None, X));
+        assert!(!permits_everyone(0o711, None, R));
+        assert!(!permits_everyone(0o751, None, R), "others may not read");
+        assert!(!permits_everyone(0o055, None, R), "the owner may not");
+        let open = acl(&[(ACL_USER_OBJ, 7, u32::MAX), (ACL_GROUP_OBJ, 5, u32::MAX), (ACL_OTHER, 5, u32::MAX)]);
+        assert!(permits_everyone(0o700, Some(&open), R | X), "the ACL decides");
+        let named = acl(&[
+            (ACL_USER_OBJ, 7, u32::MAX),
+            (ACL_USER, 0, 30),
+            (ACL_GROUP_OBJ, 5, u32::MAX),
+            (ACL_MASK, 7, u32::MAX),
+            (ACL_OTHER, 5, u32::MAX),
+        ]);
+        assert!(!permits_everyone(0o755, Some(&named), X), "user 30 may not");
+        // Whatever `permits_everyone` says holds for every reader.
+        for mode in [0o755, 0o711, 0o750, 0o705, 0o644, 0o604] {
+            for acl in [None, Some(&open[..]), Some(&named[..])] {
+                for want in [R, X, R | X] {
+                    if permits_everyone(mode, acl, want) {
+                        for r in [reader(10, &[]), reader(30, &[20]), reader(31, &[]), reader(32, &[20, 40])] {
+                            assert!(permits(&r, 10, 20, mode, acl, want), "{mode:o} {acl:?} {want} {r:?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

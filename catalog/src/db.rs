@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::error::{Error, Result};
 
 /// Bump when the tables change: older catalogs are then dropped and rebuilt.
-pub(crate) const SCHEMA_VERSION: i64 = 5;
+pub(crate) const SCHEMA_VERSION: i64 = 6;
 
 /// Every table and index. Ids are integers; strings (names, directory paths) are interned once.
 ///
@@ -24,15 +24,21 @@ pub(crate) const SCHEMA_VERSION: i64 = 5;
 ///   interval extends to every later snapshot for free, which is what makes an update cost
 ///   proportional to the changes.
 /// - `gone = 1` marks the newest version of a path that is absent from the host's latest snapshot:
-///   the deleted files. `gone = 2` marks a closed version whose path's next version has other
-///   access (another `access` or `ctx`): for a reader who may see this version but not the
-///   next ones, the path was deleted here (see `Scope`).
-/// - `access` interns what decides who may read a version (folder or not, mode, uid, gid and
-///   its POSIX access ACL); `contexts` interns the chain of the folders above it (each context
-///   is its parent context plus the access of one folder; 0 is the root). A version's `access`
-///   and `ctx` are part of its identity, so whoever may see one snapshot of a version may see
-///   every snapshot of it, and a reader's access classes and searchable contexts are computed
-///   once per query from these two small tables (`Scope::reader`).
+///   the deleted files. `gone = 2` marks a closed version whose path's next version has another
+///   `access`: for a reader who may see this version but not the next ones, the path was
+///   deleted here (see `Scope`).
+/// - A version's identity is the node's own content and metadata: `access` interns what of it
+///   decides who may read it (folder or not, mode, uid, gid and its POSIX access ACL). What the
+///   folders above it allow is no part of it: a `chmod` of a folder adds one version (the
+///   folder's), and nobody's versions are cut by a folder they cannot see.
+/// - The folders above are kept per directory: `dirs.ctx` is the context of a directory's
+///   entries, interned in `contexts` as its parent context plus one folder (0 is a host's
+///   root): the folder's `access` while it never changed, else the folder itself (`folder`),
+///   whose access over time is in `folder_access` (from snapshot key `since` on, until its next
+///   row). So a reader's access classes, the contexts whose every folder they may search, and
+///   for contexts with folders whose access changed, the runs of snapshots in which they may,
+///   are computed once per query from these small tables (`Scope::reader`), and a version is
+///   shown to a reader for each run of its snapshots in which they may read it.
 /// - `versions_open` indexes the names of the open versions only (a tenth of the rows): a name
 ///   query's first page is usually all present versions, read without touching the table.
 /// - `trigrams` counts the names holding each trigram (case folded as `query::fold` does), so a
@@ -67,10 +73,20 @@ CREATE TABLE dirs(
     host INTEGER NOT NULL,
     parent INTEGER,
     name INTEGER,
-    path TEXT NOT NULL
+    path TEXT NOT NULL,
+    access INTEGER NOT NULL DEFAULT 0,
+    varies INTEGER NOT NULL DEFAULT 0,
+    ctx INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX dirs_child ON dirs(parent, name);
 CREATE INDEX dirs_path ON dirs(host, path);
+CREATE INDEX dirs_ctx ON dirs(ctx);
+CREATE TABLE folder_access(
+    dir INTEGER NOT NULL,
+    since INTEGER NOT NULL,
+    access INTEGER NOT NULL,
+    PRIMARY KEY (dir, since)
+) WITHOUT ROWID;
 CREATE TABLE versions(
     id INTEGER PRIMARY KEY,
     host INTEGER NOT NULL,
@@ -87,8 +103,7 @@ CREATE TABLE versions(
     first INTEGER NOT NULL,
     last INTEGER,
     gone INTEGER NOT NULL DEFAULT 0,
-    access INTEGER NOT NULL,
-    ctx INTEGER NOT NULL
+    access INTEGER NOT NULL
 );
 CREATE INDEX versions_path ON versions(dir, name);
 CREATE INDEX versions_name ON versions(name);
@@ -109,9 +124,10 @@ CREATE UNIQUE INDEX access_key ON access(dir, mode, uid, gid, acl);
 CREATE TABLE contexts(
     id INTEGER PRIMARY KEY,
     parent INTEGER NOT NULL,
-    access INTEGER NOT NULL
+    access INTEGER NOT NULL,
+    folder INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX contexts_key ON contexts(parent, access);
+CREATE UNIQUE INDEX contexts_key ON contexts(parent, access, folder);
 ";
 
 pub(crate) fn configure(conn: &Connection) -> Result<()> {

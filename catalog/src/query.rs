@@ -99,7 +99,9 @@ pub struct Scope {
     pub hosts: Vec<String>,
     /// `readable`: versions this reader could read at backup time (the mode bits or POSIX access
     /// ACL of the version, every folder above it searchable), decided with
-    /// [`crate::access::permits`] on the catalog's access classes and folder contexts.
+    /// [`crate::access::permits`] on the catalog's access classes, folder contexts and changes of
+    /// folders' access; a version the reader could read in some of its snapshots only is shown
+    /// once per run of them, as a version of its own (as their own repository would hold it).
     pub reader: Option<Reader>,
 }
 
@@ -108,8 +110,10 @@ pub struct Scope {
 #[serde(rename_all = "snake_case")]
 pub enum Position {
     /// [`Order::RecentFirst`] and [`Order::OldestFirst`]: the key of the last snapshot that held
-    /// the version (present ones after every key), then the row.
-    Seen { seen: i64, row: i64 },
+    /// the version (present ones after every key), then the row, then `sub` (0, or for a
+    /// version a reader sees again from a later snapshot on, its own row, `row` being that of
+    /// the folder version that let them see it again: see `ScopeSql::runs_table`).
+    Seen { seen: i64, row: i64, sub: i64 },
     /// [`Order::Path`]: host, folder, name, first snapshot key, row.
     Path { host: String, dir: String, name: String, first: i64, row: i64 },
 }
@@ -163,13 +167,20 @@ pub struct FileVersion {
     seen_key: i64,
     #[serde(skip)]
     first_key: i64,
+    /// Where the result sorts among those of its `seen_key` (see [`Position::Seen`]).
+    #[serde(skip)]
+    sort_row: i64,
+    #[serde(skip)]
+    sub: i64,
 }
 
 impl FileVersion {
     /// This result's position in `order`: a query with it as [`Query::after`] goes on after it.
     pub fn position(&self, order: Order) -> Position {
         match order {
-            Order::RecentFirst | Order::OldestFirst => Position::Seen { seen: self.seen_key, row: self.row },
+            Order::RecentFirst | Order::OldestFirst => {
+                Position::Seen { seen: self.seen_key, row: self.sort_row, sub: self.sub }
+            }
             Order::Path => Position::Path {
                 host: self.host.clone(),
                 dir: self.path[..self.path.len() - self.name.len() - 1].to_string(),
@@ -322,16 +333,44 @@ pub(crate) fn register_functions(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-macro_rules! concat_select {
-    ($from:literal) => {
+/// The columns every query reads of `v` (versions, or a table shaped like them), before FROM.
+macro_rules! select_columns {
+    () => {
         concat!(
             "SELECT v.id, h.name, d.path, n.name, v.kind, v.size, v.mtime, v.mtime_ns, v.mode, v.uid, coalesce(v.gid, v.uid), ",
             "v.content, v.first, coalesce(v.last, h.latest), v.last IS NULL, v.gone, v.host, v.dir, v.name, ",
-            "coalesce(v.last, 140737488355327) FROM ",
-            $from,
-            " JOIN names n ON n.id = v.name JOIN hosts h ON h.id = v.host JOIN dirs d ON d.id = v.dir"
+            "coalesce(v.last, 140737488355327), "
         )
     };
+}
+
+/// What every query joins to `v`, after it.
+macro_rules! select_joins {
+    () => {
+        " JOIN names n ON n.id = v.name JOIN hosts h ON h.id = v.host JOIN dirs d ON d.id = v.dir"
+    };
+}
+
+macro_rules! concat_select {
+    ($from:literal) => {
+        concat!(select_columns!(), "v.id, 0 FROM ", $from, select_joins!())
+    };
+}
+
+/// A query's SELECT from the versions seen in runs ([`ScopeSql::runs_table`]). `made_once`:
+/// they are made once for the query, then filtered and sorted (SQLite would otherwise look for
+/// them anew from each name that matches); else the query reads them in its own order (the
+/// deleted ones, from the index of deleted rows).
+fn select_from(table: &str, made_once: bool) -> String {
+    if made_once {
+        format!(
+            "WITH runs AS MATERIALIZED {table} {}v.sort_row, v.sub FROM runs v{}",
+            select_columns!(),
+            select_joins!()
+        )
+    } else {
+        format!("{}v.sort_row, v.sub FROM {table} v{}", select_columns!(), select_joins!())
+    }
 }
 
 const SELECT: &str = concat_select!("versions v");
@@ -355,6 +394,7 @@ struct NameTest {
     arg: Value,
 }
 
+#[derive(Clone)]
 struct Sql {
     clauses: Vec<String>,
     params: Vec<Value>,
@@ -365,33 +405,202 @@ impl Sql {
         self.clauses.push(clause.to_string());
         self.params.extend(params);
     }
+
+    /// Clause `at` (whose parameters are `params[from..from + n]`) left out, or replaced.
+    fn without(&self, (at, from, n): (usize, usize, usize), instead: Option<&(String, Vec<Value>)>) -> Sql {
+        let mut out = Sql { clauses: self.clauses.clone(), params: self.params[..from].to_vec() };
+        out.params.extend(instead.iter().flat_map(|i| i.1.iter().cloned()));
+        out.params.extend(self.params[from + n..].iter().cloned());
+        match instead {
+            Some((clause, _)) => out.clauses[at] = clause.clone(),
+            None => {
+                out.clauses.remove(at);
+            }
+        }
+        out
+    }
 }
 
 /// The key of open versions in `versions_recent` (and in positions): after every snapshot key.
 const OPEN_KEY: i64 = 140_737_488_355_327;
 
-/// A [`Scope`] as an SQL condition, with `{a}` where the alias of `versions` goes.
+/// A [`Scope`] in SQL. Owner, paths and hosts see whole versions; a reader sees a version in
+/// the snapshots where they may read it: whole when its folders' searchability never changed
+/// for them (`temp.scope_ctx`), else for each run of snapshots in which it did not
+/// (`temp.ctx_runs`), each run shown as a version of its own ([`ScopeSql::runs_table`]).
 struct ScopeSql {
-    sql: String,
+    /// Owner, paths and hosts, each with `{a}` where the alias of `versions` goes.
+    plain: Vec<String>,
     params: Vec<Value>,
+    /// The scope has a reader: `temp.scope_access` and `temp.scope_ctx` are filled.
+    reader: bool,
+    /// Some of the reader's contexts are searchable for runs of snapshots only.
+    runs: bool,
 }
 
 impl ScopeSql {
-    /// The condition on the versions aliased `a`.
-    fn on(&self, a: &str) -> String {
-        self.sql.replace("{a}", a)
+    /// Owner, paths or hosts say so, of the versions aliased `a`.
+    fn plain_on(&self, a: &str) -> String {
+        if self.plain.is_empty() { "0".to_string() } else { format!("({})", self.plain.join(" OR ")).replace("{a}", a) }
     }
 
-    /// "A later version of the path of `a` is in the scope": such a version is not deleted for
-    /// the reader.
-    fn later(&self, a: &str) -> (String, Vec<Value>) {
+    /// Whole versions in the scope: the versions aliased `a`, in the directories aliased `d`.
+    fn on(&self, a: &str, d: &str) -> String {
+        let plain = self.plain_on(a);
+        if !self.reader {
+            return plain;
+        }
+        format!(
+            "({plain} OR ({a}.access IN (SELECT id FROM temp.scope_access) AND {d}.ctx IN (SELECT id FROM temp.scope_ctx)))"
+        )
+    }
+
+    /// "The scope sees the path of `x` (a version-shaped row: dir, name, last) in a snapshot
+    /// after `x.last`": then `x` is not where the path went, for this reader.
+    fn later(&self, x: &str) -> (String, Vec<Value>) {
+        let runs = if self.runs {
+            format!(
+                " OR (w.access IN (SELECT id FROM temp.scope_access) AND EXISTS (SELECT 1 FROM temp.ctx_runs r
+                   WHERE r.ctx = dw.ctx AND max(w.first, r.lo, {x}.last + 1) <= min(coalesce(w.last, {OPEN_KEY}), r.hi)))"
+            )
+        } else {
+            String::new()
+        };
         (
             format!(
-                "EXISTS (SELECT 1 FROM versions w WHERE w.dir = {a}.dir AND w.name = {a}.name AND w.first > {a}.last AND {})",
-                self.on("w")
+                "EXISTS (SELECT 1 FROM versions w JOIN dirs dw ON dw.id = w.dir WHERE w.dir = {x}.dir AND w.name = {x}.name
+                 AND ((coalesce(w.last, {OPEN_KEY}) > {x}.last AND {}){runs}))",
+                self.on("w", "dw")
             ),
             self.params.clone(),
         )
+    }
+
+    /// The versions the reader sees for runs of their snapshots only, one row per version and
+    /// run, shaped like `versions` (to stand in for it in a query): `first` and `last` are the
+    /// run's part of the version's interval, `last` NULL when that reaches the host's latest
+    /// snapshot; `gone` is 1 for a deleted path's newest version seen to its end, 2 for a part
+    /// that ends earlier (the reader lost it there, unless a later one is theirs: see
+    /// [`ScopeSql::later`]). A part that starts after its version does sorts where a catalog of
+    /// the reader's own files would have met it: in that snapshot, just after the version of the
+    /// folder whose access let them see it again (`sort_row` that folder version's row, `sub`
+    /// its own; else `sort_row` its own row and `sub` 0, as every whole version).
+    fn runs_table(&self, filter: Option<(&str, &[Value])>) -> (String, Vec<Value>) {
+        let mut params = self.params.clone();
+        params.extend(filter.iter().flat_map(|f| f.1.iter().cloned()));
+        (
+            format!(
+                "(SELECT v.id AS id, v.host AS host, v.dir AS dir, v.name AS name, v.kind AS kind, v.mode AS mode,
+                   v.uid AS uid, v.gid AS gid, v.size AS size, v.mtime AS mtime, v.mtime_ns AS mtime_ns,
+                   v.content AS content, max(v.first, r.lo) AS first,
+                   CASE WHEN v.last IS NULL AND r.hi >= hh.latest THEN NULL
+                        ELSE min(coalesce(v.last, hh.latest), r.hi) END AS last,
+                   CASE WHEN v.last IS NULL AND r.hi >= hh.latest THEN 0
+                        WHEN v.gone = 1 AND r.hi >= v.last THEN 1 ELSE 2 END AS gone,
+                   v.access AS access,
+                   CASE WHEN r.lo > v.first THEN coalesce(r.row, v.id) ELSE v.id END AS sort_row,
+                   CASE WHEN r.lo > v.first THEN v.id ELSE 0 END AS sub
+                 FROM temp.ctx_runs r CROSS JOIN dirs dd ON dd.ctx = r.ctx CROSS JOIN versions v ON v.dir = dd.id
+                   CROSS JOIN hosts hh ON hh.id = v.host
+                 WHERE r.lo <= coalesce(v.last, hh.latest) AND r.hi >= v.first
+                   AND v.access IN (SELECT id FROM temp.scope_access) AND NOT {}{})",
+                self.plain_on("v"),
+                filter.map(|f| format!(" AND {}", f.0)).unwrap_or_default()
+            ),
+            params,
+        )
+    }
+}
+
+/// A run of snapshots (inclusive keys; `hi` is `i64::MAX` for "and every later one"), and the
+/// row of the version of the folder whose access opened it, when a folder did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Run {
+    lo: i64,
+    hi: i64,
+    row: Option<i64>,
+}
+
+/// When a reader may search a folder, or every folder of a context: never, always, or in runs
+/// of snapshots (sorted, disjoint).
+#[derive(Clone, Debug, PartialEq)]
+enum Searchable {
+    Never,
+    Always,
+    Runs(Vec<Run>),
+}
+
+impl Searchable {
+    /// Both, at once.
+    fn and(&self, other: &Searchable) -> Searchable {
+        match (self, other) {
+            (Searchable::Never, _) | (_, Searchable::Never) => Searchable::Never,
+            (Searchable::Always, x) | (x, Searchable::Always) => x.clone(),
+            (Searchable::Runs(a), Searchable::Runs(b)) => {
+                let mut out = Vec::new();
+                let (mut i, mut j) = (0, 0);
+                while i < a.len() && j < b.len() {
+                    let (x, y) = (a[i], b[j]);
+                    let (lo, hi) = (x.lo.max(y.lo), x.hi.min(y.hi));
+                    if lo <= hi {
+                        // Opened by the folder that opened last (the inner one, met after the
+                        // outer, when both opened at once).
+                        let row = match x.lo.cmp(&y.lo) {
+                            std::cmp::Ordering::Greater => x.row,
+                            std::cmp::Ordering::Less => y.row,
+                            std::cmp::Ordering::Equal => x.row.max(y.row),
+                        };
+                        out.push(Run { lo, hi, row });
+                    }
+                    if x.hi < y.hi { i += 1 } else { j += 1 }
+                }
+                if out.is_empty() { Searchable::Never } else { Searchable::Runs(out) }
+            }
+        }
+    }
+}
+
+/// A folder's searchability over its host's snapshots (`keys`, sorted): from its access since
+/// each key (`segments`, sorted, the first since [`crate::update::SINCE_EVER`]), runs of the
+/// snapshots that exist, in which the reader may search it.
+fn folder_runs(segments: &[(i64, bool)], keys: &[i64]) -> Searchable {
+    let mut runs: Vec<Run> = Vec::new();
+    for (k, &(since, ok)) in segments.iter().enumerate() {
+        if !ok {
+            continue;
+        }
+        let until = segments.get(k + 1).map(|s| s.0);
+        // The snapshots of this segment: from `since` up to the next one's.
+        let a = keys.partition_point(|&x| x < since);
+        let b = until.map_or(keys.len(), |u| keys.partition_point(|&x| x < u));
+        if a >= b {
+            continue;
+        }
+        let (lo, hi) = (keys[a], if until.is_none() { i64::MAX } else { keys[b - 1] });
+        match runs.last_mut() {
+            // Consecutive segments the reader may both search are one run.
+            Some(last) if last.hi != i64::MAX && keys.partition_point(|&x| x <= last.hi) == a => last.hi = hi,
+            _ => runs.push(Run { lo, hi, row: None }),
+        }
+    }
+    match runs.as_slice() {
+        [] => Searchable::Never,
+        [Run { lo, hi: i64::MAX, .. }] if keys.first().is_none_or(|f| lo <= f) => Searchable::Always,
+        _ => Searchable::Runs(runs),
+    }
+}
+
+/// How two results compare in `order`, as the queries' ORDER BY sorts them.
+fn result_order(order: Order, a: &FileVersion, b: &FileVersion) -> std::cmp::Ordering {
+    fn dir(v: &FileVersion) -> &str {
+        &v.path[..v.path.len() - v.name.len() - 1]
+    }
+    match order {
+        Order::RecentFirst => (b.seen_key, b.sort_row, b.sub).cmp(&(a.seen_key, a.sort_row, a.sub)),
+        Order::OldestFirst => (a.seen_key, a.sort_row, a.sub).cmp(&(b.seen_key, b.sort_row, b.sub)),
+        Order::Path => {
+            (&a.host, dir(a), &a.name, a.first_key, a.row).cmp(&(&b.host, dir(b), &b.name, b.first_key, b.row))
+        }
     }
 }
 
@@ -416,6 +625,15 @@ fn path_clause(a: &str, p: &str) -> (String, Vec<Value>) {
 impl Catalog {
     /// Search versions. See [`Query`].
     pub fn find(&self, q: &Query) -> Result<Page<FileVersion>> {
+        let limit = if q.limit == 0 { 100 } else { q.limit.min(MAX_LIMIT) };
+        let mut items = self.rows(q, u64::from(limit))?;
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        Ok(Page { items, offset: q.offset, next_offset: more.then_some(q.offset + u64::from(limit)) })
+    }
+
+    /// The results of `q` after `q.offset`, `limit` of them and one more if there is one.
+    fn rows(&self, q: &Query, limit: u64) -> Result<Vec<FileVersion>> {
         // The name test in two forms: through the trigram index (for selective patterns), and
         // per row (while scanning in result order, for common ones).
         let mut sql = Sql { clauses: Vec::new(), params: Vec::new() };
@@ -504,7 +722,15 @@ impl Catalog {
             Some(scope) => Some(self.scope_sql(scope)?),
             None => None,
         };
+        if scope.as_ref().is_some_and(|s| s.runs) && q.offset > 0 {
+            // The versions seen for runs of snapshots come from a query of their own, merged in
+            // order: an offset counts in the merged results.
+            let mut all = self.rows(&Query { offset: 0, ..q.clone() }, q.offset + limit)?;
+            return Ok(all.split_off(usize::try_from(q.offset).unwrap_or(usize::MAX).min(all.len())));
+        }
         let deleted = q.deleted || q.deleted_since.is_some();
+        // Where the deleted clause is: the versions seen in runs test it row by row, in order.
+        let deleted_at = (deleted && scope.is_some()).then_some((sql.clauses.len(), sql.params.len()));
         if deleted {
             // `gone != 0` as written selects the partial indexes of deleted rows.
             match &scope {
@@ -523,8 +749,10 @@ impl Catalog {
                 [Value::Integer(ts_ns(t))],
             );
         }
+        // Where the scope's clause is, to leave it out of the query of runs.
+        let scope_at = scope.as_ref().map(|s| (sql.clauses.len(), sql.params.len(), s.params.len()));
         if let Some(scope) = &scope {
-            sql.push(&scope.on("v"), scope.params.clone());
+            sql.push(&scope.on("v", "d"), scope.params.clone());
         }
         // Present versions first (they are in the latest snapshot of their host), newest version
         // first; then by the last snapshot that held them. `versions_recent` indexes exactly
@@ -537,18 +765,30 @@ impl Catalog {
         };
         // Keyset paging: only what comes after `q.after` in this order.
         let mut after: Option<(String, Vec<Value>)> = None;
+        // The same for the versions seen in runs ([`ScopeSql::runs_table`]), when it differs.
+        let mut after_runs: Option<(String, Vec<Value>)> = None;
         match (&q.after, q.order) {
             (None, _) => {}
-            (Some(Position::Seen { seen: k, row }), Order::RecentFirst) => {
+            // A whole version sorts as (seen, row, 0); after a position with `sub` > 0 (a run,
+            // just after the folder version `row`) comes that row itself in the recent order.
+            (Some(Position::Seen { seen: k, row, sub }), Order::RecentFirst) => {
                 after = Some((
                     format!("{seen} <= ? AND ({seen} < ? OR v.id < ?)"),
-                    vec![Value::Integer(*k), Value::Integer(*k), Value::Integer(*row)],
+                    vec![Value::Integer(*k), Value::Integer(*k), Value::Integer(row + i64::from(*sub > 0))],
+                ));
+                after_runs = Some((
+                    format!("({seen}, v.sort_row, v.sub) < (?, ?, ?)"),
+                    vec![Value::Integer(*k), Value::Integer(*row), Value::Integer(*sub)],
                 ));
             }
-            (Some(Position::Seen { seen: k, row }), Order::OldestFirst) => {
+            (Some(Position::Seen { seen: k, row, sub }), Order::OldestFirst) => {
                 after = Some((
                     format!("{seen} >= ? AND ({seen} > ? OR v.id > ?)"),
                     vec![Value::Integer(*k), Value::Integer(*k), Value::Integer(*row)],
+                ));
+                after_runs = Some((
+                    format!("({seen}, v.sort_row, v.sub) > (?, ?, ?)"),
+                    vec![Value::Integer(*k), Value::Integer(*row), Value::Integer(*sub)],
                 ));
             }
             (Some(Position::Path { host, dir, name, first, row }), Order::Path) => {
@@ -565,15 +805,14 @@ impl Catalog {
             }
             (Some(_), _) => return Err(Error::InvalidInput("a position of another order".into())),
         }
-        let limit = if q.limit == 0 { 100 } else { q.limit.min(MAX_LIMIT) };
-        let tail = format!("ORDER BY {order} LIMIT {} OFFSET {}", u64::from(limit) + 1, q.offset);
+        let tail = format!("ORDER BY {order} LIMIT {} OFFSET {}", limit + 1, q.offset);
         let later = scope.as_ref().map(|s| s.later("v"));
         let mut items = None;
         // The open versions alone answer a first page of present versions, and any page that
         // continues among them.
         let open_after = match &q.after {
             None => Some(None),
-            Some(Position::Seen { seen: k, row }) if *k == OPEN_KEY => Some(Some(*row)),
+            Some(Position::Seen { seen: k, row, sub }) if *k == OPEN_KEY => Some(Some(row + i64::from(*sub > 0))),
             Some(_) => None,
         };
         if self.scan_budget > 0
@@ -592,18 +831,20 @@ impl Catalog {
                 params.push(Value::Integer(row));
             }
             let text = format!(
-                "{SELECT} WHERE v.id IN (SELECT v.id FROM versions v INDEXED BY versions_open{} WHERE {} AND v.last IS NULL
+                "{SELECT} WHERE v.id IN (SELECT v.id FROM versions v INDEXED BY versions_open{}{} WHERE {} AND v.last IS NULL
                  ORDER BY v.id DESC LIMIT {} OFFSET {}) ORDER BY v.id DESC",
                 if q.seen_from.is_some() { " JOIN hosts h ON h.id = v.host" } else { "" },
+                if scope.is_some() { " JOIN dirs d ON d.id = v.dir" } else { "" },
                 clauses.join(" AND "),
-                u64::from(limit) + 1,
+                limit + 1,
                 q.offset
             );
             let page = self.run(&text, params, None, later.as_ref())?.expect("no budget, no interruption");
-            if page.len() > limit as usize {
+            if page.len() as u64 > limit {
                 items = Some(page);
             }
         }
+        let after_at = after.as_ref().map(|a| (sql.clauses.len(), sql.params.len(), a.1.len()));
         if let Some((clause, params)) = &after {
             sql.push(clause, params.clone());
         }
@@ -612,7 +853,7 @@ impl Catalog {
             && selectivity > 0.0
             && q.order != Order::Path
             && !deleted
-            && q.offset + u64::from(limit) <= u64::from(MAX_LIMIT)
+            && q.offset + limit <= u64::from(MAX_LIMIT)
         {
             // Scan in result order with the name tested per row, within a budget: common
             // patterns fill the page long before it runs out; rare ones fall back to the index.
@@ -636,59 +877,103 @@ impl Catalog {
                     if sql.clauses.is_empty() { "" } else { " WHERE" },
                     sql.clauses.join(" AND ")
                 );
-                self.run(&text, sql.params, None, later.as_ref())?.expect("no budget, no interruption")
+                self.run(&text, sql.params.clone(), None, later.as_ref())?.expect("no budget, no interruption")
             }
         };
-        let more = items.len() > limit as usize;
-        items.truncate(limit as usize);
-        Ok(Page { items, offset: q.offset, next_offset: more.then_some(q.offset + u64::from(limit)) })
+        if let (Some(s), Some(scope_at)) = (scope.as_ref().filter(|s| s.runs), scope_at) {
+            // The versions the reader sees for runs of snapshots: the same query over them,
+            // without the scope (the table applies it) and in their own order.
+            // (Changed from the last clause to the first, so that each one's place holds.)
+            let mut runs_sql = match (after_at, &after_runs) {
+                (Some(after_at), Some(instead)) => sql.without(after_at, Some(instead)),
+                _ => sql.clone(),
+            }
+            .without(scope_at, None);
+            // Whether a part the reader lost is where its path went for them is asked of the
+            // parts in order, until the page is full ([`Catalog::run`] asks `later`), not of all.
+            if let Some((at, from)) = deleted_at {
+                runs_sql = runs_sql.without((at, from, s.params.len()), Some(&("v.gone != 0".to_string(), vec![])));
+            }
+            // The name's test through its index, inside, where it picks the rows to make.
+            let name = (q.name.is_some() && !deleted).then(|| (sql.clauses[0].as_str(), &sql.params[..name_params]));
+            let (table, mut params) = s.runs_table(name);
+            params.extend(runs_sql.params);
+            let order = match q.order {
+                Order::RecentFirst => format!("{seen} DESC, v.sort_row DESC, v.sub DESC"),
+                Order::OldestFirst => format!("{seen} ASC, v.sort_row ASC, v.sub ASC"),
+                Order::Path => order,
+            };
+            let (mut offset, mut batch) = (0, limit + 1);
+            let mut found = Vec::new();
+            loop {
+                let text = format!(
+                    "{} {} {} ORDER BY {order} LIMIT {batch} OFFSET {offset}",
+                    select_from(&table, !deleted),
+                    if runs_sql.clauses.is_empty() { "" } else { "WHERE" },
+                    runs_sql.clauses.join(" AND "),
+                );
+                let rows = self.run(&text, params.clone(), None, later.as_ref())?.expect("no budget, no interruption");
+                let full = rows.len() as u64 == batch;
+                found.extend(rows.into_iter().filter(|v| deleted_at.is_none() || v.deleted.is_some()));
+                if deleted_at.is_none() || !full || found.len() as u64 > limit {
+                    break;
+                }
+                offset += batch;
+                batch *= 4;
+            }
+            items.extend(found);
+            items.sort_by(|a, b| result_order(q.order, a, b));
+            items.truncate(usize::try_from(limit + 1).unwrap_or(usize::MAX));
+        }
+        Ok(items)
     }
 
-    /// A scope as SQL: the reader's access classes and searchable contexts go to temporary
-    /// tables first (they are few: one per distinct owner, mode and ACL, and per distinct chain
-    /// of folder access).
+    /// A scope as SQL: the reader's access classes, their searchable contexts and the runs of
+    /// snapshots of the others go to temporary tables first (they are few: one per distinct
+    /// owner, mode and ACL, per distinct chain of folders, and per change of a folder's access
+    /// that matters to this reader).
     fn scope_sql(&self, scope: &Scope) -> Result<ScopeSql> {
-        let mut any = Vec::new();
+        let mut plain = Vec::new();
         let mut params = Vec::new();
         if let Some(u) = scope.owner {
-            any.push("{a}.uid = ?".to_string());
+            plain.push("{a}.uid = ?".to_string());
             params.push(Value::Integer(u.into()));
         }
         for p in &scope.paths {
             match normalize_path(p) {
-                None => any.push("1".to_string()),
+                None => plain.push("1".to_string()),
                 Some(p) => {
                     let (clause, p) = path_clause("{a}", &p);
-                    any.push(clause);
+                    plain.push(clause);
                     params.extend(p);
                 }
             }
         }
         if !scope.hosts.is_empty() {
-            any.push(format!(
+            plain.push(format!(
                 "{{a}}.host IN (SELECT id FROM hosts WHERE name IN ({}))",
                 vec!["?"; scope.hosts.len()].join(", ")
             ));
             params.extend(scope.hosts.iter().map(|h| Value::Text(h.clone())));
         }
-        if let Some(reader) = &scope.reader {
-            self.readable_to_temp(reader)?;
-            any.push(
-                "({a}.access IN (SELECT id FROM temp.scope_access) AND {a}.ctx IN (SELECT id FROM temp.scope_ctx))"
-                    .to_string(),
-            );
-        }
-        let sql = if any.is_empty() { "0".to_string() } else { format!("({})", any.join(" OR ")) };
-        Ok(ScopeSql { sql, params })
+        let runs = match &scope.reader {
+            Some(reader) => self.readable_to_temp(reader)?,
+            None => false,
+        };
+        Ok(ScopeSql { plain, params, reader: scope.reader.is_some(), runs })
     }
 
     /// Fill `temp.scope_access` with the access classes `reader` may read (folders: read and
-    /// search), and `temp.scope_ctx` with the contexts whose every folder they may search.
-    fn readable_to_temp(&self, reader: &Reader) -> Result<()> {
+    /// search), `temp.scope_ctx` with the contexts whose every folder they may search in every
+    /// snapshot, and `temp.ctx_runs` with the runs of snapshots in which they may search every
+    /// folder of the others (those with folders whose access changed); true if it has any.
+    fn readable_to_temp(&self, reader: &Reader) -> Result<bool> {
         self.conn.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS scope_access(id INTEGER PRIMARY KEY);
              CREATE TEMP TABLE IF NOT EXISTS scope_ctx(id INTEGER PRIMARY KEY);
-             DELETE FROM temp.scope_access; DELETE FROM temp.scope_ctx;",
+             CREATE TEMP TABLE IF NOT EXISTS ctx_runs(ctx INTEGER NOT NULL, lo INTEGER NOT NULL,
+                 hi INTEGER NOT NULL, row INTEGER, PRIMARY KEY (ctx, lo)) WITHOUT ROWID;
+             DELETE FROM temp.scope_access; DELETE FROM temp.scope_ctx; DELETE FROM temp.ctx_runs;",
         )?;
         let mut searchable: HashMap<i64, bool> = HashMap::new();
         {
@@ -708,22 +993,89 @@ impl Catalog {
                 }
             }
         }
-        // A context is searchable when its parent is and its folder may be searched; parents
-        // are interned before their children, so one pass in id order decides them all.
-        let mut ok: HashMap<i64, bool> = HashMap::from([(crate::update::ROOT_CONTEXT, true)]);
-        let mut add = self.conn.prepare_cached("INSERT INTO temp.scope_ctx(id) VALUES (?1)")?;
-        add.execute([crate::update::ROOT_CONTEXT])?;
-        let mut stmt = self.conn.prepare_cached("SELECT id, parent, access FROM contexts ORDER BY id")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let (id, parent, access): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-            let yes = ok.get(&parent).copied().unwrap_or(false) && searchable.get(&access).copied().unwrap_or(false);
-            ok.insert(id, yes);
-            if yes {
-                add.execute([id])?;
+        // Folders whose access changed: when the reader may search each, over its host's
+        // snapshots.
+        let mut keys: HashMap<i64, Vec<i64>> = HashMap::new();
+        {
+            let mut stmt = self.conn.prepare_cached("SELECT host, key FROM snapshots ORDER BY key")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                keys.entry(r.get(0)?).or_default().push(r.get(1)?);
             }
         }
-        Ok(())
+        let mut folders: HashMap<i64, Searchable> = HashMap::new();
+        let mut opened_by = self.conn.prepare_cached(
+            "SELECT v.id FROM dirs f JOIN versions v ON v.dir = f.parent AND v.name = f.name WHERE f.id = ?1 AND v.first = ?2",
+        )?;
+        {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT f.dir, d.host, f.since, f.access FROM folder_access f JOIN dirs d ON d.id = f.dir
+                 ORDER BY f.dir, f.since",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut current: Option<(i64, i64)> = None;
+            let mut segments: Vec<(i64, bool)> = Vec::new();
+            let mut finish = |folder: Option<(i64, i64)>, segments: &mut Vec<(i64, bool)>| -> Result<()> {
+                if let Some((dir, host)) = folder {
+                    let keys = keys.get(&host).map_or(&[][..], Vec::as_slice);
+                    let mut runs = folder_runs(segments, keys);
+                    // A run that starts after the host's first snapshot was opened by this
+                    // folder's access, in the version of the folder that starts there.
+                    if let Searchable::Runs(runs) = &mut runs {
+                        for run in runs.iter_mut().filter(|r| keys.first().is_some_and(|f| r.lo > *f)) {
+                            run.row = opened_by.query_row([dir, run.lo], |r| r.get(0)).optional()?;
+                        }
+                    }
+                    folders.insert(dir, runs);
+                }
+                segments.clear();
+                Ok(())
+            };
+            while let Some(r) = rows.next()? {
+                let (dir, host, since, access): (i64, i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                if current.is_some_and(|c| c.0 != dir) {
+                    finish(current, &mut segments)?;
+                }
+                current = Some((dir, host));
+                segments.push((since, searchable.get(&access).copied().unwrap_or(false)));
+            }
+            finish(current, &mut segments)?;
+        }
+        // A context is searchable when its parent is and its folder may be searched; parents
+        // are interned before their children, so one pass in id order decides them all.
+        let mut ok: HashMap<i64, Searchable> = HashMap::from([(crate::update::ROOT_CONTEXT, Searchable::Always)]);
+        let mut always = self.conn.prepare_cached("INSERT INTO temp.scope_ctx(id) VALUES (?1)")?;
+        let mut run =
+            self.conn.prepare_cached("INSERT INTO temp.ctx_runs(ctx, lo, hi, row) VALUES (?1, ?2, ?3, ?4)")?;
+        always.execute([crate::update::ROOT_CONTEXT])?;
+        let mut any_runs = false;
+        let mut stmt = self.conn.prepare_cached("SELECT id, parent, access, folder FROM contexts ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let (id, parent, access, folder): (i64, i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            let this = if folder != 0 {
+                folders.get(&folder).cloned().unwrap_or(Searchable::Never)
+            } else if searchable.get(&access).copied().unwrap_or(false) {
+                Searchable::Always
+            } else {
+                Searchable::Never
+            };
+            let state = ok.get(&parent).unwrap_or(&Searchable::Never).and(&this);
+            match &state {
+                Searchable::Never => {}
+                Searchable::Always => {
+                    always.execute([id])?;
+                }
+                Searchable::Runs(runs) => {
+                    any_runs = true;
+                    for r in runs {
+                        run.execute(rusqlite::params![id, r.lo, r.hi, r.row])?;
+                    }
+                }
+            }
+            ok.insert(id, state);
+        }
+        Ok(any_runs)
     }
 
     /// The name test in its two forms: per row, for a scan in result order, and through the
@@ -876,13 +1228,26 @@ impl Catalog {
             Some(scope) => Some(self.scope_sql(scope)?),
             None => None,
         };
+        let later = scope.as_ref().map(|s| s.later("v"));
+        let mut runs = Vec::new();
+        if let Some(s) = scope.as_ref().filter(|s| s.runs) {
+            // The versions the reader sees for runs of snapshots, each run a version.
+            let (table, mut p) = s.runs_table(None);
+            p.extend(params.iter().cloned());
+            let text = text.replacen(&format!("{SELECT} "), &format!("{} ", select_from(&table, false)), 1);
+            runs = self.run(&text, p, None, later.as_ref())?.expect("no budget");
+        }
         if let Some(scope) = &scope {
-            text.push_str(&format!(" AND {}", scope.on("v")));
+            text.push_str(&format!(" AND {}", scope.on("v", "d")));
             params.extend(scope.params.iter().cloned());
         }
         text.push_str(" ORDER BY h.name, v.first DESC");
-        let later = scope.as_ref().map(|s| s.later("v"));
-        Ok(self.run(&text, params, None, later.as_ref())?.expect("no budget"))
+        let mut out = self.run(&text, params, None, later.as_ref())?.expect("no budget");
+        if !runs.is_empty() {
+            out.extend(runs);
+            out.sort_by(|a, b| (&a.host, b.first_key, b.row).cmp(&(&b.host, a.first_key, a.row)));
+        }
+        Ok(out)
     }
 
     /// The catalogued snapshots, oldest first.
@@ -955,6 +1320,10 @@ impl Catalog {
             last: i64,
             present: bool,
             gone: i64,
+            dir_id: i64,
+            name_id: i64,
+            sort_row: i64,
+            sub: i64,
         }
         let mut stmt = self.conn.prepare_cached(sql)?;
         if let Some(budget) = budget {
@@ -988,6 +1357,10 @@ impl Catalog {
                     present: r.get(14)?,
                     gone: r.get(15)?,
                     host_id: r.get(16)?,
+                    dir_id: r.get(17)?,
+                    name_id: r.get(18)?,
+                    sort_row: r.get(20)?,
+                    sub: r.get(21)?,
                 })
             })
             .and_then(|rows| rows.collect());
@@ -1011,11 +1384,12 @@ impl Catalog {
             let gone = match (r.gone, later) {
                 (1, _) => true,
                 (2, Some((later, params))) => {
+                    // `later` is on the row aliased `v`: this result's path and (its) last snapshot.
                     let mut params = params.clone();
-                    params.push(Value::Integer(r.row));
+                    params.extend([r.dir_id, r.name_id, r.last].map(Value::Integer));
                     let exists: bool = self
                         .conn
-                        .prepare_cached(&format!("SELECT {later} FROM versions v WHERE v.id = ?"))?
+                        .prepare_cached(&format!("SELECT {later} FROM (SELECT ? AS dir, ? AS name, ? AS last) v"))?
                         .query_row(params_from_iter(params), |row| row.get(0))?;
                     !exists
                 }
@@ -1054,6 +1428,8 @@ impl Catalog {
                 row: r.row,
                 seen_key: r.seen_key,
                 first_key: r.first,
+                sort_row: r.sort_row,
+                sub: r.sub,
             });
         }
         Ok(Some(out))

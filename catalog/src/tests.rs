@@ -711,18 +711,19 @@ fn history_access(seed: u64, gens: i64, hosts: &[&str]) -> (Store, Vec<(Snapshot
 /// What decides access to a node: mode, uid, gid, ACL.
 type Acc = (u32, u32, u32, Vec<u8>);
 
-/// A node's identity for a scope: as for [`brute`], with its access and that of the folders above.
-type ScopedIdent = (BruteIdent, Acc, Vec<Acc>);
+/// A node's identity for a scope: as for [`brute`], with its own access (and nothing of the
+/// folders above it: what a reader cannot observe must not cut their versions).
+type ScopedIdent = (BruteIdent, Acc);
 
 /// Brute force of a scope: the paths of one snapshot that `scope` sees, each with its identity
-/// (kind, uid, content, mtime, its access and the access of every folder above it).
+/// (kind, uid, content, mtime and its own access).
 fn visible_in(info: &SnapshotInfo, store: &Store, scope: &Scope) -> BTreeMap<String, ScopedIdent> {
     let mut out = BTreeMap::new();
     let acc =
         |n: &Node| -> Acc { (n.mode, n.uid, n.gid, n.xattr(crate::access::ACL_XATTR).unwrap_or_default().to_vec()) };
-    // (folder path, tree, access of the folders down to it, every one searchable by the reader)
-    let mut stack = vec![(String::new(), info.tree, Vec::<Acc>::new(), true)];
-    while let Some((prefix, tid, chain, searchable)) = stack.pop() {
+    // (folder path, tree, every folder down to it searchable by the reader)
+    let mut stack = vec![(String::new(), info.tree, true)];
+    while let Some((prefix, tid, searchable)) = stack.pop() {
         for n in &store.trees[&tid].nodes {
             let p = format!("{prefix}/{}", String::from_utf8_lossy(&n.name));
             let a = acc(n);
@@ -735,13 +736,11 @@ fn visible_in(info: &SnapshotInfo, store: &Store, scope: &Scope) -> BTreeMap<Str
             });
             if scope.owner == Some(n.uid) || in_paths || scope.hosts.contains(&info.host) || readable {
                 let ident = (n.kind.as_str().to_string(), n.uid, format!("{:016x}", content_id(n) as u64), n.mtime);
-                out.insert(p.clone(), (ident, a.clone(), chain.clone()));
+                out.insert(p.clone(), (ident, a.clone()));
             }
             if let Some(sub) = n.subtree {
-                let mut inner = chain.clone();
-                inner.push(a.clone());
                 let search = searchable && scope.reader.as_ref().is_some_and(|r| allows(r, crate::access::X));
-                stack.push((p, sub, inner, search));
+                stack.push((p, sub, search));
             }
         }
     }
@@ -807,6 +806,8 @@ fn scopes() -> Vec<(&'static str, Scope)> {
 fn scopes_equal_their_own_repository() {
     let mut split_by_access = 0;
     let mut deleted_for_scope_only = 0;
+    // Versions a scope sees again from a later snapshot on, a folder above them open again.
+    let mut seen_again = 0;
     for seed in [5u64, 13, 31] {
         let (store, snaps) = history_access(seed, 10, &["alpha", "beta"]);
         let (_d, mut cat) = fresh();
@@ -829,6 +830,8 @@ fn scopes_equal_their_own_repository() {
                 .filter(|e| !everything.iter().any(|a| a.path == e.path && a.first == e.first && a.gone_by.is_some()))
                 .count();
             split_by_access += want.iter().filter(|e| !by_content.contains(e)).count();
+            seen_again +=
+                want.iter().filter(|e| !everything.iter().any(|a| a.path == e.path && a.first == e.first)).count();
             // History, per path, as the scope sees it.
             for path in want.iter().map(|e| e.path.clone()).collect::<std::collections::BTreeSet<_>>().iter().take(20) {
                 let mut got: Vec<Expect> =
@@ -838,21 +841,31 @@ fn scopes_equal_their_own_repository() {
                 assert_eq!(got, w, "seed {seed}, {label}: history of {path}");
             }
 
-            // The scope's own repository: every snapshot holds only what the scope sees and the
-            // folders on the way to it (same snapshots, same metadata).
+            // The scope's own repository: every snapshot holds only what the scope sees (with its
+            // metadata) and the folders on the way to it, which carry nothing the scope could
+            // observe: neutral metadata (root's, searchable by all, never changing), so that any
+            // dependence on their real metadata shows as a difference.
             let mut own_store = Store { trees: HashMap::new() };
             let mut own: Vec<(SnapshotInfo, Fs)> = Vec::new();
             for (info, fs, perms) in &snaps {
                 let seen = visible_in(info, &store, &scope);
+                let mut own_perms = perms.clone();
                 let keep: Fs = fs
                     .iter()
                     .filter(|(p, _)| {
                         let p = format!("/{p}");
                         seen.keys().any(|v| *v == p || v.starts_with(&format!("{p}/")))
                     })
-                    .map(|(k, v)| (k.clone(), *v))
+                    .map(|(k, v)| {
+                        if seen.contains_key(&format!("/{k}")) {
+                            (k.clone(), *v)
+                        } else {
+                            own_perms.insert(k.clone(), (0o711, 0, 0));
+                            (k.clone(), (NodeKind::Dir, 0, 0, 0))
+                        }
+                    })
                     .collect();
-                let tree = own_store.put_with(&keep, perms, "");
+                let tree = own_store.put_with(&keep, &own_perms, "");
                 own.push((SnapshotInfo { tree, ..info.clone() }, keep));
             }
             let (_d2, mut sub) = fresh();
@@ -878,6 +891,7 @@ fn scopes_equal_their_own_repository() {
         }
     }
     assert!(split_by_access > 0, "access changes cut versions a scope sees");
+    assert!(seen_again > 0, "some versions are seen again after a folder above them opened again");
     assert!(deleted_for_scope_only > 0, "some paths are deleted for a scope only");
 }
 

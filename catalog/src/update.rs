@@ -90,8 +90,9 @@ pub(crate) fn kind_from_code(c: i64) -> NodeKind {
     }
 }
 
-/// A version's identity: two nodes at one path are the same version when all of this agrees
-/// (and so do the folders' access above them: the context, compared beside it).
+/// A version's identity: two nodes at one path are the same version when all of this agrees.
+/// It is the node's own content and metadata only: what the folders above it allow is kept per
+/// directory (`dirs.ctx`, `folder_access`), so a folder's `chmod` cuts no version below it.
 /// `content` is the first 8 bytes of BLAKE3 over the file's chunk ids in order (the symlink
 /// target for symlinks, 0 otherwise): enough to tell one path's versions apart; `acl` likewise
 /// of the POSIX access ACL (0 without one).
@@ -153,6 +154,27 @@ fn access_key(n: &Node) -> AccessKey {
 /// The context of the entries at a snapshot's root (not a row of `contexts`).
 pub(crate) const ROOT_CONTEXT: i64 = 0;
 
+/// `folder_access.since` of a folder's first access: from the start of its history.
+pub(crate) const SINCE_EVER: i64 = i64::MIN;
+
+/// A catalog directory as the writer needs it: its parent, the context of its entries, its own
+/// access as last seen, and whether that ever changed (its history is then in `folder_access`,
+/// and the contexts below it name the folder rather than an access).
+#[derive(Clone, Copy, Debug)]
+struct DirState {
+    parent: Option<i64>,
+    ctx: i64,
+    access: i64,
+    varies: bool,
+}
+
+impl DirState {
+    /// What this folder adds to the context of its entries: (access, folder).
+    fn element(&self, id: i64) -> (i64, i64) {
+        if self.varies { (0, id) } else { (self.access, 0) }
+    }
+}
+
 /// `versions.gone` of a closed version whose path has a next version: 0 when that one has the
 /// same access (whoever sees one sees the other), else 2.
 fn closed_gone(same_access: bool) -> i64 {
@@ -175,8 +197,9 @@ pub(crate) struct Caches {
     /// Names added per trigram in this transaction, not yet in `trigrams`.
     trigrams: HashMap<[char; 3], i64>,
     access: HashMap<AccessKey, i64>,
-    /// (parent context, folder access) -> context.
-    contexts: HashMap<(i64, i64), i64>,
+    /// (parent context, folder access, folder) -> context.
+    contexts: HashMap<(i64, i64, i64), i64>,
+    dir_states: HashMap<i64, DirState>,
 }
 
 impl Catalog {
@@ -327,6 +350,7 @@ impl Catalog {
         let id: Option<i64> = tx.query_row("SELECT id FROM hosts WHERE name=?1", [host], |r| r.get(0)).optional()?;
         if let Some(id) = id {
             tx.execute("DELETE FROM versions WHERE host=?1", [id])?;
+            tx.execute("DELETE FROM folder_access WHERE dir IN (SELECT id FROM dirs WHERE host=?1)", [id])?;
             tx.execute("DELETE FROM dirs WHERE host=?1", [id])?;
             tx.execute("DELETE FROM snapshots WHERE host=?1", [id])?;
             tx.execute("DELETE FROM hosts WHERE id=?1", [id])?;
@@ -396,7 +420,7 @@ impl Catalog {
         for (dir, name) in paths {
             let versions: Vec<(i64, StoredIdent, i64, Option<i64>, i64)> = tx
                 .prepare_cached(
-                    "SELECT id, kind, mode, uid, gid, size, mtime, mtime_ns, content, first, last, gone, access, ctx
+                    "SELECT id, kind, mode, uid, gid, size, mtime, mtime_ns, content, first, last, gone, access
                      FROM versions WHERE dir=?1 AND name=?2 ORDER BY first",
                 )?
                 .query_map([dir, name], |r| {
@@ -404,7 +428,7 @@ impl Catalog {
                         r.get(0)?,
                         (
                             (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?),
-                            (r.get(12)?, r.get(13)?),
+                            r.get(12)?,
                         ),
                         r.get(9)?,
                         r.get(10)?,
@@ -483,8 +507,8 @@ impl Catalog {
 }
 
 /// A version's identity as stored: kind, mode, uid, gid (NULL when equal to uid), size, mtime,
-/// mtime_ns, content, and its access and context.
-type StoredIdent = ((i64, i64, i64, Option<i64>, i64, i64, i64, i64), (i64, i64));
+/// mtime_ns, content, and its access.
+type StoredIdent = ((i64, i64, i64, Option<i64>, i64, i64, i64, i64), i64);
 
 /// The kept snapshots (`kept`: keys, oldest first) within `[first, last]`, as indexes into
 /// `kept`; `None` if there are none.
@@ -498,7 +522,8 @@ fn clear_in(tx: &Transaction<'_>) -> Result<()> {
     tx.execute_batch(
         "DELETE FROM versions; DELETE FROM dirs; DELETE FROM names;
          INSERT INTO names_fts(names_fts) VALUES('delete-all'); DELETE FROM trigrams;
-         DELETE FROM snapshots; DELETE FROM hosts; DELETE FROM contexts; DELETE FROM access;",
+         DELETE FROM snapshots; DELETE FROM hosts; DELETE FROM contexts; DELETE FROM access;
+         DELETE FROM folder_access;",
     )?;
     Ok(())
 }
@@ -565,7 +590,7 @@ fn apply_in(
     };
     let (root, created) = w.root_dir()?;
     match &prev {
-        None => w.add_tree(root, "", Some(snap.tree), created, ROOT_CONTEXT)?,
+        None => w.add_tree(root, "", Some(snap.tree), created)?,
         Some((_, _, _, ptree)) => {
             let ptree = TreeId(rewind_store::Hash(
                 ptree
@@ -573,7 +598,7 @@ fn apply_in(
                     .try_into()
                     .map_err(|_| Error::InvalidInput("damaged catalog: snapshot tree id is not 32 bytes".into()))?,
             ));
-            w.diff_tree(root, "", Some(ptree), Some(snap.tree), ROOT_CONTEXT, ROOT_CONTEXT)?
+            w.diff_tree(root, "", Some(ptree), Some(snap.tree))?
         }
     }
     tx.execute("UPDATE hosts SET latest=?1 WHERE id=?2", [key, host])?;
@@ -651,8 +676,10 @@ impl Writer<'_, '_> {
         match found {
             Some(id) => Ok((id, false)),
             None => {
-                self.tx
-                    .execute("INSERT INTO dirs(host, parent, name, path) VALUES (?1, NULL, NULL, '')", [self.host])?;
+                self.tx.execute(
+                    "INSERT INTO dirs(host, parent, name, path, access, varies, ctx) VALUES (?1, NULL, NULL, '', 0, 0, ?2)",
+                    [self.host, ROOT_CONTEXT],
+                )?;
                 Ok((self.tx.last_insert_rowid(), true))
             }
         }
@@ -674,18 +701,96 @@ impl Writer<'_, '_> {
         Ok(found)
     }
 
-    /// Like `find_dir`, creating it if needed; true if created.
-    fn dir_id(&mut self, parent: i64, parent_path: &str, name: i64, raw_name: &[u8]) -> Result<(i64, bool, String)> {
+    /// Like `find_dir`, creating it if needed (with the folder's own `access`); true if
+    /// created. An existing directory notes its folder's access now ([`Writer::note_access`]).
+    fn dir_id(
+        &mut self,
+        parent: i64,
+        parent_path: &str,
+        name: i64,
+        raw_name: &[u8],
+        access: i64,
+    ) -> Result<(i64, bool, String)> {
         let path = format!("{parent_path}/{}", String::from_utf8_lossy(raw_name));
         if let Some(id) = self.find_dir(parent, name)? {
+            self.note_access(id, access)?;
             return Ok((id, false, path));
         }
+        let ctx = self.dir_state(parent)?.ctx;
+        let ctx = self.context_id(ctx, access, 0)?;
         self.tx
-            .prepare_cached("INSERT INTO dirs(host, parent, name, path) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![self.host, parent, name, path])?;
+            .prepare_cached(
+                "INSERT INTO dirs(host, parent, name, path, access, varies, ctx) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
+            )?
+            .execute(params![self.host, parent, name, path, access, ctx])?;
         let id = self.tx.last_insert_rowid();
         self.caches.dirs.insert((parent, name), id);
+        self.caches.dir_states.insert(id, DirState { parent: Some(parent), ctx, access, varies: false });
         Ok((id, true, path))
+    }
+
+    fn dir_state(&mut self, dir: i64) -> Result<DirState> {
+        if let Some(&s) = self.caches.dir_states.get(&dir) {
+            return Ok(s);
+        }
+        let s = self
+            .tx
+            .prepare_cached("SELECT parent, ctx, access, varies FROM dirs WHERE id=?1")?
+            .query_row([dir], |r| {
+                Ok(DirState { parent: r.get(0)?, ctx: r.get(1)?, access: r.get(2)?, varies: r.get(3)? })
+            })?;
+        self.caches.dir_states.insert(dir, s);
+        Ok(s)
+    }
+
+    /// A folder seen (in this snapshot) with `access`. When that is not the access it had, its
+    /// history goes to `folder_access` from this snapshot on; the first time, the contexts of
+    /// its entries and of every directory below it name the folder instead of an access
+    /// ([`Writer::recontext`]): no version is written.
+    fn note_access(&mut self, dir: i64, access: i64) -> Result<()> {
+        let st = self.dir_state(dir)?;
+        if st.access == access {
+            return Ok(());
+        }
+        let mut add =
+            self.tx.prepare_cached("INSERT OR REPLACE INTO folder_access(dir, since, access) VALUES (?1, ?2, ?3)")?;
+        if !st.varies {
+            add.execute([dir, SINCE_EVER, st.access])?;
+        }
+        add.execute([dir, self.key, access])?;
+        drop(add);
+        self.tx.prepare_cached("UPDATE dirs SET access=?1, varies=1 WHERE id=?2")?.execute([access, dir])?;
+        self.caches.dir_states.insert(dir, DirState { access, varies: true, ..st });
+        if !st.varies {
+            self.recontext(dir)?;
+        }
+        Ok(())
+    }
+
+    /// The contexts of `dir`'s entries and of every directory below it, again from their
+    /// parents' (parents first).
+    fn recontext(&mut self, dir: i64) -> Result<()> {
+        let mut todo = vec![dir];
+        while let Some(d) = todo.pop() {
+            let st = self.dir_state(d)?;
+            let parent_ctx = match st.parent {
+                Some(p) => self.dir_state(p)?.ctx,
+                None => continue,
+            };
+            let (access, folder) = st.element(d);
+            let ctx = self.context_id(parent_ctx, access, folder)?;
+            if ctx != st.ctx {
+                self.tx.prepare_cached("UPDATE dirs SET ctx=?1 WHERE id=?2")?.execute([ctx, d])?;
+                self.caches.dir_states.insert(d, DirState { ctx, ..st });
+            }
+            let children: Vec<i64> = self
+                .tx
+                .prepare_cached("SELECT id FROM dirs WHERE parent=?1")?
+                .query_map([d], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            todo.extend(children);
+        }
+        Ok(())
     }
 
     /// The interned access of a node.
@@ -713,37 +818,39 @@ impl Writer<'_, '_> {
         Ok(id)
     }
 
-    /// The context of the entries of a folder whose own access is `access`, inside `parent`.
-    fn context_id(&mut self, parent: i64, access: i64) -> Result<i64> {
-        if let Some(&id) = self.caches.contexts.get(&(parent, access)) {
+    /// The context of the entries of a folder inside context `parent`: the folder's `access`,
+    /// or (`folder` not 0) the folder itself, whose access changed.
+    fn context_id(&mut self, parent: i64, access: i64, folder: i64) -> Result<i64> {
+        let key = (parent, access, folder);
+        if let Some(&id) = self.caches.contexts.get(&key) {
             return Ok(id);
         }
         let found: Option<i64> = self
             .tx
-            .prepare_cached("SELECT id FROM contexts WHERE parent=?1 AND access=?2")?
-            .query_row([parent, access], |r| r.get(0))
+            .prepare_cached("SELECT id FROM contexts WHERE parent=?1 AND access=?2 AND folder=?3")?
+            .query_row([parent, access, folder], |r| r.get(0))
             .optional()?;
         let id = match found {
             Some(id) => id,
             None => {
                 self.tx
-                    .prepare_cached("INSERT INTO contexts(parent, access) VALUES (?1, ?2)")?
-                    .execute([parent, access])?;
+                    .prepare_cached("INSERT INTO contexts(parent, access, folder) VALUES (?1, ?2, ?3)")?
+                    .execute([parent, access, folder])?;
                 self.tx.last_insert_rowid()
             }
         };
-        self.caches.contexts.insert((parent, access), id);
+        self.caches.contexts.insert(key, id);
         Ok(id)
     }
 
-    /// A new version of `n` in `dir`, whose entries have context `ctx`; returns its access.
-    fn insert_version(&mut self, dir: i64, name: i64, n: &Node, ctx: i64) -> Result<i64> {
+    /// A new version of `n` in `dir`; returns its access.
+    fn insert_version(&mut self, dir: i64, name: i64, n: &Node) -> Result<i64> {
         let i = ident(n);
         let access = self.access_id(n)?;
         self.tx
             .prepare_cached(
-                "INSERT INTO versions(host, dir, name, kind, mode, uid, gid, size, mtime, mtime_ns, content, first, access, ctx)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                "INSERT INTO versions(host, dir, name, kind, mode, uid, gid, size, mtime, mtime_ns, content, first, access)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?
             .execute(params![
                 self.host,
@@ -758,8 +865,7 @@ impl Writer<'_, '_> {
                 i.mtime_ns,
                 i.content,
                 self.key,
-                access,
-                ctx
+                access
             ])?;
         self.report.versions_added += 1;
         *self.written += 1;
@@ -781,15 +887,15 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    /// A path is back, with a version of `access` in context `ctx`: its older versions are no
-    /// longer the deleted ones (but may still be for readers who cannot see the new one).
-    fn unmark_gone(&mut self, dir: i64, name: i64, access: i64, ctx: i64) -> Result<()> {
+    /// A path is back, with a version of `access`: its older versions are no longer the
+    /// deleted ones (but may still be for readers who cannot see the new one).
+    fn unmark_gone(&mut self, dir: i64, name: i64, access: i64) -> Result<()> {
         self.tx
             .prepare_cached(
-                "UPDATE versions SET gone = CASE WHEN access=?3 AND ctx=?4 THEN 0 ELSE 2 END
+                "UPDATE versions SET gone = CASE WHEN access=?3 THEN 0 ELSE 2 END
                  WHERE dir=?1 AND name=?2 AND gone=1",
             )?
-            .execute([dir, name, access, ctx])?;
+            .execute([dir, name, access])?;
         Ok(())
     }
 
@@ -811,45 +917,35 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    /// A new version of `n` (in `dir`, context `ctx`), for a path that was absent before.
-    fn add_node(&mut self, dir: i64, path: &str, n: &Node, ctx: i64, dir_is_new: bool) -> Result<()> {
+    /// A new version of `n` (in `dir`), for a path that was absent before.
+    fn add_node(&mut self, dir: i64, path: &str, n: &Node, dir_is_new: bool) -> Result<()> {
         let name = self.name_id(&n.name)?;
         if !dir_is_new {
             let access = self.access_id(n)?;
-            self.unmark_gone(dir, name, access, ctx)?;
+            self.unmark_gone(dir, name, access)?;
         }
-        let access = self.insert_version(dir, name, n, ctx)?;
+        let access = self.insert_version(dir, name, n)?;
         if n.is_dir() {
-            let (child, created, cpath) = self.dir_id(dir, path, name, &n.name)?;
-            let inner = self.context_id(ctx, access)?;
-            self.add_tree(child, &cpath, n.subtree, created, inner)?;
+            let (child, created, cpath) = self.dir_id(dir, path, name, &n.name, access)?;
+            self.add_tree(child, &cpath, n.subtree, created)?;
         }
         Ok(())
     }
 
-    /// A directory new to the host's latest state (its entries in context `ctx`): every entry
-    /// below is a new version.
-    fn add_tree(&mut self, dir: i64, path: &str, tree: Option<TreeId>, dir_is_new: bool, ctx: i64) -> Result<()> {
+    /// A directory new to the host's latest state: every entry below is a new version.
+    fn add_tree(&mut self, dir: i64, path: &str, tree: Option<TreeId>, dir_is_new: bool) -> Result<()> {
         let tree = self.load(tree)?;
         for node in &tree.nodes {
-            self.add_node(dir, path, node, ctx, dir_is_new)?;
+            self.add_node(dir, path, node, dir_is_new)?;
         }
         Ok(())
     }
 
-    /// Bring a directory from tree `a` (the previous snapshot, its entries in context `ca`) to
-    /// tree `b` (in context `cb`). A folder whose access changed changes the context of
-    /// everything below it, so its whole subtree gets new versions.
-    fn diff_tree(
-        &mut self,
-        dir: i64,
-        path: &str,
-        a: Option<TreeId>,
-        b: Option<TreeId>,
-        ca: i64,
-        cb: i64,
-    ) -> Result<()> {
-        if a == b && ca == cb {
+    /// Bring a directory from tree `a` (the previous snapshot) to tree `b`. A folder whose
+    /// access changed gets a new version of its own and a new row in `folder_access`; nothing
+    /// below it changes unless its tree did.
+    fn diff_tree(&mut self, dir: i64, path: &str, a: Option<TreeId>, b: Option<TreeId>) -> Result<()> {
+        if a == b {
             self.report.subtrees_skipped += 1;
             return Ok(());
         }
@@ -874,14 +970,12 @@ impl Writer<'_, '_> {
                     i += 1;
                 }
                 Ordering::Greater => {
-                    self.add_node(dir, path, &tb.nodes[j], cb, false)?;
+                    self.add_node(dir, path, &tb.nodes[j], false)?;
                     j += 1;
                 }
                 Ordering::Equal => {
                     let (na, nb) = (&ta.nodes[i], &tb.nodes[j]);
-                    // Equal identities in equal contexts have equal access, so their entries
-                    // are in equal contexts too.
-                    let same = ident(na) == ident(nb) && ca == cb;
+                    let same = ident(na) == ident(nb);
                     let dirs_differ =
                         (na.is_dir() || nb.is_dir()) && !(na.is_dir() && nb.is_dir() && na.subtree == nb.subtree);
                     if !same || dirs_differ {
@@ -891,15 +985,13 @@ impl Writer<'_, '_> {
                             old_access
                         } else {
                             let access = self.access_id(nb)?;
-                            self.close(dir, name, closed_gone(access == old_access && ca == cb))?;
-                            self.insert_version(dir, name, nb, cb)?
+                            self.close(dir, name, closed_gone(access == old_access))?;
+                            self.insert_version(dir, name, nb)?
                         };
                         match (na.is_dir(), nb.is_dir()) {
                             (true, true) => {
-                                let (child, _, cpath) = self.dir_id(dir, path, name, &nb.name)?;
-                                let (inner_a, inner_b) =
-                                    (self.context_id(ca, old_access)?, self.context_id(cb, new_access)?);
-                                self.diff_tree(child, &cpath, na.subtree, nb.subtree, inner_a, inner_b)?;
+                                let (child, _, cpath) = self.dir_id(dir, path, name, &nb.name, new_access)?;
+                                self.diff_tree(child, &cpath, na.subtree, nb.subtree)?;
                             }
                             (true, false) => {
                                 if let Some(child) = self.find_dir(dir, name)? {
@@ -907,9 +999,8 @@ impl Writer<'_, '_> {
                                 }
                             }
                             (false, true) => {
-                                let (child, created, cpath) = self.dir_id(dir, path, name, &nb.name)?;
-                                let inner = self.context_id(cb, new_access)?;
-                                self.add_tree(child, &cpath, nb.subtree, created, inner)?;
+                                let (child, created, cpath) = self.dir_id(dir, path, name, &nb.name, new_access)?;
+                                self.add_tree(child, &cpath, nb.subtree, created)?;
                             }
                             (false, false) => {}
                         }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use rewind_store::{Node, NodeKind, SnapshotEntry, SnapshotId};
 
 use crate::audit::Record;
-use crate::auth::{AuthError, Identity, Role, check_login_name, fold_login, trim_login};
+use crate::auth::{AuthError, Identity, LoginFailure, Role, check_login_name, fold_login, trim_login};
 use crate::authz::{Access, Resolved, Subject};
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::paths;
@@ -72,7 +72,8 @@ pub(crate) fn record(s: &Session, event: &str, client: &ClientAddr) -> Record {
 }
 
 /// Audit a path the user was told does not exist, as event `denied` with outcome
-/// `<action>: not found` (rate-limited per user: see [`crate::audit::AuditLog::denied`]).
+/// `<action>: not found` (rate-limited per actor and person acted for: see
+/// [`crate::audit::AuditLog::denied`]).
 pub(crate) fn audit_denied(
     state: &AppState,
     s: &Session,
@@ -140,12 +141,25 @@ fn me_json(state: &AppState, s: &crate::session::Claims) -> Value {
     })
 }
 
+/// The failure budget of a name as typed ([`fold_login`]: ` dave`, `DAVE` and `ｄａｖｅ` are one).
+fn name_key(typed: &str) -> String {
+    format!("name\n{}", fold_login(typed))
+}
+
+/// The failure budget of a person a realm found, whatever spelling of their name was typed.
+fn person_key(realm: &str, login: &str) -> String {
+    format!("person\n{realm}\n{}", fold_login(login))
+}
+
 /// `POST /api/login`.
 ///
-/// Every attempt that does not log in counts toward the failure budgets of its name (trimmed and
-/// case-folded: ` dave` and `DAVE` are `dave`) and of its address, whatever the reason: a wrong
-/// password, an unknown user, a realm that could not be asked. An unavailable realm answers 503
-/// whatever the other realms said, so that no answer tells a wrong password from a realm down.
+/// Every attempt that does not log in counts toward the failure budgets of its name (folded:
+/// ` dave`, `DAVE` and `ｄａｖｅ` are `dave`), of the person a realm found for it (a directory
+/// may take spellings that no folding foresees: its own answer says whom it found), and of its
+/// address, whatever the reason: a wrong password, an unknown user, a realm that could not be
+/// asked. A person whose budget is spent is refused (429) whatever the password. An unavailable
+/// realm answers 503 whatever the other realms said, so that no answer tells a wrong password
+/// from a realm down.
 pub async fn login(
     State(state): State<AppState>,
     client: ClientAddr,
@@ -177,25 +191,29 @@ pub async fn login(
         return Err(fail(&mut rec, "refused: foreign origin", ApiError::Forbidden("foreign origin".into())));
     }
     let login = trim_login(&req.username);
-    let user_key = fold_login(&req.username);
+    let user_key = name_key(&req.username);
     let addr_key = client.text().unwrap_or_else(|| "unknown".into());
     if let Some(wait) = state.user_throttle.check(&user_key).or_else(|| state.addr_throttle.check(&addr_key)) {
         state.metrics.logins_throttled.fetch_add(1, Relaxed);
         return Err(fail(&mut rec, "refused: throttled", ApiError::Throttled(wait)));
     }
-    // From here every failure counts, whatever its reason.
-    let failed = |rec: &mut Record, reason: &str, e: ApiError| -> ApiError {
+    // From here every failure counts, whatever its reason; also for the people realms found.
+    let mut people: Vec<String> = Vec::new();
+    let failed = |rec: &mut Record, reason: &str, e: ApiError, people: &[String]| -> ApiError {
         state.user_throttle.fail(&user_key);
+        for p in people {
+            state.user_throttle.fail(p);
+        }
         state.addr_throttle.fail(&addr_key);
         fail(rec, reason, e)
     };
     if check_login_name(login).is_err() {
         state.metrics.logins_failed.fetch_add(1, Relaxed);
-        return Err(failed(&mut rec, "refused: invalid login name", ApiError::BadCredentials));
+        return Err(failed(&mut rec, "refused: invalid login name", ApiError::BadCredentials, &[]));
     }
     if req.password.is_empty() {
         state.metrics.logins_failed.fetch_add(1, Relaxed);
-        return Err(failed(&mut rec, "failed: empty password", ApiError::BadCredentials));
+        return Err(failed(&mut rec, "failed: empty password", ApiError::BadCredentials, &[]));
     }
     let mut outcome: Option<AuthError> = None;
     let mut identity = None;
@@ -208,8 +226,11 @@ pub async fn login(
                 identity = Some(id);
                 break;
             }
-            Err(e) => {
+            Err(LoginFailure { error: e, found }) => {
                 tracing::info!(realm = realm.name(), user = %login, "login failed: {e}");
+                if let Some(person) = found {
+                    people.push(person_key(realm.name(), &person));
+                }
                 // Keep the most telling failure: unavailable > wrong password > unknown user.
                 let rank = |e: &AuthError| match e {
                     AuthError::Unavailable(_) => 3,
@@ -222,6 +243,13 @@ pub async fn login(
             }
         }
     }
+    // Whoever the realms found, their budget decides too, whatever the password (so a spent
+    // budget is no oracle either).
+    let found = identity.iter().map(|id| person_key(&id.realm, &id.login));
+    if let Some(wait) = people.iter().cloned().chain(found).find_map(|p| state.user_throttle.check(&p)) {
+        state.metrics.logins_throttled.fetch_add(1, Relaxed);
+        return Err(fail(&mut rec, "refused: throttled", ApiError::Throttled(wait)));
+    }
     let Some(id) = identity else {
         return Err(match outcome {
             Some(AuthError::Unavailable(m)) => {
@@ -231,19 +259,25 @@ pub async fn login(
                     &mut rec,
                     &format!("unavailable: {m}"),
                     ApiError::Unavailable("the directory cannot be reached; try again later".into()),
+                    &people,
                 )
             }
             Some(e) => {
                 state.metrics.logins_failed.fetch_add(1, Relaxed);
-                failed(&mut rec, &format!("failed: {e}"), ApiError::BadCredentials)
+                failed(&mut rec, &format!("failed: {e}"), ApiError::BadCredentials, &people)
             }
             None => {
                 state.metrics.logins_failed.fetch_add(1, Relaxed);
-                failed(&mut rec, "failed: no such realm", ApiError::BadCredentials)
+                failed(&mut rec, "failed: no such realm", ApiError::BadCredentials, &people)
             }
         });
     };
+    // Realms asked before the one that knew the password refused someone: that counts for them.
+    for p in &people {
+        state.user_throttle.fail(p);
+    }
     state.user_throttle.clear(&user_key);
+    state.user_throttle.clear(&person_key(&id.realm, &id.login));
     state.metrics.logins_ok.fetch_add(1, Relaxed);
     rec.outcome = "ok".into();
     rec.actor = id.login.clone();
@@ -301,7 +335,9 @@ pub struct ActRequest {
 /// `POST /api/act`: helpdesk (or admin) starts acting for a user, with a reason. Every refusal
 /// is audited too. The user is found in the realm given, or else in every realm: a name two
 /// realms know needs the realm (409), and while a realm cannot be asked, a name without one is
-/// not guessed to be another realm's user (503).
+/// not guessed to be another realm's user (503). Names are compared as realms match them: a file
+/// realm by [`fold_login`], and each realm that found nobody for the name typed is asked again
+/// for the found person's own spelling (a directory takes spellings no folding foresees).
 pub async fn act_start(
     State(state): State<AppState>,
     client: ClientAddr,
@@ -353,6 +389,21 @@ pub async fn act_start(
             Err(_) => {}
         }
     }
+    if req.realm.is_none() && found.len() == 1 && found[0].login != user {
+        let person = found[0].clone();
+        for realm in state.realms.iter().filter(|r| r.name() != person.realm) {
+            match realm.lookup(&person.login).await {
+                Ok(id) => found.push(id),
+                Err(AuthError::Unavailable(m)) => {
+                    tracing::warn!(realm = realm.name(), "acting: realm unavailable: {m}");
+                    if !unavailable.iter().any(|u| u == realm.name()) {
+                        unavailable.push(realm.name().to_string());
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
     if found.len() > 1 {
         let realms: Vec<String> = found.iter().map(|i| i.realm.clone()).collect();
         return Err(refuse(
@@ -376,7 +427,8 @@ pub async fn act_start(
     rec.for_user = Some(user.login.clone());
     rec.for_realm = Some(user.realm.clone());
     state.audit.write(rec);
-    let mut claims = state.keys.refreshed(&s.claims);
+    // The same token times and directory check: acting is no renewal.
+    let mut claims = s.claims.clone();
     claims.act = Some(Acting { user, reason: reason.to_string(), since: now() });
     let token = state.keys.encode(&claims)?;
     let mut resp = Json(me_json(&state, &claims)).into_response();
@@ -389,7 +441,7 @@ pub async fn act_stop(State(state): State<AppState>, client: ClientAddr, s: Sess
     if s.acting().is_some() {
         state.audit.write(record(&s, "act_stop", &client));
     }
-    let mut claims = state.keys.refreshed(&s.claims);
+    let mut claims = s.claims.clone();
     claims.act = None;
     let token = state.keys.encode(&claims)?;
     let mut resp = Json(me_json(&state, &claims)).into_response();

@@ -1,7 +1,8 @@
 //! The audit log: one JSON object per line, appended and flushed per record. Logins (with the
 //! reason of a failure), helpdesk sessions and searches, downloads and archives (who, for whom,
 //! host, snapshot, path, bytes), and what was refused: paths answered "not found" to a signed-in
-//! user, refused acts (rate-limited per user, so that probing cannot flood the log).
+//! user, refused acts (rate-limited per actor and person acted for, so that probing cannot
+//! flood the log, and probes made for someone always reach that person's access history).
 //!
 //! People are named by realm and login (`realm` + `actor`, `for_realm` + `for_user`): two realms
 //! may each have an `alice`, and each sees only what was done for them.
@@ -46,7 +47,8 @@ pub struct Record {
     pub query: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
-    /// Refusals of this actor left out of the log before this one (see `AuditLog::denied`).
+    /// Refusals of this actor (for this person) left out of the log before this one (see
+    /// `AuditLog::denied`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<u64>,
 }
@@ -57,14 +59,15 @@ pub struct AuditLog {
     denials: Mutex<HashMap<String, Denials>>,
 }
 
-/// Refusals written for one actor in the current window, and those left out.
+/// Refusals written for one actor and person acted for in the current window, and those left out.
 struct Denials {
     since: Instant,
     written: u32,
     left_out: u64,
 }
 
-/// At most this many refusals per actor and window are written; the rest are counted.
+/// At most this many refusals per actor, person acted for and window are written; the rest are
+/// counted.
 const DENIALS_PER_WINDOW: u32 = 20;
 const DENIAL_WINDOW: Duration = Duration::from_secs(60);
 
@@ -85,10 +88,19 @@ impl AuditLog {
     }
 
     /// Write a refusal (a path a user was told does not exist, a refused act), at most
-    /// [`DENIALS_PER_WINDOW`] per actor and minute; those left out are counted in the next one
-    /// written (`suppressed`).
+    /// [`DENIALS_PER_WINDOW`] per actor, person acted for and minute; those left out are
+    /// counted in the next one written (`suppressed`). The budget is the pair's: what an actor
+    /// did on their own or for others never uses up what is written for someone else, so the
+    /// first refusals of every helpdesk session reach that person's access history. A refused
+    /// act uses the actor's own budget: the name in it was typed, and is nobody's yet. (The map
+    /// holds at most 10,000 pairs between clean-ups; a pair is only kept while its window runs
+    /// or it has refusals left out to report.)
     pub fn denied(&self, mut r: Record) {
-        let key = format!("{}\n{}", r.realm.as_deref().unwrap_or(""), r.actor);
+        let acting_for = match r.event.as_str() {
+            "denied" => (r.for_realm.as_deref().unwrap_or(""), r.for_user.as_deref().unwrap_or("")),
+            _ => ("", ""),
+        };
+        let key = format!("{}\n{}\n{}\n{}", r.realm.as_deref().unwrap_or(""), r.actor, acting_for.0, acting_for.1);
         {
             let mut d = self.denials.lock().expect("denials lock");
             if d.len() > 10_000 {
@@ -285,23 +297,35 @@ mod tests {
     }
 
     #[test]
-    fn denials_are_rate_limited_per_actor() {
+    fn denials_are_rate_limited_per_actor_and_person() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open(&path).unwrap();
+        let denial = |actor: &str, for_user: Option<&str>, what: &str| Record {
+            outcome: what.to_string(),
+            ..rec(actor, for_user, "denied")
+        };
         for i in 0..50 {
-            log.denied(rec("mallory", None, &format!("probe-{i}")));
+            log.denied(denial("mallory", None, &format!("probe-{i}")));
         }
-        log.denied(rec("alice", None, "alice-probe"));
+        // Refused acts name whom they tried to act for, but use the actor's own budget.
+        log.denied(Record { outcome: "refused: not helpdesk".into(), ..rec("mallory", Some("bob"), "act_start") });
+        log.denied(denial("alice", None, "alice-probe"));
+        // The actor's own budget is spent; what he does for alice has a budget of its own.
+        for i in 0..3 {
+            log.denied(denial("mallory", Some("alice"), &format!("for-alice-{i}")));
+        }
         let lines: Vec<Record> =
             std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.iter().filter(|r| r.actor == "mallory").count(), DENIALS_PER_WINDOW as usize);
+        let own = |r: &&Record| r.actor == "mallory" && (r.for_user.is_none() || r.event == "act_start");
+        assert_eq!(lines.iter().filter(own).count(), DENIALS_PER_WINDOW as usize);
+        assert_eq!(lines.iter().filter(|r| r.for_user.as_deref() == Some("alice")).count(), 3);
         assert_eq!(lines.iter().filter(|r| r.actor == "alice").count(), 1, "another actor has a budget of its own");
         // The next window's first refusal says how many were left out.
-        log.denials.lock().unwrap().get_mut("corp\nmallory").unwrap().since -= DENIAL_WINDOW;
-        log.denied(rec("mallory", None, "later"));
+        log.denials.lock().unwrap().get_mut("corp\nmallory\n\n").unwrap().since -= DENIAL_WINDOW;
+        log.denied(denial("mallory", None, "later"));
         let last: Record =
             serde_json::from_str(std::fs::read_to_string(&path).unwrap().lines().last().unwrap()).unwrap();
-        assert_eq!((last.event.as_str(), last.suppressed), ("later", Some(30)));
+        assert_eq!((last.outcome.as_str(), last.suppressed), ("later", Some(31)));
     }
 }

@@ -11,7 +11,9 @@
 //!
 //! A folder that is not visible itself is shown only as a way through ("passthrough": name only,
 //! no owner, size or time) if something visible lies below it. Anything else is answered exactly
-//! like a path that does not exist.
+//! like a path that does not exist. What lies below a folder is read from summaries made for
+//! every tree of a snapshot before any request decides anything in it ([`crate::reach`]): the
+//! decision for a hidden folder costs what it costs for a missing name, whatever is below it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -92,6 +94,8 @@ pub struct Policy {
     /// Decisions of [`Policy::visible_path`] across requests. Every input is in the key: the
     /// subject's key spells out everything the rules read of it, and a snapshot never changes.
     decisions: Mutex<lru::LruCache<DecisionKey, bool>>,
+    /// What lies below each folder, per rule, for every user at once.
+    reach: crate::reach::Reach,
 }
 
 type DecisionKey = (Arc<str>, SnapshotId, String);
@@ -114,7 +118,14 @@ impl Policy {
             single_realm: realms == 1,
             memo: Mutex::new(HashMap::new()),
             decisions: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(DECISIONS).expect("nonzero"))),
+            reach: crate::reach::Reach::default(),
         }
+    }
+
+    /// Sum up what lies below every folder of a snapshot (its tree `root`), unless done: the
+    /// first request on a snapshot waits for it, whatever it asks.
+    pub fn prepare(&self, view: &View, root: TreeId) -> ApiResult<()> {
+        self.reach.ensure(view, root)
     }
 
     fn has(&self, r: Rule) -> bool {
@@ -205,8 +216,41 @@ impl Policy {
         false
     }
 
-    /// Whether a folder leads to something visible.
+    /// Whether a folder leads to something visible: from the summary of its tree (a lookup down
+    /// the path for a home below it), not from what is below.
     pub fn leads(&self, view: &View, s: &Subject, walk: &Walk, tree: TreeId) -> ApiResult<bool> {
+        if s.all || walk.host_grants {
+            return Ok(true);
+        }
+        let summary = self.reach.summary(view, tree)?;
+        if self.has(Rule::Owner) && s.uid().is_some_and(|u| summary.owns(u)) {
+            return Ok(true);
+        }
+        if self.has(Rule::Home) {
+            for h in &s.homes {
+                if (under(&walk.path, h) && !summary.is_empty())
+                    || (ancestor(&walk.path, h) && exists_below(view, tree, &h[walk.path.len() + 1..])?)
+                {
+                    return Ok(true);
+                }
+            }
+        }
+        if self.has(Rule::Readable)
+            && walk.searchable
+            && let Some(reader) = &s.reader
+        {
+            match self.reach.readable(&summary, reader) {
+                Some(found) => return Ok(found),
+                // Too many ways below to keep: decided by a walk.
+                None => return self.leads_by_walk(view, s, walk, tree),
+            }
+        }
+        Ok(false)
+    }
+
+    /// [`Policy::leads`] by a walk of what is below (for the rare folder whose summary keeps no
+    /// ways), memoized per subject and tree.
+    fn leads_by_walk(&self, view: &View, s: &Subject, walk: &Walk, tree: TreeId) -> ApiResult<bool> {
         if s.all || walk.host_grants {
             return Ok(true);
         }
@@ -225,7 +269,7 @@ impl Policy {
                 break;
             }
             if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree)
-                && self.leads(view, s, &w, sub)?
+                && self.leads_by_walk(view, s, &w, sub)?
             {
                 found = true;
                 break;
@@ -265,6 +309,7 @@ impl Policy {
     /// Missing and not-visible are the same [`ApiError::NotFound`].
     pub fn resolve(&self, view: &View, s: &Subject, snapshot: SnapshotId, comps: &[Vec<u8>]) -> ApiResult<Resolved> {
         let snap = view.snapshot(&snapshot).ok_or(ApiError::NotFound)?;
+        self.prepare(view, snap.snapshot.tree)?;
         let mut walk = self.root_walk(s, &snap.snapshot.host);
         let mut entry = Entry::Snapshot(snapshot);
         let mut node: Option<Arc<Node>> = None;
@@ -374,6 +419,9 @@ impl Policy {
 
     /// The entries of a resolved folder that the subject may see, with how.
     pub fn children(&self, view: &View, s: &Subject, dir: &Resolved) -> ApiResult<Vec<(Arc<Node>, Walk, Access)>> {
+        if let Some(snap) = view.snapshot(&dir.snapshot) {
+            self.prepare(view, snap.snapshot.tree)?;
+        }
         let list = view.list(&dir.entry)?;
         let mut out = Vec::new();
         for (_, e) in list {
@@ -394,6 +442,25 @@ impl Policy {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Whether `rel` (a relative path, `a/b`) names something below the folder whose tree is `tree`:
+/// a lookup per component, whatever else is there.
+fn exists_below(view: &View, tree: TreeId, rel: &[u8]) -> ApiResult<bool> {
+    let mut tree = tree;
+    let mut comps = rel.split(|&b| b == b'/').filter(|c| !c.is_empty()).peekable();
+    while let Some(c) = comps.next() {
+        let t = view.repo().tree(tree)?;
+        let Some(n) = t.find(c) else { return Ok(false) };
+        if comps.peek().is_none() {
+            return Ok(true);
+        }
+        match (n.kind, n.subtree) {
+            (NodeKind::Dir, Some(sub)) => tree = sub,
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// `/a//b/` -> `/a/b`; `None` for relative paths or `..`.

@@ -361,26 +361,68 @@ fn zip_time(t: rewind_store::Time) -> zip::DateTime {
         .unwrap_or_default()
 }
 
-/// The names of one folder's entries in a zip: [`safe_name`]s, made distinct (`a_b` after
-/// `a\\b` becomes `a_b (2)`), so that no extractor overwrites one entry with another.
+/// Whether Windows keeps a name stem (lowercase) for a device: `con`, `nul`, `com1`... (with
+/// superscript digits too), whatever extension follows (`nul.txt`).
+fn reserved(stem: &str) -> bool {
+    let port = |prefix: &str| {
+        let mut digit = stem.strip_prefix(prefix).unwrap_or("").chars();
+        matches!((digit.next(), digit.next()), (Some('1'..='9' | '\u{b9}' | '\u{b2}' | '\u{b3}'), None))
+    };
+    matches!(stem, "con" | "prn" | "aux" | "nul" | "conin$" | "conout$") || port("com") || port("lpt")
+}
+
+/// A [`safe_name`] as a zip entry may carry it to every common extractor, Windows' included:
+/// trailing dots and spaces (which Windows drops, making `notes.` and `notes` one file) become
+/// `_`, and a device name (`CON`, `nul.txt`, `COM1`) gets `_` after its stem. (`<>"|?*`, which
+/// Windows refuses in names, are kept: they are no path syntax, and 7-Zip and Windows' own
+/// extractor replace or skip them there, while every other system restores them as they were.)
+fn zip_name(raw: &str) -> String {
+    let mut name = safe_name(raw);
+    let kept = name.trim_end_matches(['.', ' ']).len();
+    name.replace_range(kept.., &"_".repeat(name.len() - kept));
+    // Windows ignores what follows the first dot, and spaces before it, when it names devices.
+    let stem = name.split('.').next().unwrap_or("").trim_end_matches(' ').to_lowercase();
+    if reserved(&stem) {
+        let at = name.find('.').unwrap_or(name.len());
+        name.insert(at, '_');
+    }
+    name
+}
+
+/// The names of one folder's entries in a zip: [`zip_name`]s, made distinct as the strictest
+/// extractors compare them (case-insensitive file systems: NTFS, APFS; compatibility forms
+/// too, [`crate::fold::caseless`]), so that no extractor overwrites one entry with another:
+/// `report.txt` after `Report.txt` becomes `report (2).txt`, `a_b` after `a\\b` `a_b (2)`.
 #[derive(Default)]
 struct EntryNames(std::collections::HashSet<String>);
 
 impl EntryNames {
     fn name(&mut self, raw: &str) -> String {
-        let safe = safe_name(raw);
+        let safe = zip_name(raw);
         let mut name = safe.clone();
         let (stem, ext) = match safe.rsplit_once('.') {
             Some((stem, ext)) if !stem.is_empty() => (stem.to_string(), format!(".{ext}")),
             _ => (safe.clone(), String::new()),
         };
         let mut n = 1;
-        while !self.0.insert(name.clone()) {
+        while !self.0.insert(crate::fold::caseless(&name)) {
             n += 1;
             name = format!("{stem} ({n}){ext}");
         }
         name
     }
+}
+
+/// Whether a symlink's target points down from the link's own folder: relative, with no `..`
+/// (nor `\\`, a separator to Windows tools, nor `:`, which names a drive there). Such links
+/// stay inside the folder the zip is extracted into, also through one another: a target with
+/// `..` could climb through another link (`sub -> ..`, then `x -> sub/..`), which no lexical
+/// check of one target sees.
+fn link_points_below(target: &str) -> bool {
+    !target.is_empty()
+        && !target.starts_with('/')
+        && !target.contains(['\\', ':'])
+        && target.split('/').all(|c| c != "..")
 }
 
 /// Walks the selection and writes the zip; runs on a blocking thread.
@@ -455,7 +497,16 @@ impl ArchiveJob {
                 self.bytes += pos;
             }
             (NodeKind::Symlink, Access::Visible) => {
-                zip.add_symlink(name, String::from_utf8_lossy(&node.target), Self::options(node)).map_err(io)?;
+                let target = String::from_utf8_lossy(&node.target);
+                if link_points_below(&target) {
+                    zip.add_symlink(name, target, Self::options(node)).map_err(io)?;
+                } else {
+                    // Any other link (absolute, or climbing) is a small file holding its target,
+                    // as git stores links where it cannot make them: extracting the zip never
+                    // leaves a link that an extractor, or a program later, follows out of it.
+                    zip.start_file(name, Self::options(node).unix_permissions(0o644)).map_err(io)?;
+                    zip.write_all(&node.target).map_err(|e| ApiError::Internal(format!("zip: {e}")))?;
+                }
                 self.files += 1;
             }
             (NodeKind::Dir, _) => {
@@ -517,8 +568,11 @@ pub async fn archive(
     })
     .await?;
     let items = audit_not_found(&state, &s, &client, "archive", Some(snapshot), || shown, found)?;
-    let mut names: Vec<String> =
-        items.iter().map(|r| safe_name(&r.node.as_ref().expect("checked").name_lossy())).collect();
+    // Distinct as case-insensitive file systems see them, too.
+    let mut names: Vec<String> = items
+        .iter()
+        .map(|r| crate::fold::caseless(&zip_name(&r.node.as_ref().expect("checked").name_lossy())))
+        .collect();
     names.sort();
     names.dedup();
     if names.len() != items.len() {
@@ -544,7 +598,7 @@ pub async fn archive(
         let mut zip = zip::ZipWriter::new_stream(ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(PIECE) });
         let result = (|| -> ApiResult<()> {
             for r in &items {
-                let name = safe_name(&r.node.as_ref().expect("checked").name_lossy());
+                let name = zip_name(&r.node.as_ref().expect("checked").name_lossy());
                 job.add(&mut zip, r, &name)?;
             }
             let mut w = zip.finish().map_err(|e| ApiError::Internal(format!("zip: {e}")))?.into_inner();
@@ -622,6 +676,39 @@ mod tests {
         assert_eq!(n.name("x:y.txt"), "x_y (3).txt");
         assert_eq!(n.name("dir"), "dir");
         assert_eq!(n.name("dir"), "dir (2)");
+        // As case-insensitive extractors and Windows see names.
+        let mut n = EntryNames::default();
+        assert_eq!(n.name("Report.txt"), "Report.txt");
+        assert_eq!(n.name("report.txt"), "report (2).txt");
+        assert_eq!(n.name("REPORT (2).TXT"), "REPORT (2) (2).TXT");
+        assert_eq!(n.name("notes"), "notes");
+        assert_eq!(n.name("notes."), "notes_");
+        assert_eq!(n.name("notes_"), "notes_ (2)");
+        assert_eq!(n.name("todo "), "todo_");
+        assert_eq!(n.name("\u{ff54}\u{ff4f}\u{ff44}\u{ff4f}_"), "\u{ff54}\u{ff4f}\u{ff44}\u{ff4f}_ (2)", "fullwidth");
+        assert_eq!(n.name("what?.txt"), "what?.txt");
+        for (device, safe) in [
+            ("CON", "CON_"),
+            ("nul.txt", "nul_.txt"),
+            ("Com1.tar.gz", "Com1_.tar.gz"),
+            ("aux .txt", "aux _.txt"),
+            ("lpt\u{b9}", "lpt\u{b9}_"),
+            ("LPT\u{b3}.log", "LPT\u{b3}_.log"),
+            ("console", "console"),
+            ("com10", "com10"),
+        ] {
+            assert_eq!(zip_name(device), safe, "{device:?}");
+        }
+    }
+
+    #[test]
+    fn links_that_point_below_their_folder() {
+        assert!(link_points_below("report.txt"));
+        assert!(link_points_below("sub/./x"));
+        assert!(link_points_below("."));
+        for out in ["../beside", "a/../../etc", "/etc/passwd", "..\\..\\x", "C:x", "", ".."] {
+            assert!(!link_points_below(out), "{out:?}");
+        }
     }
 
     #[test]

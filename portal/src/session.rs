@@ -12,6 +12,9 @@
 //!   token's lifetime. A removed or disabled account ends the session there; while the realm
 //!   cannot be asked, the session keeps its roles for `directory_grace_secs` after the last
 //!   answer, then is refused (503) until it answers.
+//! - When that check is due is a claim of its own (`rck`), set only by a renewal: endpoints that
+//!   hand out a new token (acting for a user, and back) keep it, and keep the token's times, so
+//!   no request can put the directory's answer off.
 //! - Logouts are kept in `<key_file>.revoked` until the session could have ended anyway, so a
 //!   restart does not bring a logged-out token back.
 
@@ -55,6 +58,18 @@ pub struct Claims {
     /// When the realm last confirmed the identity (login, or a renewal that reached it).
     #[serde(default)]
     pub chk: i64,
+    /// When the realm must be asked again: the first request at or after it renews the session
+    /// (0 in tokens of older portals: at once). Only a renewal moves it.
+    #[serde(default)]
+    pub rck: i64,
+}
+
+impl Claims {
+    /// Whether the next request renews the session (and asks the realm): the check is due, or
+    /// half of the token's lifetime has passed.
+    pub fn renewal_due(&self, ttl: i64, now: i64) -> bool {
+        now >= self.rck || self.iat + ttl / 2 <= now
+    }
 }
 
 /// The signing key and token lifetimes.
@@ -185,6 +200,7 @@ impl Keys {
             id,
             act: None,
             chk: t,
+            rck: t + self.ttl / 2,
         }
     }
 
@@ -247,7 +263,8 @@ impl Keys {
         HeaderValue::from_str(&v).expect("cookie is ASCII")
     }
 
-    /// The claims refreshed: new expiry, same session.
+    /// The claims refreshed: new expiry, same session, the directory check as due as it was
+    /// (a renewal sets it after asking).
     pub fn refreshed(&self, c: &Claims) -> Claims {
         let t = now();
         Claims { iat: t, exp: (t + self.ttl).min(c.auth_time + self.max_age), ..c.clone() }
@@ -382,7 +399,7 @@ impl FromRequestParts<AppState> for Session {
                 return Err(ApiError::Forbidden("missing or wrong CSRF token or origin".into()));
             }
         }
-        if claims.iat + keys.ttl / 2 <= now() {
+        if claims.renewal_due(keys.ttl, now()) {
             let slot = parts.extensions.get::<RefreshSlot>().cloned();
             match renew(state, &claims).await {
                 Renewal::Renewed(fresh) => {
@@ -436,6 +453,7 @@ async fn renew(state: &AppState, c: &Claims) -> Renewal {
     let mut fresh = state.keys.refreshed(c);
     let last_answer = if c.chk > 0 { c.chk } else { c.auth_time };
     let (found, answered) = state.lookups.lookup(&state.realms, &c.id.realm, &c.id.login).await;
+    fresh.rck = t + state.keys.ttl / 2;
     match found {
         Ok(Some(id)) => {
             fresh.id = id;
@@ -448,6 +466,8 @@ async fn renew(state: &AppState, c: &Claims) -> Renewal {
                 tracing::warn!(user = %c.id.login, realm = %c.id.realm, "session refused: directory unavailable past the grace: {m}");
                 return Renewal::Unavailable;
             }
+            // Ask again by the end of the grace at the latest.
+            fresh.rck = fresh.rck.min(last_answer + grace + 1);
             tracing::info!(user = %c.id.login, realm = %c.id.realm, "session renewed without the directory (within the grace): {m}");
         }
         Err(e) => return Renewal::Ended(e.to_string()),
@@ -528,6 +548,26 @@ mod tests {
         // revoked
         k.revoke(&c);
         assert!(k.decode(&t).is_err());
+    }
+
+    #[test]
+    fn only_a_renewal_puts_the_directory_check_off() {
+        let k = keys(&[7u8; 64]);
+        let c = k.new_claims(id());
+        let t = now();
+        assert!(!c.renewal_due(k.ttl, t));
+        assert!(c.renewal_due(k.ttl, t + k.ttl / 2));
+        // A refreshed token (a new expiry) is as due for the check as before.
+        let mut old = c.clone();
+        old.iat -= 100;
+        old.rck = t - 1;
+        let fresh = k.refreshed(&old);
+        assert!(fresh.iat >= t && fresh.renewal_due(k.ttl, t));
+        // Tokens of older portals have no `rck`: checked at their next request.
+        let mut v = serde_json::to_value(&c).unwrap();
+        v.as_object_mut().unwrap().remove("rck");
+        let legacy: Claims = serde_json::from_value(v).unwrap();
+        assert!(legacy.renewal_due(k.ttl, t));
     }
 
     #[test]

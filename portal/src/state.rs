@@ -145,7 +145,7 @@ impl AppState {
         let catalog = crate::catalog::Catalog::open(&config, view.clone())?;
         let reads =
             Arc::new(Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2 + 2));
-        Ok(AppState(Arc::new(Portal {
+        let state = AppState(Arc::new(Portal {
             policy: Policy::new(&config.authz, config.realms.len()),
             user_throttle: Throttle::new(config.limits.failures_per_user, window),
             addr_throttle: Throttle::new(config.limits.failures_per_address, window),
@@ -159,6 +159,17 @@ impl AppState {
             catalog,
             cursors,
             lookups: Lookups::default(),
-        })))
+        }));
+        // What lies below every folder of every snapshot, summed up before users ask (off the
+        // request path: see `reach`); a snapshot asked for first waits for its own.
+        let st = state.clone();
+        std::thread::Builder::new().name("reach".into()).spawn(move || {
+            for (_, e) in st.view.snapshots().into_iter().rev() {
+                if let Err(err) = st.policy.prepare(&st.view, e.snapshot.tree) {
+                    tracing::warn!("snapshot {}: cannot sum up its folders yet: {err}", e.id.short());
+                }
+            }
+        })?;
+        Ok(state)
     }
 }

@@ -13,8 +13,9 @@
 //! disabled = false                # true: no login, and live sessions end at their renewal
 //! ```
 //!
-//! Names are matched trimmed and without regard to case; the identity is the name as written
-//! here (two names that differ only in case are refused). The file is read again when it
+//! Names are matched as [`super::fold_login`] folds them (trimmed, without regard to case or
+//! compatibility forms); the identity is the name as written here (two names that fold alike
+//! are refused). The file is read again when it
 //! changes, so a removed or disabled user's sessions end at their next renewal.
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,7 +27,7 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::Deserialize;
 
-use super::{AuthError, Authenticator, BoxFuture, Identity, Role};
+use super::{AuthError, Authenticator, BoxFuture, Identity, LoginFailure, Role};
 use crate::config::FileRealmConfig;
 
 #[derive(Debug, Deserialize)]
@@ -109,7 +110,9 @@ fn read_users(name: &str, path: &std::path::Path) -> anyhow::Result<Users> {
             anyhow::bail!("realm {name}: user {login:?}: not a valid login name");
         }
         if let Some((other, _)) = by_key.insert(super::fold_login(&login), (login.clone(), u)) {
-            anyhow::bail!("realm {name}: users {other:?} and {login:?} differ only in case: one person, one name");
+            anyhow::bail!(
+                "realm {name}: users {other:?} and {login:?} differ only in case or form: one person, one name"
+            );
         }
     }
     Ok(Users { by_key, stamp })
@@ -165,7 +168,7 @@ impl Authenticator for FileRealm {
         &self.name
     }
 
-    fn authenticate<'a>(&'a self, login: &'a str, password: &'a str) -> BoxFuture<'a, Result<Identity, AuthError>> {
+    fn authenticate<'a>(&'a self, login: &'a str, password: &'a str) -> BoxFuture<'a, Result<Identity, LoginFailure>> {
         Box::pin(async move {
             let users = self.users();
             let user = users.by_key.get(&super::fold_login(login));
@@ -180,9 +183,9 @@ impl Authenticator for FileRealm {
             .await
             .map_err(|e| AuthError::Unavailable(format!("{}: {e}", self.path.display())))?;
             match (user, ok) {
-                (None, _) => Err(AuthError::UnknownUser),
-                (Some(_), false) => Err(AuthError::WrongPassword),
-                (Some((_, u)), true) if u.disabled => Err(AuthError::Disabled),
+                (None, _) => Err(AuthError::UnknownUser.into()),
+                (Some((name, _)), false) => Err(LoginFailure::of(name, AuthError::WrongPassword)),
+                (Some((name, u)), true) if u.disabled => Err(LoginFailure::of(name, AuthError::Disabled)),
                 (Some((name, u)), true) => Ok(self.identity(name, u)),
             }
         })
@@ -213,12 +216,16 @@ mod tests {
         let realm = FileRealm::load(&FileRealmConfig { name: "local".into(), users_file: path }).unwrap();
         let id = realm.authenticate("alice", "s3cret").await.unwrap();
         assert_eq!((id.uid, id.role), (Some(2001), Role::Helpdesk));
-        assert!(matches!(realm.authenticate("alice", "wrong").await, Err(AuthError::WrongPassword)));
-        assert!(matches!(realm.authenticate("bob", "s3cret").await, Err(AuthError::UnknownUser)));
+        let wrong = realm.authenticate("ALICE", "wrong").await.unwrap_err();
+        assert!(matches!(wrong.error, AuthError::WrongPassword));
+        assert_eq!(wrong.found.as_deref(), Some("alice"), "the person found, as the realm spells them");
+        let unknown = realm.authenticate("bob", "s3cret").await.unwrap_err();
+        assert!(matches!(unknown.error, AuthError::UnknownUser) && unknown.found.is_none());
         assert!(realm.lookup("alice").await.is_ok());
         // One name however typed; the identity is the configured spelling.
         assert_eq!(realm.authenticate(" ALICE ", "s3cret").await.unwrap().login, "alice");
         assert_eq!(realm.lookup("Alice").await.unwrap().login, "alice");
+        assert_eq!(realm.lookup("\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}").await.unwrap().login, "alice", "fullwidth");
     }
 
     #[tokio::test]
@@ -238,7 +245,7 @@ mod tests {
         assert_eq!(realm.lookup("bob").await.unwrap().login, "Bob");
         write(&format!("[users.Bob]\nhash = '{hash}'\ndisabled = true\n"));
         assert!(matches!(realm.lookup("bob").await, Err(AuthError::Disabled)));
-        assert!(matches!(realm.authenticate("bob", "pw").await, Err(AuthError::Disabled)));
+        assert!(matches!(realm.authenticate("bob", "pw").await, Err(LoginFailure { error: AuthError::Disabled, .. })));
         assert!(matches!(realm.lookup("carol").await, Err(AuthError::UnknownUser)), "removed");
         // A broken file keeps the users it had.
         write("[users.x\n");

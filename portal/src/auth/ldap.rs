@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 
-use super::{AuthError, Authenticator, BoxFuture, Identity, role_from_groups};
+use super::{AuthError, Authenticator, BoxFuture, Identity, LoginFailure, role_from_groups};
 use crate::config::LdapConfig;
 
 pub(crate) struct LdapRealm {
@@ -197,15 +197,22 @@ impl LdapRealm {
         Ok((names, gids))
     }
 
-    async fn identity(&self, ldap: &mut ldap3::Ldap, typed: &str, entry: &SearchEntry) -> Result<Identity, AuthError> {
+    /// The entry's own spelling of its login (its login attribute), or the name as typed for an
+    /// entry without one.
+    fn login_of(&self, typed: &str, entry: &SearchEntry) -> String {
         let a = &self.cfg.attributes;
-        let login = match first(entry, &a.login) {
+        match first(entry, &a.login) {
             Some(l) => l,
             None => {
                 tracing::warn!(realm = %self.cfg.name, dn = %entry.dn, "entry has no {} attribute; using the login as typed", a.login);
                 typed.to_string()
             }
-        };
+        }
+    }
+
+    async fn identity(&self, ldap: &mut ldap3::Ldap, typed: &str, entry: &SearchEntry) -> Result<Identity, AuthError> {
+        let a = &self.cfg.attributes;
+        let login = self.login_of(typed, entry);
         let (groups, mut gids) = self.groups(ldap, &login, entry).await?;
         let role = role_from_groups(&self.cfg.roles, &groups).ok_or(AuthError::NotAllowed)?;
         if let Some(g) = first(entry, &a.gid_number).and_then(|v| v.parse().ok()) {
@@ -239,11 +246,11 @@ impl Authenticator for LdapRealm {
         &self.cfg.name
     }
 
-    fn authenticate<'a>(&'a self, login: &'a str, password: &'a str) -> BoxFuture<'a, Result<Identity, AuthError>> {
+    fn authenticate<'a>(&'a self, login: &'a str, password: &'a str) -> BoxFuture<'a, Result<Identity, LoginFailure>> {
         Box::pin(async move {
             // An empty password is an unauthenticated bind, which many directories accept.
             if password.is_empty() {
-                return Err(AuthError::EmptyPassword);
+                return Err(AuthError::EmptyPassword.into());
             }
             let mut ldap = self.connect().await?;
             let result = async {
@@ -251,32 +258,39 @@ impl Authenticator for LdapRealm {
                     // Bind as the user first, then read their own entry as them.
                     let dn = template.replace("{login}", &escape_dn(login));
                     ldap.with_timeout(self.timeout());
+                    // Without a service account nobody is found before the bind: a failure is
+                    // the typed name's only.
                     let r = ldap.simple_bind(&dn, password).await.map_err(unavailable)?;
                     match r.rc {
                         0 => {}
-                        49 => return Err(AuthError::WrongPassword),
-                        32 | 34 => return Err(AuthError::UnknownUser),
-                        _ => return Err(AuthError::Unavailable(format!("bind: {r}"))),
+                        49 => return Err(AuthError::WrongPassword.into()),
+                        32 | 34 => return Err(AuthError::UnknownUser.into()),
+                        _ => return Err(AuthError::Unavailable(format!("bind: {r}")).into()),
                     }
                     let entry = self.find_user(&mut ldap, login).await?.ok_or(AuthError::UnknownUser)?;
-                    return self.identity(&mut ldap, login, &entry).await;
+                    let found = self.login_of(login, &entry);
+                    return self.identity(&mut ldap, login, &entry).await.map_err(|e| LoginFailure::of(&found, e));
                 }
                 let entry = self.find_user(&mut ldap, login).await?.ok_or(AuthError::UnknownUser)?;
+                // Whom the directory found for the name typed, however it was typed.
+                let found = self.login_of(login, &entry);
+                let failed = |e: AuthError| LoginFailure::of(&found, e);
                 ldap.with_timeout(self.timeout());
-                let r = ldap.simple_bind(&entry.dn, password).await.map_err(unavailable)?;
+                let r = ldap.simple_bind(&entry.dn, password).await.map_err(|e| failed(unavailable(e)))?;
                 match r.rc {
                     0 => {}
-                    49 => return Err(AuthError::WrongPassword), // invalidCredentials
-                    32 if self.cfg.bind_dn.is_none() => return Err(AuthError::UnknownUser),
-                    _ => return Err(AuthError::Unavailable(format!("bind: {r}"))),
+                    49 => return Err(failed(AuthError::WrongPassword)), // invalidCredentials
+                    32 if self.cfg.bind_dn.is_none() => return Err(AuthError::UnknownUser.into()),
+                    _ => return Err(failed(AuthError::Unavailable(format!("bind: {r}")))),
                 }
                 // Read attributes and groups as the service account where there is one (the
                 // user may not read their own groups).
                 if let (Some(dn), Some(pw)) = (&self.cfg.bind_dn, &self.service_password) {
                     ldap.with_timeout(self.timeout());
-                    ldap.simple_bind(dn, pw).await.map_err(unavailable)?.success().map_err(unavailable)?;
+                    let bound = ldap.simple_bind(dn, pw).await.map_err(unavailable);
+                    bound.and_then(|r| r.success().map_err(unavailable)).map_err(failed)?;
                 }
-                self.identity(&mut ldap, login, &entry).await
+                self.identity(&mut ldap, login, &entry).await.map_err(failed)
             }
             .await;
             let _ = ldap.unbind().await;

@@ -7,8 +7,13 @@
 //!
 //! **One person, one identity.** An [`Identity`] is named by its realm and the realm's own
 //! spelling of the login: the directory's `uid` value as stored (however it was typed: ` dave`,
-//! `DAVE`), a file realm's configured name. Sessions, the audit log, `/api/me` and access
-//! history all use that pair; two realms may each have an `alice`, and they are two people.
+//! `DAVE`, `ｄａｖｅ`), a file realm's configured name. Sessions, the audit log, `/api/me` and
+//! access history all use that pair; two realms may each have an `alice`, and they are two
+//! people. Where a typed name must be compared without a realm (failed-login budgets, a file
+//! realm's names, names several realms know), it is folded as Unicode's compatibility caseless
+//! matching does ([`fold_login`]), which takes every spelling a directory takes for a name (its
+//! matching rules fold case and compatibility forms) to one key; a realm that found the person
+//! says whom ([`LoginFailure::found`]), and that person's budget counts too.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -77,13 +82,35 @@ pub enum AuthError {
     Unavailable(String),
 }
 
+/// A login that did not succeed, and whom the realm found for the name typed (its own spelling
+/// of the login), when it found someone: failures count against that person however the name
+/// was typed.
+#[derive(Clone, Debug)]
+pub struct LoginFailure {
+    pub error: AuthError,
+    pub found: Option<String>,
+}
+
+impl From<AuthError> for LoginFailure {
+    fn from(error: AuthError) -> LoginFailure {
+        LoginFailure { error, found: None }
+    }
+}
+
+impl LoginFailure {
+    /// `error`, for the person the realm knows as `login`.
+    pub fn of(login: &str, error: AuthError) -> LoginFailure {
+        LoginFailure { error, found: Some(login.to_string()) }
+    }
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One realm.
 pub trait Authenticator: Send + Sync {
     fn name(&self) -> &str;
     /// Check a password; `password` is never empty here.
-    fn authenticate<'a>(&'a self, login: &'a str, password: &'a str) -> BoxFuture<'a, Result<Identity, AuthError>>;
+    fn authenticate<'a>(&'a self, login: &'a str, password: &'a str) -> BoxFuture<'a, Result<Identity, LoginFailure>>;
     /// Find a user without a password (helpdesk acting for them; a session's renewal).
     fn lookup<'a>(&'a self, login: &'a str) -> BoxFuture<'a, Result<Identity, AuthError>>;
     /// Whether [`Authenticator::lookup`] can work at all (an LDAP realm without a service
@@ -107,10 +134,13 @@ pub fn trim_login(typed: &str) -> &str {
     typed.trim()
 }
 
-/// The key of a typed login where case must not matter (failed-login budgets, a file realm's
-/// names): trimmed and case-folded, so ` dave`, `dave ` and `DAVE` are one name.
+/// The key of a typed login where neither case nor compatibility forms may matter (failed-login
+/// budgets, a file realm's names, names that several realms know): trimmed, then the key of
+/// Unicode's compatibility caseless match (D146: NFKD(toCasefold(NFKD(toCasefold(NFD(x)))))),
+/// composed (NFKC). ` dave`, `DAVE`, `ｄａｖｅ` (fullwidth), `𝐝𝐚𝐯𝐞` (mathematical bold) and
+/// `ⓓave` are one name, as they are to a directory's matching rules.
 pub fn fold_login(typed: &str) -> String {
-    trim_login(typed).to_lowercase()
+    crate::fold::caseless(trim_login(typed)).trim().to_string()
 }
 
 /// The highest role any of `groups` maps to; `None` if `map.user` restricts logins and none matches.
@@ -204,6 +234,15 @@ mod tests {
     fn login_names() {
         assert_eq!(fold_login(" DaVe "), "dave");
         assert_eq!(fold_login("Ärger"), "ärger");
+        // Compatibility forms and full case folding.
+        for typed in
+            ["\u{ff44}\u{ff41}\u{ff56}\u{ff45}", "\u{1d41d}\u{1d41a}\u{1d42f}\u{1d41e}", "\u{24d3}ave", "\u{3000}DAVE"]
+        {
+            assert_eq!(fold_login(typed), "dave", "{typed:?}");
+        }
+        assert_eq!(fold_login("Straße"), fold_login("STRASSE"));
+        assert_eq!(fold_login("A\u{30a}"), fold_login("\u{c5}"), "canonically equivalent");
+        assert_ne!(fold_login("dave"), fold_login("dove"));
         assert!(check_login_name("alice").is_ok());
         assert!(check_login_name("").is_err());
         assert!(check_login_name("a\0b").is_err());
