@@ -10,5 +10,6 @@ mod mount;
 mod portal;
 mod portal_oracle;
 mod prune;
+mod s3;
 mod store;
 mod web;

@@ -27,7 +27,18 @@ pub enum FileKind {
 }
 
 impl FileKind {
-    fn dir(self) -> &'static str {
+    /// Where files of this kind live, relative to the repository's root: `data/<2 hex>/<name>`
+    /// for packs, `config`, `<dir>/<name>` for the rest. Every backend lays out the same names.
+    pub fn relative_path(self, name: &str) -> String {
+        match self {
+            FileKind::Config => "config".into(),
+            FileKind::Pack => format!("data/{}/{name}", name.get(..2).unwrap_or("00")),
+            _ => format!("{}/{name}", self.dir()),
+        }
+    }
+
+    /// The directory of this kind's files, relative to the repository's root ("" for the config).
+    pub fn dir(self) -> &'static str {
         match self {
             FileKind::Config => "",
             FileKind::Pack => "data",
@@ -87,11 +98,7 @@ impl LocalBackend {
     }
 
     pub fn path(&self, kind: FileKind, name: &str) -> PathBuf {
-        match kind {
-            FileKind::Config => self.root.join("config"),
-            FileKind::Pack => self.root.join("data").join(name.get(..2).unwrap_or("00")).join(name),
-            _ => self.root.join(kind.dir()).join(name),
-        }
+        self.root.join(kind.relative_path(name))
     }
 
     fn not_found_or_io(path: &Path, e: std::io::Error, kind: FileKind, name: &str) -> Error {

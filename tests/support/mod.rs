@@ -7,6 +7,7 @@
 
 pub mod corpus;
 pub mod faults;
+pub mod garage;
 pub mod portal;
 pub mod rng;
 pub mod slapd;

@@ -1,0 +1,116 @@
+//! The S3 backend against a real Garage: the backend contract every store command relies on, held
+//! by the S3 backend exactly as by the local one, and clear errors for bad credentials, a missing
+//! bucket and an endpoint that is down.
+
+use std::time::{Duration, Instant};
+
+use rewind_s3::{S3Backend, S3Location, S3Options};
+use rewind_store::{Backend, Error, FileKind, LocalBackend};
+
+use crate::support::garage::{self, Garage};
+
+fn with_credentials<T>(f: impl FnOnce() -> T) -> T {
+    // The backend reads credentials from the environment, as the CLI does; tests run in threads,
+    // so set them once for the whole binary (the same values everywhere).
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: set once, before any S3 backend of this binary reads the environment, to the
+        // same values every test uses.
+        unsafe {
+            std::env::set_var("AWS_ACCESS_KEY_ID", garage::KEY_ID);
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", garage::SECRET);
+            std::env::set_var("AWS_REGION", garage::REGION);
+        }
+    });
+    f()
+}
+
+fn s3(url: &str) -> S3Backend {
+    with_credentials(|| S3Backend::new(&S3Location::parse(url).unwrap(), &S3Options::default()).unwrap())
+}
+
+/// What the store needs of any backend, checked on `b`.
+fn contract(b: &dyn Backend) {
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    b.put(FileKind::Pack, "ab01", &data).unwrap();
+    assert_eq!(b.get(FileKind::Pack, "ab01").unwrap(), data);
+    assert_eq!(b.len(FileKind::Pack, "ab01").unwrap(), data.len() as u64);
+    assert_eq!(b.get_range(FileKind::Pack, "ab01", 10, 20).unwrap(), &data[10..30]);
+    // Short only at the end, empty past it.
+    assert_eq!(b.get_range(FileKind::Pack, "ab01", 99_990, 100).unwrap(), &data[99_990..]);
+    assert_eq!(b.get_range(FileKind::Pack, "ab01", 100_000, 10).unwrap(), b"");
+    // Replacing a whole file (a lock's refresh) leaves the new content.
+    b.put(FileKind::Lock, "l1", b"one").unwrap();
+    b.put(FileKind::Lock, "l1", b"two").unwrap();
+    assert_eq!(b.get(FileKind::Lock, "l1").unwrap(), b"two");
+    // Listings by kind: names only, sorted, packs across their subfolders; none of another kind.
+    for i in 0..40u32 {
+        b.put(FileKind::Index, &format!("{i:04}"), &[i as u8]).unwrap();
+    }
+    let idx = b.list(FileKind::Index).unwrap();
+    assert_eq!(idx, (0..40u32).map(|i| format!("{i:04}")).collect::<Vec<_>>());
+    b.put(FileKind::Pack, "cd02", b"x").unwrap();
+    assert_eq!(b.list(FileKind::Pack).unwrap(), vec!["ab01".to_string(), "cd02".to_string()]);
+    assert_eq!(b.list(FileKind::Pending).unwrap(), Vec::<String>::new());
+    // Missing files are NotFound (the store re-reads the index on it); deleting one is no error.
+    assert!(matches!(b.get(FileKind::Snapshot, "nope"), Err(Error::NotFound(_))));
+    assert!(matches!(b.len(FileKind::Pack, "ee99"), Err(Error::NotFound(_))));
+    assert!(matches!(b.get_range(FileKind::Pack, "ee99", 0, 5), Err(Error::NotFound(_))));
+    b.delete(FileKind::Pack, "cd02").unwrap();
+    b.delete(FileKind::Pack, "cd02").unwrap();
+    assert!(matches!(b.get(FileKind::Pack, "cd02"), Err(Error::NotFound(_))));
+    assert_eq!(b.list(FileKind::Pack).unwrap(), vec!["ab01".to_string()]);
+}
+
+#[test]
+fn the_backend_contract_holds_on_garage_as_on_a_local_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalBackend::new(dir.path());
+    local.create_layout().unwrap();
+    contract(&local);
+    let g = Garage::shared();
+    contract(&s3(&g.repo_url("contract")));
+}
+
+#[test]
+fn listings_page_through_more_than_a_thousand_objects() {
+    let g = Garage::shared();
+    let b = s3(&g.repo_url("pages"));
+    let names: Vec<String> = (0..1500u32).map(|i| format!("{i:05}")).collect();
+    std::thread::scope(|s| {
+        for part in names.chunks(100) {
+            let b = &b;
+            s.spawn(move || part.iter().for_each(|n| b.put(FileKind::Snapshot, n, b"{}").unwrap()));
+        }
+    });
+    assert_eq!(b.list(FileKind::Snapshot).unwrap(), names);
+}
+
+#[test]
+fn a_missing_bucket_and_wrong_credentials_are_one_clear_error() {
+    let g = Garage::shared();
+    let missing = s3(&format!("s3:{}/no-such-bucket/r", g.endpoint(0)));
+    let e = missing.probe().unwrap_err().to_string();
+    assert!(e.contains("no-such-bucket") && e.contains("does not exist"), "{e:?}");
+
+    let loc = S3Location::parse(&g.repo_url("creds")).unwrap();
+    let wrong_secret = (garage::KEY_ID.to_string(), "0".repeat(64));
+    for credentials in [wrong_secret, ("GK000000000000000000000000".to_string(), garage::SECRET.to_string())] {
+        let opts = S3Options { credentials: Some(credentials), ..S3Options::default() };
+        let b = with_credentials(|| S3Backend::new(&loc, &opts)).unwrap();
+        let e = b.put(FileKind::Lock, "x", b"x").unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied), "{e:?}");
+        assert!(text.contains("refused the credentials") && !text.contains('\n'), "{text}");
+    }
+}
+
+#[test]
+fn an_endpoint_that_is_down_fails_within_seconds_with_one_line() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let b = s3(&format!("s3:http://127.0.0.1:{port}/bucket/r"));
+    let t = Instant::now();
+    let e = b.get(FileKind::Config, "config").unwrap_err().to_string();
+    assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
+    assert!(!e.contains('\n') && e.contains(&port.to_string()), "{e}");
+}
