@@ -2,6 +2,7 @@
 //! by the S3 backend exactly as by the local one, and clear errors for bad credentials, a missing
 //! bucket and an endpoint that is down.
 
+use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
 use rewind_s3::{S3Backend, S3Location, S3Options};
@@ -10,18 +11,8 @@ use rewind_store::{Backend, Error, FileKind, LocalBackend};
 use crate::support::garage::{self, Garage};
 
 fn with_credentials<T>(f: impl FnOnce() -> T) -> T {
-    // The backend reads credentials from the environment, as the CLI does; tests run in threads,
-    // so set them once for the whole binary (the same values everywhere).
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: set once, before any S3 backend of this binary reads the environment, to the
-        // same values every test uses.
-        unsafe {
-            std::env::set_var("AWS_ACCESS_KEY_ID", garage::KEY_ID);
-            std::env::set_var("AWS_SECRET_ACCESS_KEY", garage::SECRET);
-            std::env::set_var("AWS_REGION", garage::REGION);
-        }
-    });
+    // The backend reads credentials from the environment, as the CLI does.
+    garage::credentials_in_env();
     f()
 }
 
@@ -100,7 +91,10 @@ fn a_missing_bucket_and_wrong_credentials_are_one_clear_error() {
         let b = with_credentials(|| S3Backend::new(&loc, &opts)).unwrap();
         let e = b.put(FileKind::Lock, "x", b"x").unwrap_err();
         let text = e.to_string();
-        assert!(matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied), "{e:?}");
+        assert!(
+            matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied),
+            "{e:?}"
+        );
         assert!(text.contains("refused the credentials") && !text.contains('\n'), "{text}");
     }
 }
@@ -113,4 +107,100 @@ fn an_endpoint_that_is_down_fails_within_seconds_with_one_line() {
     let e = b.get(FileKind::Config, "config").unwrap_err().to_string();
     assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
     assert!(!e.contains('\n') && e.contains(&port.to_string()), "{e}");
+}
+
+/// Every command on an encrypted repository in a Garage bucket, as on a local one: init, backup,
+/// snapshots, ls, restore, check --read-data, rebuild-index, find (the catalog, kept in the local
+/// cache folder), copy both ways, forget and prune, mount and serve.
+#[test]
+fn every_command_works_on_an_s3_repository() {
+    use crate::support::portal::{Portal, enc, login};
+    use crate::support::*;
+    let t = TempRepo::on_s3("every-command");
+    let src = t.path("src");
+    corpus_make(&src, 0.05);
+    let first = t.backup("site", &[&src]);
+    corpus_step(&src, 1);
+    t.backup("site", &[&src]);
+    let snaps = t.snapshots();
+    assert_eq!(snaps.len(), 2);
+    // Nothing of the repository is on the local disk but the caches.
+    let local: Vec<_> = std::fs::read_dir(t.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(local.iter().all(|n| n == "src" || n == "cache"), "{local:?}");
+
+    let listing = t.ok(&[OsStr::new("ls"), OsStr::new("latest"), src.as_os_str()]);
+    let top = std::fs::read_dir(&src).unwrap().next().unwrap().unwrap().file_name();
+    assert!(listing.contains(&*top.to_string_lossy()), "{listing}");
+    let out = t.path("restored");
+    t.restore("latest", &out);
+    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()), &ShapeOptions::default());
+    t.ok(&["check", "--read-data"]);
+    t.ok(&["rebuild-index"]);
+    t.ok(&["check"]);
+
+    // The catalog of a remote repository lives in the cache folder.
+    let name = walk_files(&src).into_iter().next().expect("a file").file_name().unwrap().to_string_lossy().into_owned();
+    assert!(t.ok(&["find", &name]).contains(&name));
+    assert!(t.path("cache").read_dir().unwrap().next().is_some(), "no cache folder");
+
+    // Offsite replication, both ways: S3 -> local -> another S3 prefix, byte for byte.
+    let local = TempRepo::new();
+    t.ok(&[OsStr::new("copy"), OsStr::new("--to"), local.repo.as_os_str()]);
+    assert_eq!(local.snapshots().len(), 2);
+    let back = TempRepo::on_s3("copy-back");
+    local.ok(&[OsStr::new("copy"), OsStr::new("--to"), back.repo.as_os_str()]);
+    let again = t.path("again");
+    back.restore("latest", &again);
+    assert_same_tree(&src, &again.join(src.strip_prefix("/").unwrap()), &ShapeOptions::default());
+
+    // forget + prune on S3, then check and restore the one left.
+    t.ok(&["forget", first["id"].as_str().unwrap()]);
+    t.ok(&["prune"]);
+    t.ok(&["check", "--read-data"]);
+    assert_eq!(t.snapshots().len(), 1);
+
+    // The mount.
+    let m = crate::mount::Mount::start(&t, "mnt", &[]);
+    let latest = m.mnt.join("hosts/site/latest").join(src.strip_prefix("/").unwrap());
+    assert_same_tree(&src, &latest, &ShapeOptions { dir_mtimes: false, ..ShapeOptions::default() });
+    drop(m);
+
+    // The portal (a file-realm user who owns the corpus: it is root's).
+    let users = t.path("users.toml");
+    let hash = crate::support::portal::passwd_hash("root-pw");
+    std::fs::write(&users, format!("[users.root]\nhash = \"{hash}\"\nuid = 0\n")).unwrap();
+    let realm = format!("[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n", users.display());
+    let extra = format!(
+        "catalog = \"{}\"\nrepository_password_file = \"{}\"",
+        t.path("portal-catalog.sqlite").display(),
+        write_password_file(&t).display()
+    );
+    let portal = Portal::start(&t.repo, &realm, "[authz]\nrules = [\"owner\"]\n", &extra);
+    let admin = login(&portal.addr, "root", "root-pw");
+    let r = admin.get("/api/snapshots");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let snap = r.json()["items"][0]["id"].as_str().unwrap().to_string();
+    let r = admin.get(&format!("/api/browse?snapshot={snap}&path={}", enc(&src.to_string_lossy())));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.json()["entries"].as_array().unwrap().is_empty());
+}
+
+fn write_password_file(t: &crate::support::TempRepo) -> std::path::PathBuf {
+    let p = t.path("password");
+    std::fs::write(&p, crate::support::TEST_PASSWORD).unwrap();
+    p
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk_files(&e.path()));
+        } else if e.file_type().unwrap().is_file() {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
 }

@@ -103,7 +103,7 @@ impl Catalog {
     /// The configured (or default) catalog, synced first if `catalog_sync_secs` says so.
     pub fn open(config: &Config, view: Arc<View>) -> anyhow::Result<Catalog> {
         let repo = view.repo().repo();
-        let path = config.catalog.clone().unwrap_or_else(|| rewind_catalog::Catalog::default_path(repo.path()));
+        let path = config.catalog.clone().unwrap_or_else(|| rewind_catalog::Catalog::default_path(repo));
         if config.catalog_sync_secs > 0 {
             let mut cat = rewind_catalog::Catalog::open(&path, &repo.config().id.to_hex())?;
             let report = cat.sync(view.repo())?;

@@ -12,7 +12,8 @@ use serde::Deserialize;
 pub struct Config {
     /// Address to listen on, e.g. `127.0.0.1:8080` (port 0 picks a free one).
     pub listen: SocketAddr,
-    /// The repository to serve.
+    /// The repository to serve: a directory, or `s3:http[s]://host[:port]/bucket[/prefix]`
+    /// (credentials from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, profiles).
     pub repository: PathBuf,
     /// An encrypted repository's password, in the first line of this file (else
     /// `REWIND_PASSWORD_FILE`, or `REWIND_PASSWORD` in the environment).
@@ -364,7 +365,10 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        fix(&mut self.repository);
+        // An S3 location (`s3:https://host/bucket/prefix`) is not a path.
+        if !self.repository.to_str().is_some_and(|r| r.starts_with("s3:")) {
+            fix(&mut self.repository);
+        }
         fix(&mut self.audit_log);
         for p in [&mut self.repository_password_file, &mut self.repository_key_file].into_iter().flatten() {
             fix(p);

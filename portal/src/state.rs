@@ -97,7 +97,9 @@ impl AppState {
     /// Open the repository, realms, key, audit log and catalog named by a configuration.
     pub fn new(config: Config) -> anyhow::Result<AppState> {
         use anyhow::Context;
-        let secret = match rewind_store::Repository::head(&config.repository)
+        let storage = rewind_s3::storage_at(&config.repository)
+            .with_context(|| format!("opening repository {}", config.repository.display()))?;
+        let secret = match rewind_store::Repository::head_in(&*storage)
             .with_context(|| format!("opening repository {}", config.repository.display()))?
             .encryption
         {
@@ -109,7 +111,7 @@ impl AppState {
                 )
             })?),
         };
-        let repo = rewind_store::Repository::open(&config.repository, secret.as_ref())
+        let repo = rewind_store::Repository::open_in(storage, secret.as_ref())
             .with_context(|| format!("opening repository {}", config.repository.display()))?;
         let caches = rewind_store::CacheSizes { chunk_bytes: config.chunk_cache_mib << 20, tree_bytes: 32 << 20 };
         let view = Arc::new(View::new(repo.open_indexed(caches)?)?);

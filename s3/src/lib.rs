@@ -95,6 +95,28 @@ pub struct S3Options {
     pub credentials: Option<(String, String)>,
 }
 
+/// The storage of the repository at `location`: an S3 location (`s3:...`, with
+/// [`S3Options::from_env`]) or a local directory. What every program that opens a repository by
+/// name calls: the command line and the portal.
+pub fn storage_at(location: &std::path::Path) -> Result<std::sync::Arc<dyn Backend>> {
+    match location.to_str().filter(|s| S3Location::is_s3(s)) {
+        Some(s) => {
+            let l = S3Location::parse(s).map_err(|e| Error::InvalidInput(e.to_string()))?;
+            Ok(std::sync::Arc::new(S3Backend::new(&l, &S3Options::from_env())?))
+        }
+        None => Ok(std::sync::Arc::new(rewind_store::LocalBackend::new(location))),
+    }
+}
+
+impl S3Options {
+    /// Options from the environment beyond the AWS conventions the client reads itself:
+    /// `REWIND_S3_VIRTUAL_HOST_STYLE=1` addresses buckets as `bucket.host`.
+    pub fn from_env() -> S3Options {
+        let on = |v: &str| matches!(std::env::var(v).as_deref(), Ok("1" | "true" | "yes"));
+        S3Options { virtual_host_style: on("REWIND_S3_VIRTUAL_HOST_STYLE"), ..S3Options::default() }
+    }
+}
+
 /// A repository in a bucket.
 pub struct S3Backend {
     op: Operator,
@@ -217,7 +239,9 @@ fn remote_error(location: &S3Location, key: &str, e: opendal::Error) -> Error {
     };
     let detail = match answer {
         Some((code, message)) if code.contains("AccessKey") || code.contains("Signature") || code == "AccessDenied" => {
-            format!("the service refused the credentials ({code}: {message}); check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION")
+            format!(
+                "the service refused the credentials ({code}: {message}); check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION"
+            )
         }
         Some((code, message)) => format!("{code}: {message}"),
         // No answer from the service (connection refused, timeout...): OpenDAL's own words,
@@ -343,6 +367,58 @@ impl Backend for S3Backend {
             Err(Error::NotFound(_)) => Ok(()),
             r => r,
         }
+    }
+
+    /// A conditional PUT (`If-None-Match: *`), after a look: services that honour the header
+    /// (AWS S3, MinIO, Ceph RGW) give exactly one winner among concurrent callers; one that
+    /// ignores it (Garage 2.5) still refuses a name that already exists when we look, and the
+    /// read-back below catches a racing writer that put last. The store uses this only for a new
+    /// repository's config (FORMAT.md, "Object storage").
+    fn put_new(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        let exists = || Error::AlreadyExists(PathBuf::from(format!("{}/{}", self.location, kind.relative_path(name))));
+        match self.len(kind, name) {
+            Ok(_) => return Err(exists()),
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let key = kind.relative_path(name);
+        let op = self.op.clone();
+        let k = key.clone();
+        let body = data.to_vec();
+        match self.call(&key, async move { op.write_with(&k, body).if_not_exists(true).await.map(|_| ()) }) {
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => return Err(exists()),
+            r => r?,
+        }
+        if self.get(kind, name)? != data {
+            return Err(exists());
+        }
+        Ok(())
+    }
+
+    fn modified(&self, kind: FileKind, name: &str) -> Result<std::time::SystemTime> {
+        let key = kind.relative_path(name);
+        let op = self.op.clone();
+        let k = key.clone();
+        let meta = self.call(&key, async move { op.stat(&k).await })?;
+        meta.last_modified().map(std::time::SystemTime::from).ok_or_else(|| Error::Io {
+            path: PathBuf::from(format!("{}/{key}", self.location)),
+            source: io::Error::other("the service gave no Last-Modified time"),
+        })
+    }
+
+    fn location(&self) -> String {
+        self.location.to_string()
+    }
+
+    /// A new repository needs a reachable bucket with nothing of a repository under the prefix.
+    fn prepare_new(&self) -> Result<()> {
+        self.probe()?;
+        let op = self.op.clone();
+        let taken = self.call("", async move { op.list_with("/").limit(1).await })?;
+        if taken.iter().any(|e| e.path() != "/" && !e.path().is_empty()) {
+            return Err(Error::AlreadyExists(PathBuf::from(self.location.to_string())));
+        }
+        Ok(())
     }
 }
 

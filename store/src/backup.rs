@@ -22,7 +22,7 @@ use std::time::Instant;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 
-use crate::backend::{Backend, FileKind};
+use crate::backend::FileKind;
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::failpoint;

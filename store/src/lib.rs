@@ -44,7 +44,7 @@ mod source;
 mod spill;
 mod view;
 
-pub use backend::{Backend, FileKind, LocalBackend};
+pub use backend::{Backend, FileKind, LocalBackend, TmpFile};
 pub use backup::{BackupOptions, BackupProgress, ErrorReport, backup};
 pub use chunker::Chunker;
 pub use error::{Error, Result};

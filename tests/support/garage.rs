@@ -15,6 +15,21 @@ pub const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef012345
 pub const BUCKET: &str = "rewind-tests";
 pub const REGION: &str = "garage";
 
+/// Put the test key and region in this process's environment, where the S3 backend (in process)
+/// and every child (rewind commands, portals, mounts) find them, as AWS's conventions have it.
+pub fn credentials_in_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: set once for the whole test binary, to the same values every test uses; no
+        // test reads or sets these variables otherwise.
+        unsafe {
+            std::env::set_var("AWS_ACCESS_KEY_ID", KEY_ID);
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+            std::env::set_var("AWS_REGION", REGION);
+        }
+    });
+}
+
 /// The `garage` binary: `REWIND_GARAGE` (which `scripts/test.sh` sets to the one it installed),
 /// else on PATH or in `~/.cargo/bin`.
 pub fn garage_bin() -> PathBuf {
@@ -52,7 +67,8 @@ pub struct Garage {
 impl Garage {
     /// Start `n` nodes with replication factor `n` (1 or 3), a layout, the key and the bucket.
     pub fn start(n: usize) -> Garage {
-        let bin = garage_bin();
+        // Missing, it fails here, loudly, before anything is made.
+        garage_bin();
         let dir = tempfile::Builder::new().prefix("rewind-garage-").tempdir().expect("tempdir");
         let secret = "3bd0b4d3bd2a4a4c0f1d6e3e1f1c2b7a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a";
         let mut nodes = Vec::new();

@@ -94,10 +94,28 @@ impl TempRepo {
         TempRepo { dir, repo, encrypted: true }
     }
 
+    /// An encrypted repository in a prefix of its own on the shared Garage node; its local
+    /// caches in the temporary directory.
+    pub fn on_s3(name: &str) -> TempRepo {
+        garage::credentials_in_env();
+        let dir = tempfile::Builder::new().prefix("rewind-test-").tempdir().expect("tempdir");
+        let repo = PathBuf::from(garage::Garage::shared().repo_url(name));
+        let t = TempRepo { dir, repo, encrypted: true };
+        let out = t.cmd().arg("init").arg(&t.repo).output().expect("run rewind init");
+        assert_success(&out, "rewind init (S3)");
+        t
+    }
+
+    /// Whether the repository is in an S3 bucket.
+    pub fn is_s3(&self) -> bool {
+        self.repo.to_str().is_some_and(|s| s.starts_with("s3:"))
+    }
+
     /// The repository opened in process.
     pub fn open(&self) -> rewind_store::Repository {
         let secret = self.encrypted.then(test_secret);
-        rewind_store::Repository::open(&self.repo, secret.as_ref()).expect("open the test repository")
+        let storage = rewind_s3::storage_at(&self.repo).expect("the test repository's storage");
+        rewind_store::Repository::open_in(storage, secret.as_ref()).expect("open the test repository")
     }
 
     /// A path inside the temporary directory.
@@ -118,6 +136,9 @@ impl TempRepo {
     pub fn cmd(&self) -> Command {
         let mut c = if self.encrypted { rewind_cmd() } else { Command::new(rewind_bin()) };
         c.env("REWIND_REPO", &self.repo).env("RUST_LOG", "warn");
+        if self.is_s3() {
+            garage::Garage::env(&mut c).env("REWIND_CACHE_DIR", self.dir.path().join("cache"));
+        }
         c
     }
 
