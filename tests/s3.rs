@@ -117,13 +117,16 @@ fn every_command_works_on_an_s3_repository() {
     use crate::support::portal::{Portal, enc, login};
     use crate::support::*;
     let t = TempRepo::on_s3("every-command");
+    let began = std::time::Instant::now();
+    let step = |what: &str| eprintln!("{:>7.2?} {what}", began.elapsed());
     let src = t.path("src");
-    corpus_make(&src, 0.05);
+    corpus_make(&src, 0.02);
     let first = t.backup("site", &[&src]);
     corpus_step(&src, 1);
     t.backup("site", &[&src]);
     let snaps = t.snapshots();
     assert_eq!(snaps.len(), 2);
+    step("");
     // Nothing of the repository is on the local disk but the caches.
     let local: Vec<_> = std::fs::read_dir(t.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(local.iter().all(|n| n == "src" || n == "cache"), "{local:?}");
@@ -138,11 +141,13 @@ fn every_command_works_on_an_s3_repository() {
     t.ok(&["rebuild-index"]);
     t.ok(&["check"]);
 
+    step("");
     // The catalog of a remote repository lives in the cache folder.
     let name = walk_files(&src).into_iter().next().expect("a file").file_name().unwrap().to_string_lossy().into_owned();
     assert!(t.ok(&["find", &name]).contains(&name));
     assert!(t.path("cache").read_dir().unwrap().next().is_some(), "no cache folder");
 
+    step("");
     // Offsite replication, both ways: S3 -> local -> another S3 prefix, byte for byte.
     let local = TempRepo::new();
     t.ok(&[OsStr::new("copy"), OsStr::new("--to"), local.repo.as_os_str()]);
@@ -153,18 +158,21 @@ fn every_command_works_on_an_s3_repository() {
     back.restore("latest", &again);
     assert_same_tree(&src, &again.join(src.strip_prefix("/").unwrap()), &ShapeOptions::default());
 
+    step("");
     // forget + prune on S3, then check and restore the one left.
     t.ok(&["forget", first["id"].as_str().unwrap()]);
     t.ok(&["prune"]);
     t.ok(&["check", "--read-data"]);
     assert_eq!(t.snapshots().len(), 1);
 
+    step("");
     // The mount.
     let m = crate::mount::Mount::start(&t, "mnt", &[]);
     let latest = m.mnt.join("hosts/site/latest").join(src.strip_prefix("/").unwrap());
     assert_same_tree(&src, &latest, &ShapeOptions { dir_mtimes: false, ..ShapeOptions::default() });
     drop(m);
 
+    step("");
     // The portal (a file-realm user who owns the corpus: it is root's).
     let users = t.path("users.toml");
     let hash = crate::support::portal::passwd_hash("root-pw");
