@@ -10,7 +10,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rewind_catalog::{FileVersion, Page, Query};
@@ -54,8 +56,8 @@ struct Lead<'a> {
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        self.catalog.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(self.key);
-        *self.flight.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.page.take());
+        self.catalog.inflight.lock().remove(self.key);
+        *self.flight.result.lock() = Some(self.page.take());
         self.flight.done.notify_all();
     }
 }
@@ -78,7 +80,7 @@ struct Lease<'a> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {
-            self.catalog.pool.lock().unwrap_or_else(|e| e.into_inner()).idle.push(c);
+            self.catalog.pool.lock().idle.push(c);
             self.catalog.freed.notify_one();
         }
     }
@@ -139,7 +141,7 @@ impl Catalog {
 
     /// Whether there is a catalog to read.
     pub fn available(&self) -> bool {
-        self.pool.lock().expect("catalog pool").open > 0 || self.path.exists()
+        self.pool.lock().open > 0 || self.path.exists()
     }
 
     /// Run `f` on a pooled read-only connection (call from a blocking thread).
@@ -153,7 +155,7 @@ impl Catalog {
 
     /// An idle connection, a new one while the pool is not full, or else the next one put back.
     fn take(&self) -> ApiResult<rewind_catalog::Catalog> {
-        let mut pool = self.pool.lock().expect("catalog pool");
+        let mut pool = self.pool.lock();
         loop {
             if let Some(c) = pool.idle.pop() {
                 return Ok(c);
@@ -171,12 +173,12 @@ impl Catalog {
                     other => catalog_error(other),
                 });
                 if opened.is_err() {
-                    self.pool.lock().expect("catalog pool").open -= 1;
+                    self.pool.lock().open -= 1;
                     self.freed.notify_one();
                 }
                 return opened;
             }
-            pool = self.freed.wait(pool).expect("catalog pool");
+            self.freed.wait(&mut pool);
         }
     }
 
@@ -184,7 +186,7 @@ impl Catalog {
     pub fn page(&self, q: &Query, deleted: bool) -> ApiResult<Arc<Page<FileVersion>>> {
         let key = format!("{deleted}|{q:?}");
         if !self.ttl.is_zero()
-            && let Some((at, page)) = self.cache.lock().expect("catalog cache").get(&key)
+            && let Some((at, page)) = self.cache.lock().get(&key)
             && at.elapsed() < self.ttl
         {
             return Ok(page.clone());
@@ -192,7 +194,7 @@ impl Catalog {
         let query = || self.with(|c| if deleted { c.deleted(q) } else { c.find(q) }).map(Arc::new);
         // Ok: join the query running; Err: run it.
         let running = {
-            let mut inflight = self.inflight.lock().expect("catalog inflight");
+            let mut inflight = self.inflight.lock();
             match inflight.get(&key) {
                 Some(f) => Ok(f.clone()),
                 None => {
@@ -205,9 +207,9 @@ impl Catalog {
         let flight = match running {
             Err(mine) => mine,
             Ok(flight) => {
-                let mut r = flight.result.lock().expect("catalog flight");
+                let mut r = flight.result.lock();
                 while r.is_none() {
-                    r = flight.done.wait(r).expect("catalog flight");
+                    flight.done.wait(&mut r);
                 }
                 if let Some(Some(page)) = &*r {
                     return Ok(page.clone());
@@ -222,7 +224,7 @@ impl Catalog {
         lead.page = Some(page.clone());
         drop(lead);
         if !self.ttl.is_zero() {
-            let mut cache = self.cache.lock().expect("catalog cache");
+            let mut cache = self.cache.lock();
             if cache.len() >= CACHE_ENTRIES {
                 let ttl = self.ttl;
                 cache.retain(|_, (at, _)| at.elapsed() < ttl);

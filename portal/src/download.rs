@@ -221,7 +221,7 @@ pub async fn download(
     s: Session,
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref())?;
-    let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
+    let snapshot = parse_snapshot(&state, p.require("snapshot")?).await?;
     let path = crate::paths::param(&p, "path")?
         .ok_or_else(|| ApiError::BadRequest("parameter path (or path_b64) is required".into()))?;
     let shown = String::from_utf8_lossy(&crate::paths::join_bytes(&path)).into_owned();
@@ -544,7 +544,7 @@ pub async fn archive(
     s: Session,
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref())?;
-    let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
+    let snapshot = parse_snapshot(&state, p.require("snapshot")?).await?;
     let paths = crate::paths::params_all(&p, "path")?;
     if paths.is_empty() || paths.len() > state.config.limits.max_selection {
         return Err(ApiError::BadRequest(format!("give 1 to {} path parameters", state.config.limits.max_selection)));
