@@ -182,10 +182,18 @@ fn closed_gone(same_access: bool) -> i64 {
 }
 
 /// A testing hook: `REWIND_CATALOG_FAILPOINT=abort-after-versions:N` aborts the process (as a
-/// kill would) after N version rows were written by this process, mid-transaction.
+/// kill would) after N version rows were written by this process, mid-transaction. Compiled in
+/// only with the `failpoints` feature (test builds, through the root package's
+/// dev-dependency); otherwise the variable is ignored.
+#[cfg(feature = "failpoints")]
 pub(crate) fn failpoint_from_env() -> Option<u64> {
     let v = std::env::var("REWIND_CATALOG_FAILPOINT").ok()?;
     v.strip_prefix("abort-after-versions:")?.parse().ok()
+}
+
+#[cfg(not(feature = "failpoints"))]
+pub(crate) fn failpoint_from_env() -> Option<u64> {
+    None
 }
 
 /// Writer caches. Ids in them are valid only for committed state, so they are cleared whenever
@@ -618,6 +626,7 @@ struct Writer<'a, 't> {
     host: i64,
     key: i64,
     prev: Option<i64>,
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     failpoint: Option<u64>,
     written: &'a mut u64,
     report: &'a mut SyncReport,
@@ -869,6 +878,7 @@ impl Writer<'_, '_> {
             ])?;
         self.report.versions_added += 1;
         *self.written += 1;
+        #[cfg(feature = "failpoints")]
         if self.failpoint.is_some_and(|n| *self.written >= n) {
             tracing::error!("REWIND_CATALOG_FAILPOINT reached after {} versions: aborting", self.written);
             std::process::abort();
