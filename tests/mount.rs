@@ -204,6 +204,47 @@ fn mount_latest_equals_source_and_older_snapshots_equal_restore() {
     m.unmount();
 }
 
+/// Every directory of the mount reports 2 + its subdirectories as its link count, as ext4 does
+/// (`find` trusts it to stop looking for subdirectories), the mount's own directories included.
+#[test]
+fn directories_link_count_is_two_plus_subdirectories() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    for d in ["a/b/c", "a/d", "e", "f/g/h/i"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for f in ["a/x", "a/b/y", "e/z", "top"] {
+        fs::write(src.join(f), f.as_bytes()).unwrap();
+    }
+    t.backup("h", &[&src]);
+    t.backup("h", &[&src]);
+    let m = Mount::start(&t, "mnt", &[]);
+    let mut dirs = vec![m.mnt.clone()];
+    let mut seen = 0;
+    while let Some(dir) = dirs.pop() {
+        let mut subdirs = 0;
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                subdirs += 1;
+                dirs.push(e.path());
+            }
+        }
+        let nlink = fs::symlink_metadata(&dir).unwrap().nlink();
+        assert_eq!(nlink, 2 + subdirs, "{}", dir.display());
+        seen += 1;
+    }
+    assert!(seen > 20, "walked {seen} directories");
+    let a = m.latest("h", &src).join("a");
+    assert_eq!(fs::metadata(&a).unwrap().nlink(), 4, "a holds b and d");
+    assert_eq!(fs::metadata(m.path("snapshots")).unwrap().nlink(), 4);
+    // `find` counts on it: it finds every directory, leaf optimisation and all.
+    let out = Command::new("find").arg(m.latest("h", &src)).args(["-type", "d"]).output().unwrap();
+    assert_success(&out, "find");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 10);
+    m.unmount();
+}
+
 #[test]
 fn writes_fail_with_erofs() {
     let t = TempRepo::new();

@@ -344,9 +344,38 @@ impl Core {
         Ok(listing)
     }
 
-    /// Whether reading directory `ino` from `offset` would have to read a tree first.
+    /// Whether reading directory `ino` from `offset` would have to read a tree first: its own,
+    /// or one of a subdirectory's (its link count counts the subdirectories in it).
     pub fn listing_needs_tree_read(&self, ino: u64, offset: u64) -> bool {
-        (offset == 0 || !self.listings.lock().contains(&ino)) && self.needs_tree_read(ino)
+        if (offset == 0 || !self.listings.lock().contains(&ino)) && self.needs_tree_read(ino) {
+            return true;
+        }
+        let Ok(dir) = self.entry(ino) else { return false };
+        let listed = self.listings.lock().get(&ino).cloned();
+        match listed {
+            Some(l) => l.items.iter().any(|i| self.attr_needs_tree_read(&i.entry)),
+            None => self.view.list(&dir).is_ok_and(|l| l.iter().any(|(_, e)| self.attr_needs_tree_read(e))),
+        }
+    }
+
+    /// Whether the attributes of `e` need a tree read (a directory's, to count its subdirectories).
+    fn attr_needs_tree_read(&self, e: &Entry) -> bool {
+        self.view.attr_tree(e).is_some_and(|t| !self.view.repo().tree_cached(&t))
+    }
+
+    /// Whether `getattr` of `ino` would read a tree.
+    pub fn getattr_needs_tree_read(&self, ino: u64) -> bool {
+        self.entry(ino).is_ok_and(|e| self.attr_needs_tree_read(&e))
+    }
+
+    /// Whether looking `name` up in `parent` would read a tree: the parent's, or the one of the
+    /// directory found.
+    pub fn lookup_needs_tree_read(&self, parent: u64, name: &[u8]) -> bool {
+        if self.needs_tree_read(parent) {
+            return true;
+        }
+        let Ok(dir) = self.entry(parent) else { return false };
+        self.view.lookup(&dir, name).is_ok_and(|e| self.attr_needs_tree_read(&e))
     }
 
     /// The inode number `name` in `dir` has or would get, without counting a reference.
@@ -882,6 +911,19 @@ mod tests {
         let (_, root) = walk(&f.core, "").unwrap();
         assert_eq!(root.attr.kind, FileType::Directory);
         assert_eq!(root.ttl, TTL_LIVE);
+    }
+
+    /// Directories count their subdirectories as on ext4 (2 + n): `find` skips the rest of a
+    /// directory once it has met nlink - 2 subdirectories.
+    #[test]
+    fn directories_link_count_is_two_plus_subdirectories() {
+        let f = fixture();
+        let nlink = |path: &str| walk(&f.core, path).unwrap().1.attr.nlink;
+        assert_eq!(nlink(&in_snapshot(&f, "")), 3, "src holds one directory, sub");
+        assert_eq!(nlink(&in_snapshot(&f, "sub")), 2);
+        assert_eq!(nlink(""), 6, "snapshots, hosts, ids, tags");
+        assert_eq!((nlink("snapshots"), nlink("hosts"), nlink("hosts/box"), nlink("tags/daily")), (3, 3, 3, 3));
+        assert_eq!(nlink(&in_snapshot(&f, "big")), 1);
     }
 
     #[test]

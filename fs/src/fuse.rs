@@ -188,7 +188,7 @@ impl Filesystem for RewindFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.latency.busy();
-        if self.core.needs_tree_read(parent.0) {
+        if self.core.lookup_needs_tree_read(parent.0, name.as_bytes()) {
             let core = self.core.clone();
             let name = name.to_owned();
             self.pool.run(move || Self::do_lookup(&core, parent.0, &name, reply));
@@ -203,9 +203,15 @@ impl Filesystem for RewindFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.latency.busy();
-        match self.core.getattr(ino.0) {
+        let answer = move |core: &Core, reply: ReplyAttr| match core.getattr(ino.0) {
             Ok(a) => reply.attr(&a.ttl, &a.attr),
             Err(e) => reply.error(e),
+        };
+        if self.core.getattr_needs_tree_read(ino.0) {
+            let core = self.core.clone();
+            self.pool.run(move || answer(&core, reply));
+        } else {
+            answer(&self.core, reply);
         }
     }
 

@@ -323,8 +323,50 @@ impl View {
         Ok(tree.nodes.iter().map(|n| (n.name.clone(), Entry::Node { snapshot, node: Arc::new(n.clone()) })).collect())
     }
 
+    /// The tree that [`View::attr`] of `e` reads (to count its subdirectories), if any.
+    pub fn attr_tree(&self, e: &Entry) -> Option<crate::format::TreeId> {
+        match e {
+            Entry::Node { node, .. } => node.subtree.filter(|_| node.is_dir()),
+            _ => None,
+        }
+    }
+
+    /// How many subdirectories a directory entry has: its link count is 2 more, as on ext4
+    /// (`find` relies on it). A directory in a snapshot reads its tree for this; a snapshot's
+    /// root needs only its manifest (the first components of its source paths), so listings of
+    /// snapshots read no tree. `None`: not known without the tree (a source path with one
+    /// component, which may be a file), reported as 1 link as btrfs does, which `find` reads as
+    /// "unknown".
+    fn subdirs(&self, e: &Entry) -> Result<Option<u64>> {
+        if let Some(tree) = self.attr_tree(e) {
+            return Ok(Some(self.repo.tree(tree)?.nodes.iter().filter(|n| n.is_dir()).count() as u64));
+        }
+        Ok(Some(match e {
+            Entry::Snapshot(id) => {
+                let s = self.snapshot(id).ok_or_else(|| Error::NotFound(id.short()))?;
+                let mut first = HashSet::new();
+                for p in &s.snapshot.paths {
+                    let comps: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+                    if comps.len() < 2 {
+                        return Ok(None);
+                    }
+                    first.insert(comps[0]);
+                }
+                first.len() as u64
+            }
+            Entry::Node { .. } | Entry::Latest(_) => 0,
+            _ => self.list(e)?.iter().filter(|(_, e)| !matches!(e, Entry::Latest(_))).count() as u64,
+        }))
+    }
+
     /// Attributes of an entry.
     pub fn attr(&self, e: &Entry) -> Result<Attr> {
+        let is_dir = match e {
+            Entry::Latest(_) => false,
+            Entry::Node { node, .. } => node.is_dir(),
+            _ => true,
+        };
+        let nlink = if is_dir { self.subdirs(e)?.map_or(1, |n| 2 + n) } else { 1 };
         let st = self.state.read().expect("view lock");
         let dir = |mtime: Time| Attr {
             kind: NodeKind::Dir,
@@ -334,7 +376,7 @@ impl View {
             size: 0,
             mtime,
             ctime: mtime,
-            nlink: 2,
+            nlink,
             rdev: 0,
         };
         Ok(match e {
@@ -362,7 +404,7 @@ impl View {
                 size: node.size,
                 mtime: node.mtime,
                 ctime: node.ctime,
-                nlink: if node.is_dir() { 2 } else { node.nlink.max(1) },
+                nlink: if node.is_dir() { nlink } else { node.nlink.max(1) },
                 rdev: node.rdev,
             },
         })
