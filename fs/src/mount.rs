@@ -17,7 +17,8 @@ use crate::fuse::RewindFs;
 /// How to mount.
 #[derive(Clone, Debug)]
 pub struct MountOptions {
-    /// Let every local user in, with the kernel checking the snapshot's modes and owners.
+    /// Let every local user in, with the kernel checking the snapshot's modes, owners and POSIX
+    /// ACLs (as the portal's `readable` rule does).
     pub allow_other: bool,
     /// Worker threads for reads (0: a default from the number of CPUs).
     pub workers: usize,
@@ -161,6 +162,7 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
     let core = Arc::new(Core::new(view, opts.readahead_bytes));
     let latency = if opts.latency_hint { crate::latency::LatencyHint::open() } else { Default::default() };
     let fs = RewindFs::new(core.clone(), workers, latency);
+    let fs = if opts.allow_other { fs.with_acls() } else { fs };
     let push = fs.push_slot();
     let end = fs.end_slot();
 
