@@ -851,6 +851,34 @@ fn search_deleted_and_history_follow_the_rules() {
     assert!(!audit.iter().any(|r| r["event"] == "search" && r["actor"] == "alice"), "own searches are not audited");
 }
 
+/// A version's content id is one value in every answer: browse's `content_id` of an entry is
+/// the `content` that search gives for that version.
+#[test]
+fn search_and_browse_agree_on_content_ids() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "catalog_sync_secs = 3600");
+    let admin = login(&portal.addr, "ada", "ada-pw");
+    let mut compared = 0;
+    for q in ["txt", "md", "bin", "link"] {
+        let r = admin.get(&format!("/api/search?q={q}&limit=200"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        for v in r.json()["items"].as_array().unwrap() {
+            if v["kind"] != "file" && v["kind"] != "symlink" {
+                continue;
+            }
+            let path = PathBuf::from(v["path"].as_str().unwrap());
+            let snap = v["snapshot"].as_str().unwrap();
+            let listing = browse(&admin, snap, path.parent().unwrap()).json();
+            let entry = listing["entries"].as_array().unwrap().iter().find(|e| e["path"] == v["path"]).cloned();
+            let entry = entry.unwrap_or_else(|| panic!("{} not in its folder in {snap}", path.display()));
+            assert_eq!(entry["content_id"], v["content"], "{}", path.display());
+            compared += 1;
+        }
+    }
+    assert!(compared >= 5, "compared {compared} versions");
+}
+
 /// The `readable` rule against the kernel itself: what a user can read (mode bits, POSIX ACLs,
 /// searchable folders) is listed by `setpriv` running as that user, and must be exactly what the
 /// portal shows them.

@@ -109,21 +109,9 @@ pub(crate) struct Ident {
     pub acl: i64,
 }
 
-/// The content id of a node, as stored.
+/// The content id of a node, as stored: [`Node::content_id`], 0 for nodes without content.
 pub fn content_id(node: &Node) -> i64 {
-    let mut h = blake3::Hasher::new();
-    match node.kind {
-        NodeKind::File => {
-            for c in &node.content {
-                h.update(c.as_bytes());
-            }
-        }
-        NodeKind::Symlink => {
-            h.update(&node.target);
-        }
-        _ => return 0,
-    }
-    i64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+    node.content_id().map_or(0, |c| c.0)
 }
 
 pub(crate) fn ident(n: &Node) -> Ident {

@@ -541,15 +541,6 @@ fn time_text(t: rewind_store::Time) -> String {
     jiff::Timestamp::new(t.sec, t.nsec as i32).map(|t| t.to_string()).unwrap_or_default()
 }
 
-/// A content id: the BLAKE3 of the file's chunk ids (same content, same id, in any snapshot).
-pub(crate) fn content_id(node: &Node) -> String {
-    let mut h = blake3::Hasher::new();
-    for c in &node.content {
-        h.update(c.as_bytes());
-    }
-    h.finalize().to_hex().to_string()
-}
-
 /// An entry as the API shows it. Passthrough folders show their name and nothing else. A path
 /// that is not UTF-8 is shown lossily and also as `path_b64`, which the path parameters take.
 pub(crate) fn entry_json(node: &Node, path: &[u8], access: Access) -> Value {
@@ -579,8 +570,9 @@ fn entry_json_text(node: &Node, path: &[u8], access: Access) -> Value {
                 "group": node.group,
                 "passthrough": false,
             });
-            if node.kind == NodeKind::File {
-                v["content_id"] = json!(content_id(node));
+            // The `content` of this version in search, deleted and history answers.
+            if let Some(c) = node.content_id() {
+                v["content_id"] = json!(c.to_hex());
             }
             if node.kind == NodeKind::Symlink {
                 v["target"] = json!(String::from_utf8_lossy(&node.target));

@@ -13,7 +13,7 @@ use axum::response::Response;
 
 use rewind_store::{FileReader, Node, NodeKind};
 
-use crate::api::{ClientAddr, audit_not_found, content_id, parse_snapshot, record, resolve, subject};
+use crate::api::{ClientAddr, audit_not_found, parse_snapshot, record, resolve, subject};
 use crate::audit::Record;
 use crate::authz::{Access, Resolved, Subject};
 use crate::error::{ApiError, ApiResult};
@@ -245,7 +245,7 @@ pub async fn download(
     let (res, reader) = audit_not_found(&state, &s, &client, "download", Some(snapshot), || vec![shown], found)?;
     let node = res.node.clone().expect("a file");
     let size = reader.size();
-    let etag = format!("\"{}\"", content_id(&node));
+    let etag = format!("\"{}\"", node.content_id().expect("a file").to_hex());
     let name = node.name_lossy().into_owned();
 
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| none_match(v, &etag)) {

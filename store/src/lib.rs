@@ -48,8 +48,8 @@ pub use backup::{BackupOptions, BackupProgress, ErrorReport, backup};
 pub use chunker::Chunker;
 pub use error::{Error, Result};
 pub use format::{
-    BlobId, BlobKind, ChunkId, ChunkerParams, CompressionParams, Config, ConfigHead, Encryption, FORMAT_VERSION, Hash,
-    Node, NodeKind, PackId, Snapshot, SnapshotId, Summary, Time, Tree, TreeId, Xattr,
+    BlobId, BlobKind, ChunkId, ChunkerParams, CompressionParams, Config, ConfigHead, ContentId, Encryption,
+    FORMAT_VERSION, Hash, Node, NodeKind, PackId, Snapshot, SnapshotId, Summary, Time, Tree, TreeId, Xattr,
 };
 pub use index::Location;
 pub use keys::{KdfParams, KeyFile, KeyKind, Secret, SecretSource};
