@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rewind_catalog::{FileVersion, Page, Query};
 
-use rewind_store::View;
+use rewind_store::{SingleFlight, View};
 
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
@@ -35,31 +35,7 @@ pub struct Catalog {
     /// waits for that answer instead of running the query again (also without the cache: the
     /// answer is no older than the request). Many users opening "recently deleted" at once, or
     /// the cache expiring under load, cost one query, not one each.
-    inflight: Mutex<HashMap<String, Arc<Flight>>>,
-}
-
-/// One running query and, once it ended, its page (`None`: it failed; ask again).
-#[derive(Default)]
-struct Flight {
-    result: Mutex<Option<Option<Arc<Page<FileVersion>>>>>,
-    done: Condvar,
-}
-
-/// The request running a query: publishes its outcome to those waiting when dropped, also on
-/// an error or a panic.
-struct Lead<'a> {
-    catalog: &'a Catalog,
-    key: &'a str,
-    flight: Arc<Flight>,
-    page: Option<Arc<Page<FileVersion>>>,
-}
-
-impl Drop for Lead<'_> {
-    fn drop(&mut self) {
-        self.catalog.inflight.lock().remove(self.key);
-        *self.flight.result.lock() = Some(self.page.take());
-        self.flight.done.notify_all();
-    }
+    inflight: SingleFlight<String, Arc<Page<FileVersion>>>,
 }
 
 const CACHE_ENTRIES: usize = 4096;
@@ -135,7 +111,7 @@ impl Catalog {
             freed: Condvar::new(),
             cache: Mutex::new(HashMap::new()),
             ttl: Duration::from_millis(config.catalog_cache_ms),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: SingleFlight::default(),
         })
     }
 
@@ -192,48 +168,21 @@ impl Catalog {
             return Ok(page.clone());
         }
         let query = || self.with(|c| if deleted { c.deleted(q) } else { c.find(q) }).map(Arc::new);
-        // Ok: join the query running; Err: run it.
-        let running = {
-            let mut inflight = self.inflight.lock();
-            match inflight.get(&key) {
-                Some(f) => Ok(f.clone()),
-                None => {
-                    let f = Arc::new(Flight::default());
-                    inflight.insert(key.clone(), f.clone());
-                    Err(f)
-                }
-            }
-        };
-        let flight = match running {
-            Err(mine) => mine,
-            Ok(flight) => {
-                let mut r = flight.result.lock();
-                while r.is_none() {
-                    flight.done.wait(&mut r);
-                }
-                if let Some(Some(page)) = &*r {
-                    return Ok(page.clone());
-                }
-                drop(r);
-                // It failed: ask for ourselves, to answer with our own error if it fails again.
-                return query();
-            }
-        };
-        let mut lead = Lead { catalog: self, key: &key, flight, page: None };
-        let page = query()?;
-        lead.page = Some(page.clone());
-        drop(lead);
-        if !self.ttl.is_zero() {
-            let mut cache = self.cache.lock();
-            if cache.len() >= CACHE_ENTRIES {
-                let ttl = self.ttl;
-                cache.retain(|_, (at, _)| at.elapsed() < ttl);
+        // A failed query is not shared: a waiter asks for itself, to answer with its own error.
+        self.inflight.run(key.clone(), || {
+            let page = query()?;
+            if !self.ttl.is_zero() {
+                let mut cache = self.cache.lock();
                 if cache.len() >= CACHE_ENTRIES {
-                    cache.clear();
+                    let ttl = self.ttl;
+                    cache.retain(|_, (at, _)| at.elapsed() < ttl);
+                    if cache.len() >= CACHE_ENTRIES {
+                        cache.clear();
+                    }
                 }
+                cache.insert(key.clone(), (Instant::now(), page.clone()));
             }
-            cache.insert(key, (Instant::now(), page.clone()));
-        }
-        Ok(page)
+            Ok(page)
+        })
     }
 }

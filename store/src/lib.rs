@@ -28,6 +28,7 @@ pub mod copy;
 pub mod crypto;
 mod error;
 mod failpoint;
+mod flight;
 pub mod format;
 pub mod image;
 mod index;
@@ -47,6 +48,7 @@ mod view;
 pub use backup::{BackupOptions, BackupProgress, ErrorReport, backup};
 pub use chunker::Chunker;
 pub use error::{Error, Result};
+pub use flight::{Lead, SingleFlight};
 pub use format::{
     BlobId, BlobKind, ChunkId, ChunkerParams, CompressionParams, Config, ConfigHead, ContentId, Encryption,
     FORMAT_VERSION, Hash, Node, NodeKind, PackId, Snapshot, SnapshotId, Summary, Time, Tree, TreeId, Xattr,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use parking_lot::{Condvar, Mutex as PlMutex, RwLock};
+use parking_lot::{Mutex as PlMutex, RwLock};
 
 use crate::backend::{Backend, FileKind, LocalBackend};
 use crate::blob;
@@ -16,6 +16,7 @@ use crate::cache::ByteLru;
 use crate::codec::Codec;
 use crate::crypto::{Crypto, MasterKey};
 use crate::error::{Error, IoContext, Result};
+use crate::flight::SingleFlight;
 use crate::format::{
     BlobId, ChunkId, ChunkerParams, CompressionParams, Config, Node, NodeKind, Snapshot, SnapshotId, Tree, TreeId,
 };
@@ -330,7 +331,7 @@ impl Repository {
                 chunks: ByteLru::new(caches.chunk_bytes),
                 trees: ByteLru::new(caches.tree_bytes),
                 spill: OnceLock::new(),
-                loading: Loading::default(),
+                loading: SingleFlight::default(),
                 recovered: PlMutex::new(Recovered::default()),
                 #[cfg(test)]
                 loads: std::sync::atomic::AtomicUsize::new(0),
@@ -465,7 +466,10 @@ struct IndexedInner {
     chunks: ByteLru<ChunkId, Vec<u8>>,
     trees: ByteLru<TreeId, Tree>,
     spill: OnceLock<crate::spill::Spill>,
-    loading: Loading,
+    /// Chunks being read and decompressed now: a second caller of [`IndexedRepository::chunk`]
+    /// waits for the first instead of doing the same work again (a prefetcher and the reader
+    /// it runs ahead of often ask for one chunk at once).
+    loading: SingleFlight<ChunkId, Arc<Vec<u8>>>,
     recovered: PlMutex<Recovered>,
     /// Chunks read from packs, for tests.
     #[cfg(test)]
@@ -482,50 +486,6 @@ struct IndexedInner {
 struct Recovered {
     index: Index,
     scanned: crate::index::IdSet<crate::format::PackId>,
-}
-
-/// Chunks being read and decompressed now. A second caller of [`IndexedRepository::chunk`]
-/// waits for the first instead of doing the same work again (a prefetcher and the reader it
-/// runs ahead of often ask for one chunk at once).
-#[derive(Default)]
-struct Loading {
-    ids: PlMutex<HashSet<ChunkId>>,
-    done: Condvar,
-}
-
-/// The right to load one chunk; handing it back wakes whoever waits for that chunk.
-struct LoadTurn<'a> {
-    loading: &'a Loading,
-    id: ChunkId,
-}
-
-impl Loading {
-    /// `Some` if the caller is now the one loading `id`; `None` after another caller's load of
-    /// it ended (look in the cache again).
-    fn turn(&self, id: ChunkId) -> Option<LoadTurn<'_>> {
-        let mut ids = self.ids.lock();
-        if ids.insert(id) {
-            return Some(LoadTurn { loading: self, id });
-        }
-        while ids.contains(&id) {
-            self.done.wait(&mut ids);
-        }
-        None
-    }
-
-    /// Like [`Loading::turn`], but `None` at once if another caller is loading `id`.
-    fn try_turn(&self, id: ChunkId) -> Option<LoadTurn<'_>> {
-        // Made only when taken: a turn dropped unused would hand back someone else's.
-        let taken = self.ids.lock().insert(id);
-        taken.then(|| LoadTurn { loading: self, id })
-    }
-}
-
-impl Drop for LoadTurn<'_> {
-    fn drop(&mut self) {
-        self.loading.ids.lock().remove(&self.id);
-        self.loading.done.notify_all();
-    }
 }
 
 impl IndexedRepository {
@@ -708,17 +668,11 @@ impl IndexedRepository {
     /// A data chunk, through the caches: memory, then the spill file (checked against the id
     /// like a pack read: the file is not the repository), then the repository.
     pub fn chunk(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
-        let turn = loop {
-            if let Some(c) = self.inner.chunks.get(&id) {
-                return Ok(c);
-            }
-            // Another caller loading it: wait, then take it from the cache (or, if that load
-            // failed or was evicted already, load it ourselves).
-            if let Some(turn) = self.inner.loading.turn(id) {
-                break turn;
-            }
-        };
-        self.load_chunk(id, turn)
+        if let Some(c) = self.inner.chunks.get(&id) {
+            return Ok(c);
+        }
+        // Another caller loading it: its chunk; if that load failed, ours.
+        self.inner.loading.run(id, || self.load_chunk(id))
     }
 
     /// Bring a chunk into the cache unless it is there or on its way: for prefetchers, which
@@ -727,15 +681,12 @@ impl IndexedRepository {
         if self.inner.chunks.get(&id).is_some() {
             return Ok(());
         }
-        match self.inner.loading.try_turn(id) {
-            Some(turn) => self.load_chunk(id, turn).map(|_| ()),
-            None => Ok(()),
-        }
+        self.inner.loading.try_run(id, || self.load_chunk(id)).transpose().map(|_| ())
     }
 
-    /// Load a chunk with the turn to do so: from the spill file, or from its pack.
-    fn load_chunk(&self, id: ChunkId, _turn: LoadTurn<'_>) -> Result<Arc<Vec<u8>>> {
-        // Loaded by the previous turn between the caller's look and taking this one?
+    /// Load a chunk, as the one caller doing so: from the spill file, or from its pack.
+    fn load_chunk(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
+        // Loaded by the previous load between the caller's look and its turn?
         if let Some(c) = self.inner.chunks.get(&id) {
             return Ok(c);
         }
@@ -946,7 +897,7 @@ mod tests {
 
         // A prefetch does not wait for a load someone else has begun, nor repeat it.
         let repo = repo.repo().open_indexed(CacheSizes::default()).unwrap();
-        let turn = repo.inner.loading.try_turn(id).unwrap();
+        let turn = repo.inner.loading.try_lead(id).unwrap();
         repo.prefetch_chunk(id).unwrap();
         assert_eq!(repo.loads(), 0);
         drop(turn);
@@ -1053,9 +1004,9 @@ mod tests {
         assert_eq!(repo.blob_count(), blobs);
         repo.refresh_index().unwrap();
         let r = repo.clone();
+        let id = crate::format::ChunkId(crate::format::Hash::of(b"nowhere"));
         let load = std::thread::spawn(move || {
-            let _ids = r.inner.loading.ids.lock();
-            panic!("a load fails")
+            r.inner.loading.run(id, || -> crate::Result<Arc<Vec<u8>>> { panic!("a load fails") })
         });
         assert!(load.join().is_err());
         assert!(repo.chunk(crate::format::ChunkId(crate::format::Hash::of(b"nowhere"))).is_err());
