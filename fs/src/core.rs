@@ -350,7 +350,8 @@ impl Core {
         if (offset == 0 || !self.listings.lock().contains(&ino)) && self.needs_tree_read(ino) {
             return true;
         }
-        let Ok(dir) = self.entry(ino) else { return false };
+        // Only directories in snapshots hold directories whose trees are counted.
+        let Ok(dir @ (Entry::Node { .. } | Entry::Snapshot(_))) = self.entry(ino) else { return false };
         let listed = self.listings.lock().get(&ino).cloned();
         match listed {
             Some(l) => l.items.iter().any(|i| self.attr_needs_tree_read(&i.entry)),
