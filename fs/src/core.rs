@@ -2,7 +2,6 @@
 //! `Result<_, Errno>`, unit-tested without a mount. [`crate::fuse`] only calls these and replies.
 
 use std::collections::HashSet;
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -178,7 +177,7 @@ fn is_live(e: &Entry) -> bool {
 }
 
 /// Bytes of a cached chunk: the chunk and the range of it a read returns.
-pub type ChunkSlice = (Arc<Vec<u8>>, Range<usize>);
+pub type ChunkSlice = rewind_store::Piece;
 
 impl Core {
     pub fn new(view: Arc<View>, readahead_bytes: u64) -> Core {
@@ -541,13 +540,7 @@ impl Core {
             return Vec::new();
         }
         let Some(last) = f.reader.chunk_index((offset + len).min(size - 1)) else { return Vec::new() };
-        let chunks = f.reader.chunks();
-        let mut want = last + 1;
-        let mut bytes = 0u64;
-        while want < chunks.len() && bytes < self.readahead_bytes {
-            bytes += u64::from(chunks[want].len);
-            want += 1;
-        }
+        let want = f.reader.plan_ahead(last, self.readahead_bytes, size).end;
         let from = f.ahead.fetch_max(want, Ordering::Relaxed).max(last + 1);
         (from..want).collect()
     }
@@ -722,18 +715,7 @@ impl Core {
         if last != i {
             return None;
         }
-        let span = f.reader.chunks()[i];
-        let res = self.view.repo().chunk(span.id).and_then(|data| {
-            let start = (offset - span.offset) as usize;
-            let stop = start + (end - offset) as usize;
-            if stop > data.len() {
-                return Err(rewind_store::Error::Corrupt {
-                    what: format!("chunk {}", span.id),
-                    detail: "shorter than the index says".into(),
-                });
-            }
-            Ok((data, start..stop))
-        });
+        let res = f.reader.piece(offset, end);
         Some(res.map_err(|err| {
             let (_, path) = self.describe(f.ino);
             self.log_damage(f.snapshot, &path, &err);

@@ -158,9 +158,9 @@ const READAHEAD_BYTES: u64 = 16 << 20;
 /// right now: a lone download uses every core, many downloads do not multiply the work.
 fn read_ahead(state: &AppState, r: &Arc<FileReader>, pos: u64, end: u64, warmed: &mut usize) {
     let Some(idx) = r.chunk_index(pos) else { return };
-    let chunks = r.chunks();
-    let mut j = (*warmed).max(idx + 1);
-    while j < chunks.len() && chunks[j].offset < end && chunks[j].offset < pos + READAHEAD_BYTES {
+    let plan = r.plan_ahead(idx, READAHEAD_BYTES, end);
+    let mut j = (*warmed).max(plan.start);
+    while j < plan.end {
         let Ok(permit) = state.reads.clone().try_acquire_owned() else { break };
         let r = r.clone();
         tokio::task::spawn_blocking(move || {
@@ -190,25 +190,18 @@ async fn read_piece(
     pos: u64,
     end: u64,
 ) -> std::io::Result<(Arc<FileReader>, Bytes)> {
-    let i = r.chunk_index(pos).ok_or_else(|| std::io::Error::other("read past the end of the file"))?;
-    let span = r.chunks()[i];
-    let repo = state.view.repo().clone();
-    let data = match repo.cached_chunk(&span.id) {
-        Some(data) => data,
+    let (data, range) = match r.cached_piece(pos, end) {
+        Some(piece) => piece.map_err(std::io::Error::other)?,
         None => {
             let _permit = state.reads.clone().acquire_owned().await.map_err(std::io::Error::other)?;
-            tokio::task::spawn_blocking(move || repo.chunk(span.id))
+            let reader = r.clone();
+            tokio::task::spawn_blocking(move || reader.piece(pos, end))
                 .await
                 .map_err(std::io::Error::other)?
                 .map_err(std::io::Error::other)?
         }
     };
-    if data.len() != span.len as usize {
-        return Err(std::io::Error::other("chunk length differs from the index"));
-    }
-    let from = (pos - span.offset) as usize;
-    let to = ((end - span.offset) as usize).min(data.len());
-    Ok((r, Bytes::from_owner(SharedChunk(data)).slice(from..to)))
+    Ok((r, Bytes::from_owner(SharedChunk(data)).slice(range)))
 }
 
 /// `GET /api/download?snapshot=ID&path=/a/b/file` (or `path_b64=`).

@@ -57,7 +57,7 @@ pub use index::Location;
 pub use keys::{KdfParams, KeyFile, KeyKind, Secret, SecretSource};
 pub use lock::{LockEntry, LockInfo, LockState, hostname, list_locks, unlock};
 pub use repo::{
-    CacheSizes, ChunkSpan, DamagedSnapshot, FileReader, IndexedRepository, NewKey, Repository, SnapshotEntry,
+    CacheSizes, ChunkSpan, DamagedSnapshot, FileReader, IndexedRepository, NewKey, Piece, Repository, SnapshotEntry,
 };
 pub use restore::{Overwrite, RestoreOptions, RestoreProgress, restore};
 pub use view::{Entry, View};

@@ -848,6 +848,59 @@ impl FileReader {
             None => Ok(()),
         }
     }
+
+    /// Bytes `[offset, end)` as far as they lie in the chunk holding `offset`: that chunk
+    /// (through the cache, shared, not copied) and the range of it to use. The one way the
+    /// mount and the portal slice file contents; a chunk whose length is not the index's is
+    /// `Corrupt`, never short or long bytes.
+    pub fn piece(&self, offset: u64, end: u64) -> Result<Piece> {
+        let span = self.span_at(offset)?;
+        let data = self.repo.chunk(span.id)?;
+        slice_chunk(span, data, offset, end)
+    }
+
+    /// [`FileReader::piece`] if its chunk is in the in-memory cache now, else `None`: never
+    /// reads or decompresses, so it may be called where blocking is not allowed.
+    pub fn cached_piece(&self, offset: u64, end: u64) -> Option<Result<Piece>> {
+        let span = match self.span_at(offset) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let data = self.repo.cached_chunk(&span.id)?;
+        Some(slice_chunk(span, data, offset, end))
+    }
+
+    fn span_at(&self, offset: u64) -> Result<ChunkSpan> {
+        let i = self
+            .chunk_index(offset)
+            .ok_or_else(|| Error::InvalidInput(format!("offset {offset} is past the end ({} bytes)", self.size)))?;
+        Ok(self.chunks[i])
+    }
+
+    /// The read-ahead plan, pure: the chunks after chunk `last` worth loading ahead of a
+    /// sequential reader, `budget` bytes of them at most, none starting at or after `end`.
+    pub fn plan_ahead(&self, last: usize, budget: u64, end: u64) -> std::ops::Range<usize> {
+        let first = (last + 1).min(self.chunks.len());
+        let mut want = first;
+        let mut bytes = 0u64;
+        while want < self.chunks.len() && bytes < budget && self.chunks[want].offset < end {
+            bytes += u64::from(self.chunks[want].len);
+            want += 1;
+        }
+        first..want
+    }
+}
+
+/// A chunk and the range of it a read uses.
+pub type Piece = (Arc<Vec<u8>>, std::ops::Range<usize>);
+
+fn slice_chunk(span: ChunkSpan, data: Arc<Vec<u8>>, offset: u64, end: u64) -> Result<Piece> {
+    if data.len() != span.len as usize {
+        return Err(Error::corrupt(format!("chunk {}", span.id.0.to_hex()), "its length differs from the index"));
+    }
+    let from = (offset - span.offset) as usize;
+    let to = (end.min(span.offset + u64::from(span.len)).max(offset) - span.offset) as usize;
+    Ok((data, from..to))
 }
 
 #[cfg(test)]
@@ -1010,5 +1063,46 @@ mod tests {
         });
         assert!(load.join().is_err());
         assert!(repo.chunk(crate::format::ChunkId(crate::format::Hash::of(b"nowhere"))).is_err());
+    }
+
+    /// Pieces are slices of one chunk, clipped to it; the plan counts whole chunks after the
+    /// last one read, within the budget and before the end.
+    #[test]
+    fn pieces_and_the_read_ahead_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let mut data = vec![0u8; 600_000];
+        blake3::Hasher::new().update(b"seed").finalize_xof().fill(&mut data);
+        std::fs::write(src.join("f"), &data).unwrap();
+        let chunker = ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 };
+        let repo =
+            Repository::init(&dir.path().join("repo"), chunker, CompressionParams::default(), crate::NewKey::test())
+                .unwrap()
+                .open_indexed(CacheSizes::default())
+                .unwrap();
+        let opts = BackupOptions { paths: vec![src.clone()], host: "h".into(), ..BackupOptions::default() };
+        let snap = backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
+        let repo = repo.repo().open_indexed(CacheSizes::default()).unwrap();
+        let node = repo.node_at(&snap.snapshot, src.join("f").as_os_str().as_encoded_bytes()).unwrap();
+        let r = repo.open_file(&node).unwrap();
+        let c = r.chunks().to_vec();
+        assert!(c.len() > 5);
+        assert!(r.cached_piece(c[1].offset + 10, c[1].offset + 20).is_none(), "not read yet");
+        let (chunk, range) = r.piece(c[1].offset + 10, c[3].offset).unwrap();
+        assert_eq!(
+            &chunk[range.clone()],
+            &data[c[1].offset as usize + 10..c[2].offset as usize],
+            "clipped to the chunk"
+        );
+        let (_, again) = r.cached_piece(c[1].offset + 10, c[1].offset + 20).unwrap().unwrap();
+        assert_eq!(again, 10..20);
+        assert!(matches!(r.piece(r.size(), r.size() + 1), Err(crate::Error::InvalidInput(_))));
+        let len = |i: usize| u64::from(c[i].len);
+        assert_eq!(r.plan_ahead(0, 0, r.size()), 1..1);
+        assert_eq!(r.plan_ahead(0, 1, r.size()), 1..2, "a chunk started is a chunk loaded");
+        assert_eq!(r.plan_ahead(0, len(1) + len(2), r.size()), 1..3);
+        assert_eq!(r.plan_ahead(0, u64::MAX, c[3].offset), 1..3, "none from the end on");
+        assert_eq!(r.plan_ahead(c.len() - 1, u64::MAX, r.size()), c.len()..c.len());
     }
 }
