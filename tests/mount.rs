@@ -2,6 +2,7 @@
 //! read-only, damage, concurrency, live snapshots, multi-user permissions and the lifecycle.
 //! These tests need /dev/fuse and fusermount3 (`.ci/run` installs fuse3); without them they fail.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
@@ -201,6 +202,47 @@ fn mount_latest_equals_source_and_older_snapshots_equal_restore() {
     assert_success(&out, "stat -f");
     let nums: Vec<u64> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(|n| n.parse().unwrap()).collect();
     assert!(nums[0] > 0 && nums[1] > 0, "statfs says {nums:?}");
+    m.unmount();
+}
+
+/// Every directory of the mount reports 2 + its subdirectories as its link count, as ext4 does
+/// (`find` trusts it to stop looking for subdirectories), the mount's own directories included.
+#[test]
+fn directories_link_count_is_two_plus_subdirectories() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    for d in ["a/b/c", "a/d", "e", "f/g/h/i"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for f in ["a/x", "a/b/y", "e/z", "top"] {
+        fs::write(src.join(f), f.as_bytes()).unwrap();
+    }
+    t.backup("h", &[&src]);
+    t.backup("h", &[&src]);
+    let m = Mount::start(&t, "mnt", &[]);
+    let mut dirs = vec![m.mnt.clone()];
+    let mut seen = 0;
+    while let Some(dir) = dirs.pop() {
+        let mut subdirs = 0;
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                subdirs += 1;
+                dirs.push(e.path());
+            }
+        }
+        let nlink = fs::symlink_metadata(&dir).unwrap().nlink();
+        assert_eq!(nlink, 2 + subdirs, "{}", dir.display());
+        seen += 1;
+    }
+    assert!(seen > 20, "walked {seen} directories");
+    let a = m.latest("h", &src).join("a");
+    assert_eq!(fs::metadata(&a).unwrap().nlink(), 4, "a holds b and d");
+    assert_eq!(fs::metadata(m.path("snapshots")).unwrap().nlink(), 4);
+    // `find` counts on it: it finds every directory, leaf optimisation and all.
+    let out = Command::new("find").arg(m.latest("h", &src)).args(["-type", "d"]).output().unwrap();
+    assert_success(&out, "find");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 10);
     m.unmount();
 }
 
@@ -414,6 +456,55 @@ fn allow_other_enforces_the_backed_up_permissions() {
     assert_success(&out, "nobody reads a 0644 file");
     // Root still reads everything.
     assert_eq!(fs::read(root.join("roots-secret")).unwrap(), b"roots-secret");
+    m.unmount();
+}
+
+/// The mount with `--allow-other` and the portal's `readable` rule agree, user by user, on a
+/// share whose access is decided by POSIX ACLs as well as mode bits: the kernel enforces the
+/// snapshot's ACLs in the mount (FUSE_POSIX_ACL with default_permissions).
+#[test]
+fn allow_other_and_the_portal_agree_on_acls() {
+    use crate::support::access::{PEOPLE, SHARE_FILES, make_share, people_realm, portal_shows, readable_as};
+    use crate::support::portal::{Portal, enc, login};
+    assert!(is_root(), "this test switches users with setpriv and must run as root");
+    let t = TempRepo::new();
+    fs::set_permissions(t.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let share = t.path("share");
+    make_share(&share);
+    t.backup("nas", &[&share]);
+    let m = Mount::start(&t, "shared", &["--allow-other"]);
+    let in_mount = m.latest("nas", &share);
+    let realm_dir = tempfile::tempdir().unwrap();
+    let portal = Portal::start(&t.repo, &people_realm(realm_dir.path()), "[authz]\nrules = [\"readable\"]\n", "");
+    let relative = |set: BTreeSet<String>, root: &Path| -> BTreeSet<String> {
+        let root = format!("{}/", root.display());
+        set.into_iter().map(|p| p.strip_prefix(&root).unwrap_or_else(|| panic!("{p} outside {root}")).into()).collect()
+    };
+    for (name, uid, gids) in PEOPLE {
+        let mount = relative(readable_as(uid, gids, &in_mount), &in_mount);
+        let c = login(&portal.addr, name, "pw");
+        let snap = c.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
+        let shown = relative(portal_shows(&c, &snap, &share), &share);
+        assert_eq!(mount, shown, "{name}: mount vs portal");
+        assert_eq!(mount, relative(readable_as(uid, gids, &share), &share), "{name}: mount vs source");
+        // Reading each file: the mount's bytes as the user, the portal's download.
+        let groups: Vec<String> = gids.iter().map(|g| g.to_string()).collect();
+        for rel in SHARE_FILES {
+            let cat = Command::new("setpriv")
+                .args([&format!("--reuid={uid}"), &format!("--regid={}", gids[0])])
+                .arg(format!("--groups={}", groups.join(",")))
+                .args(["--", "cat"])
+                .arg(in_mount.join(rel))
+                .output()
+                .unwrap();
+            let path = share.join(rel);
+            let download = c.get(&format!("/api/download?snapshot={snap}&path={}", enc(&path.to_string_lossy())));
+            assert_eq!(cat.status.success(), download.status == 200, "{name}: {rel}: {cat:?}");
+            if cat.status.success() {
+                assert_eq!(cat.stdout, rel.as_bytes(), "{name}: {rel}");
+            }
+        }
+    }
     m.unmount();
 }
 

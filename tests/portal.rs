@@ -7,11 +7,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::support::access::{PEOPLE, SHARE_FILES, make_share, people_realm, portal_shows, readable_as};
 use crate::support::portal::*;
 use crate::support::slapd::{Slapd, corpus_users};
 use crate::support::{TempRepo, assert_success, is_root, pseudo_random};
@@ -850,127 +851,60 @@ fn search_deleted_and_history_follow_the_rules() {
     assert!(!audit.iter().any(|r| r["event"] == "search" && r["actor"] == "alice"), "own searches are not audited");
 }
 
+/// A version's content id is one value in every answer: browse's `content_id` of an entry is
+/// the `content` that search gives for that version.
+#[test]
+fn search_and_browse_agree_on_content_ids() {
+    let w = world();
+    let slapd = Slapd::start(&corpus_users());
+    let portal = ldap_portal(&w, &slapd, "catalog_sync_secs = 3600");
+    let admin = login(&portal.addr, "ada", "ada-pw");
+    let mut compared = 0;
+    for q in ["txt", "md", "bin", "link"] {
+        let r = admin.get(&format!("/api/search?q={q}&limit=200"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        for v in r.json()["items"].as_array().unwrap() {
+            if v["kind"] != "file" && v["kind"] != "symlink" {
+                continue;
+            }
+            let path = PathBuf::from(v["path"].as_str().unwrap());
+            let snap = v["snapshot"].as_str().unwrap();
+            let listing = browse(&admin, snap, path.parent().unwrap()).json();
+            let entry = listing["entries"].as_array().unwrap().iter().find(|e| e["path"] == v["path"]).cloned();
+            let entry = entry.unwrap_or_else(|| panic!("{} not in its folder in {snap}", path.display()));
+            assert_eq!(entry["content_id"], v["content"], "{}", path.display());
+            compared += 1;
+        }
+    }
+    assert!(compared >= 5, "compared {compared} versions");
+}
+
 /// The `readable` rule against the kernel itself: what a user can read (mode bits, POSIX ACLs,
 /// searchable folders) is listed by `setpriv` running as that user, and must be exactly what the
 /// portal shows them.
 #[test]
 fn readable_rule_matches_the_kernel() {
     assert!(is_root(), "needs root");
-    for tool in ["/usr/bin/setpriv", "/usr/bin/setfacl"] {
-        assert!(Path::new(tool).exists(), "{tool} is missing (util-linux, acl)");
-    }
     let repo = TempRepo::new();
     std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let r = repo.path("share");
-    let own = |p: &Path, uid: u32, gid: u32, mode: u32| {
-        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-    };
-    let file = |rel: &str, uid: u32, gid: u32, mode: u32| {
-        let p = r.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, rel.as_bytes()).unwrap();
-        own(&p, uid, gid, mode);
-    };
-    let acl = |rel: &str, spec: &str| {
-        assert_success(&Command::new("setfacl").args(["-m", spec]).arg(r.join(rel)).output().unwrap(), "setfacl")
-    };
-    file("proj/plan.txt", 2001, 5000, 0o640);
-    file("proj/budget.txt", 2002, 5000, 0o600);
-    file("proj/open.txt", 2002, 2002, 0o644);
-    file("acl/for-alice.txt", 2002, 2002, 0o600);
-    file("acl/masked.txt", 2002, 2002, 0o600);
-    file("acl/group.txt", 2002, 2002, 0o600);
-    file("acl/denied-group.txt", 2002, 5000, 0o604);
-    file("noexec/inside.txt", 2002, 2002, 0o644);
-    file("pub/readme", 0, 0, 0o644);
-    file("private/x.txt", 0, 0, 0o644);
-    own(&r, 0, 0, 0o755);
-    own(&r.join("proj"), 0, 5000, 0o750);
-    own(&r.join("acl"), 2002, 2002, 0o755);
-    own(&r.join("noexec"), 2002, 2002, 0o744);
-    own(&r.join("pub"), 0, 0, 0o755);
-    own(&r.join("private"), 0, 0, 0o700);
-    acl("acl/for-alice.txt", "u:2001:r");
-    acl("acl/masked.txt", "u:2001:r,m::-");
-    acl("acl/group.txt", "g:5000:r");
-    // Group 5000 is named with no rights: its members are refused although "other" may read.
-    acl("acl/denied-group.txt", "g::-");
+    make_share(&r);
     repo.backup("nas", &[&r]);
 
-    // users: (login, uid, gids)
-    let people: [(&str, u32, &[u32]); 3] =
-        [("alice", 2001, &[2001, 5000]), ("bob", 2002, &[2002]), ("carol", 2003, &[2003, 5000])];
     let dir = tempfile::tempdir().unwrap();
-    let hash = passwd_hash("pw");
-    let mut users = String::new();
-    for (name, uid, gids) in people {
-        users.push_str(&format!("[users.{name}]\nhash = \"{hash}\"\nuid = {uid}\ngids = {gids:?}\n"));
-    }
-    std::fs::write(dir.path().join("users.toml"), users).unwrap();
-    let realm = format!(
-        "[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n",
-        dir.path().join("users.toml").display()
-    );
+    let realm = people_realm(dir.path());
     let portal = Portal::start(&repo.repo, &realm, "[authz]\nrules = [\"readable\"]\n", "");
-    for (name, uid, gids) in people {
+    for (name, uid, gids) in PEOPLE {
         // The kernel's answer, as the user: readable entries (folders: readable and searchable).
-        let groups: Vec<String> = gids.iter().map(|g| g.to_string()).collect();
-        let out = Command::new("setpriv")
-            .args([
-                &format!("--reuid={uid}"),
-                &format!("--regid={}", gids[0]),
-                &format!("--groups={}", groups.join(",")),
-            ])
-            .args(["find"])
-            .arg(&r)
-            .args([
-                "-mindepth",
-                "1",
-                "-exec",
-                "sh",
-                "-c",
-                "for p; do if [ -r \"$p\" ] && { [ ! -d \"$p\" ] || [ -x \"$p\" ]; }; then echo \"$p\"; fi; done",
-                "sh",
-                "{}",
-                "+",
-            ])
-            .stderr(Stdio::null())
-            .output()
-            .unwrap();
-        let kernel: BTreeSet<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        let kernel = readable_as(uid, gids, &r);
         assert!(!kernel.is_empty(), "{name}: the kernel lets them read something");
         let c = login(&portal.addr, name, "pw");
         let snap = c.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
         // Walk everything the portal shows.
-        let mut shown = BTreeSet::new();
-        let mut todo = vec!["/".to_string()];
-        while let Some(d) = todo.pop() {
-            let j = c.get(&format!("/api/browse?snapshot={snap}&path={}", enc(&d))).json();
-            for e in j["entries"].as_array().unwrap() {
-                let p = e["path"].as_str().unwrap().to_string();
-                if e["kind"] == "dir" {
-                    todo.push(p.clone());
-                }
-                if e["passthrough"] == false && p.starts_with(&*r.to_string_lossy()) && p != r.to_string_lossy() {
-                    shown.insert(p);
-                }
-            }
-        }
+        let shown = portal_shows(&c, &snap, &r);
         assert_eq!(shown, kernel, "{name}: portal vs kernel");
         // And downloads agree, file by file.
-        for rel in [
-            "proj/plan.txt",
-            "proj/budget.txt",
-            "proj/open.txt",
-            "acl/for-alice.txt",
-            "acl/masked.txt",
-            "acl/group.txt",
-            "acl/denied-group.txt",
-            "noexec/inside.txt",
-            "pub/readme",
-            "private/x.txt",
-        ] {
+        for rel in SHARE_FILES {
             let p = r.join(rel);
             let status = download(&c, &snap, &p).status;
             let want = if kernel.contains(&*p.to_string_lossy()) { 200 } else { 404 };

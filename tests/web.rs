@@ -41,7 +41,7 @@ fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec
         if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
             break end;
         }
-        let n = s.read(&mut buf).unwrap();
+        let n = read_some(&mut s, &mut buf);
         assert!(n > 0, "{method} {path}: connection closed before the headers");
         raw.extend_from_slice(&buf[..n]);
     };
@@ -53,7 +53,7 @@ fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec
     match length {
         Some(len) => {
             while rest.len() < len {
-                let n = s.read(&mut buf).unwrap();
+                let n = read_some(&mut s, &mut buf);
                 assert!(n > 0, "{method} {path}: connection closed early");
                 rest.extend_from_slice(&buf[..n]);
             }
@@ -651,4 +651,15 @@ fn demo_serves_a_history_that_alice_can_restore_from() {
         .then_some(())
     });
     b.screenshot("21-demo-image-preview");
+}
+
+/// `read`, again when it is interrupted (EINTR was seen once in a run of the whole suite): that
+/// is no answer from chromedriver.
+fn read_some(s: &mut impl Read, buf: &mut [u8]) -> usize {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r.unwrap(),
+        }
+    }
 }

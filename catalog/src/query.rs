@@ -1420,7 +1420,7 @@ impl Catalog {
                 mode: r.mode as u32,
                 uid: r.uid as u32,
                 gid: r.gid as u32,
-                content: format!("{:016x}", r.content as u64),
+                content: rewind_store::ContentId(r.content).to_hex(),
                 first_seen,
                 last_seen,
                 present: r.present,

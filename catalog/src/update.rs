@@ -109,21 +109,9 @@ pub(crate) struct Ident {
     pub acl: i64,
 }
 
-/// The content id of a node, as stored.
+/// The content id of a node, as stored: [`Node::content_id`], 0 for nodes without content.
 pub fn content_id(node: &Node) -> i64 {
-    let mut h = blake3::Hasher::new();
-    match node.kind {
-        NodeKind::File => {
-            for c in &node.content {
-                h.update(c.as_bytes());
-            }
-        }
-        NodeKind::Symlink => {
-            h.update(&node.target);
-        }
-        _ => return 0,
-    }
-    i64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+    node.content_id().map_or(0, |c| c.0)
 }
 
 pub(crate) fn ident(n: &Node) -> Ident {
@@ -182,10 +170,18 @@ fn closed_gone(same_access: bool) -> i64 {
 }
 
 /// A testing hook: `REWIND_CATALOG_FAILPOINT=abort-after-versions:N` aborts the process (as a
-/// kill would) after N version rows were written by this process, mid-transaction.
+/// kill would) after N version rows were written by this process, mid-transaction. Compiled in
+/// only with the `failpoints` feature (test builds, through the root package's
+/// dev-dependency); otherwise the variable is ignored.
+#[cfg(feature = "failpoints")]
 pub(crate) fn failpoint_from_env() -> Option<u64> {
     let v = std::env::var("REWIND_CATALOG_FAILPOINT").ok()?;
     v.strip_prefix("abort-after-versions:")?.parse().ok()
+}
+
+#[cfg(not(feature = "failpoints"))]
+pub(crate) fn failpoint_from_env() -> Option<u64> {
+    None
 }
 
 /// Writer caches. Ids in them are valid only for committed state, so they are cleared whenever
@@ -618,6 +614,7 @@ struct Writer<'a, 't> {
     host: i64,
     key: i64,
     prev: Option<i64>,
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     failpoint: Option<u64>,
     written: &'a mut u64,
     report: &'a mut SyncReport,
@@ -869,6 +866,7 @@ impl Writer<'_, '_> {
             ])?;
         self.report.versions_added += 1;
         *self.written += 1;
+        #[cfg(feature = "failpoints")]
         if self.failpoint.is_some_and(|n| *self.written >= n) {
             tracing::error!("REWIND_CATALOG_FAILPOINT reached after {} versions: aborting", self.written);
             std::process::abort();

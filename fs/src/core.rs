@@ -2,9 +2,10 @@
 //! `Result<_, Errno>`, unit-tested without a mount. [`crate::fuse`] only calls these and replies.
 
 use std::collections::HashSet;
-use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
@@ -176,7 +177,7 @@ fn is_live(e: &Entry) -> bool {
 }
 
 /// Bytes of a cached chunk: the chunk and the range of it a read returns.
-pub type ChunkSlice = (Arc<Vec<u8>>, Range<usize>);
+pub type ChunkSlice = rewind_store::Piece;
 
 impl Core {
     pub fn new(view: Arc<View>, readahead_bytes: u64) -> Core {
@@ -201,7 +202,7 @@ impl Core {
     }
 
     fn entry(&self, ino: u64) -> Result<Entry, Errno> {
-        self.inodes.lock().expect("inode lock").get(ino).map(|i| i.entry.clone()).ok_or(Errno::ESTALE)
+        self.inodes.lock().get(ino).map(|i| i.entry.clone()).ok_or(Errno::ESTALE)
     }
 
     fn answer(&self, ino: u64, e: &Entry) -> Result<Answer, Errno> {
@@ -263,7 +264,7 @@ impl Core {
             r => r,
         }
         .map_err(|e| errno(&e))?;
-        let ino = self.inodes.lock().expect("inode lock").lookup(parent, name, e.clone()).ok_or(Errno::ESTALE)?;
+        let ino = self.inodes.lock().lookup(parent, name, e.clone()).ok_or(Errno::ESTALE)?;
         match self.answer(ino, &e) {
             Ok(a) => Ok(a),
             Err(err) => {
@@ -274,16 +275,16 @@ impl Core {
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
-        if self.inodes.lock().expect("inode lock").forget(ino, n) {
-            self.files.lock().expect("file lock").pop(&ino);
-            self.listings.lock().expect("listing lock").pop(&ino);
+        if self.inodes.lock().forget(ino, n) {
+            self.files.lock().pop(&ino);
+            self.listings.lock().pop(&ino);
         }
     }
 
     /// Number of inodes the kernel holds.
     #[cfg(test)]
     pub fn inode_count(&self) -> usize {
-        self.inodes.lock().expect("inode lock").len()
+        self.inodes.lock().len()
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Answer, Errno> {
@@ -320,7 +321,7 @@ impl Core {
         }
         let live = is_live(&e);
         if !(live && offset == 0)
-            && let Some(l) = self.listings.lock().expect("listing lock").get(&ino)
+            && let Some(l) = self.listings.lock().get(&ino)
         {
             return Ok(l.clone());
         }
@@ -338,18 +339,48 @@ impl Core {
             .map(|(name, entry)| DirItem { name, entry })
             .collect();
         let listing = Arc::new(Listing { ino, items });
-        self.listings.lock().expect("listing lock").put(ino, listing.clone());
+        self.listings.lock().put(ino, listing.clone());
         Ok(listing)
     }
 
-    /// Whether reading directory `ino` from `offset` would have to read a tree first.
+    /// Whether reading directory `ino` from `offset` would have to read a tree first: its own,
+    /// or one of a subdirectory's (its link count counts the subdirectories in it).
     pub fn listing_needs_tree_read(&self, ino: u64, offset: u64) -> bool {
-        (offset == 0 || !self.listings.lock().expect("listing lock").contains(&ino)) && self.needs_tree_read(ino)
+        if (offset == 0 || !self.listings.lock().contains(&ino)) && self.needs_tree_read(ino) {
+            return true;
+        }
+        // Only directories in snapshots hold directories whose trees are counted.
+        let Ok(dir @ (Entry::Node { .. } | Entry::Snapshot(_))) = self.entry(ino) else { return false };
+        let listed = self.listings.lock().get(&ino).cloned();
+        match listed {
+            Some(l) => l.items.iter().any(|i| self.attr_needs_tree_read(&i.entry)),
+            None => self.view.list(&dir).is_ok_and(|l| l.iter().any(|(_, e)| self.attr_needs_tree_read(e))),
+        }
+    }
+
+    /// Whether the attributes of `e` need a tree read (a directory's, to count its subdirectories).
+    fn attr_needs_tree_read(&self, e: &Entry) -> bool {
+        self.view.attr_tree(e).is_some_and(|t| !self.view.repo().tree_cached(&t))
+    }
+
+    /// Whether `getattr` of `ino` would read a tree.
+    pub fn getattr_needs_tree_read(&self, ino: u64) -> bool {
+        self.entry(ino).is_ok_and(|e| self.attr_needs_tree_read(&e))
+    }
+
+    /// Whether looking `name` up in `parent` would read a tree: the parent's, or the one of the
+    /// directory found.
+    pub fn lookup_needs_tree_read(&self, parent: u64, name: &[u8]) -> bool {
+        if self.needs_tree_read(parent) {
+            return true;
+        }
+        let Ok(dir) = self.entry(parent) else { return false };
+        self.view.lookup(&dir, name).is_ok_and(|e| self.attr_needs_tree_read(&e))
     }
 
     /// The inode number `name` in `dir` has or would get, without counting a reference.
     fn peek_ino(&self, dir: u64, name: &[u8], e: &Entry) -> u64 {
-        let t = self.inodes.lock().expect("inode lock");
+        let t = self.inodes.lock();
         let Some(p) = t.get(dir) else { return 0 };
         let key = child_key(p.key, p.snap_key, name, e);
         t.ino_of_key(key)
@@ -364,7 +395,7 @@ impl Core {
         mut add: impl FnMut(u64, u64, FileType, &[u8]) -> bool,
     ) -> Result<(), Errno> {
         let dir = self.listing(ino, offset)?;
-        let parent = self.inodes.lock().expect("inode lock").get(dir.ino).map_or(ROOT, |i| i.parent);
+        let parent = self.inodes.lock().get(dir.ino).map_or(ROOT, |i| i.parent);
         let mut i = offset;
         loop {
             let full = match i {
@@ -398,23 +429,15 @@ impl Core {
         loop {
             let full = match i {
                 0 | 1 => {
-                    let ino = if i == 0 {
-                        dir.ino
-                    } else {
-                        self.inodes.lock().expect("inode lock").get(dir.ino).map_or(ROOT, |n| n.parent)
-                    };
+                    let ino = if i == 0 { dir.ino } else { self.inodes.lock().get(dir.ino).map_or(ROOT, |n| n.parent) };
                     let e = self.entry(ino).unwrap_or(Entry::Root);
                     let a = self.answer(ino, &e)?;
                     add(i + 1, if i == 0 { b"." } else { b".." }, &a)
                 }
                 _ => {
                     let Some(item) = dir.items.get((i - 2) as usize) else { break };
-                    let ino = self
-                        .inodes
-                        .lock()
-                        .expect("inode lock")
-                        .lookup(dir.ino, &item.name, item.entry.clone())
-                        .ok_or(Errno::ESTALE)?;
+                    let ino =
+                        self.inodes.lock().lookup(dir.ino, &item.name, item.entry.clone()).ok_or(Errno::ESTALE)?;
                     let full = match self.answer(ino, &item.entry) {
                         Ok(a) => add(i + 1, &item.name, &a),
                         Err(_) => false,
@@ -435,7 +458,7 @@ impl Core {
 
     /// The path of an inode inside its snapshot, and the snapshot, for messages.
     fn describe(&self, ino: u64) -> (Option<SnapshotId>, String) {
-        let t = self.inodes.lock().expect("inode lock");
+        let t = self.inodes.lock();
         let mut parts: Vec<String> = Vec::new();
         let mut cur = ino;
         for _ in 0..4096 {
@@ -462,7 +485,7 @@ impl Core {
         if write {
             return Err(Errno::EROFS);
         }
-        if let Some(f) = self.files.lock().expect("file lock").get(&ino) {
+        if let Some(f) = self.files.lock().get(&ino) {
             return Ok((f.clone(), false));
         }
         let e = self.entry(ino)?;
@@ -485,7 +508,7 @@ impl Core {
             }
         };
         let file = Arc::new(OpenFile { reader, snapshot, ino, next: AtomicU64::new(0), ahead: AtomicUsize::new(0) });
-        let mut files = self.files.lock().expect("file lock");
+        let mut files = self.files.lock();
         if let Some(f) = files.get(&ino) {
             return Ok((f.clone(), false));
         }
@@ -496,11 +519,11 @@ impl Core {
     /// Readers held, one per file inode read and not forgotten.
     #[cfg(test)]
     pub fn reader_count(&self) -> usize {
-        self.files.lock().expect("file lock").len()
+        self.files.lock().len()
     }
 
     fn log_damage(&self, snapshot: SnapshotId, path: &str, err: &rewind_store::Error) {
-        if self.damaged.lock().expect("damage lock").insert((snapshot, path.to_string())) {
+        if self.damaged.lock().insert((snapshot, path.to_string())) {
             let name = self.view.snapshot_name(&snapshot).unwrap_or_default();
             tracing::error!("snapshot {name} ({}): {path}: {err}; reads of it fail with EIO", snapshot.short());
         }
@@ -517,13 +540,7 @@ impl Core {
             return Vec::new();
         }
         let Some(last) = f.reader.chunk_index((offset + len).min(size - 1)) else { return Vec::new() };
-        let chunks = f.reader.chunks();
-        let mut want = last + 1;
-        let mut bytes = 0u64;
-        while want < chunks.len() && bytes < self.readahead_bytes {
-            bytes += u64::from(chunks[want].len);
-            want += 1;
-        }
+        let want = f.reader.plan_ahead(last, self.readahead_bytes, size).end;
         let from = f.ahead.fetch_max(want, Ordering::Relaxed).max(last + 1);
         (from..want).collect()
     }
@@ -565,7 +582,7 @@ impl Core {
     /// Trees of the subdirectories of a directory being read that are not cached yet: a walk
     /// (`find`, `du`, `tar`) enters them next.
     pub fn subtrees_to_prefetch(&self, ino: u64) -> Vec<TreeId> {
-        let Some(dir) = self.listings.lock().expect("listing lock").peek(&ino).cloned() else { return Vec::new() };
+        let Some(dir) = self.listings.lock().peek(&ino).cloned() else { return Vec::new() };
         dir.items
             .iter()
             .filter_map(|i| match &i.entry {
@@ -599,7 +616,7 @@ impl Core {
     /// tree is cached.
     fn place(&self, ino: u64) -> Option<Place> {
         let (parent, name) = {
-            let t = self.inodes.lock().expect("inode lock");
+            let t = self.inodes.lock();
             let i = t.get(ino)?;
             match &i.entry {
                 Entry::Node { node, .. } => (i.parent, node.name.clone()),
@@ -622,8 +639,8 @@ impl Core {
     /// reading them costs no round trip. Larger files are read ahead by the kernel anyway.
     pub fn following_to_push(&self, ino: u64) -> Vec<(u64, ChunkId, u64)> {
         let Some(Place { parent, tree, pos, .. }) = self.place(ino) else { return Vec::new() };
-        let t = self.inodes.lock().expect("inode lock");
-        let mut pushed = self.pushed.lock().expect("push lock");
+        let t = self.inodes.lock();
+        let mut pushed = self.pushed.lock();
         let (mut out, mut bytes) = (Vec::new(), 0);
         for n in tree.nodes[pos + 1..].iter().take(64 * PREFETCH_FILES) {
             if out.len() >= PREFETCH_FILES || bytes >= self.readahead_bytes / 4 {
@@ -698,18 +715,7 @@ impl Core {
         if last != i {
             return None;
         }
-        let span = f.reader.chunks()[i];
-        let res = self.view.repo().chunk(span.id).and_then(|data| {
-            let start = (offset - span.offset) as usize;
-            let stop = start + (end - offset) as usize;
-            if stop > data.len() {
-                return Err(rewind_store::Error::Corrupt {
-                    what: format!("chunk {}", span.id),
-                    detail: "shorter than the index says".into(),
-                });
-            }
-            Ok((data, start..stop))
-        });
+        let res = f.reader.piece(offset, end);
         Some(res.map_err(|err| {
             let (_, path) = self.describe(f.ino);
             self.log_damage(f.snapshot, &path, &err);
@@ -858,7 +864,7 @@ mod tests {
             ino = last.attr.ino.0;
             if last.attr.kind == FileType::Symlink && comp == "latest" {
                 let target = core.readlink(ino)?;
-                let parent = core.inodes.lock().unwrap().get(ino).unwrap().parent;
+                let parent = core.inodes.lock().get(ino).unwrap().parent;
                 last = core.lookup(parent, &target)?;
                 ino = last.attr.ino.0;
             }
@@ -888,6 +894,19 @@ mod tests {
         let (_, root) = walk(&f.core, "").unwrap();
         assert_eq!(root.attr.kind, FileType::Directory);
         assert_eq!(root.ttl, TTL_LIVE);
+    }
+
+    /// Directories count their subdirectories as on ext4 (2 + n): `find` skips the rest of a
+    /// directory once it has met nlink - 2 subdirectories.
+    #[test]
+    fn directories_link_count_is_two_plus_subdirectories() {
+        let f = fixture();
+        let nlink = |path: &str| walk(&f.core, path).unwrap().1.attr.nlink;
+        assert_eq!(nlink(&in_snapshot(&f, "")), 3, "src holds one directory, sub");
+        assert_eq!(nlink(&in_snapshot(&f, "sub")), 2);
+        assert_eq!(nlink(""), 6, "snapshots, hosts, ids, tags");
+        assert_eq!((nlink("snapshots"), nlink("hosts"), nlink("hosts/box"), nlink("tags/daily")), (3, 3, 3, 3));
+        assert_eq!(nlink(&in_snapshot(&f, "big")), 1);
     }
 
     #[test]
@@ -1179,8 +1198,8 @@ mod tests {
         let same_pack = ofile.reader.chunks().iter().any(|c| f.repo.locate(c.id.into()).unwrap().pack == loc.pack);
         let got = f.core.read(&ofile, 0, want.len() as u32).unwrap();
         assert_eq!(got, want, "other file (same pack: {same_pack}) reads fine");
-        assert_eq!(f.core.damaged.lock().unwrap().len(), 1);
-        assert!(f.core.damaged.lock().unwrap().iter().any(|(_, p)| p.ends_with("/src/big")));
+        assert_eq!(f.core.damaged.lock().len(), 1);
+        assert!(f.core.damaged.lock().iter().any(|(_, p)| p.ends_with("/src/big")));
     }
 
     #[test]

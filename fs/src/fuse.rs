@@ -45,11 +45,21 @@ pub struct RewindFs {
     push: Arc<PushSlot>,
     /// Run by `destroy`, after the last request.
     end: Arc<EndSlot>,
+    /// The kernel checks permissions (`default_permissions`, for `--allow-other`): it must
+    /// honour the snapshot's POSIX ACLs too, as the portal does.
+    acls: bool,
 }
 
 impl RewindFs {
     pub fn new(core: Arc<Core>, workers: usize, latency: LatencyHint) -> RewindFs {
-        RewindFs { core, pool: Pool::new(workers), latency, push: Arc::default(), end: Arc::default() }
+        RewindFs { core, pool: Pool::new(workers), latency, push: Arc::default(), end: Arc::default(), acls: false }
+    }
+
+    /// Have the kernel enforce POSIX ACLs (`system.posix_acl_access`, served by `getxattr`)
+    /// beside the mode bits: for a mount with `default_permissions`.
+    pub fn with_acls(mut self) -> RewindFs {
+        self.acls = true;
+        self
     }
 
     /// Where pushes go once the session exists (see [`start_pusher`]).
@@ -163,6 +173,15 @@ impl Filesystem for RewindFs {
         // whole directory before they look at its entries, so each later entry cost a lookup: a
         // `tar` of 3,000 small files in one directory sent 2,229 lookups and took 590-710 ms;
         // with attributes in every batch, 7 lookups and 150-210 ms.
+        // With default_permissions the kernel checks access by the mode bits alone unless told
+        // that ACLs are ours to serve: then it asks for `system.posix_acl_access` and applies
+        // it, as the portal's `readable` rule does. A kernel without it would check less than
+        // the portal: refused.
+        if self.acls && config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_err() {
+            return Err(std::io::Error::other(
+                "the kernel lacks FUSE_POSIX_ACL: --allow-other would ignore the snapshots' ACLs",
+            ));
+        }
         let wanted = [InitFlags::FUSE_DO_READDIRPLUS, InitFlags::FUSE_PARALLEL_DIROPS, InitFlags::FUSE_MAX_PAGES];
         for flag in wanted {
             if config.add_capabilities(flag).is_err() {
@@ -188,7 +207,7 @@ impl Filesystem for RewindFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.latency.busy();
-        if self.core.needs_tree_read(parent.0) {
+        if self.core.lookup_needs_tree_read(parent.0, name.as_bytes()) {
             let core = self.core.clone();
             let name = name.to_owned();
             self.pool.run(move || Self::do_lookup(&core, parent.0, &name, reply));
@@ -203,9 +222,15 @@ impl Filesystem for RewindFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.latency.busy();
-        match self.core.getattr(ino.0) {
+        let answer = move |core: &Core, reply: ReplyAttr| match core.getattr(ino.0) {
             Ok(a) => reply.attr(&a.ttl, &a.attr),
             Err(e) => reply.error(e),
+        };
+        if self.core.getattr_needs_tree_read(ino.0) {
+            let core = self.core.clone();
+            self.pool.run(move || answer(&core, reply));
+        } else {
+            answer(&self.core, reply);
         }
     }
 

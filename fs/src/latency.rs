@@ -15,8 +15,10 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long without requests before the request is withdrawn.
@@ -104,7 +106,7 @@ impl Inner {
     }
 
     fn activate(&self) {
-        let mut device = self.device.lock().expect("latency lock");
+        let mut device = self.device.lock();
         if !self.active.load(Ordering::Relaxed) {
             set(&mut device, 0);
             self.active.store(true, Ordering::Relaxed);
@@ -115,10 +117,10 @@ impl Inner {
 
     /// Withdraw the request after each quiet spell, for the life of the process.
     fn watch(&self) {
-        let mut device = self.device.lock().expect("latency lock");
+        let mut device = self.device.lock();
         loop {
             while !self.active.load(Ordering::Relaxed) {
-                device = self.woken.wait(device).expect("latency lock");
+                self.woken.wait(&mut device);
             }
             drop(device);
             loop {
@@ -131,7 +133,7 @@ impl Inner {
                     break;
                 }
             }
-            device = self.device.lock().expect("latency lock");
+            device = self.device.lock();
             // A request may have come between the look and the lock: then keep holding.
             let idle = self.now_ms().saturating_sub(self.last.load(Ordering::Relaxed));
             if idle >= QUIET.as_millis() as u64 {

@@ -17,7 +17,8 @@ use crate::fuse::RewindFs;
 /// How to mount.
 #[derive(Clone, Debug)]
 pub struct MountOptions {
-    /// Let every local user in, with the kernel checking the snapshot's modes and owners.
+    /// Let every local user in, with the kernel checking the snapshot's modes, owners and POSIX
+    /// ACLs (as the portal's `readable` rule does).
     pub allow_other: bool,
     /// Worker threads for reads (0: a default from the number of CPUs).
     pub workers: usize,
@@ -25,11 +26,21 @@ pub struct MountOptions {
     pub readahead_bytes: u64,
     /// Ask for idle CPUs to poll rather than sleep while requests flow (see `latency.rs`).
     pub latency_hint: bool,
+    /// Called with the signal when a second SIGINT, SIGTERM or SIGHUP comes while the first
+    /// one's unmount still waits for open files (the mount is detached already). The binary
+    /// exits there; without it, the session ends when the last file is closed.
+    pub on_second_signal: Option<fn(i32)>,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { allow_other: false, workers: 0, readahead_bytes: 16 << 20, latency_hint: true }
+        MountOptions {
+            allow_other: false,
+            workers: 0,
+            readahead_bytes: 16 << 20,
+            latency_hint: true,
+            on_second_signal: None,
+        }
     }
 }
 
@@ -151,6 +162,7 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
     let core = Arc::new(Core::new(view, opts.readahead_bytes));
     let latency = if opts.latency_hint { crate::latency::LatencyHint::open() } else { Default::default() };
     let fs = RewindFs::new(core.clone(), workers, latency);
+    let fs = if opts.allow_other { fs.with_acls() } else { fs };
     let push = fs.push_slot();
     let end = fs.end_slot();
 
@@ -181,6 +193,7 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
     *end.lock().expect("end lock") = Some(forget_the_unmounted(&mut session)?);
     let mut unmounter = session.unmount_callable();
     let target = canonical.clone();
+    let on_second_signal = opts.on_second_signal;
     std::thread::Builder::new()
         .name("rewind-fs-signals".into())
         .spawn(move || {
@@ -192,8 +205,11 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
                     continue;
                 }
                 if !first {
-                    tracing::warn!("second signal: exiting with {} still mounted lazily", target.display());
-                    std::process::exit(130);
+                    match on_second_signal {
+                        Some(f) => f(sig),
+                        None => tracing::warn!("signal {sig}: {} is detached already", target.display()),
+                    }
+                    continue;
                 }
                 first = false;
                 tracing::info!("signal {sig}: unmounting {}", target.display());

@@ -293,7 +293,7 @@ pub async fn login(
 
 /// `POST /api/logout`.
 pub async fn logout(State(state): State<AppState>, client: ClientAddr, s: Session) -> ApiResult<Response> {
-    state.keys.revoke(&s.claims);
+    crate::session::Keys::revoke_async(&state, &s.claims).await;
     state.audit.write(record(&s, "logout", &client));
     let mut resp = Json(json!({ "ok": true })).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, state.keys.clear_cookie());
@@ -517,14 +517,19 @@ pub async fn snapshots(State(state): State<AppState>, RawQuery(q): RawQuery, s: 
     Ok(Json(json!({ "items": items })))
 }
 
-/// A snapshot parameter: a full id, or a unique prefix of at least 8 hex digits.
-pub(crate) fn parse_snapshot(state: &AppState, text: &str) -> ApiResult<SnapshotId> {
+/// A snapshot parameter: a full id, or a unique prefix of at least 8 hex digits. Looked up
+/// on a blocking thread: the snapshot list may be read again from the repository.
+pub(crate) async fn parse_snapshot(state: &AppState, text: &str) -> ApiResult<SnapshotId> {
     if text.len() < 8 || text.len() > 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::BadRequest("snapshot must be a snapshot id (at least 8 hex digits)".into()));
     }
-    let text = text.to_ascii_lowercase();
+    let (st, text) = (state.clone(), text.to_ascii_lowercase());
+    tokio::task::spawn_blocking(move || find_snapshot(&st, &text)).await?
+}
+
+fn find_snapshot(state: &AppState, text: &str) -> ApiResult<SnapshotId> {
     state.view.refresh_if_stale();
-    let mut found = state.view.snapshots().into_iter().map(|(_, e)| e.id).filter(|id| id.to_hex().starts_with(&text));
+    let mut found = state.view.snapshots().into_iter().map(|(_, e)| e.id).filter(|id| id.to_hex().starts_with(text));
     let first = found.next().ok_or(ApiError::NotFound)?;
     if found.next().is_some() {
         return Err(ApiError::BadRequest("snapshot id prefix is ambiguous".into()));
@@ -534,15 +539,6 @@ pub(crate) fn parse_snapshot(state: &AppState, text: &str) -> ApiResult<Snapshot
 
 fn time_text(t: rewind_store::Time) -> String {
     jiff::Timestamp::new(t.sec, t.nsec as i32).map(|t| t.to_string()).unwrap_or_default()
-}
-
-/// A content id: the BLAKE3 of the file's chunk ids (same content, same id, in any snapshot).
-pub(crate) fn content_id(node: &Node) -> String {
-    let mut h = blake3::Hasher::new();
-    for c in &node.content {
-        h.update(c.as_bytes());
-    }
-    h.finalize().to_hex().to_string()
 }
 
 /// An entry as the API shows it. Passthrough folders show their name and nothing else. A path
@@ -574,8 +570,9 @@ fn entry_json_text(node: &Node, path: &[u8], access: Access) -> Value {
                 "group": node.group,
                 "passthrough": false,
             });
-            if node.kind == NodeKind::File {
-                v["content_id"] = json!(content_id(node));
+            // The `content` of this version in search, deleted and history answers.
+            if let Some(c) = node.content_id() {
+                v["content_id"] = json!(c.to_hex());
             }
             if node.kind == NodeKind::Symlink {
                 v["target"] = json!(String::from_utf8_lossy(&node.target));
@@ -599,7 +596,7 @@ pub async fn browse(
     s: Session,
 ) -> ApiResult<Json<Value>> {
     let p = Params::parse(q.as_deref())?;
-    let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
+    let snapshot = parse_snapshot(&state, p.require("snapshot")?).await?;
     let path = paths::param(&p, "path")?.unwrap_or_default();
     let shown = String::from_utf8_lossy(&paths::join_bytes(&path)).into_owned();
     let sub = subject(&state, &s);

@@ -7,10 +7,10 @@
 //! People are named by realm and login (`realm` + `actor`, `for_realm` + `for_user`): two realms
 //! may each have an `alice`, and each sees only what was done for them.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -102,7 +102,7 @@ impl AuditLog {
         };
         let key = format!("{}\n{}\n{}\n{}", r.realm.as_deref().unwrap_or(""), r.actor, acting_for.0, acting_for.1);
         {
-            let mut d = self.denials.lock().expect("denials lock");
+            let mut d = self.denials.lock();
             if d.len() > 10_000 {
                 d.retain(|_, v| v.since.elapsed() < DENIAL_WINDOW || v.left_out > 0);
             }
@@ -128,7 +128,7 @@ impl AuditLog {
         r.time = jiff::Timestamp::now().to_string();
         let mut line = serde_json::to_vec(&r).expect("record serializes");
         line.push(b'\n');
-        let mut f = self.file.lock().expect("audit lock");
+        let mut f = self.file.lock();
         if let Err(e) = f.write_all(&line).and_then(|_| f.flush()) {
             tracing::error!("cannot write the audit log {}: {e}", self.path.display());
         }
@@ -322,7 +322,7 @@ mod tests {
         assert_eq!(lines.iter().filter(|r| r.for_user.as_deref() == Some("alice")).count(), 3);
         assert_eq!(lines.iter().filter(|r| r.actor == "alice").count(), 1, "another actor has a budget of its own");
         // The next window's first refusal says how many were left out.
-        log.denials.lock().unwrap().get_mut("corp\nmallory\n\n").unwrap().since -= DENIAL_WINDOW;
+        log.denials.lock().get_mut("corp\nmallory\n\n").unwrap().since -= DENIAL_WINDOW;
         log.denied(denial("mallory", None, "later"));
         let last: Record =
             serde_json::from_str(std::fs::read_to_string(&path).unwrap().lines().last().unwrap()).unwrap();

@@ -16,7 +16,9 @@
 //! decision for a hidden folder costs what it costs for a missing name, whatever is below it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use rewind_catalog::Scope;
 use rewind_catalog::access::{ACL_XATTR, R, Reader, X};
@@ -257,7 +259,7 @@ impl Policy {
         // Below a folder that is on no home's way, only tree content matters: memoize by tree id.
         let home_way = s.homes.iter().any(|h| ancestor(&walk.path, h));
         let key = (s.key.clone(), tree, walk.searchable);
-        if !home_way && let Some(&v) = self.memo.lock().expect("memo lock").get(&key) {
+        if !home_way && let Some(&v) = self.memo.lock().get(&key) {
             return Ok(v);
         }
         let t = view.repo().tree(tree)?;
@@ -276,7 +278,7 @@ impl Policy {
             }
         }
         if !home_way {
-            let mut m = self.memo.lock().expect("memo lock");
+            let mut m = self.memo.lock();
             if m.len() >= MEMO_MAX {
                 m.clear();
             }
@@ -354,11 +356,11 @@ impl Policy {
             return Ok(false);
         }
         let key = (s.key.clone(), snapshot, path.to_string());
-        if let Some(&v) = self.decisions.lock().expect("decision lock").get(&key) {
+        if let Some(&v) = self.decisions.lock().get(&key) {
             return Ok(v);
         }
         let v = self.decide_path(view, s, snapshot, path, memo)?;
-        self.decisions.lock().expect("decision lock").put(key, v);
+        self.decisions.lock().put(key, v);
         Ok(v)
     }
 

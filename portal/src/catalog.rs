@@ -10,12 +10,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rewind_catalog::{FileVersion, Page, Query};
 
-use rewind_store::View;
+use rewind_store::{SingleFlight, View};
 
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
@@ -33,31 +35,7 @@ pub struct Catalog {
     /// waits for that answer instead of running the query again (also without the cache: the
     /// answer is no older than the request). Many users opening "recently deleted" at once, or
     /// the cache expiring under load, cost one query, not one each.
-    inflight: Mutex<HashMap<String, Arc<Flight>>>,
-}
-
-/// One running query and, once it ended, its page (`None`: it failed; ask again).
-#[derive(Default)]
-struct Flight {
-    result: Mutex<Option<Option<Arc<Page<FileVersion>>>>>,
-    done: Condvar,
-}
-
-/// The request running a query: publishes its outcome to those waiting when dropped, also on
-/// an error or a panic.
-struct Lead<'a> {
-    catalog: &'a Catalog,
-    key: &'a str,
-    flight: Arc<Flight>,
-    page: Option<Arc<Page<FileVersion>>>,
-}
-
-impl Drop for Lead<'_> {
-    fn drop(&mut self) {
-        self.catalog.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(self.key);
-        *self.flight.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.page.take());
-        self.flight.done.notify_all();
-    }
+    inflight: SingleFlight<String, Arc<Page<FileVersion>>>,
 }
 
 const CACHE_ENTRIES: usize = 4096;
@@ -78,7 +56,7 @@ struct Lease<'a> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {
-            self.catalog.pool.lock().unwrap_or_else(|e| e.into_inner()).idle.push(c);
+            self.catalog.pool.lock().idle.push(c);
             self.catalog.freed.notify_one();
         }
     }
@@ -133,13 +111,13 @@ impl Catalog {
             freed: Condvar::new(),
             cache: Mutex::new(HashMap::new()),
             ttl: Duration::from_millis(config.catalog_cache_ms),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: SingleFlight::default(),
         })
     }
 
     /// Whether there is a catalog to read.
     pub fn available(&self) -> bool {
-        self.pool.lock().expect("catalog pool").open > 0 || self.path.exists()
+        self.pool.lock().open > 0 || self.path.exists()
     }
 
     /// Run `f` on a pooled read-only connection (call from a blocking thread).
@@ -153,7 +131,7 @@ impl Catalog {
 
     /// An idle connection, a new one while the pool is not full, or else the next one put back.
     fn take(&self) -> ApiResult<rewind_catalog::Catalog> {
-        let mut pool = self.pool.lock().expect("catalog pool");
+        let mut pool = self.pool.lock();
         loop {
             if let Some(c) = pool.idle.pop() {
                 return Ok(c);
@@ -171,12 +149,12 @@ impl Catalog {
                     other => catalog_error(other),
                 });
                 if opened.is_err() {
-                    self.pool.lock().expect("catalog pool").open -= 1;
+                    self.pool.lock().open -= 1;
                     self.freed.notify_one();
                 }
                 return opened;
             }
-            pool = self.freed.wait(pool).expect("catalog pool");
+            self.freed.wait(&mut pool);
         }
     }
 
@@ -184,54 +162,27 @@ impl Catalog {
     pub fn page(&self, q: &Query, deleted: bool) -> ApiResult<Arc<Page<FileVersion>>> {
         let key = format!("{deleted}|{q:?}");
         if !self.ttl.is_zero()
-            && let Some((at, page)) = self.cache.lock().expect("catalog cache").get(&key)
+            && let Some((at, page)) = self.cache.lock().get(&key)
             && at.elapsed() < self.ttl
         {
             return Ok(page.clone());
         }
         let query = || self.with(|c| if deleted { c.deleted(q) } else { c.find(q) }).map(Arc::new);
-        // Ok: join the query running; Err: run it.
-        let running = {
-            let mut inflight = self.inflight.lock().expect("catalog inflight");
-            match inflight.get(&key) {
-                Some(f) => Ok(f.clone()),
-                None => {
-                    let f = Arc::new(Flight::default());
-                    inflight.insert(key.clone(), f.clone());
-                    Err(f)
-                }
-            }
-        };
-        let flight = match running {
-            Err(mine) => mine,
-            Ok(flight) => {
-                let mut r = flight.result.lock().expect("catalog flight");
-                while r.is_none() {
-                    r = flight.done.wait(r).expect("catalog flight");
-                }
-                if let Some(Some(page)) = &*r {
-                    return Ok(page.clone());
-                }
-                drop(r);
-                // It failed: ask for ourselves, to answer with our own error if it fails again.
-                return query();
-            }
-        };
-        let mut lead = Lead { catalog: self, key: &key, flight, page: None };
-        let page = query()?;
-        lead.page = Some(page.clone());
-        drop(lead);
-        if !self.ttl.is_zero() {
-            let mut cache = self.cache.lock().expect("catalog cache");
-            if cache.len() >= CACHE_ENTRIES {
-                let ttl = self.ttl;
-                cache.retain(|_, (at, _)| at.elapsed() < ttl);
+        // A failed query is not shared: a waiter asks for itself, to answer with its own error.
+        self.inflight.run(key.clone(), || {
+            let page = query()?;
+            if !self.ttl.is_zero() {
+                let mut cache = self.cache.lock();
                 if cache.len() >= CACHE_ENTRIES {
-                    cache.clear();
+                    let ttl = self.ttl;
+                    cache.retain(|_, (at, _)| at.elapsed() < ttl);
+                    if cache.len() >= CACHE_ENTRIES {
+                        cache.clear();
+                    }
                 }
+                cache.insert(key.clone(), (Instant::now(), page.clone()));
             }
-            cache.insert(key, (Instant::now(), page.clone()));
-        }
-        Ok(page)
+            Ok(page)
+        })
     }
 }

@@ -13,7 +13,7 @@ use axum::response::Response;
 
 use rewind_store::{FileReader, Node, NodeKind};
 
-use crate::api::{ClientAddr, audit_not_found, content_id, parse_snapshot, record, resolve, subject};
+use crate::api::{ClientAddr, audit_not_found, parse_snapshot, record, resolve, subject};
 use crate::audit::Record;
 use crate::authz::{Access, Resolved, Subject};
 use crate::error::{ApiError, ApiResult};
@@ -158,9 +158,9 @@ const READAHEAD_BYTES: u64 = 16 << 20;
 /// right now: a lone download uses every core, many downloads do not multiply the work.
 fn read_ahead(state: &AppState, r: &Arc<FileReader>, pos: u64, end: u64, warmed: &mut usize) {
     let Some(idx) = r.chunk_index(pos) else { return };
-    let chunks = r.chunks();
-    let mut j = (*warmed).max(idx + 1);
-    while j < chunks.len() && chunks[j].offset < end && chunks[j].offset < pos + READAHEAD_BYTES {
+    let plan = r.plan_ahead(idx, READAHEAD_BYTES, end);
+    let mut j = (*warmed).max(plan.start);
+    while j < plan.end {
         let Ok(permit) = state.reads.clone().try_acquire_owned() else { break };
         let r = r.clone();
         tokio::task::spawn_blocking(move || {
@@ -190,25 +190,18 @@ async fn read_piece(
     pos: u64,
     end: u64,
 ) -> std::io::Result<(Arc<FileReader>, Bytes)> {
-    let i = r.chunk_index(pos).ok_or_else(|| std::io::Error::other("read past the end of the file"))?;
-    let span = r.chunks()[i];
-    let repo = state.view.repo().clone();
-    let data = match repo.cached_chunk(&span.id) {
-        Some(data) => data,
+    let (data, range) = match r.cached_piece(pos, end) {
+        Some(piece) => piece.map_err(std::io::Error::other)?,
         None => {
             let _permit = state.reads.clone().acquire_owned().await.map_err(std::io::Error::other)?;
-            tokio::task::spawn_blocking(move || repo.chunk(span.id))
+            let reader = r.clone();
+            tokio::task::spawn_blocking(move || reader.piece(pos, end))
                 .await
                 .map_err(std::io::Error::other)?
                 .map_err(std::io::Error::other)?
         }
     };
-    if data.len() != span.len as usize {
-        return Err(std::io::Error::other("chunk length differs from the index"));
-    }
-    let from = (pos - span.offset) as usize;
-    let to = ((end - span.offset) as usize).min(data.len());
-    Ok((r, Bytes::from_owner(SharedChunk(data)).slice(from..to)))
+    Ok((r, Bytes::from_owner(SharedChunk(data)).slice(range)))
 }
 
 /// `GET /api/download?snapshot=ID&path=/a/b/file` (or `path_b64=`).
@@ -221,7 +214,7 @@ pub async fn download(
     s: Session,
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref())?;
-    let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
+    let snapshot = parse_snapshot(&state, p.require("snapshot")?).await?;
     let path = crate::paths::param(&p, "path")?
         .ok_or_else(|| ApiError::BadRequest("parameter path (or path_b64) is required".into()))?;
     let shown = String::from_utf8_lossy(&crate::paths::join_bytes(&path)).into_owned();
@@ -245,7 +238,7 @@ pub async fn download(
     let (res, reader) = audit_not_found(&state, &s, &client, "download", Some(snapshot), || vec![shown], found)?;
     let node = res.node.clone().expect("a file");
     let size = reader.size();
-    let etag = format!("\"{}\"", content_id(&node));
+    let etag = format!("\"{}\"", node.content_id().expect("a file").to_hex());
     let name = node.name_lossy().into_owned();
 
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| none_match(v, &etag)) {
@@ -544,7 +537,7 @@ pub async fn archive(
     s: Session,
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref())?;
-    let snapshot = parse_snapshot(&state, p.require("snapshot")?)?;
+    let snapshot = parse_snapshot(&state, p.require("snapshot")?).await?;
     let paths = crate::paths::params_all(&p, "path")?;
     if paths.is_empty() || paths.len() > state.config.limits.max_selection {
         return Err(ApiError::BadRequest(format!("give 1 to {} path parameters", state.config.limits.max_selection)));

@@ -17,7 +17,9 @@
 //! rules below one folder) keeps none and is decided by a walk, as before summaries.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use rewind_catalog::access::{ACL_XATTR, R, Reader, X, permits, permits_everyone};
 use rewind_store::{NodeKind, Tree, TreeId, View};
@@ -81,23 +83,23 @@ pub struct Reach {
 impl Reach {
     /// The summary of `tree`, made (with every tree below it) if there is none yet.
     pub(crate) fn summary(&self, view: &View, tree: TreeId) -> ApiResult<Arc<Summary>> {
-        if let Some(s) = self.trees.read().unwrap_or_else(|e| e.into_inner()).get(&tree) {
+        if let Some(s) = self.trees.read().get(&tree) {
             return Ok(s.clone());
         }
         self.ensure(view, tree)?;
-        Ok(self.trees.read().unwrap_or_else(|e| e.into_inner()).get(&tree).cloned().expect("just made"))
+        Ok(self.trees.read().get(&tree).cloned().expect("just made"))
     }
 
     /// Make the summaries of `root` and every tree below it that has none.
     pub(crate) fn ensure(&self, view: &View, root: TreeId) -> ApiResult<()> {
-        if self.trees.read().unwrap_or_else(|e| e.into_inner()).contains_key(&root) {
+        if self.trees.read().contains_key(&root) {
             return Ok(());
         }
-        let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
+        let _building = self.building.lock();
         // Post-order without recursion: a tree is summed up once its subtrees are.
         let mut stack: Vec<(TreeId, Option<Arc<Tree>>)> = vec![(root, None)];
         while let Some((id, loaded)) = stack.pop() {
-            if self.trees.read().unwrap_or_else(|e| e.into_inner()).contains_key(&id) {
+            if self.trees.read().contains_key(&id) {
                 continue;
             }
             let tree = match loaded {
@@ -105,12 +107,12 @@ impl Reach {
                 None => view.repo().tree(id)?,
             };
             let missing: Vec<TreeId> = {
-                let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+                let trees = self.trees.read();
                 tree.nodes.iter().filter_map(|n| n.subtree).filter(|s| !trees.contains_key(s)).collect()
             };
             if missing.is_empty() {
                 let summary = self.sum_up(&tree);
-                self.trees.write().unwrap_or_else(|e| e.into_inner()).insert(id, summary);
+                self.trees.write().insert(id, summary);
             } else {
                 stack.push((id, Some(tree)));
                 stack.extend(missing.into_iter().map(|m| (m, None)));
@@ -120,10 +122,10 @@ impl Reach {
     }
 
     fn class(&self, c: Class) -> u32 {
-        if let Some(&id) = self.classes.read().unwrap_or_else(|e| e.into_inner()).1.get(&c) {
+        if let Some(&id) = self.classes.read().1.get(&c) {
             return id;
         }
-        let mut classes = self.classes.write().unwrap_or_else(|e| e.into_inner());
+        let mut classes = self.classes.write();
         if let Some(&id) = classes.1.get(&c) {
             return id;
         }
@@ -144,7 +146,7 @@ impl Reach {
 
     /// A tree's summary from its nodes and its subtrees' summaries (all made).
     fn sum_up(&self, tree: &Tree) -> Arc<Summary> {
-        let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+        let trees = self.trees.read();
         let mut uids: Vec<u32> = Vec::new();
         let mut ways: Option<Vec<Way>> = Some(Vec::new());
         for n in &tree.nodes {
@@ -181,7 +183,7 @@ impl Reach {
         uids.sort_unstable();
         uids.dedup();
         let summary = Summary { uids: uids.into(), empty: tree.nodes.is_empty(), ways: ways.map(Vec::into) };
-        let mut interned = self.interned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut interned = self.interned.lock();
         if let Some(s) = interned.get(&summary) {
             return s.clone();
         }
@@ -194,7 +196,7 @@ impl Reach {
     /// searchable): `None` when the summary keeps no ways.
     pub(crate) fn readable(&self, s: &Summary, reader: &Reader) -> Option<bool> {
         let ways = s.ways.as_ref()?;
-        let classes = self.classes.read().unwrap_or_else(|e| e.into_inner());
+        let classes = self.classes.read();
         let ok = |id: u32| {
             id == PUBLIC || {
                 let c = &classes.0[id as usize];

@@ -20,7 +20,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -80,9 +82,15 @@ pub struct Keys {
     pub max_age: i64,
     pub cookie_name: String,
     pub cookie_secure: bool,
+    /// Taken by every request (`decode`): held for map operations only, never for I/O.
     revoked: Mutex<HashMap<String, i64>>,
     /// Revoked session ids survive restarts here (`<key_file>.revoked`, lines `sid until`).
     revoked_file: Option<std::path::PathBuf>,
+    /// Serialises appends to `revoked_file` (so that lines do not interleave).
+    revoked_log: Mutex<()>,
+    /// Appends made while the map's lock was free, for tests.
+    #[cfg(test)]
+    appends_off_lock: std::sync::atomic::AtomicUsize,
 }
 
 pub fn now() -> i64 {
@@ -158,6 +166,9 @@ impl Keys {
             cookie_secure: cfg.cookie_secure || tls,
             revoked: Mutex::new(HashMap::new()),
             revoked_file: None,
+            revoked_log: Mutex::new(()),
+            #[cfg(test)]
+            appends_off_lock: Default::default(),
         }
     }
 
@@ -224,27 +235,43 @@ impl Keys {
         if c.exp <= t || c.auth_time + self.max_age <= t || c.sub != c.id.login {
             return Err(ApiError::Unauthenticated);
         }
-        if self.revoked.lock().expect("revoked lock").contains_key(&c.sid) {
+        if self.revoked.lock().contains_key(&c.sid) {
             return Err(ApiError::Unauthenticated);
         }
         Ok(c)
     }
 
-    /// Logout: the session id is refused until the session could have lived anyway.
+    /// Logout: the session id is refused until the session could have lived anyway. Refused at
+    /// once; then written down (and synced) with the map free, so requests do not wait for the
+    /// disk. Blocks: async callers use [`Keys::revoke_async`].
     pub fn revoke(&self, claims: &Claims) {
-        let mut r = self.revoked.lock().expect("revoked lock");
-        let t = now();
-        r.retain(|_, until| *until > t);
         let until = claims.auth_time + self.max_age;
-        r.insert(claims.sid.clone(), until);
+        {
+            let mut r = self.revoked.lock();
+            let t = now();
+            r.retain(|_, until| *until > t);
+            r.insert(claims.sid.clone(), until);
+        }
         if let Some(path) = &self.revoked_file {
             use std::io::Write;
+            let _log = self.revoked_log.lock();
+            #[cfg(test)]
+            self.appends_off_lock
+                .fetch_add(usize::from(self.revoked.try_lock().is_some()), std::sync::atomic::Ordering::Relaxed);
             let appended = std::fs::OpenOptions::new().append(true).open(path).and_then(|mut f| {
                 f.write_all(format!("{} {until}\n", claims.sid).as_bytes()).and_then(|_| f.sync_data())
             });
             if let Err(e) = appended {
                 tracing::error!("cannot record a logout in {}: {e}", path.display());
             }
+        }
+    }
+
+    /// [`Keys::revoke`] on a blocking thread (it syncs a file).
+    pub async fn revoke_async(state: &crate::state::AppState, claims: &Claims) {
+        let (st, claims) = (state.clone(), claims.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || st.keys.revoke(&claims)).await {
+            tracing::error!("recording a logout failed: {e}");
         }
     }
 
@@ -345,7 +372,7 @@ pub(crate) async fn refresh_layer(mut req: Request, next: Next) -> Response {
     let slot = RefreshSlot::default();
     req.extensions_mut().insert(slot.clone());
     let mut resp = next.run(req).await;
-    if let Some(cookie) = slot.0.lock().expect("slot lock").take()
+    if let Some(cookie) = slot.0.lock().take()
         && !resp.headers().contains_key(header::SET_COOKIE)
     {
         resp.headers_mut().insert(header::SET_COOKIE, cookie);
@@ -406,12 +433,12 @@ impl FromRequestParts<AppState> for Session {
                     if let Some(slot) = slot
                         && fresh.exp > claims.exp
                     {
-                        *slot.0.lock().expect("slot lock") = Some(keys.cookie(&keys.encode(&fresh)?));
+                        *slot.0.lock() = Some(keys.cookie(&keys.encode(&fresh)?));
                     }
                     claims = *fresh;
                 }
                 Renewal::Ended(why) => {
-                    keys.revoke(&claims);
+                    Keys::revoke_async(state, &claims).await;
                     state.audit.write(crate::audit::Record {
                         event: "session_end".into(),
                         outcome: format!("ended: {why}"),
@@ -420,7 +447,7 @@ impl FromRequestParts<AppState> for Session {
                         ..crate::audit::Record::default()
                     });
                     if let Some(slot) = slot {
-                        *slot.0.lock().expect("slot lock") = Some(keys.clear_cookie());
+                        *slot.0.lock() = Some(keys.clear_cookie());
                     }
                     return Err(ApiError::Unauthenticated);
                 }
@@ -570,6 +597,22 @@ mod tests {
         assert!(legacy.renewal_due(k.ttl, t));
     }
 
+    /// A request that panics while it holds the revocation list does not fail every later one.
+    #[test]
+    fn a_panic_under_the_revocation_lock_does_not_poison_it() {
+        let k = std::sync::Arc::new(keys(&[7u8; 64]));
+        let c = k.new_claims(id());
+        let k2 = k.clone();
+        let panicked = std::thread::spawn(move || {
+            let _r = k2.revoked.lock();
+            panic!("a request fails")
+        });
+        assert!(panicked.join().is_err());
+        assert!(k.decode(&k.encode(&c).unwrap()).is_ok());
+        k.revoke(&c);
+        assert!(k.decode(&k.encode(&c).unwrap()).is_err());
+    }
+
     #[test]
     fn revocations_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -578,9 +621,16 @@ mod tests {
         let (a, b) = (k.new_claims(id()), k.new_claims(id()));
         let (ta, tb) = (k.encode(&a).unwrap(), k.encode(&b).unwrap());
         k.revoke(&a);
+        k.revoke(&b);
+        assert_eq!(
+            k.appends_off_lock.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "synced under the lock of every request"
+        );
         let again = keys(&[7u8; 64]).with_revocations(&file).unwrap();
         assert!(again.decode(&ta).is_err(), "logged out before the restart");
-        assert!(again.decode(&tb).is_ok());
+        assert!(again.decode(&tb).is_err());
+        assert!(again.decode(&k.encode(&k.new_claims(id())).unwrap()).is_ok());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! within `window`, further attempts are refused (429) until the oldest failure leaves the
 //! window. Attempts refused this way never reach a realm.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct Throttle {
@@ -23,7 +23,7 @@ impl Throttle {
     }
 
     fn check_at(&self, key: &str, now: Instant) -> Option<u64> {
-        let mut m = self.failures.lock().expect("throttle lock");
+        let mut m = self.failures.lock();
         let q = m.get_mut(key)?;
         while q.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
             q.pop_front();
@@ -40,7 +40,7 @@ impl Throttle {
     }
 
     fn fail_at(&self, key: &str, now: Instant) {
-        let mut m = self.failures.lock().expect("throttle lock");
+        let mut m = self.failures.lock();
         if m.len() > 100_000 {
             m.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < self.window));
         }
@@ -52,7 +52,7 @@ impl Throttle {
     }
 
     pub fn clear(&self, key: &str) {
-        self.failures.lock().expect("throttle lock").remove(key);
+        self.failures.lock().remove(key);
     }
 }
 

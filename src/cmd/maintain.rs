@@ -1,6 +1,5 @@
 //! `forget`, `prune` and `copy`.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,7 +23,7 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode> {
         weekly: a.keep_weekly,
         monthly: a.keep_monthly,
         yearly: a.keep_yearly,
-        within: a.keep_within.as_deref().map(parse_duration).transpose()?,
+        within: a.keep_within.as_deref().map(retention::parse_duration).transpose()?,
     };
     // Named snapshots, or a policy over groups of (host, paths).
     let mut decisions: Vec<(SnapshotEntry, Vec<&'static str>)> = Vec::new();
@@ -49,23 +48,9 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode> {
         if policy.is_empty() {
             bail!("no --keep-* rule given: refusing to forget every snapshot (name snapshots to forget them)");
         }
-        let mut groups: BTreeMap<(String, Vec<String>), Vec<SnapshotEntry>> = BTreeMap::new();
-        for s in all {
-            if a.host.as_ref().is_some_and(|h| &s.snapshot.host != h)
-                || a.tag.as_ref().is_some_and(|t| !s.snapshot.tags.contains(t))
-            {
-                continue;
-            }
-            groups.entry((s.snapshot.host.clone(), s.snapshot.paths.clone())).or_default().push(s);
-        }
-        let tz = jiff::tz::TimeZone::system();
-        for (_, mut snaps) in groups {
-            snaps.reverse();
-            let times: Vec<jiff::Timestamp> = snaps.iter().map(|s| s.snapshot.time).collect();
-            let reasons = retention::apply(&policy, &times, &tz);
-            for (s, r) in snaps.into_iter().zip(reasons) {
-                decisions.push((s, r.iter().map(|x| x.as_str()).collect()));
-            }
+        let filter = retention::Filter { host: a.host.clone(), tag: a.tag.clone() };
+        for d in retention::decide(&policy, all, &filter, &jiff::tz::TimeZone::system()) {
+            decisions.push((d.entry, d.reasons.iter().map(|r| r.as_str()).collect()));
         }
     }
     let mut remove: Vec<_> = decisions.iter().filter(|(_, r)| r.is_empty()).map(|(s, _)| s.id).collect();
@@ -106,32 +91,6 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode> {
         if a.dry_run || remove.is_empty() { "" } else { "; run `rewind prune` to free their data" }
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// `1y2m3w4d5h`: years of 365 days, months of 30, weeks, days, hours.
-fn parse_duration(s: &str) -> Result<jiff::SignedDuration> {
-    let mut hours: i64 = 0;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: i64 = num.parse().with_context(|| format!("bad duration {s:?} (like 1y6m, 14d, 36h)"))?;
-        num.clear();
-        hours += n * match c {
-            'y' => 365 * 24,
-            'm' => 30 * 24,
-            'w' => 7 * 24,
-            'd' => 24,
-            'h' => 1,
-            _ => bail!("bad duration {s:?}: unit {c:?} is not one of y, m, w, d, h"),
-        };
-    }
-    if !num.is_empty() || s.is_empty() {
-        bail!("bad duration {s:?}: every number needs a unit (y, m, w, d, h)");
-    }
-    Ok(jiff::SignedDuration::from_hours(hours))
 }
 
 pub fn prune(a: PruneArgs) -> Result<ExitCode> {
@@ -237,15 +196,4 @@ pub fn copy(a: CopyArgs) -> Result<ExitCode> {
     );
     crate::cmd::catalog::update_after_backup(&dst, None);
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn durations() {
-        assert_eq!(super::parse_duration("1d12h").unwrap(), jiff::SignedDuration::from_hours(36));
-        assert_eq!(super::parse_duration("2w").unwrap(), jiff::SignedDuration::from_hours(336));
-        assert!(super::parse_duration("5").is_err());
-        assert!(super::parse_duration("3x").is_err());
-    }
 }

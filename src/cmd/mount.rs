@@ -24,9 +24,17 @@ pub fn run(a: MountArgs) -> Result<ExitCode> {
         allow_other: a.allow_other,
         readahead_bytes,
         latency_hint: !a.no_latency_hint,
+        on_second_signal: Some(exit_now),
         ..MountOptions::default()
     };
     rewind_fs::mount(indexed, &a.mountpoint, &opts)
         .with_context(|| format!("cannot mount {}", a.repo.repo.display()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A second signal while the unmount waits for open files: leave at once, the mount detached.
+fn exit_now(sig: i32) {
+    eprintln!("rewind: second signal: exiting with the mount detached (open files there fail from now on)");
+    #[allow(clippy::exit)]
+    std::process::exit(128 + sig);
 }

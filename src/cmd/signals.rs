@@ -35,6 +35,7 @@ pub fn handle_interrupts() {
             }
             if SIGNAL.swap(sig, Ordering::SeqCst) != 0 {
                 eprintln!("rewind: second signal: exiting now");
+                #[allow(clippy::exit)]
                 std::process::exit(128 + sig);
             }
             eprintln!("rewind: {}: stopping and cleaning up (again to exit at once)", name(sig));

@@ -606,7 +606,43 @@ pub struct Node {
     pub xattrs: Vec<Xattr>,
 }
 
+/// What a file or symlink holds, as one short id: the first 8 bytes of the BLAKE3 of its chunk
+/// ids in order (a file) or of its target (a symlink). Same content, same id, in any snapshot
+/// of one repository (chunk ids are keyed per repository when encrypted). Shown as 16 hex
+/// digits of those bytes read as a little-endian number; the catalog stores that number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ContentId(pub i64);
+
+impl ContentId {
+    pub fn to_hex(&self) -> String {
+        format!("{:016x}", self.0 as u64)
+    }
+}
+
+impl std::fmt::Display for ContentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
 impl Node {
+    /// The node's [`ContentId`]; `None` for anything but files and symlinks.
+    pub fn content_id(&self) -> Option<ContentId> {
+        let mut h = blake3::Hasher::new();
+        match self.kind {
+            NodeKind::File => {
+                for c in &self.content {
+                    h.update(c.as_bytes());
+                }
+            }
+            NodeKind::Symlink => {
+                h.update(&self.target);
+            }
+            _ => return None,
+        }
+        Some(ContentId(i64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))))
+    }
+
     pub fn new(name: Vec<u8>, kind: NodeKind) -> Node {
         Node {
             name,

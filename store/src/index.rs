@@ -124,38 +124,85 @@ impl Index {
         &self.damaged
     }
 
-    /// Whether the index prefers other copies than those in `pack`.
-    pub fn avoids(&self, pack: &PackId) -> bool {
-        self.avoid.contains(pack)
-    }
-
-    /// Also prefer copies outside `packs` (reloads every index file).
-    pub fn add_avoid(&mut self, backend: &dyn Backend, codec: &Codec, packs: IdSet<PackId>) -> Result<()> {
-        let mut all = self.avoid.clone();
-        all.extend(packs);
-        self.set_avoid(backend, codec, all)
-    }
-
-    /// Prefer copies of blobs outside `packs` (reloads every index file).
-    pub fn set_avoid(&mut self, backend: &dyn Backend, codec: &Codec, packs: IdSet<PackId>) -> Result<()> {
-        let mut fresh = Index { avoid: packs, ..Index::default() };
-        fresh.refresh(backend, codec)?;
-        *self = fresh;
-        Ok(())
+    /// The packs whose copies are used only when there is no other.
+    pub fn avoided(&self) -> &IdSet<PackId> {
+        &self.avoid
     }
 
     /// Load every index file not loaded yet; if one we loaded is gone (a prune or rebuild
     /// rewrote the index), start over from the current files. Returns how many were loaded. An
     /// index file that does not decode is skipped with a warning (once): the blobs it listed are
-    /// found through the other files or the packs' trailers.
+    /// found through the other files or the packs' trailers. On an error the index is as it was:
+    /// every file is read before any is added.
     pub fn refresh(&mut self, backend: &dyn Backend, codec: &Codec) -> Result<usize> {
-        let mut new = 0;
+        let update = self.known().read(backend, codec)?;
+        Ok(self.apply(update))
+    }
+
+    /// What [`Index::refresh`] needs to know of the index to read the new files: cheap to copy
+    /// out under a lock, so that the reading happens outside it.
+    pub fn known(&self) -> Known {
+        Known { files: self.files.clone(), avoid: self.avoid.clone() }
+    }
+
+    /// Apply what [`Known::read`] found; returns how many index files it loaded. Memory only.
+    pub fn apply(&mut self, update: Update) -> usize {
+        match update {
+            Update::Replace(fresh) => {
+                let n = fresh.files.len();
+                *self = fresh;
+                n
+            }
+            Update::Add(files) => {
+                let n = files.len();
+                for (id, name, packs) in files {
+                    match packs {
+                        Some(packs) => packs.iter().for_each(|p| self.add_pack(p)),
+                        None => self.damaged.push(name),
+                    }
+                    self.files.insert(id);
+                }
+                n
+            }
+        }
+    }
+
+    /// A whole index read from the current files, preferring copies outside `avoid`.
+    pub fn load(backend: &dyn Backend, codec: &Codec, avoid: IdSet<PackId>) -> Result<Index> {
+        let mut fresh = Index { avoid, ..Index::default() };
+        fresh.refresh(backend, codec)?;
+        Ok(fresh)
+    }
+
+    /// Whether a pack is described by a loaded index file.
+    pub fn has_pack(&self, pack: &PackId) -> bool {
+        self.pack_slots.contains_key(pack)
+    }
+}
+
+/// The index files an index has loaded and the packs it avoids.
+pub(crate) struct Known {
+    files: IdSet<IndexId>,
+    avoid: IdSet<PackId>,
+}
+
+/// What a refresh read: the new index files (each with its packs, or `None` if damaged), or a
+/// whole new index when a loaded file is gone.
+pub(crate) enum Update {
+    Add(Vec<(IndexId, String, Option<Vec<IndexPack>>)>),
+    Replace(Index),
+}
+
+impl Known {
+    /// Read the index files not loaded yet (all of them, into a new index, if a loaded one is
+    /// gone). Reads only: the index it was taken from is untouched until [`Index::apply`].
+    pub fn read(self, backend: &dyn Backend, codec: &Codec) -> Result<Update> {
         let names = backend.list(FileKind::Index)?;
         let current: IdSet<IndexId> = names.iter().filter_map(|n| IndexId::from_hex(n).ok()).collect();
         if self.files.iter().any(|f| !current.contains(f)) {
-            let avoid = std::mem::take(&mut self.avoid);
-            *self = Index { avoid, ..Index::default() };
+            return Index::load(backend, codec, self.avoid).map(Update::Replace);
         }
+        let mut files = Vec::new();
         for name in names {
             let Ok(id) = IndexId::from_hex(&name) else { continue };
             if self.files.contains(&id) {
@@ -168,28 +215,16 @@ impl Index {
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            let decoded = codec.decode_index(&name, &bytes);
-            match decoded {
-                Ok(packs) => {
-                    for p in &packs {
-                        self.add_pack(p);
-                    }
-                }
+            match codec.decode_index(&name, &bytes) {
+                Ok(packs) => files.push((id, name, Some(packs))),
                 Err(e) if e.is_corrupt() => {
                     warn_damaged_once(&name, &e);
-                    self.damaged.push(name);
+                    files.push((id, name, None));
                 }
                 Err(e) => return Err(e),
             }
-            self.files.insert(id);
-            new += 1;
         }
-        Ok(new)
-    }
-
-    /// Whether a pack is described by a loaded index file.
-    pub fn has_pack(&self, pack: &PackId) -> bool {
-        self.pack_slots.contains_key(pack)
+        Ok(Update::Add(files))
     }
 }
 
@@ -263,5 +298,47 @@ fn rename(e: Error, what: String) -> Error {
     match e {
         Error::Corrupt { detail, .. } => Error::Corrupt { what, detail },
         e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BackupOptions, BackupProgress, CacheSizes, ChunkerParams, CompressionParams, Repository, backup};
+
+    /// A refresh that fails on one index file leaves the index as it was, not with the files
+    /// listed before that one loaded.
+    #[test]
+    fn a_failed_refresh_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let repo = Repository::init(
+            &dir.path().join("repo"),
+            ChunkerParams::default(),
+            CompressionParams::default(),
+            crate::NewKey::test(),
+        )
+        .unwrap()
+        .open_indexed(CacheSizes::default())
+        .unwrap();
+        let opts = BackupOptions { paths: vec![src.clone()], host: "h".into(), ..BackupOptions::default() };
+        let run = |content: &[u8]| {
+            std::fs::write(src.join("f"), content).unwrap();
+            backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
+        };
+        run(b"first");
+        let (backend, codec) = (repo.backend(), repo.codec());
+        let mut index = Index::default();
+        assert_eq!(index.refresh(backend, codec).unwrap(), 1);
+        let before = index.len();
+        run(b"second");
+        // Listed last, and unreadable: not a missing file (skipped), an I/O error.
+        std::fs::create_dir(repo.repo().file_path(FileKind::Index, &"f".repeat(64))).unwrap();
+        assert!(matches!(index.refresh(backend, codec), Err(Error::Io { .. })));
+        assert_eq!((index.len(), index.files.len()), (before, 1), "half a refresh was kept");
+        std::fs::remove_dir(repo.repo().file_path(FileKind::Index, &"f".repeat(64))).unwrap();
+        assert_eq!(index.refresh(backend, codec).unwrap(), 1);
+        assert!(index.len() > before);
     }
 }

@@ -28,6 +28,7 @@ pub mod copy;
 pub mod crypto;
 mod error;
 mod failpoint;
+mod flight;
 pub mod format;
 pub mod image;
 mod index;
@@ -48,15 +49,16 @@ pub use backend::{Backend, FileKind, LocalBackend, TmpFile};
 pub use backup::{BackupOptions, BackupProgress, ErrorReport, backup};
 pub use chunker::Chunker;
 pub use error::{Error, Result};
+pub use flight::{Lead, SingleFlight};
 pub use format::{
-    BlobId, BlobKind, ChunkId, ChunkerParams, CompressionParams, Config, ConfigHead, Encryption, FORMAT_VERSION, Hash,
-    Node, NodeKind, PackId, Snapshot, SnapshotId, Summary, Time, Tree, TreeId, Xattr,
+    BlobId, BlobKind, ChunkId, ChunkerParams, CompressionParams, Config, ConfigHead, ContentId, Encryption,
+    FORMAT_VERSION, Hash, Node, NodeKind, PackId, Snapshot, SnapshotId, Summary, Time, Tree, TreeId, Xattr,
 };
 pub use index::Location;
 pub use keys::{KdfParams, KeyFile, KeyKind, Secret, SecretSource};
 pub use lock::{LockEntry, LockInfo, LockState, hostname, list_locks, unlock};
 pub use repo::{
-    CacheSizes, ChunkSpan, DamagedSnapshot, FileReader, IndexedRepository, NewKey, Repository, SnapshotEntry,
+    CacheSizes, ChunkSpan, DamagedSnapshot, FileReader, IndexedRepository, NewKey, Piece, Repository, SnapshotEntry,
 };
 pub use restore::{Overwrite, RestoreOptions, RestoreProgress, restore};
 pub use view::{Entry, View};

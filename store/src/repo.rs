@@ -5,7 +5,10 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use parking_lot::{Mutex as PlMutex, RwLock};
 
 use crate::backend::{Backend, FileKind, LocalBackend};
 use crate::blob;
@@ -13,6 +16,7 @@ use crate::cache::ByteLru;
 use crate::codec::Codec;
 use crate::crypto::{Crypto, MasterKey};
 use crate::error::{Error, Result};
+use crate::flight::SingleFlight;
 use crate::format::{
     BlobId, ChunkId, ChunkerParams, CompressionParams, Config, Node, NodeKind, Snapshot, SnapshotId, Tree, TreeId,
 };
@@ -359,13 +363,17 @@ impl Repository {
             inner: Arc::new(IndexedInner {
                 repo: self.clone(),
                 index: RwLock::new(index),
+                index_writer: PlMutex::new(0),
+                refreshes: AtomicU64::new(0),
                 chunks: ByteLru::new(caches.chunk_bytes),
                 trees: ByteLru::new(caches.tree_bytes),
                 spill: OnceLock::new(),
-                loading: Loading::default(),
-                recovered: Mutex::new(Recovered::default()),
+                loading: SingleFlight::default(),
+                recovered: PlMutex::new(Recovered::default()),
                 #[cfg(test)]
                 loads: std::sync::atomic::AtomicUsize::new(0),
+                #[cfg(test)]
+                waiting_refreshers: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -494,15 +502,28 @@ pub struct IndexedRepository {
 
 struct IndexedInner {
     repo: Repository,
+    /// Read by every blob lookup; written only to swap in what a writer built outside it.
     index: RwLock<Index>,
+    /// Taken by the index's writers (refresh, avoid, replace) while they read index files:
+    /// they are serialised, readers never wait for their I/O. Holds the number of the last
+    /// refresh that succeeded.
+    index_writer: PlMutex<u64>,
+    /// Refreshes begun: numbers them, so that callers coalesce.
+    refreshes: AtomicU64,
     chunks: ByteLru<ChunkId, Vec<u8>>,
     trees: ByteLru<TreeId, Tree>,
     spill: OnceLock<crate::spill::Spill>,
-    loading: Loading,
-    recovered: Mutex<Recovered>,
+    /// Chunks being read and decompressed now: a second caller of [`IndexedRepository::chunk`]
+    /// waits for the first instead of doing the same work again (a prefetcher and the reader
+    /// it runs ahead of often ask for one chunk at once).
+    loading: SingleFlight<ChunkId, Arc<Vec<u8>>>,
+    recovered: PlMutex<Recovered>,
     /// Chunks read from packs, for tests.
     #[cfg(test)]
     loads: std::sync::atomic::AtomicUsize,
+    /// Calls of `refresh_index` that have begun, for tests.
+    #[cfg(test)]
+    waiting_refreshers: std::sync::atomic::AtomicUsize,
 }
 
 /// Blobs found through the trailers of packs that no readable index file describes (an index
@@ -512,50 +533,6 @@ struct IndexedInner {
 struct Recovered {
     index: Index,
     scanned: crate::index::IdSet<crate::format::PackId>,
-}
-
-/// Chunks being read and decompressed now. A second caller of [`IndexedRepository::chunk`]
-/// waits for the first instead of doing the same work again (a prefetcher and the reader it
-/// runs ahead of often ask for one chunk at once).
-#[derive(Default)]
-struct Loading {
-    ids: Mutex<HashSet<ChunkId>>,
-    done: Condvar,
-}
-
-/// The right to load one chunk; handing it back wakes whoever waits for that chunk.
-struct LoadTurn<'a> {
-    loading: &'a Loading,
-    id: ChunkId,
-}
-
-impl Loading {
-    /// `Some` if the caller is now the one loading `id`; `None` after another caller's load of
-    /// it ended (look in the cache again).
-    fn turn(&self, id: ChunkId) -> Option<LoadTurn<'_>> {
-        let mut ids = self.ids.lock().expect("loading lock");
-        if ids.insert(id) {
-            return Some(LoadTurn { loading: self, id });
-        }
-        while ids.contains(&id) {
-            ids = self.done.wait(ids).expect("loading lock");
-        }
-        None
-    }
-
-    /// Like [`Loading::turn`], but `None` at once if another caller is loading `id`.
-    fn try_turn(&self, id: ChunkId) -> Option<LoadTurn<'_>> {
-        // Made only when taken: a turn dropped unused would hand back someone else's.
-        let taken = self.ids.lock().expect("loading lock").insert(id);
-        taken.then(|| LoadTurn { loading: self, id })
-    }
-}
-
-impl Drop for LoadTurn<'_> {
-    fn drop(&mut self) {
-        self.loading.ids.lock().expect("loading lock").remove(&self.id);
-        self.loading.done.notify_all();
-    }
 }
 
 impl IndexedRepository {
@@ -572,16 +549,43 @@ impl IndexedRepository {
     }
 
     pub(crate) fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> T {
-        f(&self.inner.index.read().expect("index lock"))
+        f(&self.inner.index.read())
     }
 
     pub(crate) fn replace_index(&self, index: Index) {
-        *self.inner.index.write().expect("index lock") = index;
+        let _writer = self.inner.index_writer.lock();
+        *self.inner.index.write() = index;
     }
 
-    /// Pick up index files written since opening (by a backup running beside us).
+    /// Pick up index files written since opening (by a backup running beside us). The files are
+    /// read with no lock on the index (lookups go on meanwhile), then swapped in. Callers at
+    /// once share a refresh: one that begins after this call began is as good as our own.
     pub fn refresh_index(&self) -> Result<usize> {
-        self.inner.index.write().expect("index lock").refresh(self.backend(), self.codec())
+        let asked = self.inner.refreshes.load(Ordering::SeqCst);
+        #[cfg(test)]
+        self.inner.waiting_refreshers.fetch_add(1, Ordering::SeqCst);
+        let mut last_ok = self.inner.index_writer.lock();
+        if *last_ok > asked {
+            return Ok(0);
+        }
+        let this = self.inner.refreshes.fetch_add(1, Ordering::SeqCst) + 1;
+        let n = self.refresh_locked()?;
+        *last_ok = this;
+        Ok(n)
+    }
+
+    /// Read the new index files and swap them in; the caller holds `index_writer`.
+    fn refresh_locked(&self) -> Result<usize> {
+        let update = self.with_index(|i| i.known()).read(self.backend(), self.codec())?;
+        Ok(self.inner.index.write().apply(update))
+    }
+
+    /// Load the whole index anew preferring copies outside `avoid`, and swap it in; the caller
+    /// holds `index_writer`.
+    fn reload_locked(&self, avoid: crate::index::IdSet<crate::format::PackId>) -> Result<()> {
+        let fresh = Index::load(self.backend(), self.codec(), avoid)?;
+        *self.inner.index.write() = fresh;
+        Ok(())
     }
 
     /// Every blob the index names.
@@ -617,7 +621,7 @@ impl IndexedRepository {
     /// Look for a blob in the packs that no loaded index file describes, reading each such
     /// pack's trailer (or head copy) once.
     fn recover(&self, id: BlobId) -> Result<Option<Location>> {
-        let mut rec = self.inner.recovered.lock().expect("recovery lock");
+        let mut rec = self.inner.recovered.lock();
         if let Some(l) = rec.index.get(&id) {
             return Ok(Some(l));
         }
@@ -637,7 +641,8 @@ impl IndexedRepository {
 
     /// Prefer copies of blobs outside `packs` (condemned by a prune) from now on.
     pub(crate) fn avoid_packs(&self, packs: crate::index::IdSet<crate::format::PackId>) -> Result<()> {
-        self.inner.index.write().expect("index lock").set_avoid(self.backend(), self.codec(), packs)
+        let _writer = self.inner.index_writer.lock();
+        self.reload_locked(packs)
     }
 
     /// Index files skipped because they are damaged.
@@ -647,13 +652,12 @@ impl IndexedRepository {
 
     /// A pack the index named is gone: reload the index preferring other copies of its blobs.
     fn pack_missing(&self, pack: crate::format::PackId) -> Result<()> {
-        let mut index = self.inner.index.write().expect("index lock");
-        if index.avoids(&pack) {
-            return index.refresh(self.backend(), self.codec()).map(|_| ());
+        let _writer = self.inner.index_writer.lock();
+        let mut avoid = self.with_index(|i| i.avoided().clone());
+        if !avoid.insert(pack) {
+            return self.refresh_locked().map(|_| ());
         }
-        let mut avoid: crate::index::IdSet<crate::format::PackId> = Default::default();
-        avoid.insert(pack);
-        index.add_avoid(self.backend(), self.codec(), avoid)
+        self.reload_locked(avoid)
     }
 
     /// Read and verify one blob, bypassing the caches.
@@ -711,17 +715,11 @@ impl IndexedRepository {
     /// A data chunk, through the caches: memory, then the spill file (checked against the id
     /// like a pack read: the file is not the repository), then the repository.
     pub fn chunk(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
-        let turn = loop {
-            if let Some(c) = self.inner.chunks.get(&id) {
-                return Ok(c);
-            }
-            // Another caller loading it: wait, then take it from the cache (or, if that load
-            // failed or was evicted already, load it ourselves).
-            if let Some(turn) = self.inner.loading.turn(id) {
-                break turn;
-            }
-        };
-        self.load_chunk(id, turn)
+        if let Some(c) = self.inner.chunks.get(&id) {
+            return Ok(c);
+        }
+        // Another caller loading it: its chunk; if that load failed, ours.
+        self.inner.loading.run(id, || self.load_chunk(id))
     }
 
     /// Bring a chunk into the cache unless it is there or on its way: for prefetchers, which
@@ -730,15 +728,12 @@ impl IndexedRepository {
         if self.inner.chunks.get(&id).is_some() {
             return Ok(());
         }
-        match self.inner.loading.try_turn(id) {
-            Some(turn) => self.load_chunk(id, turn).map(|_| ()),
-            None => Ok(()),
-        }
+        self.inner.loading.try_run(id, || self.load_chunk(id)).transpose().map(|_| ())
     }
 
-    /// Load a chunk with the turn to do so: from the spill file, or from its pack.
-    fn load_chunk(&self, id: ChunkId, _turn: LoadTurn<'_>) -> Result<Arc<Vec<u8>>> {
-        // Loaded by the previous turn between the caller's look and taking this one?
+    /// Load a chunk, as the one caller doing so: from the spill file, or from its pack.
+    fn load_chunk(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
+        // Loaded by the previous load between the caller's look and its turn?
         if let Some(c) = self.inner.chunks.get(&id) {
             return Ok(c);
         }
@@ -900,6 +895,59 @@ impl FileReader {
             None => Ok(()),
         }
     }
+
+    /// Bytes `[offset, end)` as far as they lie in the chunk holding `offset`: that chunk
+    /// (through the cache, shared, not copied) and the range of it to use. The one way the
+    /// mount and the portal slice file contents; a chunk whose length is not the index's is
+    /// `Corrupt`, never short or long bytes.
+    pub fn piece(&self, offset: u64, end: u64) -> Result<Piece> {
+        let span = self.span_at(offset)?;
+        let data = self.repo.chunk(span.id)?;
+        slice_chunk(span, data, offset, end)
+    }
+
+    /// [`FileReader::piece`] if its chunk is in the in-memory cache now, else `None`: never
+    /// reads or decompresses, so it may be called where blocking is not allowed.
+    pub fn cached_piece(&self, offset: u64, end: u64) -> Option<Result<Piece>> {
+        let span = match self.span_at(offset) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let data = self.repo.cached_chunk(&span.id)?;
+        Some(slice_chunk(span, data, offset, end))
+    }
+
+    fn span_at(&self, offset: u64) -> Result<ChunkSpan> {
+        let i = self
+            .chunk_index(offset)
+            .ok_or_else(|| Error::InvalidInput(format!("offset {offset} is past the end ({} bytes)", self.size)))?;
+        Ok(self.chunks[i])
+    }
+
+    /// The read-ahead plan, pure: the chunks after chunk `last` worth loading ahead of a
+    /// sequential reader, `budget` bytes of them at most, none starting at or after `end`.
+    pub fn plan_ahead(&self, last: usize, budget: u64, end: u64) -> std::ops::Range<usize> {
+        let first = (last + 1).min(self.chunks.len());
+        let mut want = first;
+        let mut bytes = 0u64;
+        while want < self.chunks.len() && bytes < budget && self.chunks[want].offset < end {
+            bytes += u64::from(self.chunks[want].len);
+            want += 1;
+        }
+        first..want
+    }
+}
+
+/// A chunk and the range of it a read uses.
+pub type Piece = (Arc<Vec<u8>>, std::ops::Range<usize>);
+
+fn slice_chunk(span: ChunkSpan, data: Arc<Vec<u8>>, offset: u64, end: u64) -> Result<Piece> {
+    if data.len() != span.len as usize {
+        return Err(Error::corrupt(format!("chunk {}", span.id.0.to_hex()), "its length differs from the index"));
+    }
+    let from = (offset - span.offset) as usize;
+    let to = (end.min(span.offset + u64::from(span.len)).max(offset) - span.offset) as usize;
+    Ok((data, from..to))
 }
 
 #[cfg(test)]
@@ -949,7 +997,7 @@ mod tests {
 
         // A prefetch does not wait for a load someone else has begun, nor repeat it.
         let repo = repo.repo().open_indexed(CacheSizes::default()).unwrap();
-        let turn = repo.inner.loading.try_turn(id).unwrap();
+        let turn = repo.inner.loading.try_lead(id).unwrap();
         repo.prefetch_chunk(id).unwrap();
         assert_eq!(repo.loads(), 0);
         drop(turn);
@@ -957,5 +1005,151 @@ mod tests {
         repo.prefetch_chunk(id).unwrap();
         assert_eq!(repo.loads(), 1);
         assert_eq!(repo.cached_chunk(&id).unwrap().as_slice(), text);
+    }
+
+    /// A small repository with one backup, opened with its index.
+    fn small_repo(dir: &std::path::Path) -> crate::IndexedRepository {
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), b"some bytes").unwrap();
+        let repo = Repository::init(
+            &dir.join("repo"),
+            ChunkerParams::default(),
+            CompressionParams::default(),
+            crate::NewKey::test(),
+        )
+        .unwrap();
+        let repo = repo.open_indexed(CacheSizes::default()).unwrap();
+        let opts = BackupOptions { paths: vec![src], host: "h".into(), ..BackupOptions::default() };
+        backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
+        repo.repo().open_indexed(CacheSizes::default()).unwrap()
+    }
+
+    /// Poll until `f` gives something (an event the test cannot be told of otherwise).
+    fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(t) = f() {
+                return t;
+            }
+            assert!(std::time::Instant::now() < deadline, "waited 60 s in vain");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Run `f` on a thread of its own; its result, or a failure if it does not return (it
+    /// waits for a lock that the test holds up on purpose).
+    fn returns<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()).unwrap());
+        rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap_or_else(|_| panic!("{what} is blocked"))
+    }
+
+    /// A refresh reads index files with no lock on the index (lookups go on while it reads),
+    /// and the misses that pile up meanwhile share one more refresh instead of one each.
+    #[test]
+    fn index_refresh_reads_off_lock_and_coalesces() {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::sync::atomic::Ordering;
+
+        let dir = tempfile::tempdir().unwrap();
+        let repo = small_repo(dir.path());
+        let blobs = repo.blob_count();
+        // An "index file" that blocks whoever reads it until the test writes to it.
+        let fifo = repo.repo().file_path(crate::backend::FileKind::Index, &"f".repeat(64));
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path that lives across the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let first = std::thread::spawn({
+            let repo = repo.clone();
+            move || repo.refresh_index()
+        });
+        // The refresh is reading the file once its open (as a reader) lets ours in.
+        let writer =
+            wait_for(|| std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo).ok());
+        let r = repo.clone();
+        assert_eq!(returns("a lookup during a refresh", move || r.blob_count()), blobs);
+        // Seven misses meanwhile: they wait for the refresh under way, then share one.
+        let missing: crate::format::BlobId = crate::format::ChunkId(crate::format::Hash::of(b"nowhere")).into();
+        let misses: Vec<_> = (0..7)
+            .map(|_| {
+                let repo = repo.clone();
+                std::thread::spawn(move || repo.locate(missing))
+            })
+            .collect();
+        wait_for(|| (repo.inner.waiting_refreshers.load(Ordering::SeqCst) == 8).then_some(()));
+        drop(writer);
+        assert_eq!(first.join().unwrap().unwrap(), 1, "the blocking file, read empty (damaged)");
+        for m in misses {
+            assert!(matches!(m.join().unwrap(), Err(crate::Error::NotFound(_))));
+        }
+        assert_eq!(repo.inner.refreshes.load(Ordering::SeqCst), 2, "the first refresh and one for all misses");
+        assert_eq!(repo.blob_count(), blobs);
+    }
+
+    /// A panic while the index is locked does not make every later lookup fail.
+    #[test]
+    fn a_panic_under_the_index_lock_does_not_poison_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = small_repo(dir.path());
+        let blobs = repo.blob_count();
+        let r = repo.clone();
+        let swap = std::thread::spawn(move || {
+            let _index = r.inner.index.write();
+            panic!("a swap fails")
+        });
+        assert!(swap.join().is_err());
+        assert_eq!(repo.blob_count(), blobs);
+        repo.refresh_index().unwrap();
+        let r = repo.clone();
+        let id = crate::format::ChunkId(crate::format::Hash::of(b"nowhere"));
+        let load = std::thread::spawn(move || {
+            r.inner.loading.run(id, || -> crate::Result<Arc<Vec<u8>>> { panic!("a load fails") })
+        });
+        assert!(load.join().is_err());
+        assert!(repo.chunk(crate::format::ChunkId(crate::format::Hash::of(b"nowhere"))).is_err());
+    }
+
+    /// Pieces are slices of one chunk, clipped to it; the plan counts whole chunks after the
+    /// last one read, within the budget and before the end.
+    #[test]
+    fn pieces_and_the_read_ahead_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let mut data = vec![0u8; 600_000];
+        blake3::Hasher::new().update(b"seed").finalize_xof().fill(&mut data);
+        std::fs::write(src.join("f"), &data).unwrap();
+        let chunker = ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 };
+        let repo =
+            Repository::init(&dir.path().join("repo"), chunker, CompressionParams::default(), crate::NewKey::test())
+                .unwrap()
+                .open_indexed(CacheSizes::default())
+                .unwrap();
+        let opts = BackupOptions { paths: vec![src.clone()], host: "h".into(), ..BackupOptions::default() };
+        let snap = backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
+        let repo = repo.repo().open_indexed(CacheSizes::default()).unwrap();
+        let node = repo.node_at(&snap.snapshot, src.join("f").as_os_str().as_encoded_bytes()).unwrap();
+        let r = repo.open_file(&node).unwrap();
+        let c = r.chunks().to_vec();
+        assert!(c.len() > 5);
+        assert!(r.cached_piece(c[1].offset + 10, c[1].offset + 20).is_none(), "not read yet");
+        let (chunk, range) = r.piece(c[1].offset + 10, c[3].offset).unwrap();
+        assert_eq!(
+            &chunk[range.clone()],
+            &data[c[1].offset as usize + 10..c[2].offset as usize],
+            "clipped to the chunk"
+        );
+        let (_, again) = r.cached_piece(c[1].offset + 10, c[1].offset + 20).unwrap().unwrap();
+        assert_eq!(again, 10..20);
+        assert!(matches!(r.piece(r.size(), r.size() + 1), Err(crate::Error::InvalidInput(_))));
+        let len = |i: usize| u64::from(c[i].len);
+        assert_eq!(r.plan_ahead(0, 0, r.size()), 1..1);
+        assert_eq!(r.plan_ahead(0, 1, r.size()), 1..2, "a chunk started is a chunk loaded");
+        assert_eq!(r.plan_ahead(0, len(1) + len(2), r.size()), 1..3);
+        assert_eq!(r.plan_ahead(0, u64::MAX, c[3].offset), 1..3, "none from the end on");
+        assert_eq!(r.plan_ahead(c.len() - 1, u64::MAX, r.size()), c.len()..c.len());
     }
 }

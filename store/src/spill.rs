@@ -19,9 +19,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use crate::format::ChunkId;
 
@@ -72,6 +74,9 @@ struct Ring {
     state: Mutex<State>,
     /// Chunks queued for the writer thread.
     queued: AtomicUsize,
+    /// Writes made with the lock free (readers could go on meanwhile), for tests.
+    #[cfg(test)]
+    unlocked_writes: AtomicUsize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +123,14 @@ impl State {
 
 impl Spill {
     pub fn new(file: File, capacity: u64) -> Spill {
-        let ring = Arc::new(Ring { file, capacity, state: Mutex::new(State::default()), queued: AtomicUsize::new(0) });
+        let ring = Arc::new(Ring {
+            file,
+            capacity,
+            state: Mutex::new(State::default()),
+            queued: AtomicUsize::new(0),
+            #[cfg(test)]
+            unlocked_writes: AtomicUsize::new(0),
+        });
         let (writes, queue) = sync_channel::<(ChunkId, Arc<Vec<u8>>)>(QUEUE);
         let writer = ring.clone();
         // Ends when the spill is dropped (the channel closes).
@@ -142,7 +154,7 @@ impl Spill {
     /// Chunk `id` was read from the repository: keep it, soon, if that happened before
     /// (unless it is there already or larger than the file).
     pub fn put(&self, id: ChunkId, data: Arc<Vec<u8>>) {
-        if !self.seen.lock().expect("spill lock").again(id) {
+        if !self.seen.lock().again(id) {
             return;
         }
         self.ring.queued.fetch_add(1, Ordering::Relaxed);
@@ -153,7 +165,7 @@ impl Spill {
 
     /// Forget a chunk (it failed its check).
     pub fn forget(&self, id: &ChunkId) {
-        self.ring.state.lock().expect("spill lock").map.remove(id);
+        self.ring.state.lock().map.remove(id);
     }
 
     /// Wait until every chunk handed to [`Spill::put`] is written.
@@ -167,29 +179,37 @@ impl Spill {
 
 impl Ring {
     fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
-        let slot = *self.state.lock().expect("spill lock").map.get(id)?;
+        let slot = *self.state.lock().map.get(id)?;
         let mut buf = vec![0u8; slot.len as usize];
         self.file.read_exact_at(&mut buf, slot.offset).ok()?;
         // Written over since the lookup? Then the slot was forgotten first.
-        (self.state.lock().expect("spill lock").map.get(id) == Some(&slot)).then_some(buf)
+        (self.state.lock().map.get(id) == Some(&slot)).then_some(buf)
     }
 
+    /// Called only by the spill's writer thread, so two stores never race for the head. The
+    /// region is claimed under the lock (forgetting what it held, so readers stop finding it),
+    /// written outside it (readers of other chunks do not wait for the copy), and published
+    /// under it again.
     fn store(&self, id: ChunkId, data: &[u8]) {
         let len = data.len() as u64;
         if len == 0 || len > self.capacity {
             return;
         }
-        let mut st = self.state.lock().expect("spill lock");
-        if st.map.contains_key(&id) {
-            return;
-        }
-        let offset = st.reserve(len, self.capacity);
-        // Written under the lock: nobody can claim the region meanwhile.
+        let offset = {
+            let mut st = self.state.lock();
+            if st.map.contains_key(&id) {
+                return;
+            }
+            st.reserve(len, self.capacity)
+        };
+        #[cfg(test)]
+        self.unlocked_writes.fetch_add(usize::from(self.state.try_lock().is_some()), Ordering::Relaxed);
         if let Err(e) = self.file.write_all_at(data, offset) {
             tracing::debug!("chunk spill write failed: {e}");
             return;
         }
         let slot = Slot { offset, len: len as u32 };
+        let mut st = self.state.lock();
         st.map.insert(id, slot);
         st.order.push_back((id, slot));
     }
@@ -237,6 +257,8 @@ mod tests {
             assert_eq!(spill.get(&id(i)), Some(data(i, len)), "the newest is always there");
         }
         assert_eq!(spill.get(&id(10_000)), None);
+        // Readers of other chunks never waited for a copy into the file.
+        assert_eq!(spill.ring.unlocked_writes.load(Ordering::Relaxed), 200, "written outside the ring lock");
         put(5000, data(0, 1001));
         assert_eq!(spill.get(&id(5000)), None, "larger than the file");
         spill.forget(&id(199));

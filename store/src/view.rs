@@ -16,8 +16,10 @@
 //! [`View::refresh`] picks up snapshots added or removed since.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::format::{Node, NodeKind, SnapshotId, Time};
@@ -104,13 +106,13 @@ impl View {
 
     /// Re-read the list of snapshots; loads only manifests not seen before.
     pub fn refresh(&self) -> Result<bool> {
-        *self.last_refresh.lock().expect("view lock") = Instant::now();
+        *self.last_refresh.lock() = Instant::now();
         let ids: HashSet<SnapshotId> = self.repo.repo().snapshot_ids()?.into_iter().collect();
-        if ids == self.state.read().expect("view lock").known {
+        if ids == self.state.read().known {
             return Ok(false);
         }
         let mut entries: Vec<SnapshotEntry> = {
-            let st = self.state.read().expect("view lock");
+            let st = self.state.read();
             st.snaps.iter().filter(|n| ids.contains(&n.entry.id)).map(|n| n.entry.clone()).collect()
         };
         let have: HashSet<SnapshotId> = entries.iter().map(|e| e.id).collect();
@@ -129,7 +131,7 @@ impl View {
             }
         }
         crate::repo::sort_snapshots(&mut entries);
-        let prev_changed = self.state.read().expect("view lock").changed;
+        let prev_changed = self.state.read().changed;
         let first = prev_changed == Time::default();
         let newest = entries.iter().map(|e| to_time(e.snapshot.time)).max().unwrap_or_default();
         let changed = if first {
@@ -170,14 +172,14 @@ impl View {
             }
             st.short_ids.insert(hex[..len].to_string(), *id);
         }
-        *self.state.write().expect("view lock") = st;
+        *self.state.write() = st;
         Ok(true)
     }
 
     /// Refresh if the last one is older than a quarter of a second; errors are logged, the old
     /// list kept.
     pub fn refresh_if_stale(&self) {
-        if self.last_refresh.lock().expect("view lock").elapsed() < self.min_refresh {
+        if self.last_refresh.lock().elapsed() < self.min_refresh {
             return;
         }
         if let Err(e) = self.refresh() {
@@ -187,22 +189,22 @@ impl View {
 
     /// Every snapshot with its directory name, oldest first.
     pub fn snapshots(&self) -> Vec<(String, SnapshotEntry)> {
-        self.state.read().expect("view lock").snaps.iter().map(|n| (n.name.clone(), n.entry.clone())).collect()
+        self.state.read().snaps.iter().map(|n| (n.name.clone(), n.entry.clone())).collect()
     }
 
     /// Whether the snapshot is in the view, without copying its manifest.
     pub fn contains(&self, id: &SnapshotId) -> bool {
-        self.state.read().expect("view lock").by_id.contains_key(id)
+        self.state.read().by_id.contains_key(id)
     }
 
     pub fn snapshot(&self, id: &SnapshotId) -> Option<SnapshotEntry> {
-        let st = self.state.read().expect("view lock");
+        let st = self.state.read();
         st.by_id.get(id).map(|&i| st.snaps[i].entry.clone())
     }
 
     /// The directory name of a snapshot.
     pub fn snapshot_name(&self, id: &SnapshotId) -> Option<String> {
-        let st = self.state.read().expect("view lock");
+        let st = self.state.read();
         st.by_id.get(id).map(|&i| st.snaps[i].name.clone())
     }
 
@@ -210,7 +212,7 @@ impl View {
     pub fn lookup(&self, dir: &Entry, name: &[u8]) -> Result<Entry> {
         let not_found = || Error::NotFound(String::from_utf8_lossy(name).into_owned());
         let text = std::str::from_utf8(name).ok();
-        let st = self.state.read().expect("view lock");
+        let st = self.state.read();
         let by_name = |filter: &dyn Fn(&Named) -> bool| {
             text.and_then(|t| st.snaps.iter().find(|n| filter(n) && n.name == t)).map(|n| Entry::Snapshot(n.entry.id))
         };
@@ -262,7 +264,7 @@ impl View {
 
     /// The entries of a directory, sorted by name.
     pub fn list(&self, dir: &Entry) -> Result<Vec<(Vec<u8>, Entry)>> {
-        let st = self.state.read().expect("view lock");
+        let st = self.state.read();
         let snaps = |filter: &dyn Fn(&Named) -> bool| -> Vec<(Vec<u8>, Entry)> {
             st.snaps
                 .iter()
@@ -323,9 +325,51 @@ impl View {
         Ok(tree.nodes.iter().map(|n| (n.name.clone(), Entry::Node { snapshot, node: Arc::new(n.clone()) })).collect())
     }
 
+    /// The tree that [`View::attr`] of `e` reads (to count its subdirectories), if any.
+    pub fn attr_tree(&self, e: &Entry) -> Option<crate::format::TreeId> {
+        match e {
+            Entry::Node { node, .. } => node.subtree.filter(|_| node.is_dir()),
+            _ => None,
+        }
+    }
+
+    /// How many subdirectories a directory entry has: its link count is 2 more, as on ext4
+    /// (`find` relies on it). A directory in a snapshot reads its tree for this; a snapshot's
+    /// root needs only its manifest (the first components of its source paths), so listings of
+    /// snapshots read no tree. `None`: not known without the tree (a source path with one
+    /// component, which may be a file), reported as 1 link as btrfs does, which `find` reads as
+    /// "unknown".
+    fn subdirs(&self, e: &Entry) -> Result<Option<u64>> {
+        if let Some(tree) = self.attr_tree(e) {
+            return Ok(Some(self.repo.tree(tree)?.nodes.iter().filter(|n| n.is_dir()).count() as u64));
+        }
+        Ok(Some(match e {
+            Entry::Snapshot(id) => {
+                let s = self.snapshot(id).ok_or_else(|| Error::NotFound(id.short()))?;
+                let mut first = HashSet::new();
+                for p in &s.snapshot.paths {
+                    let comps: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+                    if comps.len() < 2 {
+                        return Ok(None);
+                    }
+                    first.insert(comps[0]);
+                }
+                first.len() as u64
+            }
+            Entry::Node { .. } | Entry::Latest(_) => 0,
+            _ => self.list(e)?.iter().filter(|(_, e)| !matches!(e, Entry::Latest(_))).count() as u64,
+        }))
+    }
+
     /// Attributes of an entry.
     pub fn attr(&self, e: &Entry) -> Result<Attr> {
-        let st = self.state.read().expect("view lock");
+        let is_dir = match e {
+            Entry::Latest(_) => false,
+            Entry::Node { node, .. } => node.is_dir(),
+            _ => true,
+        };
+        let nlink = if is_dir { self.subdirs(e)?.map_or(1, |n| 2 + n) } else { 1 };
+        let st = self.state.read();
         let dir = |mtime: Time| Attr {
             kind: NodeKind::Dir,
             perm: 0o555,
@@ -334,7 +378,7 @@ impl View {
             size: 0,
             mtime,
             ctime: mtime,
-            nlink: 2,
+            nlink,
             rdev: 0,
         };
         Ok(match e {
@@ -362,7 +406,7 @@ impl View {
                 size: node.size,
                 mtime: node.mtime,
                 ctime: node.ctime,
-                nlink: if node.is_dir() { 2 } else { node.nlink.max(1) },
+                nlink: if node.is_dir() { nlink } else { node.nlink.max(1) },
                 rdev: node.rdev,
             },
         })
@@ -372,7 +416,7 @@ impl View {
     pub fn readlink(&self, e: &Entry) -> Result<Vec<u8>> {
         match e {
             Entry::Latest(h) => {
-                let st = self.state.read().expect("view lock");
+                let st = self.state.read();
                 st.snaps
                     .iter()
                     .rev()
@@ -424,5 +468,39 @@ fn sanitize(s: &str) -> String {
     match s.as_str() {
         "" | "." | ".." => format!("_{s}"),
         _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BackupOptions, BackupProgress, CacheSizes, ChunkerParams, CompressionParams, Repository, backup};
+
+    /// A request that panics while it holds the view's state does not fail every later one.
+    #[test]
+    fn a_panic_under_the_view_lock_does_not_poison_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let repo = Repository::init(
+            &dir.path().join("repo"),
+            ChunkerParams::default(),
+            CompressionParams::default(),
+            crate::NewKey::test(),
+        )
+        .unwrap()
+        .open_indexed(CacheSizes::default())
+        .unwrap();
+        let opts = BackupOptions { paths: vec![src], host: "h".into(), ..BackupOptions::default() };
+        backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
+        let view = Arc::new(View::new(repo).unwrap());
+        let v = view.clone();
+        let panicked = std::thread::spawn(move || {
+            let _state = v.state.write();
+            panic!("a request fails")
+        });
+        assert!(panicked.join().is_err());
+        assert_eq!(view.snapshots().len(), 1);
+        assert_eq!(view.list(&Entry::Hosts).unwrap().len(), 1);
     }
 }

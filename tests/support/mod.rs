@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod access;
 pub mod corpus;
 pub mod faults;
 pub mod garage;

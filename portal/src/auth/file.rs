@@ -20,7 +20,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::SystemTime;
 
 use argon2::Argon2;
@@ -132,7 +134,7 @@ impl FileRealm {
     /// The users, read again if the file changed since (a file that no longer reads keeps the
     /// users it had, loudly).
     fn users(&self) -> Arc<Users> {
-        let mut users = self.users.lock().expect("users lock");
+        let mut users = self.users.lock();
         let now = stamp(&self.path);
         if now != users.stamp {
             match read_users(&self.name, &self.path) {

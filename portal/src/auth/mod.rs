@@ -18,7 +18,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -185,7 +187,7 @@ impl Lookups {
             return (Ok(None), now());
         }
         let cell = {
-            let mut cells = self.cells.lock().expect("lookups lock");
+            let mut cells = self.cells.lock();
             if cells.len() > 10_000 {
                 cells.retain(|_, (at, _)| at.elapsed() < LOOKUP_REUSE);
             }
