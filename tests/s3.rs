@@ -212,3 +212,50 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// A node of a 3-node cluster (replication factor 3) killed during a backup: the backup finishes
+/// or fails with one clear line; either way the repository passes `check --read-data` once the
+/// node is back, a retried backup completes, and what it saved restores exactly. Once for a
+/// node the client does not talk to (writes go on with two of three), once for the node it
+/// talks to (the backup cannot go on).
+#[test]
+fn a_garage_node_killed_during_a_backup_leaves_a_valid_repository() {
+    use crate::support::*;
+    let mut g = Garage::start(3);
+    for victim in [2, 0] {
+        let t = TempRepo::on_garage(&g, &format!("kill-{victim}"));
+        let src = t.path("src");
+        corpus_make(&src, 0.01);
+        std::fs::write(src.join("big.bin"), pseudo_random(48 << 20, victim as u64)).unwrap();
+        let child = t
+            .cmd()
+            .args(["backup", "--host", "vm"])
+            .arg(&src)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Killed once the backup has written its first pack (an object under data/).
+        let storage = rewind_s3::storage_at(&t.repo).unwrap();
+        wait_until("the backup writes a pack", || storage.list(FileKind::Pack).is_ok_and(|p| !p.is_empty()));
+        g.kill_node(victim);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            let lines: Vec<&str> =
+                stderr.lines().filter(|l| l.starts_with("rewind:") || l.starts_with("Error")).collect();
+            assert_eq!(lines.len(), 1, "a failed backup says why in one line: {stderr}");
+        }
+        g.restart_node(victim);
+        // The node catches up; then the repository is whole.
+        wait_until("the cluster answers", || t.run(&["snapshots"]).status.success());
+        t.ok(&["check", "--read-data"]);
+        let retried = t.backup("vm", &[&src]);
+        assert!(retried["id"].is_string());
+        t.ok(&["check", "--read-data"]);
+        let out_dir = t.path("restored");
+        t.restore("latest", &out_dir);
+        assert_same_tree(&src, &out_dir.join(src.strip_prefix("/").unwrap()), &ShapeOptions::default());
+        eprintln!("victim {victim}: first backup {}", if out.status.success() { "finished" } else { "failed cleanly" });
+    }
+}

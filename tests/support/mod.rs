@@ -98,9 +98,14 @@ impl TempRepo {
     /// An encrypted repository in a prefix of its own on the shared Garage node; its local
     /// caches in the temporary directory.
     pub fn on_s3(name: &str) -> TempRepo {
+        TempRepo::on_garage(garage::Garage::shared(), name)
+    }
+
+    /// [`TempRepo::on_s3`] on the cluster `g` (through its node 0).
+    pub fn on_garage(g: &garage::Garage, name: &str) -> TempRepo {
         garage::credentials_in_env();
         let dir = tempfile::Builder::new().prefix("rewind-test-").tempdir().expect("tempdir");
-        let repo = PathBuf::from(garage::Garage::shared().repo_url(name));
+        let repo = PathBuf::from(g.repo_url(name));
         let t = TempRepo { dir, repo, encrypted: true };
         let out = t.cmd().arg("init").arg(&t.repo).output().expect("run rewind init");
         assert_success(&out, "rewind init (S3)");
