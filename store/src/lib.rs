@@ -34,6 +34,7 @@ pub mod image;
 mod index;
 pub mod interrupt;
 pub mod keys;
+mod local_cache;
 pub mod lock;
 pub mod maintenance;
 mod pack;

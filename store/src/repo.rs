@@ -163,6 +163,13 @@ impl Repository {
             let crypto = Crypto::Encrypted(Box::new(master));
             (Config::decode_sealed(&bytes, &crypto)?, Codec::encrypted(crypto), Some(name))
         };
+        // A remote repository keeps copies of its index files and snapshots on the local disk.
+        let backend: Shared<dyn Backend> = if backend.local_root().is_none() {
+            let dir = cache_root().join(config.id.to_hex());
+            Shared::new(crate::local_cache::LocalCache::new(backend, dir))
+        } else {
+            backend
+        };
         Ok(Repository { inner: Arc::new(RepoInner { backend, config, codec, key_name }) })
     }
 
