@@ -60,26 +60,10 @@ impl LocalCache {
     }
 
     fn write_copy(&self, kind: FileKind, name: &str, data: &[u8]) {
-        let p = self.path(kind, name);
-        let result = (|| -> std::io::Result<()> {
-            let dir = p.parent().expect("a file in a folder");
-            fs::create_dir_all(dir)?;
-            // A file of our own beside it, renamed into place: a reader sees a whole copy or none.
-            static N: AtomicU64 = AtomicU64::new(0);
-            let tmp = dir.join(format!(".{name}.{}.{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-            let written = fs::File::create(&tmp).and_then(|mut f| {
-                f.write_all(data)?;
-                f.write_all(blake3::hash(data).as_bytes())
-            });
-            let result = written.and_then(|()| fs::rename(&tmp, &p));
-            if result.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
-            result
-        })();
-        if let Err(e) = result {
-            tracing::debug!("local cache: cannot keep {}: {e}", p.display());
-        }
+        let mut copy = Vec::with_capacity(data.len() + SUM);
+        copy.extend_from_slice(data);
+        copy.extend_from_slice(blake3::hash(data).as_bytes());
+        keep(&self.path(kind, name), &copy);
     }
 
     fn remove_copy(&self, kind: FileKind, name: &str) {
@@ -179,6 +163,26 @@ impl Backend for LocalCache {
 
     fn release_reserve(&self) -> bool {
         self.inner.release_reserve()
+    }
+}
+
+/// Write `bytes` to `p` whole or not at all (a file of our own beside it, renamed into place),
+/// making its folder; a failure is only logged: a cache may lose a copy.
+pub(crate) fn keep(p: &Path, bytes: &[u8]) {
+    let result = (|| -> std::io::Result<()> {
+        let dir = p.parent().expect("a file in a folder");
+        fs::create_dir_all(dir)?;
+        static N: AtomicU64 = AtomicU64::new(0);
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.{}.{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let result = fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes)).and_then(|()| fs::rename(&tmp, p));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    })();
+    if let Err(e) = result {
+        tracing::debug!("local cache: cannot keep {}: {e}", p.display());
     }
 }
 

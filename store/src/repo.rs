@@ -797,11 +797,41 @@ impl IndexedRepository {
         if let Some(t) = self.inner.trees.get(&id) {
             return Ok(t);
         }
-        let bytes = self.read_blob(id.into())?;
+        let bytes = match self.repo().local_path() {
+            Some(_) => self.read_blob(id.into())?,
+            None => self.read_tree_cached(id)?,
+        };
         let tree = Arc::new(Tree::decode(&bytes)?);
         // Decoded nodes take a few times their encoded size.
         self.inner.trees.insert(id, tree.clone(), bytes.len() * 3 + 64);
         Ok(tree)
+    }
+
+    /// A tree of a remote repository: its stored (sealed, compressed) bytes are kept in the cache
+    /// folder (`trees/<2 hex>/<id>`, with their compression and length ahead of them), so that
+    /// the next process reads it from the local disk. What comes from there is opened and checked
+    /// against the id like what comes from the pack; a copy that fails is replaced.
+    fn read_tree_cached(&self, id: TreeId) -> Result<Vec<u8>> {
+        let hex = id.to_hex();
+        let path = self.repo().cache_dir().join("trees").join(&hex[..2]).join(&hex);
+        if let Ok(copy) = std::fs::read(&path)
+            && copy.len() >= 5
+            && let Some(compression) = crate::format::Compression::from_u8(copy[0])
+        {
+            let raw_len = u32::from_le_bytes(copy[1..5].try_into().expect("4 bytes"));
+            match blob::open_owned(self.codec(), &id.into(), compression, copy[5..].to_vec(), raw_len) {
+                Ok(b) => return Ok(b),
+                Err(e) => tracing::warn!("local cache: tree {} is damaged ({e}); reading it again", id.short()),
+            }
+        }
+        let (loc, stored) = self.read_stored(id.into())?;
+        let mut copy = Vec::with_capacity(stored.len() + 5);
+        copy.push(loc.compression as u8);
+        copy.extend_from_slice(&loc.raw_len.to_le_bytes());
+        copy.extend_from_slice(&stored);
+        let bytes = blob::open_owned(self.codec(), &id.into(), loc.compression, stored, loc.raw_len)?;
+        crate::local_cache::keep(&path, &copy);
+        Ok(bytes)
     }
 
     /// The node at `path` (components separated by `/`, leading `/` optional) in a snapshot; the
