@@ -59,7 +59,7 @@ impl S3Location {
         let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
         let valid_bucket = !bucket.is_empty()
             && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-        if host.is_empty() || host.contains(['?', '#', '@']) || !valid_bucket || prefix.contains("//") {
+        if host.is_empty() || host.contains(['?', '#', '@']) || !valid_bucket || path.contains("//") {
             return Err(bad());
         }
         Ok(S3Location {

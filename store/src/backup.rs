@@ -88,7 +88,8 @@ pub fn backup(
     let config = repo.repo().config();
     let archiver = Archiver {
         repo,
-        packer: Packer::new(repo.backend(), repo.repo().codec(), config.pack_size, config.compression.level),
+        packer: Packer::new(repo.backend(), repo.repo().codec(), config.pack_size, config.compression.level)
+            .with_tree_cache(repo.repo().tree_cache()),
         chunker: Chunker::with_gear(config.chunker, repo.repo().codec().crypto().gear()),
         excludes: Excludes::new(&opts.excludes)?,
         names: NameCache::default(),

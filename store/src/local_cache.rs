@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::{Backend, FileKind, TmpFile};
 use crate::error::Result;
+use crate::format::{BlobId, Compression};
 
 /// A backend whose index files and snapshots are also kept in a local folder.
 pub struct LocalCache {
@@ -164,6 +165,26 @@ impl Backend for LocalCache {
     fn release_reserve(&self) -> bool {
         self.inner.release_reserve()
     }
+}
+
+/// A tree's stored bytes from the cache folder `dir`, with its compression and length (as
+/// [`keep_tree`] wrote them); unverified: the caller opens them against the id.
+pub(crate) fn read_tree(dir: &Path, id: &BlobId) -> Option<(Compression, u32, Vec<u8>)> {
+    let hex = id.hash.to_hex();
+    let copy = fs::read(dir.join(&hex[..2]).join(&hex)).ok()?;
+    let compression = Compression::from_u8(*copy.first()?)?;
+    let raw_len = u32::from_le_bytes(copy.get(1..5)?.try_into().ok()?);
+    Some((compression, raw_len, copy[5..].to_vec()))
+}
+
+/// Keep a tree's stored bytes (sealed, compressed: what its pack holds) in the cache folder `dir`.
+pub(crate) fn keep_tree(dir: &Path, id: &BlobId, compression: Compression, raw_len: u32, stored: &[u8]) {
+    let hex = id.hash.to_hex();
+    let mut copy = Vec::with_capacity(stored.len() + 5);
+    copy.push(compression as u8);
+    copy.extend_from_slice(&raw_len.to_le_bytes());
+    copy.extend_from_slice(stored);
+    keep(&dir.join(&hex[..2]).join(&hex), &copy);
 }
 
 /// Write `bytes` to `p` whole or not at all (a file of our own beside it, renamed into place),

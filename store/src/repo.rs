@@ -198,6 +198,12 @@ impl Repository {
         cache_root().join(self.config().id.to_hex())
     }
 
+    /// Where this process keeps copies of trees it writes or reads: a remote repository's cache
+    /// folder; none for a local one.
+    pub(crate) fn tree_cache(&self) -> Option<PathBuf> {
+        self.local_path().is_none().then(|| self.cache_dir().join("trees"))
+    }
+
     /// The storage behind the repository (shared by every copy of this handle).
     pub fn storage(&self) -> Shared<dyn Backend> {
         self.inner.backend.clone()
@@ -812,26 +818,16 @@ impl IndexedRepository {
     /// the next process reads it from the local disk. What comes from there is opened and checked
     /// against the id like what comes from the pack; a copy that fails is replaced.
     fn read_tree_cached(&self, id: TreeId) -> Result<Vec<u8>> {
-        let hex = id.to_hex();
-        let path = self.repo().cache_dir().join("trees").join(&hex[..2]).join(&hex);
-        if let Ok(copy) = std::fs::read(&path)
-            && copy.len() >= 5
-            && let Some(compression) = crate::format::Compression::from_u8(copy[0])
-        {
-            let raw_len = u32::from_le_bytes(copy[1..5].try_into().expect("4 bytes"));
-            match blob::open_owned(self.codec(), &id.into(), compression, copy[5..].to_vec(), raw_len) {
+        let dir = self.repo().cache_dir().join("trees");
+        if let Some((compression, raw_len, stored)) = crate::local_cache::read_tree(&dir, &id.into()) {
+            match blob::open_owned(self.codec(), &id.into(), compression, stored, raw_len) {
                 Ok(b) => return Ok(b),
                 Err(e) => tracing::warn!("local cache: tree {} is damaged ({e}); reading it again", id.short()),
             }
         }
         let (loc, stored) = self.read_stored(id.into())?;
-        let mut copy = Vec::with_capacity(stored.len() + 5);
-        copy.push(loc.compression as u8);
-        copy.extend_from_slice(&loc.raw_len.to_le_bytes());
-        copy.extend_from_slice(&stored);
-        let bytes = blob::open_owned(self.codec(), &id.into(), loc.compression, stored, loc.raw_len)?;
-        crate::local_cache::keep(&path, &copy);
-        Ok(bytes)
+        crate::local_cache::keep_tree(&dir, &id.into(), loc.compression, loc.raw_len, &stored);
+        blob::open_owned(self.codec(), &id.into(), loc.compression, stored, loc.raw_len)
     }
 
     /// The node at `path` (components separated by `/`, leading `/` optional) in a snapshot; the
