@@ -36,7 +36,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     /// The catalog database (search, deleted, history); default: the catalog crate's default
-    /// place for the repository.
+    /// place for a repository in a local directory; for one on object storage, a file of this
+    /// portal's own in the repository's cache folder (see `catalog.rs`).
     #[serde(default)]
     pub catalog: Option<PathBuf>,
     /// Reverse proxies whose `X-Forwarded-For` names the client (for throttling and the audit log).
@@ -55,9 +56,11 @@ pub struct Config {
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
     /// Bring the catalog up to date at start and then every so many seconds (0: never; the
-    /// catalog is then maintained by `rewind catalog` after backups).
+    /// catalog is then maintained by `rewind catalog` after backups). Default: 0 for a
+    /// repository in a local directory, 300 for one on object storage (each replica keeps its
+    /// own catalog, which no backup updates).
     #[serde(default)]
-    pub catalog_sync_secs: u64,
+    pub catalog_sync_secs: Option<u64>,
     /// How long a catalog result page is reused for the same query (by any user; results are
     /// filtered per user afterwards). 0 disables the cache.
     #[serde(default = "default_catalog_cache_ms")]

@@ -24,6 +24,8 @@ pub enum FileKind {
     Pending,
     /// Key files of an encrypted repository.
     Key,
+    /// Sessions the portal ended (logout), refused by every portal serving the repository.
+    Revocation,
 }
 
 impl FileKind {
@@ -47,6 +49,7 @@ impl FileKind {
             FileKind::Lock => "locks",
             FileKind::Pending => "pending",
             FileKind::Key => "keys",
+            FileKind::Revocation => "revoked",
         }
     }
 }

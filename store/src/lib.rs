@@ -42,6 +42,7 @@ pub mod prune;
 mod repo;
 mod restore;
 pub mod retention;
+mod revocation;
 mod source;
 mod spill;
 mod view;
@@ -62,4 +63,5 @@ pub use repo::{
     CacheSizes, ChunkSpan, DamagedSnapshot, FileReader, IndexedRepository, NewKey, Piece, Repository, SnapshotEntry,
 };
 pub use restore::{Overwrite, RestoreOptions, RestoreProgress, restore};
+pub use revocation::{Revocation, revocation_until};
 pub use view::{Entry, View};

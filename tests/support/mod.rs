@@ -182,10 +182,16 @@ impl TempRepo {
 /// Start `rewind serve --config CONFIG`; returns the process and the URL it says it listens on
 /// (`http://127.0.0.1:PORT` or `https://...`).
 pub fn spawn_serve(config: &Path) -> (std::process::Child, String) {
+    spawn_serve_env(config, &[])
+}
+
+/// [`spawn_serve`] with more environment variables.
+pub fn spawn_serve_env(config: &Path, env: &[(&str, &OsStr)]) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = rewind_cmd()
         .args(["serve", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
