@@ -21,5 +21,21 @@ fi
 if command -v systemctl >/dev/null 2>&1; then systemctl stop slapd >/dev/null 2>&1 || true; fi
 pkill -x slapd -U openldap 2>/dev/null || true
 [ -e /dev/fuse ] || { echo "test.sh: /dev/fuse is missing; the mount tests need FUSE" >&2; exit 1; }
+# Garage, the S3 service the object-storage tests run against: not in Debian, so built once with
+# cargo (about 8 minutes on 2 cores) and cached outside the checkout.
+GARAGE_VERSION=2.5.0
+garage_root="${REWIND_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rewind-test}/garage-$GARAGE_VERSION"
+if [ -z "${REWIND_GARAGE:-}" ]; then
+  if command -v garage >/dev/null 2>&1 && garage --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
+    REWIND_GARAGE=$(command -v garage)
+  else
+    if [ ! -x "$garage_root/bin/garage" ]; then
+      echo "test.sh: building garage $GARAGE_VERSION into $garage_root (once)" >&2
+      cargo install garage --locked --version "$GARAGE_VERSION" --root "$garage_root" --quiet
+    fi
+    REWIND_GARAGE="$garage_root/bin/garage"
+  fi
+fi
+export REWIND_GARAGE
 
 cargo test --workspace --no-fail-fast "$@"

@@ -15,7 +15,7 @@ pub struct Cli {
 /// The repository, from `--repo` or `REWIND_REPO`, and what opens it.
 #[derive(Args, Debug, Clone)]
 pub struct RepoArg {
-    /// Repository directory
+    /// Repository: a directory, or s3:http[s]://host[:port]/bucket[/prefix]
     #[arg(long, short = 'r', env = "REWIND_REPO", value_name = "REPO")]
     pub repo: PathBuf,
     #[command(flatten)]

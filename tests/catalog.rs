@@ -145,7 +145,7 @@ fn catalog_answers_equal_a_walk_of_every_snapshot() {
         let s = t.backup("fileserver", &[&src]);
         ids.push(s["id"].as_str().unwrap().to_string());
         times.push(s["time"].as_str().unwrap().to_string());
-        let cat = Catalog::open_read_only(&Catalog::default_path(&t.repo)).expect("backup made the catalog");
+        let cat = Catalog::open_read_only(&Catalog::default_path(&t.open())).expect("backup made the catalog");
         assert_eq!(cat.snapshots().unwrap().len(), ids.len(), "backup {generation} updated the catalog");
     }
     let expected = brute_force(&t.repo, None);
@@ -263,7 +263,7 @@ fn catalog_answers_equal_a_walk_of_every_snapshot() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "the failpoint killed the rebuild");
-    let cat = Catalog::open_read_only(&Catalog::default_path(&t.repo)).unwrap();
+    let cat = Catalog::open_read_only(&Catalog::default_path(&t.open())).unwrap();
     assert_eq!(cat.snapshots().unwrap().len(), 4);
     drop(cat);
     assert_eq!(all_versions(&t), expected);
@@ -276,7 +276,7 @@ fn catalog_answers_equal_a_walk_of_every_snapshot() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "the failpoint killed the update");
-    let cat = Catalog::open_read_only(&Catalog::default_path(&t.repo)).unwrap();
+    let cat = Catalog::open_read_only(&Catalog::default_path(&t.open())).unwrap();
     let had: BTreeSet<String> = cat.snapshots().unwrap().into_iter().map(|s| s.id).collect();
     assert_eq!(had, BTreeSet::from([ids[0].clone()]), "killed in the second snapshot");
     let mut partial = BTreeSet::new();

@@ -480,7 +480,9 @@ fn copies_between_repositories_of_other_keys() {
         }
     }
     let (repo, twin_repo) = (src_repo.open(), twin.open());
-    let size = |r: &Repository| files_of(r.path(), "data").iter().map(|p| fs::metadata(p).unwrap().len()).sum::<u64>();
+    let size = |r: &Repository| {
+        files_of(r.local_path().unwrap(), "data").iter().map(|p| fs::metadata(p).unwrap().len()).sum::<u64>()
+    };
     assert!(size(&twin_repo) < size(&repo) * 3 / 2, "the twin stored its own backup's data twice");
 }
 

@@ -10,5 +10,7 @@ mod mount;
 mod portal;
 mod portal_oracle;
 mod prune;
+mod replicas;
+mod s3;
 mod store;
 mod web;

@@ -29,14 +29,14 @@ fn mounted(path: &Path) -> bool {
 }
 
 /// A running `rewind mount`, unmounted (and its process reaped) on drop.
-struct Mount {
+pub(crate) struct Mount {
     child: Option<Child>,
-    mnt: PathBuf,
+    pub(crate) mnt: PathBuf,
     log: PathBuf,
 }
 
 impl Mount {
-    fn start(t: &TempRepo, name: &str, extra: &[&str]) -> Mount {
+    pub(crate) fn start(t: &TempRepo, name: &str, extra: &[&str]) -> Mount {
         require_fuse();
         let mnt = t.path(name);
         fs::create_dir_all(&mnt).unwrap();

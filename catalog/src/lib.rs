@@ -60,8 +60,13 @@ pub struct Catalog {
 
 impl Catalog {
     /// Where a repository's catalog lives.
-    pub fn default_path(repo: &Path) -> PathBuf {
-        repo.join("catalog").join("catalog.sqlite")
+    /// Beside a local repository (`REPO/catalog/catalog.sqlite`); in the local cache folder of
+    /// a remote one ([`rewind_store::Repository::cache_dir`]).
+    pub fn default_path(repo: &rewind_store::Repository) -> PathBuf {
+        match repo.local_path() {
+            Some(root) => root.join("catalog").join("catalog.sqlite"),
+            None => repo.cache_dir().join("catalog.sqlite"),
+        }
     }
 
     /// Open or create the catalog at `path` for the repository whose config id is `repo_id`
@@ -82,7 +87,7 @@ impl Catalog {
 
     /// Open or create the catalog of `repo` at its default path.
     pub fn open_for(repo: &rewind_store::Repository) -> Result<Catalog> {
-        Catalog::open(&Catalog::default_path(repo.path()), &repo.config().id.to_hex())
+        Catalog::open(&Catalog::default_path(repo), &repo.config().id.to_hex())
     }
 
     /// Open or create the catalog of `repo` at `path`, or at its default place.

@@ -1014,7 +1014,7 @@ mod tests {
         assert_eq!(names(snaps), 2);
         // A removal moves it on too, though the newest snapshot stays.
         let oldest = f.core.view().snapshots()[0].1.id;
-        std::fs::remove_file(f.repo.repo().path().join("snapshots").join(oldest.to_hex())).unwrap();
+        std::fs::remove_file(f.repo.repo().local_path().unwrap().join("snapshots").join(oldest.to_hex())).unwrap();
         assert!(f.core.view().refresh().unwrap());
         let last = f.core.getattr(snaps).unwrap().attr.mtime;
         assert!(last > after.0);
@@ -1186,7 +1186,7 @@ mod tests {
         let span = file.reader.chunks()[2];
         let loc = f.repo.locate(span.id.into()).unwrap();
         let hex = loc.pack.to_hex();
-        let pack = f.repo.repo().path().join("data").join(&hex[..2]).join(&hex);
+        let pack = f.repo.repo().local_path().unwrap().join("data").join(&hex[..2]).join(&hex);
         let mut bytes = std::fs::read(&pack).unwrap();
         bytes[(loc.offset + u64::from(loc.stored_len) / 2) as usize] ^= 0x55;
         std::fs::write(&pack, bytes).unwrap();

@@ -145,7 +145,7 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
         return Err(Error::NoFuse);
     }
     let canonical = check_mountpoint(mountpoint)?;
-    let repo_path = repo.repo().path().to_path_buf();
+    let repo_location = repo.repo().location();
     let view = Arc::new(View::new(repo)?);
 
     // Signals are taken by one thread with sigwait; every thread started from here on inherits
@@ -172,7 +172,7 @@ pub fn mount(repo: IndexedRepository, mountpoint: &Path, opts: &MountOptions) ->
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,
-        MountOption::FSName(format!("rewind:{}", repo_path.display())),
+        MountOption::FSName(format!("rewind:{repo_location}")),
         MountOption::Subtype("rewind".into()),
     ];
     if opts.allow_other {

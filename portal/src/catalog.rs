@@ -7,6 +7,12 @@
 //! connection). With `catalog_sync_secs` the portal also brings the catalog up to date itself,
 //! at start and then periodically, on a connection of its own. Without a catalog file those
 //! endpoints answer 503 until one appears (it is opened on first use).
+//!
+//! The catalog of a repository on object storage is a local cache of each portal (replica): by
+//! default the first of `catalog.sqlite`, `catalog-portal-1.sqlite`... in the repository's cache
+//! folder whose `<file>.portal` no other portal holds locked (an exclusive `flock`, held while
+//! the portal runs): replicas sharing a host and a cache folder never write one file, and a
+//! restarted replica finds a catalog of its own to bring up to date.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,6 +30,8 @@ use crate::error::{ApiError, ApiResult};
 
 pub struct Catalog {
     path: PathBuf,
+    /// This portal's claim on `path` (a remote repository's default catalog), held while it runs.
+    _claim: Option<std::fs::File>,
     pool: Mutex<Pool>,
     /// Signalled when a connection is put back.
     freed: Condvar,
@@ -81,12 +89,21 @@ impl Catalog {
     /// The configured (or default) catalog, synced first if `catalog_sync_secs` says so.
     pub fn open(config: &Config, view: Arc<View>) -> anyhow::Result<Catalog> {
         let repo = view.repo().repo();
-        let path = config.catalog.clone().unwrap_or_else(|| rewind_catalog::Catalog::default_path(repo.path()));
-        if config.catalog_sync_secs > 0 {
+        let remote = repo.local_path().is_none();
+        let (path, claim) = match &config.catalog {
+            Some(p) => (p.clone(), None),
+            None if remote => {
+                let (p, claim) = claim_catalog(&repo.cache_dir())?;
+                (p, Some(claim))
+            }
+            None => (rewind_catalog::Catalog::default_path(repo), None),
+        };
+        let sync_secs = config.catalog_sync_secs.unwrap_or(if remote { 300 } else { 0 });
+        if sync_secs > 0 {
             let mut cat = rewind_catalog::Catalog::open(&path, &repo.config().id.to_hex())?;
             let report = cat.sync(view.repo())?;
             tracing::info!("catalog synced: {} snapshots applied", report.snapshots_applied);
-            let every = Duration::from_secs(config.catalog_sync_secs);
+            let every = Duration::from_secs(sync_secs);
             let view = view.clone();
             std::thread::Builder::new().name("catalog-sync".into()).spawn(move || {
                 loop {
@@ -107,12 +124,18 @@ impl Catalog {
         }
         Ok(Catalog {
             path,
+            _claim: claim,
             pool: Mutex::new(Pool::default()),
             freed: Condvar::new(),
             cache: Mutex::new(HashMap::new()),
             ttl: Duration::from_millis(config.catalog_cache_ms),
             inflight: SingleFlight::default(),
         })
+    }
+
+    /// The catalog file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     /// Whether there is a catalog to read.
@@ -184,5 +207,63 @@ impl Catalog {
             }
             Ok(page)
         })
+    }
+}
+
+/// The first catalog file in `dir` that no other portal claims, and the claim: `catalog.sqlite`
+/// (also the command line's default), then `catalog-portal-<n>.sqlite`.
+fn claim_catalog(dir: &std::path::Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    use anyhow::Context;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    // The catalog holds every path in the clear: the folder is its owner's only.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    for n in 0.. {
+        let name = if n == 0 { "catalog.sqlite".to_string() } else { format!("catalog-portal-{n}.sqlite") };
+        let path = dir.join(name);
+        let mut lock = path.clone().into_os_string();
+        lock.push(".portal");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock)
+            .with_context(|| format!("opening {}", std::path::Path::new(&lock).display()))?;
+        match file.try_lock() {
+            Ok(()) => return Ok((path, file)),
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", std::path::Path::new(&lock).display()));
+            }
+        }
+    }
+    unreachable!("some number is free")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Portals sharing a cache folder each claim a catalog of their own; a claim given up (the
+    /// portal ended) is taken again by the next.
+    #[test]
+    fn replicas_claim_catalogs_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache/id");
+        let (a, claim_a) = claim_catalog(&cache).unwrap();
+        let (b, claim_b) = claim_catalog(&cache).unwrap();
+        assert_eq!(a, cache.join("catalog.sqlite"));
+        assert_eq!(b, cache.join("catalog-portal-1.sqlite"));
+        drop(claim_a);
+        let (again, _claim) = claim_catalog(&cache).unwrap();
+        assert_eq!(again, a);
+        let (c, _claim_c) = claim_catalog(&cache).unwrap();
+        assert_eq!(c, cache.join("catalog-portal-2.sqlite"));
+        drop(claim_b);
     }
 }

@@ -12,7 +12,8 @@ use serde::Deserialize;
 pub struct Config {
     /// Address to listen on, e.g. `127.0.0.1:8080` (port 0 picks a free one).
     pub listen: SocketAddr,
-    /// The repository to serve.
+    /// The repository to serve: a directory, or `s3:http[s]://host[:port]/bucket[/prefix]`
+    /// (credentials from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, profiles).
     pub repository: PathBuf,
     /// An encrypted repository's password, in the first line of this file (else
     /// `REWIND_PASSWORD_FILE`, or `REWIND_PASSWORD` in the environment).
@@ -35,7 +36,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     /// The catalog database (search, deleted, history); default: the catalog crate's default
-    /// place for the repository.
+    /// place for a repository in a local directory; for one on object storage, a file of this
+    /// portal's own in the repository's cache folder (see `catalog.rs`).
     #[serde(default)]
     pub catalog: Option<PathBuf>,
     /// Reverse proxies whose `X-Forwarded-For` names the client (for throttling and the audit log).
@@ -54,9 +56,11 @@ pub struct Config {
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
     /// Bring the catalog up to date at start and then every so many seconds (0: never; the
-    /// catalog is then maintained by `rewind catalog` after backups).
+    /// catalog is then maintained by `rewind catalog` after backups). Default: 0 for a
+    /// repository in a local directory, 300 for one on object storage (each replica keeps its
+    /// own catalog, which no backup updates).
     #[serde(default)]
-    pub catalog_sync_secs: u64,
+    pub catalog_sync_secs: Option<u64>,
     /// How long a catalog result page is reused for the same query (by any user; results are
     /// filtered per user afterwards). 0 disables the cache.
     #[serde(default = "default_catalog_cache_ms")]
@@ -364,7 +368,10 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        fix(&mut self.repository);
+        // An S3 location (`s3:https://host/bucket/prefix`) is not a path.
+        if !self.repository.to_str().is_some_and(|r| r.starts_with("s3:")) {
+            fix(&mut self.repository);
+        }
         fix(&mut self.audit_log);
         for p in [&mut self.repository_password_file, &mut self.repository_key_file].into_iter().flatten() {
             fix(p);

@@ -15,10 +15,12 @@
 //! - When that check is due is a claim of its own (`rck`), set only by a renewal: endpoints that
 //!   hand out a new token (acting for a user, and back) keep it, and keep the token's times, so
 //!   no request can put the directory's answer off.
-//! - Logouts are kept in `<key_file>.revoked` until the session could have ended anyway, so a
-//!   restart does not bring a logged-out token back.
+//! - Logouts are recorded in the repository (`revoked/`, store/FORMAT.md "Revocations") until
+//!   the session could have ended anyway: a restart does not bring a logged-out token back, and
+//!   every replica serving the repository (with the same key) reads them every few seconds
+//!   ([`Keys::poll_revocations`], off the request path) and refuses them too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -84,13 +86,19 @@ pub struct Keys {
     pub cookie_secure: bool,
     /// Taken by every request (`decode`): held for map operations only, never for I/O.
     revoked: Mutex<HashMap<String, i64>>,
-    /// Revoked session ids survive restarts here (`<key_file>.revoked`, lines `sid until`).
-    revoked_file: Option<std::path::PathBuf>,
-    /// Serialises appends to `revoked_file` (so that lines do not interleave).
-    revoked_log: Mutex<()>,
-    /// Appends made while the map's lock was free, for tests.
+    /// Where revocations are recorded and read: the repository every replica serves.
+    shared: Option<rewind_store::Repository>,
+    /// Names of the records in `shared` already read (or written here): a poll reads only others.
+    seen: Mutex<HashSet<String>>,
+    /// Records written while the map's lock was free, for tests.
     #[cfg(test)]
     appends_off_lock: std::sync::atomic::AtomicUsize,
+}
+
+/// How often a portal reads the revocations of the others: every few seconds, and at least
+/// four times per token lifetime.
+pub fn revocation_poll_interval(ttl_secs: u64) -> std::time::Duration {
+    std::time::Duration::from_secs((ttl_secs / 4).clamp(1, 5))
 }
 
 pub fn now() -> i64 {
@@ -101,17 +109,6 @@ fn random_token(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::Rng::fill(&mut rand::rng(), &mut b[..]);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
-/// Replace `path` with `data`, mode 0600, through a temporary file.
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Read the key file, or create it once with 64 random bytes, mode 0600.
@@ -165,37 +162,97 @@ impl Keys {
             cookie_name: cfg.cookie_name.clone(),
             cookie_secure: cfg.cookie_secure || tls,
             revoked: Mutex::new(HashMap::new()),
-            revoked_file: None,
-            revoked_log: Mutex::new(()),
+            shared: None,
+            seen: Mutex::new(HashSet::new()),
             #[cfg(test)]
             appends_off_lock: Default::default(),
         }
     }
 
-    /// Keep revocations in `path` (loaded now, appended at each logout, pruned at start).
-    pub fn with_revocations(mut self, path: &Path) -> anyhow::Result<Keys> {
+    /// Refuse the sessions of `<key_file>.revoked`, where portals before revocations lived in
+    /// the repository kept them (read once; no longer written).
+    pub fn with_legacy_revocations(self, path: &Path) -> anyhow::Result<Keys> {
         use anyhow::Context;
         let t = now();
-        let mut live = HashMap::new();
         match std::fs::read_to_string(path) {
             Ok(text) => {
+                let mut r = self.revoked.lock();
                 for line in text.lines() {
                     if let Some((sid, until)) = line.split_once(' ')
                         && let Ok(until) = until.parse::<i64>()
                         && until > t
                     {
-                        live.insert(sid.to_string(), until);
+                        r.insert(sid.to_string(), until);
                     }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         }
-        let text: String = live.iter().map(|(sid, until)| format!("{sid} {until}\n")).collect();
-        write_private(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-        self.revoked = Mutex::new(live);
-        self.revoked_file = Some(path.to_path_buf());
         Ok(self)
+    }
+
+    /// Record logouts in `repo` and refuse the sessions its records name (read now, then at
+    /// each [`Keys::poll_revocations`]).
+    pub fn with_shared_revocations(mut self, repo: rewind_store::Repository) -> anyhow::Result<Keys> {
+        use anyhow::Context;
+        let location = repo.location();
+        self.shared = Some(repo);
+        let n = self.poll_revocations().with_context(|| format!("reading the session revocations of {location}"))?;
+        tracing::debug!("{n} revoked sessions in {location}");
+        Ok(self)
+    }
+
+    /// Read the revocation records other portals (or this one before a restart) wrote since the
+    /// last poll, and remove those past their time; returns how many were new. Blocks on the
+    /// repository: call from a thread of its own. No lock is held across a read.
+    pub fn poll_revocations(&self) -> Result<usize, rewind_store::Error> {
+        use rewind_store::revocation_until;
+        let Some(repo) = &self.shared else { return Ok(0) };
+        let t = now();
+        let names = repo.revocation_names()?;
+        let unseen: Vec<&String> = {
+            let seen = self.seen.lock();
+            names.iter().filter(|n| !seen.contains(*n)).collect()
+        };
+        let (mut found, mut read) = (Vec::new(), Vec::new());
+        for name in unseen {
+            match revocation_until(name) {
+                Some(until) if until > t => match repo.load_revocation(name) {
+                    Ok(r) => {
+                        found.push(r);
+                        read.push(name.clone());
+                    }
+                    // Removed since the listing: past its time.
+                    Err(rewind_store::Error::NotFound(_)) => {}
+                    Err(e) => {
+                        tracing::warn!("ignoring a revocation record: {e}");
+                        read.push(name.clone());
+                    }
+                },
+                // Past its time (removed below), or not a record's name: nothing to read.
+                _ => read.push(name.clone()),
+            }
+        }
+        {
+            let mut r = self.revoked.lock();
+            r.retain(|_, until| *until > t);
+            for rev in &found {
+                r.insert(rev.sid.clone(), rev.until);
+            }
+        }
+        {
+            let listed: HashSet<&String> = names.iter().collect();
+            let mut seen = self.seen.lock();
+            seen.retain(|n| listed.contains(n));
+            seen.extend(read);
+        }
+        for name in names.iter().filter(|n| revocation_until(n).is_some_and(|until| until <= t)) {
+            if let Err(e) = repo.delete_revocation(name) {
+                tracing::debug!("cannot remove an old revocation record: {e}");
+            }
+        }
+        Ok(found.len())
     }
 
     /// Claims for a fresh login.
@@ -241,9 +298,10 @@ impl Keys {
         Ok(c)
     }
 
-    /// Logout: the session id is refused until the session could have lived anyway. Refused at
-    /// once; then written down (and synced) with the map free, so requests do not wait for the
-    /// disk. Blocks: async callers use [`Keys::revoke_async`].
+    /// Logout: the session id is refused until the session could have lived anyway. Refused here
+    /// at once; then recorded in the repository with the map free, so requests do not wait for
+    /// the storage, and the other replicas refuse it from their next poll. Blocks: async callers
+    /// use [`Keys::revoke_async`].
     pub fn revoke(&self, claims: &Claims) {
         let until = claims.auth_time + self.max_age;
         {
@@ -252,22 +310,20 @@ impl Keys {
             r.retain(|_, until| *until > t);
             r.insert(claims.sid.clone(), until);
         }
-        if let Some(path) = &self.revoked_file {
-            use std::io::Write;
-            let _log = self.revoked_log.lock();
+        if let Some(repo) = &self.shared {
             #[cfg(test)]
             self.appends_off_lock
                 .fetch_add(usize::from(self.revoked.try_lock().is_some()), std::sync::atomic::Ordering::Relaxed);
-            let appended = std::fs::OpenOptions::new().append(true).open(path).and_then(|mut f| {
-                f.write_all(format!("{} {until}\n", claims.sid).as_bytes()).and_then(|_| f.sync_data())
-            });
-            if let Err(e) = appended {
-                tracing::error!("cannot record a logout in {}: {e}", path.display());
+            match repo.record_revocation(&rewind_store::Revocation { sid: claims.sid.clone(), until }) {
+                Ok(name) => {
+                    self.seen.lock().insert(name);
+                }
+                Err(e) => tracing::error!("cannot record a logout in {}: {e}", repo.location()),
             }
         }
     }
 
-    /// [`Keys::revoke`] on a blocking thread (it syncs a file).
+    /// [`Keys::revoke`] on a blocking thread (it writes to the repository).
     pub async fn revoke_async(state: &crate::state::AppState, claims: &Claims) {
         let (st, claims) = (state.clone(), claims.clone());
         if let Err(e) = tokio::task::spawn_blocking(move || st.keys.revoke(&claims)).await {
@@ -613,24 +669,54 @@ mod tests {
         assert!(k.decode(&k.encode(&c).unwrap()).is_err());
     }
 
+    /// Two replicas (or one before and after a restart) on one repository: a logout on one is
+    /// refused by the other from its next poll; records past their time are removed unread.
     #[test]
-    fn revocations_survive_a_restart() {
+    fn revocations_are_shared_through_the_repository() {
+        use rewind_store::{NewKey, Repository};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo");
+        let repo = Repository::init(&path, Default::default(), Default::default(), NewKey::None).unwrap();
+        let open = || Repository::open(&path, None).unwrap();
+        let a = keys(&[7u8; 64]).with_shared_revocations(open()).unwrap();
+        let b = keys(&[7u8; 64]).with_shared_revocations(open()).unwrap();
+        let (x, y) = (a.new_claims(id()), a.new_claims(id()));
+        let (tx, ty) = (a.encode(&x).unwrap(), a.encode(&y).unwrap());
+        assert_eq!(b.decode(&tx).unwrap(), x, "one key: a session of one replica works on the other");
+        a.revoke(&x);
+        a.revoke(&y);
+        assert_eq!(
+            a.appends_off_lock.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "written under the lock of every request"
+        );
+        assert!(a.decode(&tx).is_err(), "refused at once where it ended");
+        assert!(b.decode(&tx).is_ok(), "the other replica has not read it yet");
+        assert_eq!(b.poll_revocations().unwrap(), 2);
+        assert!(b.decode(&tx).is_err() && b.decode(&ty).is_err());
+        assert_eq!(b.poll_revocations().unwrap(), 0, "records are read once");
+        assert_eq!(a.poll_revocations().unwrap(), 0, "its own records are not read back");
+        let again = keys(&[7u8; 64]).with_shared_revocations(open()).unwrap();
+        assert!(again.decode(&tx).is_err(), "logged out before the restart");
+        assert!(again.decode(&again.encode(&again.new_claims(id())).unwrap()).is_ok());
+        // A record past its time is removed, unread.
+        let old = repo.record_revocation(&rewind_store::Revocation { sid: "old".into(), until: now() - 1 }).unwrap();
+        assert_eq!(again.poll_revocations().unwrap(), 0);
+        assert!(!repo.revocation_names().unwrap().contains(&old));
+        assert_eq!(repo.revocation_names().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn legacy_revocation_files_are_still_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("key.revoked");
-        let k = keys(&[7u8; 64]).with_revocations(&file).unwrap();
-        let (a, b) = (k.new_claims(id()), k.new_claims(id()));
-        let (ta, tb) = (k.encode(&a).unwrap(), k.encode(&b).unwrap());
-        k.revoke(&a);
-        k.revoke(&b);
-        assert_eq!(
-            k.appends_off_lock.load(std::sync::atomic::Ordering::Relaxed),
-            2,
-            "synced under the lock of every request"
-        );
-        let again = keys(&[7u8; 64]).with_revocations(&file).unwrap();
-        assert!(again.decode(&ta).is_err(), "logged out before the restart");
-        assert!(again.decode(&tb).is_err());
-        assert!(again.decode(&k.encode(&k.new_claims(id())).unwrap()).is_ok());
+        let k = keys(&[7u8; 64]);
+        let c = k.new_claims(id());
+        std::fs::write(&file, format!("{} {}\nbad line\n", c.sid, now() + 100)).unwrap();
+        let k = k.with_legacy_revocations(&file).unwrap();
+        assert!(k.decode(&k.encode(&c).unwrap()).is_err());
+        assert!(k.decode(&k.encode(&k.new_claims(id())).unwrap()).is_ok());
+        assert!(keys(&[7u8; 64]).with_legacy_revocations(&dir.path().join("none")).is_ok());
     }
 
     #[test]

@@ -97,7 +97,9 @@ impl AppState {
     /// Open the repository, realms, key, audit log and catalog named by a configuration.
     pub fn new(config: Config) -> anyhow::Result<AppState> {
         use anyhow::Context;
-        let secret = match rewind_store::Repository::head(&config.repository)
+        let storage = rewind_s3::storage_at(&config.repository)
+            .with_context(|| format!("opening repository {}", config.repository.display()))?;
+        let secret = match rewind_store::Repository::head_in(&*storage)
             .with_context(|| format!("opening repository {}", config.repository.display()))?
             .encryption
         {
@@ -109,7 +111,7 @@ impl AppState {
                 )
             })?),
         };
-        let repo = rewind_store::Repository::open(&config.repository, secret.as_ref())
+        let repo = rewind_store::Repository::open_in(storage, secret.as_ref())
             .with_context(|| format!("opening repository {}", config.repository.display()))?;
         let caches = rewind_store::CacheSizes { chunk_bytes: config.chunk_cache_mib << 20, tree_bytes: 32 << 20 };
         let view = Arc::new(View::new(repo.open_indexed(caches)?)?);
@@ -132,8 +134,10 @@ impl AppState {
         if let Some(p) = &config.session.key_file {
             let mut name = p.as_os_str().to_owned();
             name.push(".revoked");
-            keys = keys.with_revocations(std::path::Path::new(&name))?;
+            keys = keys.with_legacy_revocations(std::path::Path::new(&name))?;
         }
+        // Logouts live in the repository, where every replica serving it reads them.
+        keys = keys.with_shared_revocations(view.repo().repo().clone())?;
         let realms = crate::auth::build_realms(&config)?;
         if config.public_url.is_none() && config.allowed_hosts.is_empty() {
             tracing::warn!(
@@ -160,6 +164,17 @@ impl AppState {
             cursors,
             lookups: Lookups::default(),
         }));
+        // The logouts of the other replicas, read every few seconds (off the request path).
+        let st = state.clone();
+        let every = crate::session::revocation_poll_interval(st.config.session.ttl_secs);
+        std::thread::Builder::new().name("revocations".into()).spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                if let Err(e) = st.keys.poll_revocations() {
+                    tracing::warn!("cannot read the session revocations: {e}");
+                }
+            }
+        })?;
         // What lies below every folder of every snapshot, summed up before users ask (off the
         // request path: see `reach`); a snapshot asked for first waits for its own.
         let st = state.clone();

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use rewind_catalog::{Catalog, FileVersion, NameMatch, Page, Query};
-use rewind_store::{IndexedRepository, NodeKind};
+use rewind_store::{IndexedRepository, NodeKind, Repository};
 
 use crate::cli::RepoArg;
 use crate::cmd::{human_bytes, open_indexed};
@@ -110,7 +110,7 @@ pub fn update_after_backup(repo: &IndexedRepository, catalog: Option<&Path>) {
     let result = match sync() {
         Err(e) if e.is_corrupt() => {
             eprintln!("rewind: the file catalog is damaged ({e}); rebuilding it");
-            Catalog::remove(&catalog_path(catalog, repo.repo().path())).and_then(|()| sync())
+            Catalog::remove(&catalog_path(catalog, repo.repo())).and_then(|()| sync())
         }
         r => r,
     };
@@ -121,13 +121,13 @@ pub fn update_after_backup(repo: &IndexedRepository, catalog: Option<&Path>) {
 }
 
 /// Where a repository's catalog is: the one given, or the default place.
-pub fn catalog_path(given: Option<&Path>, repo: &Path) -> PathBuf {
+pub fn catalog_path(given: Option<&Path>, repo: &Repository) -> PathBuf {
     given.map(Path::to_path_buf).unwrap_or_else(|| Catalog::default_path(repo))
 }
 
 /// What is wrong with the repository's catalog, if anything (for `check`).
-pub fn check_catalog(repo: &RepoArg) -> Option<String> {
-    let path = catalog_path(repo.catalog.as_deref(), &repo.repo);
+pub fn check_catalog(arg: &RepoArg, repo: &Repository) -> Option<String> {
+    let path = catalog_path(arg.catalog.as_deref(), repo);
     let problems = match Catalog::check_integrity(&path) {
         Ok(p) => p,
         Err(e) => vec![e.to_string()],
@@ -145,19 +145,21 @@ pub fn check_catalog(repo: &RepoArg) -> Option<String> {
 struct Session<'a> {
     repo: &'a RepoArg,
     cat: Catalog,
+    path: PathBuf,
 }
 
 impl<'a> Session<'a> {
     fn open(repo: &'a RepoArg) -> Result<Session<'a>> {
-        Ok(Session { repo, cat: open_synced(repo)? })
+        let (cat, path) = open_synced(repo)?;
+        Ok(Session { repo, cat, path })
     }
 
     fn run<T>(&mut self, f: impl Fn(&Catalog) -> rewind_catalog::Result<T>) -> Result<T> {
         match f(&self.cat) {
             Err(e) if e.is_corrupt() => {
                 eprintln!("rewind: the file catalog is damaged ({e}); rebuilding it");
-                Catalog::remove(&catalog_path(self.repo.catalog.as_deref(), &self.repo.repo))?;
-                self.cat = open_synced(self.repo)?;
+                Catalog::remove(&self.path)?;
+                self.cat = open_synced(self.repo)?.0;
                 Ok(f(&self.cat)?)
             }
             r => Ok(r?),
@@ -166,9 +168,9 @@ impl<'a> Session<'a> {
 }
 
 /// The repository's catalog, up to date if it can be made so (else as it is, with a warning).
-fn open_synced(repo: &RepoArg) -> Result<Catalog> {
+fn open_synced(repo: &RepoArg) -> Result<(Catalog, PathBuf)> {
     let indexed = open_indexed(repo)?;
-    let path = catalog_path(repo.catalog.as_deref(), &repo.repo);
+    let path = catalog_path(repo.catalog.as_deref(), indexed.repo());
     let open =
         || Catalog::open(&path, &indexed.repo().config().id.to_hex()).and_then(|mut c| c.sync(&indexed).map(|_| c));
     let opened = match open() {
@@ -178,13 +180,14 @@ fn open_synced(repo: &RepoArg) -> Result<Catalog> {
         }
         r => r,
     };
-    match opened {
-        Ok(c) => Ok(c),
+    let cat = match opened {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("rewind: warning: could not update the file catalog ({e}); answering from it as it is");
-            Catalog::open_read_only(&path).with_context(|| format!("cannot open the catalog {}", path.display()))
+            Catalog::open_read_only(&path).with_context(|| format!("cannot open the catalog {}", path.display()))?
         }
-    }
+    };
+    Ok((cat, path))
 }
 
 pub fn run(c: CatalogCommand) -> Result<ExitCode> {
@@ -223,7 +226,7 @@ pub fn run(c: CatalogCommand) -> Result<ExitCode> {
             );
         }
         CatalogCommand::Stats { repo, json } => {
-            let cat = open_synced(&repo)?;
+            let (cat, _) = open_synced(&repo)?;
             let st = cat.stats()?;
             if json {
                 outln!("{}", serde_json::to_string(&st)?);

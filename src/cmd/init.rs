@@ -29,7 +29,7 @@ pub fn run(a: InitArgs) -> Result<ExitCode> {
                 let from_repo = if source.given() {
                     keys::open_with(from, &source)?
                 } else {
-                    Repository::open(from, Some(&secret))
+                    Repository::open_in(keys::storage(from)?, Some(&secret))
                         .with_context(|| format!("cannot open {} with the new repository's password (give --from-password-file or --from-key-file)", from.display()))?
                 };
                 let master = from_repo.master_key().with_context(|| {
@@ -40,7 +40,7 @@ pub fn run(a: InitArgs) -> Result<ExitCode> {
         };
         NewKey::Encrypted { secret, kdf: keys::kdf(&a.kdf), content_identity_of }
     };
-    let repo = Repository::init(&a.repo, chunker, compression, key)
+    let repo = Repository::init_in(keys::storage(&a.repo)?, chunker, compression, key)
         .with_context(|| format!("cannot create a repository at {}", a.repo.display()))?;
     let how = if repo.is_encrypted() { "encrypted" } else { "NOT encrypted (--insecure-no-encryption)" };
     outln!("created repository {} at {}, {how}", &repo.config().id.to_hex()[..8], a.repo.display());

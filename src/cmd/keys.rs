@@ -79,10 +79,17 @@ pub fn open(path: &Path, key: &KeyArgs) -> Result<Repository> {
     open_with(path, &source(key))
 }
 
+/// `path`: a directory or an S3 location (`s3:https://host/bucket/prefix`).
 pub fn open_with(path: &Path, source: &SecretSource) -> Result<Repository> {
-    let head = Repository::head(path).with_context(|| format!("cannot open repository {}", path.display()))?;
+    let storage = storage(path)?;
+    let head = Repository::head_in(&*storage).with_context(|| format!("cannot open repository {}", path.display()))?;
     let secret = if head.encryption.is_none() { None } else { Some(secret_for(path, source)?) };
-    Repository::open(path, secret.as_ref()).with_context(|| format!("cannot open repository {}", path.display()))
+    Repository::open_in(storage, secret.as_ref()).with_context(|| format!("cannot open repository {}", path.display()))
+}
+
+/// The storage a repository argument names: a directory or an S3 location.
+pub fn storage(path: &Path) -> Result<std::sync::Arc<dyn rewind_store::Backend>> {
+    rewind_s3::storage_at(path).with_context(|| format!("cannot reach repository {}", path.display()))
 }
 
 /// Refuse to write into an unencrypted repository when a password was given: its config may
@@ -91,7 +98,7 @@ pub fn refuse_plain_with_password(repo: &Repository, key: &KeyArgs) -> Result<()
     if !repo.is_encrypted() && source(key).given() {
         bail!(
             "repository {} is not encrypted, but a password or key was given: refusing to write to it in the clear (unset REWIND_PASSWORD and the key options if it is meant to be unencrypted)",
-            repo.path().display()
+            repo.location()
         );
     }
     Ok(())
@@ -146,7 +153,7 @@ pub fn run(c: KeyCommand) -> Result<ExitCode> {
 
 fn encrypted(repo: &Repository) -> Result<()> {
     if !repo.is_encrypted() {
-        bail!("repository {} is not encrypted: it has no keys", repo.path().display());
+        bail!("repository {} is not encrypted: it has no keys", repo.location());
     }
     Ok(())
 }
@@ -204,7 +211,7 @@ fn add(a: KeyAddArgs, replace_current: bool) -> Result<ExitCode> {
     if replace_current {
         let old = repo.key_name().map(str::to_string).context("the repository was opened without a key file")?;
         // Opened again with the new key, so that the old one is not the one in use.
-        let reopened = Repository::open(repo.path(), Some(&secret))?;
+        let reopened = Repository::open_in(repo.storage(), Some(&secret))?;
         reopened.remove_key(&old)?;
         outln!("removed key {}", &old[..8]);
     }

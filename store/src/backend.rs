@@ -1,5 +1,5 @@
-//! Storage behind one narrow trait, by file kind and name. The local directory is the only
-//! implementation so far; an object store would implement the same seven calls.
+//! Storage behind one narrow trait, by file kind and name: a local directory here, an S3 bucket
+//! in the `rewind-s3` crate. Both lay out the same names ([`FileKind::relative_path`]).
 //!
 //! Invariant: `put` is atomic and durable when it returns (temp file, fsync, rename, fsync of the
 //! directory), so a reader sees a whole file or none, and a crash never leaves a partial one
@@ -24,10 +24,23 @@ pub enum FileKind {
     Pending,
     /// Key files of an encrypted repository.
     Key,
+    /// Sessions the portal ended (logout), refused by every portal serving the repository.
+    Revocation,
 }
 
 impl FileKind {
-    fn dir(self) -> &'static str {
+    /// Where files of this kind live, relative to the repository's root: `data/<2 hex>/<name>`
+    /// for packs, `config`, `<dir>/<name>` for the rest. Every backend lays out the same names.
+    pub fn relative_path(self, name: &str) -> String {
+        match self {
+            FileKind::Config => "config".into(),
+            FileKind::Pack => format!("data/{}/{name}", name.get(..2).unwrap_or("00")),
+            _ => format!("{}/{name}", self.dir()),
+        }
+    }
+
+    /// The directory of this kind's files, relative to the repository's root ("" for the config).
+    pub fn dir(self) -> &'static str {
         match self {
             FileKind::Config => "",
             FileKind::Pack => "data",
@@ -36,6 +49,7 @@ impl FileKind {
             FileKind::Lock => "locks",
             FileKind::Pending => "pending",
             FileKind::Key => "keys",
+            FileKind::Revocation => "revoked",
         }
     }
 }
@@ -60,6 +74,38 @@ pub trait Backend: Send + Sync {
     fn put_new(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
     /// When the file was last written, by the storage's clock.
     fn modified(&self, kind: FileKind, name: &str) -> Result<std::time::SystemTime>;
+
+    /// Where the repository is, for messages: a directory, or `s3:https://host/bucket/prefix`.
+    fn location(&self) -> String;
+
+    /// The repository's directory, for a backend on the local filesystem.
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
+
+    /// Make room for a new repository: fails with [`Error::AlreadyExists`] if one (or anything
+    /// else) is there; creates what the layout needs.
+    fn prepare_new(&self) -> Result<()>;
+
+    /// Files of unfinished writes the storage keeps apart (the local `tmp/`); none on object
+    /// storage, where a put is one request.
+    fn tmp_files(&self) -> Result<Vec<TmpFile>> {
+        Ok(Vec::new())
+    }
+
+    /// Remove one of [`Backend::tmp_files`].
+    fn remove_tmp(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Keep room for prune on a full filesystem (best effort; nothing where storage does not
+    /// fill up like a disk).
+    fn ensure_reserve(&self) {}
+
+    /// Give the reserve's room back; true if there was one.
+    fn release_reserve(&self) -> bool {
+        false
+    }
 }
 
 /// A repository in a local directory:
@@ -87,11 +133,7 @@ impl LocalBackend {
     }
 
     pub fn path(&self, kind: FileKind, name: &str) -> PathBuf {
-        match kind {
-            FileKind::Config => self.root.join("config"),
-            FileKind::Pack => self.root.join("data").join(name.get(..2).unwrap_or("00")).join(name),
-            _ => self.root.join(kind.dir()).join(name),
-        }
+        self.root.join(kind.relative_path(name))
     }
 
     fn not_found_or_io(path: &Path, e: std::io::Error, kind: FileKind, name: &str) -> Error {
@@ -206,6 +248,41 @@ impl Backend for LocalBackend {
     fn modified(&self, kind: FileKind, name: &str) -> Result<std::time::SystemTime> {
         let path = self.path(kind, name);
         fs::symlink_metadata(&path).and_then(|m| m.modified()).map_err(|e| Self::not_found_or_io(&path, e, kind, name))
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
+    fn prepare_new(&self) -> Result<()> {
+        if self.root.exists() {
+            let mut entries = fs::read_dir(&self.root).at(&self.root)?;
+            if entries.next().is_some() {
+                return Err(Error::AlreadyExists(self.root.clone()));
+            }
+        }
+        fs::create_dir_all(&self.root).at(&self.root)?;
+        self.create_layout()
+    }
+
+    fn tmp_files(&self) -> Result<Vec<TmpFile>> {
+        LocalBackend::tmp_files(self)
+    }
+
+    fn remove_tmp(&self, name: &str) -> Result<()> {
+        LocalBackend::remove_tmp(self, name)
+    }
+
+    fn ensure_reserve(&self) {
+        LocalBackend::ensure_reserve(self)
+    }
+
+    fn release_reserve(&self) -> bool {
+        LocalBackend::release_reserve(self)
     }
 }
 

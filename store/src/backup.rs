@@ -22,7 +22,7 @@ use std::time::Instant;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 
-use crate::backend::{Backend, FileKind};
+use crate::backend::FileKind;
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -88,7 +88,8 @@ pub fn backup(
     let config = repo.repo().config();
     let archiver = Archiver {
         repo,
-        packer: Packer::new(repo.backend(), repo.repo().codec(), config.pack_size, config.compression.level),
+        packer: Packer::new(repo.backend(), repo.repo().codec(), config.pack_size, config.compression.level)
+            .with_tree_cache(repo.repo().tree_cache()),
         chunker: Chunker::with_gear(config.chunker, repo.repo().codec().crypto().gear()),
         excludes: Excludes::new(&opts.excludes)?,
         names: NameCache::default(),

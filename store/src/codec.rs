@@ -11,7 +11,7 @@
 //! - index file: `"RWNDINDX" | 2 | seal(pack count || packs || zero padding)`, padded to a power of
 //!   two of at least 4 KiB, named by the keyed id of the sealed plaintext;
 //! - snapshot: `seal(JSON padded with spaces to a multiple of 512)`, named likewise;
-//! - lock and pending record: `seal(JSON)` bound to the file's name.
+//! - lock, pending and revocation record: `seal(JSON)` bound to the file's name.
 
 use crate::crypto::{Crypto, SEAL_OVERHEAD};
 use crate::error::{Error, Result};
@@ -393,6 +393,15 @@ impl Codec {
         let plain =
             self.crypto.open(&named_aad(b"pending", name.as_bytes()), bytes, || format!("pending record {name}"))?;
         Pending::decode(&plain)
+    }
+
+    /// A session revocation record (see `revocation.rs`): sealed like a lock, bound to its name.
+    pub fn encode_revocation(&self, name: &str, json: &[u8]) -> Vec<u8> {
+        self.crypto.seal(&named_aad(b"revocation", name.as_bytes()), json)
+    }
+
+    pub fn decode_revocation(&self, name: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        self.crypto.open(&named_aad(b"revocation", name.as_bytes()), bytes, || format!("revocation {name}"))
     }
 
     /// A name for a new lock: in version 1 it says who holds it; in version 2 it is random,

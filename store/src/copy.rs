@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::{Backend, FileKind};
+use crate::backend::FileKind;
 use crate::blob;
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};

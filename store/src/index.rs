@@ -334,10 +334,10 @@ mod tests {
         let before = index.len();
         run(b"second");
         // Listed last, and unreadable: not a missing file (skipped), an I/O error.
-        std::fs::create_dir(backend.path(FileKind::Index, &"f".repeat(64))).unwrap();
+        std::fs::create_dir(repo.repo().file_path(FileKind::Index, &"f".repeat(64))).unwrap();
         assert!(matches!(index.refresh(backend, codec), Err(Error::Io { .. })));
         assert_eq!((index.len(), index.files.len()), (before, 1), "half a refresh was kept");
-        std::fs::remove_dir(backend.path(FileKind::Index, &"f".repeat(64))).unwrap();
+        std::fs::remove_dir(repo.repo().file_path(FileKind::Index, &"f".repeat(64))).unwrap();
         assert_eq!(index.refresh(backend, codec).unwrap(), 1);
         assert!(index.len() > before);
     }

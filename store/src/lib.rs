@@ -34,6 +34,7 @@ pub mod image;
 mod index;
 pub mod interrupt;
 pub mod keys;
+mod local_cache;
 pub mod lock;
 pub mod maintenance;
 mod pack;
@@ -41,10 +42,12 @@ pub mod prune;
 mod repo;
 mod restore;
 pub mod retention;
+mod revocation;
 mod source;
 mod spill;
 mod view;
 
+pub use backend::{Backend, FileKind, LocalBackend, TmpFile};
 pub use backup::{BackupOptions, BackupProgress, ErrorReport, backup};
 pub use chunker::Chunker;
 pub use error::{Error, Result};
@@ -60,4 +63,5 @@ pub use repo::{
     CacheSizes, ChunkSpan, DamagedSnapshot, FileReader, IndexedRepository, NewKey, Piece, Repository, SnapshotEntry,
 };
 pub use restore::{Overwrite, RestoreOptions, RestoreProgress, restore};
+pub use revocation::{Revocation, revocation_until};
 pub use view::{Entry, View};

@@ -18,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use crate::backend::{Backend, FileKind};
+use crate::backend::FileKind;
 use crate::error::{Error, Result};
 pub use crate::format::LockInfo;
 use crate::repo::Repository;

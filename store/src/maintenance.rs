@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
-use crate::backend::{Backend, FileKind};
+use crate::backend::FileKind;
 use crate::blob;
 use crate::error::{Error, Result};
 use crate::format::{self, BlobId, Hash, IndexPack, PackId, SnapshotId, TreeId};

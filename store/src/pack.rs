@@ -48,6 +48,8 @@ pub(crate) struct Packer<'a> {
     added: Mutex<IdSet<BlobId>>,
     finished: Mutex<Vec<IndexPack>>,
     stats: Mutex<PackerStats>,
+    /// A remote repository's tree cache: trees written are kept there too.
+    tree_cache: Option<std::path::PathBuf>,
 }
 
 impl<'a> Packer<'a> {
@@ -61,7 +63,15 @@ impl<'a> Packer<'a> {
             added: Mutex::new(IdSet::default()),
             finished: Mutex::new(Vec::new()),
             stats: Mutex::new(PackerStats::default()),
+            tree_cache: None,
         }
+    }
+
+    /// Keep a copy of every tree added in `dir` (a remote repository's tree cache), so that
+    /// what reads the new snapshot next (the catalog update) finds them locally.
+    pub fn with_tree_cache(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.tree_cache = dir;
+        self
     }
 
     /// Claim `id` for this packer: true if nobody has added it yet (the caller must then add it).
@@ -83,6 +93,9 @@ impl<'a> Packer<'a> {
     /// Add a claimed blob in its stored form (sealed for this repository, already verified by
     /// the caller).
     pub fn add_stored(&self, id: BlobId, compression: Compression, stored: &[u8], raw_len: u32) -> Result<u64> {
+        if let (BlobKind::Tree, Some(dir)) = (id.kind, &self.tree_cache) {
+            crate::local_cache::keep_tree(dir, &id, compression, raw_len, stored);
+        }
         let sealed = {
             let mut slot = self.open[id.kind as usize].lock().expect("packer lock");
             let pack = slot.get_or_insert_with(|| OpenPack::new(self.pack_size + self.pack_size / 8, self.codec));

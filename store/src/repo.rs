@@ -15,7 +15,7 @@ use crate::blob;
 use crate::cache::ByteLru;
 use crate::codec::Codec;
 use crate::crypto::{Crypto, MasterKey};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::flight::SingleFlight;
 use crate::format::{
     BlobId, ChunkId, ChunkerParams, CompressionParams, Config, Node, NodeKind, Snapshot, SnapshotId, Tree, TreeId,
@@ -23,6 +23,7 @@ use crate::format::{
 use crate::format::{ConfigHead, Encryption};
 use crate::index::{Index, Location};
 use crate::keys::{KdfParams, KeyFile, Secret};
+use std::sync::Arc as Shared;
 
 /// A snapshot and its id.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,8 +39,7 @@ pub struct Repository {
 }
 
 struct RepoInner {
-    root: PathBuf,
-    backend: LocalBackend,
+    backend: Shared<dyn Backend>,
     config: Config,
     codec: Codec,
     /// The key file that opened an encrypted repository.
@@ -78,16 +78,18 @@ impl Repository {
         compression: CompressionParams,
         key: NewKey,
     ) -> Result<Repository> {
+        Self::init_in(Shared::new(LocalBackend::new(path)), chunker, compression, key)
+    }
+
+    /// Create a new, empty repository in `backend`'s storage (which must hold none).
+    pub fn init_in(
+        backend: Shared<dyn Backend>,
+        chunker: ChunkerParams,
+        compression: CompressionParams,
+        key: NewKey,
+    ) -> Result<Repository> {
         chunker.validate()?;
-        if path.exists() {
-            let mut entries = std::fs::read_dir(path).at(path)?;
-            if entries.next().is_some() {
-                return Err(Error::AlreadyExists(path.to_path_buf()));
-            }
-        }
-        std::fs::create_dir_all(path).at(path)?;
-        let backend = LocalBackend::new(path);
-        backend.create_layout()?;
+        backend.prepare_new()?;
         let (config, config_bytes, secret) = match key {
             NewKey::None => {
                 let config = Config::new(chunker, compression, Encryption::None);
@@ -109,26 +111,31 @@ impl Repository {
                 (config, bytes, Some(secret))
             }
         };
-        // The config goes last: a directory without one is not a repository yet. Created
-        // exclusively: of two inits of one path at once, exactly one succeeds.
+        // The config goes last: a place without one is not a repository yet. Created
+        // exclusively: of two inits of one place at once, exactly one succeeds.
         match backend.put_new(FileKind::Config, "config", &config_bytes) {
-            Err(Error::AlreadyExists(_)) => return Err(Error::AlreadyExists(path.to_path_buf())),
+            Err(Error::AlreadyExists(_)) => return Err(Error::AlreadyExists(PathBuf::from(backend.location()))),
             r => r?,
         }
         backend.ensure_reserve();
         debug_assert_eq!(config.encryption.is_none(), secret.is_none());
-        Repository::open(path, secret.as_ref())
+        Repository::open_in(backend, secret.as_ref())
     }
 
     /// What the config says in the clear: which repository, which version, whether encrypted.
     pub fn head(path: &Path) -> Result<ConfigHead> {
-        ConfigHead::decode(&Self::config_bytes(path)?)
+        Self::head_in(&LocalBackend::new(path))
     }
 
-    fn config_bytes(path: &Path) -> Result<Vec<u8>> {
-        match LocalBackend::new(path).get(FileKind::Config, "config") {
+    /// [`Repository::head`] of the repository in `backend`'s storage.
+    pub fn head_in(backend: &dyn Backend) -> Result<ConfigHead> {
+        ConfigHead::decode(&Self::config_bytes(backend)?)
+    }
+
+    fn config_bytes(backend: &dyn Backend) -> Result<Vec<u8>> {
+        match backend.get(FileKind::Config, "config") {
             Ok(b) => Ok(b),
-            Err(Error::NotFound(_)) => Err(Error::NoRepository(path.to_path_buf())),
+            Err(Error::NotFound(_)) => Err(Error::NoRepository(PathBuf::from(backend.location()))),
             Err(e) => Err(e),
         }
     }
@@ -136,8 +143,12 @@ impl Repository {
     /// Open the repository at `path`, refusing formats newer than this build. An encrypted one
     /// needs `secret` (a password or raw key that opens one of its key files).
     pub fn open(path: &Path, secret: Option<&Secret>) -> Result<Repository> {
-        let backend = LocalBackend::new(path);
-        let bytes = Self::config_bytes(path)?;
+        Self::open_in(Shared::new(LocalBackend::new(path)), secret)
+    }
+
+    /// [`Repository::open`] of the repository in `backend`'s storage.
+    pub fn open_in(backend: Shared<dyn Backend>, secret: Option<&Secret>) -> Result<Repository> {
+        let bytes = Self::config_bytes(&*backend)?;
         let head = ConfigHead::decode(&bytes)?;
         let (config, codec, key_name) = if head.encryption.is_none() {
             (Config::decode(&bytes)?, Codec::plain(), None)
@@ -145,26 +156,65 @@ impl Repository {
             let secret = secret.ok_or_else(|| {
                 Error::Key(format!(
                     "repository {} is encrypted: give its password (REWIND_PASSWORD, REWIND_PASSWORD_FILE, --password-file, --password-command) or raw key (--key-file)",
-                    path.display()
+                    backend.location()
                 ))
             })?;
-            let (name, master) = unlock(&backend, &head, secret)?;
+            let (name, master) = unlock(&*backend, &head, secret)?;
             let crypto = Crypto::Encrypted(Box::new(master));
             (Config::decode_sealed(&bytes, &crypto)?, Codec::encrypted(crypto), Some(name))
         };
-        Ok(Repository { inner: Arc::new(RepoInner { root: path.to_path_buf(), backend, config, codec, key_name }) })
+        // A remote repository keeps copies of its index files and snapshots on the local disk.
+        let backend: Shared<dyn Backend> = if backend.local_root().is_none() {
+            let dir = cache_root().join(config.id.to_hex());
+            Shared::new(crate::local_cache::LocalCache::new(backend, dir))
+        } else {
+            backend
+        };
+        Ok(Repository { inner: Arc::new(RepoInner { backend, config, codec, key_name }) })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.root
+    /// Where the repository is, for messages: its directory, or its S3 location.
+    pub fn location(&self) -> String {
+        self.inner.backend.location()
+    }
+
+    /// The repository's directory, if it is on the local filesystem.
+    pub fn local_path(&self) -> Option<&Path> {
+        self.inner.backend.local_root()
+    }
+
+    /// Where a file of the repository is, for messages: a path, or its object's location.
+    pub fn file_path(&self, kind: FileKind, name: &str) -> PathBuf {
+        match self.local_path() {
+            Some(root) => LocalBackend::new(root).path(kind, name),
+            None => PathBuf::from(format!("{}/{}", self.location(), kind.relative_path(name))),
+        }
+    }
+
+    /// This repository's folder of local caches (the catalog of a remote repository, the copies
+    /// of its index and snapshots): `$REWIND_CACHE_DIR`, else `$XDG_CACHE_HOME/rewind`, else
+    /// `~/.cache/rewind`, then the repository's id. Safe to delete: all of it is rebuilt.
+    pub fn cache_dir(&self) -> PathBuf {
+        cache_root().join(self.config().id.to_hex())
+    }
+
+    /// Where this process keeps copies of trees it writes or reads: a remote repository's cache
+    /// folder; none for a local one.
+    pub(crate) fn tree_cache(&self) -> Option<PathBuf> {
+        self.local_path().is_none().then(|| self.cache_dir().join("trees"))
+    }
+
+    /// The storage behind the repository (shared by every copy of this handle).
+    pub fn storage(&self) -> Shared<dyn Backend> {
+        self.inner.backend.clone()
     }
 
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
 
-    pub(crate) fn backend(&self) -> &LocalBackend {
-        &self.inner.backend
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        &*self.inner.backend
     }
 
     /// How this repository's objects are written.
@@ -267,7 +317,7 @@ impl Repository {
                     let bytes = self.codec().snapshot_plaintext(&id, bytes).unwrap_or_default();
                     damaged.push(DamagedSnapshot {
                         id,
-                        path: self.backend().path(FileKind::Snapshot, &id.to_hex()),
+                        path: self.file_path(FileKind::Snapshot, &id.to_hex()),
                         error: e.to_string(),
                         salvaged_tree: salvage_tree(&bytes),
                     })
@@ -355,12 +405,22 @@ pub struct DamagedSnapshot {
 
 /// The master key from the first key file `secret` opens, and that file's name. Wrong secrets
 /// cost the KDF's time per key file of the secret's kind, then one clear error.
-fn unlock(backend: &LocalBackend, head: &ConfigHead, secret: &Secret) -> Result<(String, MasterKey)> {
+/// The folder of every repository's local caches (see [`Repository::cache_dir`]).
+pub fn cache_root() -> PathBuf {
+    let var = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+    var("REWIND_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("rewind")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("rewind")))
+        .unwrap_or_else(|| std::env::temp_dir().join("rewind-cache"))
+}
+
+fn unlock(backend: &dyn Backend, head: &ConfigHead, secret: &Secret) -> Result<(String, MasterKey)> {
     let names = backend.list(FileKind::Key)?;
     if names.is_empty() {
         return Err(Error::Key(format!(
-            "the repository is encrypted but {} holds no key file",
-            backend.path(FileKind::Key, "").display()
+            "the repository is encrypted but {}/{} holds no key file",
+            backend.location(),
+            FileKind::Key.relative_path("").trim_end_matches('/')
         )));
     }
     let mut damaged = Vec::new();
@@ -493,7 +553,7 @@ impl IndexedRepository {
         &self.inner.repo
     }
 
-    pub(crate) fn backend(&self) -> &LocalBackend {
+    pub(crate) fn backend(&self) -> &dyn Backend {
         self.inner.repo.backend()
     }
 
@@ -743,11 +803,31 @@ impl IndexedRepository {
         if let Some(t) = self.inner.trees.get(&id) {
             return Ok(t);
         }
-        let bytes = self.read_blob(id.into())?;
+        let bytes = match self.repo().local_path() {
+            Some(_) => self.read_blob(id.into())?,
+            None => self.read_tree_cached(id)?,
+        };
         let tree = Arc::new(Tree::decode(&bytes)?);
         // Decoded nodes take a few times their encoded size.
         self.inner.trees.insert(id, tree.clone(), bytes.len() * 3 + 64);
         Ok(tree)
+    }
+
+    /// A tree of a remote repository: its stored (sealed, compressed) bytes are kept in the cache
+    /// folder (`trees/<2 hex>/<id>`, with their compression and length ahead of them), so that
+    /// the next process reads it from the local disk. What comes from there is opened and checked
+    /// against the id like what comes from the pack; a copy that fails is replaced.
+    fn read_tree_cached(&self, id: TreeId) -> Result<Vec<u8>> {
+        let dir = self.repo().cache_dir().join("trees");
+        if let Some((compression, raw_len, stored)) = crate::local_cache::read_tree(&dir, &id.into()) {
+            match blob::open_owned(self.codec(), &id.into(), compression, stored, raw_len) {
+                Ok(b) => return Ok(b),
+                Err(e) => tracing::warn!("local cache: tree {} is damaged ({e}); reading it again", id.short()),
+            }
+        }
+        let (loc, stored) = self.read_stored(id.into())?;
+        crate::local_cache::keep_tree(&dir, &id.into(), loc.compression, loc.raw_len, &stored);
+        blob::open_owned(self.codec(), &id.into(), loc.compression, stored, loc.raw_len)
     }
 
     /// The node at `path` (components separated by `/`, leading `/` optional) in a snapshot; the
@@ -1011,7 +1091,7 @@ mod tests {
         let repo = small_repo(dir.path());
         let blobs = repo.blob_count();
         // An "index file" that blocks whoever reads it until the test writes to it.
-        let fifo = repo.backend().path(crate::backend::FileKind::Index, &"f".repeat(64));
+        let fifo = repo.repo().file_path(crate::backend::FileKind::Index, &"f".repeat(64));
         let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
         // SAFETY: `c` is a valid NUL-terminated path that lives across the call.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);

@@ -52,6 +52,9 @@ pub struct RestoreProgress {
     pub errors: AtomicU64,
 }
 
+/// Files restored at once from a remote repository (each waits on its own requests).
+const REMOTE_READERS: usize = 32;
+
 /// Restore `path` of `snapshot` into `target`. A directory's content goes into `target` itself;
 /// anything else goes to `target/<name>`. Entries that fail are reported and counted; the
 /// returned count is the number of such errors.
@@ -79,14 +82,26 @@ pub fn restore(
         deferred_links: Mutex::new(Vec::new()),
         dirs: Mutex::new(Vec::new()),
     };
-    if node.is_dir() {
-        r.restore_dir_content(&node, target, 1);
-        if created && !path.iter().all(|&b| b == b'/') {
-            r.dirs.lock().expect("restore lock").push((0, target.to_path_buf(), node));
+    let walk = || {
+        if node.is_dir() {
+            r.restore_dir_content(&node, target, 1);
+            if created && !path.iter().all(|&b| b == b'/') {
+                r.dirs.lock().expect("restore lock").push((0, target.to_path_buf(), node.clone()));
+            }
+        } else {
+            let name = node.name.clone();
+            r.restore_entry(&node, &target.join(OsStr::from_bytes(&name)), 1);
         }
-    } else {
-        let name = node.name.clone();
-        r.restore_entry(&node, &target.join(OsStr::from_bytes(&name)), 1);
+    };
+    match repo.repo().local_path() {
+        Some(_) => walk(),
+        // Reads from a remote repository wait on the network, not on the CPU: many at once.
+        None => rayon::ThreadPoolBuilder::new()
+            .num_threads(REMOTE_READERS)
+            .thread_name(|i| format!("restore-{i}"))
+            .build()
+            .map_err(|e| Error::io(target, std::io::Error::other(e.to_string())))?
+            .install(walk),
     }
     r.finish();
     Ok(progress.errors.load(Ordering::Relaxed))

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod corpus;
 pub mod faults;
+pub mod garage;
 pub mod portal;
 pub mod rng;
 pub mod slapd;
@@ -94,10 +95,33 @@ impl TempRepo {
         TempRepo { dir, repo, encrypted: true }
     }
 
+    /// An encrypted repository in a prefix of its own on the shared Garage node; its local
+    /// caches in the temporary directory.
+    pub fn on_s3(name: &str) -> TempRepo {
+        TempRepo::on_garage(garage::Garage::shared(), name)
+    }
+
+    /// [`TempRepo::on_s3`] on the cluster `g` (through its node 0).
+    pub fn on_garage(g: &garage::Garage, name: &str) -> TempRepo {
+        garage::credentials_in_env();
+        let dir = tempfile::Builder::new().prefix("rewind-test-").tempdir().expect("tempdir");
+        let repo = PathBuf::from(g.repo_url(name));
+        let t = TempRepo { dir, repo, encrypted: true };
+        let out = t.cmd().arg("init").arg(&t.repo).output().expect("run rewind init");
+        assert_success(&out, "rewind init (S3)");
+        t
+    }
+
+    /// Whether the repository is in an S3 bucket.
+    pub fn is_s3(&self) -> bool {
+        self.repo.to_str().is_some_and(|s| s.starts_with("s3:"))
+    }
+
     /// The repository opened in process.
     pub fn open(&self) -> rewind_store::Repository {
         let secret = self.encrypted.then(test_secret);
-        rewind_store::Repository::open(&self.repo, secret.as_ref()).expect("open the test repository")
+        let storage = rewind_s3::storage_at(&self.repo).expect("the test repository's storage");
+        rewind_store::Repository::open_in(storage, secret.as_ref()).expect("open the test repository")
     }
 
     /// A path inside the temporary directory.
@@ -118,6 +142,9 @@ impl TempRepo {
     pub fn cmd(&self) -> Command {
         let mut c = if self.encrypted { rewind_cmd() } else { Command::new(rewind_bin()) };
         c.env("REWIND_REPO", &self.repo).env("RUST_LOG", "warn");
+        if self.is_s3() {
+            garage::Garage::env(&mut c).env("REWIND_CACHE_DIR", self.dir.path().join("cache"));
+        }
         c
     }
 
@@ -155,10 +182,16 @@ impl TempRepo {
 /// Start `rewind serve --config CONFIG`; returns the process and the URL it says it listens on
 /// (`http://127.0.0.1:PORT` or `https://...`).
 pub fn spawn_serve(config: &Path) -> (std::process::Child, String) {
+    spawn_serve_env(config, &[])
+}
+
+/// [`spawn_serve`] with more environment variables.
+pub fn spawn_serve_env(config: &Path, env: &[(&str, &OsStr)]) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = rewind_cmd()
         .args(["serve", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{assert_success, rewind_cmd, spawn_serve};
+use crate::support::{assert_success, rewind_cmd, spawn_serve_env};
 
 // ---------------------------------------------------------------------------------------------
 // A minimal HTTP/1.1 client: exactly what is sent is what the test wrote.
@@ -176,6 +177,11 @@ pub struct Portal {
 impl Portal {
     /// Start `rewind serve` with `realms` (TOML) and `extra` top-level/section TOML.
     pub fn start(repo: &Path, realms: &str, authz: &str, extra: &str) -> Portal {
+        Portal::start_env(repo, realms, authz, extra, &[])
+    }
+
+    /// [`Portal::start`] with more environment variables (`REWIND_CACHE_DIR`...).
+    pub fn start_env(repo: &Path, realms: &str, authz: &str, extra: &str, env: &[(&str, &OsStr)]) -> Portal {
         let dir = tempfile::Builder::new().prefix("rewind-portal-").tempdir().unwrap();
         // `extra` holds top-level keys or whole sections; a [session] in it replaces the default.
         let session = if extra.contains("[session]") { "" } else { "[session]\nkey_file = \"session.key\"\n" };
@@ -184,7 +190,7 @@ impl Portal {
             repo = repo.display()
         );
         std::fs::write(dir.path().join("portal.toml"), cfg).unwrap();
-        let (child, url) = spawn_serve(&dir.path().join("portal.toml"));
+        let (child, url) = spawn_serve_env(&dir.path().join("portal.toml"), env);
         let addr = url.rsplit("://").next().expect("a URL").to_string();
         // Ready when /healthz answers (over TLS: when the port accepts).
         let tls = url.starts_with("https://");
