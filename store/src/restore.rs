@@ -11,8 +11,8 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -55,6 +55,9 @@ pub struct RestoreProgress {
 /// Files restored at once from a remote repository (each waits on its own requests).
 const REMOTE_READERS: usize = 32;
 
+/// Chunks of one file fetched at once from a remote repository (16 average chunks: 8 MiB).
+const REMOTE_CHUNKS: usize = 16;
+
 /// Restore `path` of `snapshot` into `target`. A directory's content goes into `target` itself;
 /// anything else goes to `target/<name>`. Entries that fail are reported and counted; the
 /// returned count is the number of such errors.
@@ -75,6 +78,7 @@ pub fn restore(
     fs::create_dir_all(target).at(target)?;
     let r = Restorer {
         repo,
+        remote: repo.repo().local_path().is_none(),
         opts,
         progress,
         report,
@@ -109,6 +113,8 @@ pub fn restore(
 
 struct Restorer<'a> {
     repo: &'a IndexedRepository,
+    /// The repository is remote: reads wait on the network.
+    remote: bool,
     opts: &'a RestoreOptions,
     progress: &'a RestoreProgress,
     report: &'a ErrorReport<'a>,
@@ -237,16 +243,25 @@ impl Restorer<'_> {
             .open(path)
             .at(path)?;
         let mut written = 0u64;
-        for id in &node.content {
-            let data = self.repo.chunk(*id)?;
-            // Runs of zeros become holes: sparse files stay sparse.
-            if data.iter().all(|&b| b == 0) {
-                f.seek(SeekFrom::Current(data.len() as i64)).at(path)?;
+        // From a remote repository, the next chunks of a file are fetched together (each waits
+        // on the network); written in order.
+        let window = if self.remote { REMOTE_CHUNKS } else { 1 };
+        for ids in node.content.chunks(window) {
+            let datas: Vec<Arc<Vec<u8>>> = if ids.len() > 1 {
+                ids.par_iter().map(|id| self.repo.chunk(*id)).collect::<Result<_>>()?
             } else {
-                f.write_all(&data).at(path)?;
+                ids.iter().map(|id| self.repo.chunk(*id)).collect::<Result<_>>()?
+            };
+            for data in datas {
+                // Runs of zeros become holes: sparse files stay sparse.
+                if data.iter().all(|&b| b == 0) {
+                    f.seek(SeekFrom::Current(data.len() as i64)).at(path)?;
+                } else {
+                    f.write_all(&data).at(path)?;
+                }
+                written += data.len() as u64;
+                self.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
-            written += data.len() as u64;
-            self.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         f.set_len(written).at(path)?;
         if written != node.size {
