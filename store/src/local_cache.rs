@@ -167,6 +167,45 @@ impl Backend for LocalCache {
     }
 }
 
+/// The copies a cache folder may hold before [`trim`] removes the oldest: `REWIND_CACHE_MAX_MIB`
+/// MiB, else 4 GiB.
+pub(crate) fn max_bytes() -> u64 {
+    std::env::var("REWIND_CACHE_MAX_MIB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(4 << 30, |m| m << 20)
+}
+
+/// Keep the copies under `root` (its `index/`, `snapshots/` and `trees/`; never the catalog) within
+/// `max` bytes: when they are more, the least recently written go until they fill 3/4 of it.
+/// A removed copy is read from the storage again when needed.
+pub(crate) fn trim(root: &Path, max: u64) {
+    let mut files = Vec::new();
+    let mut stack: Vec<PathBuf> = ["index", "snapshots", "trees"].iter().map(|d| root.join(d)).collect();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                files.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len(), e.path()));
+            }
+        }
+    }
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    if total <= max {
+        return;
+    }
+    files.sort();
+    for (_, len, path) in files {
+        if total <= max / 4 * 3 {
+            break;
+        }
+        if fs::remove_file(&path).is_ok() {
+            total -= len;
+        }
+    }
+    tracing::debug!("local cache {}: trimmed to {total} bytes", root.display());
+}
+
 /// A tree's stored bytes from the cache folder `dir`, with its compression and length (as
 /// [`keep_tree`] wrote them); unverified: the caller opens them against the id.
 pub(crate) fn read_tree(dir: &Path, id: &BlobId) -> Option<(Compression, u32, Vec<u8>)> {
@@ -211,6 +250,37 @@ pub(crate) fn keep(p: &Path, bytes: &[u8]) {
 mod tests {
     use super::*;
     use crate::backend::LocalBackend;
+
+    #[test]
+    fn trimming_removes_the_oldest_copies_and_never_the_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(root.join("catalog.sqlite"), vec![0u8; 4000]).unwrap();
+        for (i, sub) in ["index", "snapshots", "trees/ab"].iter().enumerate() {
+            fs::create_dir_all(root.join(sub)).unwrap();
+            for j in 0..4 {
+                let p = root.join(sub).join(format!("f{j}"));
+                fs::write(&p, vec![1u8; 100]).unwrap();
+                // Written one after another: f0 of index the oldest.
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + (i * 4 + j) as u64);
+                fs::File::options().write(true).open(&p).unwrap().set_modified(t).unwrap();
+            }
+        }
+        trim(root, 2000);
+        assert_eq!(fs::read_dir(root.join("trees/ab")).unwrap().count(), 4, "under the bound: nothing goes");
+        trim(root, 800);
+        let left = |sub: &str| {
+            let mut v: Vec<String> =
+                fs::read_dir(root.join(sub)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            v.sort();
+            v
+        };
+        // 1,200 bytes > 800: the oldest go until 600 are left.
+        assert!(left("index").is_empty());
+        assert_eq!(left("snapshots"), ["f2", "f3"].map(String::from));
+        assert_eq!(left("trees/ab"), ["f0", "f1", "f2", "f3"].map(String::from));
+        assert!(root.join("catalog.sqlite").exists());
+    }
 
     #[test]
     fn copies_are_used_checked_and_forgotten() {

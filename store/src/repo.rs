@@ -166,6 +166,11 @@ impl Repository {
         // A remote repository keeps copies of its index files and snapshots on the local disk.
         let backend: Shared<dyn Backend> = if backend.local_root().is_none() {
             let dir = cache_root().join(config.id.to_hex());
+            // Kept within its bound, off the way of whoever opens the repository.
+            let root = dir.clone();
+            let _ = std::thread::Builder::new()
+                .name("cache-trim".into())
+                .spawn(move || crate::local_cache::trim(&root, crate::local_cache::max_bytes()));
             Shared::new(crate::local_cache::LocalCache::new(backend, dir))
         } else {
             backend
