@@ -19,13 +19,15 @@ pub fn run(a: MountArgs) -> Result<ExitCode> {
     let indexed =
         repo.open_indexed(caches).with_context(|| format!("cannot load the index of {}", a.repo.repo.display()))?;
     // Read ahead a quarter of the cache at most, so prefetching never evicts what is being read.
-    let readahead_bytes = (a.cache_size / 4).min(16 << 20);
+    // From a remote repository every load waits on the network: more ahead, more at once.
+    let remote = indexed.repo().local_path().is_none();
+    let readahead_bytes = (a.cache_size / 4).min(if remote { 64 << 20 } else { 16 << 20 });
     let opts = MountOptions {
         allow_other: a.allow_other,
         readahead_bytes,
+        workers: if remote { 16 } else { 0 },
         latency_hint: !a.no_latency_hint,
         on_second_signal: Some(exit_now),
-        ..MountOptions::default()
     };
     rewind_fs::mount(indexed, &a.mountpoint, &opts)
         .with_context(|| format!("cannot mount {}", a.repo.repo.display()))?;
