@@ -369,7 +369,7 @@ impl Config {
             }
         };
         // An S3 location (`s3:https://host/bucket/prefix`) is not a path.
-        if !self.repository.to_str().is_some_and(|r| r.starts_with("s3:")) {
+        if !self.repository.to_str().is_some_and(rewind_s3::S3Location::is_s3) {
             fix(&mut self.repository);
         }
         fix(&mut self.audit_log);

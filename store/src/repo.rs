@@ -44,6 +44,8 @@ struct RepoInner {
     codec: Codec,
     /// The key file that opened an encrypted repository.
     key_name: Option<String>,
+    /// A remote repository's tree cache (in its cache folder, found once at open).
+    tree_cache: Option<PathBuf>,
 }
 
 /// How to protect a new repository.
@@ -163,19 +165,20 @@ impl Repository {
             let crypto = Crypto::Encrypted(Box::new(master));
             (Config::decode_sealed(&bytes, &crypto)?, Codec::encrypted(crypto), Some(name))
         };
-        // A remote repository keeps copies of its index files and snapshots on the local disk.
-        let backend: Shared<dyn Backend> = if backend.local_root().is_none() {
+        // A remote repository keeps copies of its index files, snapshots and trees on the local disk.
+        let (backend, tree_cache): (Shared<dyn Backend>, _) = if backend.local_root().is_none() {
             let dir = cache_root().join(config.id.to_hex());
             // Kept within its bound, off the way of whoever opens the repository.
             let root = dir.clone();
             let _ = std::thread::Builder::new()
                 .name("cache-trim".into())
                 .spawn(move || crate::local_cache::trim(&root, crate::local_cache::max_bytes()));
-            Shared::new(crate::local_cache::LocalCache::new(backend, dir))
+            let trees = dir.join("trees");
+            (Shared::new(crate::local_cache::LocalCache::new(backend, dir)), Some(trees))
         } else {
-            backend
+            (backend, None)
         };
-        Ok(Repository { inner: Arc::new(RepoInner { backend, config, codec, key_name }) })
+        Ok(Repository { inner: Arc::new(RepoInner { backend, config, codec, key_name, tree_cache }) })
     }
 
     /// Where the repository is, for messages: its directory, or its S3 location.
@@ -205,8 +208,8 @@ impl Repository {
 
     /// Where this process keeps copies of trees it writes or reads: a remote repository's cache
     /// folder; none for a local one.
-    pub(crate) fn tree_cache(&self) -> Option<PathBuf> {
-        self.local_path().is_none().then(|| self.cache_dir().join("trees"))
+    pub(crate) fn tree_cache(&self) -> Option<&Path> {
+        self.inner.tree_cache.as_deref()
     }
 
     /// The storage behind the repository (shared by every copy of this handle).
@@ -808,9 +811,9 @@ impl IndexedRepository {
         if let Some(t) = self.inner.trees.get(&id) {
             return Ok(t);
         }
-        let bytes = match self.repo().local_path() {
-            Some(_) => self.read_blob(id.into())?,
-            None => self.read_tree_cached(id)?,
+        let bytes = match self.repo().tree_cache() {
+            None => self.read_blob(id.into())?,
+            Some(dir) => self.read_tree_cached(id, dir)?,
         };
         let tree = Arc::new(Tree::decode(&bytes)?);
         // Decoded nodes take a few times their encoded size.
@@ -822,16 +825,15 @@ impl IndexedRepository {
     /// folder (`trees/<2 hex>/<id>`, with their compression and length ahead of them), so that
     /// the next process reads it from the local disk. What comes from there is opened and checked
     /// against the id like what comes from the pack; a copy that fails is replaced.
-    fn read_tree_cached(&self, id: TreeId) -> Result<Vec<u8>> {
-        let dir = self.repo().cache_dir().join("trees");
-        if let Some((compression, raw_len, stored)) = crate::local_cache::read_tree(&dir, &id.into()) {
+    fn read_tree_cached(&self, id: TreeId, dir: &Path) -> Result<Vec<u8>> {
+        if let Some((compression, raw_len, stored)) = crate::local_cache::read_tree(dir, &id.into()) {
             match blob::open_owned(self.codec(), &id.into(), compression, stored, raw_len) {
                 Ok(b) => return Ok(b),
                 Err(e) => tracing::warn!("local cache: tree {} is damaged ({e}); reading it again", id.short()),
             }
         }
         let (loc, stored) = self.read_stored(id.into())?;
-        crate::local_cache::keep_tree(&dir, &id.into(), loc.compression, loc.raw_len, &stored);
+        crate::local_cache::keep_tree(dir, &id.into(), loc.compression, loc.raw_len, &stored);
         blob::open_owned(self.codec(), &id.into(), loc.compression, stored, loc.raw_len)
     }
 

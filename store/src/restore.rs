@@ -97,10 +97,10 @@ pub fn restore(
             r.restore_entry(&node, &target.join(OsStr::from_bytes(&name)), 1);
         }
     };
-    match repo.repo().local_path() {
-        Some(_) => walk(),
+    match r.remote {
+        false => walk(),
         // Reads from a remote repository wait on the network, not on the CPU: many at once.
-        None => rayon::ThreadPoolBuilder::new()
+        true => rayon::ThreadPoolBuilder::new()
             .num_threads(REMOTE_READERS)
             .thread_name(|i| format!("restore-{i}"))
             .build()
