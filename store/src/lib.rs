@@ -64,4 +64,4 @@ pub use repo::{
 };
 pub use restore::{Overwrite, RestoreOptions, RestoreProgress, restore};
 pub use revocation::{Revocation, revocation_until};
-pub use view::{Entry, View};
+pub use view::{Entry, ImageEntry, View};

@@ -873,8 +873,19 @@ impl IndexedRepository {
             chunks.push(ChunkSpan { offset, len: loc.raw_len, id: *id });
             offset += u64::from(loc.raw_len);
         }
-        Ok(FileReader { repo: self.clone(), chunks, size: offset })
+        Ok(FileReader { repo: self.clone(), chunks, size: offset, blocks: None })
     }
+}
+
+/// Where the pieces of a file that is not stored as chunks come from: a file inside a disk
+/// image, cut into blocks of its own (`view::image`). Block ids are private to the source.
+pub(crate) trait Blocks: Send + Sync {
+    /// Block `span`'s bytes, loaded once by concurrent callers and kept in the source's cache.
+    fn load(&self, span: &ChunkSpan) -> Result<Arc<Vec<u8>>>;
+    /// Block `span`'s bytes if cached now.
+    fn cached(&self, span: &ChunkSpan) -> Option<Arc<Vec<u8>>>;
+    /// Load block `span` unless it is cached or on its way.
+    fn prefetch(&self, span: &ChunkSpan) -> Result<()>;
 }
 
 /// One chunk's place in a file.
@@ -885,15 +896,52 @@ pub struct ChunkSpan {
     pub id: ChunkId,
 }
 
-/// Reads a file's bytes at any offset, chunk by chunk through the cache.
+/// Reads a file's bytes at any offset, chunk by chunk through the cache. A file inside a disk
+/// image reads the same way: its "chunks" are blocks of the file read through the image (and so
+/// through the image file's own chunks), kept in a cache of their own.
 #[derive(Clone)]
 pub struct FileReader {
     repo: IndexedRepository,
     chunks: Vec<ChunkSpan>,
     size: u64,
+    blocks: Option<Arc<dyn Blocks>>,
 }
 
 impl FileReader {
+    /// A reader of a file that is not stored as chunks: `size` bytes in blocks of `block`
+    /// bytes, block `i` named `id(i)` for the source's cache.
+    pub(crate) fn of_blocks(
+        repo: IndexedRepository,
+        size: u64,
+        block: u32,
+        id: impl Fn(u64) -> ChunkId,
+        blocks: Arc<dyn Blocks>,
+    ) -> FileReader {
+        let chunks = (0..size.div_ceil(u64::from(block)))
+            .map(|i| {
+                let offset = i * u64::from(block);
+                ChunkSpan { offset, len: (size - offset).min(u64::from(block)) as u32, id: id(i) }
+            })
+            .collect();
+        FileReader { repo, chunks, size, blocks: Some(blocks) }
+    }
+
+    fn load(&self, span: &ChunkSpan) -> Result<Arc<Vec<u8>>> {
+        match &self.blocks {
+            Some(b) => b.load(span),
+            None => self.repo.chunk(span.id),
+        }
+    }
+
+    /// Whether chunk `i` is in the cache now (reading it costs a copy only).
+    pub fn is_cached(&self, i: usize) -> bool {
+        let Some(span) = self.chunks.get(i) else { return true };
+        match &self.blocks {
+            Some(b) => b.cached(span).is_some(),
+            None => self.repo.chunk_cached(&span.id),
+        }
+    }
+
     /// The content's length (the sum of its chunks).
     pub fn size(&self) -> u64 {
         self.size
@@ -917,7 +965,7 @@ impl FileReader {
         let Some(mut i) = self.chunk_index(offset) else { return Ok(0) };
         while done < buf.len() && i < self.chunks.len() {
             let span = self.chunks[i];
-            let data = self.repo.chunk(span.id)?;
+            let data = self.load(&span)?;
             let pos = offset + done as u64;
             let start = (pos - span.offset) as usize;
             let n = (data.len() - start).min(buf.len() - done);
@@ -930,9 +978,10 @@ impl FileReader {
 
     /// Load chunk `i` into the cache (for read-ahead).
     pub fn warm(&self, i: usize) -> Result<()> {
-        match self.chunks.get(i) {
-            Some(span) => self.repo.prefetch_chunk(span.id),
-            None => Ok(()),
+        match (self.chunks.get(i), &self.blocks) {
+            (Some(span), Some(b)) => b.prefetch(span),
+            (Some(span), None) => self.repo.prefetch_chunk(span.id),
+            (None, _) => Ok(()),
         }
     }
 
@@ -942,7 +991,7 @@ impl FileReader {
     /// `Corrupt`, never short or long bytes.
     pub fn piece(&self, offset: u64, end: u64) -> Result<Piece> {
         let span = self.span_at(offset)?;
-        let data = self.repo.chunk(span.id)?;
+        let data = self.load(&span)?;
         slice_chunk(span, data, offset, end)
     }
 
@@ -953,7 +1002,10 @@ impl FileReader {
             Ok(s) => s,
             Err(e) => return Some(Err(e)),
         };
-        let data = self.repo.cached_chunk(&span.id)?;
+        let data = match &self.blocks {
+            Some(b) => b.cached(&span)?,
+            None => self.repo.cached_chunk(&span.id)?,
+        };
         Some(slice_chunk(span, data, offset, end))
     }
 

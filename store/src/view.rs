@@ -14,6 +14,12 @@
 //!
 //! The view reads only snapshot manifests up front; trees are read when a directory is entered.
 //! [`View::refresh`] picks up snapshots added or removed since.
+//!
+//! Next to a file that holds a disk image, `<name>.d/` shows the files inside it ([`image`]).
+
+mod image;
+
+pub use image::ImageEntry;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -44,6 +50,19 @@ pub enum Entry {
         snapshot: SnapshotId,
         node: Arc<Node>,
     },
+    /// Something inside a disk image: `<image>.d/` next to the image file, and what it holds.
+    Image(Arc<ImageEntry>),
+}
+
+impl Entry {
+    /// The snapshot an entry is inside, if it is.
+    pub fn snapshot(&self) -> Option<SnapshotId> {
+        match self {
+            Entry::Snapshot(id) | Entry::Node { snapshot: id, .. } => Some(*id),
+            Entry::Image(i) => Some(i.snapshot()),
+            _ => None,
+        }
+    }
 }
 
 /// What `stat` says about an entry.
@@ -86,6 +105,7 @@ pub struct View {
     state: RwLock<State>,
     min_refresh: Duration,
     last_refresh: Mutex<Instant>,
+    images: image::Images,
 }
 
 impl View {
@@ -95,6 +115,7 @@ impl View {
             state: RwLock::new(State::default()),
             min_refresh: Duration::from_millis(250),
             last_refresh: Mutex::new(Instant::now()),
+            images: image::Images::default(),
         };
         view.refresh()?;
         Ok(view)
@@ -253,13 +274,24 @@ impl View {
                 self.lookup_in_tree(*snapshot, tree, name)
             }
             Entry::Latest(_) => Err(Error::NotFound("not a directory".into())),
+            Entry::Image(i) => {
+                drop(st);
+                self.image_lookup(i, name)
+            }
         }
     }
 
-    fn lookup_in_tree(&self, snapshot: SnapshotId, tree: crate::format::TreeId, name: &[u8]) -> Result<Entry> {
-        let tree = self.repo.tree(tree)?;
-        let node = tree.find(name).ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
-        Ok(Entry::Node { snapshot, node: Arc::new(node.clone()) })
+    fn lookup_in_tree(&self, snapshot: SnapshotId, tree_id: crate::format::TreeId, name: &[u8]) -> Result<Entry> {
+        let tree = self.repo.tree(tree_id)?;
+        let not_found = || Error::NotFound(String::from_utf8_lossy(name).into_owned());
+        match tree.find(name) {
+            Some(node) => Ok(Entry::Node { snapshot, node: Arc::new(node.clone()) }),
+            None => {
+                let base = name.strip_suffix(image::SUFFIX).ok_or_else(not_found)?;
+                let node = tree.find(base).ok_or_else(not_found)?;
+                self.image_folder(snapshot, tree_id, node).ok_or_else(not_found)
+            }
+        }
     }
 
     /// The entries of a directory, sorted by name.
@@ -315,14 +347,37 @@ impl View {
                 return self.list_tree(*snapshot, tree);
             }
             Entry::Latest(_) => return Err(Error::InvalidInput("not a directory".into())),
+            Entry::Image(i) => {
+                drop(st);
+                return self.image_list(i);
+            }
         };
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
-    fn list_tree(&self, snapshot: SnapshotId, tree: crate::format::TreeId) -> Result<Vec<(Vec<u8>, Entry)>> {
-        let tree = self.repo.tree(tree)?;
-        Ok(tree.nodes.iter().map(|n| (n.name.clone(), Entry::Node { snapshot, node: Arc::new(n.clone()) })).collect())
+    /// A directory's nodes, and a `<name>.d` folder after each file that holds a disk image
+    /// (unless the directory has an entry of that name).
+    fn list_tree(&self, snapshot: SnapshotId, tree_id: crate::format::TreeId) -> Result<Vec<(Vec<u8>, Entry)>> {
+        let tree = self.repo.tree(tree_id)?;
+        let mut out: Vec<(Vec<u8>, Entry)> =
+            tree.nodes.iter().map(|n| (n.name.clone(), Entry::Node { snapshot, node: Arc::new(n.clone()) })).collect();
+        let folders: Vec<(Vec<u8>, Entry)> = tree
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let name = [&n.name[..], image::SUFFIX].concat();
+                if tree.find(&name).is_some() {
+                    return None;
+                }
+                self.image_folder(snapshot, tree_id, n).map(|e| (name, e))
+            })
+            .collect();
+        if !folders.is_empty() {
+            out.extend(folders);
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        Ok(out)
     }
 
     /// The tree that [`View::attr`] of `e` reads (to count its subdirectories), if any.
@@ -356,13 +411,16 @@ impl View {
                 }
                 first.len() as u64
             }
-            Entry::Node { .. } | Entry::Latest(_) => 0,
+            Entry::Node { .. } | Entry::Latest(_) | Entry::Image(_) => 0,
             _ => self.list(e)?.iter().filter(|(_, e)| !matches!(e, Entry::Latest(_))).count() as u64,
         }))
     }
 
     /// Attributes of an entry.
     pub fn attr(&self, e: &Entry) -> Result<Attr> {
+        if let Entry::Image(i) = e {
+            return self.image_attr(i);
+        }
         let is_dir = match e {
             Entry::Latest(_) => false,
             Entry::Node { node, .. } => node.is_dir(),
@@ -409,6 +467,7 @@ impl View {
                 nlink: if node.is_dir() { nlink } else { node.nlink.max(1) },
                 rdev: node.rdev,
             },
+            Entry::Image(_) => unreachable!("answered above"),
         })
     }
 
@@ -425,6 +484,7 @@ impl View {
                     .ok_or_else(|| Error::NotFound(h.clone()))
             }
             Entry::Node { node, .. } if node.kind == NodeKind::Symlink => Ok(node.target.clone()),
+            Entry::Image(i) => self.image_readlink(i),
             _ => Err(Error::InvalidInput("not a symlink".into())),
         }
     }
@@ -453,6 +513,7 @@ impl View {
     pub fn open(&self, e: &Entry) -> Result<FileReader> {
         match e {
             Entry::Node { node, .. } => self.repo.open_file(node),
+            Entry::Image(i) => self.image_open(i),
             _ => Err(Error::InvalidInput("not a file".into())),
         }
     }

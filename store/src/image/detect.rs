@@ -70,6 +70,32 @@ pub(crate) fn open_at_depth(
     Ok((Format::Raw, file))
 }
 
+/// Bytes of a file's start that [`looks_like_image`] wants.
+pub const HEAD_LEN: usize = 8192;
+
+/// Whether a file whose first bytes are `head` (up to [`HEAD_LEN`]) holds a disk image worth
+/// opening: a qcow2 or VMDK header or descriptor, a filesystem this module reads at the start
+/// (a raw whole-disk volume), or a partition table (a GPT header, or an MBR signature with
+/// plausible entries). Cheap and conservative: what is shown as an image is opened later,
+/// and an image that does not open shows its error.
+pub fn looks_like_image(head: &[u8]) -> bool {
+    if head.starts_with(b"QFI\xfb") || head.starts_with(b"KDMV") || vmdk::is_descriptor(head) {
+        return true;
+    }
+    if matches!(super::fs::probe(head), Some(super::fs::Probe::Ext | super::fs::Probe::Ntfs | super::fs::Probe::Fat)) {
+        return true;
+    }
+    if head.len() < 1024 || head[510..512] != [0x55, 0xaa] {
+        return false;
+    }
+    if &head[512..520] == b"EFI PART" {
+        return true;
+    }
+    // MBR: four 16-byte entries at 446, each unused or with a boot flag of 0 or 0x80.
+    let entries: Vec<&[u8]> = head[446..510].chunks(16).collect();
+    entries.iter().all(|e| e[0] == 0 || e[0] == 0x80) && entries.iter().any(|e| e[4] != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -68,7 +68,7 @@ mod vmdk;
 
 use std::sync::Arc;
 
-pub use detect::{Format, open_disk};
+pub use detect::{Format, HEAD_LEN, looks_like_image, open_disk};
 pub use fs::{DirEntry, FileSystem, FsKind, Kind, Stat, Time, open_filesystem, owner_sid};
 pub use io::{FileReadAt, Slice};
 pub use partition::{Partition, PartitionTable, read_partitions};
