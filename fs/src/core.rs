@@ -159,6 +159,7 @@ fn file_type(kind: NodeKind) -> FileType {
 pub fn entry_type(e: &Entry) -> FileType {
     match e {
         Entry::Node { node, .. } => file_type(node.kind),
+        Entry::Image(i) => file_type(i.kind()),
         Entry::Latest(_) => FileType::Symlink,
         _ => FileType::Directory,
     }
@@ -173,7 +174,7 @@ pub fn fuse_rdev(rdev: u64) -> u32 {
 
 /// Whether an entry lists snapshots (and so changes while mounted).
 fn is_live(e: &Entry) -> bool {
-    !matches!(e, Entry::Node { .. } | Entry::Snapshot(_))
+    e.snapshot().is_none()
 }
 
 /// Bytes of a cached chunk: the chunk and the range of it a read returns.
@@ -235,6 +236,8 @@ impl Core {
         let tree: Option<TreeId> = match self.entry(ino) {
             Ok(Entry::Node { node, .. }) => node.subtree,
             Ok(Entry::Snapshot(id)) => self.view.snapshot(&id).map(|s| s.snapshot.tree),
+            // Inside a disk image, listings and lookups read the image.
+            Ok(Entry::Image(_)) => return true,
             _ => None,
         };
         tree.is_some_and(|t| !self.view.repo().tree_cached(&t))
@@ -465,6 +468,7 @@ impl Core {
             let Some(i) = t.get(cur) else { break };
             match &i.entry {
                 Entry::Node { node, .. } => parts.push(node.name_lossy().into_owned()),
+                Entry::Image(i) => parts.push(String::from_utf8_lossy(i.name()).into_owned()),
                 Entry::Snapshot(id) => {
                     parts.reverse();
                     return (Some(*id), format!("/{}", parts.join("/")));
@@ -491,14 +495,13 @@ impl Core {
         let e = self.entry(ino)?;
         match &e {
             Entry::Node { node, .. } if node.kind == NodeKind::File => {}
+            Entry::Image(i) if i.kind() == NodeKind::File => {}
             Entry::Node { node, .. } if node.kind == NodeKind::Dir => return Err(Errno::EISDIR),
-            Entry::Node { .. } | Entry::Latest(_) => return Err(Errno::EINVAL),
+            Entry::Image(i) if i.kind() == NodeKind::Dir => return Err(Errno::EISDIR),
+            Entry::Node { .. } | Entry::Image(_) | Entry::Latest(_) => return Err(Errno::EINVAL),
             _ => return Err(Errno::EISDIR),
         }
-        let snapshot = match &e {
-            Entry::Node { snapshot, .. } => *snapshot,
-            _ => unreachable!("checked above"),
-        };
+        let snapshot = e.snapshot().expect("a file is inside a snapshot");
         let reader = match self.view.open(&e) {
             Ok(r) => r,
             Err(err) => {
@@ -547,9 +550,7 @@ impl Core {
 
     /// Load chunk `i` of a file into the cache (a prefetch; errors are left for the read).
     pub fn warm(&self, f: &OpenFile, i: usize) {
-        if let Some(span) = f.reader.chunks().get(i) {
-            self.warm_chunk(span.id);
-        }
+        let _ = f.reader.warm(i);
     }
 
     /// The contents of a one-chunk file of `size` bytes, for a push into the page cache: loaded,
@@ -703,7 +704,7 @@ impl Core {
     /// read costs copies only: such reads are answered on the FUSE thread, without a hand-off.
     pub fn read_is_cached(&self, f: &OpenFile, offset: u64, size: u32) -> bool {
         match read_span(f, offset, size) {
-            Some((_, a, b)) => f.reader.chunks()[a..=b].iter().all(|c| self.view.repo().chunk_cached(&c.id)),
+            Some((_, a, b)) => (a..=b).all(|i| f.reader.is_cached(i)),
             None => true,
         }
     }
