@@ -6,6 +6,7 @@ mod support;
 mod catalog;
 mod encryption;
 mod faults;
+mod images;
 mod mount;
 mod portal;
 mod portal_oracle;

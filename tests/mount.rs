@@ -93,7 +93,7 @@ impl Mount {
     }
 
     /// `fusermount3 -u`, which must end the process cleanly and quietly; the process's log.
-    fn unmount(mut self) -> String {
+    pub(crate) fn unmount(mut self) -> String {
         let out = Command::new("fusermount3").arg("-u").arg(&self.mnt).output().unwrap();
         assert_success(&out, "fusermount3 -u");
         let status = self.wait();

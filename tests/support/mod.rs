@@ -9,6 +9,10 @@ pub mod access;
 pub mod corpus;
 pub mod faults;
 pub mod garage;
+/// Source trees and disk images built with the real tools: the store's image tests' helpers,
+/// shared rather than written twice.
+#[path = "../../store/tests/image_tools/mod.rs"]
+pub mod image_tools;
 pub mod portal;
 pub mod rng;
 pub mod slapd;

@@ -1,0 +1,242 @@
+//! Files inside backed-up disk images, end to end: real images built with the real tools
+//! (`mkfs.ext4 -d` in a GPT partition, FAT32 with mkfs.vfat + mcopy and NTFS with mkntfs +
+//! ntfs-3g in an MBR, each converted by `qemu-img`), backed up with `rewind backup`, and read
+//! through `rewind mount` and `rewind restore`. Every tool must be installed (scripts/test.sh
+//! installs them); nothing is skipped.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::mount::Mount;
+use crate::support::image_tools::{self, Flavour, QCOW2, VMDK_SPARSE, corpus, run, sparse_file, walk};
+use crate::support::*;
+
+/// A GPT disk of 64 MiB: p1 ext4 holding `src`, p2 an empty 8 MiB partition.
+fn gpt_ext4(work: &Path, src: &Path) -> PathBuf {
+    let ext4 = image_tools::ext4_fs(work, src, 40, false);
+    let gpt = work.join("gpt.raw");
+    sparse_file(&gpt, 64 << 20);
+    run("sgdisk", &[&"-n", &"1:2048:+40M", &"-t", &"1:8300", &"-n", &"2:0:+8M", &"-t", &"2:0700", &gpt]);
+    image_tools::place(&gpt, &[(2048 * 512, &ext4)]);
+    gpt
+}
+
+/// An MBR disk of 96 MiB: p1 FAT32 holding `fat`, p2 NTFS holding `ntfs`.
+fn mbr_fat_ntfs(work: &Path, fat: &Path, ntfs: &Path) -> PathBuf {
+    let fat32 = work.join("fat32.fs");
+    sparse_file(&fat32, 40 << 20);
+    run("mkfs.vfat", &[&"-F", &"32", &"-s", &"1", &fat32]);
+    let image = fat32.display().to_string();
+    let mut entries: Vec<PathBuf> = fs::read_dir(fat).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"-s", &"-m", &"-Q", &"-i", &image];
+    for e in &entries {
+        args.push(e);
+    }
+    args.push(&"::/");
+    run("mcopy", &args);
+    let ntfs_img = image_tools::ntfs_fs(work, ntfs, 40);
+    let mbr = work.join("mbr.raw");
+    sparse_file(&mbr, 96 << 20);
+    let script = "label: dos\nstart=2048, size=40MiB, type=c\nsize=40MiB, type=7\n";
+    let mut child = std::process::Command::new(image_tools::tool("sfdisk"))
+        .arg("-q")
+        .arg(&mbr)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success(), "sfdisk");
+    image_tools::place(&mbr, &[(2048 * 512, &fat32), ((2048 + 40 * 2048) * 512, &ntfs_img)]);
+    mbr
+}
+
+/// Check that the tree at `got` (inside a mount) is the tree at `src`: names, kinds, sizes,
+/// contents, symlink targets, mtimes, and modes and owners where the filesystem keeps them
+/// (elsewhere files are read-only and owned by the image file's owner, `image_owner`).
+fn verify_tree(got: &Path, src: &Path, flavour: Flavour, image_owner: (u32, u32)) {
+    let entries = walk(src);
+    assert!(entries.len() > 300, "the corpus is all there");
+    for rel in entries {
+        let (want, have) = (src.join(&rel), got.join(&rel));
+        let what = have.display();
+        let m = fs::symlink_metadata(&want).unwrap();
+        let g = fs::symlink_metadata(&have).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(g.file_type(), m.file_type(), "kind of {what}");
+        if m.file_type().is_symlink() {
+            assert_eq!(fs::read_link(&have).unwrap(), fs::read_link(&want).unwrap(), "target of {what}");
+            continue;
+        }
+        if m.is_dir() {
+            let names = |d: &Path| {
+                let mut v: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+                v.sort();
+                v
+            };
+            assert_eq!(names(&have), names(&want), "listing of {what}");
+        } else {
+            assert_eq!(g.len(), m.len(), "size of {what}");
+            assert!(fs::read(&have).unwrap() == fs::read(&want).unwrap(), "content of {what}");
+        }
+        match flavour {
+            Flavour::Unix => {
+                assert_eq!((g.mtime(), g.mtime_nsec()), (m.mtime(), m.mtime_nsec()), "mtime of {what}");
+                assert_eq!(g.mode() & 0o7777, m.mode() & 0o7777, "mode of {what}");
+                assert_eq!((g.uid(), g.gid()), (m.uid(), m.gid()), "owner of {what}");
+            }
+            Flavour::Ntfs => {
+                assert_eq!((g.mtime(), g.mtime_nsec()), (m.mtime(), m.mtime_nsec() / 100 * 100), "mtime of {what}");
+                assert_eq!((g.uid(), g.gid()), image_owner, "owner of {what}");
+                assert_eq!(g.mode() & 0o222, 0, "{what} is read-only");
+            }
+            Flavour::Fat => {
+                if m.is_file() {
+                    assert_eq!(g.mtime(), m.mtime(), "mtime of {what}");
+                }
+                assert_eq!((g.uid(), g.gid()), image_owner, "owner of {what}");
+                assert_eq!(g.mode() & 0o222, 0, "{what} is read-only");
+            }
+        }
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The mount shows every file inside qcow2 and VMDK images of ext4 (GPT), FAT32 and NTFS (MBR)
+/// as its source; a damaged superblock and an empty partition are `.error` files; a file that
+/// only looks like a disk by its size is not taken for one.
+#[test]
+fn files_inside_images_equal_their_sources_through_the_mount() {
+    let t = TempRepo::new();
+    let work = t.path("work");
+    fs::create_dir_all(&work).unwrap();
+    let (unix, fat, ntfs) = (t.path("src-unix"), t.path("src-fat"), t.path("src-ntfs"));
+    corpus(&unix, Flavour::Unix);
+    corpus(&fat, Flavour::Fat);
+    corpus(&ntfs, Flavour::Ntfs);
+    let gpt = gpt_ext4(&work, &unix);
+    let mbr = mbr_fat_ntfs(&work, &fat, &ntfs);
+
+    let vms = t.path("vms");
+    let qcow = image_tools::convert(&gpt, &vms.join("vm1"), QCOW2);
+    fs::rename(&qcow, vms.join("vm1/disk0.qcow2")).unwrap();
+    let vmdk = image_tools::convert(&gpt, &vms.join("vm1"), VMDK_SPARSE);
+    fs::rename(&vmdk, vms.join("vm1/disk0.vmdk")).unwrap();
+    let win = image_tools::convert(&mbr, &vms.join("vm2"), VMDK_SPARSE);
+    fs::rename(&win, vms.join("vm2/win.vmdk")).unwrap();
+    // A raw disk whose ext4 superblock is damaged: its block size is absurd.
+    let broken = vms.join("vm3/broken.img");
+    fs::create_dir_all(broken.parent().unwrap()).unwrap();
+    fs::copy(&gpt, &broken).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&broken)
+        .unwrap()
+        .write_all_at(&[0x40, 0, 0, 0], 2048 * 512 + 1024 + 24)
+        .unwrap();
+    // Random bytes the size of a small disk: not an image.
+    fs::write(vms.join("vm3/noise.bin"), pseudo_random(1 << 20, 7)).unwrap();
+    t.backup("h", &[&vms]);
+
+    let m = Mount::start(&t, "mnt", &[]);
+    let root = m.mnt.join("hosts/h/latest").join(vms.strip_prefix("/").unwrap());
+    assert_eq!(names(&root.join("vm1")), ["disk0.qcow2", "disk0.qcow2.d", "disk0.vmdk", "disk0.vmdk.d"]);
+    let image_owner = {
+        let md = fs::metadata(vms.join("vm1/disk0.qcow2")).unwrap();
+        (md.uid(), md.gid())
+    };
+    for disk in ["vm1/disk0.qcow2.d", "vm1/disk0.vmdk.d"] {
+        assert_eq!(names(&root.join(disk)), ["p1", "p2.error"], "{disk}");
+        let err = fs::read_to_string(root.join(disk).join("p2.error")).unwrap();
+        assert!(err.ends_with('\n') && err.lines().count() == 1 && err.contains("no filesystem"), "{err}");
+        verify_tree(&root.join(disk).join("p1"), &unix, Flavour::Unix, image_owner);
+    }
+    assert_eq!(names(&root.join("vm2/win.vmdk.d")), ["p1", "p2"]);
+    verify_tree(&root.join("vm2/win.vmdk.d/p1"), &fat, Flavour::Fat, image_owner);
+    verify_tree(&root.join("vm2/win.vmdk.d/p2"), &ntfs, Flavour::Ntfs, image_owner);
+
+    assert_eq!(names(&root.join("vm3")), ["broken.img", "broken.img.d", "noise.bin"]);
+    assert_eq!(names(&root.join("vm3/broken.img.d")), ["p1.error", "p2.error"]);
+    let err = fs::read_to_string(root.join("vm3/broken.img.d/p1.error")).unwrap();
+    assert!(err.lines().count() == 1 && err.contains("p1") && err.contains("corrupt"), "{err}");
+    // Nothing inside is writable, and a lookup of a missing name fails as it should.
+    let e = fs::write(root.join("vm1/disk0.qcow2.d/p1/hello.txt"), b"x").unwrap_err();
+    assert!(matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)), "{e}");
+    let e = fs::metadata(root.join("vm1/disk0.qcow2.d/p1/nothing-here")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    let e = fs::metadata(root.join("vm1/disk0.qcow2.d/p1/hello.txt/x")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
+    m.unmount();
+}
+
+/// A damaged chunk of a backed-up image fails, with EIO, the reads of the one file whose
+/// blocks it holds; every other file inside the image reads as its source.
+#[test]
+fn a_damaged_image_block_gives_eio_on_the_affected_file_only() {
+    let t = TempRepo::new();
+    let work = t.path("work");
+    fs::create_dir_all(&work).unwrap();
+    let unix = t.path("src-unix");
+    corpus(&unix, Flavour::Unix);
+    let gpt = gpt_ext4(&work, &unix);
+    let vms = t.path("vms");
+    fs::create_dir_all(&vms).unwrap();
+    let disk = vms.join("disk.img");
+    fs::copy(&gpt, &disk).unwrap();
+    t.backup("h", &[&vms]);
+
+    // Where big.bin lies in the disk (ext4 -d writes it in one run), and a chunk of the disk's
+    // content that holds only bytes of it.
+    let big = fs::read(unix.join("big.bin")).unwrap();
+    let raw = fs::read(&disk).unwrap();
+    let start = raw.windows(4096).position(|w| w == &big[..4096]).expect("big.bin is in the disk") as u64;
+    assert_eq!(&raw[start as usize..start as usize + big.len()], &big[..], "big.bin lies in one run");
+    let repo = t.open();
+    let indexed = repo.open_indexed(rewind_store::CacheSizes::default()).unwrap();
+    let snap = repo.find_snapshot("latest", None).unwrap();
+    let node = indexed.node_at(&snap.snapshot, disk.as_os_str().as_bytes()).unwrap();
+    let reader = indexed.open_file(&node).unwrap();
+    let span = *reader
+        .chunks()
+        .iter()
+        .find(|c| c.offset >= start + (1 << 20) && c.offset + u64::from(c.len) <= start + big.len() as u64)
+        .expect("a chunk of the disk inside big.bin, after its first MiB");
+    let loc = indexed.locate(span.id.into()).unwrap();
+    let hex = loc.pack.to_hex();
+    let pack = t.repo.join("data").join(&hex[..2]).join(&hex);
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[(loc.offset + u64::from(loc.stored_len) / 2) as usize] ^= 0x40;
+    fs::write(&pack, &bytes).unwrap();
+
+    let m = Mount::start(&t, "mnt", &[]);
+    let p1 = m.mnt.join("hosts/h/latest").join(vms.strip_prefix("/").unwrap()).join("disk.img.d/p1");
+    for round in 0..2 {
+        let e = fs::read(p1.join("big.bin")).expect_err("the damaged file must not read");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "round {round}: {e}");
+        // Bytes of big.bin outside the damaged block still read.
+        let f = fs::File::open(p1.join("big.bin")).unwrap();
+        let mut head = vec![0u8; 4096];
+        f.read_exact_at(&mut head, 0).unwrap();
+        assert_eq!(head, big[..4096]);
+        for rel in walk(&unix) {
+            let want = unix.join(&rel);
+            if rel == Path::new("big.bin") || !fs::symlink_metadata(&want).unwrap().is_file() {
+                continue;
+            }
+            assert!(fs::read(p1.join(&rel)).unwrap() == fs::read(&want).unwrap(), "round {round}: {}", rel.display());
+        }
+    }
+    m.unmount();
+}
