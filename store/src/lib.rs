@@ -62,6 +62,6 @@ pub use lock::{LockEntry, LockInfo, LockState, hostname, list_locks, unlock};
 pub use repo::{
     CacheSizes, ChunkSpan, DamagedSnapshot, FileReader, IndexedRepository, NewKey, Piece, Repository, SnapshotEntry,
 };
-pub use restore::{Overwrite, RestoreOptions, RestoreProgress, restore};
+pub use restore::{Overwrite, RestoreOptions, RestoreProgress, restore, restore_from_view};
 pub use revocation::{Revocation, revocation_until};
-pub use view::{Entry, ImageEntry, View};
+pub use view::{Attr, Entry, ImageEntry, View};

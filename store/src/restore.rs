@@ -19,7 +19,8 @@ use rayon::prelude::*;
 use crate::backup::ErrorReport;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{Node, NodeKind, Snapshot};
-use crate::repo::IndexedRepository;
+use crate::repo::{FileReader, IndexedRepository};
+use crate::view::{Entry, View};
 
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -109,6 +110,93 @@ pub fn restore(
     }
     r.finish();
     Ok(progress.errors.load(Ordering::Relaxed))
+}
+
+/// Restore an entry of the view that no snapshot tree holds (something inside a disk image,
+/// `.../disk0.qcow2.d/p1/etc`) into `target`, as [`restore`] does a path of a snapshot: a
+/// directory's content goes into `target` itself, anything else to `target/<name>`. Contents,
+/// symlinks, modes, times, and owners when asked, as the view shows them.
+pub fn restore_from_view(
+    view: &View,
+    entry: &Entry,
+    name: &[u8],
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+    report: &ErrorReport<'_>,
+) -> Result<u64> {
+    let attr = view.attr(entry)?;
+    let is_dir = attr.kind == NodeKind::Dir;
+    let created = !target.exists();
+    if !created && opts.overwrite == Overwrite::Refuse {
+        refuse_view_conflicts(view, entry, name, is_dir, target)?;
+    }
+    fs::create_dir_all(target).at(target)?;
+    let r = Restorer {
+        repo: view.repo(),
+        remote: view.repo().repo().local_path().is_none(),
+        opts,
+        progress,
+        report,
+        links: Mutex::new(HashMap::new()),
+        deferred_links: Mutex::new(Vec::new()),
+        dirs: Mutex::new(Vec::new()),
+    };
+    if is_dir {
+        r.restore_view_content(view, entry, target, 1);
+        if created {
+            r.dirs.lock().expect("restore lock").push((0, target.to_path_buf(), view_node(name, &attr, Vec::new())));
+        }
+    } else {
+        let path = target.join(OsStr::from_bytes(name));
+        if let Err(e) = r.restore_view_one(view, entry, name, &path, 1) {
+            r.fail(&path, e);
+        }
+    }
+    r.finish();
+    Ok(progress.errors.load(Ordering::Relaxed))
+}
+
+/// The metadata of a view entry as a node, for [`Restorer::apply_metadata`].
+fn view_node(name: &[u8], a: &crate::view::Attr, target: Vec<u8>) -> Node {
+    let mut n = Node::new(name.to_vec(), a.kind);
+    (n.mode, n.uid, n.gid, n.size, n.mtime, n.ctime, n.target) =
+        (a.perm, a.uid, a.gid, a.size, a.mtime, a.ctime, target);
+    n
+}
+
+/// [`refuse_conflicts`] for an entry of the view.
+fn refuse_view_conflicts(view: &View, entry: &Entry, name: &[u8], is_dir: bool, target: &Path) -> Result<()> {
+    let mut found: Vec<PathBuf> = Vec::new();
+    let mut stack: Vec<(Entry, PathBuf)> = Vec::new();
+    if is_dir {
+        stack.push((entry.clone(), target.to_path_buf()));
+    } else {
+        let p = target.join(OsStr::from_bytes(name));
+        if fs::symlink_metadata(&p).is_ok() {
+            found.push(p);
+        }
+    }
+    while let Some((dir, at)) = stack.pop() {
+        for (name, child) in view.list(&dir)? {
+            let p = at.join(OsStr::from_bytes(&name));
+            match fs::symlink_metadata(&p) {
+                Err(_) => {}
+                Ok(m) if m.is_dir() && view.attr(&child)?.kind == NodeKind::Dir => stack.push((child, p)),
+                Ok(_) => found.push(p),
+            }
+        }
+    }
+    match found.first() {
+        None => Ok(()),
+        Some(p) => Err(Error::InvalidInput(format!(
+            "{} entr{} in {} would be replaced (first: {}); nothing was restored; choose --overwrite always, if-changed or never",
+            found.len(),
+            if found.len() == 1 { "y" } else { "ies" },
+            target.display(),
+            p.display()
+        ))),
+    }
 }
 
 struct Restorer<'a> {
@@ -216,6 +304,91 @@ impl Restorer<'_> {
             }
         }
         self.apply_metadata(node, path)
+    }
+
+    fn restore_view_content(&self, view: &View, dir: &Entry, at: &Path, depth: usize) {
+        let entries = match view.list(dir) {
+            Ok(l) => l,
+            Err(e) => return self.fail(at, e),
+        };
+        entries.par_iter().for_each(|(name, child)| {
+            let path = at.join(OsStr::from_bytes(name));
+            if let Err(e) = self.restore_view_one(view, child, name, &path, depth) {
+                self.fail(&path, e);
+            }
+        });
+    }
+
+    fn restore_view_one(&self, view: &View, entry: &Entry, name: &[u8], path: &Path, depth: usize) -> Result<()> {
+        let attr = view.attr(entry)?;
+        let target = if attr.kind == NodeKind::Symlink { view.readlink(entry)? } else { Vec::new() };
+        let node = view_node(name, &attr, target);
+        let existing = fs::symlink_metadata(path).ok();
+        if let Some(m) = &existing {
+            let merge = node.kind == NodeKind::Dir && m.is_dir();
+            match self.opts.overwrite {
+                Overwrite::Never if !merge => return Ok(()),
+                Overwrite::IfChanged
+                    if node.kind == NodeKind::File
+                        && m.is_file()
+                        && m.len() == node.size
+                        && same_bytes(&view.open(entry)?, path)? =>
+                {
+                    self.progress.files.fetch_add(1, Ordering::Relaxed);
+                    return self.apply_metadata(&node, path);
+                }
+                _ => {}
+            }
+            if !merge {
+                if m.is_dir() {
+                    fs::remove_dir_all(path).at(path)?;
+                } else {
+                    fs::remove_file(path).at(path)?;
+                }
+            }
+        }
+        match node.kind {
+            NodeKind::Dir => {
+                if fs::symlink_metadata(path).is_err() {
+                    fs::create_dir(path).at(path)?;
+                }
+                fs::set_permissions(path, fs::Permissions::from_mode(0o700)).at(path)?;
+                self.restore_view_content(view, entry, path, depth + 1);
+                self.dirs.lock().expect("restore lock").push((depth, path.to_path_buf(), node));
+                return Ok(());
+            }
+            NodeKind::File => self.write_reader(&view.open(entry)?, path)?,
+            NodeKind::Symlink => std::os::unix::fs::symlink(OsStr::from_bytes(&node.target), path).at(path)?,
+            // The view shows nothing else inside images.
+            _ => return Ok(()),
+        }
+        self.apply_metadata(&node, path)
+    }
+
+    /// Write a file from a reader, piece by piece; runs of zeros become holes.
+    fn write_reader(&self, reader: &FileReader, path: &Path) -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .at(path)?;
+        for (i, span) in reader.chunks().iter().enumerate() {
+            let _ = reader.warm(i + 1);
+            let (data, range) = reader.piece(span.offset, span.offset + u64::from(span.len))?;
+            let data = &data[range];
+            if data.iter().all(|&b| b == 0) {
+                f.seek(SeekFrom::Current(data.len() as i64)).at(path)?;
+            } else {
+                f.write_all(data).at(path)?;
+            }
+            self.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        f.set_len(reader.size()).at(path)?;
+        self.progress.files.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Whether the file at `path` holds exactly the node's content (same chunks, by hash).
@@ -359,6 +532,21 @@ fn refuse_conflicts(repo: &IndexedRepository, node: &Node, target: &Path) -> Res
             p.display()
         ))),
     }
+}
+
+/// Whether the file at `path` holds exactly the reader's bytes.
+fn same_bytes(reader: &FileReader, path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).at(path)?;
+    let mut buf = Vec::new();
+    for span in reader.chunks() {
+        let (data, range) = reader.piece(span.offset, span.offset + u64::from(span.len))?;
+        buf.resize(range.len(), 0);
+        if f.read_exact(&mut buf).is_err() || buf[..] != data[range] {
+            return Ok(false);
+        }
+    }
+    Ok(f.read(&mut [0u8; 1]).at(path)? == 0)
 }
 
 fn cpath(path: &Path) -> Result<CString> {
