@@ -300,3 +300,89 @@ fn restore_of_paths_inside_images() {
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(err.contains("not found") && err.lines().count() == 1, "{err}");
 }
+
+/// The portal: admins browse and download inside images; by default nobody else does, the
+/// image file's owner included; with `images = "image-readers"` whoever the rules show the
+/// image file to sees inside it, and nobody sees inside an image they may not see.
+#[test]
+fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() {
+    use crate::support::portal::{Client, Portal, enc, login, passwd_hash};
+    let t = TempRepo::new();
+    let work = t.path("work");
+    fs::create_dir_all(&work).unwrap();
+    let unix = t.path("src-unix");
+    corpus(&unix, Flavour::Unix);
+    let gpt = gpt_ext4(&work, &unix);
+    let vms = t.path("vms");
+    for (who, uid) in [("alice", 2001), ("bob", 2002)] {
+        let dir = vms.join(format!("{who}-vm"));
+        let qcow = image_tools::convert(&gpt, &dir, QCOW2);
+        let disk = dir.join("disk0.qcow2");
+        fs::rename(&qcow, &disk).unwrap();
+        std::os::unix::fs::chown(&disk, Some(uid), Some(uid)).unwrap();
+        fs::set_permissions(&disk, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    t.backup("h", &[&vms]);
+
+    let users = t.path("users.toml");
+    let mut text = format!("[users.ada]\nhash = \"{}\"\nrole = \"admin\"\n", passwd_hash("ada-pw"));
+    for (who, uid) in [("alice", 2001), ("bob", 2002)] {
+        text.push_str(&format!("[users.{who}]\nhash = \"{}\"\nuid = {uid}\n", passwd_hash(&format!("{who}-pw"))));
+    }
+    fs::write(&users, text).unwrap();
+    let realm = format!("[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n", users.display());
+    let get = |c: &Client, api: &str, path: &Path| {
+        let snap = c.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
+        c.get(&format!("/api/{api}?snapshot={snap}&path={}", enc(&path.to_string_lossy())))
+    };
+    let names = |c: &Client, path: &Path| -> Vec<String> {
+        let r = get(c, "browse", path);
+        assert_eq!(r.status, 200, "browse {}: {}", path.display(), r.text());
+        r.json()["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
+    };
+    let (alice_d, bob_d) = (vms.join("alice-vm/disk0.qcow2.d"), vms.join("bob-vm/disk0.qcow2.d"));
+    let report = fs::read(unix.join("docs/report.docx")).unwrap();
+
+    let portal = Portal::start(&t.repo, &realm, "[authz]\nrules = [\"owner\"]\n", "");
+    let ada = login(&portal.addr, "ada", "ada-pw");
+    assert_eq!(names(&ada, &vms.join("alice-vm")), ["disk0.qcow2", "disk0.qcow2.d"]);
+    assert_eq!(names(&ada, &alice_d), ["p1", "p2.error"]);
+    let mut want: Vec<String> =
+        fs::read_dir(&unix).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    want.push("lost+found".into());
+    want.sort();
+    let mut got = names(&ada, &alice_d.join("p1"));
+    got.sort();
+    assert_eq!(got, want);
+    let r = get(&ada, "download", &alice_d.join("p1/docs/report.docx"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body == report, "the admin's download is the source's bytes");
+    assert!(r.header("etag").is_some_and(|e| e.len() > 10));
+    let r = get(&ada, "download", &alice_d.join("p1/secret.txt"));
+    assert_eq!(r.body, fs::read(unix.join("secret.txt")).unwrap());
+    let r = get(&ada, "download", &alice_d.join("p2.error"));
+    assert!(r.status == 200 && r.text().contains("no filesystem"), "{}", r.text());
+    // By default, the image's owner sees the image file and nothing inside it.
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    assert_eq!(names(&alice, &vms.join("alice-vm")), ["disk0.qcow2"]);
+    assert_eq!(get(&alice, "browse", &alice_d).status, 404);
+    assert_eq!(get(&alice, "download", &alice_d.join("p1/docs/report.docx")).status, 404);
+    drop(portal);
+
+    let authz = "[authz]\nrules = [\"owner\"]\nimages = \"image-readers\"\n";
+    let portal = Portal::start(&t.repo, &realm, authz, "");
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    assert_eq!(names(&alice, &vms.join("alice-vm")), ["disk0.qcow2", "disk0.qcow2.d"]);
+    assert_eq!(names(&alice, &alice_d), ["p1", "p2.error"]);
+    let r = get(&alice, "download", &alice_d.join("p1/docs/report.docx"));
+    assert!(r.status == 200 && r.body == report, "{}", r.status);
+    // Bob's image is not hers: neither it nor anything inside it exists for her.
+    assert_eq!(get(&alice, "browse", &vms.join("bob-vm")).status, 404);
+    for p in [bob_d.clone(), bob_d.join("p1"), bob_d.join("p1/docs")] {
+        assert_eq!(get(&alice, "browse", &p).status, 404, "{}", p.display());
+    }
+    assert_eq!(get(&alice, "download", &bob_d.join("p1/docs/report.docx")).status, 404);
+    let bob = login(&portal.addr, "bob", "bob-pw");
+    assert_eq!(get(&bob, "download", &bob_d.join("p1/hello.txt")).body, b"hello world\n");
+    assert_eq!(get(&bob, "download", &alice_d.join("p1/hello.txt")).status, 404);
+}

@@ -25,7 +25,7 @@ use rewind_catalog::access::{ACL_XATTR, R, Reader, X};
 use rewind_store::{Entry, Node, NodeKind, SnapshotId, TreeId, View};
 
 use crate::auth::Identity;
-use crate::config::{AuthzConfig, Rule};
+use crate::config::{AuthzConfig, ImageAccess, Rule};
 use crate::error::{ApiError, ApiResult};
 
 /// The effective user, reduced to what the rules look at.
@@ -328,10 +328,22 @@ impl Policy {
                 Err(rewind_store::Error::NotFound(_)) => return Err(ApiError::NotFound),
                 Err(e) => return Err(e.into()),
             };
-            let Entry::Node { node: n, .. } = &next else { return Err(ApiError::NotFound) };
-            let w = self.child_walk(s, &walk, n);
-            access = self.access(view, s, &walk, &w, n)?;
-            node = Some(n.clone());
+            let n = match &next {
+                Entry::Node { node: n, .. } => n.clone(),
+                Entry::Image(i) => {
+                    access = self.sees_inside(s, &walk, i).then_some(Access::Visible);
+                    if access.is_none() {
+                        break;
+                    }
+                    Arc::new(view.image_node(i)?)
+                }
+                _ => return Err(ApiError::NotFound),
+            };
+            let w = self.child_walk(s, &walk, &n);
+            if !matches!(next, Entry::Image(_)) {
+                access = self.access(view, s, &walk, &w, &n)?;
+            }
+            node = Some(n);
             walk = w;
             entry = next;
         }
@@ -427,13 +439,38 @@ impl Policy {
         let list = view.list(&dir.entry)?;
         let mut out = Vec::new();
         for (_, e) in list {
-            let Entry::Node { node, .. } = e else { continue };
+            let node = match &e {
+                Entry::Node { node, .. } => node.clone(),
+                Entry::Image(i) if self.sees_inside(s, &dir.walk, i) => Arc::new(view.image_node(i)?),
+                _ => continue,
+            };
             let w = self.child_walk(s, &dir.walk, &node);
-            if let Some(a) = self.access(view, s, &dir.walk, &w, &node)? {
+            if matches!(e, Entry::Image(_)) {
+                out.push((node, w, Access::Visible));
+            } else if let Some(a) = self.access(view, s, &dir.walk, &w, &node)? {
                 out.push((node, w, a));
             }
         }
         Ok(out)
+    }
+
+    /// Whether the subject may see inside the disk image that `entry` is in, from a folder
+    /// reached with `walk`: admins, and with `images = "image-readers"` whoever sees the image
+    /// file itself. Inside an image (`walk` is already in it) the answer was given on the way in.
+    fn sees_inside(&self, s: &Subject, walk: &Walk, entry: &rewind_store::ImageEntry) -> bool {
+        if s.all {
+            return true;
+        }
+        if self.cfg.images != ImageAccess::ImageReaders {
+            return false;
+        }
+        if !entry.inner_path().is_empty() {
+            return true;
+        }
+        // `<image>.d` itself: the image file is its sibling, seen from the same folder.
+        let image = entry.image();
+        let w = self.child_walk(s, walk, image);
+        self.visible(s, walk, &w, image)
     }
 
     /// Whether the subject sees anything in a snapshot.
@@ -510,6 +547,7 @@ mod tests {
             rules: vec![Rule::Home],
             home_rewrite: vec![Rewrite { from: "/home".into(), to: "/srv/corpus/users/".into() }],
             hosts: std::collections::BTreeMap::new(),
+            images: ImageAccess::Admins,
         };
         let p = Policy::new(&cfg, 1);
         assert_eq!(p.rewrite_home("/home/alice").unwrap(), b"/srv/corpus/users/alice");

@@ -230,12 +230,30 @@ pub struct AuthzConfig {
     /// Machines per user for the `host` rule (added to the directory's `hosts` attribute), keyed
     /// `realm:login`, or `login` alone when only one realm is configured.
     pub hosts: BTreeMap<String, Vec<String>>,
+    /// Who sees the files inside disk images (`<image>.d/`): admins only (the default), or
+    /// also everyone to whom the rules show the image file itself (`image-readers`): they may
+    /// download the whole image anyway.
+    pub images: ImageAccess,
 }
 
 impl Default for AuthzConfig {
     fn default() -> Self {
-        AuthzConfig { rules: vec![Rule::Owner], home_rewrite: Vec::new(), hosts: BTreeMap::new() }
+        AuthzConfig {
+            rules: vec![Rule::Owner],
+            home_rewrite: Vec::new(),
+            hosts: BTreeMap::new(),
+            images: ImageAccess::Admins,
+        }
     }
+}
+
+/// Who sees inside disk images.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageAccess {
+    #[default]
+    Admins,
+    ImageReaders,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]

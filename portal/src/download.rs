@@ -222,16 +222,17 @@ pub async fn download(
     let st = state.clone();
     let found = tokio::task::spawn_blocking(move || -> ApiResult<(Resolved, FileReader)> {
         let res = resolve(&st, &sub, snapshot, &path)?;
-        let node = res.node.clone().filter(|n| res.access == Access::Visible && n.kind == NodeKind::File);
-        let Some(node) = node else {
+        let file = res.node.as_ref().is_some_and(|n| res.access == Access::Visible && n.kind == NodeKind::File);
+        if !file {
             return Err(match &res.node {
                 Some(n) if res.access == Access::Visible => {
                     ApiError::BadRequest(format!("{} is not a file", n.name_lossy()))
                 }
                 _ => ApiError::BadRequest("not a file; use /api/archive for folders".into()),
             });
-        };
-        let reader = st.view.repo().open_file(&node)?;
+        }
+        // Through the view: a file inside a disk image reads through the image.
+        let reader = st.view.open(&res.entry)?;
         Ok((res, reader))
     })
     .await?;
@@ -470,7 +471,7 @@ impl ArchiveJob {
         match (node.kind, res.access) {
             (NodeKind::File, Access::Visible) => {
                 zip.start_file(name, Self::options(node)).map_err(io)?;
-                let r = self.state.view.repo().open_file(node)?;
+                let r = self.state.view.open(&res.entry)?;
                 let mut pos = 0u64;
                 let mut buf = vec![0u8; PIECE];
                 while pos < r.size() {

@@ -462,6 +462,23 @@ impl View {
         }
     }
 
+    /// A node describing an entry inside an image, for callers that show nodes (the portal): its
+    /// attributes, a symlink's target, and for a file, as content, the ids of the blocks its
+    /// reader reads, so that its content id names its bytes. The ids are no chunks of the
+    /// repository: read the file with [`View::open`] of the entry.
+    pub fn image_node(&self, e: &ImageEntry) -> Result<Node> {
+        let a = self.image_attr(e)?;
+        let mut n = Node::new(e.name.clone(), a.kind);
+        (n.mode, n.uid, n.gid, n.size, n.mtime, n.ctime, n.nlink) =
+            (a.perm, a.uid, a.gid, a.size, a.mtime, a.ctime, a.nlink);
+        match a.kind {
+            NodeKind::Symlink => n.target = self.image_readlink(e)?,
+            NodeKind::File => n.content = self.image_open(e)?.chunks().iter().map(|c| c.id).collect(),
+            _ => {}
+        }
+        Ok(n)
+    }
+
     /// A reader of a file inside an image.
     pub(super) fn image_open(&self, e: &ImageEntry) -> Result<FileReader> {
         let (source, size): (Arc<dyn Blocks>, u64) = match &e.at {
