@@ -610,3 +610,71 @@ fn image_types_are_send_and_sync() {
     both::<dyn FileSystem>();
     both::<image::Volume>();
 }
+
+/// The view of a backed-up folder of images: `<name>.d` after each file whose content is a disk
+/// image and nothing else; a disk without a partition table shows its filesystem's root there;
+/// an image that does not open is an `image.error`; a real entry named `<name>.d` wins; small
+/// files not named like images are not even looked at.
+#[test]
+fn the_view_shows_what_is_inside_backed_up_images() {
+    use rewind_store::{
+        BackupOptions, BackupProgress, CacheSizes, ChunkerParams, CompressionParams, Entry, NewKey, Repository, View,
+        backup,
+    };
+    let f = fixtures();
+    let w = workdir();
+    let src = w.path().join("src");
+    fs::create_dir_all(src.join("shadowed.img.d")).unwrap();
+    fs::copy(&f.fat16, src.join("usb.img")).unwrap();
+    fs::copy(&f.fat16, src.join("shadowed.img")).unwrap();
+    fs::write(src.join("shadowed.img.d/mine"), b"a real folder of that name").unwrap();
+    let fat16 = fs::read(&f.fat16).unwrap();
+    // A FAT boot sector, but 32 KiB long and not named like an image: never opened.
+    fs::write(src.join("small.bin"), &fat16[..32 << 10]).unwrap();
+    let mut bad = b"QFI\xfb\0\0\0\x03".to_vec();
+    bad.extend_from_slice(&random_bytes(9, 64 << 10));
+    fs::write(src.join("bad.qcow2"), &bad).unwrap();
+    let repo = Repository::init(
+        &w.path().join("repo"),
+        ChunkerParams::default(),
+        CompressionParams::default(),
+        NewKey::test(),
+    )
+    .unwrap()
+    .open_indexed(CacheSizes::default())
+    .unwrap();
+    let opts = BackupOptions { paths: vec![src.clone()], host: "h".into(), ..BackupOptions::default() };
+    backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
+    let view = View::new(repo).unwrap();
+    let at = |rel: &str| {
+        let p = format!("hosts/h/latest{}/{rel}", src.display());
+        view.resolve(p.as_bytes()).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    let names = |e: &Entry| -> Vec<String> {
+        view.list(e).unwrap().into_iter().map(|(n, _)| String::from_utf8(n).unwrap()).collect()
+    };
+    let read = |e: &Entry| {
+        let r = view.open(e).unwrap();
+        let mut buf = vec![0u8; r.size() as usize];
+        assert_eq!(r.read_at(0, &mut buf).unwrap(), buf.len());
+        buf
+    };
+    assert_eq!(
+        names(&at("")),
+        ["bad.qcow2", "bad.qcow2.d", "shadowed.img", "shadowed.img.d", "small.bin", "usb.img", "usb.img.d"]
+    );
+    assert_eq!(names(&at("shadowed.img.d")), ["mine"]);
+    let mut want: Vec<String> =
+        fs::read_dir(&f.fat).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    want.sort();
+    assert_eq!(names(&at("usb.img.d")), want);
+    assert_eq!(read(&at("usb.img.d/hello.txt")), b"hello world\n");
+    assert_eq!(read(&at("usb.img.d/big.bin")), fs::read(f.fat.join("big.bin")).unwrap());
+    let a = view.attr(&at("usb.img.d/docs/report.docx")).unwrap();
+    assert_eq!(a.size, 1_234_567);
+    assert_eq!(a.perm, 0o444, "FAT files are read-only");
+    assert_eq!(names(&at("bad.qcow2.d")), ["image.error"]);
+    let err = String::from_utf8(read(&at("bad.qcow2.d/image.error"))).unwrap();
+    assert!(err.ends_with('\n') && err.lines().count() == 1 && err.contains("qcow2"), "{err}");
+    assert!(view.resolve(format!("hosts/h/latest{}/small.bin.d", src.display()).as_bytes()).is_err());
+}
