@@ -380,6 +380,15 @@ impl View {
         Ok(out)
     }
 
+    /// The `<image>.d` folders that [`View::list`] shows beside the nodes of tree `tree` (the
+    /// catalog indexes what is inside images through them). Their entries name no snapshot
+    /// ([`Entry::snapshot`] is the zero id): what an image holds depends on its content and its
+    /// folder only.
+    pub fn image_folders(&self, tree: crate::format::TreeId) -> Result<Vec<(Vec<u8>, Entry)>> {
+        let none = SnapshotId(crate::format::Hash([0; 32]));
+        Ok(self.list_tree(none, tree)?.into_iter().filter(|(_, e)| matches!(e, Entry::Image(_))).collect())
+    }
+
     /// The tree that [`View::attr`] of `e` reads (to count its subdirectories), if any.
     pub fn attr_tree(&self, e: &Entry) -> Option<crate::format::TreeId> {
         match e {

@@ -69,6 +69,8 @@ pub struct ImageEntry {
     dir: TreeId,
     /// The image file.
     image: Arc<Node>,
+    /// The key of the image file's content.
+    key: Hash,
     /// The entry's own name, for messages.
     name: Vec<u8>,
     at: Inside,
@@ -124,6 +126,7 @@ impl ImageEntry {
             snapshot: self.snapshot,
             dir: self.dir,
             image: self.image.clone(),
+            key: self.key,
             name: name.to_vec(),
             at,
         }))
@@ -133,6 +136,8 @@ impl ImageEntry {
 /// An image as opened once: its key and what `Image::open` gave.
 struct Opened {
     key: Hash,
+    /// Opening it read other files of its folder (a backing file, extents).
+    referred: bool,
     image: std::result::Result<Image, Arc<str>>,
 }
 
@@ -217,22 +222,28 @@ impl ReadAt for FileReader {
 impl View {
     /// The `<name>.d` entry of a node in directory `dir`, if the node holds an image.
     pub(super) fn image_folder(&self, snapshot: SnapshotId, dir: TreeId, node: &Node) -> Option<Entry> {
-        if !self.detect(node) {
-            return None;
-        }
+        let key = self.detect(node)?;
         let mut name = node.name.clone();
         name.extend_from_slice(SUFFIX);
-        Some(Entry::Image(Arc::new(ImageEntry { snapshot, dir, image: Arc::new(node.clone()), name, at: Inside::Top })))
+        Some(Entry::Image(Arc::new(ImageEntry {
+            snapshot,
+            dir,
+            image: Arc::new(node.clone()),
+            key,
+            name,
+            at: Inside::Top,
+        })))
     }
 
-    /// Whether a node holds a disk image, by its first bytes; cached by content.
-    fn detect(&self, node: &Node) -> bool {
+    /// Whether a node holds a disk image, by its first bytes (cached by content): the key of its
+    /// content if it does.
+    fn detect(&self, node: &Node) -> Option<Hash> {
         if !candidate(node) {
-            return false;
+            return None;
         }
         let key = content_key(node);
         if let Some(&v) = self.images.verdicts.lock().get(&key) {
-            return v;
+            return v.then_some(key);
         }
         let verdict = (|| -> Result<bool> {
             let r = self.repo.open_file(node)?;
@@ -243,19 +254,19 @@ impl View {
         match verdict {
             Ok(v) => {
                 self.images.verdicts.lock().put(key, v);
-                v
+                v.then_some(key)
             }
             Err(e) => {
                 // Damage of the file shows when it is read; it is not taken for an image.
                 tracing::debug!("{}: not checked for a disk image: {e}", node.name_lossy());
-                false
+                None
             }
         }
     }
 
     /// The image an entry is in, opened once.
     fn opened(&self, e: &ImageEntry) -> Arc<Opened> {
-        let key = content_key(&e.image);
+        let key = e.key;
         {
             let mut open = self.images.open.lock();
             if let Some(o) = open.get(&(key, None)) {
@@ -285,10 +296,24 @@ impl View {
         if let Err(err) = &image {
             tracing::warn!("disk image {}: {err}", e.image.name_lossy());
         }
-        let opened = Arc::new(Opened { key, image });
+        let opened = Arc::new(Opened { key, referred: referred.get(), image });
         let dir = referred.get().then_some(e.dir);
         self.images.open.lock().put((key, dir), opened.clone());
         opened
+    }
+
+    /// What names the contents of the image an entry is in: the image file's content, and its
+    /// folder's tree as well when the image refers to other files there. Equal identities show
+    /// equal contents.
+    pub fn image_identity(&self, e: &ImageEntry) -> Hash {
+        let opened = self.opened(e);
+        if !opened.referred {
+            return e.key;
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(&e.key.0);
+        h.update(&e.dir.0.0);
+        Hash(*h.finalize().as_bytes())
     }
 
     /// What `<image>.d` holds: the volumes, or the root of the only one.
@@ -499,7 +524,7 @@ impl View {
         };
         let key = match &e.at {
             Inside::Fs { .. } => self.opened(e).key,
-            _ => content_key(&e.image),
+            _ => e.key,
         };
         let (volume, path) = match &e.at {
             Inside::Fs { volume, path, .. } => (*volume as u64, path.clone()),
