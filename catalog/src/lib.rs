@@ -34,6 +34,7 @@
 pub mod access;
 mod db;
 mod error;
+mod images;
 mod query;
 mod update;
 
@@ -41,6 +42,7 @@ use std::path::{Path, PathBuf};
 
 pub use access::Reader;
 pub use error::{Error, Result};
+pub use images::ImageTrees;
 pub use query::{
     CatalogSnapshot, DeletionWindow, FileVersion, MAX_LIMIT, NameMatch, Order, Page, Position, Query, Scope,
     SnapshotRef, Stats,
