@@ -101,7 +101,7 @@ impl Catalog {
         let sync_secs = config.catalog_sync_secs.unwrap_or(if remote { 300 } else { 0 });
         if sync_secs > 0 {
             let mut cat = rewind_catalog::Catalog::open(&path, &repo.config().id.to_hex())?;
-            let report = cat.sync(view.repo())?;
+            let report = cat.sync_view(&view)?;
             tracing::info!("catalog synced: {} snapshots applied", report.snapshots_applied);
             let every = Duration::from_secs(sync_secs);
             let view = view.clone();
@@ -109,7 +109,7 @@ impl Catalog {
                 loop {
                     std::thread::sleep(every);
                     view.refresh_if_stale();
-                    if let Err(e) = cat.sync(view.repo()) {
+                    if let Err(e) = cat.sync_view(&view) {
                         tracing::warn!("catalog sync failed: {e}");
                     }
                 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use rewind_catalog::{Catalog, FileVersion, NameMatch, Page, Query};
-use rewind_store::{IndexedRepository, NodeKind, Repository};
+use rewind_store::{IndexedRepository, NodeKind, Repository, View};
 
 use crate::cli::RepoArg;
 use crate::cmd::{human_bytes, open_indexed};
@@ -106,7 +106,13 @@ pub enum CatalogCommand {
 /// After a backup: bring the catalog up to date, warning (never failing) when that fails. A
 /// damaged catalog is rebuilt (it is a cache).
 pub fn update_after_backup(repo: &IndexedRepository, catalog: Option<&Path>) {
-    let sync = || Catalog::open_at(catalog, repo.repo()).and_then(|mut c| c.sync(repo));
+    let view = match View::new(repo.clone()) {
+        Ok(v) => v,
+        Err(e) => {
+            return eprintln!("rewind: warning: the file catalog was not updated ({e}); `rewind catalog sync` retries");
+        }
+    };
+    let sync = || Catalog::open_at(catalog, repo.repo()).and_then(|mut c| c.sync_view(&view));
     let result = match sync() {
         Err(e) if e.is_corrupt() => {
             eprintln!("rewind: the file catalog is damaged ({e}); rebuilding it");
@@ -171,8 +177,9 @@ impl<'a> Session<'a> {
 fn open_synced(repo: &RepoArg) -> Result<(Catalog, PathBuf)> {
     let indexed = open_indexed(repo)?;
     let path = catalog_path(repo.catalog.as_deref(), indexed.repo());
+    let view = View::new(indexed.clone()).context("cannot read the snapshots")?;
     let open =
-        || Catalog::open(&path, &indexed.repo().config().id.to_hex()).and_then(|mut c| c.sync(&indexed).map(|_| c));
+        || Catalog::open(&path, &indexed.repo().config().id.to_hex()).and_then(|mut c| c.sync_view(&view).map(|_| c));
     let opened = match open() {
         Err(e) if e.is_corrupt() => {
             eprintln!("rewind: the file catalog is damaged ({e}); rebuilding it");
@@ -199,7 +206,8 @@ pub fn run(c: CatalogCommand) -> Result<ExitCode> {
             // the new one is complete. A file that is not a usable catalog is replaced on open.
             let mut cat =
                 Catalog::open_at(repo.catalog.as_deref(), indexed.repo()).context("cannot open the catalog")?;
-            let r = cat.rebuild(&indexed).context("catalog rebuild failed")?;
+            let view = View::new(indexed.clone()).context("cannot read the snapshots")?;
+            let r = cat.rebuild_view(&view).context("catalog rebuild failed")?;
             let st = cat.stats()?;
             outln!(
                 "catalog rebuilt: {} snapshots, {} versions, {} deleted, {} on disk, in {:.1}s",
@@ -214,7 +222,8 @@ pub fn run(c: CatalogCommand) -> Result<ExitCode> {
             let indexed = open_indexed(&repo)?;
             let mut cat =
                 Catalog::open_at(repo.catalog.as_deref(), indexed.repo()).context("cannot open the catalog")?;
-            let r = cat.sync(&indexed).context("catalog update failed")?;
+            let view = View::new(indexed.clone()).context("cannot read the snapshots")?;
+            let r = cat.sync_view(&view).context("catalog update failed")?;
             outln!(
                 "catalog updated: {} snapshots added, {} dropped, {} hosts rebuilt, {} versions added, {} closed, {} removed",
                 r.snapshots_applied,

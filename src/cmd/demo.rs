@@ -284,7 +284,8 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     }
     let repo = open_indexed(&repo_arg)?;
     let mut cat = rewind_catalog::Catalog::open_for(repo.repo()).context("opening the catalog")?;
-    cat.sync(&repo).context("building the catalog")?;
+    let view = rewind_store::View::new(repo.clone()).context("reading the snapshots")?;
+    cat.sync_view(&view).context("building the catalog")?;
 
     // Portal: a file realm of the demo users, homes as backed up, the `home` rule.
     let mut users = String::new();
