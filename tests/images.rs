@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::mount::Mount;
 use crate::support::image_tools::{self, Flavour, QCOW2, VMDK_SPARSE, corpus, run, sparse_file, walk};
 use crate::support::*;
+use serde_json::Value;
 
 /// A GPT disk of 64 MiB: p1 ext4 holding `src`, p2 an empty 8 MiB partition.
 fn gpt_ext4(work: &Path, src: &Path) -> PathBuf {
@@ -385,4 +386,62 @@ fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() 
     let bob = login(&portal.addr, "bob", "bob-pw");
     assert_eq!(get(&bob, "download", &bob_d.join("p1/hello.txt")).body, b"hello world\n");
     assert_eq!(get(&bob, "download", &alice_d.join("p1/hello.txt")).status, 404);
+}
+
+/// The catalog indexes files inside images at each update: `find` finds them, a file removed
+/// from the image between two backups is `deleted`, `history` shows the versions of a file
+/// inside an image, an unchanged image adds nothing, and a rebuild gives the same answers.
+#[test]
+fn the_catalog_indexes_files_inside_images() {
+    let t = TempRepo::new();
+    let unix = t.path("src-unix");
+    corpus(&unix, Flavour::Unix);
+    let vms = t.path("vms");
+    let disk = vms.join("vm1/disk0.qcow2");
+    let image_of = |src: &Path, name: &str| {
+        let work = t.path(name);
+        fs::create_dir_all(&work).unwrap();
+        let gpt = gpt_ext4(&work, src);
+        let qcow = image_tools::convert(&gpt, &vms.join("vm1"), QCOW2);
+        fs::rename(&qcow, &disk).unwrap();
+    };
+    image_of(&unix, "work1");
+    t.backup("h", &[&vms]);
+    let inside = format!("{}/vm1/disk0.qcow2.d/p1", vms.display());
+    let find = |pattern: &str| -> Vec<Value> {
+        t.ok(&["find", pattern, "--all", "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let found = find("report");
+    let paths: Vec<&str> = found.iter().map(|v| v["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&format!("{inside}/docs/report.docx").as_str()), "{paths:?}");
+    assert!(paths.contains(&format!("{inside}/report-link.docx").as_str()), "{paths:?}");
+    let report = found.iter().find(|v| v["path"].as_str().unwrap().ends_with("/docs/report.docx")).unwrap();
+    assert_eq!(report["size"], 1_234_567);
+    let secret = &find("secret.txt")[0];
+    assert_eq!((secret["uid"].as_u64(), secret["path"].as_str()), (Some(1234), Some(&*format!("{inside}/secret.txt"))));
+
+    // A second version of the disk: secret.txt gone, hello.txt changed.
+    let unix2 = t.path("src-unix2");
+    assert!(std::process::Command::new("cp").arg("-a").arg(&unix).arg(&unix2).status().unwrap().success());
+    fs::remove_file(unix2.join("secret.txt")).unwrap();
+    fs::write(unix2.join("hello.txt"), b"hello again, a longer line\n").unwrap();
+    image_of(&unix2, "work2");
+    t.backup("h", &[&vms]);
+    // And a third backup of the same disk: nothing changes inside.
+    t.backup("h", &[&vms]);
+
+    let deleted: Vec<Value> =
+        t.ok(&["deleted", "--all", "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let gone: Vec<&str> = deleted.iter().map(|v| v["path"].as_str().unwrap()).collect();
+    assert_eq!(gone, [format!("{inside}/secret.txt")], "only secret.txt went");
+    let hello = format!("{inside}/hello.txt");
+    let history: Vec<Value> =
+        t.ok(&["history", "--json", &hello]).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let sizes: Vec<u64> = history.iter().map(|v| v["size"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, [27, 12], "newest first: {history:?}");
+
+    let before = t.ok(&["find", "*", "--all", "--json"]);
+    assert!(before.lines().count() > 600, "both versions' files inside the image are catalogued");
+    t.ok(&["catalog", "rebuild"]);
+    assert_eq!(t.ok(&["find", "*", "--all", "--json"]), before, "a rebuild gives what the updates gave");
 }
