@@ -25,34 +25,24 @@ fn gpt_ext4(work: &Path, src: &Path) -> PathBuf {
     gpt
 }
 
+/// The Unix corpus in `t`'s `src-unix`, and a GPT disk with it in an ext4 partition 1.
+fn ext4_disk(t: &TempRepo) -> (PathBuf, PathBuf) {
+    let work = t.path("work");
+    fs::create_dir_all(&work).unwrap();
+    let unix = t.path("src-unix");
+    corpus(&unix, Flavour::Unix);
+    let gpt = gpt_ext4(&work, &unix);
+    (unix, gpt)
+}
+
 /// An MBR disk of 96 MiB: p1 FAT32 holding `fat`, p2 NTFS holding `ntfs`.
 fn mbr_fat_ntfs(work: &Path, fat: &Path, ntfs: &Path) -> PathBuf {
-    let fat32 = work.join("fat32.fs");
-    sparse_file(&fat32, 40 << 20);
-    run("mkfs.vfat", &[&"-F", &"32", &"-s", &"1", &fat32]);
-    let image = fat32.display().to_string();
-    let mut entries: Vec<PathBuf> = fs::read_dir(fat).unwrap().map(|e| e.unwrap().path()).collect();
-    entries.sort();
-    let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"-s", &"-m", &"-Q", &"-i", &image];
-    for e in &entries {
-        args.push(e);
-    }
-    args.push(&"::/");
-    run("mcopy", &args);
+    let fat32 = image_tools::fat_fs(work, fat, 40, 32);
     let ntfs_img = image_tools::ntfs_fs(work, ntfs, 40);
     let mbr = work.join("mbr.raw");
     sparse_file(&mbr, 96 << 20);
     let script = "label: dos\nstart=2048, size=40MiB, type=c\nsize=40MiB, type=7\n";
-    let mut child = std::process::Command::new(image_tools::tool("sfdisk"))
-        .arg("-q")
-        .arg(&mbr)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success(), "sfdisk");
+    image_tools::sfdisk(&mbr, script);
     image_tools::place(&mbr, &[(2048 * 512, &fat32), ((2048 + 40 * 2048) * 512, &ntfs_img)]);
     mbr
 }
@@ -187,11 +177,7 @@ fn files_inside_images_equal_their_sources_through_the_mount() {
 #[test]
 fn a_damaged_image_block_gives_eio_on_the_affected_file_only() {
     let t = TempRepo::new();
-    let work = t.path("work");
-    fs::create_dir_all(&work).unwrap();
-    let unix = t.path("src-unix");
-    corpus(&unix, Flavour::Unix);
-    let gpt = gpt_ext4(&work, &unix);
+    let (unix, gpt) = ext4_disk(&t);
     let vms = t.path("vms");
     fs::create_dir_all(&vms).unwrap();
     let disk = vms.join("disk.img");
@@ -214,12 +200,7 @@ fn a_damaged_image_block_gives_eio_on_the_affected_file_only() {
         .iter()
         .find(|c| c.offset >= start + (1 << 20) && c.offset + u64::from(c.len) <= start + big.len() as u64)
         .expect("a chunk of the disk inside big.bin, after its first MiB");
-    let loc = indexed.locate(span.id.into()).unwrap();
-    let hex = loc.pack.to_hex();
-    let pack = t.repo.join("data").join(&hex[..2]).join(&hex);
-    let mut bytes = fs::read(&pack).unwrap();
-    bytes[(loc.offset + u64::from(loc.stored_len) / 2) as usize] ^= 0x40;
-    fs::write(&pack, &bytes).unwrap();
+    damage_chunk(&t, &indexed, span.id);
 
     let m = Mount::start(&t, "mnt", &[]);
     let p1 = m.mnt.join("hosts/h/latest").join(vms.strip_prefix("/").unwrap()).join("disk.img.d/p1");
@@ -249,11 +230,7 @@ fn a_damaged_image_block_gives_eio_on_the_affected_file_only() {
 #[test]
 fn restore_of_paths_inside_images() {
     let t = TempRepo::new();
-    let work = t.path("work");
-    fs::create_dir_all(&work).unwrap();
-    let unix = t.path("src-unix");
-    corpus(&unix, Flavour::Unix);
-    let gpt = gpt_ext4(&work, &unix);
+    let (unix, gpt) = ext4_disk(&t);
     let vms = t.path("vms");
     let base = image_tools::convert(&gpt, &vms, QCOW2);
     run(
@@ -309,11 +286,7 @@ fn restore_of_paths_inside_images() {
 fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() {
     use crate::support::portal::{Client, Portal, enc, login, passwd_hash};
     let t = TempRepo::new();
-    let work = t.path("work");
-    fs::create_dir_all(&work).unwrap();
-    let unix = t.path("src-unix");
-    corpus(&unix, Flavour::Unix);
-    let gpt = gpt_ext4(&work, &unix);
+    let (unix, gpt) = ext4_disk(&t);
     let vms = t.path("vms");
     for (who, uid) in [("alice", 2001), ("bob", 2002)] {
         let dir = vms.join(format!("{who}-vm"));

@@ -298,12 +298,7 @@ fn damaged_chunk_gives_eio_on_exactly_that_file() {
     let snap = repo.find_snapshot("latest", None).unwrap();
     let victim = src.join("f3");
     let node = indexed.node_at(&snap.snapshot, victim.as_os_str().as_bytes()).unwrap();
-    let loc = indexed.locate(node.content[0].into()).unwrap();
-    let hex = loc.pack.to_hex();
-    let pack = t.repo.join("data").join(&hex[..2]).join(&hex);
-    let mut bytes = fs::read(&pack).unwrap();
-    bytes[(loc.offset + u64::from(loc.stored_len) / 2) as usize] ^= 0x40;
-    fs::write(&pack, &bytes).unwrap();
+    damage_chunk(&t, &indexed, node.content[0]);
 
     let m = Mount::start(&t, "mnt", &[]);
     let root = m.latest("h", &src);

@@ -77,16 +77,7 @@ pub fn restore(
         refuse_conflicts(repo, &node, target)?;
     }
     fs::create_dir_all(target).at(target)?;
-    let r = Restorer {
-        repo,
-        remote: repo.repo().local_path().is_none(),
-        opts,
-        progress,
-        report,
-        links: Mutex::new(HashMap::new()),
-        deferred_links: Mutex::new(Vec::new()),
-        dirs: Mutex::new(Vec::new()),
-    };
+    let r = Restorer::new(repo, opts, progress, report);
     let walk = || {
         if node.is_dir() {
             r.restore_dir_content(&node, target, 1);
@@ -132,16 +123,7 @@ pub fn restore_from_view(
         refuse_view_conflicts(view, entry, name, is_dir, target)?;
     }
     fs::create_dir_all(target).at(target)?;
-    let r = Restorer {
-        repo: view.repo(),
-        remote: view.repo().repo().local_path().is_none(),
-        opts,
-        progress,
-        report,
-        links: Mutex::new(HashMap::new()),
-        deferred_links: Mutex::new(Vec::new()),
-        dirs: Mutex::new(Vec::new()),
-    };
+    let r = Restorer::new(view.repo(), opts, progress, report);
     if is_dir {
         r.restore_view_content(view, entry, target, 1);
         if created {
@@ -212,7 +194,25 @@ struct Restorer<'a> {
     dirs: Mutex<Vec<(usize, PathBuf, Node)>>,
 }
 
-impl Restorer<'_> {
+impl<'a> Restorer<'a> {
+    fn new(
+        repo: &'a IndexedRepository,
+        opts: &'a RestoreOptions,
+        progress: &'a RestoreProgress,
+        report: &'a ErrorReport<'a>,
+    ) -> Restorer<'a> {
+        Restorer {
+            repo,
+            remote: repo.repo().local_path().is_none(),
+            opts,
+            progress,
+            report,
+            links: Mutex::new(HashMap::new()),
+            deferred_links: Mutex::new(Vec::new()),
+            dirs: Mutex::new(Vec::new()),
+        }
+    }
+
     fn fail(&self, path: &Path, e: Error) {
         self.progress.errors.fetch_add(1, Ordering::Relaxed);
         (self.report)(path, &e);
@@ -236,32 +236,34 @@ impl Restorer<'_> {
         }
     }
 
-    fn restore_one(&self, node: &Node, path: &Path, depth: usize) -> Result<()> {
-        let existing = fs::symlink_metadata(path).ok();
-        if let Some(m) = &existing {
-            let merge = node.kind == NodeKind::Dir && m.is_dir();
-            match self.opts.overwrite {
-                Overwrite::Never if !merge => return Ok(()),
-                Overwrite::IfChanged
-                    if node.kind == NodeKind::File
-                        && m.is_file()
-                        && m.len() == node.size
-                        && self.same_content(node, path)? =>
-                {
-                    self.progress.files.fetch_add(1, Ordering::Relaxed);
-                    return self.apply_metadata(node, path);
-                }
-                _ => {}
+    /// The overwrite rule for an entry already at `path`: `true` when nothing more is to be done
+    /// (the entry is kept, or is the same file and gets the node's metadata); otherwise the way
+    /// is cleared (anything but a directory to merge into is removed) and the answer is `false`.
+    fn clear_way(&self, node: &Node, path: &Path, same: impl FnOnce() -> Result<bool>) -> Result<bool> {
+        let Ok(m) = fs::symlink_metadata(path) else { return Ok(false) };
+        let merge = node.kind == NodeKind::Dir && m.is_dir();
+        match self.opts.overwrite {
+            Overwrite::Never if !merge => return Ok(true),
+            Overwrite::IfChanged if node.kind == NodeKind::File && m.is_file() && m.len() == node.size && same()? => {
+                self.progress.files.fetch_add(1, Ordering::Relaxed);
+                self.apply_metadata(node, path)?;
+                return Ok(true);
             }
+            _ => {}
         }
-        if node.kind != NodeKind::Dir
-            && let Some(m) = &existing
-        {
+        if !merge {
             if m.is_dir() {
                 fs::remove_dir_all(path).at(path)?;
             } else {
                 fs::remove_file(path).at(path)?;
             }
+        }
+        Ok(false)
+    }
+
+    fn restore_one(&self, node: &Node, path: &Path, depth: usize) -> Result<()> {
+        if self.clear_way(node, path, || self.same_content(node, path))? {
+            return Ok(());
         }
         match node.kind {
             NodeKind::Dir => {
@@ -323,29 +325,8 @@ impl Restorer<'_> {
         let attr = view.attr(entry)?;
         let target = if attr.kind == NodeKind::Symlink { view.readlink(entry)? } else { Vec::new() };
         let node = view_node(name, &attr, target);
-        let existing = fs::symlink_metadata(path).ok();
-        if let Some(m) = &existing {
-            let merge = node.kind == NodeKind::Dir && m.is_dir();
-            match self.opts.overwrite {
-                Overwrite::Never if !merge => return Ok(()),
-                Overwrite::IfChanged
-                    if node.kind == NodeKind::File
-                        && m.is_file()
-                        && m.len() == node.size
-                        && same_bytes(&view.open(entry)?, path)? =>
-                {
-                    self.progress.files.fetch_add(1, Ordering::Relaxed);
-                    return self.apply_metadata(&node, path);
-                }
-                _ => {}
-            }
-            if !merge {
-                if m.is_dir() {
-                    fs::remove_dir_all(path).at(path)?;
-                } else {
-                    fs::remove_file(path).at(path)?;
-                }
-            }
+        if self.clear_way(&node, path, || same_bytes(&view.open(entry)?, path))? {
+            return Ok(());
         }
         match node.kind {
             NodeKind::Dir => {
@@ -367,14 +348,7 @@ impl Restorer<'_> {
 
     /// Write a file from a reader, piece by piece; runs of zeros become holes.
     fn write_reader(&self, reader: &FileReader, path: &Path) -> Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .at(path)?;
+        let mut f = create_file(path)?;
         for (i, span) in reader.chunks().iter().enumerate() {
             let _ = reader.warm(i + 1);
             let (data, range) = reader.piece(span.offset, span.offset + u64::from(span.len))?;
@@ -407,14 +381,7 @@ impl Restorer<'_> {
     }
 
     fn write_file(&self, node: &Node, path: &Path) -> Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .at(path)?;
+        let mut f = create_file(path)?;
         let mut written = 0u64;
         // From a remote repository, the next chunks of a file are fetched together (each waits
         // on the network); written in order.
@@ -547,6 +514,18 @@ fn same_bytes(reader: &FileReader, path: &Path) -> Result<bool> {
         }
     }
     Ok(f.read(&mut [0u8; 1]).at(path)? == 0)
+}
+
+/// A new file to fill (private until its mode is applied), never through a symlink.
+fn create_file(path: &Path) -> Result<fs::File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .at(path)
 }
 
 fn cpath(path: &Path) -> Result<CString> {

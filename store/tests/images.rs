@@ -89,16 +89,7 @@ fn fixtures() -> &'static Fixtures {
         let mbr = dir.join("mbr.raw");
         sparse_file(&mbr, 128 << 20);
         let script = "label: dos\nstart=2048, size=40MiB, type=c\ntype=5\nsize=40MiB, type=7\nsize=24MiB, type=83\n";
-        let mut child = std::process::Command::new(tool("sfdisk"))
-            .arg("-q")
-            .arg(&mbr)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
-        drop(child.stdin.take());
-        assert!(child.wait().unwrap().success(), "sfdisk");
+        sfdisk(&mbr, script);
         let json: serde_json::Value = serde_json::from_str(&run("sfdisk", &[&"-J", &mbr])).unwrap();
         let starts: Vec<u64> = json["partitiontable"]["partitions"]
             .as_array()

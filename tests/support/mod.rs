@@ -29,6 +29,16 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Flip a byte in the middle of chunk `id` where its pack stores it: the chunk no longer reads.
+pub fn damage_chunk(t: &TempRepo, indexed: &rewind_store::IndexedRepository, id: rewind_store::ChunkId) {
+    let loc = indexed.locate(id.into()).unwrap();
+    let hex = loc.pack.to_hex();
+    let pack = t.repo.join("data").join(&hex[..2]).join(&hex);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[(loc.offset + u64::from(loc.stored_len) / 2) as usize] ^= 0x40;
+    std::fs::write(&pack, &bytes).unwrap();
+}
+
 /// The `rewind` binary under test.
 pub fn rewind_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rewind"))

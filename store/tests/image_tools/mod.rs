@@ -182,6 +182,20 @@ pub fn sparse_file(path: &Path, size: u64) {
     fs::File::create(path).unwrap().set_len(size).unwrap();
 }
 
+/// Write an MBR partition table with `sfdisk`, from its script.
+pub fn sfdisk(disk: &Path, script: &str) {
+    let mut child = Command::new(tool("sfdisk"))
+        .arg("-q")
+        .arg(disk)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success(), "sfdisk");
+}
+
 /// Write `parts` into the disk at their offsets, skipping zero blocks (the disk stays sparse).
 pub fn place(disk: &Path, parts: &[(u64, &Path)]) {
     let out = fs::OpenOptions::new().write(true).open(disk).unwrap();
