@@ -13,7 +13,8 @@
 #    `rewind mount` (empty caches) after dropping the page cache:
 #    - listing the filesystem's root inside the image (`ls -l .../disk.qcow2.d/`): issue < 0.5 s;
 #    - `find` over everything inside the image vs over the plain tree: issue <= 3x;
-#    - `cat` of the big file inside the image vs the plain one: issue >= 60% of the speed.
+#    - `cat` of the big file inside the image vs the plain one: issue >= 60% of the speed;
+#    - `rewind catalog rebuild` of each repository: the cost of indexing files inside images.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 REWIND="${REWIND:-$HERE/target/release/rewind}"
@@ -77,6 +78,16 @@ for i in $(seq 1 "$CLONES"); do
 done
 all=$(size "$W/clones")
 "$REWIND" check --repo "$W/clones" >/dev/null
+# The files each clone has of its own, in MiB (gen.py's sizes, from its seed).
+own=$(python3 -c "
+import random
+t = 0
+for i in range(2, $CLONES + 1):
+    r = random.Random(100 + i)
+    for _ in range(16):
+        n = r.randint(200000, 320000); r.randbytes(n); t += n
+print(t / max($CLONES - 1, 1) / 1048576)")
+rm -rf "$W/clones" "$W/template.img" "$W/vms"
 
 # --- 2. A qcow2 of many files and one big file, against the same files as a plain tree ----------
 mkdir -p "$W/plain/tree"
@@ -104,12 +115,16 @@ cold; mount_repo "$W/repo-plain"; find_plain=$(timed find "$MNT/$PLAIN_AT"); unm
 cold; mount_repo "$W/repo-img"; cat_img=$(timed cat "$MNT/$IMG_AT/big.bin"); unmount
 cold; mount_repo "$W/repo-plain"; cat_plain=$(timed cat "$MNT/$PLAIN_AT/big.bin"); unmount
 cold; mount_repo "$W/repo-plain"; ls_plain=$(timed ls -l "$MNT/$PLAIN_AT/"); unmount
+cold; index_img=$(timed "$REWIND" catalog rebuild --repo "$W/repo-img")
+cold; index_plain=$(timed "$REWIND" catalog rebuild --repo "$W/repo-plain")
 [ "$n_img" = "$FILES" ] || { echo "find saw $n_img files inside the image, not $FILES" >&2; exit 1; }
 
 printf '%-44s %12s\n' measure value
 printf '%-44s %12.1f\n' "one ${TEMPLATE_MIB} MiB clone: repository MiB" "$(echo "$one/1048576" | bc -l)"
 printf '%-44s %12.1f\n' "$CLONES clones: repository MiB" "$(echo "$all/1048576" | bc -l)"
 printf '%-44s %12.3f\n' "$CLONES clones / one (issue <= 1.15)" "$(echo "$all/$one" | bc -l)"
+printf '%-44s %12.2f\n' "repository growth per further clone, MiB" "$(echo "($all-$one)/1048576/($CLONES-1)" | bc -l)"
+printf '%-44s %12.2f\n' "files of its own per further clone, MiB" "$own"
 printf '%-44s %12.2f\n' "backup of the first clone, s" "$t1"
 printf '%-44s %12.3f\n' "cold ls -l of the ext4 root in the qcow2, s" "$ls_img"
 printf '%-44s %12.3f\n' "cold ls -l of the plain tree's root, s" "$ls_plain"
@@ -119,3 +134,5 @@ printf '%-44s %12.2f\n' "find: image / plain (issue <= 3)" "$(echo "$find_img/$f
 printf '%-44s %12.1f\n' "cold cat of ${BIG_MIB} MiB inside the image, MB/s" "$(echo "$BIG_MIB*1.048576/$cat_img" | bc -l)"
 printf '%-44s %12.1f\n' "cold cat of ${BIG_MIB} MiB plain, MB/s" "$(echo "$BIG_MIB*1.048576/$cat_plain" | bc -l)"
 printf '%-44s %12.2f\n' "read: image / plain speed (issue >= 0.6)" "$(echo "$cat_plain/$cat_img" | bc -l)"
+printf '%-44s %12.3f\n' "cold catalog rebuild, files in the image, s" "$index_img"
+printf '%-44s %12.3f\n' "cold catalog rebuild, the plain tree, s" "$index_plain"
