@@ -403,6 +403,14 @@ impl View {
         let not_found = || Error::NotFound(String::from_utf8_lossy(name).into_owned());
         match &e.at {
             Inside::Top => {
+                let whole_disk = self.opened(e).image.as_ref().is_ok_and(|i| {
+                    i.table == PartitionTable::None && i.volumes.len() == 1 && i.volumes[0].filesystem.is_ok()
+                });
+                if whole_disk {
+                    // The filesystem's root: a lookup there, not a listing of it.
+                    let root = ImageEntry { at: Inside::Fs { volume: 0, path: Vec::new(), stat: None }, ..e.clone() };
+                    return self.image_lookup(&root, name);
+                }
                 self.top(e)?.into_iter().find(|(n, _)| n == name).map(|(_, entry)| entry).ok_or_else(not_found)
             }
             Inside::Fs { volume, path, stat } if stat.as_ref().is_none_or(|s| s.kind == Kind::Dir) => {
