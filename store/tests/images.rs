@@ -617,6 +617,7 @@ fn the_view_shows_what_is_inside_backed_up_images() {
     let src = w.path().join("src");
     fs::create_dir_all(src.join("shadowed.img.d")).unwrap();
     fs::copy(&f.fat16, src.join("usb.img")).unwrap();
+    fs::set_permissions(src.join("usb.img"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
     fs::copy(&f.fat16, src.join("shadowed.img")).unwrap();
     fs::write(src.join("shadowed.img.d/mine"), b"a real folder of that name").unwrap();
     let fat16 = fs::read(&f.fat16).unwrap();
@@ -655,6 +656,9 @@ fn the_view_shows_what_is_inside_backed_up_images() {
         ["bad.qcow2", "bad.qcow2.d", "shadowed.img", "shadowed.img.d", "small.bin", "usb.img", "usb.img.d"]
     );
     assert_eq!(names(&at("shadowed.img.d")), ["mine"]);
+    // Whoever may read the image may enter its folder; nobody may write.
+    let (image, folder) = (view.attr(&at("usb.img")).unwrap(), view.attr(&at("usb.img.d")).unwrap());
+    assert_eq!((folder.perm, folder.uid, folder.gid), (0o550, image.uid, image.gid));
     let mut want: Vec<String> =
         fs::read_dir(&f.fat).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     want.sort();
