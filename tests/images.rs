@@ -336,8 +336,21 @@ fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() 
     assert_eq!(r.body, fs::read(unix.join("secret.txt")).unwrap());
     let r = get(&ada, "download", &alice_d.join("p2.error"));
     assert!(r.status == 200 && r.text().contains("no filesystem"), "{}", r.text());
+    // Search finds files inside images for admins, and for nobody else.
+    let search = |c: &Client| -> Vec<String> {
+        let r = c.get("/api/search?q=report.docx");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["items"].as_array().unwrap().iter().map(|v| v["path"].as_str().unwrap().to_string()).collect()
+    };
+    let mut found = search(&ada);
+    found.sort();
+    assert_eq!(
+        found,
+        [alice_d.join("p1/docs/report.docx"), bob_d.join("p1/docs/report.docx")].map(|p| p.display().to_string())
+    );
     // By default, the image's owner sees the image file and nothing inside it.
     let alice = login(&portal.addr, "alice", "alice-pw");
+    assert!(search(&alice).is_empty());
     assert_eq!(names(&alice, &vms.join("alice-vm")), ["disk0.qcow2"]);
     assert_eq!(get(&alice, "browse", &alice_d).status, 404);
     assert_eq!(get(&alice, "download", &alice_d.join("p1/docs/report.docx")).status, 404);
@@ -356,6 +369,7 @@ fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() 
         assert_eq!(get(&alice, "browse", &p).status, 404, "{}", p.display());
     }
     assert_eq!(get(&alice, "download", &bob_d.join("p1/docs/report.docx")).status, 404);
+    assert!(search(&alice).is_empty(), "search inside images is for admins only");
     let bob = login(&portal.addr, "bob", "bob-pw");
     assert_eq!(get(&bob, "download", &bob_d.join("p1/hello.txt")).body, b"hello world\n");
     assert_eq!(get(&bob, "download", &alice_d.join("p1/hello.txt")).status, 404);
