@@ -244,6 +244,15 @@ fn restore_of_paths_inside_images() {
     let image_owner = (0, 0);
     let what = |rel: &str| format!("latest:{}/{rel}", vms.display());
 
+    // `ls` lists inside images too.
+    let listed: Vec<Value> = t
+        .ok(&["ls", "latest", &format!("{}/overlay.qcow2.d/p1/docs", vms.display()), "--json", "-R"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let report = listed.iter().find(|v| v["name"] == "report.docx").expect("report.docx listed");
+    assert_eq!((report["size"].as_u64(), report["kind"].as_str()), (Some(1_234_567), Some("file")));
+    assert!(listed.iter().any(|v| v["path"].as_str().unwrap().ends_with("/docs/deep/a/b/c/leaf.bin")));
     let out = t.path("out-overlay");
     t.restore(&what("overlay.qcow2.d/p1"), &out);
     verify_tree(&out, &unix, Flavour::Unix, image_owner);

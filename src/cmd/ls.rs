@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use rewind_store::{IndexedRepository, Node, NodeKind};
+use rewind_store::{Entry, IndexedRepository, Node, NodeKind, View};
 
 use crate::cli::LsArgs;
 use crate::cmd::{open_indexed, show_bytes};
@@ -10,11 +10,22 @@ pub fn run(a: LsArgs) -> Result<ExitCode> {
     let repo = open_indexed(&a.repo)?;
     let snap = repo.repo().find_snapshot(&a.snapshot, a.host.as_deref())?;
     let path = a.path.clone().unwrap_or_else(|| "/".into());
-    let node = repo
-        .node_at(&snap.snapshot, path.as_bytes())
-        .with_context(|| format!("{path} in snapshot {}", snap.id.short()))?;
     let base = normalize(path.as_bytes());
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let node = match repo.node_at(&snap.snapshot, path.as_bytes()) {
+        Err(rewind_store::Error::NotFound(_))
+            if let Some((view, entry, _)) = crate::cmd::inside_image(&repo, snap.id, &path)? =>
+        {
+            let node = node_of(&view, &entry)?;
+            if node.is_dir() {
+                list_view(&view, &entry, &base, a.recursive, a.json, &mut out)?;
+            } else {
+                print_entry(&node, &base, a.json, &mut out)?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        r => r.with_context(|| format!("{path} in snapshot {}", snap.id.short()))?,
+    };
     if node.is_dir() {
         list_dir(&repo, &node, &base, a.recursive, a.json, &mut out)?;
     } else {
@@ -49,6 +60,36 @@ fn list_dir(
         print_entry(n, &child, json, out)?;
         if recursive && n.is_dir() {
             list_dir(repo, n, &child, recursive, json, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The node the view shows for an entry inside a disk image.
+fn node_of(view: &View, e: &Entry) -> Result<Node> {
+    match e {
+        Entry::Image(i) => Ok(view.image_node(i)?),
+        _ => anyhow::bail!("not inside a disk image"),
+    }
+}
+
+/// [`list_dir`] of a folder inside a disk image, through the view.
+fn list_view(
+    view: &View,
+    dir: &Entry,
+    path: &[u8],
+    recursive: bool,
+    json: bool,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
+    for (name, e) in view.list(dir)? {
+        let mut child = path.to_vec();
+        child.push(b'/');
+        child.extend_from_slice(&name);
+        let n = node_of(view, &e)?;
+        print_entry(&n, &child, json, out)?;
+        if recursive && n.is_dir() {
+            list_view(view, &e, &child, recursive, json, out)?;
         }
     }
     Ok(())

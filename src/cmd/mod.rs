@@ -34,7 +34,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rewind_store::{CacheSizes, IndexedRepository, Repository};
+use rewind_store::{CacheSizes, Entry, IndexedRepository, Repository, View};
 
 use crate::cli::RepoArg;
 
@@ -148,4 +148,29 @@ pub fn show_bytes(b: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The view's entry for `path` of a snapshot when it lies inside a disk image
+/// (`/vms/disk0.qcow2.d/p1/etc`), with its name; `None` when it is not (the caller then says the
+/// path is missing).
+pub fn inside_image(
+    repo: &IndexedRepository,
+    id: rewind_store::SnapshotId,
+    path: &str,
+) -> Result<Option<(View, Entry, Vec<u8>)>> {
+    if !path.split('/').any(|c| c.len() > 2 && c.ends_with(".d")) {
+        return Ok(None);
+    }
+    let view = View::new(repo.clone()).context("cannot read the snapshots")?;
+    let mut entry = Entry::Snapshot(id);
+    let mut name = Vec::new();
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        entry = match view.lookup(&entry, comp.as_bytes()) {
+            Ok(e) => e,
+            Err(rewind_store::Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot look {path} up")),
+        };
+        name = comp.as_bytes().to_vec();
+    }
+    Ok(matches!(entry, Entry::Image(_)).then_some((view, entry, name)))
 }

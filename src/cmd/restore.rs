@@ -4,9 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use rewind_store::{
-    Entry, IndexedRepository, Overwrite, RestoreOptions, RestoreProgress, View, restore, restore_from_view,
-};
+use rewind_store::{Overwrite, RestoreOptions, RestoreProgress, restore, restore_from_view};
 
 use crate::cli::{OverwriteArg, RestoreArgs};
 use crate::cmd::{Progress, human_bytes, human_duration, open_indexed};
@@ -36,7 +34,7 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
     let report =
         |path: &std::path::Path, e: &rewind_store::Error| eprintln!("rewind: cannot restore {}: {e}", path.display());
     let inside = match repo.node_at(&snap.snapshot, path.as_bytes()) {
-        Err(rewind_store::Error::NotFound(_)) => inside_image(&repo, snap.id, path)?,
+        Err(rewind_store::Error::NotFound(_)) => crate::cmd::inside_image(&repo, snap.id, path)?,
         _ => None,
     };
     let errors = match inside {
@@ -55,29 +53,4 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         if errors > 0 { format!(", {errors} errors") } else { String::new() }
     );
     Ok(if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-}
-
-/// The view's entry for `path` of a snapshot when it lies inside a disk image
-/// (`/vms/disk0.qcow2.d/p1/etc`), with its name; `None` when it is not (restore then says the
-/// path is missing).
-fn inside_image(
-    repo: &IndexedRepository,
-    id: rewind_store::SnapshotId,
-    path: &str,
-) -> Result<Option<(View, Entry, Vec<u8>)>> {
-    if !path.split('/').any(|c| c.len() > 2 && c.ends_with(".d")) {
-        return Ok(None);
-    }
-    let view = View::new(repo.clone()).context("cannot read the snapshots")?;
-    let mut entry = Entry::Snapshot(id);
-    let mut name = Vec::new();
-    for comp in path.split('/').filter(|c| !c.is_empty()) {
-        entry = match view.lookup(&entry, comp.as_bytes()) {
-            Ok(e) => e,
-            Err(rewind_store::Error::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot look {path} up")),
-        };
-        name = comp.as_bytes().to_vec();
-    }
-    Ok(matches!(entry, Entry::Image(_)).then_some((view, entry, name)))
 }
