@@ -157,7 +157,8 @@ fn nonces_never_repeat_under_concurrent_backups() {
 /// made with `--copy-chunker-params` from it.
 #[test]
 fn content_ids_are_keyed_per_repository() {
-    let a = TempRepo::new();
+    // The source's ancestors are in its tree: not /tmp, whose mtime other tests move.
+    let a = TempRepo::owning_its_ancestors();
     let b = TempRepo::new();
     let c = TempRepo::with_content_identity_of(&a);
     let src = a.path("src");
