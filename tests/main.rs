@@ -1,6 +1,7 @@
 //! End-to-end tests of the whole system: the built `rewind` binary against real repositories,
 //! real mounts, a real directory server and a real browser. One binary, one shared harness.
 
+#[macro_use]
 mod support;
 
 mod catalog;

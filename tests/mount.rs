@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+on_each_backend!(
+    mount_latest_equals_source_and_older_snapshots_equal_restore,
+    eight_concurrent_readers_get_their_own_bytes,
+    backup_while_mounted_appears,
+);
+
 /// Fail loudly when FUSE is not there: these tests must never pass by skipping.
 fn require_fuse() {
     assert!(
@@ -150,9 +156,7 @@ fn special_entries(root: &Path) {
     fs::write(d.join(OsStr::from_bytes(b"bad-\xff-utf8")), b"odd name").unwrap();
 }
 
-#[test]
-fn mount_latest_equals_source_and_older_snapshots_equal_restore() {
-    let t = TempRepo::new();
+fn mount_latest_equals_source_and_older_snapshots_equal_restore(t: TempRepo) {
     let src = t.path("src");
     corpus_make(&src, 0.03);
     special_entries(&src);
@@ -330,9 +334,7 @@ fn damaged_chunk_gives_eio_on_exactly_that_file() {
     m.unmount();
 }
 
-#[test]
-fn eight_concurrent_readers_get_their_own_bytes() {
-    let t = TempRepo::new();
+fn eight_concurrent_readers_get_their_own_bytes(t: TempRepo) {
     let src = t.path("src");
     fs::create_dir_all(&src).unwrap();
     let mut want = Vec::new();
@@ -372,9 +374,7 @@ fn eight_concurrent_readers_get_their_own_bytes() {
     m.unmount();
 }
 
-#[test]
-fn backup_while_mounted_appears() {
-    let t = TempRepo::new();
+fn backup_while_mounted_appears(t: TempRepo) {
     let src = t.path("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("file"), b"first").unwrap();

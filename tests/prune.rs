@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use crate::support::*;
 
+on_each_backend!(prune_beside_backups_never_loses_a_blob, copy_adds_only_what_the_target_lacks,);
+
 fn snapshot_ids(t: &TempRepo) -> Vec<String> {
     t.snapshots().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
 }
@@ -58,9 +60,7 @@ fn dir_size(p: &std::path::Path) -> u64 {
     repo_files(p, "data").iter().map(|f| std::fs::metadata(f).unwrap().len()).sum()
 }
 
-#[test]
-fn prune_beside_backups_never_loses_a_blob() {
-    let t = TempRepo::new();
+fn prune_beside_backups_never_loses_a_blob(t: TempRepo) {
     let src = t.path("src");
     corpus_make(&src, 0.1);
     t.backup("h", &[&src]);
@@ -96,9 +96,7 @@ fn prune_beside_backups_never_loses_a_blob() {
     assert_same_tree(&src, &out, &ShapeOptions::default());
 }
 
-#[test]
-fn copy_adds_only_what_the_target_lacks() {
-    let t = TempRepo::new();
+fn copy_adds_only_what_the_target_lacks(t: TempRepo) {
     let src = t.path("src");
     corpus_make(&src, 0.03);
     t.backup("h", &[&src]);

@@ -12,6 +12,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::faults;
+
+on_each_backend!(
+    restore_equals_source_on_edge_cases,
+    restore_equals_source_on_corpus_history,
+    excludes_and_multiple_paths,
+    restore_does_not_overwrite_unless_told,
+);
 use crate::support::*;
 
 /// A source tree of awkward cases.
@@ -78,9 +85,7 @@ fn edge_cases(root: &Path) {
     filetime::set_symlink_file_times(root.join("rel-link"), t, t).unwrap();
 }
 
-#[test]
-fn restore_equals_source_on_edge_cases() {
-    let t = TempRepo::new();
+fn restore_equals_source_on_edge_cases(t: TempRepo) {
     let src = t.path("src");
     edge_cases(&src);
     let snap = t.backup("h", &[&src]);
@@ -99,9 +104,7 @@ fn restore_equals_source_on_edge_cases() {
     t.ok(&["check", "--read-data"]);
 }
 
-#[test]
-fn restore_equals_source_on_corpus_history() {
-    let t = TempRepo::new();
+fn restore_equals_source_on_corpus_history(t: TempRepo) {
     let src = t.path("src");
     corpus_make(&src, 0.03);
     let mut ids = Vec::new();
@@ -347,9 +350,7 @@ fn unreadable_files_are_reported_and_skipped() {
     assert!(ls.contains("readable") && !ls.contains("secret"), "{ls}");
 }
 
-#[test]
-fn excludes_and_multiple_paths() {
-    let t = TempRepo::new();
+fn excludes_and_multiple_paths(t: TempRepo) {
     let a = t.path("srv/a");
     let b = t.path("etc/b");
     for d in [&a, &b] {
@@ -454,9 +455,7 @@ fn interrupted_backup_ends_cleanly() {
 }
 
 /// Item 11: restore into an existing folder refuses to replace anything unless told how.
-#[test]
-fn restore_does_not_overwrite_unless_told() {
-    let t = TempRepo::new();
+fn restore_does_not_overwrite_unless_told(t: TempRepo) {
     let src = t.path("src");
     fs::create_dir_all(src.join("dir")).unwrap();
     fs::write(src.join("edited.txt"), b"backed up").unwrap();

@@ -20,6 +20,7 @@
 
 mod backend;
 mod backup;
+mod batch;
 mod blob;
 mod cache;
 mod chunker;
@@ -49,6 +50,7 @@ mod view;
 
 pub use backend::{Backend, FileKind, LocalBackend, TmpFile};
 pub use backup::{BackupOptions, BackupProgress, ErrorReport, backup};
+pub use batch::{PackRun, plan_runs};
 pub use chunker::Chunker;
 pub use error::{Error, Result};
 pub use flight::{Lead, SingleFlight};

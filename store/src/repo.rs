@@ -771,11 +771,17 @@ impl IndexedRepository {
         #[cfg(test)]
         self.inner.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let data = Arc::new(self.read_blob(id.into())?);
-        self.inner.chunks.insert(id, data.clone(), data.len());
-        if let Some(s) = spill {
-            s.put(id, data.clone());
-        }
+        self.keep_chunk(id, data.clone());
         Ok(data)
+    }
+
+    /// Keep a chunk read and verified by the caller: in the memory cache, and in the spill file
+    /// when there is one.
+    pub(crate) fn keep_chunk(&self, id: ChunkId, data: Arc<Vec<u8>>) {
+        self.inner.chunks.insert(id, data.clone(), data.len());
+        if let Some(s) = self.inner.spill.get() {
+            s.put(id, data);
+        }
     }
 
     #[cfg(test)]

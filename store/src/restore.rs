@@ -3,22 +3,32 @@
 //!
 //! Order matters: file contents and leaves in parallel first; then hard links; then directory
 //! metadata deepest first, so creating entries does not disturb a restored directory's mtime.
+//!
+//! From a remote repository, where every read is a request, file contents come in a second
+//! phase, pack by pack (as restic does): the walk creates each file at its size and notes which
+//! chunk goes where; then each pack's needed chunks come in a few large ranged reads and are
+//! written into every file that needs them, and a file gets its metadata when its last chunk is
+//! in. Object stores serve a ranged read in whole blocks (Garage: 1 MiB, compressed), so a few
+//! large reads per pack cost the server far less than one small read per file.
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
 use crate::backup::ErrorReport;
+use crate::batch::plan_runs;
 use crate::error::{Error, IoContext, Result};
-use crate::format::{Node, NodeKind, Snapshot};
+use crate::format::{ChunkId, Node, NodeKind, Snapshot};
+use crate::index::Location;
 use crate::repo::{FileReader, IndexedRepository};
 use crate::view::{Entry, View};
 
@@ -53,11 +63,32 @@ pub struct RestoreProgress {
     pub errors: AtomicU64,
 }
 
-/// Files restored at once from a remote repository (each waits on its own requests).
-const REMOTE_READERS: usize = 32;
+/// Packs read at once from a remote repository (each waits on its own requests).
+const REMOTE_READERS: usize = 16;
 
-/// Chunks of one file fetched at once from a remote repository (16 average chunks: 8 MiB).
-const REMOTE_CHUNKS: usize = 16;
+/// A pack's needed chunks are read from a remote repository in runs: neighbours go in one read
+/// while the bytes between them are at most `REMOTE_GAP` and the read at most `REMOTE_RUN`.
+/// Memory in flight is about `REMOTE_READERS` x `REMOTE_RUN` x 2 (stored and opened bytes).
+const REMOTE_GAP: u64 = 1 << 20;
+const REMOTE_RUN: u64 = 4 << 20;
+
+/// A file of a remote restore whose contents come in the second phase.
+struct Pending {
+    path: PathBuf,
+    node: Node,
+    /// Chunks not written yet.
+    left: AtomicUsize,
+    /// An error was reported for it: no more writes, no metadata.
+    failed: AtomicBool,
+}
+
+/// One chunk a pending file needs, where it is and where it goes.
+struct Need {
+    loc: Location,
+    id: ChunkId,
+    file: usize,
+    offset: u64,
+}
 
 /// Restore `path` of `snapshot` into `target`. A directory's content goes into `target` itself;
 /// anything else goes to `target/<name>`. Entries that fail are reported and counted; the
@@ -97,7 +128,10 @@ pub fn restore(
             .thread_name(|i| format!("restore-{i}"))
             .build()
             .map_err(|e| Error::io(target, std::io::Error::other(e.to_string())))?
-            .install(walk),
+            .install(|| {
+                walk();
+                r.write_pending();
+            }),
     }
     r.finish();
     Ok(progress.errors.load(Ordering::Relaxed))
@@ -192,6 +226,8 @@ struct Restorer<'a> {
     links: Mutex<HashMap<(u64, u64), PathBuf>>,
     deferred_links: Mutex<Vec<(PathBuf, (u64, u64))>>,
     dirs: Mutex<Vec<(usize, PathBuf, Node)>>,
+    /// A remote restore's files whose contents come in the second phase, and what they need.
+    pending: Mutex<(Vec<Pending>, Vec<Need>)>,
 }
 
 impl<'a> Restorer<'a> {
@@ -210,6 +246,7 @@ impl<'a> Restorer<'a> {
             links: Mutex::new(HashMap::new()),
             deferred_links: Mutex::new(Vec::new()),
             dirs: Mutex::new(Vec::new()),
+            pending: Mutex::new((Vec::new(), Vec::new())),
         }
     }
 
@@ -290,6 +327,10 @@ impl<'a> Restorer<'a> {
                         return Ok(());
                     }
                     links.insert(key, path.to_path_buf());
+                }
+                if self.remote && self.plan_file(node, path)? {
+                    // Contents and metadata come in the second phase.
+                    return Ok(());
                 }
                 self.write_file(node, path)?;
             }
@@ -380,28 +421,105 @@ impl<'a> Restorer<'a> {
         Ok(f.read(&mut [0u8; 1]).at(path)? == 0)
     }
 
+    /// Create a file of a remote restore at its size and note the chunks it needs, for
+    /// [`Self::write_pending`]. False (nothing done) if the index does not know one of its chunks:
+    /// then it is restored at once, chunk by chunk.
+    fn plan_file(&self, node: &Node, path: &Path) -> Result<bool> {
+        let mut needs = Vec::with_capacity(node.content.len());
+        let mut offset = 0u64;
+        for id in &node.content {
+            let Some(loc) = self.repo.location_cached((*id).into()) else { return Ok(false) };
+            needs.push(Need { loc, id: *id, file: 0, offset });
+            offset += u64::from(loc.raw_len);
+        }
+        if offset != node.size {
+            tracing::warn!("{}: restoring {offset} bytes, the snapshot records {}", path.display(), node.size);
+        }
+        // At its size at once: chunks of zeros are not written, and stay holes.
+        create_file(path)?.set_len(offset).at(path)?;
+        if needs.is_empty() {
+            self.progress.files.fetch_add(1, Ordering::Relaxed);
+            self.apply_metadata(node, path)?;
+            return Ok(true);
+        }
+        let mut pending = self.pending.lock().expect("restore lock");
+        let file = pending.0.len();
+        let left = AtomicUsize::new(needs.len());
+        pending.0.push(Pending { path: path.to_path_buf(), node: node.clone(), left, failed: AtomicBool::new(false) });
+        pending.1.extend(needs.into_iter().map(|n| Need { file, ..n }));
+        Ok(true)
+    }
+
+    /// The second phase of a remote restore: every pack's needed chunks, a few packs at once,
+    /// each in a few large reads, written where the planned files need them.
+    fn write_pending(&self) {
+        let (files, mut needs) = std::mem::take(&mut *self.pending.lock().expect("restore lock"));
+        needs.sort_unstable_by_key(|n| (n.loc.pack, n.loc.offset, n.file, n.offset));
+        let packs: Vec<&[Need]> = needs.chunk_by(|a, b| a.loc.pack == b.loc.pack).collect();
+        packs.par_iter().for_each(|needs| self.write_pack(needs, &files));
+    }
+
+    /// Write the chunks of one pack that `needs` (sorted by offset) names into their files.
+    fn write_pack(&self, needs: &[Need], files: &[Pending]) {
+        let runs = plan_runs(needs.iter().map(|n| (n.id, n.loc)).collect(), REMOTE_GAP, REMOTE_RUN);
+        let mut rest = needs;
+        for run in runs {
+            let fetched: HashMap<ChunkId, Arc<Vec<u8>>> = self.repo.read_run(&run).into_iter().collect();
+            let split = rest.iter().position(|n| n.loc.offset >= run.end).unwrap_or(rest.len());
+            let (here, next) = rest.split_at(split);
+            rest = next;
+            for need in here {
+                let file = &files[need.file];
+                if file.failed.load(Ordering::Relaxed) {
+                    continue;
+                }
+                // What the run could not bring (a moved pack, a damaged blob) is read on its
+                // own, which finds it elsewhere or names the damage.
+                let data = match fetched.get(&need.id) {
+                    Some(d) => Ok(d.clone()),
+                    None => self.repo.chunk(need.id),
+                };
+                let written = data.and_then(|data| {
+                    if data.iter().any(|&b| b != 0) {
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .custom_flags(libc::O_NOFOLLOW)
+                            .open(&file.path)
+                            .at(&file.path)?;
+                        f.write_all_at(&data, need.offset).at(&file.path)?;
+                    }
+                    self.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    Ok(())
+                });
+                if let Err(e) = written {
+                    if !file.failed.swap(true, Ordering::Relaxed) {
+                        self.fail(&file.path, e);
+                    }
+                    continue;
+                }
+                if file.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.progress.files.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = self.apply_metadata(&file.node, &file.path) {
+                        self.fail(&file.path, e);
+                    }
+                }
+            }
+        }
+    }
+
     fn write_file(&self, node: &Node, path: &Path) -> Result<()> {
         let mut f = create_file(path)?;
         let mut written = 0u64;
-        // From a remote repository, the next chunks of a file are fetched together (each waits
-        // on the network); written in order.
-        let window = if self.remote { REMOTE_CHUNKS } else { 1 };
-        for ids in node.content.chunks(window) {
-            let datas: Vec<Arc<Vec<u8>>> = if ids.len() > 1 {
-                ids.par_iter().map(|id| self.repo.chunk(*id)).collect::<Result<_>>()?
+        for id in &node.content {
+            let data = self.repo.chunk(*id)?;
+            // Runs of zeros become holes: sparse files stay sparse.
+            if data.iter().all(|&b| b == 0) {
+                f.seek(SeekFrom::Current(data.len() as i64)).at(path)?;
             } else {
-                ids.iter().map(|id| self.repo.chunk(*id)).collect::<Result<_>>()?
-            };
-            for data in datas {
-                // Runs of zeros become holes: sparse files stay sparse.
-                if data.iter().all(|&b| b == 0) {
-                    f.seek(SeekFrom::Current(data.len() as i64)).at(path)?;
-                } else {
-                    f.write_all(&data).at(path)?;
-                }
-                written += data.len() as u64;
-                self.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                f.write_all(&data).at(path)?;
             }
+            written += data.len() as u64;
+            self.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         f.set_len(written).at(path)?;
         if written != node.size {
@@ -516,7 +634,7 @@ fn same_bytes(reader: &FileReader, path: &Path) -> Result<bool> {
     Ok(f.read(&mut [0u8; 1]).at(path)? == 0)
 }
 
-/// A new file to fill (private until its mode is applied), never through a symlink.
+/// A new (or emptied) file to restore into, private until its metadata comes.
 fn create_file(path: &Path) -> Result<fs::File> {
     OpenOptions::new()
         .write(true)

@@ -5,6 +5,23 @@
 
 #![allow(dead_code)]
 
+/// Tests whose body takes a [`TempRepo`], run once on a local repository and once on one in a
+/// bucket of the shared Garage node: `NAME::local` and `NAME::s3`.
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn local() {
+                super::$name($crate::support::TempRepo::new())
+            }
+            #[test]
+            fn s3() {
+                super::$name($crate::support::TempRepo::on_s3(stringify!($name)))
+            }
+        }
+    )*};
+}
+
 pub mod access;
 pub mod corpus;
 pub mod faults;
