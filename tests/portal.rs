@@ -1188,6 +1188,72 @@ fn non_utf8_names_by_path_b64() {
         && r["paths"][0] == file.to_string_lossy().as_ref()));
 }
 
+/// A file whose name is not UTF-8 is found by name like any other (the catalog keeps paths as
+/// bytes): `rewind find` prints its exact bytes (escaped; `path_hex` in `--json`), the portal's
+/// search gives it with `path_b64` as browse does, and the hit downloads, as does its history.
+/// With paths kept as lossy text, the hit's path named no file: the portal hid the owner's own
+/// file and `find` printed U+FFFD for its bytes.
+#[test]
+fn non_utf8_names_are_found_and_downloaded_from_search() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    assert!(is_root(), "the portal tests create files owned by uids 2001.. and need root");
+    let repo = TempRepo::new();
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = repo.path("src");
+    mkdir(&src, 0, 0o755);
+    let home = src.join("alice");
+    mkdir(&home, 2001, 0o755);
+    // Latin-1 "café/résumé-q3.txt", and bob's file whose name reads the same as lossy text.
+    let dir = home.join(OsStr::from_bytes(b"caf\xe9"));
+    mkdir(&dir, 2001, 0o755);
+    let file = dir.join(OsStr::from_bytes(b"r\xe9sum\xe9-q3.txt"));
+    put(&file, b"alice's quarter\n", 2001, 0o644);
+    put(&dir.join(OsStr::from_bytes(b"r\xe8sum\xe8-q3.txt")), b"bob's quarter\n", 2002, 0o644);
+    repo.backup("fileserver", &[&src]);
+    let raw = file.as_os_str().as_bytes();
+
+    // `rewind find`: the path's bytes, escaped where they are not UTF-8, and exactly in --json.
+    let out = repo.ok(&["find", "q3"]);
+    let shown = format!("{}/caf\\xe9/r\\xe9sum\\xe9-q3.txt", home.display());
+    assert!(out.lines().any(|l| l.contains(&format!("  {shown}  "))), "{shown} in:\n{out}");
+    let json: Vec<Value> =
+        repo.ok(&["find", "q3", "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(json.len(), 2, "{json:?}");
+    assert!(json.iter().any(|v| v["path_hex"].as_str() == Some(hex::encode(raw).as_str())), "{json:?}");
+    let history = repo.ok(&[OsStr::new("history"), file.as_os_str()]);
+    assert_eq!(history.lines().count(), 1, "{history}");
+
+    let users = repo.path("users.toml");
+    let hash = passwd_hash("pw");
+    std::fs::write(&users, format!("[users.alice]\nhash = \"{hash}\"\nuid = 2001\n")).unwrap();
+    let realm = format!("[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n", users.display());
+    let portal = Portal::start(&repo.repo, &realm, "[authz]\nrules = [\"owner\"]\n", "");
+    let alice = login(&portal.addr, "alice", "pw");
+
+    // Search: alice's file alone (bob's reads alike but is not hers), with its bytes in path_b64.
+    let r = alice.get("/api/search?q=q3");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let items = r.json()["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1, "{items:?}");
+    let hit = &items[0];
+    assert_eq!(hit["path"], String::from_utf8_lossy(raw).as_ref());
+    assert_eq!(b64url_decode(hit["path_b64"].as_str().unwrap()), raw);
+
+    // The hit downloads, by the snapshot and path_b64 it gives.
+    let (snap, b64) = (hit["snapshot"].as_str().unwrap(), hit["path_b64"].as_str().unwrap());
+    let r = alice.get(&format!("/api/download?snapshot={snap}&path_b64={b64}"));
+    assert_eq!((r.status, &r.body[..]), (200, &b"alice's quarter\n"[..]), "{}", r.text());
+    // Its history, and a search under its folder (a path prefix that is not UTF-8).
+    let r = alice.get(&format!("/api/history?path_b64={b64}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 1);
+    let folder = b64url_encode(dir.as_os_str().as_bytes());
+    let r = alice.get(&format!("/api/search?q=txt&path_b64={folder}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 1, "{}", r.text());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Issue 13: leaks and identity gaps, each as it was found.
 

@@ -52,8 +52,8 @@ impl NameMatch {
 #[serde(default)]
 pub struct Query {
     pub name: Option<NameMatch>,
-    /// Only this path and what is below it (`/srv/home/alice`).
-    pub path_prefix: Option<String>,
+    /// Only this path and what is below it (`/srv/home/alice`), as the snapshot's bytes.
+    pub path_prefix: Option<Vec<u8>>,
     pub host: Option<String>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
@@ -93,8 +93,8 @@ pub struct Query {
 pub struct Scope {
     /// `owner`: versions owned by this uid.
     pub owner: Option<u32>,
-    /// `home`: these paths and everything below them.
-    pub paths: Vec<String>,
+    /// `home`: these paths (bytes, as in the snapshot) and everything below them.
+    pub paths: Vec<Vec<u8>>,
     /// `host`: every version of these hosts.
     pub hosts: Vec<String>,
     /// `readable`: versions this reader could read at backup time (the mode bits or POSIX access
@@ -114,8 +114,8 @@ pub enum Position {
     /// version a reader sees again from a later snapshot on, its own row, `row` being that of
     /// the folder version that let them see it again: see `ScopeSql::runs_table`).
     Seen { seen: i64, row: i64, sub: i64 },
-    /// [`Order::Path`]: host, folder, name, first snapshot key, row.
-    Path { host: String, dir: String, name: String, first: i64, row: i64 },
+    /// [`Order::Path`]: host, folder, name (their bytes), first snapshot key, row.
+    Path { host: String, dir: Vec<u8>, name: Vec<u8>, first: i64, row: i64 },
 }
 
 /// The largest page.
@@ -141,8 +141,10 @@ pub struct DeletionWindow {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FileVersion {
     pub host: String,
-    /// Absolute path as in the snapshot (`/srv/home/alice/notes.txt`), lossy UTF-8.
+    /// Absolute path as in the snapshot (`/srv/home/alice/notes.txt`), lossy UTF-8: the exact
+    /// bytes are [`FileVersion::path_bytes`].
     pub path: String,
+    /// The entry's name, lossy UTF-8 likewise.
     pub name: String,
     /// `file`, `dir`, `symlink`, `blockdev`, `chardev`, `fifo`, `socket`.
     pub kind: String,
@@ -160,6 +162,11 @@ pub struct FileVersion {
     /// Set when this is the newest version of a path that is absent from the latest snapshot
     /// (with a [`Scope`], the newest one in the scope).
     pub deleted: Option<DeletionWindow>,
+    /// The path's bytes, and how many of them at the end are the name.
+    #[serde(skip)]
+    raw_path: Vec<u8>,
+    #[serde(skip)]
+    name_len: usize,
     /// The sort keys, for [`FileVersion::position`].
     #[serde(skip)]
     row: i64,
@@ -175,6 +182,20 @@ pub struct FileVersion {
 }
 
 impl FileVersion {
+    /// The absolute path exactly as in the snapshot (names need not be UTF-8).
+    pub fn path_bytes(&self) -> &[u8] {
+        &self.raw_path
+    }
+
+    /// The path of the folder holding it (`b""` for the root).
+    fn dir_bytes(&self) -> &[u8] {
+        &self.raw_path[..self.raw_path.len() - self.name_len - 1]
+    }
+
+    fn name_bytes(&self) -> &[u8] {
+        &self.raw_path[self.raw_path.len() - self.name_len..]
+    }
+
     /// This result's position in `order`: a query with it as [`Query::after`] goes on after it.
     pub fn position(&self, order: Order) -> Position {
         match order {
@@ -183,8 +204,8 @@ impl FileVersion {
             }
             Order::Path => Position::Path {
                 host: self.host.clone(),
-                dir: self.path[..self.path.len() - self.name.len() - 1].to_string(),
-                name: self.name.clone(),
+                dir: self.dir_bytes().to_vec(),
+                name: self.name_bytes().to_vec(),
                 first: self.first_key,
                 row: self.row,
             },
@@ -238,9 +259,13 @@ fn ts_ns(t: Timestamp) -> i64 {
 }
 
 /// `/a/b/` and `a/b` both mean `/a/b`; `/` and the empty path mean the root (None).
-pub(crate) fn normalize_path(p: &str) -> Option<String> {
-    let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
-    if parts.is_empty() { None } else { Some(format!("/{}", parts.join("/"))) }
+pub(crate) fn normalize_path(p: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for c in p.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+        out.push(b'/');
+        out.extend_from_slice(c);
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// The longest run of literal characters of a glob, for the trigram prefilter.
@@ -339,7 +364,7 @@ macro_rules! select_columns {
         concat!(
             "SELECT v.id, h.name, d.path, n.name, v.kind, v.size, v.mtime, v.mtime_ns, v.mode, v.uid, coalesce(v.gid, v.uid), ",
             "v.content, v.first, coalesce(v.last, h.latest), v.last IS NULL, v.gone, v.host, v.dir, v.name, ",
-            "coalesce(v.last, 140737488355327), "
+            "coalesce(v.last, 140737488355327), n.raw, "
         )
     };
 }
@@ -592,32 +617,40 @@ fn folder_runs(segments: &[(i64, bool)], keys: &[i64]) -> Searchable {
 
 /// How two results compare in `order`, as the queries' ORDER BY sorts them.
 fn result_order(order: Order, a: &FileVersion, b: &FileVersion) -> std::cmp::Ordering {
-    fn dir(v: &FileVersion) -> &str {
-        &v.path[..v.path.len() - v.name.len() - 1]
-    }
     match order {
         Order::RecentFirst => (b.seen_key, b.sort_row, b.sub).cmp(&(a.seen_key, a.sort_row, a.sub)),
         Order::OldestFirst => (a.seen_key, a.sort_row, a.sub).cmp(&(b.seen_key, b.sort_row, b.sub)),
-        Order::Path => {
-            (&a.host, dir(a), &a.name, a.first_key, a.row).cmp(&(&b.host, dir(b), &b.name, b.first_key, b.row))
-        }
+        Order::Path => (&a.host, a.dir_bytes(), a.name_bytes(), a.first_key, a.row).cmp(&(
+            &b.host,
+            b.dir_bytes(),
+            b.name_bytes(),
+            b.first_key,
+            b.row,
+        )),
     }
 }
 
-/// `p` (normalized) and everything below it, on the versions aliased `a`.
-fn path_clause(a: &str, p: &str) -> (String, Vec<Value>) {
-    let (parent, base) = p.rsplit_once('/').expect("normalized paths start with /");
+/// A normalized path split into its folder and name.
+fn split_path(p: &[u8]) -> (&[u8], &[u8]) {
+    let at = p.iter().rposition(|&b| b == b'/').expect("normalized paths start with /");
+    (&p[..at], &p[at + 1..])
+}
+
+/// `p` (normalized) and everything below it, on the versions aliased `a`. Paths are compared
+/// as bytes: `p/` up to `p0` (`0` follows `/`) is everything below `p`.
+fn path_clause(a: &str, p: &[u8]) -> (String, Vec<Value>) {
+    let (parent, base) = split_path(p);
     (
         format!(
             "({a}.dir IN (SELECT id FROM dirs WHERE path = ? OR (path >= ? AND path < ?))
-              OR ({a}.dir IN (SELECT id FROM dirs WHERE path = ?) AND {a}.name IN (SELECT id FROM names WHERE name = ?)))"
+              OR ({a}.dir IN (SELECT id FROM dirs WHERE path = ?) AND {a}.name IN (SELECT id FROM names WHERE raw = ?)))"
         ),
         vec![
-            Value::Text(p.to_string()),
-            Value::Text(format!("{p}/")),
-            Value::Text(format!("{p}0")),
-            Value::Text(parent.to_string()),
-            Value::Text(base.to_string()),
+            Value::Blob(p.to_vec()),
+            Value::Blob([p, b"/"].concat()),
+            Value::Blob([p, b"0"].concat()),
+            Value::Blob(parent.to_vec()),
+            Value::Blob(base.to_vec()),
         ],
     )
 }
@@ -761,7 +794,7 @@ impl Catalog {
         let order = match q.order {
             Order::RecentFirst => format!("{seen} DESC, v.id DESC"),
             Order::OldestFirst => format!("{seen} ASC, v.id ASC"),
-            Order::Path => "h.name, d.path, n.name, v.first, v.id".to_string(),
+            Order::Path => "h.name, d.path, n.raw, v.first, v.id".to_string(),
         };
         // Keyset paging: only what comes after `q.after` in this order.
         let mut after: Option<(String, Vec<Value>)> = None;
@@ -793,11 +826,11 @@ impl Catalog {
             }
             (Some(Position::Path { host, dir, name, first, row }), Order::Path) => {
                 after = Some((
-                    "(h.name, d.path, n.name, v.first, v.id) > (?, ?, ?, ?, ?)".to_string(),
+                    "(h.name, d.path, n.raw, v.first, v.id) > (?, ?, ?, ?, ?)".to_string(),
                     vec![
                         Value::Text(host.clone()),
-                        Value::Text(dir.clone()),
-                        Value::Text(name.clone()),
+                        Value::Blob(dir.clone()),
+                        Value::Blob(name.clone()),
                         Value::Integer(*first),
                         Value::Integer(*row),
                     ],
@@ -1213,12 +1246,12 @@ impl Catalog {
 
     /// Every version of one path, newest first. Without a host, the path's versions on every
     /// host. With a scope, only the versions in it (and "deleted" as the scope sees it).
-    pub fn history(&self, host: Option<&str>, path: &str, scope: Option<&Scope>) -> Result<Vec<FileVersion>> {
+    pub fn history(&self, host: Option<&str>, path: &[u8], scope: Option<&Scope>) -> Result<Vec<FileVersion>> {
         let p = normalize_path(path).ok_or_else(|| Error::InvalidInput("history of the root".into()))?;
-        let (parent, base) = p.rsplit_once('/').expect("normalized paths start with /");
-        let mut params = vec![Value::Text(parent.to_string()), Value::Text(base.to_string())];
+        let (parent, base) = split_path(&p);
+        let mut params = vec![Value::Blob(parent.to_vec()), Value::Blob(base.to_vec())];
         let mut text = format!(
-            "{SELECT} WHERE v.dir IN (SELECT id FROM dirs WHERE path = ?) AND v.name IN (SELECT id FROM names WHERE name = ?)"
+            "{SELECT} WHERE v.dir IN (SELECT id FROM dirs WHERE path = ?) AND v.name IN (SELECT id FROM names WHERE raw = ?)"
         );
         if let Some(h) = host {
             text.push_str(" AND v.host = (SELECT id FROM hosts WHERE name = ?)");
@@ -1306,8 +1339,9 @@ impl Catalog {
             seen_key: i64,
             host_id: i64,
             host: String,
-            dir: String,
+            dir: Vec<u8>,
             name: String,
+            raw_name: Vec<u8>,
             kind: i64,
             size: i64,
             mtime: i64,
@@ -1359,8 +1393,9 @@ impl Catalog {
                     host_id: r.get(16)?,
                     dir_id: r.get(17)?,
                     name_id: r.get(18)?,
-                    sort_row: r.get(20)?,
-                    sub: r.get(21)?,
+                    raw_name: r.get(20)?,
+                    sort_row: r.get(21)?,
+                    sub: r.get(22)?,
                 })
             })
             .and_then(|rows| rows.collect());
@@ -1410,10 +1445,13 @@ impl Catalog {
             } else {
                 None
             };
+            let raw_path = [&r.dir[..], b"/", &r.raw_name].concat();
             out.push(FileVersion {
                 host: r.host,
-                path: format!("{}/{}", r.dir, r.name),
+                path: String::from_utf8_lossy(&raw_path).into_owned(),
                 name: r.name,
+                name_len: r.raw_name.len(),
+                raw_path,
                 kind: kind_from_code(r.kind).as_str().to_string(),
                 size: r.size as u64,
                 mtime: Timestamp::new(r.mtime, r.mtime_ns as i32).unwrap_or(Timestamp::UNIX_EPOCH),
@@ -1466,8 +1504,9 @@ mod tests {
 
     #[test]
     fn paths_normalize() {
-        assert_eq!(normalize_path("/a/b/"), Some("/a/b".into()));
-        assert_eq!(normalize_path("a//b"), Some("/a/b".into()));
-        assert_eq!(normalize_path("/"), None);
+        assert_eq!(normalize_path(b"/a/b/"), Some(b"/a/b".to_vec()));
+        assert_eq!(normalize_path(b"a//b"), Some(b"/a/b".to_vec()));
+        assert_eq!(normalize_path(b"/"), None);
+        assert_eq!(normalize_path(b"/caf\xe9/./x"), Some(b"/caf\xe9/x".to_vec()));
     }
 }

@@ -586,7 +586,7 @@ fn apply_in(
     };
     let (root, created) = w.root_dir()?;
     match &prev {
-        None => w.add_tree(root, "", Some(snap.tree), created)?,
+        None => w.add_tree(root, b"", Some(snap.tree), created)?,
         Some((_, _, _, ptree)) => {
             let ptree = TreeId(rewind_store::Hash(
                 ptree
@@ -594,7 +594,7 @@ fn apply_in(
                     .try_into()
                     .map_err(|_| Error::InvalidInput("damaged catalog: snapshot tree id is not 32 bytes".into()))?,
             ));
-            w.diff_tree(root, "", Some(ptree), Some(snap.tree))?
+            w.diff_tree(root, b"", Some(ptree), Some(snap.tree))?
         }
     }
     tx.execute("UPDATE hosts SET latest=?1 WHERE id=?2", [key, host])?;
@@ -635,19 +635,14 @@ impl Writer<'_, '_> {
         if let Some(&id) = self.caches.names.get(name) {
             return Ok(id);
         }
-        let (text, raw) = match std::str::from_utf8(name) {
-            Ok(s) => (s.to_owned(), None),
-            Err(_) => (String::from_utf8_lossy(name).into_owned(), Some(name)),
-        };
-        let found: Option<i64> = self
-            .tx
-            .prepare_cached("SELECT id FROM names WHERE name=?1 AND raw IS ?2")?
-            .query_row(params![text, raw], |r| r.get(0))
-            .optional()?;
+        let found: Option<i64> =
+            self.tx.prepare_cached("SELECT id FROM names WHERE raw=?1")?.query_row([name], |r| r.get(0)).optional()?;
         let id = match found {
             Some(id) => id,
             None => {
-                self.tx.prepare_cached("INSERT INTO names(name, raw) VALUES (?1, ?2)")?.execute(params![text, raw])?;
+                // The text the name matching reads; the bytes are the name.
+                let text = String::from_utf8_lossy(name);
+                self.tx.prepare_cached("INSERT INTO names(name, raw) VALUES (?1, ?2)")?.execute(params![text, name])?;
                 let id = self.tx.last_insert_rowid();
                 self.tx
                     .prepare_cached("INSERT INTO names_fts(rowid, name) VALUES (?1, ?2)")?
@@ -674,7 +669,7 @@ impl Writer<'_, '_> {
             Some(id) => Ok((id, false)),
             None => {
                 self.tx.execute(
-                    "INSERT INTO dirs(host, parent, name, path, access, varies, ctx) VALUES (?1, NULL, NULL, '', 0, 0, ?2)",
+                    "INSERT INTO dirs(host, parent, name, path, access, varies, ctx) VALUES (?1, NULL, NULL, X'', 0, 0, ?2)",
                     [self.host, ROOT_CONTEXT],
                 )?;
                 Ok((self.tx.last_insert_rowid(), true))
@@ -703,12 +698,12 @@ impl Writer<'_, '_> {
     fn dir_id(
         &mut self,
         parent: i64,
-        parent_path: &str,
+        parent_path: &[u8],
         name: i64,
         raw_name: &[u8],
         access: i64,
-    ) -> Result<(i64, bool, String)> {
-        let path = format!("{parent_path}/{}", String::from_utf8_lossy(raw_name));
+    ) -> Result<(i64, bool, Vec<u8>)> {
+        let path = [parent_path, b"/", raw_name].concat();
         if let Some(id) = self.find_dir(parent, name)? {
             self.note_access(id, access)?;
             return Ok((id, false, path));
@@ -916,7 +911,7 @@ impl Writer<'_, '_> {
     }
 
     /// A new version of `n` (in `dir`), for a path that was absent before.
-    fn add_node(&mut self, dir: i64, path: &str, n: &Node, dir_is_new: bool) -> Result<()> {
+    fn add_node(&mut self, dir: i64, path: &[u8], n: &Node, dir_is_new: bool) -> Result<()> {
         let name = self.name_id(&n.name)?;
         if !dir_is_new {
             let access = self.access_id(n)?;
@@ -931,7 +926,7 @@ impl Writer<'_, '_> {
     }
 
     /// A directory new to the host's latest state: every entry below is a new version.
-    fn add_tree(&mut self, dir: i64, path: &str, tree: Option<TreeId>, dir_is_new: bool) -> Result<()> {
+    fn add_tree(&mut self, dir: i64, path: &[u8], tree: Option<TreeId>, dir_is_new: bool) -> Result<()> {
         let tree = self.load(tree)?;
         for node in &tree.nodes {
             self.add_node(dir, path, node, dir_is_new)?;
@@ -942,7 +937,7 @@ impl Writer<'_, '_> {
     /// Bring a directory from tree `a` (the previous snapshot) to tree `b`. A folder whose
     /// access changed gets a new version of its own and a new row in `folder_access`; nothing
     /// below it changes unless its tree did.
-    fn diff_tree(&mut self, dir: i64, path: &str, a: Option<TreeId>, b: Option<TreeId>) -> Result<()> {
+    fn diff_tree(&mut self, dir: i64, path: &[u8], a: Option<TreeId>, b: Option<TreeId>) -> Result<()> {
         if a == b {
             self.report.subtrees_skipped += 1;
             return Ok(());

@@ -64,7 +64,10 @@ pub struct Walk {
 
 /// Folders already walked during one request.
 #[derive(Default)]
-pub struct WalkMemo(HashMap<(SnapshotId, String), Option<(TreeId, Walk)>>);
+pub struct WalkMemo(HashMap<FolderKey, Option<(TreeId, Walk)>>);
+
+/// A folder of a snapshot, by its path's bytes.
+type FolderKey = (SnapshotId, Vec<u8>);
 
 /// How the subject may see a resolved node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +103,7 @@ pub struct Policy {
     reach: crate::reach::Reach,
 }
 
-type DecisionKey = (Arc<str>, SnapshotId, String);
+type DecisionKey = (Arc<str>, SnapshotId, Vec<u8>);
 
 /// Decisions kept: a search or deleted page checks up to hundreds of paths, and the same
 /// users ask again and again (~150 bytes an entry: ~10 MiB).
@@ -161,8 +164,7 @@ impl Policy {
         }
         Some(Scope {
             owner: if self.has(Rule::Owner) { s.uid() } else { None },
-            // Homes come from the directory as text: the lossy form is the exact one.
-            paths: s.homes.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect(),
+            paths: s.homes.clone(),
             hosts: s.hosts.clone(),
             reader: if self.has(Rule::Readable) { s.reader.clone() } else { None },
         })
@@ -348,14 +350,14 @@ impl Policy {
         view: &View,
         s: &Subject,
         snapshot: SnapshotId,
-        path: &str,
+        path: &[u8],
         memo: &mut WalkMemo,
     ) -> ApiResult<bool> {
-        let path = path.trim_end_matches('/');
+        let path = path.strip_suffix(b"/").unwrap_or(path);
         if !view.contains(&snapshot) {
             return Ok(false);
         }
-        let key = (s.key.clone(), snapshot, path.to_string());
+        let key = (s.key.clone(), snapshot, path.to_vec());
         if let Some(&v) = self.decisions.lock().get(&key) {
             return Ok(v);
         }
@@ -369,16 +371,16 @@ impl Policy {
         view: &View,
         s: &Subject,
         snapshot: SnapshotId,
-        path: &str,
+        path: &[u8],
         memo: &mut WalkMemo,
     ) -> ApiResult<bool> {
-        let Some((parent, name)) = path.rsplit_once('/') else { return Ok(false) };
-        if name.is_empty() || name == "." || name == ".." {
+        let Some((parent, name)) = rsplit_path(path) else { return Ok(false) };
+        if name.is_empty() || name == b"." || name == b".." {
             return Ok(false);
         }
         let Some((tree, walk)) = self.dir_walk(view, s, snapshot, parent, memo)? else { return Ok(false) };
         let t = view.repo().tree(tree)?;
-        let Some(node) = t.find(name.as_bytes()) else { return Ok(false) };
+        let Some(node) = t.find(name) else { return Ok(false) };
         let w = self.child_walk(s, &walk, node);
         Ok(self.visible(s, &walk, &w, node))
     }
@@ -388,14 +390,14 @@ impl Policy {
         view: &View,
         s: &Subject,
         snapshot: SnapshotId,
-        dir: &str,
+        dir: &[u8],
         memo: &mut WalkMemo,
     ) -> ApiResult<Option<(TreeId, Walk)>> {
-        let key = (snapshot, dir.to_string());
+        let key = (snapshot, dir.to_vec());
         if let Some(v) = memo.0.get(&key) {
             return Ok(v.clone());
         }
-        let v = match dir.rsplit_once('/') {
+        let v = match rsplit_path(dir) {
             None if dir.is_empty() => {
                 view.snapshot(&snapshot).map(|e| (e.snapshot.tree, self.root_walk(s, &e.snapshot.host)))
             }
@@ -404,9 +406,13 @@ impl Policy {
                 None => None,
                 Some((tree, walk)) => {
                     let t = view.repo().tree(tree)?;
-                    match t.find(name.as_bytes()) {
+                    match t.find(name) {
                         Some(n)
-                            if n.is_dir() && n.subtree.is_some() && !name.is_empty() && name != "." && name != ".." =>
+                            if n.is_dir()
+                                && n.subtree.is_some()
+                                && !name.is_empty()
+                                && name != b"."
+                                && name != b".." =>
                         {
                             Some((n.subtree.expect("checked"), self.child_walk(s, &walk, n)))
                         }
@@ -463,6 +469,12 @@ fn exists_below(view: &View, tree: TreeId, rel: &[u8]) -> ApiResult<bool> {
         }
     }
     Ok(true)
+}
+
+/// `/a/b/c` -> (`/a/b`, `c`); `None` without a `/`.
+fn rsplit_path(p: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = p.iter().rposition(|&b| b == b'/')?;
+    Some((&p[..at], &p[at + 1..]))
 }
 
 /// `/a//b/` -> `/a/b`; `None` for relative paths or `..`.
