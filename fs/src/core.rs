@@ -232,11 +232,7 @@ impl Core {
     /// The tree a lookup or listing in `dir` would read, if it is not cached: such calls belong on
     /// a worker thread, not the FUSE loop.
     pub fn needs_tree_read(&self, ino: u64) -> bool {
-        let tree: Option<TreeId> = match self.entry(ino) {
-            Ok(Entry::Node { node, .. }) => node.subtree,
-            Ok(Entry::Snapshot(id)) => self.view.snapshot(&id).map(|s| s.snapshot.tree),
-            _ => None,
-        };
+        let tree: Option<TreeId> = self.entry(ino).ok().and_then(|e| self.view.dir_tree(&e));
         tree.is_some_and(|t| !self.view.repo().tree_cached(&t))
     }
 
@@ -623,11 +619,9 @@ impl Core {
                 _ => return None,
             }
         };
-        let (tree, top) = match self.entry(parent) {
-            Ok(Entry::Node { node, .. }) => (node.subtree, false),
-            Ok(Entry::Snapshot(id)) => (self.view.snapshot(&id).map(|s| s.snapshot.tree), true),
-            _ => return None,
-        };
+        let dir = self.entry(parent).ok()?;
+        let top = matches!(dir, Entry::Snapshot(_));
+        let tree = self.view.dir_tree(&dir);
         let tree = self.view.repo().tree(tree.filter(|t| self.view.repo().tree_cached(t))?).ok()?;
         let pos = tree.nodes.binary_search_by(|n| n.name.as_slice().cmp(&name)).ok()?;
         Some(Place { parent, tree, pos, top })

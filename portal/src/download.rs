@@ -222,16 +222,16 @@ pub async fn download(
     let st = state.clone();
     let found = tokio::task::spawn_blocking(move || -> ApiResult<(Resolved, FileReader)> {
         let res = resolve(&st, &sub, snapshot, &path)?;
-        let node = res.node.clone().filter(|n| res.access == Access::Visible && n.kind == NodeKind::File);
-        let Some(node) = node else {
+        let is_file = res.node.as_ref().is_some_and(|n| res.access == Access::Visible && n.kind == NodeKind::File);
+        if !is_file {
             return Err(match &res.node {
                 Some(n) if res.access == Access::Visible => {
                     ApiError::BadRequest(format!("{} is not a file", n.name_lossy()))
                 }
                 _ => ApiError::BadRequest("not a file; use /api/archive for folders".into()),
             });
-        };
-        let reader = st.view.repo().open_file(&node)?;
+        }
+        let reader = st.view.open(&res.entry)?;
         Ok((res, reader))
     })
     .await?;
@@ -470,7 +470,7 @@ impl ArchiveJob {
         match (node.kind, res.access) {
             (NodeKind::File, Access::Visible) => {
                 zip.start_file(name, Self::options(node)).map_err(io)?;
-                let r = self.state.view.repo().open_file(node)?;
+                let r = self.state.view.open(&res.entry)?;
                 let mut pos = 0u64;
                 let mut buf = vec![0u8; PIECE];
                 while pos < r.size() {
@@ -514,11 +514,10 @@ impl ArchiveJob {
                 };
                 zip.add_directory(format!("{name}/"), opts).map_err(io)?;
                 let mut names = EntryNames::default();
-                for (child, walk, access) in self.state.policy.children(&self.state.view, &self.sub, res)? {
-                    let entry = self.state.view.lookup(&res.entry, &child.name)?;
-                    let sub_res = Resolved { snapshot: res.snapshot, node: Some(child.clone()), entry, walk, access };
-                    let child_name = names.name(&child.name_lossy());
-                    self.add(zip, &sub_res, &format!("{name}/{child_name}"))?;
+                for child in self.state.policy.children(&self.state.view, &self.sub, res)? {
+                    let Some(node) = &child.node else { continue };
+                    let child_name = names.name(&node.name_lossy());
+                    self.add(zip, &child, &format!("{name}/{child_name}"))?;
                 }
             }
             // Devices, fifos and sockets have no content to restore.
