@@ -607,10 +607,8 @@ pub async fn browse(
     })
     .await?;
     let (dir, children) = audit_not_found(&state, &s, &client, "browse", Some(snapshot), || vec![shown], found)?;
-    let entries: Vec<Value> = children
-        .iter()
-        .filter_map(|c| c.node.as_ref().map(|n| entry_json(n, &c.walk.path, c.access)))
-        .collect();
+    let entries: Vec<Value> =
+        children.iter().filter_map(|c| c.node.as_ref().map(|n| entry_json(n, &c.walk.path, c.access))).collect();
     let snap = state.view.snapshot(&snapshot).ok_or(ApiError::NotFound)?;
     let this = match &dir.node {
         Some(n) => entry_json(n, &dir.walk.path, dir.access),

@@ -526,7 +526,7 @@ fn sanitize(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BackupOptions, BackupProgress, CacheSizes, ChunkerParams, CompressionParams, Repository, backup};
+    use crate::testing::{back_up, repo_in};
 
     /// A walk hands every step to its visitor, stops where the visitor says (looking nothing
     /// further up), and fails on a missing name; snapshots are found by id prefix.
@@ -536,17 +536,8 @@ mod tests {
         let src = dir.path().join("src");
         std::fs::create_dir_all(src.join("a/b")).unwrap();
         std::fs::write(src.join("a/b/c.txt"), b"c").unwrap();
-        let repo = Repository::init(
-            &dir.path().join("repo"),
-            ChunkerParams::default(),
-            CompressionParams::default(),
-            crate::NewKey::test(),
-        )
-        .unwrap()
-        .open_indexed(CacheSizes::default())
-        .unwrap();
-        let opts = BackupOptions { paths: vec![src.clone()], host: "h".into(), ..BackupOptions::default() };
-        backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
+        let repo = repo_in(dir.path());
+        back_up(&repo, &src);
         let view = View::new(repo).unwrap();
         let (_, snap) = view.snapshots().pop().unwrap();
         let root = Entry::Snapshot(snap.id);
@@ -589,17 +580,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
-        let repo = Repository::init(
-            &dir.path().join("repo"),
-            ChunkerParams::default(),
-            CompressionParams::default(),
-            crate::NewKey::test(),
-        )
-        .unwrap()
-        .open_indexed(CacheSizes::default())
-        .unwrap();
-        let opts = BackupOptions { paths: vec![src], host: "h".into(), ..BackupOptions::default() };
-        backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
+        let repo = repo_in(dir.path());
+        back_up(&repo, &src);
         let view = Arc::new(View::new(repo).unwrap());
         let v = view.clone();
         let panicked = std::thread::spawn(move || {
