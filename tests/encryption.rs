@@ -157,7 +157,8 @@ fn nonces_never_repeat_under_concurrent_backups() {
 /// made with `--copy-chunker-params` from it.
 #[test]
 fn content_ids_are_keyed_per_repository() {
-    // The source's ancestors are in its tree: not /tmp, whose mtime other tests move.
+    // The source's tree records its ancestors: they must all be the test's own, or another
+    // process creating a file in /tmp between the backups of `a` and `c` changes the tree.
     let a = TempRepo::owning_its_ancestors();
     let b = TempRepo::new();
     let c = TempRepo::with_content_identity_of(&a);

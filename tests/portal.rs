@@ -1086,11 +1086,15 @@ fn forwarded_clients_behind_a_trusted_proxy() {
     assert!(direct.audit().iter().any(|r| r["actor"] == "bob" && r["client"] == "127.0.0.1"), "header ignored");
 }
 
-/// Names that are not UTF-8: listings show them lossily and as `path_b64`, which every path
-/// parameter takes instead of `path`; the rules apply to them like to any other path.
-#[test]
-fn non_utf8_names_by_path_b64() {
-    use std::ffi::OsStr;
+/// A source tree `src` with alice's home (uid 2001) holding a folder named "café" in Latin-1.
+struct Latin1Home {
+    repo: TempRepo,
+    src: PathBuf,
+    home: PathBuf,
+    dir: PathBuf,
+}
+
+fn latin1_home() -> Latin1Home {
     use std::os::unix::ffi::OsStrExt;
     assert!(is_root(), "the portal tests create files owned by uids 2001.. and need root");
     let repo = TempRepo::new();
@@ -1099,24 +1103,36 @@ fn non_utf8_names_by_path_b64() {
     mkdir(&src, 0, 0o755);
     let home = src.join("alice");
     mkdir(&home, 2001, 0o755);
-    // Latin-1 names: "café/résumé.txt".
-    let dir = home.join(OsStr::from_bytes(b"caf\xe9"));
+    let dir = home.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
     mkdir(&dir, 2001, 0o755);
+    Latin1Home { repo, src, home, dir }
+}
+
+/// A portal on `repo` with the `owner` rule and local users (name, uid), each with password `pw`.
+fn owner_portal(repo: &TempRepo, users: &[(&str, u32)]) -> Portal {
+    let path = repo.path("users.toml");
+    let hash = passwd_hash("pw");
+    let list: String = users.iter().map(|(u, uid)| format!("[users.{u}]\nhash = \"{hash}\"\nuid = {uid}\n")).collect();
+    std::fs::write(&path, list).unwrap();
+    let realm = format!("[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n", path.display());
+    Portal::start(&repo.repo, &realm, "[authz]\nrules = [\"owner\"]\n", "")
+}
+
+/// Names that are not UTF-8: listings show them lossily and as `path_b64`, which every path
+/// parameter takes instead of `path`; the rules apply to them like to any other path.
+#[test]
+fn non_utf8_names_by_path_b64() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    // Latin-1 names: "café/résumé.txt".
+    let Latin1Home { repo, src, home, dir } = latin1_home();
     let file = dir.join(OsStr::from_bytes(b"r\xe9sum\xe9.txt"));
     put(&file, b"not UTF-8, still mine\n", 2001, 0o644);
     put(&dir.join("plain.txt"), b"plain\n", 2001, 0o644);
     put(&home.join(OsStr::from_bytes(b"bob-\xff.txt")), b"bob's\n", 2002, 0o644);
     repo.backup("fileserver", &[&src]);
 
-    let users = repo.path("users.toml");
-    let hash = passwd_hash("pw");
-    std::fs::write(
-        &users,
-        format!("[users.alice]\nhash = \"{hash}\"\nuid = 2001\n[users.bob]\nhash = \"{hash}\"\nuid = 2002\n"),
-    )
-    .unwrap();
-    let realm = format!("[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n", users.display());
-    let portal = Portal::start(&repo.repo, &realm, "[authz]\nrules = [\"owner\"]\n", "");
+    let portal = owner_portal(&repo, &[("alice", 2001), ("bob", 2002)]);
     let alice = login(&portal.addr, "alice", "pw");
     let bob = login(&portal.addr, "bob", "pw");
     let snap = alice.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
@@ -1186,6 +1202,60 @@ fn non_utf8_names_by_path_b64() {
     assert!(portal.audit().iter().any(|r| r["event"] == "download"
         && r["actor"] == "alice"
         && r["paths"][0] == file.to_string_lossy().as_ref()));
+}
+
+/// A file whose name is not UTF-8 is found by name like any other (the catalog keeps paths as
+/// bytes): `rewind find` prints its exact bytes (escaped; `path_hex` in `--json`), the portal's
+/// search gives it with `path_b64` as browse does, and the hit downloads, as does its history.
+/// With paths kept as lossy text, the hit's path named no file: the portal hid the owner's own
+/// file and `find` printed U+FFFD for its bytes.
+#[test]
+fn non_utf8_names_are_found_and_downloaded_from_search() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    // Latin-1 "café/résumé-q3.txt", and bob's file whose name reads the same as lossy text.
+    let Latin1Home { repo, src, home, dir } = latin1_home();
+    let file = dir.join(OsStr::from_bytes(b"r\xe9sum\xe9-q3.txt"));
+    put(&file, b"alice's quarter\n", 2001, 0o644);
+    put(&dir.join(OsStr::from_bytes(b"r\xe8sum\xe8-q3.txt")), b"bob's quarter\n", 2002, 0o644);
+    repo.backup("fileserver", &[&src]);
+    let raw = file.as_os_str().as_bytes();
+
+    // `rewind find`: the path's bytes, escaped where they are not UTF-8, and exactly in --json.
+    let out = repo.ok(&["find", "q3"]);
+    let shown = format!("{}/caf\\xe9/r\\xe9sum\\xe9-q3.txt", home.display());
+    assert!(out.lines().any(|l| l.contains(&format!("  {shown}  "))), "{shown} in:\n{out}");
+    let json: Vec<Value> =
+        repo.ok(&["find", "q3", "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(json.len(), 2, "{json:?}");
+    assert!(json.iter().any(|v| v["path_hex"].as_str() == Some(hex::encode(raw).as_str())), "{json:?}");
+    let history = repo.ok(&[OsStr::new("history"), file.as_os_str()]);
+    assert_eq!(history.lines().count(), 1, "{history}");
+
+    let portal = owner_portal(&repo, &[("alice", 2001)]);
+    let alice = login(&portal.addr, "alice", "pw");
+
+    // Search: alice's file alone (bob's reads alike but is not hers), with its bytes in path_b64.
+    let r = alice.get("/api/search?q=q3");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let items = r.json()["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1, "{items:?}");
+    let hit = &items[0];
+    assert_eq!(hit["path"], String::from_utf8_lossy(raw).as_ref());
+    assert_eq!(b64url_decode(hit["path_b64"].as_str().unwrap()), raw);
+
+    // The hit downloads, by the snapshot and path_b64 it gives.
+    let (snap, b64) = (hit["snapshot"].as_str().unwrap(), hit["path_b64"].as_str().unwrap());
+    let r = alice.get(&format!("/api/download?snapshot={snap}&path_b64={b64}"));
+    assert_eq!((r.status, &r.body[..]), (200, &b"alice's quarter\n"[..]), "{}", r.text());
+    // Its history, and a search under its folder (a path prefix that is not UTF-8).
+    let r = alice.get(&format!("/api/history?path_b64={b64}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 1);
+    let folder = b64url_encode(dir.as_os_str().as_bytes());
+    let r = alice.get(&format!("/api/search?q=txt&path_b64={folder}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 1, "{}", r.text());
 }
 
 // ---------------------------------------------------------------------------------------------

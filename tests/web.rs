@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -384,6 +385,13 @@ fn browser_restores_deleted_files_folders_and_helpdesk_acts() {
     corpus_make(&src, 0.05);
     let users = src.join("users");
     let alice_home = users.join("alice");
+    // A file of alice's whose name is Latin-1, not UTF-8 (outside the homes the history edits).
+    let latin1_text = "named in Latin-1\n";
+    let latin1 = src.join("shared").join(std::ffi::OsStr::from_bytes(b"r\xe9sum\xe9-latin1.dat"));
+    std::fs::create_dir_all(latin1.parent().unwrap()).unwrap();
+    std::fs::write(&latin1, latin1_text).unwrap();
+    let alice_uid = crate::support::corpus::FIRST_UID;
+    std::os::unix::fs::chown(&latin1, Some(alice_uid), Some(alice_uid)).unwrap();
     let before = files_under(&alice_home);
     repo.backup("fileserver", &[&src]);
     for generation in 1..=2 {
@@ -454,6 +462,16 @@ fn browser_restores_deleted_files_folders_and_helpdesk_acts() {
     b.find("table");
     b.screenshot("06-search");
     b.assert_labelled("search");
+    // The Latin-1 name is found too, and its Download link names its bytes (path_b64): the
+    // download is that file.
+    b.go(&format!("{}/#/search?q=latin1", portal.url));
+    let download = "a[aria-label=\"Download r\u{fffd}sum\u{fffd}-latin1.dat\"]";
+    b.find(download);
+    let href = b.js("return document.querySelector(arguments[0]).href", json!([download]));
+    let href = href.as_str().unwrap();
+    assert!(href.contains("path_b64="), "{href}");
+    let got = b.js("return fetch(arguments[0], { credentials: 'same-origin' }).then((r) => r.text())", json!([href]));
+    assert_eq!(got, json!(latin1_text), "{href}");
 
     // Browse a folder of the latest backup and download it as a zip.
     let folder = after

@@ -11,10 +11,13 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::error::{Error, Result};
 
 /// Bump when the tables change: older catalogs are then dropped and rebuilt.
-pub(crate) const SCHEMA_VERSION: i64 = 6;
+pub(crate) const SCHEMA_VERSION: i64 = 7;
 
 /// Every table and index. Ids are integers; strings (names, directory paths) are interned once.
 ///
+/// - Names and paths are the raw bytes of the snapshot (`names.raw`, `dirs.path`, BLOBs), so a
+///   name that is not UTF-8 is one like any other; `names.name` is its lossy UTF-8 text, which
+///   only the name matching (FTS5 trigrams, globs, substrings) reads.
 /// - `snapshots.key` orders snapshots by time: seconds since the Unix epoch, bumped by one on a
 ///   collision (and past the host's previous snapshot), so `first`/`last` of a version sort in
 ///   time order without a join and take 4 bytes. `versions_recent` puts open versions at
@@ -62,9 +65,9 @@ CREATE INDEX snapshots_host ON snapshots(host, key);
 CREATE TABLE names(
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL,
-    raw BLOB
+    raw BLOB NOT NULL
 );
-CREATE INDEX names_name ON names(name);
+CREATE UNIQUE INDEX names_raw ON names(raw);
 CREATE VIRTUAL TABLE names_fts USING fts5(
     name, content='names', content_rowid='id', tokenize='trigram', detail='none', columnsize=0
 );
@@ -73,7 +76,7 @@ CREATE TABLE dirs(
     host INTEGER NOT NULL,
     parent INTEGER,
     name INTEGER,
-    path TEXT NOT NULL,
+    path BLOB NOT NULL,
     access INTEGER NOT NULL DEFAULT 0,
     varies INTEGER NOT NULL DEFAULT 0,
     ctx INTEGER NOT NULL DEFAULT 0

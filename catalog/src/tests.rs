@@ -615,7 +615,7 @@ fn order_paging_and_history() {
     let times: Vec<_> = page.items.iter().map(|v| v.last_seen.time).collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "most recent first");
     let p = page.items.iter().find(|v| v.kind == "file").unwrap().path.clone();
-    let hist = cat.history(Some("alpha"), &p, None).unwrap();
+    let hist = cat.history(Some("alpha"), p.as_bytes(), None).unwrap();
     let want: Vec<Expect> = brute(&snaps, &store).into_iter().filter(|e| e.path == p).collect();
     assert_eq!(hist.len(), want.len());
     assert!(hist.windows(2).all(|w| w[0].first_seen.time > w[1].first_seen.time));
@@ -730,7 +730,11 @@ fn visible_in(info: &SnapshotInfo, store: &Store, scope: &Scope) -> BTreeMap<Str
             let allows = |r: &Reader, want: u32| {
                 crate::access::permits(r, a.1, a.2, a.0, (!a.3.is_empty()).then_some(&a.3[..]), want)
             };
-            let in_paths = scope.paths.iter().any(|h| p == *h || p.starts_with(&format!("{h}/")));
+            let in_paths = scope
+                .paths
+                .iter()
+                .map(|h| String::from_utf8_lossy(h))
+                .any(|h| p == h || p.starts_with(&format!("{h}/")));
             let readable = scope.reader.as_ref().is_some_and(|r| {
                 searchable && allows(r, if n.is_dir() { crate::access::R | crate::access::X } else { crate::access::R })
             });
@@ -835,7 +839,7 @@ fn scopes_equal_their_own_repository() {
             // History, per path, as the scope sees it.
             for path in want.iter().map(|e| e.path.clone()).collect::<std::collections::BTreeSet<_>>().iter().take(20) {
                 let mut got: Vec<Expect> =
-                    cat.history(None, path, Some(&scope)).unwrap().iter().map(expect_of).collect();
+                    cat.history(None, path.as_bytes(), Some(&scope)).unwrap().iter().map(expect_of).collect();
                 got.sort();
                 let w: Vec<Expect> = want.iter().filter(|e| &e.path == path).cloned().collect();
                 assert_eq!(got, w, "seed {seed}, {label}: history of {path}");
@@ -925,4 +929,72 @@ fn scopes_after_removed_snapshots() {
             }
         }
     }
+}
+
+/// Names that are not UTF-8 are names like any other: two that read alike as lossy text stay
+/// apart in paths, prefixes, history and the path order, and each result gives its exact bytes.
+#[test]
+fn names_are_bytes() {
+    let mut store = Store { trees: HashMap::new() };
+    let mut put = |mut nodes: Vec<Node>| {
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let tree = Tree { nodes };
+        let id = Tree::id(&tree.encode());
+        store.trees.insert(id, Arc::new(tree));
+        id
+    };
+    let file = |name: &[u8], seed: u64| {
+        let mut n = Node::new(name.to_vec(), NodeKind::File);
+        n.size = seed;
+        n.content = vec![ChunkId(Hash::of(&seed.to_le_bytes()))];
+        n
+    };
+    let dir = |name: &[u8], sub: TreeId| {
+        let mut n = Node::new(name.to_vec(), NodeKind::Dir);
+        n.mode = 0o755;
+        n.subtree = Some(sub);
+        n
+    };
+    // "café/ré.txt" in Latin-1 and the same with è: both read "caf\u{fffd}/r\u{fffd}.txt".
+    let e9 = put(vec![file(b"r\xe9.txt", 1)]);
+    let e8 = put(vec![file(b"r\xe8.txt", 2), file(b"plain.txt", 3)]);
+    let root = put(vec![dir(b"caf\xe9", e9), dir(b"caf\xe8", e8)]);
+    let snap = SnapshotInfo {
+        id: SnapshotId(Hash::of(b"one")),
+        host: "h".into(),
+        time: jiff::Timestamp::from_second(1_000_000).unwrap(),
+        tree: root,
+    };
+    let (_dir, mut cat) = fresh();
+    cat.sync_to(&store.trees, BTreeMap::from([("h".to_string(), vec![snap])])).unwrap();
+    let files = |q: Query| -> Vec<Vec<u8>> {
+        let q = Query { kind: Some(NodeKind::File), ..q };
+        cat.find(&q).unwrap().items.iter().map(|v| v.path_bytes().to_vec()).collect()
+    };
+    let under = |p: &[u8]| files(Query { path_prefix: Some(p.to_vec()), ..Query::default() });
+    assert_eq!(under(b"/caf\xe9"), vec![b"/caf\xe9/r\xe9.txt".to_vec()]);
+    let mut e8_files = under(b"/caf\xe8/");
+    e8_files.sort();
+    assert_eq!(e8_files, vec![b"/caf\xe8/plain.txt".to_vec(), b"/caf\xe8/r\xe8.txt".to_vec()]);
+    assert_eq!(under(b"/caf\xe8/r\xe8.txt"), vec![b"/caf\xe8/r\xe8.txt".to_vec()]);
+    // The name matching reads the lossy text: both are found by it.
+    let by_name = files(Query { name: Some(NameMatch::Substring("r\u{fffd}.txt".into())), ..Query::default() });
+    assert_eq!(by_name.len(), 2, "{by_name:?}");
+    let hist = cat.history(None, b"/caf\xe9/r\xe9.txt", None).unwrap();
+    assert_eq!((hist.len(), hist[0].size, hist[0].path.as_str()), (1, 1, "/caf\u{fffd}/r\u{fffd}.txt"));
+    assert_eq!(hist[0].path_bytes(), b"/caf\xe9/r\xe9.txt");
+    assert!(cat.history(None, b"/caf\xe7/r\xe9.txt", None).unwrap().is_empty());
+    // The path order is (folder, name) in byte order, and its positions page through names
+    // that read alike.
+    let q = Query { order: Order::Path, ..Query::default() };
+    let paged: Vec<Vec<u8>> = keyset_pages(&cat, &q, 1).iter().map(|v| v.path_bytes().to_vec()).collect();
+    let mut sorted = paged.clone();
+    sorted.sort_by_key(|p| {
+        let at = p.iter().rposition(|&b| b == b'/').unwrap();
+        (p[..at].to_vec(), p[at + 1..].to_vec())
+    });
+    assert_eq!((paged.len(), &paged), (5, &sorted));
+    // A scope's home is bytes too.
+    let scope = Scope { paths: vec![b"/caf\xe9".to_vec()], ..Scope::default() };
+    assert_eq!(files(Query { scope: Some(scope), ..Query::default() }), vec![b"/caf\xe9/r\xe9.txt".to_vec()]);
 }

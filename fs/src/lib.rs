@@ -5,7 +5,8 @@
 //! - `inode`: inode numbers derived from stable keys (path in the mount; `(dev, inode)` for hard
 //!   links within a snapshot), unique for the life of the mount, entries kept while the kernel
 //!   holds a lookup count and dropped on `forget`;
-//! - `core`: every operation as a function returning `Result<_, Errno>`, tested without a mount;
+//! - `core`: every operation as a function returning `Result<_, Errno>`, tested without a mount
+//!   (`attr`, `dir`, `read`, `prefetch`);
 //! - `fuse`: the `fuser::Filesystem` glue, the only code that touches replies. Reads whose chunks
 //!   are cached are answered at once; other reads and tree loads run on worker threads (`pool`),
 //!   so the FUSE loop never waits on decompression. Opens and opendirs answer ENOSYS, so the

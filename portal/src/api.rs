@@ -529,12 +529,8 @@ pub(crate) async fn parse_snapshot(state: &AppState, text: &str) -> ApiResult<Sn
 
 fn find_snapshot(state: &AppState, text: &str) -> ApiResult<SnapshotId> {
     state.view.refresh_if_stale();
-    let mut found = state.view.snapshots().into_iter().map(|(_, e)| e.id).filter(|id| id.to_hex().starts_with(text));
-    let first = found.next().ok_or(ApiError::NotFound)?;
-    if found.next().is_some() {
-        return Err(ApiError::BadRequest("snapshot id prefix is ambiguous".into()));
-    }
-    Ok(first)
+    // Not found is a 404, several a 400.
+    Ok(state.view.find_snapshot(text)?)
 }
 
 fn time_text(t: rewind_store::Time) -> String {
@@ -611,7 +607,8 @@ pub async fn browse(
     })
     .await?;
     let (dir, children) = audit_not_found(&state, &s, &client, "browse", Some(snapshot), || vec![shown], found)?;
-    let entries: Vec<Value> = children.iter().map(|(n, w, a)| entry_json(n, &w.path, *a)).collect();
+    let entries: Vec<Value> =
+        children.iter().filter_map(|c| c.node.as_ref().map(|n| entry_json(n, &c.walk.path, c.access))).collect();
     let snap = state.view.snapshot(&snapshot).ok_or(ApiError::NotFound)?;
     let this = match &dir.node {
         Some(n) => entry_json(n, &dir.walk.path, dir.access),

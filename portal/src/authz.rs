@@ -16,6 +16,7 @@
 //! decision for a hidden folder costs what it costs for a missing name, whatever is below it.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -64,7 +65,10 @@ pub struct Walk {
 
 /// Folders already walked during one request.
 #[derive(Default)]
-pub struct WalkMemo(HashMap<(SnapshotId, String), Option<(TreeId, Walk)>>);
+pub struct WalkMemo(HashMap<FolderKey, Option<(Entry, Walk)>>);
+
+/// A folder of a snapshot, by its path's bytes.
+type FolderKey = (SnapshotId, Vec<u8>);
 
 /// How the subject may see a resolved node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +104,7 @@ pub struct Policy {
     reach: crate::reach::Reach,
 }
 
-type DecisionKey = (Arc<str>, SnapshotId, String);
+type DecisionKey = (Arc<str>, SnapshotId, Vec<u8>);
 
 /// Decisions kept: a search or deleted page checks up to hundreds of paths, and the same
 /// users ask again and again (~150 bytes an entry: ~10 MiB).
@@ -161,8 +165,7 @@ impl Policy {
         }
         Some(Scope {
             owner: if self.has(Rule::Owner) { s.uid() } else { None },
-            // Homes come from the directory as text: the lossy form is the exact one.
-            paths: s.homes.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect(),
+            paths: s.homes.clone(),
             hosts: s.hosts.clone(),
             reader: if self.has(Rule::Readable) { s.reader.clone() } else { None },
         })
@@ -218,12 +221,14 @@ impl Policy {
         false
     }
 
-    /// Whether a folder leads to something visible: from the summary of its tree (a lookup down
-    /// the path for a home below it), not from what is below.
-    pub fn leads(&self, view: &View, s: &Subject, walk: &Walk, tree: TreeId) -> ApiResult<bool> {
+    /// Whether a folder (a snapshot's root or a folder in it) leads to something visible: from
+    /// the summary of its tree (a lookup down the path for a home below it), not from what is
+    /// below.
+    pub fn leads(&self, view: &View, s: &Subject, walk: &Walk, dir: &Entry) -> ApiResult<bool> {
         if s.all || walk.host_grants {
             return Ok(true);
         }
+        let Some(tree) = view.dir_tree(dir) else { return Ok(false) };
         let summary = self.reach.summary(view, tree)?;
         if self.has(Rule::Owner) && s.uid().is_some_and(|u| summary.owns(u)) {
             return Ok(true);
@@ -231,7 +236,7 @@ impl Policy {
         if self.has(Rule::Home) {
             for h in &s.homes {
                 if (under(&walk.path, h) && !summary.is_empty())
-                    || (ancestor(&walk.path, h) && exists_below(view, tree, &h[walk.path.len() + 1..])?)
+                    || (ancestor(&walk.path, h) && exists_below(view, dir, &h[walk.path.len() + 1..])?)
                 {
                     return Ok(true);
                 }
@@ -244,7 +249,7 @@ impl Policy {
             match self.reach.readable(&summary, reader) {
                 Some(found) => return Ok(found),
                 // Too many ways below to keep: decided by a walk.
-                None => return self.leads_by_walk(view, s, walk, tree),
+                None => return self.leads_by_walk(view, s, walk, dir),
             }
         }
         Ok(false)
@@ -252,27 +257,26 @@ impl Policy {
 
     /// [`Policy::leads`] by a walk of what is below (for the rare folder whose summary keeps no
     /// ways), memoized per subject and tree.
-    fn leads_by_walk(&self, view: &View, s: &Subject, walk: &Walk, tree: TreeId) -> ApiResult<bool> {
+    fn leads_by_walk(&self, view: &View, s: &Subject, walk: &Walk, dir: &Entry) -> ApiResult<bool> {
         if s.all || walk.host_grants {
             return Ok(true);
         }
+        let Some(tree) = view.dir_tree(dir) else { return Ok(false) };
         // Below a folder that is on no home's way, only tree content matters: memoize by tree id.
         let home_way = s.homes.iter().any(|h| ancestor(&walk.path, h));
         let key = (s.key.clone(), tree, walk.searchable);
         if !home_way && let Some(&v) = self.memo.lock().get(&key) {
             return Ok(v);
         }
-        let t = view.repo().tree(tree)?;
         let mut found = false;
-        for n in &t.nodes {
+        for (_, e) in view.list(dir)? {
+            let Entry::Node { node: n, .. } = &e else { continue };
             let w = self.child_walk(s, walk, n);
             if self.visible(s, walk, &w, n) {
                 found = true;
                 break;
             }
-            if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree)
-                && self.leads_by_walk(view, s, &w, sub)?
-            {
+            if is_folder(n) && self.leads_by_walk(view, s, &w, &e)? {
                 found = true;
                 break;
             }
@@ -287,21 +291,20 @@ impl Policy {
         Ok(found)
     }
 
-    /// How a node is shown, if at all.
+    /// How the node of `entry` is shown, if at all.
     pub fn access(
         &self,
         view: &View,
         s: &Subject,
         parent: &Walk,
         walk: &Walk,
-        node: &Node,
+        entry: &Entry,
     ) -> ApiResult<Option<Access>> {
+        let Entry::Node { node, .. } = entry else { return Ok(None) };
         if self.visible(s, parent, walk, node) {
             return Ok(Some(Access::Visible));
         }
-        if let (NodeKind::Dir, Some(sub)) = (node.kind, node.subtree)
-            && self.leads(view, s, walk, sub)?
-        {
+        if is_folder(node) && self.leads(view, s, walk, entry)? {
             return Ok(Some(Access::Passthrough));
         }
         Ok(None)
@@ -309,65 +312,56 @@ impl Policy {
 
     /// Resolve `path` (already checked by [`crate::paths::clean_bytes`]) in a snapshot for a subject.
     /// Missing and not-visible are the same [`ApiError::NotFound`].
+    ///
+    /// The view walks the path; each step's node is checked here (every ancestor, as it is
+    /// reached), and the walk stops at the first that is neither visible nor a way through,
+    /// before looking up anything below it: a hidden folder costs what a missing name costs. A
+    /// step into a disk image is taken only if [`Policy::sees_inside`] allows it, so nothing
+    /// inside an image is looked up for a subject who may not see inside it.
     pub fn resolve(&self, view: &View, s: &Subject, snapshot: SnapshotId, comps: &[Vec<u8>]) -> ApiResult<Resolved> {
         let snap = view.snapshot(&snapshot).ok_or(ApiError::NotFound)?;
         self.prepare(view, snap.snapshot.tree)?;
+        let root = Entry::Snapshot(snapshot);
         let mut walk = self.root_walk(s, &snap.snapshot.host);
-        let mut entry = Entry::Snapshot(snapshot);
         let mut node: Option<Arc<Node>> = None;
-        let mut access = if self.leads(view, s, &walk, snap.snapshot.tree)? { Some(Access::Passthrough) } else { None };
+        let mut access = if self.leads(view, s, &walk, &root)? { Some(Access::Passthrough) } else { None };
         if walk.host_grants {
             access = Some(Access::Visible);
         }
-        for c in comps {
-            if access.is_none() {
-                break;
-            }
-            let next = match view.lookup(&entry, c) {
-                Ok(e) => e,
-                Err(rewind_store::Error::NotFound(_)) => return Err(ApiError::NotFound),
-                Err(e) => return Err(e.into()),
+        if access.is_none() {
+            return Err(ApiError::NotFound);
+        }
+        let entry = view.walk(root, comps, |next| {
+            let Some((n, w, a)) = self.step(view, s, &walk, next)? else {
+                access = None;
+                return Ok::<_, ApiError>(ControlFlow::Break(()));
             };
-            let n = match &next {
-                Entry::Node { node: n, .. } => n.clone(),
-                Entry::Image(i) => {
-                    access = self.sees_inside(s, &walk, i).then_some(Access::Visible);
-                    if access.is_none() {
-                        break;
-                    }
-                    Arc::new(view.image_node(i)?)
-                }
-                _ => return Err(ApiError::NotFound),
-            };
-            let w = self.child_walk(s, &walk, &n);
-            if !matches!(next, Entry::Image(_)) {
-                access = self.access(view, s, &walk, &w, &n)?;
-            }
+            access = Some(a);
             node = Some(n);
             walk = w;
-            entry = next;
-        }
+            Ok(ControlFlow::Continue(()))
+        })?;
         let access = access.ok_or(ApiError::NotFound)?;
         Ok(Resolved { snapshot, node, entry, walk, access })
     }
 
     /// Whether the node at `path` is itself the subject's (not merely a way through), by the
     /// same rules as [`Policy::resolve`] without asking what lies below the folders on the way:
-    /// for search results, many in a row. Folders on the way are walked once per request and
-    /// remembered in `memo`; trees are read without copying nodes.
+    /// for search results, many in a row. Folders on the way are looked up in the view once per
+    /// request and remembered in `memo`.
     pub fn visible_path(
         &self,
         view: &View,
         s: &Subject,
         snapshot: SnapshotId,
-        path: &str,
+        path: &[u8],
         memo: &mut WalkMemo,
     ) -> ApiResult<bool> {
-        let path = path.trim_end_matches('/');
+        let path = path.strip_suffix(b"/").unwrap_or(path);
         if !view.contains(&snapshot) {
             return Ok(false);
         }
-        let key = (s.key.clone(), snapshot, path.to_string());
+        let key = (s.key.clone(), snapshot, path.to_vec());
         if let Some(&v) = self.decisions.lock().get(&key) {
             return Ok(v);
         }
@@ -381,18 +375,19 @@ impl Policy {
         view: &View,
         s: &Subject,
         snapshot: SnapshotId,
-        path: &str,
+        path: &[u8],
         memo: &mut WalkMemo,
     ) -> ApiResult<bool> {
-        let Some((parent, name)) = path.rsplit_once('/') else { return Ok(false) };
-        if name.is_empty() || name == "." || name == ".." {
+        let Some((parent, name)) = rsplit_path(path) else { return Ok(false) };
+        if name.is_empty() || name == b"." || name == b".." {
             return Ok(false);
         }
-        let Some((tree, walk)) = self.dir_walk(view, s, snapshot, parent, memo)? else { return Ok(false) };
-        let t = view.repo().tree(tree)?;
-        let Some(node) = t.find(name.as_bytes()) else { return Ok(false) };
-        let w = self.child_walk(s, &walk, node);
-        Ok(self.visible(s, &walk, &w, node))
+        let Some((dir, walk)) = self.dir_walk(view, s, snapshot, parent, memo)? else { return Ok(false) };
+        // A place inside a disk image is no node: search results there are for admins only,
+        // who are not asked.
+        let Some(Entry::Node { node, .. }) = found(view.lookup(&dir, name))? else { return Ok(false) };
+        let w = self.child_walk(s, &walk, &node);
+        Ok(self.visible(s, &walk, &w, &node))
     }
 
     fn dir_walk(
@@ -400,58 +395,76 @@ impl Policy {
         view: &View,
         s: &Subject,
         snapshot: SnapshotId,
-        dir: &str,
+        dir: &[u8],
         memo: &mut WalkMemo,
-    ) -> ApiResult<Option<(TreeId, Walk)>> {
-        let key = (snapshot, dir.to_string());
+    ) -> ApiResult<Option<(Entry, Walk)>> {
+        let key = (snapshot, dir.to_vec());
         if let Some(v) = memo.0.get(&key) {
             return Ok(v.clone());
         }
-        let v = match dir.rsplit_once('/') {
+        let v = match rsplit_path(dir) {
             None if dir.is_empty() => {
-                view.snapshot(&snapshot).map(|e| (e.snapshot.tree, self.root_walk(s, &e.snapshot.host)))
+                view.snapshot(&snapshot).map(|e| (Entry::Snapshot(snapshot), self.root_walk(s, &e.snapshot.host)))
             }
             None => None,
             Some((parent, name)) => match self.dir_walk(view, s, snapshot, parent, memo)? {
                 None => None,
-                Some((tree, walk)) => {
-                    let t = view.repo().tree(tree)?;
-                    match t.find(name.as_bytes()) {
-                        Some(n)
-                            if n.is_dir() && n.subtree.is_some() && !name.is_empty() && name != "." && name != ".." =>
-                        {
-                            Some((n.subtree.expect("checked"), self.child_walk(s, &walk, n)))
+                Some(_) if name.is_empty() || name == b"." || name == b".." => None,
+                Some((parent, walk)) => match found(view.lookup(&parent, name))? {
+                    Some(e) => match &e {
+                        Entry::Node { node, .. } if is_folder(node) => {
+                            let w = self.child_walk(s, &walk, node);
+                            Some((e, w))
                         }
                         _ => None,
-                    }
-                }
+                    },
+                    None => None,
+                },
             },
         };
         memo.0.insert(key, v.clone());
         Ok(v)
     }
 
-    /// The entries of a resolved folder that the subject may see, with how.
-    pub fn children(&self, view: &View, s: &Subject, dir: &Resolved) -> ApiResult<Vec<(Arc<Node>, Walk, Access)>> {
-        if let Some(snap) = view.snapshot(&dir.snapshot) {
-            self.prepare(view, snap.snapshot.tree)?;
+    /// The entries of a resolved folder that the subject may see, each resolved.
+    pub fn children(&self, view: &View, s: &Subject, dir: &Resolved) -> ApiResult<Vec<Resolved>> {
+        if let Some(tree) = view.dir_tree(&Entry::Snapshot(dir.snapshot)) {
+            self.prepare(view, tree)?;
         }
         let list = view.list(&dir.entry)?;
         let mut out = Vec::new();
-        for (_, e) in list {
-            let node = match &e {
-                Entry::Node { node, .. } => node.clone(),
-                Entry::Image(i) if self.sees_inside(s, &dir.walk, i) => Arc::new(view.image_node(i)?),
-                _ => continue,
-            };
-            let w = self.child_walk(s, &dir.walk, &node);
-            if matches!(e, Entry::Image(_)) {
-                out.push((node, w, Access::Visible));
-            } else if let Some(a) = self.access(view, s, &dir.walk, &w, &node)? {
-                out.push((node, w, a));
+        for (_, entry) in list {
+            if let Some((node, walk, access)) = self.step(view, s, &dir.walk, &entry)? {
+                out.push(Resolved { snapshot: dir.snapshot, node: Some(node), entry, walk, access });
             }
         }
         Ok(out)
+    }
+
+    /// One step down from a folder reached with `parent`, as [`Policy::resolve`] and
+    /// [`Policy::children`] take it: the node of `entry`, its walk, and how it is shown; `None`
+    /// if it is not. A node is decided by the rules; a place inside a disk image only by
+    /// [`Policy::sees_inside`] (the `<image>.d` folder by whether its image file is seen, what
+    /// is further inside on the way in), and then it is visible.
+    fn step(
+        &self,
+        view: &View,
+        s: &Subject,
+        parent: &Walk,
+        entry: &Entry,
+    ) -> ApiResult<Option<(Arc<Node>, Walk, Access)>> {
+        match entry {
+            Entry::Node { node, .. } => {
+                let walk = self.child_walk(s, parent, node);
+                Ok(self.access(view, s, parent, &walk, entry)?.map(|a| (node.clone(), walk, a)))
+            }
+            Entry::Image(i) if self.sees_inside(s, parent, i) => {
+                let node = Arc::new(view.image_node(i)?);
+                let walk = self.child_walk(s, parent, &node);
+                Ok(Some((node, walk, Access::Visible)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Whether the subject may see inside the disk image that `entry` is in, from a folder
@@ -483,23 +496,32 @@ impl Policy {
     }
 }
 
-/// Whether `rel` (a relative path, `a/b`) names something below the folder whose tree is `tree`:
-/// a lookup per component, whatever else is there.
-fn exists_below(view: &View, tree: TreeId, rel: &[u8]) -> ApiResult<bool> {
-    let mut tree = tree;
-    let mut comps = rel.split(|&b| b == b'/').filter(|c| !c.is_empty()).peekable();
-    while let Some(c) = comps.next() {
-        let t = view.repo().tree(tree)?;
-        let Some(n) = t.find(c) else { return Ok(false) };
-        if comps.peek().is_none() {
-            return Ok(true);
-        }
-        match (n.kind, n.subtree) {
-            (NodeKind::Dir, Some(sub)) => tree = sub,
-            _ => return Ok(false),
-        }
+/// Whether `rel` (a relative path, `a/b`) names something below the folder `dir`: a lookup
+/// per component, whatever else is there.
+fn exists_below(view: &View, dir: &Entry, rel: &[u8]) -> ApiResult<bool> {
+    let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+    let walked = view.walk(dir.clone(), &comps, |_| Ok::<_, rewind_store::Error>(ControlFlow::Continue(())));
+    Ok(found(walked)?.is_some())
+}
+
+/// A lookup's entry, `None` for a name that is not there.
+fn found(r: rewind_store::Result<Entry>) -> ApiResult<Option<Entry>> {
+    match r {
+        Ok(e) => Ok(Some(e)),
+        Err(rewind_store::Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    Ok(true)
+}
+
+/// A folder with entries to look into (a node's tree, as the view lists it).
+fn is_folder(n: &Node) -> bool {
+    n.kind == NodeKind::Dir && n.subtree.is_some()
+}
+
+/// `/a/b/c` -> (`/a/b`, `c`); `None` without a `/`.
+fn rsplit_path(p: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = p.iter().rposition(|&b| b == b'/')?;
+    Some((&p[..at], &p[at + 1..]))
 }
 
 /// `/a//b/` -> `/a/b`; `None` for relative paths or `..`.

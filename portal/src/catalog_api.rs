@@ -56,8 +56,7 @@ fn base_query(p: &Params) -> ApiResult<Query> {
     if let Some(comps) = crate::paths::param(p, "path")?
         && !comps.is_empty()
     {
-        // The catalog holds paths as lossy UTF-8.
-        q.path_prefix = Some(String::from_utf8_lossy(&crate::paths::join_bytes(&comps)).into_owned());
+        q.path_prefix = Some(crate::paths::join_bytes(&comps));
     }
     q.host = p.get("host")?.map(str::to_string);
     q.kind = p
@@ -91,14 +90,15 @@ fn binding(endpoint: &str, s: &Session, p: &Params) -> Vec<u8> {
     serde_json::to_vec(&fields).expect("strings serialize")
 }
 
-/// A result as the API shows it: the catalog version, where to download it from, and
-/// `path_b64` when its path cannot be given as `path` (a backslash or a control character).
+/// A result as the API shows it: the catalog version, where to download it from, and, as
+/// browse gives it, `path_b64` when its path cannot be given as `path` (not UTF-8, a backslash
+/// or a control character).
 fn version_json(v: &FileVersion) -> Value {
     let mut j = serde_json::to_value(v).unwrap_or(Value::Null);
     // Where to download it from: the newest snapshot holding this version.
     j["snapshot"] = json!(v.last_seen.id);
-    if crate::paths::needs_b64(v.path.as_bytes()) {
-        j["path_b64"] = json!(crate::paths::to_b64(v.path.as_bytes()));
+    if crate::paths::needs_b64(v.path_bytes()) {
+        j["path_b64"] = json!(crate::paths::to_b64(v.path_bytes()));
     }
     j
 }
@@ -124,7 +124,7 @@ impl Checker<'_> {
             self.refreshed = true;
             self.state.view.refresh()?;
         }
-        self.state.policy.visible_path(&self.state.view, self.sub, id, &v.path, &mut self.memo)
+        self.state.policy.visible_path(&self.state.view, self.sub, id, v.path_bytes(), &mut self.memo)
     }
 }
 
@@ -234,13 +234,12 @@ pub async fn history(
     if comps.is_empty() {
         return Err(ApiError::BadRequest("history of the root".into()));
     }
-    // The catalog holds paths as lossy UTF-8.
-    let path = String::from_utf8_lossy(&crate::paths::join_bytes(&comps)).into_owned();
+    let path = crate::paths::join_bytes(&comps);
     let host = p.get("host")?.map(str::to_string);
     let sub = subject(&state, &s);
     audit_search(&state, &s, &client, "history", raw.as_deref());
     let st = state.clone();
-    let denied_path = path.clone();
+    let denied_path = String::from_utf8_lossy(&path).into_owned();
     let items = tokio::task::spawn_blocking(move || -> ApiResult<Vec<Value>> {
         let scope = st.policy.scope(&sub);
         let versions = st.catalog.with(|c| c.history(host.as_deref(), &path, scope.as_ref()))?;

@@ -13,7 +13,7 @@
 //! `limit` may change between pages. Any cursor that does not open is a 400.
 //!
 //! The row stays in the position (sealed) as the last tie-break: it is the order the catalog's
-//! indexes serve a page in, and names that are not UTF-8 can share their lossy text.
+//! indexes serve a page in. Folder and name are the catalog's bytes (names need not be UTF-8).
 
 use base64::Engine;
 use rewind_catalog::Position;
@@ -50,9 +50,9 @@ fn encode(position: &Position) -> Vec<u8> {
             out.push(PATH);
             out.extend_from_slice(&first.to_be_bytes());
             out.extend_from_slice(&row.to_be_bytes());
-            for text in [host, dir, name] {
-                out.extend_from_slice(&(text.len() as u32).to_be_bytes());
-                out.extend_from_slice(text.as_bytes());
+            for field in [host.as_bytes(), dir, name] {
+                out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+                out.extend_from_slice(field);
             }
         }
     }
@@ -67,19 +67,20 @@ fn decode(data: &[u8]) -> Option<Position> {
         *data = rest;
         Some(i64::from_be_bytes(*head))
     }
-    fn text(data: &mut &[u8]) -> Option<String> {
+    fn bytes(data: &mut &[u8]) -> Option<Vec<u8>> {
         let (len, rest) = data.split_first_chunk::<4>()?;
         let len = u32::from_be_bytes(*len) as usize;
         let (t, rest) = (rest.get(..len)?, &rest[len..]);
         *data = rest;
-        String::from_utf8(t.to_vec()).ok()
+        Some(t.to_vec())
     }
     let (&tag, mut rest) = data.split_first()?;
     let position = match tag {
         SEEN => Position::Seen { seen: int(&mut rest)?, row: int(&mut rest)?, sub: int(&mut rest)? },
         PATH => {
             let (first, row) = (int(&mut rest)?, int(&mut rest)?);
-            let (host, dir, name) = (text(&mut rest)?, text(&mut rest)?, text(&mut rest)?);
+            let host = String::from_utf8(bytes(&mut rest)?).ok()?;
+            let (dir, name) = (bytes(&mut rest)?, bytes(&mut rest)?);
             Position::Path { host, dir, name, first, row }
         }
         _ => return None,

@@ -2,6 +2,8 @@
 //! that follows each backup. The catalog is a cache beside the repository
 //! (`REPO/catalog/catalog.sqlite`); every command brings it up to date first.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -30,7 +32,7 @@ pub struct FindArgs {
     pub host: Option<String>,
     /// Only under this path (`/srv/home/alice`)
     #[arg(long, value_name = "PREFIX")]
-    pub path: Option<String>,
+    pub path: Option<OsString>,
     /// Only this kind: file, dir, symlink, blockdev, chardev, fifo, socket
     #[arg(long)]
     pub kind: Option<String>,
@@ -53,7 +55,7 @@ pub struct DeletedArgs {
     pub owner: Option<u32>,
     /// Only under this path
     #[arg(long, value_name = "PREFIX")]
-    pub path: Option<String>,
+    pub path: Option<OsString>,
     #[command(flatten)]
     pub page: PageArgs,
 }
@@ -66,7 +68,7 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub host: Option<String>,
     /// Absolute path as backed up (`/srv/home/alice/notes.txt`)
-    pub path: String,
+    pub path: OsString,
     /// One JSON object per line
     #[arg(long)]
     pub json: bool,
@@ -266,7 +268,7 @@ pub fn find(a: FindArgs) -> Result<ExitCode> {
         deleted: a.deleted,
         uid: a.owner,
         host: a.host,
-        path_prefix: a.path,
+        path_prefix: a.path.map(OsString::into_encoded_bytes),
         kind,
         ..Default::default()
     };
@@ -281,7 +283,7 @@ pub fn deleted(a: DeletedArgs) -> Result<ExitCode> {
         deleted_since: since,
         uid: a.owner,
         host: a.host,
-        path_prefix: a.path,
+        path_prefix: a.path.map(OsString::into_encoded_bytes),
         ..Default::default()
     };
     let mut session = Session::open(&a.repo)?;
@@ -289,9 +291,14 @@ pub fn deleted(a: DeletedArgs) -> Result<ExitCode> {
 }
 
 pub fn history(a: HistoryArgs) -> Result<ExitCode> {
-    let versions = Session::open(&a.repo)?.run(|cat| cat.history(a.host.as_deref(), &a.path, None))?;
+    let path = a.path.as_bytes();
+    let versions = Session::open(&a.repo)?.run(|cat| cat.history(a.host.as_deref(), path, None))?;
     if versions.is_empty() {
-        bail!("{} is in no catalogued snapshot{}", a.path, a.host.map(|h| format!(" of host {h}")).unwrap_or_default());
+        bail!(
+            "{} is in no catalogued snapshot{}",
+            crate::cmd::show_bytes(path),
+            a.host.map(|h| format!(" of host {h}")).unwrap_or_default()
+        );
     }
     for v in &versions {
         print_version(v, a.json)?;
@@ -325,7 +332,12 @@ fn print_pages(
 
 fn print_version(v: &FileVersion, json: bool) -> Result<()> {
     if json {
-        outln!("{}", serde_json::to_string(v)?);
+        // A path that is not UTF-8 also as hex, as `ls --json` gives it.
+        let mut j = serde_json::to_value(v)?;
+        if std::str::from_utf8(v.path_bytes()).is_err() {
+            j["path_hex"] = hex::encode(v.path_bytes()).into();
+        }
+        outln!("{j}");
         return Ok(());
     }
     let day = |t: &jiff::Timestamp| t.strftime("%Y-%m-%d %H:%M").to_string();
@@ -341,7 +353,7 @@ fn print_version(v: &FileVersion, json: bool) -> Result<()> {
         if v.kind == "file" { human_bytes(v.size) } else { "-".into() },
         day(&v.mtime),
         v.uid,
-        crate::cmd::show_bytes(v.path.as_bytes())
+        crate::cmd::show_bytes(v.path_bytes())
     );
     Ok(())
 }

@@ -114,7 +114,7 @@ fn print_entry(n: &Node, path: &[u8], json: bool, out: &mut impl std::io::Write)
             "chunks": n.content.len(),
         });
         if std::str::from_utf8(path).is_err() {
-            v["path_hex"] = hex_string(path).into();
+            v["path_hex"] = hex::encode(path).into();
         }
         if n.kind == NodeKind::Symlink {
             v["target"] = String::from_utf8_lossy(&n.target).into();
@@ -138,10 +138,6 @@ fn print_entry(n: &Node, path: &[u8], json: bool, out: &mut impl std::io::Write)
         writeln!(out, "{line}")?;
     }
     Ok(())
-}
-
-fn hex_string(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// `drwxr-xr-x`, with setuid, setgid and sticky as `ls` shows them.

@@ -304,7 +304,7 @@ fn rename(e: Error, what: String) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BackupOptions, BackupProgress, CacheSizes, ChunkerParams, CompressionParams, Repository, backup};
+    use crate::testing::{back_up, repo_in};
 
     /// A refresh that fails on one index file leaves the index as it was, not with the files
     /// listed before that one loaded.
@@ -313,19 +313,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
-        let repo = Repository::init(
-            &dir.path().join("repo"),
-            ChunkerParams::default(),
-            CompressionParams::default(),
-            crate::NewKey::test(),
-        )
-        .unwrap()
-        .open_indexed(CacheSizes::default())
-        .unwrap();
-        let opts = BackupOptions { paths: vec![src.clone()], host: "h".into(), ..BackupOptions::default() };
+        let repo = repo_in(dir.path());
         let run = |content: &[u8]| {
             std::fs::write(src.join("f"), content).unwrap();
-            backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
+            back_up(&repo, &src);
         };
         run(b"first");
         let (backend, codec) = (repo.backend(), repo.codec());

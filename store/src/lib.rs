@@ -46,6 +46,8 @@ pub mod retention;
 mod revocation;
 mod source;
 mod spill;
+#[cfg(test)]
+mod testing;
 mod view;
 
 pub use backend::{Backend, FileKind, LocalBackend, TmpFile};

@@ -22,6 +22,7 @@ mod image;
 pub use image::ImageEntry;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -229,6 +230,19 @@ impl View {
         st.by_id.get(id).map(|&i| st.snaps[i].name.clone())
     }
 
+    /// The snapshot whose hex id starts with `prefix` (any case): `NotFound` if none does,
+    /// `InvalidInput` if several do.
+    pub fn find_snapshot(&self, prefix: &str) -> Result<SnapshotId> {
+        let prefix = prefix.to_ascii_lowercase();
+        let st = self.state.read();
+        let mut found = st.snaps.iter().map(|n| n.entry.id).filter(|id| id.to_hex().starts_with(&prefix));
+        let first = found.next().ok_or_else(|| Error::NotFound(format!("snapshot {prefix}")))?;
+        if found.next().is_some() {
+            return Err(Error::InvalidInput("snapshot id prefix is ambiguous".into()));
+        }
+        Ok(first)
+    }
+
     /// Look `name` up in directory `dir`.
     pub fn lookup(&self, dir: &Entry, name: &[u8]) -> Result<Entry> {
         let not_found = || Error::NotFound(String::from_utf8_lossy(name).into_owned());
@@ -389,6 +403,44 @@ impl View {
         Ok(self.list_tree(none, tree)?.into_iter().filter(|(_, e)| matches!(e, Entry::Image(_))).collect())
     }
 
+    /// Walk down from `from` through `comps` (names), looking each up in the entry reached
+    /// before it. `visit` is handed every entry reached, in order, and may end the walk there
+    /// (`ControlFlow::Break`) before the next lookup: a caller that decides something at each
+    /// step (the portal checks access on every ancestor) reads nothing past where it stops.
+    /// Returns the last entry reached; a missing name is `NotFound`, `.` and `..` are refused.
+    pub fn walk<E: From<Error>>(
+        &self,
+        from: Entry,
+        comps: &[impl AsRef<[u8]>],
+        mut visit: impl FnMut(&Entry) -> std::result::Result<ControlFlow<()>, E>,
+    ) -> std::result::Result<Entry, E> {
+        let mut e = from;
+        for comp in comps {
+            let comp = comp.as_ref();
+            if comp == b"." || comp == b".." {
+                return Err(Error::InvalidInput("`.` and `..` are not allowed".into()).into());
+            }
+            e = self.lookup(&e, comp)?;
+            if visit(&e)?.is_break() {
+                break;
+            }
+        }
+        Ok(e)
+    }
+
+    /// The tree that holds a directory's entries inside a snapshot (a snapshot's root or a
+    /// folder), which [`View::lookup`] and [`View::list`] of it read: adapters key what they
+    /// derive from a listing by it (trees are content-addressed) and ask whether it is cached.
+    pub fn dir_tree(&self, e: &Entry) -> Option<crate::format::TreeId> {
+        match e {
+            Entry::Snapshot(id) => {
+                let st = self.state.read();
+                st.by_id.get(id).map(|&i| st.snaps[i].entry.snapshot.tree)
+            }
+            _ => self.attr_tree(e),
+        }
+    }
+
     /// The tree that [`View::attr`] of `e` reads (to count its subdirectories), if any.
     pub fn attr_tree(&self, e: &Entry) -> Option<crate::format::TreeId> {
         match e {
@@ -544,7 +596,53 @@ fn sanitize(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BackupOptions, BackupProgress, CacheSizes, ChunkerParams, CompressionParams, Repository, backup};
+    use crate::testing::{back_up, repo_in};
+
+    /// A walk hands every step to its visitor, stops where the visitor says (looking nothing
+    /// further up), and fails on a missing name; snapshots are found by id prefix.
+    #[test]
+    fn walks_and_snapshot_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("a/b")).unwrap();
+        std::fs::write(src.join("a/b/c.txt"), b"c").unwrap();
+        let repo = repo_in(dir.path());
+        back_up(&repo, &src);
+        let view = View::new(repo).unwrap();
+        let (_, snap) = view.snapshots().pop().unwrap();
+        let root = Entry::Snapshot(snap.id);
+        assert_eq!(view.dir_tree(&root), Some(snap.snapshot.tree));
+        let path = src.join("a/b/c.txt");
+        let comps: Vec<&[u8]> =
+            path.as_os_str().as_encoded_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+        let name = |e: &Entry| match e {
+            Entry::Node { node, .. } => node.name.clone(),
+            _ => Vec::new(),
+        };
+        let mut seen = Vec::new();
+        let end = view
+            .walk(root.clone(), &comps, |e| {
+                seen.push(name(e));
+                Ok::<_, Error>(ControlFlow::Continue(()))
+            })
+            .unwrap();
+        assert_eq!(name(&end), b"c.txt");
+        assert_eq!(seen, comps.iter().map(|c| c.to_vec()).collect::<Vec<_>>());
+        let mut steps = 0;
+        let end = view
+            .walk(root.clone(), &comps, |e| {
+                steps += 1;
+                Ok::<_, Error>(if name(e) == b"a" { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+            })
+            .unwrap();
+        assert_eq!((name(&end), steps), (b"a".to_vec(), comps.len() - 2));
+        assert_eq!(view.dir_tree(&end), view.attr_tree(&end));
+        let missing = view.walk(root, &[b"nope"], |_| Ok::<_, Error>(ControlFlow::Continue(())));
+        assert!(matches!(missing, Err(Error::NotFound(_))));
+        assert_eq!(view.find_snapshot(&snap.id.to_hex()[..8].to_uppercase()).unwrap(), snap.id);
+        let other = if snap.id.to_hex().starts_with('0') { "1" } else { "0" };
+        assert!(matches!(view.find_snapshot(other), Err(Error::NotFound(_))));
+    }
 
     /// A request that panics while it holds the view's state does not fail every later one.
     #[test]
@@ -552,17 +650,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
-        let repo = Repository::init(
-            &dir.path().join("repo"),
-            ChunkerParams::default(),
-            CompressionParams::default(),
-            crate::NewKey::test(),
-        )
-        .unwrap()
-        .open_indexed(CacheSizes::default())
-        .unwrap();
-        let opts = BackupOptions { paths: vec![src], host: "h".into(), ..BackupOptions::default() };
-        backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
+        let repo = repo_in(dir.path());
+        back_up(&repo, &src);
         let view = Arc::new(View::new(repo).unwrap());
         let v = view.clone();
         let panicked = std::thread::spawn(move || {

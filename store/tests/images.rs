@@ -43,9 +43,13 @@ fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
         // Under target/tmp, rebuilt by each run (a static is never dropped, so no TempDir).
+        // Left-overs of earlier runs go, but only those whose process is gone: a suite running
+        // at the same time in this target directory is still reading its own.
         let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
         for old in fs::read_dir(root).into_iter().flatten().flatten() {
-            if old.file_name().to_string_lossy().starts_with("image-fixtures-") {
+            let name = old.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("image-fixtures-") else { continue };
+            if !Path::new("/proc").join(pid).exists() {
                 let _ = fs::remove_dir_all(old.path());
             }
         }

@@ -101,8 +101,10 @@ function qs(params) {
   return u.toString();
 }
 
-function downloadUrl(snapshot, path) {
-  return "/api/download?" + qs({ snapshot, path });
+// A path that text cannot carry (not UTF-8, control characters) comes with `path_b64`, its
+// exact bytes: the download names it by that.
+function downloadUrl(snapshot, path, pathB64) {
+  return "/api/download?" + qs(pathB64 ? { snapshot, path_b64: pathB64 } : { snapshot, path });
 }
 
 function archiveUrl(snapshot, paths) {
@@ -399,7 +401,7 @@ async function signOut() {
 
 function versionActions(v) {
   return [
-    el("a", { class: "button primary", href: downloadUrl(v.snapshot, v.path), download: v.name, "aria-label": `Download ${v.name}` }, "Download"),
+    el("a", { class: "button primary", href: downloadUrl(v.snapshot, v.path, v.path_b64), download: v.name, "aria-label": `Download ${v.name}` }, "Download"),
     el("a", { class: "button", href: "#/file?" + qs({ host: v.host, path: v.path, snapshot: v.snapshot }), "aria-label": `Versions of ${v.name}` }, "Versions"),
   ];
 }
@@ -601,7 +603,7 @@ async function showFolder(out, host, snap, path) {
     { key: "mtime", label: "Changed", value: (e) => e.mtime, cell: (e) => when(e.mtime), cls: "when opt" },
     { key: "size", label: "Size", value: (e) => (e.kind === "file" ? e.size : -1), cell: (e) => (e.kind === "file" ? humanSize(e.size) : ""), cls: "num" },
     { key: "a", label: "Actions", cell: (e) => e.kind === "file" && !e.passthrough
-      ? el("a", { class: "button", href: downloadUrl(snap.id, e.path), download: e.name, "aria-label": `Download ${e.name}` }, "Download") : "", cls: "actions" },
+      ? el("a", { class: "button", href: downloadUrl(snap.id, e.path, e.path_b64), download: e.name, "aria-label": `Download ${e.name}` }, "Download") : "", cls: "actions" },
   ];
   const tbl = table(cols, j.entries, { pageSize: 200, sortKey: "name", caption: `Contents of ${j.path}`,
     emptyNode: empty("This folder is empty in this backup.", "Pick another date above, or go up a level.") });
@@ -636,7 +638,7 @@ async function filePage(params) {
     { key: "size", label: "Size", value: (v) => v.size, cell: (v) => humanSize(v.size), cls: "num" },
     { key: "a", label: "Actions", cls: "actions", cell: (v) => [
       el("button", { type: "button", onclick: () => showPreview(preview, v.snapshot, v.path, v.size, v.last_seen.time) }, "Preview"),
-      el("a", { class: "button primary", href: downloadUrl(v.snapshot, v.path), download: v.name, "aria-label": `Download the version of ${humanDate(v.last_seen.time)}` }, "Download")] },
+      el("a", { class: "button primary", href: downloadUrl(v.snapshot, v.path, v.path_b64), download: v.name, "aria-label": `Download the version of ${humanDate(v.last_seen.time)}` }, "Download")] },
   ];
   if (!versions.length && params.snapshot) {
     fill(out, el("div", { class: "row" }, el("a", { class: "button primary", href: downloadUrl(params.snapshot, params.path), download: name }, "Download")), preview);

@@ -1,0 +1,182 @@
+//! Prefetch: what a sequential read or a walk reads next, planned from what is cached.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rewind_store::{ChunkId, Entry, Node, NodeKind, TreeId};
+
+use super::{Core, OpenFile, PREFETCH_FILES, PREFETCH_TREES, PUSH_MAX};
+
+/// Where an entry stands in its directory: the directory's inode and tree, and the entry's
+/// index in it; `top` when the directory is a snapshot's root.
+struct Place {
+    parent: u64,
+    tree: Arc<rewind_store::Tree>,
+    pos: usize,
+    top: bool,
+}
+
+/// Chunks chosen for a prefetch, and how much they cover.
+struct Prefetch {
+    out: Vec<ChunkId>,
+    files: usize,
+    bytes: u64,
+    limit: u64,
+    /// Entries looked at, files or not: a walk through many empty folders stops too.
+    seen: usize,
+}
+
+impl Core {
+    /// Chunks to load ahead of a read of `[offset, offset + len)`, if the reads of this file are
+    /// sequential; remembers what was handed out so each chunk is prefetched once.
+    pub fn plan_readahead(&self, f: &OpenFile, offset: u64, len: u64) -> Vec<usize> {
+        let prev = f.next.swap(offset + len, Ordering::Relaxed);
+        // The kernel's own read-ahead can reorder neighbouring requests a little.
+        let sequential = offset == 0 || offset.abs_diff(prev) <= 4 << 20;
+        let size = f.reader.size();
+        if !sequential || self.readahead_bytes == 0 || offset + len >= size {
+            return Vec::new();
+        }
+        let Some(last) = f.reader.chunk_index((offset + len).min(size - 1)) else { return Vec::new() };
+        let want = f.reader.plan_ahead(last, self.readahead_bytes, size).end;
+        let from = f.ahead.fetch_max(want, Ordering::Relaxed).max(last + 1);
+        (from..want).collect()
+    }
+
+    /// Load chunk `i` of a file into the cache (a prefetch; errors are left for the read).
+    pub fn warm(&self, f: &OpenFile, i: usize) {
+        let _ = f.reader.warm(i);
+    }
+
+    /// The contents of a one-chunk file of `size` bytes, for a push into the page cache: loaded,
+    /// or waited for if on its way. `None` if damaged or not that long (the read that needs it
+    /// reports that): a push must never change what the file shows.
+    pub fn chunk_to_push(&self, id: ChunkId, size: u64) -> Option<Arc<Vec<u8>>> {
+        self.view.repo().chunk(id).ok().filter(|data| data.len() as u64 == size)
+    }
+
+    /// Load a chunk into the cache unless it is there or on its way.
+    pub fn warm_chunk(&self, id: ChunkId) {
+        let _ = self.view.repo().prefetch_chunk(id);
+    }
+
+    /// Load a directory into the tree cache (a prefetch; errors are left for the lookup), and
+    /// return the trees of its subdirectories that are not cached, to go on with.
+    pub fn warm_tree(&self, id: TreeId) -> Vec<TreeId> {
+        match self.view.repo().tree(id) {
+            Ok(tree) => tree
+                .nodes
+                .iter()
+                .filter_map(|n| n.subtree.filter(|_| n.is_dir()))
+                .filter(|t| !self.view.repo().tree_cached(t))
+                .take(PREFETCH_TREES)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Trees of the subdirectories of a directory being read that are not cached yet: a walk
+    /// (`find`, `du`, `tar`) enters them next.
+    pub fn subtrees_to_prefetch(&self, ino: u64) -> Vec<TreeId> {
+        let Some(dir) = self.listings.lock().peek(&ino).cloned() else { return Vec::new() };
+        dir.items
+            .iter()
+            .filter_map(|i| match &i.entry {
+                Entry::Node { node, .. } if node.is_dir() => node.subtree,
+                _ => None,
+            })
+            .filter(|t| !self.view.repo().tree_cached(t))
+            .take(PREFETCH_TREES)
+            .collect()
+    }
+
+    /// Chunks of the files a walk reads after `ino`, not cached yet: programs that copy a tree
+    /// (`tar`, `cp -r`, `rsync`) read a directory's entries in order and each subdirectory
+    /// where it comes, so the files that follow are those after `ino` in its directory, depth
+    /// first, then those after its directory in the parent's, and so on up to the snapshot. Only
+    /// trees already cached are followed (the walk's listings have loaded them); the first two
+    /// chunks of at most [`PREFETCH_FILES`] files are taken, up to a quarter of the read-ahead.
+    pub fn following_to_prefetch(&self, ino: u64) -> Vec<ChunkId> {
+        let mut plan = Prefetch { out: Vec::new(), files: 0, bytes: 0, limit: self.readahead_bytes / 4, seen: 0 };
+        let mut cur = ino;
+        while let Some(place) = self.place(cur) {
+            if !self.plan_walk(&place.tree.nodes[place.pos + 1..], &mut plan) || place.top {
+                break;
+            }
+            cur = place.parent;
+        }
+        plan.out
+    }
+
+    /// Where `ino` (something inside a snapshot) stands in its directory, if that directory's
+    /// tree is cached.
+    fn place(&self, ino: u64) -> Option<Place> {
+        let (parent, name) = {
+            let t = self.inodes.lock();
+            let i = t.get(ino)?;
+            match &i.entry {
+                Entry::Node { node, .. } => (i.parent, node.name.clone()),
+                _ => return None,
+            }
+        };
+        let dir = self.entry(parent).ok()?;
+        let top = matches!(dir, Entry::Snapshot(_));
+        let tree = self.view.dir_tree(&dir);
+        let tree = self.view.repo().tree(tree.filter(|t| self.view.repo().tree_cached(t))?).ok()?;
+        let pos = tree.nodes.binary_search_by(|n| n.name.as_slice().cmp(&name)).ok()?;
+        Some(Place { parent, tree, pos, top })
+    }
+
+    /// Small files after `ino` in its directory (one chunk, at most [`PUSH_MAX`] bytes; as many
+    /// as a walk prefetch takes) that the kernel knows (it listed them) and that were not pushed
+    /// before: their contents can go into the kernel's page cache before a walk reads them, so
+    /// reading them costs no round trip. Larger files are read ahead by the kernel anyway.
+    pub fn following_to_push(&self, ino: u64) -> Vec<(u64, ChunkId, u64)> {
+        let Some(Place { parent, tree, pos, .. }) = self.place(ino) else { return Vec::new() };
+        let t = self.inodes.lock();
+        let mut pushed = self.pushed.lock();
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        for n in tree.nodes[pos + 1..].iter().take(64 * PREFETCH_FILES) {
+            if out.len() >= PREFETCH_FILES || bytes >= self.readahead_bytes / 4 {
+                break;
+            }
+            if n.kind != NodeKind::File || n.content.len() != 1 || n.size == 0 || n.size > PUSH_MAX {
+                continue;
+            }
+            bytes += n.size;
+            if let Some(child) = t.known_child(parent, n)
+                && pushed.put(child, ()).is_none()
+            {
+                out.push((child, n.content[0], n.size));
+            }
+        }
+        out
+    }
+
+    /// Add the files of `nodes`, depth first, to `plan`; false when the plan is full or the walk
+    /// reaches a tree that is not cached.
+    fn plan_walk(&self, nodes: &[Node], plan: &mut Prefetch) -> bool {
+        for n in nodes {
+            plan.seen += 1;
+            if plan.files >= PREFETCH_FILES || plan.bytes >= plan.limit || plan.seen > 64 * PREFETCH_FILES {
+                return false;
+            }
+            match n.kind {
+                NodeKind::File => {
+                    plan.files += 1;
+                    plan.bytes += n.size;
+                    plan.out.extend(n.content.iter().take(2).filter(|id| !self.view.repo().chunk_cached(id)));
+                }
+                NodeKind::Dir => {
+                    let Some(t) = n.subtree.filter(|t| self.view.repo().tree_cached(t)) else { return false };
+                    let Ok(tree) = self.view.repo().tree(t) else { return false };
+                    if !self.plan_walk(&tree.nodes, plan) {
+                        return false;
+                    }
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+}
