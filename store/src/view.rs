@@ -431,12 +431,15 @@ impl View {
     /// The tree that holds a directory's entries inside a snapshot (a snapshot's root or a
     /// folder), which [`View::lookup`] and [`View::list`] of it read: adapters key what they
     /// derive from a listing by it (trees are content-addressed) and ask whether it is cached.
+    /// A folder inside a disk image has none: its lookups and listings read the image, so
+    /// `None` here does not mean "nothing to read" for it.
     pub fn dir_tree(&self, e: &Entry) -> Option<crate::format::TreeId> {
         match e {
             Entry::Snapshot(id) => {
                 let st = self.state.read();
                 st.by_id.get(id).map(|&i| st.snaps[i].entry.snapshot.tree)
             }
+            Entry::Image(_) => None,
             _ => self.attr_tree(e),
         }
     }
