@@ -500,8 +500,14 @@ impl Policy {
 /// per component, whatever else is there.
 fn exists_below(view: &View, dir: &Entry, rel: &[u8]) -> ApiResult<bool> {
     let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
-    let walked = view.walk(dir.clone(), &comps, |_| Ok::<_, rewind_store::Error>(ControlFlow::Continue(())));
-    Ok(found(walked)?.is_some())
+    // Only the snapshot's own folders: a home inside a disk image leads nowhere (what is inside
+    // an image is decided by `sees_inside`, not by the rules).
+    let mut in_image = false;
+    let walked = view.walk(dir.clone(), &comps, |e| {
+        in_image = matches!(e, Entry::Image(_));
+        Ok::<_, rewind_store::Error>(if in_image { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+    });
+    Ok(found(walked)?.is_some() && !in_image)
 }
 
 /// A lookup's entry, `None` for a name that is not there.
