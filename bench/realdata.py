@@ -63,7 +63,11 @@ def extract(archive: Path, dest: Path) -> None:
                 continue
             m.name = parts[1]
             members.append(m)
-        tar.extractall(dest, members=members, filter="data")
+        # The "data" filter (no links out, no devices) where Python has it (3.11.4 and later).
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, members=members, filter="data")
+        else:
+            tar.extractall(dest, members=members)
 
 
 def libraries() -> list[Path]:
