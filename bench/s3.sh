@@ -58,8 +58,9 @@ rec() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$RES"; }
 repo() { case "$1" in rewind) echo "s3:$ENDPOINT/rewind" ;; restic) echo "s3:$ENDPOINT/restic" ;; esac; }
 
 # --- one Garage node, wiped and started afresh
-stop_garage() { [ -f "$WORK/garage.pid" ] && kill "$(cat "$WORK/garage.pid")" 2>/dev/null; rm -f "$WORK/garage.pid"; }
-trap 'for m in "$WORK"/mnt-*; do fusermount3 -u "$m" 2>/dev/null || true; done; umount "$WORK/restore" 2>/dev/null; stop_garage' EXIT
+stop_garage() { if [ -f "$WORK/garage.pid" ]; then kill "$(cat "$WORK/garage.pid")" 2>/dev/null || true; fi; rm -f "$WORK/garage.pid"; }
+# (set -e holds in the trap too: every step that may fail there says || true.)
+trap 'for m in "$WORK"/mnt-*; do fusermount3 -u "$m" 2>/dev/null || true; done; umount "$WORK/restore" 2>/dev/null || true; stop_garage' EXIT
 stop_garage || true
 rm -rf "$WORK"
 mkdir -p "$WORK/garage"
