@@ -190,7 +190,15 @@ impl Portal {
             repo = repo.display()
         );
         std::fs::write(dir.path().join("portal.toml"), cfg).unwrap();
-        let (child, url) = spawn_serve_env(&dir.path().join("portal.toml"), env);
+        // A repository in a Garage bucket: the test cluster's credentials, and a cache of the
+        // portal's own unless the caller shares one.
+        let cache = dir.path().join("cache");
+        let mut env = env.to_vec();
+        if repo.to_str().is_some_and(|r| r.starts_with("s3:")) && !env.iter().any(|(k, _)| *k == "REWIND_CACHE_DIR") {
+            crate::support::garage::credentials_in_env();
+            env.push(("REWIND_CACHE_DIR", cache.as_os_str()));
+        }
+        let (child, url) = spawn_serve_env(&dir.path().join("portal.toml"), &env);
         let addr = url.rsplit("://").next().expect("a URL").to_string();
         // Ready when /healthz answers (over TLS: when the port accepts).
         let tls = url.starts_with("https://");
