@@ -36,6 +36,8 @@ fn edge_cases(root: &Path) {
         f.write_all(b"middle").unwrap();
         f.set_len(40 << 20).unwrap();
     }
+    // A small file of zeros: one chunk, restored as a hole of its size.
+    fs::write(root.join("zeros"), vec![0u8; 100_000]).unwrap();
     // Files of exactly the largest chunk, one byte less and one more (default max 4 MiB), and of
     // exactly the smallest.
     for (name, n) in [("max", 4 << 20), ("max-1", (4 << 20) - 1), ("max+1", (4 << 20) + 1), ("min", 128 << 10)] {

@@ -7,8 +7,6 @@
 //! left out, and the caller reads that chunk on its own through
 //! [`IndexedRepository::chunk`], whose error names what is wrong.
 
-use std::sync::Arc;
-
 use crate::backend::FileKind;
 use crate::format::{ChunkId, PackId};
 use crate::index::Location;
@@ -64,22 +62,21 @@ pub fn plan_runs(mut chunks: Vec<(ChunkId, Location)>, max_gap: u64, max_run: u6
 }
 
 impl IndexedRepository {
-    /// Read one run and open its chunks, each verified against its id, also keeping them in the
-    /// chunk cache. Best effort: a failed read gives nothing, a damaged chunk is left out.
-    pub fn read_run(&self, run: &PackRun) -> Vec<(ChunkId, Arc<Vec<u8>>)> {
-        let bytes = match self.backend().get_range(FileKind::Pack, &run.pack.to_hex(), run.start, run.len() as usize) {
-            Ok(b) if b.len() as u64 == run.len() => b,
-            Ok(_) | Err(_) => return Vec::new(),
-        };
+    /// Read one run and open its chunks, each verified against its id. Best effort: a failed
+    /// read gives nothing, a damaged chunk is left out. The chunks are not kept in the chunk
+    /// cache: a restore asks for each chunk of a run once, with every place that needs it.
+    pub fn read_run(&self, run: &PackRun) -> Vec<(ChunkId, Vec<u8>)> {
+        let mut bytes =
+            match self.backend().get_range(FileKind::Pack, &run.pack.to_hex(), run.start, run.len() as usize) {
+                Ok(b) if b.len() as u64 == run.len() => b,
+                Ok(_) | Err(_) => return Vec::new(),
+            };
         let mut out = Vec::with_capacity(run.chunks.len());
         for (id, loc) in &run.chunks {
             let at = (loc.offset - run.start) as usize;
-            let stored = bytes[at..at + loc.stored_len as usize].to_vec();
-            if let Ok(raw) = crate::blob::open_owned(self.codec(), &(*id).into(), loc.compression, stored, loc.raw_len)
-            {
-                let data = Arc::new(raw);
-                self.keep_chunk(*id, data.clone());
-                out.push((*id, data));
+            let stored = &mut bytes[at..at + loc.stored_len as usize];
+            if let Ok(raw) = crate::blob::open_in(self.codec(), &(*id).into(), loc.compression, stored, loc.raw_len) {
+                out.push((*id, raw));
             }
         }
         out

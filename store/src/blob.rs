@@ -61,11 +61,34 @@ pub(crate) fn open_owned(
     codec: &Codec,
     id: &BlobId,
     compression: Compression,
-    stored: Vec<u8>,
+    mut stored: Vec<u8>,
     raw_len: u32,
 ) -> Result<Vec<u8>> {
-    let bytes = codec.open_blob(id, stored)?;
-    unsealed(codec, id, compression, bytes, raw_len)
+    match compression {
+        Compression::None => {
+            let bytes = codec.open_blob(id, stored)?;
+            unsealed(codec, id, compression, bytes, raw_len)
+        }
+        Compression::Zstd => open_in(codec, id, compression, &mut stored, raw_len),
+    }
+}
+
+/// [`open`] of bytes the caller lets it overwrite (a blob inside a run of a pack read at once):
+/// opened where they lie and decompressed from there, so the only copy made is the result.
+pub(crate) fn open_in(
+    codec: &Codec,
+    id: &BlobId,
+    compression: Compression,
+    stored: &mut [u8],
+    raw_len: u32,
+) -> Result<Vec<u8>> {
+    let plain = codec.open_blob_in_place(id, stored)?;
+    let bytes = &stored[plain];
+    let raw = match compression {
+        Compression::None => bytes.to_vec(),
+        Compression::Zstd => decompress(id, bytes, raw_len)?,
+    };
+    verify(codec, id, raw, raw_len)
 }
 
 /// A blob's bytes from its unsealed (maybe compressed) form, verified against its id.

@@ -85,6 +85,14 @@ impl Codec {
             .open(&blob_aad(id), stored, || format!("{} blob {}", crate::blob::kind_name(id.kind), id.hash.to_hex()))
     }
 
+    /// [`Codec::open_blob`] where the stored bytes lie (they are overwritten): the range of the
+    /// opened bytes within `stored`.
+    pub fn open_blob_in_place(&self, id: &BlobId, stored: &mut [u8]) -> Result<std::ops::Range<usize>> {
+        self.crypto.open_in_place(&blob_aad(id), stored, || {
+            format!("{} blob {}", crate::blob::kind_name(id.kind), id.hash.to_hex())
+        })
+    }
+
     // -----------------------------------------------------------------------------------------
     // Packs
 

@@ -152,6 +152,23 @@ impl Crypto {
         Ok(sealed)
     }
 
+    /// [`Crypto::open`] where the sealed bytes lie: they are overwritten, and the plaintext's
+    /// range within `sealed` is returned.
+    pub fn open_in_place(
+        &self,
+        aad: &[u8],
+        sealed: &mut [u8],
+        what: impl FnOnce() -> String,
+    ) -> Result<std::ops::Range<usize>> {
+        let Crypto::Encrypted(k) = self else { return Ok(0..sealed.len()) };
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(Error::corrupt(what(), "too short to be sealed"));
+        }
+        open_range(&k.enc, aad, sealed).ok_or_else(|| {
+            Error::corrupt(what(), "authentication failed (damaged, forged, or another repository's key)")
+        })
+    }
+
     /// [`Crypto::open`] of a borrowed slice.
     pub fn open_slice(&self, aad: &[u8], sealed: &[u8], what: impl FnOnce() -> String) -> Result<Vec<u8>> {
         self.open(aad, sealed.to_vec(), what)
@@ -207,8 +224,18 @@ pub(crate) fn seal_with(key: &[u8; 32], aad: &[u8], plain: &[u8], out: &mut Vec<
 /// Open what [`seal_with`] made, in place: on success `buf` holds the plaintext; on failure
 /// (false) its content is unspecified.
 pub(crate) fn open_with(key: &[u8; 32], aad: &[u8], buf: &mut Vec<u8>) -> bool {
+    let Some(plain) = open_range(key, aad, buf) else { return false };
+    let n = plain.len();
+    buf.copy_within(plain, 0);
+    buf.truncate(n);
+    true
+}
+
+/// [`open_with`] where the sealed bytes lie: the plaintext is left inside `buf`, at the range
+/// returned, and not moved to its start (a caller that decompresses it needs no copy).
+pub(crate) fn open_range(key: &[u8; 32], aad: &[u8], buf: &mut [u8]) -> Option<std::ops::Range<usize>> {
     if buf.len() < SEAL_OVERHEAD {
-        return false;
+        return None;
     }
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&buf[..NONCE_LEN]);
@@ -217,11 +244,8 @@ pub(crate) fn open_with(key: &[u8; 32], aad: &[u8], buf: &mut Vec<u8>) -> bool {
         Aad::from(aad),
         &mut buf[NONCE_LEN..],
     );
-    let Ok(plain) = opened else { return false };
-    let n = plain.len();
-    buf.copy_within(NONCE_LEN..NONCE_LEN + n, 0);
-    buf.truncate(n);
-    true
+    let n = opened.ok()?.len();
+    Some(NONCE_LEN..NONCE_LEN + n)
 }
 
 /// The AES-256-GCM key of one object: a PRF of the encryption key and the object's nonce.

@@ -78,6 +78,8 @@ struct Pending {
     node: Node,
     /// Chunks not written yet.
     left: AtomicUsize,
+    /// Created by its one chunk's write, not before (most files are one chunk: one open).
+    deferred: bool,
     /// An error was reported for it: no more writes, no metadata.
     failed: AtomicBool,
 }
@@ -111,13 +113,13 @@ pub fn restore(
     let r = Restorer::new(repo, opts, progress, report);
     let walk = || {
         if node.is_dir() {
-            r.restore_dir_content(&node, target, 1);
+            r.restore_dir_content(&node, target, 1, created);
             if created && !path.iter().all(|&b| b == b'/') {
                 r.dirs.lock().expect("restore lock").push((0, target.to_path_buf(), node.clone()));
             }
         } else {
             let name = node.name.clone();
-            r.restore_entry(&node, &target.join(OsStr::from_bytes(&name)), 1);
+            r.restore_entry(&node, &target.join(OsStr::from_bytes(&name)), 1, created);
         }
     };
     match r.remote {
@@ -255,7 +257,8 @@ impl<'a> Restorer<'a> {
         (self.report)(path, &e);
     }
 
-    fn restore_dir_content(&self, node: &Node, dir: &Path, depth: usize) {
+    /// `fresh`: `dir` was created by this restore, so nothing is in it yet to clear the way of.
+    fn restore_dir_content(&self, node: &Node, dir: &Path, depth: usize, fresh: bool) {
         let Some(id) = node.subtree else { return };
         let tree = match self.repo.tree(id) {
             Ok(t) => t,
@@ -263,12 +266,12 @@ impl<'a> Restorer<'a> {
         };
         tree.nodes.par_iter().for_each(|child| {
             let path = dir.join(OsStr::from_bytes(&child.name));
-            self.restore_entry(child, &path, depth);
+            self.restore_entry(child, &path, depth, fresh);
         });
     }
 
-    fn restore_entry(&self, node: &Node, path: &Path, depth: usize) {
-        if let Err(e) = self.restore_one(node, path, depth) {
+    fn restore_entry(&self, node: &Node, path: &Path, depth: usize, fresh: bool) {
+        if let Err(e) = self.restore_one(node, path, depth, fresh) {
             self.fail(path, e);
         }
     }
@@ -298,23 +301,28 @@ impl<'a> Restorer<'a> {
         Ok(false)
     }
 
-    fn restore_one(&self, node: &Node, path: &Path, depth: usize) -> Result<()> {
-        if self.clear_way(node, path, || self.same_content(node, path))? {
+    /// Restore one entry at `path`; `fresh`: its folder was created by this restore (nothing
+    /// can be in the way, no need to look).
+    fn restore_one(&self, node: &Node, path: &Path, depth: usize, fresh: bool) -> Result<()> {
+        if !fresh && self.clear_way(node, path, || self.same_content(node, path))? {
             return Ok(());
         }
         match node.kind {
             NodeKind::Dir => {
-                match fs::symlink_metadata(path) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        fs::remove_file(path).at(path)?;
-                        fs::create_dir(path).at(path)?;
-                    }
-                    Err(_) => fs::create_dir(path).at(path)?,
-                }
+                let created = match fresh {
+                    true => fs::create_dir(path).at(path).map(|()| true)?,
+                    false => match fs::symlink_metadata(path) {
+                        Ok(m) if m.is_dir() => false,
+                        Ok(_) => {
+                            fs::remove_file(path).at(path)?;
+                            fs::create_dir(path).at(path).map(|()| true)?
+                        }
+                        Err(_) => fs::create_dir(path).at(path).map(|()| true)?,
+                    },
+                };
                 // Writable while we fill it; the real mode comes at the end.
                 fs::set_permissions(path, fs::Permissions::from_mode(0o700)).at(path)?;
-                self.restore_dir_content(node, path, depth + 1);
+                self.restore_dir_content(node, path, depth + 1, created);
                 self.dirs.lock().expect("restore lock").push((depth, path.to_path_buf(), node.clone()));
                 return Ok(());
             }
@@ -435,8 +443,12 @@ impl<'a> Restorer<'a> {
         if offset != node.size {
             tracing::warn!("{}: restoring {offset} bytes, the snapshot records {}", path.display(), node.size);
         }
-        // At its size at once: chunks of zeros are not written, and stay holes.
-        create_file(path)?.set_len(offset).at(path)?;
+        // A file of one chunk is created when it comes; others at their size at once (chunks of
+        // zeros are not written, and stay holes).
+        let deferred = needs.len() == 1;
+        if !deferred {
+            create_file(path)?.set_len(offset).at(path)?;
+        }
         if needs.is_empty() {
             self.progress.files.fetch_add(1, Ordering::Relaxed);
             self.apply_metadata(node, path)?;
@@ -445,7 +457,13 @@ impl<'a> Restorer<'a> {
         let mut pending = self.pending.lock().expect("restore lock");
         let file = pending.0.len();
         let left = AtomicUsize::new(needs.len());
-        pending.0.push(Pending { path: path.to_path_buf(), node: node.clone(), left, failed: AtomicBool::new(false) });
+        pending.0.push(Pending {
+            path: path.to_path_buf(),
+            node: node.clone(),
+            left,
+            deferred,
+            failed: AtomicBool::new(false),
+        });
         pending.1.extend(needs.into_iter().map(|n| Need { file, ..n }));
         Ok(true)
     }
@@ -464,7 +482,8 @@ impl<'a> Restorer<'a> {
         let runs = plan_runs(needs.iter().map(|n| (n.id, n.loc)).collect(), REMOTE_GAP, REMOTE_RUN);
         let mut rest = needs;
         for run in runs {
-            let fetched: HashMap<ChunkId, Arc<Vec<u8>>> = self.repo.read_run(&run).into_iter().collect();
+            let fetched: HashMap<ChunkId, Arc<Vec<u8>>> =
+                self.repo.read_run(&run).into_iter().map(|(id, d)| (id, Arc::new(d))).collect();
             let split = rest.iter().position(|n| n.loc.offset >= run.end).unwrap_or(rest.len());
             let (here, next) = rest.split_at(split);
             rest = next;
@@ -480,7 +499,14 @@ impl<'a> Restorer<'a> {
                     None => self.repo.chunk(need.id),
                 };
                 let written = data.and_then(|data| {
-                    if data.iter().any(|&b| b != 0) {
+                    let zeros = data.iter().all(|&b| b == 0);
+                    if file.deferred {
+                        let f = create_file(&file.path)?;
+                        match zeros {
+                            true => f.set_len(need.offset + data.len() as u64).at(&file.path)?,
+                            false => f.write_all_at(&data, need.offset).at(&file.path)?,
+                        }
+                    } else if !zeros {
                         let f = OpenOptions::new()
                             .write(true)
                             .custom_flags(libc::O_NOFOLLOW)
