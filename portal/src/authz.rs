@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 
 use rewind_catalog::Scope;
 use rewind_catalog::access::{ACL_XATTR, R, Reader, X};
-use rewind_store::{Entry, Node, NodeKind, SnapshotId, TreeId, View};
+use rewind_store::{Entry, Images, Node, NodeKind, SnapshotId, TreeId, View};
 
 use crate::auth::Identity;
 use crate::config::{AuthzConfig, ImageAccess, Rule};
@@ -269,7 +269,7 @@ impl Policy {
             return Ok(v);
         }
         let mut found = false;
-        for (_, e) in view.list(dir)? {
+        for (_, e) in view.list(dir, Images::Show)? {
             let Entry::Node { node: n, .. } = &e else { continue };
             let w = self.child_walk(s, walk, n);
             if self.visible(s, walk, &w, n) {
@@ -331,7 +331,7 @@ impl Policy {
         if access.is_none() {
             return Err(ApiError::NotFound);
         }
-        let entry = view.walk(root, comps, |next| {
+        let entry = view.walk(root, comps, Images::Show, |next| {
             let Some((n, w, a)) = self.step(view, s, &walk, next)? else {
                 access = None;
                 return Ok::<_, ApiError>(ControlFlow::Break(()));
@@ -385,7 +385,7 @@ impl Policy {
         let Some((dir, walk)) = self.dir_walk(view, s, snapshot, parent, memo)? else { return Ok(false) };
         // A place inside a disk image is no node: search results there are for admins only,
         // who are not asked.
-        let Some(Entry::Node { node, .. }) = found(view.lookup(&dir, name))? else { return Ok(false) };
+        let Some(Entry::Node { node, .. }) = found(view.lookup(&dir, name, Images::Show))? else { return Ok(false) };
         let w = self.child_walk(s, &walk, &node);
         Ok(self.visible(s, &walk, &w, &node))
     }
@@ -410,7 +410,7 @@ impl Policy {
             Some((parent, name)) => match self.dir_walk(view, s, snapshot, parent, memo)? {
                 None => None,
                 Some(_) if name.is_empty() || name == b"." || name == b".." => None,
-                Some((parent, walk)) => match found(view.lookup(&parent, name))? {
+                Some((parent, walk)) => match found(view.lookup(&parent, name, Images::Show))? {
                     Some(e) => match &e {
                         Entry::Node { node, .. } if is_folder(node) => {
                             let w = self.child_walk(s, &walk, node);
@@ -431,7 +431,7 @@ impl Policy {
         if let Some(tree) = view.dir_tree(&Entry::Snapshot(dir.snapshot)) {
             self.prepare(view, tree)?;
         }
-        let list = view.list(&dir.entry)?;
+        let list = view.list(&dir.entry, Images::Show)?;
         let mut out = Vec::new();
         for (_, entry) in list {
             if let Some((node, walk, access)) = self.step(view, s, &dir.walk, &entry)? {
@@ -503,7 +503,7 @@ fn exists_below(view: &View, dir: &Entry, rel: &[u8]) -> ApiResult<bool> {
     // Only the snapshot's own folders: a home inside a disk image leads nowhere (what is inside
     // an image is decided by `sees_inside`, not by the rules).
     let mut in_image = false;
-    let walked = view.walk(dir.clone(), &comps, |e| {
+    let walked = view.walk(dir.clone(), &comps, Images::Show, |e| {
         in_image = matches!(e, Entry::Image(_));
         Ok::<_, rewind_store::Error>(if in_image { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
     });
