@@ -293,7 +293,7 @@ fn restore_of_paths_inside_images() {
 /// image file to sees inside it, and nobody sees inside an image they may not see.
 #[test]
 fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() {
-    use crate::support::portal::{Client, Portal, enc, login, passwd_hash};
+    use crate::support::portal::{Client, Portal, enc, login};
     let t = TempRepo::new();
     let (unix, gpt) = ext4_disk(&t);
     let vms = t.path("vms");
@@ -307,13 +307,7 @@ fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() 
     }
     t.backup("h", &[&vms]);
 
-    let users = t.path("users.toml");
-    let mut text = format!("[users.ada]\nhash = \"{}\"\nrole = \"admin\"\n", passwd_hash("ada-pw"));
-    for (who, uid) in [("alice", 2001), ("bob", 2002)] {
-        text.push_str(&format!("[users.{who}]\nhash = \"{}\"\nuid = {uid}\n", passwd_hash(&format!("{who}-pw"))));
-    }
-    fs::write(&users, text).unwrap();
-    let realm = format!("[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n", users.display());
+    let realm = users_realm(&t);
     let get = |c: &Client, api: &str, path: &Path| {
         let snap = c.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
         c.get(&format!("/api/{api}?snapshot={snap}&path={}", enc(&path.to_string_lossy())))
@@ -382,6 +376,118 @@ fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() 
     let bob = login(&portal.addr, "bob", "bob-pw");
     assert_eq!(get(&bob, "download", &bob_d.join("p1/hello.txt")).body, b"hello world\n");
     assert_eq!(get(&bob, "download", &alice_d.join("p1/hello.txt")).status, 404);
+}
+
+/// A file realm in `t`: ada the admin, alice (uid 2001) and bob (uid 2002), each with the
+/// password `<name>-pw`.
+fn users_realm(t: &TempRepo) -> String {
+    use crate::support::portal::passwd_hash;
+    let users = t.path("users.toml");
+    let mut text = format!("[users.ada]\nhash = \"{}\"\nrole = \"admin\"\n", passwd_hash("ada-pw"));
+    for (who, uid) in [("alice", 2001), ("bob", 2002)] {
+        text.push_str(&format!("[users.{who}]\nhash = \"{}\"\nuid = {uid}\n", passwd_hash(&format!("{who}-pw"))));
+    }
+    fs::write(&users, text).unwrap();
+    format!("[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n", users.display())
+}
+
+/// Issue 18's timing side channel: the portal asked the view for `<name>.d` and listed folders
+/// with image folders before it decided whether the user may see inside images, and the view
+/// decides that a file is an image by reading its first bytes. So a user who passes through a
+/// folder got the same 404 for `<hidden image>.d` as for a missing name, but later by a chunk
+/// read, and a listing of the folder cost a read per hidden image: the time told whether a
+/// hidden file existed. Here alice (under `owner`, with images for admins only and then with
+/// `image-readers`) probes `.d` names of bob's disk images in a folder she passes through
+/// against names that are not there, and lists folders of her file and bob's images against
+/// folders of her file and bob's small files, each folder once (nothing cached). Bob's images
+/// are raw disks with a partition table, 4 MiB of data each, stored as chunks of 1 MiB and more.
+#[test]
+fn hidden_images_answer_as_fast_as_missing_names() {
+    use crate::support::portal::{Portal, enc, login, median, timed};
+    assert!(is_root(), "chowns files");
+    let dir = tempfile::Builder::new().prefix("rewind-test-").tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let out = rewind_cmd()
+        .arg("init")
+        .arg(&repo)
+        .args(["--chunk-min", "1048576", "--chunk-avg", "4194304", "--chunk-max", "16777216"])
+        .output()
+        .unwrap();
+    assert_success(&out, "rewind init with large chunks");
+    let t = TempRepo { dir, repo, encrypted: true };
+    fs::set_permissions(t.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let src = t.path("src");
+    let own = |p: &Path, uid: u32, mode: u32| {
+        std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
+        fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    };
+    let mut seed = 0;
+    let mut images = |folder: &Path, n: usize| {
+        for i in 0..n {
+            seed += 1;
+            let disk = folder.join(format!("disk{i}.img"));
+            fs::write(&disk, image_tools::random_bytes(seed, 64 << 10)).unwrap();
+            fs::OpenOptions::new().write(true).open(&disk).unwrap().set_len(16 << 20).unwrap();
+            image_tools::sfdisk(&disk, "label: dos\nstart=2048, type=83\n");
+            own(&disk, 2002, 0o600);
+        }
+    };
+    let with_alice = |folder: &Path| {
+        fs::create_dir_all(folder).unwrap();
+        own(folder, 0, 0o755);
+        fs::write(folder.join("alice.txt"), b"alice\n").unwrap();
+        own(&folder.join("alice.txt"), 2001, 0o644);
+    };
+    const PROBES: usize = 9;
+    const FOLDERS: usize = 5;
+    with_alice(&src);
+    images(&src, PROBES);
+    for k in 0..FOLDERS {
+        let (imgs, plain) = (src.join(format!("images-{k}")), src.join(format!("plain-{k}")));
+        with_alice(&imgs);
+        images(&imgs, 6);
+        with_alice(&plain);
+        for i in 0..6 {
+            let f = plain.join(format!("notes{i}.txt"));
+            fs::write(&f, format!("bob {k} {i}\n")).unwrap();
+            own(&f, 2002, 0o600);
+        }
+    }
+    t.backup("h", &[&src]);
+
+    let realm = users_realm(&t);
+    for images in ["admins", "image-readers"] {
+        let authz = format!("[authz]\nrules = [\"owner\"]\nimages = \"{images}\"\n");
+        let portal = Portal::start(&t.repo, &realm, &authz, "");
+        let alice = login(&portal.addr, "alice", "alice-pw");
+        let snap = alice.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
+        let browse =
+            |p: &Path| timed(&alice, &format!("/api/browse?snapshot={snap}&path={}", enc(&p.to_string_lossy())));
+        let _ = browse(&src.join("warm-up"));
+        // Each pair once, in turn: the medians of both sides, compared as for hidden folders.
+        let race = |what: &str, pairs: Vec<(PathBuf, PathBuf)>, status: u16| {
+            let (mut there, mut not) = (Vec::new(), Vec::new());
+            for (p1, p2) in pairs {
+                let ((s1, t1), (s2, t2)) = (browse(&p1), browse(&p2));
+                assert_eq!((s1, s2), (status, status), "{images}: {}", p1.display());
+                there.push(t1);
+                not.push(t2);
+            }
+            let (a, b) = (median(there.clone()), median(not.clone()));
+            eprintln!("{images}: {what}: {there:?} ms against {not:?} ms");
+            assert!(a < b * 2.0 + 5.0, "{images}: {what}: {a:.1} ms against {b:.1} ms");
+        };
+        let probes = (0..PROBES).map(|i| (src.join(format!("disk{i}.img.d")), src.join(format!("none{i}.img.d"))));
+        race("a hidden image's .d against a missing name", probes.collect(), 404);
+        let folders = (0..FOLDERS).map(|k| (src.join(format!("images-{k}")), src.join(format!("plain-{k}"))));
+        race("a folder of hidden images against one of hidden small files", folders.collect(), 200);
+        // What she sees is the same in both: her file.
+        for p in [src.join("images-0"), src.join("plain-0")] {
+            let r = alice.get(&format!("/api/browse?snapshot={snap}&path={}", enc(&p.to_string_lossy())));
+            let names: Vec<Value> = r.json()["entries"].as_array().unwrap().iter().map(|e| e["name"].clone()).collect();
+            assert_eq!(names, ["alice.txt"], "{images}: {}", p.display());
+        }
+    }
 }
 
 /// The catalog indexes files inside images at each update: `find` finds them, a file removed

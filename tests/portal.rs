@@ -2207,18 +2207,6 @@ fn a_passthrough_folders_access_does_not_cut_the_users_versions() {
     );
 }
 
-/// Milliseconds a request takes.
-fn timed(c: &Client, target: &str) -> (u16, f64) {
-    let t = std::time::Instant::now();
-    let r = c.get(target);
-    (r.status, t.elapsed().as_secs_f64() * 1000.0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 /// Review finding 5: a hidden folder's 404 came only after a walk of its whole subtree looking
 /// for something of the user's (memoized per subject and tree, so the first probe paid), while
 /// a name that does not exist was answered at the lookup: the time of the 404 told whether a

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use rewind_store::{Entry, Hash, NodeKind, Tree, TreeId, View};
+use rewind_store::{Entry, Hash, Images, NodeKind, Tree, TreeId, View};
 
 use crate::update::{SnapshotInfo, SyncReport, TreeSource};
 use crate::{Catalog, Result};
@@ -55,7 +55,7 @@ impl<'a> ImageTrees<'a> {
             Entry::Image(i) => format!("{} in {}", String::from_utf8_lossy(&i.inner_path()), i.image().name_lossy()),
             _ => String::new(),
         };
-        let list = match self.view.list(entry) {
+        let list = match self.view.list(entry, Images::Show) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!("catalog: {what}: not readable, catalogued empty: {e}");

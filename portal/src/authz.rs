@@ -14,6 +14,13 @@
 //! like a path that does not exist. What lies below a folder is read from summaries made for
 //! every tree of a snapshot before any request decides anything in it ([`crate::reach`]): the
 //! decision for a hidden folder costs what it costs for a missing name, whatever is below it.
+//!
+//! Disk images: the view is asked for `<file>.d` image folders ([`Images::Show`]) only for
+//! subjects who see inside every image (admins). For everyone else it looks up and lists plain
+//! nodes ([`Images::Hide`]), reading no file's content; under `images = "image-readers"` the
+//! folder of a file is asked for ([`View::image_folder_of`]) only once the file is decided to
+//! be the subject's. So a hidden file's `.d` costs what a missing name costs, and a listing
+//! reads no hidden file.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -23,7 +30,7 @@ use parking_lot::Mutex;
 
 use rewind_catalog::Scope;
 use rewind_catalog::access::{ACL_XATTR, R, Reader, X};
-use rewind_store::{Entry, Node, NodeKind, SnapshotId, TreeId, View};
+use rewind_store::{Entry, IMAGE_FOLDER_SUFFIX, Images, Node, NodeKind, SnapshotId, TreeId, View};
 
 use crate::auth::Identity;
 use crate::config::{AuthzConfig, ImageAccess, Rule};
@@ -136,6 +143,39 @@ impl Policy {
 
     fn has(&self, r: Rule) -> bool {
         self.rules.contains(&r)
+    }
+
+    /// Whether the view shows the subject image folders by itself: only to those who see
+    /// inside every image. For the others nothing is read to find images until a file is
+    /// decided to be theirs ([`Policy::lookup`], [`Policy::children`]).
+    fn images(&self, s: &Subject) -> Images {
+        if s.all { Images::Show } else { Images::Hide }
+    }
+
+    /// Whether the subject may see inside the images of files that are theirs, beyond admins.
+    fn reads_own_images(&self, s: &Subject) -> bool {
+        !s.all && self.cfg.images == ImageAccess::ImageReaders
+    }
+
+    /// Look `name` up in the folder `dir` reached with `walk`, for the subject: `None` if it is
+    /// not there. Image folders as the subject may see them: `<file>.d` is looked for beside a
+    /// file only after the file is decided to be the subject's, so that a hidden file's image
+    /// folder is answered as a missing name is, without reading the file.
+    fn lookup(&self, view: &View, s: &Subject, walk: &Walk, dir: &Entry, name: &[u8]) -> ApiResult<Option<Entry>> {
+        if let Some(e) = found(view.lookup(dir, name, self.images(s)))? {
+            return Ok(Some(e));
+        }
+        if !self.reads_own_images(s) || !matches!(dir, Entry::Snapshot(_) | Entry::Node { .. }) {
+            return Ok(None);
+        }
+        let Some(base) = name.strip_suffix(IMAGE_FOLDER_SUFFIX) else { return Ok(None) };
+        let Some(file) = found(view.lookup(dir, base, Images::Hide))? else { return Ok(None) };
+        let Entry::Node { node, .. } = &file else { return Ok(None) };
+        let w = self.child_walk(s, walk, node);
+        if !self.visible(s, walk, &w, node) {
+            return Ok(None);
+        }
+        Ok(view.image_folder_of(dir, &file)?)
     }
 
     /// The subject for an identity (not for admins: see [`Subject::everything`]).
@@ -269,7 +309,7 @@ impl Policy {
             return Ok(v);
         }
         let mut found = false;
-        for (_, e) in view.list(dir)? {
+        for (_, e) in view.list(dir, Images::Hide)? {
             let Entry::Node { node: n, .. } = &e else { continue };
             let w = self.child_walk(s, walk, n);
             if self.visible(s, walk, &w, n) {
@@ -313,11 +353,12 @@ impl Policy {
     /// Resolve `path` (already checked by [`crate::paths::clean_bytes`]) in a snapshot for a subject.
     /// Missing and not-visible are the same [`ApiError::NotFound`].
     ///
-    /// The view walks the path; each step's node is checked here (every ancestor, as it is
-    /// reached), and the walk stops at the first that is neither visible nor a way through,
-    /// before looking up anything below it: a hidden folder costs what a missing name costs. A
-    /// step into a disk image is taken only if [`Policy::sees_inside`] allows it, so nothing
-    /// inside an image is looked up for a subject who may not see inside it.
+    /// Each step is looked up ([`Policy::lookup`]) and its node checked here (every ancestor,
+    /// as it is reached), and the walk stops at the first that is neither visible nor a way
+    /// through, before looking up anything below it: a hidden folder costs what a missing name
+    /// costs. A step into a disk image is taken only if [`Policy::sees_inside`] allows it, so
+    /// nothing inside an image is looked up for a subject who may not see inside it, and no
+    /// hidden file is read to find out whether it is an image.
     pub fn resolve(&self, view: &View, s: &Subject, snapshot: SnapshotId, comps: &[Vec<u8>]) -> ApiResult<Resolved> {
         let snap = view.snapshot(&snapshot).ok_or(ApiError::NotFound)?;
         self.prepare(view, snap.snapshot.tree)?;
@@ -331,16 +372,18 @@ impl Policy {
         if access.is_none() {
             return Err(ApiError::NotFound);
         }
-        let entry = view.walk(root, comps, |next| {
-            let Some((n, w, a)) = self.step(view, s, &walk, next)? else {
+        let mut entry = root;
+        for comp in comps {
+            if comp.as_slice() == b"." || comp.as_slice() == b".." {
+                return Err(ApiError::BadRequest("`.` and `..` are not allowed".into()));
+            }
+            let next = self.lookup(view, s, &walk, &entry, comp)?.ok_or(ApiError::NotFound)?;
+            let Some((n, w, a)) = self.step(view, s, &walk, &next)? else {
                 access = None;
-                return Ok::<_, ApiError>(ControlFlow::Break(()));
+                break;
             };
-            access = Some(a);
-            node = Some(n);
-            walk = w;
-            Ok(ControlFlow::Continue(()))
-        })?;
+            (access, node, walk, entry) = (Some(a), Some(n), w, next);
+        }
         let access = access.ok_or(ApiError::NotFound)?;
         Ok(Resolved { snapshot, node, entry, walk, access })
     }
@@ -385,7 +428,7 @@ impl Policy {
         let Some((dir, walk)) = self.dir_walk(view, s, snapshot, parent, memo)? else { return Ok(false) };
         // A place inside a disk image is no node: search results there are for admins only,
         // who are not asked.
-        let Some(Entry::Node { node, .. }) = found(view.lookup(&dir, name))? else { return Ok(false) };
+        let Some(Entry::Node { node, .. }) = found(view.lookup(&dir, name, Images::Hide))? else { return Ok(false) };
         let w = self.child_walk(s, &walk, &node);
         Ok(self.visible(s, &walk, &w, &node))
     }
@@ -410,7 +453,7 @@ impl Policy {
             Some((parent, name)) => match self.dir_walk(view, s, snapshot, parent, memo)? {
                 None => None,
                 Some(_) if name.is_empty() || name == b"." || name == b".." => None,
-                Some((parent, walk)) => match found(view.lookup(&parent, name))? {
+                Some((parent, walk)) => match found(view.lookup(&parent, name, Images::Hide))? {
                     Some(e) => match &e {
                         Entry::Node { node, .. } if is_folder(node) => {
                             let w = self.child_walk(s, &walk, node);
@@ -426,17 +469,34 @@ impl Policy {
         Ok(v)
     }
 
-    /// The entries of a resolved folder that the subject may see, each resolved.
+    /// The entries of a resolved folder that the subject may see, each resolved, by name.
+    /// Image folders as [`Policy::lookup`] finds them: only files decided to be the subject's
+    /// are looked at.
     pub fn children(&self, view: &View, s: &Subject, dir: &Resolved) -> ApiResult<Vec<Resolved>> {
         if let Some(tree) = view.dir_tree(&Entry::Snapshot(dir.snapshot)) {
             self.prepare(view, tree)?;
         }
-        let list = view.list(&dir.entry)?;
+        let list = view.list(&dir.entry, self.images(s))?;
         let mut out = Vec::new();
+        let mut folders = Vec::new();
         for (_, entry) in list {
             if let Some((node, walk, access)) = self.step(view, s, &dir.walk, &entry)? {
+                if self.reads_own_images(s)
+                    && access == Access::Visible
+                    && let Some(f) = view.image_folder_of(&dir.entry, &entry)?
+                {
+                    folders.push(f);
+                }
                 out.push(Resolved { snapshot: dir.snapshot, node: Some(node), entry, walk, access });
             }
+        }
+        if !folders.is_empty() {
+            for entry in folders {
+                if let Some((node, walk, access)) = self.step(view, s, &dir.walk, &entry)? {
+                    out.push(Resolved { snapshot: dir.snapshot, node: Some(node), entry, walk, access });
+                }
+            }
+            out.sort_by(|a, b| a.node.as_ref().map(|n| &n.name).cmp(&b.node.as_ref().map(|n| &n.name)));
         }
         Ok(out)
     }
@@ -500,14 +560,11 @@ impl Policy {
 /// per component, whatever else is there.
 fn exists_below(view: &View, dir: &Entry, rel: &[u8]) -> ApiResult<bool> {
     let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
-    // Only the snapshot's own folders: a home inside a disk image leads nowhere (what is inside
-    // an image is decided by `sees_inside`, not by the rules).
-    let mut in_image = false;
-    let walked = view.walk(dir.clone(), &comps, |e| {
-        in_image = matches!(e, Entry::Image(_));
-        Ok::<_, rewind_store::Error>(if in_image { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
-    });
-    Ok(found(walked)?.is_some() && !in_image)
+    // Only the snapshot's own folders (no image folders, and no file read to find them): a home
+    // inside a disk image leads nowhere (what is inside an image is decided by `sees_inside`,
+    // not by the rules).
+    let walked = view.walk(dir.clone(), &comps, Images::Hide, |_| Ok(ControlFlow::Continue(())));
+    Ok(found(walked)?.is_some())
 }
 
 /// A lookup's entry, `None` for a name that is not there.

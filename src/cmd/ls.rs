@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use rewind_store::{Entry, IndexedRepository, Node, NodeKind, View};
+use rewind_store::{Entry, Images, IndexedRepository, Node, NodeKind, View};
 
 use crate::cli::LsArgs;
 use crate::cmd::{open_indexed, show_bytes};
@@ -82,7 +82,7 @@ fn list_view(
     json: bool,
     out: &mut impl std::io::Write,
 ) -> Result<()> {
-    for (name, e) in view.list(dir)? {
+    for (name, e) in view.list(dir, Images::Show)? {
         let mut child = path.to_vec();
         child.push(b'/');
         child.extend_from_slice(&name);

@@ -34,7 +34,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rewind_store::{CacheSizes, Entry, IndexedRepository, Repository, View};
+use rewind_store::{CacheSizes, Entry, Images, IndexedRepository, Repository, View};
 
 use crate::cli::RepoArg;
 
@@ -165,7 +165,7 @@ pub fn inside_image(
     let mut entry = Entry::Snapshot(id);
     let mut name = Vec::new();
     for comp in path.split('/').filter(|c| !c.is_empty()) {
-        entry = match view.lookup(&entry, comp.as_bytes()) {
+        entry = match view.lookup(&entry, comp.as_bytes(), Images::Show) {
             Ok(e) => e,
             Err(rewind_store::Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot look {path} up")),

@@ -68,4 +68,4 @@ pub use repo::{
 };
 pub use restore::{Overwrite, RestoreOptions, RestoreProgress, restore, restore_from_view};
 pub use revocation::{Revocation, revocation_until};
-pub use view::{Attr, Entry, ImageEntry, View};
+pub use view::{Attr, Entry, IMAGE_FOLDER_SUFFIX, ImageEntry, Images, View};

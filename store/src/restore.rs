@@ -30,7 +30,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::{ChunkId, Node, NodeKind, Snapshot};
 use crate::index::Location;
 use crate::repo::{FileReader, IndexedRepository};
-use crate::view::{Entry, View};
+use crate::view::{Entry, Images, View};
 
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -196,7 +196,7 @@ fn refuse_view_conflicts(view: &View, entry: &Entry, name: &[u8], is_dir: bool, 
         }
     }
     while let Some((dir, at)) = stack.pop() {
-        for (name, child) in view.list(&dir)? {
+        for (name, child) in view.list(&dir, Images::Show)? {
             let p = at.join(OsStr::from_bytes(&name));
             match fs::symlink_metadata(&p) {
                 Err(_) => {}
@@ -358,7 +358,7 @@ impl<'a> Restorer<'a> {
     }
 
     fn restore_view_content(&self, view: &View, dir: &Entry, at: &Path, depth: usize) {
-        let entries = match view.list(dir) {
+        let entries = match view.list(dir, Images::Show) {
             Ok(l) => l,
             Err(e) => return self.fail(at, e),
         };

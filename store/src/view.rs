@@ -16,10 +16,14 @@
 //! [`View::refresh`] picks up snapshots added or removed since.
 //!
 //! Next to a file that holds a disk image, `<name>.d/` shows the files inside it ([`image`]).
+//! Whether these folders are shown is the caller's to say at every [`View::lookup`],
+//! [`View::list`] and [`View::walk`] ([`Images`]): with [`Images::Hide`] no file's content is
+//! read to decide it, so a caller that shows no image folders (the portal, to most users) pays
+//! the same for a file that holds an image as for any other, and for a name that is not there.
 
 mod image;
 
-pub use image::ImageEntry;
+pub use image::{ImageEntry, SUFFIX as IMAGE_FOLDER_SUFFIX};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
@@ -31,6 +35,17 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{Error, Result};
 use crate::format::{Node, NodeKind, SnapshotId, Time};
 use crate::repo::{FileReader, IndexedRepository, SnapshotEntry};
+
+/// Whether [`View::lookup`], [`View::list`] and [`View::walk`] show, next to each file that
+/// holds a disk image, its `<name>.d` folder. Deciding that reads the file's first bytes;
+/// `Hide` reads nothing of any file: `<name>.d` is looked up as any other name (a miss unless a
+/// real entry has it) and listings hold the snapshot's nodes only. What is inside an image
+/// already entered is shown either way (images inside images are not looked into).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Images {
+    Show,
+    Hide,
+}
 
 /// A place in the namespace.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,7 +121,7 @@ pub struct View {
     state: RwLock<State>,
     min_refresh: Duration,
     last_refresh: Mutex<Instant>,
-    images: image::Images,
+    image_caches: image::ImageCaches,
 }
 
 impl View {
@@ -116,7 +131,7 @@ impl View {
             state: RwLock::new(State::default()),
             min_refresh: Duration::from_millis(250),
             last_refresh: Mutex::new(Instant::now()),
-            images: image::Images::default(),
+            image_caches: image::ImageCaches::default(),
         };
         view.refresh()?;
         Ok(view)
@@ -243,8 +258,8 @@ impl View {
         Ok(first)
     }
 
-    /// Look `name` up in directory `dir`.
-    pub fn lookup(&self, dir: &Entry, name: &[u8]) -> Result<Entry> {
+    /// Look `name` up in directory `dir`; `images` says whether `<file>.d` may be an image folder.
+    pub fn lookup(&self, dir: &Entry, name: &[u8], images: Images) -> Result<Entry> {
         let not_found = || Error::NotFound(String::from_utf8_lossy(name).into_owned());
         let text = std::str::from_utf8(name).ok();
         let st = self.state.read();
@@ -279,13 +294,13 @@ impl View {
             Entry::Snapshot(id) => {
                 let tree = st.by_id.get(id).map(|&i| st.snaps[i].entry.snapshot.tree).ok_or_else(not_found)?;
                 drop(st);
-                self.lookup_in_tree(*id, tree, name)
+                self.lookup_in_tree(*id, tree, name, images)
             }
             Entry::Node { snapshot, node } => {
                 let tree =
                     node.subtree.filter(|_| node.is_dir()).ok_or_else(|| Error::NotFound("not a directory".into()))?;
                 drop(st);
-                self.lookup_in_tree(*snapshot, tree, name)
+                self.lookup_in_tree(*snapshot, tree, name, images)
             }
             Entry::Latest(_) => Err(Error::NotFound("not a directory".into())),
             Entry::Image(i) => {
@@ -295,11 +310,18 @@ impl View {
         }
     }
 
-    fn lookup_in_tree(&self, snapshot: SnapshotId, tree_id: crate::format::TreeId, name: &[u8]) -> Result<Entry> {
+    fn lookup_in_tree(
+        &self,
+        snapshot: SnapshotId,
+        tree_id: crate::format::TreeId,
+        name: &[u8],
+        images: Images,
+    ) -> Result<Entry> {
         let tree = self.repo.tree(tree_id)?;
         let not_found = || Error::NotFound(String::from_utf8_lossy(name).into_owned());
         match tree.find(name) {
             Some(node) => Ok(Entry::Node { snapshot, node: Arc::new(node.clone()) }),
+            None if images == Images::Hide => Err(not_found()),
             None => {
                 let base = name.strip_suffix(image::SUFFIX).ok_or_else(not_found)?;
                 let node = tree.find(base).ok_or_else(not_found)?;
@@ -308,8 +330,9 @@ impl View {
         }
     }
 
-    /// The entries of a directory, sorted by name.
-    pub fn list(&self, dir: &Entry) -> Result<Vec<(Vec<u8>, Entry)>> {
+    /// The entries of a directory, sorted by name; with `<file>.d` image folders if `images`
+    /// says so.
+    pub fn list(&self, dir: &Entry, images: Images) -> Result<Vec<(Vec<u8>, Entry)>> {
         let st = self.state.read();
         let snaps = |filter: &dyn Fn(&Named) -> bool| -> Vec<(Vec<u8>, Entry)> {
             st.snaps
@@ -350,7 +373,7 @@ impl View {
                     .map(|&i| st.snaps[i].entry.snapshot.tree)
                     .ok_or_else(|| Error::NotFound(id.short()))?;
                 drop(st);
-                return self.list_tree(*id, tree);
+                return self.list_tree(*id, tree, images);
             }
             Entry::Node { snapshot, node } => {
                 let tree = node
@@ -358,7 +381,7 @@ impl View {
                     .filter(|_| node.is_dir())
                     .ok_or_else(|| Error::InvalidInput("not a directory".into()))?;
                 drop(st);
-                return self.list_tree(*snapshot, tree);
+                return self.list_tree(*snapshot, tree, images);
             }
             Entry::Latest(_) => return Err(Error::InvalidInput("not a directory".into())),
             Entry::Image(i) => {
@@ -370,12 +393,20 @@ impl View {
         Ok(out)
     }
 
-    /// A directory's nodes, and a `<name>.d` folder after each file that holds a disk image
-    /// (unless the directory has an entry of that name).
-    fn list_tree(&self, snapshot: SnapshotId, tree_id: crate::format::TreeId) -> Result<Vec<(Vec<u8>, Entry)>> {
+    /// A directory's nodes, and with [`Images::Show`] a `<name>.d` folder after each file that
+    /// holds a disk image (unless the directory has an entry of that name).
+    fn list_tree(
+        &self,
+        snapshot: SnapshotId,
+        tree_id: crate::format::TreeId,
+        images: Images,
+    ) -> Result<Vec<(Vec<u8>, Entry)>> {
         let tree = self.repo.tree(tree_id)?;
         let mut out: Vec<(Vec<u8>, Entry)> =
             tree.nodes.iter().map(|n| (n.name.clone(), Entry::Node { snapshot, node: Arc::new(n.clone()) })).collect();
+        if images == Images::Hide {
+            return Ok(out);
+        }
         let folders: Vec<(Vec<u8>, Entry)> = tree
             .nodes
             .iter()
@@ -400,11 +431,37 @@ impl View {
     /// folder only.
     pub fn image_folders(&self, tree: crate::format::TreeId) -> Result<Vec<(Vec<u8>, Entry)>> {
         let none = SnapshotId(crate::format::Hash([0; 32]));
-        Ok(self.list_tree(none, tree)?.into_iter().filter(|(_, e)| matches!(e, Entry::Image(_))).collect())
+        Ok(self
+            .list_tree(none, tree, Images::Show)?
+            .into_iter()
+            .filter(|(_, e)| matches!(e, Entry::Image(_)))
+            .collect())
+    }
+
+    /// The `<name>.d` folder of `file`, a node of folder `dir` (a snapshot's root or a folder in
+    /// it), if the file holds a disk image and `dir` has no real entry of that name: for a caller
+    /// that looks up and lists with [`Images::Hide`] and decides for itself, file by file, whose
+    /// images to show (reading a file's first bytes only then). `None` for anything else that
+    /// is not a file of a snapshot (a place inside an image holds no image folders).
+    pub fn image_folder_of(&self, dir: &Entry, file: &Entry) -> Result<Option<Entry>> {
+        let Entry::Node { snapshot, node } = file else { return Ok(None) };
+        let tree_id = match dir {
+            Entry::Snapshot(_) | Entry::Node { .. } if dir.snapshot() == Some(*snapshot) => self.dir_tree(dir),
+            _ => None,
+        }
+        .ok_or_else(|| Error::InvalidInput("an image folder is looked up in the file's own folder".into()))?;
+        let tree = self.repo.tree(tree_id)?;
+        if tree.find(&node.name) != Some(&**node) {
+            return Err(Error::InvalidInput(format!("{} is not in that folder", node.name_lossy())));
+        }
+        if tree.find(&[&node.name[..], image::SUFFIX].concat()).is_some() {
+            return Ok(None);
+        }
+        Ok(self.image_folder(*snapshot, tree_id, node))
     }
 
     /// Walk down from `from` through `comps` (names), looking each up in the entry reached
-    /// before it. `visit` is handed every entry reached, in order, and may end the walk there
+    /// before it ([`View::lookup`] with `images`). `visit` is handed every entry reached, in order, and may end the walk there
     /// (`ControlFlow::Break`) before the next lookup: a caller that decides something at each
     /// step (the portal checks access on every ancestor) reads nothing past where it stops.
     /// Returns the last entry reached; a missing name is `NotFound`, `.` and `..` are refused.
@@ -412,6 +469,7 @@ impl View {
         &self,
         from: Entry,
         comps: &[impl AsRef<[u8]>],
+        images: Images,
         mut visit: impl FnMut(&Entry) -> std::result::Result<ControlFlow<()>, E>,
     ) -> std::result::Result<Entry, E> {
         let mut e = from;
@@ -420,7 +478,7 @@ impl View {
             if comp == b"." || comp == b".." {
                 return Err(Error::InvalidInput("`.` and `..` are not allowed".into()).into());
             }
-            e = self.lookup(&e, comp)?;
+            e = self.lookup(&e, comp, images)?;
             if visit(&e)?.is_break() {
                 break;
             }
@@ -476,7 +534,7 @@ impl View {
                 first.len() as u64
             }
             Entry::Node { .. } | Entry::Latest(_) | Entry::Image(_) => 0,
-            _ => self.list(e)?.iter().filter(|(_, e)| !matches!(e, Entry::Latest(_))).count() as u64,
+            _ => self.list(e, Images::Hide)?.iter().filter(|(_, e)| !matches!(e, Entry::Latest(_))).count() as u64,
         }))
     }
 
@@ -553,8 +611,9 @@ impl View {
         }
     }
 
-    /// Resolve a `/`-separated path from the root. `latest` is followed where it is a component
-    /// before the end; symlinks inside snapshots are not followed.
+    /// Resolve a `/`-separated path from the root, image folders shown (for restore and ls of
+    /// paths inside images). `latest` is followed where it is a component before the end;
+    /// symlinks inside snapshots are not followed.
     pub fn resolve(&self, path: &[u8]) -> Result<Entry> {
         let mut e = Entry::Root;
         let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
@@ -562,12 +621,12 @@ impl View {
             if *comp == b"." || *comp == b".." {
                 return Err(Error::InvalidInput("`.` and `..` are not allowed".into()));
             }
-            e = self.lookup(&e, comp)?;
+            e = self.lookup(&e, comp, Images::Show)?;
             if let Entry::Latest(h) = &e
                 && i + 1 < comps.len()
             {
                 let target = self.readlink(&e)?;
-                e = self.lookup(&Entry::Host(h.clone()), &target)?;
+                e = self.lookup(&Entry::Host(h.clone()), &target, Images::Show)?;
             }
         }
         Ok(e)
@@ -624,7 +683,7 @@ mod tests {
         };
         let mut seen = Vec::new();
         let end = view
-            .walk(root.clone(), &comps, |e| {
+            .walk(root.clone(), &comps, Images::Show, |e| {
                 seen.push(name(e));
                 Ok::<_, Error>(ControlFlow::Continue(()))
             })
@@ -633,18 +692,75 @@ mod tests {
         assert_eq!(seen, comps.iter().map(|c| c.to_vec()).collect::<Vec<_>>());
         let mut steps = 0;
         let end = view
-            .walk(root.clone(), &comps, |e| {
+            .walk(root.clone(), &comps, Images::Show, |e| {
                 steps += 1;
                 Ok::<_, Error>(if name(e) == b"a" { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
             })
             .unwrap();
         assert_eq!((name(&end), steps), (b"a".to_vec(), comps.len() - 2));
         assert_eq!(view.dir_tree(&end), view.attr_tree(&end));
-        let missing = view.walk(root, &[b"nope"], |_| Ok::<_, Error>(ControlFlow::Continue(())));
+        let missing = view.walk(root, &[b"nope"], Images::Show, |_| Ok::<_, Error>(ControlFlow::Continue(())));
         assert!(matches!(missing, Err(Error::NotFound(_))));
         assert_eq!(view.find_snapshot(&snap.id.to_hex()[..8].to_uppercase()).unwrap(), snap.id);
         let other = if snap.id.to_hex().starts_with('0') { "1" } else { "0" };
         assert!(matches!(view.find_snapshot(other), Err(Error::NotFound(_))));
+    }
+
+    /// With `Images::Hide` no file is looked at: `<image>.d` is a miss like any missing name,
+    /// listings hold the nodes only, and no verdict is made; `image_folder_of` then shows the
+    /// folder of one file on request (none for a file shadowed by a real `.d` entry), and
+    /// `Images::Show` shows what it always did.
+    #[test]
+    fn hidden_image_folders_read_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("b.qcow2.d")).unwrap();
+        // A qcow2 header, enough for detection; distinct bytes after it for each file.
+        let qcow = |seed: u8| {
+            let mut v = b"QFI\xfb\0\0\0\x03".to_vec();
+            v.extend((0..(64u32 << 10)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed));
+            v
+        };
+        std::fs::write(src.join("a.qcow2"), qcow(1)).unwrap();
+        std::fs::write(src.join("b.qcow2"), qcow(2)).unwrap();
+        std::fs::write(src.join("b.qcow2.d/real"), b"a real folder of that name").unwrap();
+        std::fs::write(src.join("plain.txt"), b"text").unwrap();
+        let repo = repo_in(dir.path());
+        back_up(&repo, &src);
+        let view = View::new(repo).unwrap();
+        let (_, snap) = view.snapshots().pop().unwrap();
+        let comps: Vec<&[u8]> =
+            src.as_os_str().as_encoded_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+        let folder = go_to(&view, snap.id, &comps, Images::Hide).unwrap();
+        let names = |images| -> Vec<String> {
+            let list = view.list(&folder, images).unwrap();
+            list.into_iter().map(|(n, _)| String::from_utf8(n).unwrap()).collect()
+        };
+        let verdicts = || view.image_caches.verdicts();
+
+        assert_eq!(names(Images::Hide), ["a.qcow2", "b.qcow2", "b.qcow2.d", "plain.txt"]);
+        assert!(matches!(view.lookup(&folder, b"a.qcow2.d", Images::Hide), Err(Error::NotFound(_))));
+        assert!(matches!(view.lookup(&folder, b"b.qcow2.d", Images::Hide), Ok(Entry::Node { .. })), "a real entry");
+        let mut through = comps.clone();
+        through.push(b"a.qcow2.d");
+        assert!(matches!(go_to(&view, snap.id, &through, Images::Hide), Err(Error::NotFound(_))));
+        assert_eq!(verdicts(), 0, "no file was read to decide anything");
+
+        let file = |name: &[u8]| view.lookup(&folder, name, Images::Hide).unwrap();
+        let a = view.image_folder_of(&folder, &file(b"a.qcow2")).unwrap().expect("a.qcow2 is an image");
+        assert!(matches!(&a, Entry::Image(i) if i.name() == b"a.qcow2.d"));
+        assert_eq!(verdicts(), 1);
+        assert_eq!(view.image_folder_of(&folder, &file(b"b.qcow2")).unwrap(), None, "a real b.qcow2.d wins");
+        assert_eq!(view.image_folder_of(&folder, &file(b"plain.txt")).unwrap(), None);
+        assert!(view.image_folder_of(&Entry::Snapshot(snap.id), &file(b"a.qcow2")).is_err(), "not its folder");
+
+        assert_eq!(names(Images::Show), ["a.qcow2", "a.qcow2.d", "b.qcow2", "b.qcow2.d", "plain.txt"]);
+        assert_eq!(view.lookup(&folder, b"a.qcow2.d", Images::Show).unwrap(), a);
+        assert_eq!(go_to(&view, snap.id, &through, Images::Show).unwrap(), a);
+    }
+
+    fn go_to(view: &View, snap: SnapshotId, comps: &[&[u8]], images: Images) -> Result<Entry> {
+        view.walk(Entry::Snapshot(snap), comps, images, |_| Ok::<_, Error>(ControlFlow::Continue(())))
     }
 
     /// A request that panics while it holds the view's state does not fail every later one.
@@ -663,6 +779,6 @@ mod tests {
         });
         assert!(panicked.join().is_err());
         assert_eq!(view.snapshots().len(), 1);
-        assert_eq!(view.list(&Entry::Hosts).unwrap().len(), 1);
+        assert_eq!(view.list(&Entry::Hosts, Images::Show).unwrap().len(), 1);
     }
 }

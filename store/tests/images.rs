@@ -613,8 +613,8 @@ fn image_types_are_send_and_sync() {
 #[test]
 fn the_view_shows_what_is_inside_backed_up_images() {
     use rewind_store::{
-        BackupOptions, BackupProgress, CacheSizes, ChunkerParams, CompressionParams, Entry, NewKey, Repository, View,
-        backup,
+        BackupOptions, BackupProgress, CacheSizes, ChunkerParams, CompressionParams, Entry, Images, NewKey, Repository,
+        View, backup,
     };
     let f = fixtures();
     let w = workdir();
@@ -647,7 +647,7 @@ fn the_view_shows_what_is_inside_backed_up_images() {
         view.resolve(p.as_bytes()).unwrap_or_else(|e| panic!("{p}: {e}"))
     };
     let names = |e: &Entry| -> Vec<String> {
-        view.list(e).unwrap().into_iter().map(|(n, _)| String::from_utf8(n).unwrap()).collect()
+        view.list(e, Images::Show).unwrap().into_iter().map(|(n, _)| String::from_utf8(n).unwrap()).collect()
     };
     let read = |e: &Entry| {
         let r = view.open(e).unwrap();

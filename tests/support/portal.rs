@@ -107,6 +107,18 @@ pub fn enc(s: &str) -> String {
         .collect()
 }
 
+/// A request's status and the milliseconds it took (for the timing side-channel tests).
+pub fn timed(c: &Client, target: &str) -> (u16, f64) {
+    let t = std::time::Instant::now();
+    let r = c.get(target);
+    (r.status, t.elapsed().as_secs_f64() * 1000.0)
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
 /// A logged-in client.
 #[derive(Clone)]
 pub struct Client {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use fuser::{Errno, FileType};
-use rewind_store::{Entry, TreeId};
+use rewind_store::{Entry, Images, TreeId};
 
 use super::attr::{entry_type, is_live};
 use super::{Answer, Core, DirItem, Listing, errno};
@@ -35,14 +35,14 @@ impl Core {
         {
             return Err(Errno::ENOTDIR);
         }
-        let e = match self.view.lookup(&dir, name) {
+        let e = match self.view.lookup(&dir, name, Images::Show) {
             // A snapshot saved since the last look: its manifest exists, so it is there now.
             // One listing of `snapshots/` per miss in a directory that lists snapshots.
             Err(rewind_store::Error::NotFound(_)) if is_live(&dir) => {
                 if let Err(e) = self.view.refresh() {
                     tracing::warn!("cannot refresh the snapshot list: {e}");
                 }
-                self.view.lookup(&dir, name)
+                self.view.lookup(&dir, name, Images::Show)
             }
             r => r,
         }
@@ -81,7 +81,7 @@ impl Core {
         }
         let items = self
             .view
-            .list(&e)
+            .list(&e, Images::Show)
             .map_err(|e| errno(&e))?
             .into_iter()
             .map(|(name, entry)| DirItem { name, entry })
@@ -102,7 +102,9 @@ impl Core {
         let listed = self.listings.lock().get(&ino).cloned();
         match listed {
             Some(l) => l.items.iter().any(|i| self.attr_needs_tree_read(&i.entry)),
-            None => self.view.list(&dir).is_ok_and(|l| l.iter().any(|(_, e)| self.attr_needs_tree_read(e))),
+            None => {
+                self.view.list(&dir, Images::Show).is_ok_and(|l| l.iter().any(|(_, e)| self.attr_needs_tree_read(e)))
+            }
         }
     }
 
@@ -113,7 +115,7 @@ impl Core {
             return true;
         }
         let Ok(dir) = self.entry(parent) else { return false };
-        self.view.lookup(&dir, name).is_ok_and(|e| self.attr_needs_tree_read(&e))
+        self.view.lookup(&dir, name, Images::Show).is_ok_and(|e| self.attr_needs_tree_read(&e))
     }
 
     /// The inode number `name` in `dir` has or would get, without counting a reference.

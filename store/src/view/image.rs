@@ -51,7 +51,7 @@ pub(super) const MIN_IMAGE: u64 = 64 * 1024;
 /// Names that make a smaller file, or one that is not a whole number of sectors, worth a look.
 const IMAGE_NAMES: [&str; 6] = [".vmdk", ".qcow2", ".qcow", ".img", ".raw", ".vhd"];
 /// The suffix of the folder that shows an image's contents.
-pub(super) const SUFFIX: &[u8] = b".d";
+pub const SUFFIX: &[u8] = b".d";
 /// Block size of files read inside images.
 const BLOCK: u32 = 1 << 20;
 /// Bytes of blocks of files inside images kept in memory.
@@ -145,16 +145,24 @@ struct Opened {
 type OpenKey = (Hash, Option<TreeId>);
 
 /// The view's state for images: verdicts, open images, blocks of files read inside them.
-pub(super) struct Images {
+pub(super) struct ImageCaches {
     verdicts: Mutex<lru::LruCache<Hash, bool>>,
     open: Mutex<lru::LruCache<OpenKey, Arc<Opened>>>,
     opening: SingleFlight<(Hash, TreeId), Arc<Opened>>,
     blocks: Arc<BlockCache>,
 }
 
-impl Default for Images {
+impl ImageCaches {
+    /// How many files have been looked at (tests check that some were not).
+    #[cfg(test)]
+    pub(super) fn verdicts(&self) -> usize {
+        self.verdicts.lock().len()
+    }
+}
+
+impl Default for ImageCaches {
     fn default() -> Self {
-        Images {
+        ImageCaches {
             verdicts: Mutex::new(lru::LruCache::new(NonZeroUsize::new(VERDICTS).expect("nonzero"))),
             open: Mutex::new(lru::LruCache::new(NonZeroUsize::new(OPEN_IMAGES).expect("nonzero"))),
             opening: SingleFlight::default(),
@@ -242,7 +250,7 @@ impl View {
             return None;
         }
         let key = content_key(node);
-        if let Some(&v) = self.images.verdicts.lock().get(&key) {
+        if let Some(&v) = self.image_caches.verdicts.lock().get(&key) {
             return v.then_some(key);
         }
         let verdict = (|| -> Result<bool> {
@@ -253,7 +261,7 @@ impl View {
         })();
         match verdict {
             Ok(v) => {
-                self.images.verdicts.lock().put(key, v);
+                self.image_caches.verdicts.lock().put(key, v);
                 v.then_some(key)
             }
             Err(e) => {
@@ -268,7 +276,7 @@ impl View {
     fn opened(&self, e: &ImageEntry) -> Arc<Opened> {
         let key = e.key;
         {
-            let mut open = self.images.open.lock();
+            let mut open = self.image_caches.open.lock();
             if let Some(o) = open.get(&(key, None)) {
                 return o.clone();
             }
@@ -277,7 +285,7 @@ impl View {
             }
         }
         let r: std::result::Result<_, std::convert::Infallible> =
-            self.images.opening.run((key, e.dir), || Ok(self.open_image(key, e)));
+            self.image_caches.opening.run((key, e.dir), || Ok(self.open_image(key, e)));
         let Ok(opened) = r;
         opened
     }
@@ -298,7 +306,7 @@ impl View {
         }
         let opened = Arc::new(Opened { key, referred: referred.get(), image });
         let dir = referred.get().then_some(e.dir);
-        self.images.open.lock().put((key, dir), opened.clone());
+        self.image_caches.open.lock().put((key, dir), opened.clone());
         opened
     }
 
@@ -524,7 +532,7 @@ impl View {
                     volume: *volume,
                     path: path.clone(),
                     image: e.image.clone(),
-                    cache: self.images.blocks.clone(),
+                    cache: self.image_caches.blocks.clone(),
                 };
                 (Arc::new(source), s.size)
             }
