@@ -599,6 +599,46 @@ fn listings_of_large_directories_carry_every_entrys_attributes() {
     assert!(lookups < 50, "{lookups} lookups for a walk of 7,000 listed entries: {log}");
 }
 
+/// A walk that reads a tree the kernel has listed (a `find`, then a `tar`) finds the small files
+/// in the page cache already, also when each sits alone in its folder (as translations do:
+/// `locale/<language>/LC_MESSAGES/django.mo`): the files stored ahead of the walk are the ones it
+/// reads next, in the folders that follow too, not only in the folder of the file it opened.
+#[test]
+fn walks_find_small_files_of_the_following_folders_in_the_page_cache() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    let text = |i: usize| format!("file {i}\n").repeat(40);
+    for i in 0..300 {
+        let d = src.join(format!("d{i:03}"));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("f"), text(i)).unwrap();
+    }
+    t.backup("h", &[&src]);
+    let m = Mount::start(&t, "mnt", &[]);
+    let root = m.latest("h", &src);
+    // As `find` does: list every folder, so the kernel knows every file.
+    let mut dirs: Vec<PathBuf> = fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+    dirs.sort();
+    for d in &dirs {
+        assert_eq!(fs::read_dir(d).unwrap().count(), 1);
+    }
+    // As `tar` does: read the files in the walk's order.
+    for (i, d) in dirs.iter().enumerate() {
+        assert_eq!(fs::read_to_string(d.join("f")).unwrap(), text(i), "{}", d.display());
+    }
+    let log = m.unmount();
+    let pushed: u64 = log
+        .lines()
+        .find_map(|l| l.split(" files pushed into the page cache").next().filter(|p| p.len() < l.len()))
+        .and_then(|p| p.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no push count in the unmount log: {log}"));
+    // Each file read from the mount, rather than from the page cache, has the next ones pushed:
+    // all but the first would be, whatever the timing; pushing from the folder of the file read
+    // alone pushes none here.
+    assert!(pushed >= 200, "{pushed} of 300 small files pushed into the page cache: {log}");
+}
+
 /// Mounting reads the index and the snapshot manifests, nothing else, so a mount is ready at once
 /// whatever the size of the repository: with the packs out of reach it still comes up and lists
 /// every snapshot and host.

@@ -18,7 +18,7 @@ use fuser::{
 
 use rewind_store::TreeId;
 
-use crate::core::{Core, OpenFile, xattr_reply};
+use crate::core::{Ahead, Core, OpenFile, xattr_reply};
 use crate::latency::LatencyHint;
 use crate::pool::Pool;
 
@@ -103,6 +103,42 @@ impl RewindFs {
         }
     }
 
+    /// Prefetch what a walk reads after file `ino` (see [`Core::walk_ahead`]), in its order:
+    /// small files whose contents are cached go to the pusher at once; the rest in jobs of a
+    /// few steps each, so that workers load them in parallel without a wake-up per file.
+    fn walk_ahead(&self, ino: u64) {
+        let push = self.push.get();
+        let mut rest = Vec::new();
+        for step in self.core.walk_ahead(ino) {
+            match (step, push) {
+                (Ahead::Push { ino, chunk, size }, Some(push)) => match self.core.cached_to_push(chunk, size) {
+                    Some(data) => {
+                        let _ = push.try_send((ino, data));
+                    }
+                    None => rest.push(step),
+                },
+                // No pusher: the file is read as usual, its chunk loaded ahead.
+                (Ahead::Push { chunk, .. }, None) => rest.push(Ahead::Load(chunk)),
+                (Ahead::Load(_), _) => rest.push(step),
+            }
+        }
+        for steps in rest.chunks(WALK_JOB) {
+            let (core, push, steps) = (self.core.clone(), push.cloned(), steps.to_vec());
+            self.pool.prefetch(move || {
+                for step in steps {
+                    match step {
+                        Ahead::Push { ino, chunk, size } => {
+                            if let (Some(data), Some(push)) = (core.chunk_to_push(chunk, size), &push) {
+                                let _ = push.try_send((ino, data));
+                            }
+                        }
+                        Ahead::Load(id) => core.warm_chunk(id),
+                    }
+                }
+            });
+        }
+    }
+
     fn serve_read(core: &Core, file: &OpenFile, offset: u64, size: u32, reply: ReplyData) {
         match core.read_in_chunk(file, offset, size) {
             Some(Ok((data, range))) => return reply.data(&data[range]),
@@ -115,6 +151,9 @@ impl RewindFs {
         });
     }
 }
+
+/// Steps of a walk's prefetch per worker job.
+const WALK_JOB: usize = 4;
 
 /// Levels of subdirectories below a directory being read whose trees are loaded ahead: a walk
 /// enters a directory's first subdirectory at once, before a prefetch of that level alone
@@ -272,24 +311,7 @@ impl Filesystem for RewindFs {
             Err(e) => return reply.error(e),
         };
         if new {
-            for id in self.core.following_to_prefetch(ino.0) {
-                let core = self.core.clone();
-                self.pool.prefetch(move || core.warm_chunk(id));
-            }
-            // The pushes below load some of the same chunks. Leaving them in the walk's list
-            // costs a no-op job each (a chunk cached or on its way is skipped) and keeps them in
-            // walk order: taken out, reads that waited for a chunk on a cold tar went from
-            // 7-39 to 43-146.
-            if let Some(push) = self.push.get() {
-                for (file, id, size) in self.core.following_to_push(ino.0) {
-                    let (core, push) = (self.core.clone(), push.clone());
-                    self.pool.prefetch(move || {
-                        if let Some(data) = core.chunk_to_push(id, size) {
-                            let _ = push.try_send((file, data));
-                        }
-                    });
-                }
-            }
+            self.walk_ahead(ino.0);
         }
         for i in self.core.plan_readahead(&file, offset, u64::from(size)) {
             let (core, file) = (self.core.clone(), file.clone());
@@ -528,7 +550,7 @@ fn send_xattr<V: AsRef<[u8]>>(value: Result<V, Errno>, size: u32, reply: ReplyXa
 /// for a store.
 pub fn start_pusher(core: Arc<Core>, notifier: fuser::Notifier, slot: &PushSlot) -> std::io::Result<()> {
     // Bounded: when the kernel falls behind, pushes are dropped and the reads go as usual.
-    let (tx, rx) = crossbeam_channel::bounded::<(u64, Arc<Vec<u8>>)>(32);
+    let (tx, rx) = crossbeam_channel::bounded::<(u64, Arc<Vec<u8>>)>(256);
     std::thread::Builder::new().name("rewind-fs-push".into()).spawn(move || {
         for (ino, data) in rx {
             // The kernel may have forgotten the inode meanwhile (ENOENT): nothing lost.

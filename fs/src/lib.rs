@@ -12,10 +12,11 @@
 //!   so the FUSE loop never waits on decompression. Opens and opendirs answer ENOSYS, so the
 //!   kernel sends neither them nor their releases and keeps file data and listings cached
 //!   (listings checked against the directory's mtime, which moves when the snapshot list
-//!   changes). Walks are helped by prefetch: trees two levels below a listed directory, the
-//!   first chunks of the files a `tar` reads after the one it opened, and the small files after
-//!   it in its directory stored straight into the kernel's page cache (FUSE_NOTIFY_STORE, from a
-//!   thread of their own), so reading them costs no round trip;
+//!   changes). Walks are helped by prefetch: trees two levels below a listed directory, and, in
+//!   the order a `tar` reads them after the file it opened (its folder, then the folders that
+//!   follow, depth first), the small files the kernel knows stored straight into its page cache
+//!   (FUSE_NOTIFY_STORE, from a thread of their own), so reading them costs no round trip, and
+//!   the first chunks of the other files loaded;
 //! - `mount`: mountpoint checks, the foreground session, unmount on signals.
 //!
 //! Invariants: nothing is read at mount time but the index and snapshot manifests; memory is

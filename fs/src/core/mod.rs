@@ -19,6 +19,7 @@ mod prefetch;
 mod read;
 
 pub use attr::xattr_reply;
+pub use prefetch::Ahead;
 
 /// How long the kernel may keep attributes and names inside snapshots: they never change.
 pub const TTL_FROZEN: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -35,8 +36,11 @@ const READERS: usize = 1024;
 const LISTINGS: usize = 256;
 /// Subdirectories of a listed directory whose trees are loaded ahead.
 const PREFETCH_TREES: usize = 256;
-/// Files that follow one in a walk whose first chunks are loaded ahead when it is first read.
-const PREFETCH_FILES: usize = 32;
+/// Files that follow one in a walk prefetched (pushed or loaded) when it is first read. Reads of
+/// pushed files never reach the mount, so the next file read is where the pushes ran out: the
+/// more files ahead, the fewer such reads (a `tar` of Django's 6,900 small files, after a
+/// `find`: 1,700-2,900 files read from the mount with 32, 360-1,200 with 128).
+const PREFETCH_FILES: usize = 128;
 /// Files remembered as pushed into the kernel's page cache.
 const PUSHED: usize = 8192;
 /// Largest file pushed into the kernel's page cache ahead of a walk.

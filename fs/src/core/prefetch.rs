@@ -16,9 +16,18 @@ struct Place {
     top: bool,
 }
 
-/// Chunks chosen for a prefetch, and how much they cover.
+/// One step of a walk's prefetch (see [`Core::walk_ahead`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ahead {
+    /// Store this one-chunk file of `size` bytes into the kernel's page cache.
+    Push { ino: u64, chunk: ChunkId, size: u64 },
+    /// Load this chunk into the cache.
+    Load(ChunkId),
+}
+
+/// What a walk's prefetch chose, and how much it covers.
 struct Prefetch {
-    out: Vec<ChunkId>,
+    out: Vec<Ahead>,
     files: usize,
     bytes: u64,
     limit: u64,
@@ -53,6 +62,12 @@ impl Core {
     /// reports that): a push must never change what the file shows.
     pub fn chunk_to_push(&self, id: ChunkId, size: u64) -> Option<Arc<Vec<u8>>> {
         self.view.repo().chunk(id).ok().filter(|data| data.len() as u64 == size)
+    }
+
+    /// The contents of a one-chunk file of `size` bytes if its chunk is cached now (never
+    /// loads: for the FUSE thread).
+    pub fn cached_to_push(&self, id: ChunkId, size: u64) -> Option<Arc<Vec<u8>>> {
+        self.view.repo().cached_chunk(&id).filter(|data| data.len() as u64 == size)
     }
 
     /// Load a chunk into the cache unless it is there or on its way.
@@ -90,17 +105,20 @@ impl Core {
             .collect()
     }
 
-    /// Chunks of the files a walk reads after `ino`, not cached yet: programs that copy a tree
-    /// (`tar`, `cp -r`, `rsync`) read a directory's entries in order and each subdirectory
-    /// where it comes, so the files that follow are those after `ino` in its directory, depth
-    /// first, then those after its directory in the parent's, and so on up to the snapshot. Only
-    /// trees already cached are followed (the walk's listings have loaded them); the first two
-    /// chunks of at most [`PREFETCH_FILES`] files are taken, up to a quarter of the read-ahead.
-    pub fn following_to_prefetch(&self, ino: u64) -> Vec<ChunkId> {
+    /// What a walk reads after `ino`, in the order it reads it: programs that copy a tree
+    /// (`tar`, `cp -r`, `rsync`) read a directory's entries in order and each subdirectory where
+    /// it comes, so the files that follow are those after `ino` in its directory, depth first,
+    /// then those after its directory in the parent's, and so on up to the snapshot. Only trees
+    /// already cached are followed (the walk's listings have loaded them). Small one-chunk files
+    /// the kernel knows (listed or looked up, in any of these directories) and that were not
+    /// pushed before are to be pushed into its page cache, so reading them costs no round trip;
+    /// of the other files, the first two chunks that are not cached are to be loaded. At most
+    /// [`PREFETCH_FILES`] files, up to a quarter of the read-ahead.
+    pub fn walk_ahead(&self, ino: u64) -> Vec<Ahead> {
         let mut plan = Prefetch { out: Vec::new(), files: 0, bytes: 0, limit: self.readahead_bytes / 4, seen: 0 };
         let mut cur = ino;
         while let Some(place) = self.place(cur) {
-            if !self.plan_walk(&place.tree.nodes[place.pos + 1..], &mut plan) || place.top {
+            if !self.plan_walk(&place.tree.nodes[place.pos + 1..], Some(place.parent), &mut plan) || place.top {
                 break;
             }
             cur = place.parent;
@@ -127,50 +145,41 @@ impl Core {
         Some(Place { parent, tree, pos, top })
     }
 
-    /// Small files after `ino` in its directory (one chunk, at most [`PUSH_MAX`] bytes; as many
-    /// as a walk prefetch takes) that the kernel knows (it listed them) and that were not pushed
-    /// before: their contents can go into the kernel's page cache before a walk reads them, so
-    /// reading them costs no round trip. Larger files are read ahead by the kernel anyway.
-    pub fn following_to_push(&self, ino: u64) -> Vec<(u64, ChunkId, u64)> {
-        let Some(Place { parent, tree, pos, .. }) = self.place(ino) else { return Vec::new() };
-        let t = self.inodes.lock();
-        let mut pushed = self.pushed.lock();
-        let (mut out, mut bytes) = (Vec::new(), 0);
-        for n in tree.nodes[pos + 1..].iter().take(64 * PREFETCH_FILES) {
-            if out.len() >= PREFETCH_FILES || bytes >= self.readahead_bytes / 4 {
-                break;
-            }
-            if n.kind != NodeKind::File || n.content.len() != 1 || n.size == 0 || n.size > PUSH_MAX {
-                continue;
-            }
-            bytes += n.size;
-            if let Some(child) = t.known_child(parent, n)
-                && pushed.put(child, ()).is_none()
-            {
-                out.push((child, n.content[0], n.size));
-            }
-        }
-        out
-    }
-
-    /// Add the files of `nodes`, depth first, to `plan`; false when the plan is full or the walk
-    /// reaches a tree that is not cached.
-    fn plan_walk(&self, nodes: &[Node], plan: &mut Prefetch) -> bool {
+    /// Add the files of `nodes` (the entries of directory `dir`, if the kernel knows it), depth
+    /// first, to `plan`; false when the plan is full or the walk reaches a tree that is not cached.
+    fn plan_walk(&self, nodes: &[Node], dir: Option<u64>, plan: &mut Prefetch) -> bool {
         for n in nodes {
             plan.seen += 1;
-            if plan.files >= PREFETCH_FILES || plan.bytes >= plan.limit || plan.seen > 64 * PREFETCH_FILES {
+            if plan.files >= PREFETCH_FILES || plan.bytes >= plan.limit || plan.seen > 16 * PREFETCH_FILES {
                 return false;
             }
+            let known = || dir.and_then(|d| self.inodes.lock().known_child(d, n));
             match n.kind {
                 NodeKind::File => {
                     plan.files += 1;
                     plan.bytes += n.size;
-                    plan.out.extend(n.content.iter().take(2).filter(|id| !self.view.repo().chunk_cached(id)));
+                    if n.content.len() == 1
+                        && n.size > 0
+                        && n.size <= PUSH_MAX
+                        && let Some(child) = known()
+                    {
+                        if self.pushed.lock().put(child, ()).is_none() {
+                            plan.out.push(Ahead::Push { ino: child, chunk: n.content[0], size: n.size });
+                        }
+                        continue;
+                    }
+                    plan.out.extend(
+                        n.content
+                            .iter()
+                            .take(2)
+                            .filter(|id| !self.view.repo().chunk_cached(id))
+                            .map(|&id| Ahead::Load(id)),
+                    );
                 }
                 NodeKind::Dir => {
                     let Some(t) = n.subtree.filter(|t| self.view.repo().tree_cached(t)) else { return false };
                     let Ok(tree) = self.view.repo().tree(t) else { return false };
-                    if !self.plan_walk(&tree.nodes, plan) {
+                    if !self.plan_walk(&tree.nodes, known(), plan) {
                         return false;
                     }
                 }

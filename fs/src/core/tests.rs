@@ -326,37 +326,63 @@ fn walks_prefetch_subdirectories_and_following_files() {
     assert!(f.core.warm_tree(trees[0]).is_empty(), "sub has no subdirectories");
     assert!(f.core.subtrees_to_prefetch(dir).is_empty());
 
-    let first_chunk = |ino| f.core.open(ino, false).unwrap().0.reader.chunks()[0].id;
+    let chunks = |ino| f.core.open(ino, false).unwrap().0.reader.chunks().iter().map(|c| c.id).collect::<Vec<_>>();
     let (big, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
     let (other, _) = walk(&f.core, &in_snapshot(&f, "other")).unwrap();
+    // The walk goes down into subdirectories and back up to the parent's next files. Files the
+    // kernel does not know yet (not listed, not looked up) are only loaded.
+    let unknown = f.core.walk_ahead(other);
     let (small, _) = walk(&f.core, &in_snapshot(&f, "sub/small")).unwrap();
     let (tail, _) = walk(&f.core, &in_snapshot(&f, "tail")).unwrap();
-    // The walk goes down into subdirectories and back up to the parent's next files.
-    assert_eq!(f.core.following_to_prefetch(other), [first_chunk(small), first_chunk(tail)]);
-    assert_eq!(f.core.following_to_prefetch(small), [first_chunk(tail)]);
-    let chunks = f.core.following_to_prefetch(big);
-    assert!(chunks.contains(&first_chunk(other)), "the next file's first chunk is prefetched");
-    for id in chunks {
-        f.core.warm_chunk(id);
+    assert_eq!(unknown, [Ahead::Load(chunks(small)[0]), Ahead::Load(chunks(tail)[0])]);
+    // The files of several chunks are loaded ahead, their first two chunks, until the budget.
+    let from_big = f.core.walk_ahead(big);
+    let other_chunks = chunks(other);
+    assert!(other_chunks.len() > 2);
+    assert!(from_big.ends_with(&[Ahead::Load(other_chunks[0]), Ahead::Load(other_chunks[1])]), "{from_big:?}");
+    for step in from_big {
+        if let Ahead::Load(id) = step {
+            f.core.warm_chunk(id);
+        }
     }
-    assert!(f.repo.chunk_cached(&first_chunk(other)));
-    assert!(f.core.following_to_prefetch(big).is_empty(), "what is cached is not asked for again");
+    assert!(f.repo.chunk_cached(&other_chunks[0]));
+    assert!(
+        !f.core.walk_ahead(big).iter().any(|s| matches!(s, Ahead::Load(id) if other_chunks.contains(id))),
+        "what is cached is not asked for again"
+    );
     // The last file of the snapshot has nothing after it.
-    assert!(f.core.following_to_prefetch(tail).is_empty());
+    assert!(f.core.walk_ahead(tail).is_empty());
 }
 
 #[test]
-fn walks_push_the_small_files_the_kernel_knows_once() {
+fn walks_push_the_small_files_the_kernel_knows_once_in_any_directory() {
     let f = fixture();
     let first_chunk = |ino| f.core.open(ino, false).unwrap().0.reader.chunks()[0].id;
-    let (big, _) = walk(&f.core, &in_snapshot(&f, "big")).unwrap();
+    let (dir, _) = walk(&f.core, &in_snapshot(&f, "")).unwrap();
+    f.core.readdir(dir, 0, |_, _, _, _| false).unwrap();
+    for t in f.core.subtrees_to_prefetch(dir) {
+        f.core.warm_tree(t);
+    }
+    let (other, _) = walk(&f.core, &in_snapshot(&f, "other")).unwrap();
+    let (small, _) = walk(&f.core, &in_snapshot(&f, "sub/small")).unwrap();
     let (tail, _) = walk(&f.core, &in_snapshot(&f, "tail")).unwrap();
-    // After big: link (not looked up yet), other (several chunks), sub, sym, tail.
-    assert_eq!(f.core.following_to_push(big), [(tail, first_chunk(tail), 4000)]);
-    let (link, _) = walk(&f.core, &in_snapshot(&f, "link")).unwrap();
-    assert_eq!(f.core.following_to_push(big), [(link, first_chunk(link), 11)], "tail was pushed already");
-    assert!(f.core.following_to_push(big).is_empty());
-    assert!(f.core.following_to_push(tail).is_empty(), "nothing after the last file");
+    // After other: sub/small (in a subdirectory), sym (a link), tail.
+    assert_eq!(
+        f.core.walk_ahead(other),
+        [
+            Ahead::Push { ino: small, chunk: first_chunk(small), size: 11 },
+            Ahead::Push { ino: tail, chunk: first_chunk(tail), size: 4000 }
+        ]
+    );
+    assert!(f.core.walk_ahead(other).is_empty(), "each file is pushed once");
+    assert!(f.core.walk_ahead(tail).is_empty(), "nothing after the last file");
+    // Pushed bytes are the file's, and only a cached chunk is pushed from the FUSE thread.
+    assert_eq!(f.core.cached_to_push(first_chunk(tail), 4000), None);
+    f.core.warm_chunk(first_chunk(tail));
+    let data = f.core.cached_to_push(first_chunk(tail), 4000).expect("cached now");
+    assert_eq!(*data, std::fs::read(f.src.join("tail")).unwrap());
+    assert_eq!(f.core.cached_to_push(first_chunk(tail), 3999), None, "never bytes of another length");
+    assert_eq!(f.core.chunk_to_push(first_chunk(tail), 4000), Some(data));
 }
 
 #[test]
