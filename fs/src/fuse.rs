@@ -119,7 +119,7 @@ impl RewindFs {
                 },
                 // No pusher: the file is read as usual, its chunk loaded ahead.
                 (Ahead::Push { chunk, .. }, None) => rest.push(Ahead::Load(chunk)),
-                (Ahead::Load(_), _) => rest.push(step),
+                (Ahead::Load(_) | Ahead::Tree(_), _) => rest.push(step),
             }
         }
         for steps in rest.chunks(WALK_JOB) {
@@ -133,6 +133,9 @@ impl RewindFs {
                             }
                         }
                         Ahead::Load(id) => core.warm_chunk(id),
+                        Ahead::Tree(id) => {
+                            core.warm_tree(id);
+                        }
                     }
                 }
             });

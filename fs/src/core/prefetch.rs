@@ -23,6 +23,9 @@ pub enum Ahead {
     Push { ino: u64, chunk: ChunkId, size: u64 },
     /// Load this chunk into the cache.
     Load(ChunkId),
+    /// Load this directory into the tree cache: the walk goes on there, and the next plan can
+    /// see its files.
+    Tree(TreeId),
 }
 
 /// What a walk's prefetch chose, and how much it covers.
@@ -108,8 +111,10 @@ impl Core {
     /// What a walk reads after `ino`, in the order it reads it: programs that copy a tree
     /// (`tar`, `cp -r`, `rsync`) read a directory's entries in order and each subdirectory where
     /// it comes, so the files that follow are those after `ino` in its directory, depth first,
-    /// then those after its directory in the parent's, and so on up to the snapshot. Only trees
-    /// already cached are followed (the walk's listings have loaded them). Small one-chunk files
+    /// then those after its directory in the parent's, and so on up to the snapshot. Trees already
+    /// cached are followed; the first one that is not ends the plan and is loaded, so that the
+    /// next plan goes on there (a fresh `tar` of the real-data corpus, with no `find` before it:
+    /// 1,340-1,400 reads waited for a chunk, 20-100 with the tree loaded). Small one-chunk files
     /// the kernel knows (listed or looked up, in any of these directories) and that were not
     /// pushed before are to be pushed into its page cache, so reading them costs no round trip;
     /// of the other files, the first two chunks that are not cached are to be loaded. At most
@@ -177,7 +182,11 @@ impl Core {
                     );
                 }
                 NodeKind::Dir => {
-                    let Some(t) = n.subtree.filter(|t| self.view.repo().tree_cached(t)) else { return false };
+                    let Some(t) = n.subtree else { continue };
+                    if !self.view.repo().tree_cached(&t) {
+                        plan.out.push(Ahead::Tree(t));
+                        return false;
+                    }
                     let Ok(tree) = self.view.repo().tree(t) else { return false };
                     if !self.plan_walk(&tree.nodes, known(), plan) {
                         return false;

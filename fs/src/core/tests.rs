@@ -355,6 +355,21 @@ fn walks_prefetch_subdirectories_and_following_files() {
 }
 
 #[test]
+fn walks_load_the_next_directory_before_they_can_plan_in_it() {
+    let f = fixture();
+    let (other, _) = walk(&f.core, &in_snapshot(&f, "other")).unwrap();
+    // A fresh walk: sub's tree is not cached, so the plan stops there and asks for it.
+    let plan = f.core.walk_ahead(other);
+    let [Ahead::Tree(sub)] = plan[..] else { panic!("{plan:?}") };
+    assert!(!f.repo.tree_cached(&sub));
+    f.core.warm_tree(sub);
+    // With it loaded, the next plan goes through it: sub/small, then tail (neither known yet).
+    let plan = f.core.walk_ahead(other);
+    assert_eq!(plan.len(), 2, "{plan:?}");
+    assert!(plan.iter().all(|s| matches!(s, Ahead::Load(_))), "{plan:?}");
+}
+
+#[test]
 fn walks_push_the_small_files_the_kernel_knows_once_in_any_directory() {
     let f = fixture();
     let first_chunk = |ino| f.core.open(ino, false).unwrap().0.reader.chunks()[0].id;
