@@ -80,6 +80,15 @@ pub(crate) fn compress(raw: &[u8], level: i32) -> (Compression, Vec<u8>) {
     }
 }
 
+/// For the fuzzer: compress a sample with a dictionary that zstd accepted, and decompress it.
+pub(crate) fn fuzz_dict(d: &crate::dict::Dict) -> bool {
+    let sample = b"fn main() { let x = Some(1); match x { Some(v) => v, None => 0 }; }".repeat(4);
+    let Some(c) = DictCompressor::new(&d.bytes, 3) else { return false };
+    zstd_compress_dict(&sample, &c)
+        .and_then(|z| zstd_decompress_dict(&z, sample.len(), d))
+        .is_ok_and(|out| out == sample)
+}
+
 /// [`compress`] of a small blob with the repository's dictionary (raw when that saves under
 /// 1/32, like [`compress`]).
 pub(crate) fn compress_small(raw: &[u8], level: i32, dict: &DictCompressor) -> (Compression, Vec<u8>) {

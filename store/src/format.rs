@@ -1128,6 +1128,7 @@ pub const DECODERS: &[&str] = &[
     "snapshot-v2",
     "config-v2",
     "lock-v2",
+    "dict-v2",
 ];
 
 /// The name the version 2 index and snapshot decoders are fuzzed under: a seed is sealed and
@@ -1169,6 +1170,10 @@ pub fn decode_for_fuzzing(name: &str, bytes: &[u8]) -> bool {
             .is_ok(),
         "config-v2" => Config::decode_sealed(bytes, fuzzing_codec().crypto()).is_ok(),
         "lock-v2" => fuzzing_codec().decode_lock("fuzz", bytes.to_vec()).is_ok(),
+        // A dictionary file, then zstd's parsing of the dictionary and a decompression with it.
+        "dict-v2" => fuzzing_codec()
+            .decode_dict_named(FUZZ_NAME, bytes.to_vec(), false)
+            .is_ok_and(|d| crate::dict::Dict::new(FUZZ_NAME.into(), d).is_ok_and(|d| crate::blob::fuzz_dict(&d))),
         _ => panic!("no decoder {name}"),
     }
 }
