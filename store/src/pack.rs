@@ -34,9 +34,11 @@ enum DictState {
     /// The repository has no dictionaries (version 1 or 2), or training one failed.
     Off,
     /// The repository has none yet: small blobs wait, uncompressed, to train one on.
+    /// `training`: one thread trains on what was gathered; what comes meanwhile waits too.
     Gathering {
         held: Vec<(BlobId, Vec<u8>)>,
         bytes: usize,
+        training: bool,
     },
     Ready(Arc<DictCompressor>),
 }
@@ -98,7 +100,7 @@ impl<'a> Packer<'a> {
         self.codec.load_dicts()?;
         let state = match self.codec.preferred_dict() {
             Some(d) => self.prepare(&d),
-            None => DictState::Gathering { held: Vec::new(), bytes: 0 },
+            None => DictState::Gathering { held: Vec::new(), bytes: 0, training: false },
         };
         *self.dict.lock().expect("packer lock") = state;
         Ok(self)
@@ -121,35 +123,50 @@ impl<'a> Packer<'a> {
         match &mut *state {
             DictState::Off => Ok(Small::Plain),
             DictState::Ready(d) => Ok(Small::Dict(d.clone())),
-            DictState::Gathering { held, bytes } => {
+            DictState::Gathering { held, bytes, training } => {
                 held.push((id, raw.to_vec()));
                 *bytes += raw.len();
-                if *bytes < dict::TRAIN_BYTES {
+                if *training || *bytes < dict::TRAIN_BYTES {
                     return Ok(Small::Held);
                 }
-                // Trained under the lock: other small blobs wait for it, once per repository.
-                let held = self.train(&mut state);
+                // Trained outside the lock: the other threads go on (their small blobs wait).
+                *training = true;
+                let samples = std::mem::take(held);
                 drop(state);
-                self.add_held(held)?;
+                self.train_and_add(samples)?;
                 Ok(Small::Held)
             }
         }
     }
 
-    /// Train a dictionary on the held blobs (if they are enough), store it, and return the held
-    /// blobs to add now.
-    fn train(&self, state: &mut DictState) -> Vec<(BlobId, Vec<u8>)> {
-        let DictState::Gathering { held, bytes } = std::mem::replace(state, DictState::Off) else {
-            return Vec::new();
+    /// Train a dictionary on `samples` (the held blobs, if they are enough), store it, settle
+    /// the state, and add the samples and whatever was held meanwhile.
+    fn train_and_add(&self, samples: Vec<(BlobId, Vec<u8>)>) -> Result<()> {
+        let total: usize = samples.iter().map(|(_, b)| b.len()).sum();
+        let trained = if total >= dict::TRAIN_MIN_BYTES { Some(self.train(&samples)) } else { None };
+        let meanwhile = {
+            let mut state = self.dict.lock().expect("packer lock");
+            let meanwhile = match &mut *state {
+                DictState::Gathering { held, .. } => std::mem::take(held),
+                _ => Vec::new(),
+            };
+            *state = match trained {
+                Some(Some(d)) => self.prepare(&d),
+                Some(None) => DictState::Off,
+                // Too little to learn from: these go without, and gathering goes on.
+                None => DictState::Gathering { held: Vec::new(), bytes: 0, training: false },
+            };
+            meanwhile
         };
-        if bytes < dict::TRAIN_MIN_BYTES {
-            // Too little to learn from: these go without, and gathering goes on.
-            *state = DictState::Gathering { held: Vec::new(), bytes: 0 };
-            return held;
-        }
+        self.add_held(samples)?;
+        self.add_held(meanwhile)
+    }
+
+    /// Train a dictionary and store it (durably, before any blob compressed with it).
+    fn train(&self, samples: &[(BlobId, Vec<u8>)]) -> Option<Arc<Dict>> {
         let started = std::time::Instant::now();
-        let samples: Vec<&[u8]> = held.iter().map(|(_, b)| b.as_slice()).collect();
-        let trained = zstd::dict::from_samples(&samples, dict::MAX_DICT).map_err(|e| e.to_string()).and_then(|bytes| {
+        let slices: Vec<&[u8]> = samples.iter().map(|(_, b)| b.as_slice()).collect();
+        let trained = zstd::dict::from_samples(&slices, dict::MAX_DICT).map_err(|e| e.to_string()).and_then(|bytes| {
             let (name, file) = self.codec.encode_dict(&bytes);
             let d = Dict::new(name.clone(), bytes)?;
             self.backend.put(crate::backend::FileKind::Dict, &name, &file).map_err(|e| e.to_string())?;
@@ -157,13 +174,14 @@ impl<'a> Packer<'a> {
         });
         match trained {
             Ok(d) => {
-                tracing::debug!(dict = %d.name, bytes = d.bytes.len(), samples = held.len(), ms = started.elapsed().as_millis() as u64, "dictionary trained");
-                let d = self.codec.add_dict(d);
-                *state = self.prepare(&d);
+                tracing::debug!(dict = %d.name, bytes = d.bytes.len(), samples = samples.len(), ms = started.elapsed().as_millis() as u64, "dictionary trained");
+                Some(self.codec.add_dict(d))
             }
-            Err(e) => tracing::warn!("cannot train a compression dictionary ({e}): compressing without one"),
+            Err(e) => {
+                tracing::warn!("cannot train a compression dictionary ({e}): compressing without one");
+                None
+            }
         }
-        held
     }
 
     /// Add blobs that waited for the dictionary, now that it is settled.
@@ -292,7 +310,7 @@ impl<'a> Packer<'a> {
     /// already in an index file stay (another backup may have deduplicated against them) and
     /// are freed by the next prune if unused. Returns how many packs were deleted.
     pub fn abandon(&self) -> usize {
-        if let DictState::Gathering { held, bytes } = &mut *self.dict.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let DictState::Gathering { held, bytes, .. } = &mut *self.dict.lock().unwrap_or_else(|e| e.into_inner()) {
             held.clear();
             *bytes = 0;
         }
@@ -327,16 +345,24 @@ impl<'a> Packer<'a> {
 
     /// Seal the open packs (kind by kind), so everything added so far is in written packs.
     pub fn flush(&self) -> Result<()> {
-        // Blobs still waiting for a dictionary: train on what there is (or go without).
-        let held = {
+        // Blobs still waiting for a dictionary: train on what there is (or go without). A
+        // thread training now adds what it holds before it returns; wait for it.
+        let samples = loop {
             let mut state = self.dict.lock().expect("packer lock");
-            match &*state {
-                DictState::Gathering { held, .. } if !held.is_empty() => self.train(&mut state),
-                _ => Vec::new(),
+            match &mut *state {
+                DictState::Gathering { training: true, .. } => {
+                    drop(state);
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                DictState::Gathering { held, training, .. } if !held.is_empty() => {
+                    *training = true;
+                    break std::mem::take(held);
+                }
+                _ => break Vec::new(),
             }
         };
-        if !held.is_empty() {
-            self.add_held(held)?;
+        if !samples.is_empty() {
+            self.train_and_add(samples)?;
         }
         for kind in [BlobKind::Data, BlobKind::Tree] {
             let pack = self.open[kind as usize].lock().expect("packer lock").take();
