@@ -5,6 +5,7 @@
 mod support;
 
 mod catalog;
+mod compression;
 mod encryption;
 mod faults;
 mod images;

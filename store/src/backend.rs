@@ -26,6 +26,8 @@ pub enum FileKind {
     Key,
     /// Sessions the portal ended (logout), refused by every portal serving the repository.
     Revocation,
+    /// Compression dictionaries (repository version 3).
+    Dict,
 }
 
 impl FileKind {
@@ -50,6 +52,7 @@ impl FileKind {
             FileKind::Pending => "pending",
             FileKind::Key => "keys",
             FileKind::Revocation => "revoked",
+            FileKind::Dict => "dicts",
         }
     }
 }

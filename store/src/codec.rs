@@ -31,22 +31,30 @@ const V2_FOOTER_LEN: usize = 4 + 4 + 8;
 const V2_HEAD_FIXED_LEN: usize = 8 + 4;
 
 /// Encodes and decodes a repository's objects.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Codec {
     version: u32,
     crypto: Crypto,
+    /// The repository's compression dictionaries, shared by every clone.
+    dicts: std::sync::Arc<crate::dict::Dicts>,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec").field("version", &self.version).field("crypto", &self.crypto).finish_non_exhaustive()
+    }
 }
 
 impl Codec {
     /// Version 1: plaintext, BLAKE3 ids.
     pub fn plain() -> Codec {
-        Codec { version: PLAIN_VERSION, crypto: Crypto::None }
+        Codec { version: PLAIN_VERSION, crypto: Crypto::None, dicts: Default::default() }
     }
 
     /// Version 2 under `crypto`, which must hold a key.
     pub fn encrypted(crypto: Crypto) -> Codec {
         debug_assert!(crypto.is_encrypted());
-        Codec { version: ENCRYPTED_VERSION, crypto }
+        Codec { version: ENCRYPTED_VERSION, crypto, dicts: Default::default() }
     }
 
     pub fn version(&self) -> u32 {
@@ -91,6 +99,91 @@ impl Codec {
         self.crypto.open_in_place(&blob_aad(id), stored, || {
             format!("{} blob {}", crate::blob::kind_name(id.kind), id.hash.to_hex())
         })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Dictionaries
+
+    /// Where the dictionaries are read from when a blob needs one.
+    pub(crate) fn set_dict_source(&self, backend: std::sync::Arc<dyn crate::backend::Backend>) {
+        self.dicts.set_source(backend);
+    }
+
+    /// A dictionary's file: `seal(len u32 || dictionary || zeros)` padded to a power of two of at
+    /// least 4 KiB (like an index file), named by the id of the dictionary's bytes, bound to that
+    /// name. Returns the name and the file.
+    pub fn encode_dict(&self, dict: &[u8]) -> (String, Vec<u8>) {
+        let id = self.id(dict);
+        let name = id.to_hex();
+        let mut plain = Vec::with_capacity(4 + dict.len());
+        plain.extend_from_slice(&(dict.len() as u32).to_le_bytes());
+        plain.extend_from_slice(dict);
+        if self.version == PLAIN_VERSION {
+            return (name, plain);
+        }
+        pad_zeros(&mut plain, 4096);
+        let sealed = self.crypto.seal(&named_aad(b"dict", &id.0), &plain);
+        (name, sealed)
+    }
+
+    /// The dictionary in a file named `name`: authenticated, and checked against its name.
+    pub fn decode_dict(&self, name: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        self.decode_dict_named(name, bytes, true)
+    }
+
+    /// [`Codec::decode_dict`], optionally without the name check (for the fuzzer, whose
+    /// mutations of a sealed seed never match a name).
+    pub(crate) fn decode_dict_named(&self, name: &str, bytes: Vec<u8>, check_name: bool) -> Result<Vec<u8>> {
+        let what = || format!("dictionary {name}");
+        let id = Hash::from_hex(name).map_err(|_| Error::corrupt(what(), "not named by an id"))?;
+        let plain = if self.version == PLAIN_VERSION {
+            bytes
+        } else {
+            self.crypto.open(&named_aad(b"dict", &id.0), bytes, what)?
+        };
+        let len = plain.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+        let dict = match len.and_then(|n| plain.get(4..4 + n)) {
+            Some(d) => d,
+            None => return Err(Error::corrupt(what(), "length beyond the file")),
+        };
+        if check_name && self.id(dict) != id {
+            return Err(Error::corrupt(what(), "content does not match its name"));
+        }
+        Ok(dict.to_vec())
+    }
+
+    /// Read the repository's dictionaries not loaded yet.
+    pub(crate) fn load_dicts(&self) -> Result<()> {
+        self.dicts.load(|name, bytes| self.decode_dict(name, bytes))
+    }
+
+    /// The dictionary new blobs are compressed with, if the repository has one.
+    pub(crate) fn preferred_dict(&self) -> Option<std::sync::Arc<crate::dict::Dict>> {
+        self.dicts.preferred()
+    }
+
+    /// Dictionary files that did not open at the last load, with why.
+    pub fn damaged_dicts(&self) -> Vec<(String, String)> {
+        self.dicts.damaged()
+    }
+
+    /// Whether this codec has the dictionary of zstd id `zstd_id` (loaded).
+    pub(crate) fn has_dict(&self, zstd_id: u32) -> bool {
+        self.dicts.get(zstd_id).is_some()
+    }
+
+    /// Add a dictionary this process wrote (or copied in) to the table.
+    pub(crate) fn add_dict(&self, d: crate::dict::Dict) -> std::sync::Arc<crate::dict::Dict> {
+        self.dicts.insert(d)
+    }
+
+    /// The dictionary a blob's zstd frame names (`what` names the blob in errors).
+    pub(crate) fn dict_for_frame(
+        &self,
+        frame: &[u8],
+        what: impl Fn() -> String,
+    ) -> Result<std::sync::Arc<crate::dict::Dict>> {
+        self.dicts.for_frame(frame, what, |name, bytes| self.decode_dict(name, bytes))
     }
 
     // -----------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ use crate::blob;
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::format::{BlobId, ChunkId, Node, NodeKind, PackId, Snapshot, SnapshotId, Tree, TreeId};
+use crate::format::{BlobId, ChunkId, Compression, Node, NodeKind, PackId, Snapshot, SnapshotId, Tree, TreeId};
 use crate::index::{IdMap, IdSet, Location};
 use crate::lock::{self, Lock};
 use crate::pack::Packer;
@@ -94,7 +94,8 @@ pub fn copy(
     failpoint::hit("copy-records-read")?;
     dst.avoid_packs(condemned.clone())?;
     let config = dst.repo().config();
-    let packer = Packer::new(dst.backend(), dst.codec(), config.pack_size, config.compression.level);
+    let packer = Packer::new(dst.backend(), dst.codec(), config.pack_size, config.compression.level)
+        .with_dictionaries(config.has_dictionaries())?;
     let copier = Copier {
         src,
         dst,
@@ -104,6 +105,7 @@ pub fn copy(
         mode: mode(src, dst),
         trees: Mutex::new(IdMap::default()),
         chunks: Mutex::new(IdMap::default()),
+        dicts: Mutex::new(()),
         chunker: Chunker::with_gear(config.chunker, dst.codec().crypto().gear()),
     };
     let result = copier.run(snapshots, &lock);
@@ -136,6 +138,8 @@ struct Copier<'a> {
     chunks: Mutex<IdMap<ChunkId, ChunkId>>,
     /// The target's chunker, for re-chunking.
     chunker: Chunker,
+    /// Held while a dictionary is copied into the target, so it is written once.
+    dicts: Mutex<()>,
 }
 
 impl Copier<'_> {
@@ -257,7 +261,11 @@ impl Copier<'_> {
                     None => self.src.read_stored(*id)?,
                 };
                 let n = stored.len() as u64;
-                if self.mode == Mode::Verbatim {
+                if loc.compression == Compression::ZstdDict && !self.dict_ready(id, &stored)? {
+                    // The target has no dictionaries (version 1 or 2): compressed anew without.
+                    let raw = blob::open(self.src.codec(), id, loc.compression, &stored, loc.raw_len)?;
+                    self.packer.add_claimed(*id, &raw)?;
+                } else if self.mode == Mode::Verbatim {
                     blob::open(self.src.codec(), id, loc.compression, &stored, loc.raw_len)?;
                     self.packer.add_stored(*id, loc.compression, &stored, loc.raw_len)?;
                 } else {
@@ -274,6 +282,30 @@ impl Copier<'_> {
             }
             Ok(())
         })
+    }
+
+    /// For a blob compressed with one of the source's dictionaries: make sure the target has
+    /// that dictionary (written before any pack that needs it), or say it cannot have one.
+    fn dict_ready(&self, id: &BlobId, stored: &[u8]) -> Result<bool> {
+        if !self.dst.repo().config().has_dictionaries() {
+            return Ok(false);
+        }
+        let bytes = self.src.codec().open_blob(id, stored.to_vec())?;
+        let what = || format!("{} blob {}", blob::kind_name(id.kind), id.hash.to_hex());
+        let d = self.src.codec().dict_for_frame(&bytes, what)?;
+        let _one = self.dicts.lock().expect("copy lock");
+        if self.dst.codec().has_dict(d.zstd_id) {
+            return Ok(true);
+        }
+        self.dst.codec().load_dicts()?;
+        if self.dst.codec().has_dict(d.zstd_id) {
+            return Ok(true);
+        }
+        let (name, file) = self.dst.codec().encode_dict(&d.bytes);
+        self.dst.backend().put(FileKind::Dict, &name, &file)?;
+        let copied = crate::dict::Dict::new(name, d.bytes.clone()).map_err(|e| Error::corrupt("dictionary", e))?;
+        self.dst.codec().add_dict(copied);
+        Ok(true)
     }
 
     /// Store a blob of the target unless it has it.

@@ -16,6 +16,11 @@ use crate::error::{Error, Result};
 /// The newest repository format this build reads and writes: 2, encrypted (see `codec.rs`).
 /// Version 1, plaintext, is read and written too (`init --insecure-no-encryption`).
 pub const FORMAT_VERSION: u32 = 2;
+/// The newest repository (config) version: 3 is version 2's objects plus compression
+/// dictionaries (`dicts/`, blobs compressed with one). Versions 1 and 2 are read and written as
+/// they are; a rewind that knows only version 2 refuses a version 3 repository as too new
+/// instead of misreading its blobs.
+pub const REPOSITORY_VERSION: u32 = 3;
 /// The version of the plaintext layouts this file encodes (packs, index files, configs).
 pub(crate) const V1: u32 = 1;
 
@@ -178,6 +183,9 @@ impl From<TreeId> for BlobId {
 pub enum Compression {
     None = 0,
     Zstd = 1,
+    /// zstd with one of the repository's dictionaries (version 3), named by the frame's
+    /// dictionary id.
+    ZstdDict = 2,
 }
 
 impl Compression {
@@ -185,6 +193,7 @@ impl Compression {
         match v {
             0 => Some(Compression::None),
             1 => Some(Compression::Zstd),
+            2 => Some(Compression::ZstdDict),
             _ => None,
         }
     }
@@ -244,7 +253,13 @@ impl ConfigHead {
         if head.magic != CONFIG_MAGIC {
             return Err(Error::corrupt("config", format!("magic is {:?}, not {CONFIG_MAGIC:?}", head.magic)));
         }
-        check_version("repository", head.version)?;
+        if head.version == 0 || head.version > REPOSITORY_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "repository".into(),
+                found: head.version,
+                supported: REPOSITORY_VERSION,
+            });
+        }
         let consistent = match head.version {
             V1 => head.encryption == Encryption::None,
             _ => head.encryption == Encryption::Aes256Gcm,
@@ -346,7 +361,7 @@ impl Config {
         crate::crypto::fill_random(&mut seed);
         Config {
             magic: CONFIG_MAGIC.into(),
-            version: if encryption.is_none() { V1 } else { FORMAT_VERSION },
+            version: if encryption.is_none() { V1 } else { REPOSITORY_VERSION },
             id: Hash(seed),
             created: jiff::Timestamp::now(),
             chunker,
@@ -354,6 +369,11 @@ impl Config {
             pack_size: 16 * 1024 * 1024,
             encryption,
         }
+    }
+
+    /// Whether blobs may be compressed with a dictionary (version 3).
+    pub fn has_dictionaries(&self) -> bool {
+        self.version >= 3
     }
 
     /// A version 1 config.
@@ -1108,6 +1128,7 @@ pub const DECODERS: &[&str] = &[
     "snapshot-v2",
     "config-v2",
     "lock-v2",
+    "dict-v2",
 ];
 
 /// The name the version 2 index and snapshot decoders are fuzzed under: a seed is sealed and
@@ -1149,6 +1170,10 @@ pub fn decode_for_fuzzing(name: &str, bytes: &[u8]) -> bool {
             .is_ok(),
         "config-v2" => Config::decode_sealed(bytes, fuzzing_codec().crypto()).is_ok(),
         "lock-v2" => fuzzing_codec().decode_lock("fuzz", bytes.to_vec()).is_ok(),
+        // A dictionary file, then zstd's parsing of the dictionary and a decompression with it.
+        "dict-v2" => fuzzing_codec()
+            .decode_dict_named(FUZZ_NAME, bytes.to_vec(), false)
+            .is_ok_and(|d| crate::dict::Dict::new(FUZZ_NAME.into(), d).is_ok_and(|d| crate::blob::fuzz_dict(&d))),
         _ => panic!("no decoder {name}"),
     }
 }
@@ -1210,7 +1235,7 @@ mod tests {
     #[test]
     fn newer_versions_are_refused() {
         let mut c = Config::new(ChunkerParams::default(), CompressionParams::default(), Encryption::None);
-        c.version = FORMAT_VERSION + 1;
+        c.version = REPOSITORY_VERSION + 1;
         let err = Config::decode(&c.encode()).unwrap_err();
         assert!(err.to_string().contains("upgrade rewind"), "{err}");
         let mut tree = sample_tree().encode();

@@ -27,6 +27,7 @@ mod chunker;
 pub mod codec;
 pub mod copy;
 pub mod crypto;
+mod dict;
 mod error;
 mod failpoint;
 mod flight;

@@ -38,7 +38,7 @@ impl LocalCache {
     }
 
     fn cached(kind: FileKind) -> bool {
-        matches!(kind, FileKind::Index | FileKind::Snapshot)
+        matches!(kind, FileKind::Index | FileKind::Snapshot | FileKind::Dict)
     }
 
     fn path(&self, kind: FileKind, name: &str) -> PathBuf {

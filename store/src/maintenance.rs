@@ -74,6 +74,12 @@ pub fn check(repo: &Repository, read_data: bool, progress: &CheckProgress) -> Re
         }
     }
 
+    // Compression dictionaries: a damaged one makes every blob compressed with it unreadable.
+    codec.load_dicts()?;
+    for (name, e) in codec.damaged_dicts() {
+        report.errors.push(format!("dictionary {name}: {e}; the blobs compressed with it cannot be read"));
+    }
+
     let pack_names: BTreeSet<String> = backend.list(FileKind::Pack)?.into_iter().collect();
     let condemned = crate::prune::condemned_packs(repo)?;
     for name in backend.list(FileKind::Pending)? {

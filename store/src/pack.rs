@@ -3,11 +3,12 @@
 //! like in the repository's version. Blobs are compressed by the caller's thread; the shared part is a short
 //! append under a mutex. A full pack is sealed and written outside the lock.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::backend::{Backend, FileKind};
-use crate::blob;
+use crate::blob::{self, DictCompressor};
 use crate::codec::Codec;
+use crate::dict::{self, Dict};
 use crate::error::Result;
 use crate::format::{self, BlobId, BlobKind, BlobRecord, Compression, Hash, IndexPack, PackId};
 use crate::index::{IdSet, write_index_file};
@@ -26,6 +27,27 @@ impl OpenPack {
         buf.extend_from_slice(&codec.pack_header());
         OpenPack { buf, records: Vec::new() }
     }
+}
+
+/// Whether small data blobs are compressed with a dictionary, and where training it stands.
+enum DictState {
+    /// The repository has no dictionaries (version 1 or 2), or training one failed.
+    Off,
+    /// The repository has none yet: small blobs wait, uncompressed, to train one on.
+    /// `training`: one thread trains on what was gathered; what comes meanwhile waits too.
+    Gathering {
+        held: Vec<(BlobId, Vec<u8>)>,
+        bytes: usize,
+        training: bool,
+    },
+    Ready(Arc<DictCompressor>),
+}
+
+/// What to do with one small blob.
+enum Small {
+    Held,
+    Plain,
+    Dict(Arc<DictCompressor>),
 }
 
 /// What a [`Packer`] wrote.
@@ -50,6 +72,7 @@ pub(crate) struct Packer<'a> {
     stats: Mutex<PackerStats>,
     /// A remote repository's tree cache: trees written are kept there too.
     tree_cache: Option<std::path::PathBuf>,
+    dict: Mutex<DictState>,
 }
 
 impl<'a> Packer<'a> {
@@ -64,7 +87,117 @@ impl<'a> Packer<'a> {
             finished: Mutex::new(Vec::new()),
             stats: Mutex::new(PackerStats::default()),
             tree_cache: None,
+            dict: Mutex::new(DictState::Off),
         }
+    }
+
+    /// Compress small data blobs with the repository's dictionary (repository version 3): the
+    /// one it has, or one trained from the first small blobs added (FORMAT.md, "Dictionaries").
+    pub fn with_dictionaries(self, on: bool) -> Result<Self> {
+        if !on {
+            return Ok(self);
+        }
+        self.codec.load_dicts()?;
+        let state = match self.codec.preferred_dict() {
+            Some(d) => self.prepare(&d),
+            None => DictState::Gathering { held: Vec::new(), bytes: 0, training: false },
+        };
+        *self.dict.lock().expect("packer lock") = state;
+        Ok(self)
+    }
+
+    fn prepare(&self, d: &Dict) -> DictState {
+        match DictCompressor::new(&d.bytes, self.level) {
+            Some(c) => DictState::Ready(Arc::new(c)),
+            None => {
+                tracing::warn!("zstd cannot use dictionary {}: compressing without it", d.name);
+                DictState::Off
+            }
+        }
+    }
+
+    /// How to store a small data blob; `Held` when it waits for the dictionary to be trained
+    /// (the caller is done with it: it is added then).
+    fn small(&self, id: BlobId, raw: &[u8]) -> Result<Small> {
+        let mut state = self.dict.lock().expect("packer lock");
+        match &mut *state {
+            DictState::Off => Ok(Small::Plain),
+            DictState::Ready(d) => Ok(Small::Dict(d.clone())),
+            DictState::Gathering { held, bytes, training } => {
+                held.push((id, raw.to_vec()));
+                *bytes += raw.len();
+                if *training || *bytes < dict::TRAIN_BYTES {
+                    return Ok(Small::Held);
+                }
+                // Trained outside the lock: the other threads go on (their small blobs wait).
+                *training = true;
+                let samples = std::mem::take(held);
+                drop(state);
+                self.train_and_add(samples)?;
+                Ok(Small::Held)
+            }
+        }
+    }
+
+    /// Train a dictionary on `samples` (the held blobs, if they are enough), store it, settle
+    /// the state, and add the samples and whatever was held meanwhile.
+    fn train_and_add(&self, samples: Vec<(BlobId, Vec<u8>)>) -> Result<()> {
+        let total: usize = samples.iter().map(|(_, b)| b.len()).sum();
+        let trained = if total >= dict::TRAIN_MIN_BYTES { Some(self.train(&samples)) } else { None };
+        let meanwhile = {
+            let mut state = self.dict.lock().expect("packer lock");
+            let meanwhile = match &mut *state {
+                DictState::Gathering { held, .. } => std::mem::take(held),
+                _ => Vec::new(),
+            };
+            *state = match trained {
+                Some(Some(d)) => self.prepare(&d),
+                Some(None) => DictState::Off,
+                // Too little to learn from: these go without, and gathering goes on.
+                None => DictState::Gathering { held: Vec::new(), bytes: 0, training: false },
+            };
+            meanwhile
+        };
+        self.add_held(samples)?;
+        self.add_held(meanwhile)
+    }
+
+    /// Train a dictionary and store it (durably, before any blob compressed with it).
+    fn train(&self, samples: &[(BlobId, Vec<u8>)]) -> Option<Arc<Dict>> {
+        let started = std::time::Instant::now();
+        let slices: Vec<&[u8]> = samples.iter().map(|(_, b)| b.as_slice()).collect();
+        let trained = zstd::dict::from_samples(&slices, dict::MAX_DICT).map_err(|e| e.to_string()).and_then(|bytes| {
+            let (name, file) = self.codec.encode_dict(&bytes);
+            let d = Dict::new(name.clone(), bytes)?;
+            self.backend.put(crate::backend::FileKind::Dict, &name, &file).map_err(|e| e.to_string())?;
+            Ok(d)
+        });
+        match trained {
+            Ok(d) => {
+                tracing::debug!(dict = %d.name, bytes = d.bytes.len(), samples = samples.len(), ms = started.elapsed().as_millis() as u64, "dictionary trained");
+                Some(self.codec.add_dict(d))
+            }
+            Err(e) => {
+                tracing::warn!("cannot train a compression dictionary ({e}): compressing without one");
+                None
+            }
+        }
+    }
+
+    /// Add blobs that waited for the dictionary, now that it is settled.
+    fn add_held(&self, held: Vec<(BlobId, Vec<u8>)>) -> Result<()> {
+        let d = match &*self.dict.lock().expect("packer lock") {
+            DictState::Ready(d) => Some(d.clone()),
+            _ => None,
+        };
+        for (id, raw) in held {
+            let (compression, compressed) = match &d {
+                Some(d) => blob::compress_small(&raw, self.level, d),
+                None => blob::compress(&raw, self.level),
+            };
+            self.add_compressed(id, compression, &compressed, raw.len() as u32)?;
+        }
+        Ok(())
     }
 
     /// Keep a copy of every tree added in `dir` (a remote repository's tree cache), so that
@@ -81,13 +214,25 @@ impl<'a> Packer<'a> {
 
     /// Compress, seal and add a blob already claimed. Returns the bytes it took in the pack.
     pub fn add_claimed(&self, id: BlobId, raw: &[u8]) -> Result<u64> {
-        let (compression, compressed) = blob::compress(raw, self.level);
+        let (compression, compressed) = if id.kind == BlobKind::Data && raw.len() <= dict::SMALL_BLOB {
+            match self.small(id, raw)? {
+                Small::Held => return Ok(0),
+                Small::Plain => blob::compress(raw, self.level),
+                Small::Dict(d) => blob::compress_small(raw, self.level, &d),
+            }
+        } else {
+            blob::compress(raw, self.level)
+        };
+        self.add_compressed(id, compression, &compressed, raw.len() as u32)
+    }
+
+    fn add_compressed(&self, id: BlobId, compression: Compression, compressed: &[u8], raw_len: u32) -> Result<u64> {
         if !self.codec.is_encrypted() {
-            return self.add_stored(id, compression, &compressed, raw.len() as u32);
+            return self.add_stored(id, compression, compressed, raw_len);
         }
         let mut stored = Vec::with_capacity(compressed.len() + self.codec.blob_overhead());
-        self.codec.seal_blob(&id, &compressed, &mut stored);
-        self.add_stored(id, compression, &stored, raw.len() as u32)
+        self.codec.seal_blob(&id, compressed, &mut stored);
+        self.add_stored(id, compression, &stored, raw_len)
     }
 
     /// Add a claimed blob in its stored form (sealed for this repository, already verified by
@@ -165,6 +310,10 @@ impl<'a> Packer<'a> {
     /// already in an index file stay (another backup may have deduplicated against them) and
     /// are freed by the next prune if unused. Returns how many packs were deleted.
     pub fn abandon(&self) -> usize {
+        if let DictState::Gathering { held, bytes, .. } = &mut *self.dict.lock().unwrap_or_else(|e| e.into_inner()) {
+            held.clear();
+            *bytes = 0;
+        }
         for kind in [BlobKind::Data, BlobKind::Tree] {
             self.open[kind as usize].lock().unwrap_or_else(|e| e.into_inner()).take();
         }
@@ -196,6 +345,25 @@ impl<'a> Packer<'a> {
 
     /// Seal the open packs (kind by kind), so everything added so far is in written packs.
     pub fn flush(&self) -> Result<()> {
+        // Blobs still waiting for a dictionary: train on what there is (or go without). A
+        // thread training now adds what it holds before it returns; wait for it.
+        let samples = loop {
+            let mut state = self.dict.lock().expect("packer lock");
+            match &mut *state {
+                DictState::Gathering { training: true, .. } => {
+                    drop(state);
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                DictState::Gathering { held, training, .. } if !held.is_empty() => {
+                    *training = true;
+                    break std::mem::take(held);
+                }
+                _ => break Vec::new(),
+            }
+        };
+        if !samples.is_empty() {
+            self.train_and_add(samples)?;
+        }
         for kind in [BlobKind::Data, BlobKind::Tree] {
             let pack = self.open[kind as usize].lock().expect("packer lock").take();
             if let Some(pack) = pack

@@ -178,6 +178,7 @@ impl Repository {
         } else {
             (backend, None)
         };
+        codec.set_dict_source(backend.clone());
         Ok(Repository { inner: Arc::new(RepoInner { backend, config, codec, key_name, tree_cache }) })
     }
 

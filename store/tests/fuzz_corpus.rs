@@ -28,6 +28,27 @@ fn corpora_replay_through_their_decoders() {
     assert!(total >= DECODERS.len());
 }
 
+/// Writes the seed of the dictionary-file decoder's corpus: a dictionary trained on small texts,
+/// sealed under the fuzzing key. Run by hand when its format changes:
+/// `cargo test -p rewind-store --test fuzz_corpus -- --ignored write_dict_seed`.
+#[test]
+#[ignore]
+fn write_dict_seed() {
+    use rewind_store::Hash;
+    use rewind_store::format::{FUZZ_NAME, fuzzing_codec};
+    let samples: Vec<Vec<u8>> = (0..400u32)
+        .map(|i| format!("fn f{i}() -> Option<u32> {{ let x = Some({i}); match x {{ Some(v) => Some(v + {}), None => None }} }}\n", i * 7).repeat(1 + i as usize % 5).into_bytes())
+        .collect();
+    let dict = zstd::dict::from_samples(&samples, 4096).unwrap();
+    let mut plain = (dict.len() as u32).to_le_bytes().to_vec();
+    plain.extend_from_slice(&dict);
+    plain.resize(4096_usize.max(plain.len().next_power_of_two()), 0);
+    let sealed = fuzzing_codec().seal_named_for_fuzzing("dict", &Hash::from_hex(FUZZ_NAME).unwrap(), &plain);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dict-v2");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("seed"), sealed).unwrap();
+}
+
 /// Writes the seeds of the version 2 decoders' corpora: real objects sealed under the fuzzing
 /// key (`format::fuzzing_codec`). Run by hand when a format changes:
 /// `cargo test -p rewind-store --test fuzz_corpus -- --ignored write_v2_seeds`.
