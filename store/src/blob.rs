@@ -126,9 +126,9 @@ pub(crate) fn open_owned(
     match compression {
         Compression::None => {
             let bytes = codec.open_blob(id, stored)?;
-            unsealed(codec, id, compression, bytes, raw_len)
+            verify(codec, id, bytes, raw_len)
         }
-        Compression::Zstd => open_in(codec, id, compression, &mut stored, raw_len),
+        Compression::Zstd | Compression::ZstdDict => open_in(codec, id, compression, &mut stored, raw_len),
     }
 }
 
@@ -142,10 +142,9 @@ pub(crate) fn open_in(
     raw_len: u32,
 ) -> Result<Vec<u8>> {
     let plain = codec.open_blob_in_place(id, stored)?;
-    let bytes = &stored[plain];
     let raw = match compression {
-        Compression::None => bytes.to_vec(),
-        Compression::Zstd => decompress(id, bytes, raw_len)?,
+        Compression::None => stored[plain].to_vec(),
+        _ => decompressed(codec, id, compression, &stored[plain], raw_len)?,
     };
     verify(codec, id, raw, raw_len)
 }
@@ -160,23 +159,29 @@ pub(crate) fn unsealed(
 ) -> Result<Vec<u8>> {
     let raw = match compression {
         Compression::None => bytes,
-        Compression::Zstd => decompress(id, &bytes, raw_len)?,
-        Compression::ZstdDict => {
-            let d = codec.dict_for_frame(&bytes, || what(id))?;
-            zstd_decompress_dict(&bytes, raw_len as usize, &d)
-                .map_err(|e| Error::corrupt(what(id), format!("zstd with dictionary {}: {e}", d.name)))?
-        }
+        _ => decompressed(codec, id, compression, &bytes, raw_len)?,
     };
     verify(codec, id, raw, raw_len)
 }
 
-fn what(id: &BlobId) -> String {
-    format!("{} blob {}", kind_name(id.kind), id.hash.to_hex())
+/// The raw bytes of a compressed blob's opened bytes, bounded by the recorded length (damaged
+/// input cannot make us allocate more); not yet verified.
+fn decompressed(codec: &Codec, id: &BlobId, compression: Compression, bytes: &[u8], raw_len: u32) -> Result<Vec<u8>> {
+    match compression {
+        Compression::None => Ok(bytes.to_vec()),
+        Compression::Zstd => {
+            zstd_decompress(bytes, raw_len as usize).map_err(|e| Error::corrupt(what(id), format!("zstd: {e}")))
+        }
+        Compression::ZstdDict => {
+            let d = codec.dict_for_frame(bytes, || what(id))?;
+            zstd_decompress_dict(bytes, raw_len as usize, &d)
+                .map_err(|e| Error::corrupt(what(id), format!("zstd with dictionary {}: {e}", d.name)))
+        }
+    }
 }
 
-fn decompress(id: &BlobId, stored: &[u8], raw_len: u32) -> Result<Vec<u8>> {
-    // Bounded by the recorded length: damaged input cannot make us allocate more.
-    zstd_decompress(stored, raw_len as usize).map_err(|e| Error::corrupt(what(id), format!("zstd: {e}")))
+fn what(id: &BlobId) -> String {
+    format!("{} blob {}", kind_name(id.kind), id.hash.to_hex())
 }
 
 fn verify(codec: &Codec, id: &BlobId, raw: Vec<u8>, raw_len: u32) -> Result<Vec<u8>> {
