@@ -899,6 +899,39 @@ fn scopes_equal_their_own_repository() {
     assert!(deleted_for_scope_only > 0, "some paths are deleted for a scope only");
 }
 
+/// A scope with no rule that sees anything (a user with no uid, home or host) finds nothing,
+/// whichever way a query is answered. A name's first page, read from the partial index of open
+/// versions, once failed instead ("no query solution": SQLite plans no constant-false query
+/// through an index named by INDEXED BY).
+#[test]
+fn an_empty_scope_finds_nothing() {
+    let (store, snaps) = history(3, 8, &["h"]);
+    let (_d, mut cat) = fresh();
+    cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
+    let unbudgeted = Catalog { scan_budget: 0, ..Catalog::open_read_only(cat.path()).unwrap() };
+    let names = [
+        None,
+        Some(NameMatch::Substring("report".into())),
+        Some(NameMatch::Glob("*.txt".into())),
+        Some(NameMatch::Substring("e".into())),
+    ];
+    for name in names {
+        for order in [Order::RecentFirst, Order::OldestFirst, Order::Path] {
+            for deleted in [false, true] {
+                let q = Query { name: name.clone(), order, deleted, limit: 1, ..Query::default() };
+                assert!(!cat.find(&q).unwrap().items.is_empty(), "{q:?} finds something without a scope");
+                let q = Query { scope: Some(Scope::default()), ..q };
+                for c in [&cat, &unbudgeted] {
+                    assert_eq!(c.find(&q).unwrap().items, vec![], "{q:?}");
+                }
+            }
+        }
+    }
+    let path = &actual(&cat, &Query::default())[0].path;
+    assert!(!cat.history(None, path.as_bytes(), None).unwrap().is_empty());
+    assert!(cat.history(None, path.as_bytes(), Some(&Scope::default())).unwrap().is_empty());
+}
+
 /// Removing snapshots keeps every scope's view equal to the brute force over the kept ones:
 /// versions merged or dropped, and deletions as each scope sees them.
 #[test]

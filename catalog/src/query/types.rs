@@ -98,6 +98,13 @@ pub struct Scope {
     pub reader: Option<Reader>,
 }
 
+impl Scope {
+    /// No rule of the scope can see anything: every query in it is answered empty at once.
+    pub fn sees_nothing(&self) -> bool {
+        self.owner.is_none() && self.paths.is_empty() && self.hosts.is_empty() && self.reader.is_none()
+    }
+}
+
 /// Where a result stands in its query's order, for [`Query::after`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
