@@ -11,6 +11,8 @@ use crate::Catalog;
 use crate::access::{R, Reader, X, permits};
 use crate::error::Result;
 use crate::query::Scope;
+use crate::update::{IMAGE_HOLDS, IMAGE_INSIDE, kind_code};
+use rewind_store::NodeKind;
 
 /// A [`Scope`] in SQL. Owner, paths and hosts see whole versions; a reader sees a version in
 /// the snapshots where they may read it: whole when its folders' searchability never changed
@@ -33,13 +35,15 @@ impl ScopeSql {
     }
 
     /// Whole versions in the scope: the versions aliased `a`, in the directories aliased `d`.
+    /// Nothing inside a disk image is ([`outside_images`]).
     pub(super) fn on(&self, a: &str, d: &str) -> String {
         let plain = self.plain_on(a);
+        let outside = outside_images(a, d);
         if !self.reader {
-            return plain;
+            return format!("{plain} AND {outside}");
         }
         format!(
-            "({plain} OR ({a}.access IN (SELECT id FROM temp.scope_access) AND {d}.ctx IN (SELECT id FROM temp.scope_ctx)))"
+            "({plain} OR ({a}.access IN (SELECT id FROM temp.scope_access) AND {d}.ctx IN (SELECT id FROM temp.scope_ctx))) AND {outside}"
         )
     }
 
@@ -91,13 +95,26 @@ impl ScopeSql {
                  FROM temp.ctx_runs r CROSS JOIN dirs dd ON dd.ctx = r.ctx CROSS JOIN versions v ON v.dir = dd.id
                    CROSS JOIN hosts hh ON hh.id = v.host
                  WHERE r.lo <= coalesce(v.last, hh.latest) AND r.hi >= v.first
-                   AND v.access IN (SELECT id FROM temp.scope_access) AND NOT {}{})",
+                   AND v.access IN (SELECT id FROM temp.scope_access) AND NOT {} AND {}{})",
                 self.plain_on("v"),
+                outside_images("v", "dd"),
                 filter.map(|f| format!(" AND {}", f.0)).unwrap_or_default()
             ),
             params,
         )
     }
+}
+
+/// "The version aliased `a`, in the directory aliased `d`, is not inside a disk image": its
+/// directory is not inside one, and it is not an `<image>.d` folder itself (asked, through
+/// `dirs_child`, only of the folders in directories that hold image folders). Every scope
+/// leaves such rows out (`dirs.image`): what is inside images is for admins, who have no scope.
+pub(super) fn outside_images(a: &str, d: &str) -> String {
+    format!(
+        "{d}.image != {IMAGE_INSIDE} AND ({d}.image != {IMAGE_HOLDS} OR {a}.kind != {DIR} OR NOT EXISTS
+           (SELECT 1 FROM dirs di WHERE di.parent = {a}.dir AND di.name = {a}.name AND di.image = {IMAGE_INSIDE}))",
+        DIR = kind_code(NodeKind::Dir)
+    )
 }
 
 /// A run of snapshots (inclusive keys; `hi` is `i64::MAX` for "and every later one"), and the
