@@ -286,14 +286,16 @@ impl Writer<'_, '_> {
             let st = self.dir_state(d)?;
             self.tx.prepare_cached("UPDATE dirs SET image=?1 WHERE id=?2")?.execute([IMAGE_INSIDE, d])?;
             self.caches.dir_states.insert(d, DirState { image: IMAGE_INSIDE, ..st });
-            let children: Vec<i64> = self
-                .tx
-                .prepare_cached("SELECT id FROM dirs WHERE parent=?1")?
-                .query_map([d], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            todo.extend(children);
+            todo.extend(self.child_dirs(d)?);
         }
         self.note_holds(parent)
+    }
+
+    /// The directories whose parent is `dir`.
+    fn child_dirs(&self, dir: i64) -> Result<Vec<i64>> {
+        let mut stmt = self.tx.prepare_cached("SELECT id FROM dirs WHERE parent=?1")?;
+        let children = stmt.query_map([dir], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(children)
     }
 
     /// `dir` holds a folder inside a disk image among its entries.
@@ -366,12 +368,7 @@ impl Writer<'_, '_> {
                 self.tx.prepare_cached("UPDATE dirs SET ctx=?1 WHERE id=?2")?.execute([ctx, d])?;
                 self.caches.dir_states.insert(d, DirState { ctx, ..st });
             }
-            let children: Vec<i64> = self
-                .tx
-                .prepare_cached("SELECT id FROM dirs WHERE parent=?1")?
-                .query_map([d], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            todo.extend(children);
+            todo.extend(self.child_dirs(d)?);
         }
         Ok(())
     }
@@ -490,12 +487,7 @@ impl Writer<'_, '_> {
             .prepare_cached("UPDATE versions SET last=?1, gone=1 WHERE dir=?2 AND last IS NULL")?
             .execute(params![self.prev, dir])?;
         self.report.versions_closed += n as u64;
-        let children: Vec<i64> = self
-            .tx
-            .prepare_cached("SELECT id FROM dirs WHERE parent=?1")?
-            .query_map([dir], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for c in children {
+        for c in self.child_dirs(dir)? {
             self.close_dir(c)?;
         }
         Ok(())
