@@ -753,6 +753,13 @@ fn history_access(seed: u64, gens: i64, hosts: &[&str]) -> (Store, Vec<(Snapshot
         for g in 0..gens {
             step(&mut fs, &mut rng, g);
             images(&mut image_fs, &mut image_rng, g);
+            // Folders inside images change access too (their history is no reader's business).
+            let inner: Vec<String> =
+                image_fs.iter().filter(|(_, v)| v.0 == NodeKind::Dir).map(|(k, _)| k.clone()).collect();
+            if let Some(p) = inner.iter().filter(|p| inside_image(p)).nth(image_rng.below(8) as usize) {
+                let mode = [0o700, 0o755, 0o711, 0o750][image_rng.below(4) as usize];
+                perms.insert(p.clone(), (mode, [1000, 1001, 77][image_rng.below(3) as usize], 0));
+            }
             let paths: Vec<String> = fs.keys().cloned().collect();
             for _ in 0..3 {
                 if paths.is_empty() {
@@ -895,6 +902,8 @@ fn scopes_equal_their_own_repository() {
     let mut seen_again = 0;
     // Paths inside disk images that a scope's rules match (and the scope must not show).
     let mut matched_inside = 0;
+    // Changes of access of folders inside images.
+    let mut varied_inside = 0;
     for seed in [5u64, 13, 31] {
         let (store, snaps) = history_access(seed, 10, &["alpha", "beta"]);
         let (_d, mut cat) = fresh();
@@ -904,6 +913,12 @@ fn scopes_equal_their_own_repository() {
             cat.sync_to(&source, wanted(&w)).unwrap();
         }
         let everything = actual(&cat, &Query::default());
+        varied_inside += cat
+            .conn
+            .query_row("SELECT count(*) FROM folder_access f JOIN dirs d ON d.id = f.dir WHERE d.image = 2", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap();
         // Without a scope (admins), what is inside images is found like the rest.
         let inside = everything.iter().filter(|e| inside_image(&e.path)).count();
         assert!(inside > 20 && everything.iter().any(|e| e.path.ends_with(".img.d/p1")), "seed {seed}: {inside}");
@@ -996,6 +1011,7 @@ fn scopes_equal_their_own_repository() {
     assert!(seen_again > 0, "some versions are seen again after a folder above them opened again");
     assert!(deleted_for_scope_only > 0, "some paths are deleted for a scope only");
     assert!(matched_inside > 100, "the rules match many paths inside images: {matched_inside}");
+    assert!(varied_inside > 0, "folders inside images change access");
 }
 
 /// A scope with no rule that sees anything (a user with no uid, home or host) finds nothing,

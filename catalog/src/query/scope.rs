@@ -262,7 +262,8 @@ impl Catalog {
             }
         }
         // Folders whose access changed: when the reader may search each, over its host's
-        // snapshots.
+        // snapshots. Not those inside disk images: no scope sees anything there, and the runs
+        // of one would read its versions (`opened_by`); their contexts are then never searchable.
         let mut keys: HashMap<i64, Vec<i64>> = HashMap::new();
         {
             let mut stmt = self.conn.prepare_cached("SELECT host, key FROM snapshots ORDER BY key")?;
@@ -276,10 +277,10 @@ impl Catalog {
             "SELECT v.id FROM dirs f JOIN versions v ON v.dir = f.parent AND v.name = f.name WHERE f.id = ?1 AND v.first = ?2",
         )?;
         {
-            let mut stmt = self.conn.prepare_cached(
+            let mut stmt = self.conn.prepare_cached(&format!(
                 "SELECT f.dir, d.host, f.since, f.access FROM folder_access f JOIN dirs d ON d.id = f.dir
-                 ORDER BY f.dir, f.since",
-            )?;
+                 WHERE d.image != {IMAGE_INSIDE} ORDER BY f.dir, f.since"
+            ))?;
             let mut rows = stmt.query([])?;
             let mut current: Option<(i64, i64)> = None;
             let mut segments: Vec<(i64, bool)> = Vec::new();
