@@ -547,3 +547,158 @@ fn the_catalog_indexes_files_inside_images() {
     t.ok(&["catalog", "rebuild"]);
     assert_eq!(t.ok(&["find", "*", "--all", "--json"]), before, "a rebuild gives what the updates gave");
 }
+
+/// Issue 18: the catalog leaves every row inside a disk image out of a non-admin's scope, in
+/// SQL. Alice (uid 2001, rules `owner` + `home`) has an ext4 disk image in her home and one
+/// elsewhere, every file inside both hers by uid. The catalog query for her scope (what the
+/// portal's per-result check is handed) holds no row inside an image: the same rows, for search,
+/// name searches and deleted, as on a host whose backups are the same tree without the images;
+/// the history of a file inside an image is empty for her. Through the portal she finds nothing
+/// inside images by search, deleted or history; the admin still finds files inside them.
+#[test]
+fn no_row_inside_an_image_reaches_a_non_admins_scope() {
+    use crate::support::portal::{Client, Portal, enc, login, passwd_hash};
+    use rewind_catalog::{Catalog, FileVersion, NameMatch, Query, Scope};
+    assert!(is_root(), "chowns files");
+    const ALICE: u32 = 2001;
+    let t = TempRepo::new();
+    let own = |p: &Path, uid: u32, mode: u32| {
+        std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
+        fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    };
+    // The files inside the images: the Unix corpus, all alice's by uid.
+    let unix = t.path("src-unix");
+    corpus(&unix, Flavour::Unix);
+    run("chown", &[&"-R", &"-h", &format!("{ALICE}:{ALICE}"), &unix]);
+    let src = t.path("src");
+    let (home, vms) = (src.join("home/alice"), src.join("srv/vms"));
+    for d in [home.join("vm"), vms.clone()] {
+        fs::create_dir_all(&d).unwrap();
+    }
+    own(&home, ALICE, 0o755);
+    for (name, text) in [("notes.txt", "notes\n"), ("report-2026.txt", "report\n"), ("old-report.txt", "old\n")] {
+        fs::write(home.join(name), text).unwrap();
+        own(&home.join(name), ALICE, 0o644);
+    }
+    fs::write(home.join("vm/README"), "the disk of alice's VM\n").unwrap();
+    let (in_home, elsewhere) = (home.join("vm/disk0.qcow2"), vms.join("build.qcow2"));
+    // The images' folders keep one mtime with and without them: only the images differ.
+    let settle = || {
+        for d in [home.join("vm"), vms.clone()] {
+            run("touch", &[&"-h", &"-d", &"@1700000000", &d]);
+        }
+    };
+    let images = |inside: &Path, work: &str| {
+        let work = t.path(work);
+        fs::create_dir_all(&work).unwrap();
+        let gpt = gpt_ext4(&work, inside);
+        for disk in [&in_home, &elsewhere] {
+            fs::rename(image_tools::convert(&gpt, &work.join("out"), QCOW2), disk).unwrap();
+        }
+        settle();
+    };
+    let without_images = || {
+        for disk in [&in_home, &elsewhere] {
+            fs::remove_file(disk).unwrap();
+        }
+        settle();
+    };
+    // Each host twice: "with" the images, "without" them; the second time alice's old report is
+    // gone, and secret.txt from inside the disks.
+    settle();
+    t.backup("without", &[&src]);
+    images(&unix, "work1");
+    t.backup("with", &[&src]);
+    let unix2 = t.path("src-unix2");
+    run("cp", &[&"-a", &unix, &unix2]);
+    fs::remove_file(unix2.join("secret.txt")).unwrap();
+    fs::remove_file(home.join("old-report.txt")).unwrap();
+    images(&unix2, "work2");
+    t.backup("with", &[&src]);
+    without_images();
+    t.backup("without", &[&src]);
+
+    // The catalog, as the portal's policy narrows it for alice.
+    let cat = Catalog::open_read_only(&t.repo.join("catalog/catalog.sqlite")).unwrap();
+    let scope = Scope { owner: Some(ALICE), paths: vec![home.as_os_str().as_bytes().to_vec()], ..Scope::default() };
+    let inside = |v: &FileVersion| v.path.contains(".qcow2.d");
+    let rows = |q: &Query, host: &str| -> Vec<FileVersion> {
+        let q = Query { host: Some(host.into()), limit: rewind_catalog::MAX_LIMIT, ..q.clone() };
+        let page = cat.find(&q).unwrap();
+        assert!(page.next_offset.is_none());
+        page.items
+    };
+    // What a result is apart from the snapshots that held it (the hosts' differ).
+    let key = |v: &FileVersion| (v.path.clone(), v.kind.clone(), v.size, v.uid, v.mode, v.present, v.deleted.is_some());
+    let queries = [
+        ("everything", Query::default()),
+        ("report", Query { name: Some(NameMatch::Substring("report".into())), ..Query::default() }),
+        ("*.txt", Query { name: Some(NameMatch::Glob("*.txt".into())), ..Query::default() }),
+        ("deleted", Query { deleted: true, ..Query::default() }),
+    ];
+    for (what, q) in &queries {
+        let all = rows(q, "with");
+        assert!(all.iter().any(inside), "{what}: without a scope, files inside images are found");
+        let scoped = Query { scope: Some(scope.clone()), ..q.clone() };
+        let with = rows(&scoped, "with");
+        let bad: Vec<&str> = with.iter().filter(|v| inside(v)).map(|v| v.path.as_str()).collect();
+        assert!(bad.is_empty(), "{what}: alice's scope holds rows inside images: {bad:?}");
+        // The image file in her home is hers (the `home` rule); nothing inside it is.
+        let image_file = in_home.display().to_string();
+        let (mut a, mut b): (Vec<_>, Vec<_>) = (
+            with.iter().filter(|v| v.path != image_file).map(key).collect(),
+            rows(&scoped, "without").iter().map(key).collect(),
+        );
+        a.sort();
+        b.sort();
+        assert!(!a.is_empty(), "{what}: alice has files of her own");
+        assert_eq!(a, b, "{what}: the same rows with and without the images, but the image file");
+    }
+    for disk in [&in_home, &elsewhere] {
+        let p = format!("{}.d/p1/secret.txt", disk.display());
+        assert!(!cat.history(Some("with"), p.as_bytes(), None).unwrap().is_empty(), "{p}");
+        assert!(cat.history(Some("with"), p.as_bytes(), Some(&scope)).unwrap().is_empty(), "{p}");
+    }
+
+    // The portal, with the same rules.
+    let users = t.path("users.toml");
+    fs::write(
+        &users,
+        format!(
+            "[users.ada]\nhash = \"{}\"\nrole = \"admin\"\n[users.alice]\nhash = \"{}\"\nuid = {ALICE}\nhome = \"{}\"\n",
+            passwd_hash("ada-pw"),
+            passwd_hash("alice-pw"),
+            home.display()
+        ),
+    )
+    .unwrap();
+    let realm = format!("[[realm]]\nkind = \"file\"\nname = \"local\"\nusers_file = \"{}\"\n", users.display());
+    let portal = Portal::start(&t.repo, &realm, "[authz]\nrules = [\"owner\", \"home\"]\n", "");
+    let paths = |c: &Client, target: &str| -> Vec<String> {
+        let r = c.get(target);
+        assert_eq!(r.status, 200, "{target}: {}", r.text());
+        r.json()["items"].as_array().unwrap().iter().map(|v| v["path"].as_str().unwrap().to_string()).collect()
+    };
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    let found = paths(&alice, "/api/search?q=report&host=with");
+    let mut want = [home.join("old-report.txt"), home.join("report-2026.txt")].map(|p| p.display().to_string());
+    want.sort();
+    let mut got = found.clone();
+    got.sort();
+    assert_eq!(got, want, "alice's own reports, nothing inside images");
+    for target in ["/api/search?q=*&host=with&limit=1000", "/api/deleted?host=with&limit=1000"] {
+        let got = paths(&alice, target);
+        assert!(!got.is_empty() && got.iter().all(|p| !p.contains(".qcow2.d")), "{target}: {got:?}");
+    }
+    assert!(paths(&alice, "/api/deleted?host=with").contains(&home.join("old-report.txt").display().to_string()));
+    let secret = format!("{}.d/p1/secret.txt", in_home.display());
+    assert_eq!(alice.get(&format!("/api/history?host=with&path={}", enc(&secret))).status, 404);
+    let ada = login(&portal.addr, "ada", "ada-pw");
+    let mut found = paths(&ada, "/api/search?q=report.docx&host=with");
+    found.sort();
+    found.dedup(); // a version per disk
+    let mut want = [&elsewhere, &in_home].map(|d| format!("{}.d/p1/docs/report.docx", d.display()));
+    want.sort();
+    assert_eq!(found, want, "the admin finds files inside images");
+    assert_eq!(ada.get(&format!("/api/history?host=with&path={}", enc(&secret))).status, 200);
+}

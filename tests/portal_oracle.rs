@@ -404,6 +404,8 @@ impl Side {
     fn get(&self, label_target: &str) -> Value {
         let target = self.names.target(label_target);
         let r = self.client.get(&target);
+        // Two failures are no equal answer: a server error is a failure of the test.
+        assert!(r.status < 500, "{target}: {} {}", r.status, r.text());
         let json = serde_json::from_slice::<Value>(&r.body).ok();
         let body = match &json {
             Some(j) => self.names.apply(j),
@@ -429,6 +431,7 @@ impl Side {
                 None => base.to_string(),
             };
             let r = self.client.get(&t);
+            assert!(r.status < 500, "{t}: {} {}", r.status, r.text());
             assert!(out.len() < 200, "{base}: too many pages");
             let raw: Value = serde_json::from_slice(&r.body).unwrap_or(json!({ "status": r.status }));
             out.push(json!({ "status": r.status, "page": self.names.apply(&raw) }));

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::error::{Error, Result};
 
 /// Bump when the tables change: older catalogs are then dropped and rebuilt.
-pub(crate) const SCHEMA_VERSION: i64 = 7;
+pub(crate) const SCHEMA_VERSION: i64 = 8;
 
 /// Every table and index. Ids are integers; strings (names, directory paths) are interned once.
 ///
@@ -42,6 +42,15 @@ pub(crate) const SCHEMA_VERSION: i64 = 7;
 ///   for contexts with folders whose access changed, the runs of snapshots in which they may,
 ///   are computed once per query from these small tables (`Scope::reader`), and a version is
 ///   shown to a reader for each run of its snapshots in which they may read it.
+/// - `dirs.image` says what of a directory lies inside a disk image (the catalog reads what is
+///   inside images through [`crate::ImageTrees`], with an `<image>.d` folder beside each image
+///   file): 2 for an `<image>.d` folder and every folder below it (all their entries are inside
+///   an image); 1 for a folder that holds such `<image>.d` folders among its entries (the `.d`
+///   entry's own version is then inside an image: its directory row has 2); 0 for every other
+///   folder. A scope (a non-admin's rules) leaves out every row inside an image in SQL: a version
+///   whose directory has 2, and a version in a directory with 1 whose own directory row has 2.
+///   A directory once marked 2 stays so (a real folder that later takes an image folder's path
+///   is hidden from scopes too: nothing inside an image ever shows through a rule).
 /// - `versions_open` indexes the names of the open versions only (a tenth of the rows): a name
 ///   query's first page is usually all present versions, read without touching the table.
 /// - `trigrams` counts the names holding each trigram (case folded as `query::fold` does), so a
@@ -79,11 +88,12 @@ CREATE TABLE dirs(
     path BLOB NOT NULL,
     access INTEGER NOT NULL DEFAULT 0,
     varies INTEGER NOT NULL DEFAULT 0,
-    ctx INTEGER NOT NULL DEFAULT 0
+    ctx INTEGER NOT NULL DEFAULT 0,
+    image INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX dirs_child ON dirs(parent, name);
 CREATE INDEX dirs_path ON dirs(host, path);
-CREATE INDEX dirs_ctx ON dirs(ctx);
+CREATE INDEX dirs_ctx ON dirs(ctx, image);
 CREATE TABLE folder_access(
     dir INTEGER NOT NULL,
     since INTEGER NOT NULL,

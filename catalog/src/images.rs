@@ -16,6 +16,10 @@
 //! - Files inside images carry what the view shows of them (`View::image_node`): owners and
 //!   modes of ext, the image file's owner elsewhere; their content id names their bytes in that
 //!   image.
+//! - Every folder inside an image, the `<image>.d` folder included, is one this source handed
+//!   out ([`TreeSource::inside_image`]): the catalog marks its directory (`dirs.image`), and no
+//!   [`crate::Scope`] sees a row there, whatever its owner, path or access. Only admins, who
+//!   query without a scope, find files inside images.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -80,6 +84,10 @@ impl<'a> ImageTrees<'a> {
 }
 
 impl TreeSource for ImageTrees<'_> {
+    fn inside_image(&self, id: TreeId) -> bool {
+        self.folders.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&id)
+    }
+
     fn tree(&self, id: TreeId) -> rewind_store::Result<Arc<Tree>> {
         let inside = self.folders.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
         if let Some(entry) = inside {

@@ -1,7 +1,7 @@
 //! Randomized histories checked against a brute-force walk over every snapshot.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use rewind_store::{ChunkId, Hash, Node, NodeKind, SnapshotId, Time, Tree, TreeId};
 
@@ -671,17 +671,95 @@ fn readers_see_whole_snapshots_only() {
     assert_eq!(actual(&cat, &Query::default()), brute(&snaps, &store));
 }
 
+/// Trees as [`crate::ImageTrees`] gives them to the catalog: a folder named `*.img.d` is the
+/// folder of a disk image, whose id is handed out (as inside an image) when the tree holding it
+/// is read. Each holds a file named `IMAGE`, so that no other folder has its tree.
+struct WithImages<'a> {
+    trees: &'a HashMap<TreeId, Arc<Tree>>,
+    folders: Mutex<HashSet<TreeId>>,
+}
+
+impl WithImages<'_> {
+    fn new(trees: &HashMap<TreeId, Arc<Tree>>) -> WithImages<'_> {
+        WithImages { trees, folders: Mutex::new(HashSet::new()) }
+    }
+}
+
+impl TreeSource for WithImages<'_> {
+    fn tree(&self, id: TreeId) -> rewind_store::Result<Arc<Tree>> {
+        let tree = self.trees.tree(id)?;
+        for n in &tree.nodes {
+            if let Some(sub) = n.subtree.filter(|_| n.name.ends_with(b".img.d")) {
+                self.folders.lock().unwrap().insert(sub);
+            }
+        }
+        Ok(tree)
+    }
+
+    fn inside_image(&self, id: TreeId) -> bool {
+        self.folders.lock().unwrap().contains(&id)
+    }
+}
+
+/// Whether `path` is inside a disk image of [`WithImages`] (an image folder included).
+fn inside_image(path: &str) -> bool {
+    path.split('/').any(|c| c.ends_with(".img.d"))
+}
+
+/// Disk image folders (as [`WithImages`] sees them), kept apart from the rest of the files:
+/// `d<k>/disk.img.d` with files of the owners the scopes look for, some changing or going each
+/// generation, and a folder of the same name as plain ones (`sub1`).
+fn images(fs: &mut Fs, rng: &mut Rng, generation: i64) {
+    for k in 0..4 {
+        let d = format!("d{k}/disk.img.d");
+        if !fs.contains_key(&d) && rng.below(3) != 0 {
+            continue;
+        }
+        let uid = 1000 + rng.below(3) as u32;
+        mkdirs(fs, &format!("{d}/IMAGE"), uid, 1000 + generation);
+        fs.insert(format!("{d}/IMAGE"), (NodeKind::File, uid, k, 1000));
+        for _ in 0..2 {
+            let name = match rng.below(3) {
+                0 => format!("{d}/p1/inside-{}.txt", rng.below(4)),
+                1 => format!("{d}/p1/sub1/notes{}.md", rng.below(3)),
+                _ => format!("{d}/file{}.txt", rng.below(3)),
+            };
+            if rng.below(4) == 0 {
+                fs.remove(&name);
+                continue;
+            }
+            let uid = 1000 + rng.below(3) as u32;
+            mkdirs(fs, &name, uid, 1000 + generation);
+            if fs.get(&name).is_none_or(|v| v.0 != NodeKind::Dir) {
+                fs.insert(name, (NodeKind::File, uid, rng.below(3), 1000 + generation));
+            }
+        }
+    }
+}
+
 /// Like [`history`], with access changing too: folders and files get other modes, groups and
-/// ACLs now and then (which hides or shows whole subtrees to a reader).
+/// ACLs now and then (which hides or shows whole subtrees to a reader); and folders of disk
+/// images ([`images`]), for [`WithImages`].
 fn history_access(seed: u64, gens: i64, hosts: &[&str]) -> (Store, Vec<(SnapshotInfo, Fs, Perms)>) {
     let mut rng = Rng::new(seed);
     let mut store = Store { trees: HashMap::new() };
     let mut snaps = Vec::new();
+    // Images have a generator of their own: the rest is as it was without them.
+    let mut image_rng = Rng::new(seed + 1_000_000);
     for (h, host) in hosts.iter().enumerate() {
         let mut fs = Fs::new();
+        let mut image_fs = Fs::new();
         let mut perms = Perms::new();
         for g in 0..gens {
             step(&mut fs, &mut rng, g);
+            images(&mut image_fs, &mut image_rng, g);
+            // Folders inside images change access too (their history is no reader's business).
+            let inner: Vec<String> =
+                image_fs.iter().filter(|(_, v)| v.0 == NodeKind::Dir).map(|(k, _)| k.clone()).collect();
+            if let Some(p) = inner.iter().filter(|p| inside_image(p)).nth(image_rng.below(8) as usize) {
+                let mode = [0o700, 0o755, 0o711, 0o750][image_rng.below(4) as usize];
+                perms.insert(p.clone(), (mode, [1000, 1001, 77][image_rng.below(3) as usize], 0));
+            }
             let paths: Vec<String> = fs.keys().cloned().collect();
             for _ in 0..3 {
                 if paths.is_empty() {
@@ -698,10 +776,12 @@ fn history_access(seed: u64, gens: i64, hosts: &[&str]) -> (Store, Vec<(Snapshot
                 let acl = if rng.below(3) == 0 { 1 + rng.below(3) as u8 } else { 0 };
                 perms.insert(p.clone(), (mode, gid, acl));
             }
-            let tree = store.put_with(&fs, &perms, "");
+            // The folders on the way to images are the others' where both have them.
+            let all: Fs = image_fs.iter().chain(fs.iter()).map(|(k, v)| (k.clone(), *v)).collect();
+            let tree = store.put_with(&all, &perms, "");
             let time = jiff::Timestamp::from_second(1_800_000_000 + g * 3600 + h as i64).unwrap();
             let id = SnapshotId(Hash::of(format!("{host}{g}{seed}access").as_bytes()));
-            snaps.push((SnapshotInfo { id, host: host.to_string(), time, tree }, fs.clone(), perms.clone()));
+            snaps.push((SnapshotInfo { id, host: host.to_string(), time, tree }, all, perms.clone()));
         }
     }
     snaps.sort_by_key(|s| (s.0.time, s.0.id));
@@ -716,8 +796,16 @@ type Acc = (u32, u32, u32, Vec<u8>);
 type ScopedIdent = (BruteIdent, Acc);
 
 /// Brute force of a scope: the paths of one snapshot that `scope` sees, each with its identity
-/// (kind, uid, content, mtime and its own access).
+/// (kind, uid, content, mtime and its own access). Nothing inside a disk image ([`inside_image`])
+/// is seen through a scope.
 fn visible_in(info: &SnapshotInfo, store: &Store, scope: &Scope) -> BTreeMap<String, ScopedIdent> {
+    let mut out = visible_by_rules(info, store, scope);
+    out.retain(|p, _| !inside_image(p));
+    out
+}
+
+/// What the rules of `scope` alone match in one snapshot, inside disk images too.
+fn visible_by_rules(info: &SnapshotInfo, store: &Store, scope: &Scope) -> BTreeMap<String, ScopedIdent> {
     let mut out = BTreeMap::new();
     let acc =
         |n: &Node| -> Acc { (n.mode, n.uid, n.gid, n.xattr(crate::access::ACL_XATTR).unwrap_or_default().to_vec()) };
@@ -812,21 +900,46 @@ fn scopes_equal_their_own_repository() {
     let mut deleted_for_scope_only = 0;
     // Versions a scope sees again from a later snapshot on, a folder above them open again.
     let mut seen_again = 0;
+    // Paths inside disk images that a scope's rules match (and the scope must not show).
+    let mut matched_inside = 0;
+    // Changes of access of folders inside images.
+    let mut varied_inside = 0;
     for seed in [5u64, 13, 31] {
         let (store, snaps) = history_access(seed, 10, &["alpha", "beta"]);
         let (_d, mut cat) = fresh();
+        let source = WithImages::new(&store.trees);
         for i in 0..snaps.len() {
             let w: Vec<(SnapshotInfo, Fs)> = snaps[..=i].iter().map(|s| (s.0.clone(), s.1.clone())).collect();
-            cat.sync_to(&store.trees, wanted(&w)).unwrap();
+            cat.sync_to(&source, wanted(&w)).unwrap();
         }
         let everything = actual(&cat, &Query::default());
+        varied_inside += cat
+            .conn
+            .query_row("SELECT count(*) FROM folder_access f JOIN dirs d ON d.id = f.dir WHERE d.image = 2", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap();
+        // Without a scope (admins), what is inside images is found like the rest.
+        let inside = everything.iter().filter(|e| inside_image(&e.path)).count();
+        assert!(inside > 20 && everything.iter().any(|e| e.path.ends_with(".img.d/p1")), "seed {seed}: {inside}");
         // The versions as cut by content and owner alone, without access.
         let plain: Vec<(SnapshotInfo, Fs)> = snaps.iter().map(|s| (s.0.clone(), s.1.clone())).collect();
         let by_content = brute(&plain, &store);
         for (label, scope) in scopes() {
             let want = brute_scoped(&snaps, &store, &scope);
+            matched_inside += snaps
+                .iter()
+                .map(|s| visible_by_rules(&s.0, &store, &scope).keys().filter(|p| inside_image(p)).count())
+                .sum::<usize>();
             let q = Query { scope: Some(scope.clone()), ..Query::default() };
             assert_eq!(actual(&cat, &q), want, "seed {seed}, {label}");
+            // The history of a path inside an image that the rules match is empty for the scope.
+            let matched: std::collections::BTreeSet<String> =
+                snaps.iter().flat_map(|s| visible_by_rules(&s.0, &store, &scope).into_keys()).collect();
+            for path in matched.iter().filter(|p| inside_image(p)).take(10) {
+                assert!(cat.history(None, path.as_bytes(), Some(&scope)).unwrap().is_empty(), "{label}: {path}");
+                assert!(!cat.history(None, path.as_bytes(), None).unwrap().is_empty(), "{label}: {path}");
+            }
             let deleted: Vec<Expect> = want.iter().filter(|e| e.gone_by.is_some()).cloned().collect();
             assert_eq!(actual(&cat, &Query { deleted: true, ..q.clone() }), deleted, "seed {seed}, {label}: deleted");
             deleted_for_scope_only += deleted
@@ -897,6 +1010,41 @@ fn scopes_equal_their_own_repository() {
     assert!(split_by_access > 0, "access changes cut versions a scope sees");
     assert!(seen_again > 0, "some versions are seen again after a folder above them opened again");
     assert!(deleted_for_scope_only > 0, "some paths are deleted for a scope only");
+    assert!(matched_inside > 100, "the rules match many paths inside images: {matched_inside}");
+    assert!(varied_inside > 0, "folders inside images change access");
+}
+
+/// A scope with no rule that sees anything (a user with no uid, home or host) finds nothing,
+/// whichever way a query is answered. A name's first page, read from the partial index of open
+/// versions, once failed instead ("no query solution": SQLite plans no constant-false query
+/// through an index named by INDEXED BY).
+#[test]
+fn an_empty_scope_finds_nothing() {
+    let (store, snaps) = history(3, 8, &["h"]);
+    let (_d, mut cat) = fresh();
+    cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
+    let unbudgeted = Catalog { scan_budget: 0, ..Catalog::open_read_only(cat.path()).unwrap() };
+    let names = [
+        None,
+        Some(NameMatch::Substring("report".into())),
+        Some(NameMatch::Glob("*.txt".into())),
+        Some(NameMatch::Substring("e".into())),
+    ];
+    for name in names {
+        for order in [Order::RecentFirst, Order::OldestFirst, Order::Path] {
+            for deleted in [false, true] {
+                let q = Query { name: name.clone(), order, deleted, limit: 1, ..Query::default() };
+                assert!(!cat.find(&q).unwrap().items.is_empty(), "{q:?} finds something without a scope");
+                let q = Query { scope: Some(Scope::default()), ..q };
+                for c in [&cat, &unbudgeted] {
+                    assert_eq!(c.find(&q).unwrap().items, vec![], "{q:?}");
+                }
+            }
+        }
+    }
+    let path = &actual(&cat, &Query::default())[0].path;
+    assert!(!cat.history(None, path.as_bytes(), None).unwrap().is_empty());
+    assert!(cat.history(None, path.as_bytes(), Some(&Scope::default())).unwrap().is_empty());
 }
 
 /// Removing snapshots keeps every scope's view equal to the brute force over the kept ones:
@@ -906,8 +1054,9 @@ fn scopes_after_removed_snapshots() {
     for seed in [9u64, 17] {
         let (store, snaps) = history_access(seed, 12, &["alpha", "beta"]);
         let (_d, mut cat) = fresh();
+        let source = WithImages::new(&store.trees);
         let all: Vec<(SnapshotInfo, Fs)> = snaps.iter().map(|s| (s.0.clone(), s.1.clone())).collect();
-        cat.sync_to(&store.trees, wanted(&all)).unwrap();
+        cat.sync_to(&source, wanted(&all)).unwrap();
         let mut rng = Rng::new(seed * 7 + 1);
         let mut kept = snaps.clone();
         for round in 0..3 {
@@ -918,7 +1067,7 @@ fn scopes_after_removed_snapshots() {
                 i == n || rng.below(3) != 0 || round == 2 && i == 1
             });
             let w: Vec<(SnapshotInfo, Fs)> = kept.iter().map(|s| (s.0.clone(), s.1.clone())).collect();
-            let report = cat.sync_to(&store.trees, wanted(&w)).unwrap();
+            let report = cat.sync_to(&source, wanted(&w)).unwrap();
             assert!(report.hosts_rebuilt.is_empty(), "{report:?}");
             for (label, scope) in scopes() {
                 let want = brute_scoped(&kept, &store, &scope);

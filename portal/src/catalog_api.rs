@@ -9,8 +9,9 @@
 //! further visible result exists (looked ahead for, never guessed from rows scanned); the cursor
 //! is the sealed catalog position of the last result shown ([`crate::cursor`]), never a count of
 //! rows. Hidden rows are not even read where the rules can exclude them in SQL (all of them:
-//! uid, home paths, hosts, and for `readable` the catalog's access classes and folder contexts);
-//! there is no scan bound whose stopping point could depend on them.
+//! uid, home paths, hosts, and for `readable` the catalog's access classes and folder contexts;
+//! and everything inside disk images, which no scope sees); there is no scan bound whose
+//! stopping point could depend on them.
 
 use axum::Json;
 use axum::extract::{RawQuery, State};

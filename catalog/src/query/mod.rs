@@ -262,6 +262,11 @@ impl Catalog {
                 [Value::Integer(ts_ns(t))],
             );
         }
+        if q.scope.as_ref().is_some_and(Scope::sees_nothing) {
+            // Not even asked: its SQL would be a constant false, and SQLite finds no plan for
+            // that through a partial index named by INDEXED BY ("no query solution").
+            return Ok(Vec::new());
+        }
         let scope = match &q.scope {
             Some(scope) => Some(self.scope_sql(scope)?),
             None => None,
@@ -484,6 +489,9 @@ impl Catalog {
     /// host. With a scope, only the versions in it (and "deleted" as the scope sees it).
     pub fn history(&self, host: Option<&str>, path: &[u8], scope: Option<&Scope>) -> Result<Vec<FileVersion>> {
         let p = normalize_path(path).ok_or_else(|| Error::InvalidInput("history of the root".into()))?;
+        if scope.is_some_and(Scope::sees_nothing) {
+            return Ok(Vec::new());
+        }
         let (parent, base) = split_path(&p);
         let mut params = vec![Value::Blob(parent.to_vec()), Value::Blob(base.to_vec())];
         let mut text = format!(

@@ -11,6 +11,8 @@ use crate::Catalog;
 use crate::access::{R, Reader, X, permits};
 use crate::error::Result;
 use crate::query::Scope;
+use crate::update::{IMAGE_HOLDS, IMAGE_INSIDE, kind_code};
+use rewind_store::NodeKind;
 
 /// A [`Scope`] in SQL. Owner, paths and hosts see whole versions; a reader sees a version in
 /// the snapshots where they may read it: whole when its folders' searchability never changed
@@ -33,13 +35,15 @@ impl ScopeSql {
     }
 
     /// Whole versions in the scope: the versions aliased `a`, in the directories aliased `d`.
+    /// Nothing inside a disk image is ([`outside_images`]).
     pub(super) fn on(&self, a: &str, d: &str) -> String {
         let plain = self.plain_on(a);
+        let outside = outside_images(a, d);
         if !self.reader {
-            return plain;
+            return format!("{plain} AND {outside}");
         }
         format!(
-            "({plain} OR ({a}.access IN (SELECT id FROM temp.scope_access) AND {d}.ctx IN (SELECT id FROM temp.scope_ctx)))"
+            "({plain} OR ({a}.access IN (SELECT id FROM temp.scope_access) AND {d}.ctx IN (SELECT id FROM temp.scope_ctx))) AND {outside}"
         )
     }
 
@@ -91,13 +95,26 @@ impl ScopeSql {
                  FROM temp.ctx_runs r CROSS JOIN dirs dd ON dd.ctx = r.ctx CROSS JOIN versions v ON v.dir = dd.id
                    CROSS JOIN hosts hh ON hh.id = v.host
                  WHERE r.lo <= coalesce(v.last, hh.latest) AND r.hi >= v.first
-                   AND v.access IN (SELECT id FROM temp.scope_access) AND NOT {}{})",
+                   AND v.access IN (SELECT id FROM temp.scope_access) AND NOT {} AND {}{})",
                 self.plain_on("v"),
+                outside_images("v", "dd"),
                 filter.map(|f| format!(" AND {}", f.0)).unwrap_or_default()
             ),
             params,
         )
     }
+}
+
+/// "The version aliased `a`, in the directory aliased `d`, is not inside a disk image": its
+/// directory is not inside one, and it is not an `<image>.d` folder itself (asked, through
+/// `dirs_child`, only of the folders in directories that hold image folders). Every scope
+/// leaves such rows out (`dirs.image`): what is inside images is for admins, who have no scope.
+pub(super) fn outside_images(a: &str, d: &str) -> String {
+    format!(
+        "{d}.image != {IMAGE_INSIDE} AND ({d}.image != {IMAGE_HOLDS} OR {a}.kind != {DIR} OR NOT EXISTS
+           (SELECT 1 FROM dirs di WHERE di.parent = {a}.dir AND di.name = {a}.name AND di.image = {IMAGE_INSIDE}))",
+        DIR = kind_code(NodeKind::Dir)
+    )
 }
 
 /// A run of snapshots (inclusive keys; `hi` is `i64::MAX` for "and every later one"), and the
@@ -245,7 +262,8 @@ impl Catalog {
             }
         }
         // Folders whose access changed: when the reader may search each, over its host's
-        // snapshots.
+        // snapshots. Not those inside disk images: no scope sees anything there, and the runs
+        // of one would read its versions (`opened_by`); their contexts are then never searchable.
         let mut keys: HashMap<i64, Vec<i64>> = HashMap::new();
         {
             let mut stmt = self.conn.prepare_cached("SELECT host, key FROM snapshots ORDER BY key")?;
@@ -259,10 +277,10 @@ impl Catalog {
             "SELECT v.id FROM dirs f JOIN versions v ON v.dir = f.parent AND v.name = f.name WHERE f.id = ?1 AND v.first = ?2",
         )?;
         {
-            let mut stmt = self.conn.prepare_cached(
+            let mut stmt = self.conn.prepare_cached(&format!(
                 "SELECT f.dir, d.host, f.since, f.access FROM folder_access f JOIN dirs d ON d.id = f.dir
-                 ORDER BY f.dir, f.since",
-            )?;
+                 WHERE d.image != {IMAGE_INSIDE} ORDER BY f.dir, f.since"
+            ))?;
             let mut rows = stmt.query([])?;
             let mut current: Option<(i64, i64)> = None;
             let mut segments: Vec<(i64, bool)> = Vec::new();

@@ -81,6 +81,11 @@ pub struct Query {
 /// With a scope, "deleted" is the reader's own: a version is deleted when no later version of
 /// its path is in the scope, which includes a path whose later versions only others may see
 /// (the reader sees the path go away, exactly as if those versions were never backed up).
+///
+/// Nothing inside a disk image is in any scope (an `<image>.d` folder and all below it, as
+/// [`crate::ImageTrees`] catalogues them), whatever its owner, path or access: the rules speak
+/// of the backed-up host's files, and an ext4 uid inside a virtual machine is no user of it.
+/// Those rows are left out in SQL, so a scoped query's work does not depend on them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Scope {
@@ -96,6 +101,13 @@ pub struct Scope {
     /// folders' access; a version the reader could read in some of its snapshots only is shown
     /// once per run of them, as a version of its own (as their own repository would hold it).
     pub reader: Option<Reader>,
+}
+
+impl Scope {
+    /// No rule of the scope can see anything: every query in it is answered empty at once.
+    pub fn sees_nothing(&self) -> bool {
+        self.owner.is_none() && self.paths.is_empty() && self.hosts.is_empty() && self.reader.is_none()
+    }
 }
 
 /// Where a result stands in its query's order, for [`Query::after`].

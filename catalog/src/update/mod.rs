@@ -19,11 +19,20 @@ pub use ident::content_id;
 use ident::{AccessKey, access_key, closed_gone, ident};
 pub(crate) use ident::{ROOT_CONTEXT, SINCE_EVER, kind_code, kind_from_code};
 use writer::apply_in;
-pub(crate) use writer::{Caches, failpoint_from_env};
+pub(crate) use writer::{Caches, IMAGE_HOLDS, IMAGE_INSIDE, failpoint_from_env};
 
 /// Where trees come from: the repository, or (in tests and benchmarks) memory.
 pub trait TreeSource {
     fn tree(&self, id: TreeId) -> rewind_store::Result<Arc<Tree>>;
+
+    /// Whether `id`, the subtree of a node of a tree this source gave, is a folder inside a disk
+    /// image (an `<image>.d` folder or one below it): the catalog marks its directory so that
+    /// no scope sees what is inside ([`crate::ImageTrees`] says so; a repository's own trees
+    /// hold no such folders).
+    fn inside_image(&self, id: TreeId) -> bool {
+        let _ = id;
+        false
+    }
 }
 
 impl TreeSource for IndexedRepository {

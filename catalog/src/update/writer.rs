@@ -14,15 +14,24 @@ use super::{
 use crate::error::{Error, Result};
 
 /// A catalog directory as the writer needs it: its parent, the context of its entries, its own
-/// access as last seen, and whether that ever changed (its history is then in `folder_access`,
-/// and the contexts below it name the folder rather than an access).
+/// access as last seen, whether that ever changed (its history is then in `folder_access`,
+/// and the contexts below it name the folder rather than an access), and what of it lies
+/// inside a disk image (`dirs.image`: [`IMAGE_NONE`], [`IMAGE_HOLDS`], [`IMAGE_INSIDE`]).
 #[derive(Clone, Copy, Debug)]
 struct DirState {
     parent: Option<i64>,
     ctx: i64,
     access: i64,
     varies: bool,
+    image: i64,
 }
+
+/// `dirs.image` of a folder with nothing inside a disk image.
+const IMAGE_NONE: i64 = 0;
+/// `dirs.image` of a folder holding `<image>.d` folders among its entries.
+pub(crate) const IMAGE_HOLDS: i64 = 1;
+/// `dirs.image` of an `<image>.d` folder and of every folder below it.
+pub(crate) const IMAGE_INSIDE: i64 = 2;
 
 impl DirState {
     /// What this folder adds to the context of its entries: (access, folder).
@@ -205,7 +214,7 @@ impl Writer<'_, '_> {
             Some(id) => Ok((id, false)),
             None => {
                 self.tx.execute(
-                    "INSERT INTO dirs(host, parent, name, path, access, varies, ctx) VALUES (?1, NULL, NULL, X'', 0, 0, ?2)",
+                    "INSERT INTO dirs(host, parent, name, path, access, varies, ctx, image) VALUES (?1, NULL, NULL, X'', 0, 0, ?2, 0)",
                     [self.host, ROOT_CONTEXT],
                 )?;
                 Ok((self.tx.last_insert_rowid(), true))
@@ -229,8 +238,10 @@ impl Writer<'_, '_> {
         Ok(found)
     }
 
-    /// Like `find_dir`, creating it if needed (with the folder's own `access`); true if
-    /// created. An existing directory notes its folder's access now ([`Writer::note_access`]).
+    /// Like `find_dir`, creating it if needed (with the folder's own `access`, and inside a disk
+    /// image when `subtree` is a folder of one or `parent` is inside one); true if created. An
+    /// existing directory notes its folder's access now ([`Writer::note_access`]), and is
+    /// marked inside an image if it now is ([`Writer::mark_inside`]).
     fn dir_id(
         &mut self,
         parent: i64,
@@ -238,35 +249,81 @@ impl Writer<'_, '_> {
         name: i64,
         raw_name: &[u8],
         access: i64,
+        subtree: Option<TreeId>,
     ) -> Result<(i64, bool, Vec<u8>)> {
         let path = [parent_path, b"/", raw_name].concat();
+        let up = self.dir_state(parent)?;
+        let inside = up.image == IMAGE_INSIDE || subtree.is_some_and(|t| self.source.inside_image(t));
         if let Some(id) = self.find_dir(parent, name)? {
             self.note_access(id, access)?;
+            if inside && self.dir_state(id)?.image != IMAGE_INSIDE {
+                self.mark_inside(parent, id)?;
+            }
             return Ok((id, false, path));
         }
-        let ctx = self.dir_state(parent)?.ctx;
-        let ctx = self.context_id(ctx, access, 0)?;
+        let ctx = self.context_id(up.ctx, access, 0)?;
+        let image = if inside { IMAGE_INSIDE } else { IMAGE_NONE };
         self.tx
             .prepare_cached(
-                "INSERT INTO dirs(host, parent, name, path, access, varies, ctx) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
+                "INSERT INTO dirs(host, parent, name, path, access, varies, ctx, image)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7)",
             )?
-            .execute(params![self.host, parent, name, path, access, ctx])?;
+            .execute(params![self.host, parent, name, path, access, ctx, image])?;
         let id = self.tx.last_insert_rowid();
         self.caches.dirs.insert((parent, name), id);
-        self.caches.dir_states.insert(id, DirState { parent: Some(parent), ctx, access, varies: false });
+        self.caches.dir_states.insert(id, DirState { parent: Some(parent), ctx, access, varies: false, image });
+        if inside {
+            self.note_holds(parent)?;
+        }
         Ok((id, true, path))
+    }
+
+    /// `dir` (a folder of `parent`) is inside a disk image: it and every directory below it.
+    /// Only a path that held a real folder before and an image folder now comes here.
+    fn mark_inside(&mut self, parent: i64, dir: i64) -> Result<()> {
+        let mut todo = vec![dir];
+        while let Some(d) = todo.pop() {
+            let st = self.dir_state(d)?;
+            self.tx.prepare_cached("UPDATE dirs SET image=?1 WHERE id=?2")?.execute([IMAGE_INSIDE, d])?;
+            self.caches.dir_states.insert(d, DirState { image: IMAGE_INSIDE, ..st });
+            todo.extend(self.child_dirs(d)?);
+        }
+        self.note_holds(parent)
+    }
+
+    /// The directories whose parent is `dir`.
+    fn child_dirs(&self, dir: i64) -> Result<Vec<i64>> {
+        let mut stmt = self.tx.prepare_cached("SELECT id FROM dirs WHERE parent=?1")?;
+        let children = stmt.query_map([dir], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(children)
+    }
+
+    /// `dir` holds a folder inside a disk image among its entries.
+    fn note_holds(&mut self, dir: i64) -> Result<()> {
+        let st = self.dir_state(dir)?;
+        if st.image == IMAGE_NONE {
+            self.tx.prepare_cached("UPDATE dirs SET image=?1 WHERE id=?2")?.execute([IMAGE_HOLDS, dir])?;
+            self.caches.dir_states.insert(dir, DirState { image: IMAGE_HOLDS, ..st });
+        }
+        Ok(())
     }
 
     fn dir_state(&mut self, dir: i64) -> Result<DirState> {
         if let Some(&s) = self.caches.dir_states.get(&dir) {
             return Ok(s);
         }
-        let s = self
-            .tx
-            .prepare_cached("SELECT parent, ctx, access, varies FROM dirs WHERE id=?1")?
-            .query_row([dir], |r| {
-                Ok(DirState { parent: r.get(0)?, ctx: r.get(1)?, access: r.get(2)?, varies: r.get(3)? })
-            })?;
+        let s = self.tx.prepare_cached("SELECT parent, ctx, access, varies, image FROM dirs WHERE id=?1")?.query_row(
+            [dir],
+            |r| {
+                Ok(DirState {
+                    parent: r.get(0)?,
+                    ctx: r.get(1)?,
+                    access: r.get(2)?,
+                    varies: r.get(3)?,
+                    image: r.get(4)?,
+                })
+            },
+        )?;
         self.caches.dir_states.insert(dir, s);
         Ok(s)
     }
@@ -311,12 +368,7 @@ impl Writer<'_, '_> {
                 self.tx.prepare_cached("UPDATE dirs SET ctx=?1 WHERE id=?2")?.execute([ctx, d])?;
                 self.caches.dir_states.insert(d, DirState { ctx, ..st });
             }
-            let children: Vec<i64> = self
-                .tx
-                .prepare_cached("SELECT id FROM dirs WHERE parent=?1")?
-                .query_map([d], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            todo.extend(children);
+            todo.extend(self.child_dirs(d)?);
         }
         Ok(())
     }
@@ -435,12 +487,7 @@ impl Writer<'_, '_> {
             .prepare_cached("UPDATE versions SET last=?1, gone=1 WHERE dir=?2 AND last IS NULL")?
             .execute(params![self.prev, dir])?;
         self.report.versions_closed += n as u64;
-        let children: Vec<i64> = self
-            .tx
-            .prepare_cached("SELECT id FROM dirs WHERE parent=?1")?
-            .query_map([dir], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for c in children {
+        for c in self.child_dirs(dir)? {
             self.close_dir(c)?;
         }
         Ok(())
@@ -455,7 +502,7 @@ impl Writer<'_, '_> {
         }
         let access = self.insert_version(dir, name, n)?;
         if n.is_dir() {
-            let (child, created, cpath) = self.dir_id(dir, path, name, &n.name, access)?;
+            let (child, created, cpath) = self.dir_id(dir, path, name, &n.name, access, n.subtree)?;
             self.add_tree(child, &cpath, n.subtree, created)?;
         }
         Ok(())
@@ -519,7 +566,8 @@ impl Writer<'_, '_> {
                         };
                         match (na.is_dir(), nb.is_dir()) {
                             (true, true) => {
-                                let (child, _, cpath) = self.dir_id(dir, path, name, &nb.name, new_access)?;
+                                let (child, _, cpath) =
+                                    self.dir_id(dir, path, name, &nb.name, new_access, nb.subtree)?;
                                 self.diff_tree(child, &cpath, na.subtree, nb.subtree)?;
                             }
                             (true, false) => {
@@ -528,7 +576,8 @@ impl Writer<'_, '_> {
                                 }
                             }
                             (false, true) => {
-                                let (child, created, cpath) = self.dir_id(dir, path, name, &nb.name, new_access)?;
+                                let (child, created, cpath) =
+                                    self.dir_id(dir, path, name, &nb.name, new_access, nb.subtree)?;
                                 self.add_tree(child, &cpath, nb.subtree, created)?;
                             }
                             (false, false) => {}
