@@ -378,6 +378,75 @@ fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() 
     assert_eq!(get(&bob, "download", &alice_d.join("p1/hello.txt")).status, 404);
 }
 
+/// An image that refers to other files (a qcow2 overlay on a backing file, a VMDK descriptor
+/// naming extents) shows what those files hold. Under `image-readers` alice saw inside her own
+/// overlay whose backing file was bob's private disk, and so read bob's files (found in a
+/// review). Now a non-admin sees inside images that stand alone only; admins see both.
+#[test]
+fn an_image_that_refers_to_other_files_is_opened_for_admins_only() {
+    use crate::support::portal::{Client, Portal, enc, login};
+    let t = TempRepo::new();
+    let (unix, gpt) = ext4_disk(&t);
+    let shared = t.path("shared");
+    fs::create_dir_all(&shared).unwrap();
+    let own = |path: &Path, uid: u32| {
+        std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    };
+    // bob's private raw disk, alice's overlay on it, and alice's own self-contained image.
+    let base = shared.join("bob-disk.raw");
+    fs::copy(&gpt, &base).unwrap();
+    own(&base, 2002);
+    let overlay = shared.join("alice-overlay.qcow2");
+    run("qemu-img", &[&"create", &"-q", &"-f", &"qcow2", &"-b", &"bob-disk.raw", &"-F", &"raw", &overlay]);
+    own(&overlay, 2001);
+    let mine = image_tools::convert(&gpt, &t.path("work/mine"), QCOW2);
+    let mine_at = shared.join("alice-own.qcow2");
+    fs::copy(&mine, &mine_at).unwrap();
+    own(&mine_at, 2001);
+    t.backup("h", &[&shared]);
+
+    let realm = users_realm(&t);
+    let get = |c: &Client, api: &str, path: &Path| {
+        let snap = c.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
+        c.get(&format!("/api/{api}?snapshot={snap}&path={}", enc(&path.to_string_lossy())))
+    };
+    let names = |c: &Client, path: &Path| -> Vec<String> {
+        let r = get(c, "browse", path);
+        assert_eq!(r.status, 200, "browse {}: {}", path.display(), r.text());
+        r.json()["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
+    };
+    let report = fs::read(unix.join("docs/report.docx")).unwrap();
+    let overlay_d = shared.join("alice-overlay.qcow2.d");
+    let authz = "[authz]\nrules = [\"owner\"]\nimages = \"image-readers\"\n";
+    let portal = Portal::start(&t.repo, &realm, authz, "");
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    assert_eq!(names(&alice, &shared), ["alice-overlay.qcow2", "alice-own.qcow2", "alice-own.qcow2.d"]);
+    let r = get(&alice, "download", &shared.join("alice-own.qcow2.d/p1/docs/report.docx"));
+    assert!(r.status == 200 && r.body == report, "her own image: {}", r.status);
+    for p in [overlay_d.clone(), overlay_d.join("p1"), overlay_d.join("p1/docs")] {
+        assert_eq!(get(&alice, "browse", &p).status, 404, "{}", p.display());
+    }
+    assert_eq!(get(&alice, "download", &overlay_d.join("p1/docs/report.docx")).status, 404);
+    // The admin sees inside both: the overlay reads through to its backing file.
+    let ada = login(&portal.addr, "ada", "ada-pw");
+    let mut all = names(&ada, &shared);
+    all.sort();
+    assert_eq!(
+        all,
+        [
+            "alice-overlay.qcow2",
+            "alice-overlay.qcow2.d",
+            "alice-own.qcow2",
+            "alice-own.qcow2.d",
+            "bob-disk.raw",
+            "bob-disk.raw.d"
+        ]
+    );
+    let r = get(&ada, "download", &overlay_d.join("p1/docs/report.docx"));
+    assert!(r.status == 200 && r.body == report, "the admin reads through the overlay: {}", r.status);
+}
+
 /// A file realm in `t`: ada the admin, alice (uid 2001) and bob (uid 2002), each with the
 /// password `<name>-pw`.
 fn users_realm(t: &TempRepo) -> String {

@@ -175,7 +175,18 @@ impl Policy {
         if !self.visible(s, walk, &w, node) {
             return Ok(None);
         }
-        Ok(view.image_folder_of(dir, &file)?)
+        self.own_image_folder(view, dir, &file)
+    }
+
+    /// The image folder of a file already decided to be the subject's (under `image-readers`),
+    /// if its image stands alone: an image that refers to other files (a backing file, extents)
+    /// shows what those files hold, which need not be the subject's, so it is opened for admins
+    /// only. Whether it stands alone is read from the file's own bytes, nothing else.
+    fn own_image_folder(&self, view: &View, dir: &Entry, file: &Entry) -> ApiResult<Option<Entry>> {
+        match view.image_folder_of(dir, file)? {
+            Some(f) if view.image_stands_alone(&f)? => Ok(Some(f)),
+            _ => Ok(None),
+        }
     }
 
     /// The subject for an identity (not for admins: see [`Subject::everything`]).
@@ -483,7 +494,7 @@ impl Policy {
             if let Some((node, walk, access)) = self.step(view, s, &dir.walk, &entry)? {
                 if self.reads_own_images(s)
                     && access == Access::Visible
-                    && let Some(f) = view.image_folder_of(&dir.entry, &entry)?
+                    && let Some(f) = self.own_image_folder(view, &dir.entry, &entry)?
                 {
                     folders.push(f);
                 }

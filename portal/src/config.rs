@@ -232,7 +232,8 @@ pub struct AuthzConfig {
     pub hosts: BTreeMap<String, Vec<String>>,
     /// Who sees the files inside disk images (`<image>.d/`): admins only (the default), or
     /// also everyone to whom the rules show the image file itself (`image-readers`): they may
-    /// download the whole image anyway.
+    /// download the whole image anyway. Images that refer to other files (qcow2 backing files,
+    /// VMDK extents) are opened for admins only: what they show comes from those files too.
     pub images: ImageAccess,
 }
 

@@ -147,6 +147,8 @@ type OpenKey = (Hash, Option<TreeId>);
 /// The view's state for images: verdicts, open images, blocks of files read inside them.
 pub(super) struct ImageCaches {
     verdicts: Mutex<lru::LruCache<Hash, bool>>,
+    /// Whether an image (by content) stands alone: refers to no other file.
+    alone: Mutex<lru::LruCache<Hash, bool>>,
     open: Mutex<lru::LruCache<OpenKey, Arc<Opened>>>,
     opening: SingleFlight<(Hash, TreeId), Arc<Opened>>,
     blocks: Arc<BlockCache>,
@@ -164,6 +166,7 @@ impl Default for ImageCaches {
     fn default() -> Self {
         ImageCaches {
             verdicts: Mutex::new(lru::LruCache::new(NonZeroUsize::new(VERDICTS).expect("nonzero"))),
+            alone: Mutex::new(lru::LruCache::new(NonZeroUsize::new(VERDICTS).expect("nonzero"))),
             open: Mutex::new(lru::LruCache::new(NonZeroUsize::new(OPEN_IMAGES).expect("nonzero"))),
             opening: SingleFlight::default(),
             blocks: Arc::new(BlockCache { cache: ByteLru::new(BLOCK_CACHE), loading: SingleFlight::default() }),
@@ -308,6 +311,30 @@ impl View {
         let dir = referred.get().then_some(e.dir);
         self.image_caches.open.lock().put((key, dir), opened.clone());
         opened
+    }
+
+    /// Whether the image of an image folder stands alone: it refers to no other file (no qcow2
+    /// backing file, no VMDK extent file), decided from its own bytes, looking no name up and
+    /// reading no other file. What an image that refers to other files shows is read from those
+    /// files too, which whoever may see the image file need not be allowed to see: the portal
+    /// opens such images for admins only. `false` for anything but an image folder.
+    pub fn image_stands_alone(&self, e: &Entry) -> Result<bool> {
+        let Entry::Image(i) = e else { return Ok(false) };
+        if let Some(&v) = self.image_caches.alone.lock().get(&i.key) {
+            return Ok(v);
+        }
+        let referred = Cell::new(false);
+        let refuse = |_: &[u8]| -> Option<Arc<dyn ReadAt>> {
+            referred.set(true);
+            None
+        };
+        let file = self.repo.open_file(&i.image)?;
+        // An image that fails to open for another reason shows its own error, read from its
+        // own bytes: it stands alone.
+        let _ = Image::open(Arc::new(file), &refuse);
+        let alone = !referred.get();
+        self.image_caches.alone.lock().put(i.key, alone);
+        Ok(alone)
     }
 
     /// What names the contents of the image an entry is in: the image file's content, and its
