@@ -52,8 +52,9 @@ impl ScopeSql {
     pub(super) fn later(&self, x: &str) -> (String, Vec<Value>) {
         let runs = if self.runs {
             format!(
-                " OR (w.access IN (SELECT id FROM temp.scope_access) AND EXISTS (SELECT 1 FROM temp.ctx_runs r
-                   WHERE r.ctx = dw.ctx AND max(w.first, r.lo, {x}.last + 1) <= min(coalesce(w.last, {OPEN_KEY}), r.hi)))"
+                " OR (w.access IN (SELECT id FROM temp.scope_access) AND {} AND EXISTS (SELECT 1 FROM temp.ctx_runs r
+                   WHERE r.ctx = dw.ctx AND max(w.first, r.lo, {x}.last + 1) <= min(coalesce(w.last, {OPEN_KEY}), r.hi)))",
+                outside_images("w", "dw")
             )
         } else {
             String::new()
