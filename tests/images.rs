@@ -381,7 +381,8 @@ fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() 
 /// An image that refers to other files (a qcow2 overlay on a backing file, a VMDK descriptor
 /// naming extents) shows what those files hold. Under `image-readers` alice saw inside her own
 /// overlay whose backing file was bob's private disk, and so read bob's files (found in a
-/// review). Now a non-admin sees inside images that stand alone only; admins see both.
+/// review). Now a non-admin sees inside images that stand alone only; admins see both. And a
+/// hidden real entry named like a user's image folder does not take the folder's place for them.
 #[test]
 fn an_image_that_refers_to_other_files_is_opened_for_admins_only() {
     use crate::support::portal::{Client, Portal, enc, login};
@@ -404,6 +405,11 @@ fn an_image_that_refers_to_other_files_is_opened_for_admins_only() {
     let mine_at = shared.join("alice-own.qcow2");
     fs::copy(&mine, &mine_at).unwrap();
     own(&mine_at, 2001);
+    // A hidden file of bob's that has the name of alice's image folder: it must not take its
+    // place for her (the missing folder would tell her that such a file exists).
+    let twin = shared.join("alice-own.qcow2.d");
+    fs::write(&twin, b"bob's file of that name").unwrap();
+    own(&twin, 2002);
     t.backup("h", &[&shared]);
 
     let realm = users_realm(&t);
@@ -445,6 +451,8 @@ fn an_image_that_refers_to_other_files_is_opened_for_admins_only() {
     );
     let r = get(&ada, "download", &overlay_d.join("p1/docs/report.docx"));
     assert!(r.status == 200 && r.body == report, "the admin reads through the overlay: {}", r.status);
+    // For the admin the real entry wins, as in the mount.
+    assert_eq!(get(&ada, "download", &twin).body, b"bob's file of that name");
 }
 
 /// A file realm in `t`: ada the admin, alice (uid 2001) and bob (uid 2002), each with the

@@ -163,7 +163,13 @@ impl Policy {
     /// folder is answered as a missing name is, without reading the file.
     fn lookup(&self, view: &View, s: &Subject, walk: &Walk, dir: &Entry, name: &[u8]) -> ApiResult<Option<Entry>> {
         if let Some(e) = found(view.lookup(dir, name, self.images(s)))? {
-            return Ok(Some(e));
+            // A real entry wins, unless it is hidden from the subject and the name is that of
+            // the image folder of a file of theirs: then their folder is what they see (a hidden
+            // `X.d` must not take their image folder's place, which would tell that it exists).
+            let hidden = || -> ApiResult<bool> { Ok(self.step(view, s, walk, &e)?.is_none()) };
+            if !self.reads_own_images(s) || !name.ends_with(IMAGE_FOLDER_SUFFIX) || !hidden()? {
+                return Ok(Some(e));
+            }
         }
         if !self.reads_own_images(s) || !matches!(dir, Entry::Snapshot(_) | Entry::Node { .. }) {
             return Ok(None);
@@ -502,7 +508,16 @@ impl Policy {
             }
         }
         if !folders.is_empty() {
+            // A real entry of the same name that the subject sees wins; a hidden one is not
+            // there for them, and their image folder takes the name.
+            let names: std::collections::HashSet<Vec<u8>> =
+                out.iter().filter_map(|r| r.node.as_ref().map(|n| n.name.clone())).collect();
             for entry in folders {
+                if let Entry::Image(i) = &entry
+                    && names.contains(i.name())
+                {
+                    continue;
+                }
                 if let Some((node, walk, access)) = self.step(view, s, &dir.walk, &entry)? {
                     out.push(Resolved { snapshot: dir.snapshot, node: Some(node), entry, walk, access });
                 }

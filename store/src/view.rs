@@ -439,9 +439,11 @@ impl View {
     }
 
     /// The `<name>.d` folder of `file`, a node of folder `dir` (a snapshot's root or a folder in
-    /// it), if the file holds a disk image and `dir` has no real entry of that name: for a caller
-    /// that looks up and lists with [`Images::Hide`] and decides for itself, file by file, whose
-    /// images to show (reading a file's first bytes only then). `None` for anything else that
+    /// it), if the file holds a disk image, whatever real entry of that name `dir` has (the
+    /// view's own lookups and listings let a real entry win; a caller that hides some entries
+    /// weighs the two itself): for a caller that looks up and lists with [`Images::Hide`] and
+    /// decides for itself, file by file, whose images to show (reading a file's first bytes
+    /// only then). `None` for anything else that
     /// is not a file of a snapshot (a place inside an image holds no image folders).
     pub fn image_folder_of(&self, dir: &Entry, file: &Entry) -> Result<Option<Entry>> {
         let Entry::Node { snapshot, node } = file else { return Ok(None) };
@@ -453,9 +455,6 @@ impl View {
         let tree = self.repo.tree(tree_id)?;
         if tree.find(&node.name) != Some(&**node) {
             return Err(Error::InvalidInput(format!("{} is not in that folder", node.name_lossy())));
-        }
-        if tree.find(&[&node.name[..], image::SUFFIX].concat()).is_some() {
-            return Ok(None);
         }
         Ok(self.image_folder(*snapshot, tree_id, node))
     }
@@ -750,7 +749,8 @@ mod tests {
         let a = view.image_folder_of(&folder, &file(b"a.qcow2")).unwrap().expect("a.qcow2 is an image");
         assert!(matches!(&a, Entry::Image(i) if i.name() == b"a.qcow2.d"));
         assert_eq!(verdicts(), 1);
-        assert_eq!(view.image_folder_of(&folder, &file(b"b.qcow2")).unwrap(), None, "a real b.qcow2.d wins");
+        let b = view.image_folder_of(&folder, &file(b"b.qcow2")).unwrap();
+        assert!(b.is_some(), "beside a real b.qcow2.d too: the caller weighs the two");
         assert_eq!(view.image_folder_of(&folder, &file(b"plain.txt")).unwrap(), None);
         assert!(view.image_folder_of(&Entry::Snapshot(snap.id), &file(b"a.qcow2")).is_err(), "not its folder");
 
