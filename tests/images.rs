@@ -455,6 +455,52 @@ fn an_image_that_refers_to_other_files_is_opened_for_admins_only() {
     assert_eq!(get(&ada, "download", &twin).body, b"bob's file of that name");
 }
 
+/// The mount with `--allow-other`: an image's folder takes the image file's owner and read
+/// bits, so whoever may read the image enters it, unless the image refers to other files (an
+/// overlay on a backing file of someone else's): that folder is root's alone.
+#[test]
+fn the_mount_lets_others_into_images_that_stand_alone_only() {
+    assert!(is_root(), "this test switches users with setpriv and must run as root");
+    let t = TempRepo::new();
+    fs::set_permissions(t.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (_, gpt) = ext4_disk(&t);
+    let shared = t.path("shared");
+    fs::create_dir_all(&shared).unwrap();
+    fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let own = |path: &Path, uid: u32, mode: u32| {
+        std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    };
+    let base = shared.join("roots-disk.raw");
+    fs::copy(&gpt, &base).unwrap();
+    own(&base, 0, 0o600);
+    let overlay = shared.join("overlay.qcow2");
+    run("qemu-img", &[&"create", &"-q", &"-f", &"qcow2", &"-b", &"roots-disk.raw", &"-F", &"raw", &overlay]);
+    own(&overlay, 65534, 0o644);
+    let alone = shared.join("alone.qcow2");
+    fs::copy(image_tools::convert(&gpt, &t.path("work/alone"), QCOW2), &alone).unwrap();
+    own(&alone, 65534, 0o600);
+    t.backup("h", &[&shared]);
+    let m = Mount::start(&t, "others", &["--allow-other"]);
+    let root = m.mnt.join("hosts/h/latest").join(shared.strip_prefix("/").unwrap());
+    let ls_as_nobody = |path: &Path| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "ls"])
+            .arg(path)
+            .output()
+            .expect("setpriv (util-linux) must be installed")
+    };
+    let out = ls_as_nobody(&root.join("alone.qcow2.d/p1"));
+    assert_success(&out, "nobody lists inside its own image");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("docs"), "{out:?}");
+    let out = ls_as_nobody(&root.join("overlay.qcow2.d"));
+    assert!(!out.status.success(), "nobody entered an overlay on root's disk: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+    // Root still reads through the overlay.
+    assert!(fs::read_dir(root.join("overlay.qcow2.d/p1/docs")).unwrap().count() > 0);
+    m.unmount();
+}
+
 /// A file realm in `t`: ada the admin, alice (uid 2001) and bob (uid 2002), each with the
 /// password `<name>-pw`.
 fn users_realm(t: &TempRepo) -> String {

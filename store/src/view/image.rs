@@ -320,6 +320,10 @@ impl View {
     /// opens such images for admins only. `false` for anything but an image folder.
     pub fn image_stands_alone(&self, e: &Entry) -> Result<bool> {
         let Entry::Image(i) = e else { return Ok(false) };
+        self.stands_alone(i)
+    }
+
+    fn stands_alone(&self, i: &ImageEntry) -> Result<bool> {
         if let Some(&v) = self.image_caches.alone.lock().get(&i.key) {
             return Ok(v);
         }
@@ -481,6 +485,10 @@ impl View {
             rdev: 0,
         };
         let stat = match &e.at {
+            // An image that refers to other files (a backing file, extents) shows what those
+            // hold, which whoever may read the image file need not be allowed to read: its
+            // folder is root's alone (the mount with --allow-other lets no one else in).
+            Inside::Top if !self.stands_alone(e)? => return Ok(Attr { perm: 0o500, uid: 0, gid: 0, ..folder }),
             Inside::Top => return Ok(folder),
             Inside::Error(text) => {
                 return Ok(Attr { kind: NodeKind::File, perm: readable, size: text.len() as u64, ..folder });
