@@ -293,7 +293,7 @@ fn restore_of_paths_inside_images() {
 /// image file to sees inside it, and nobody sees inside an image they may not see.
 #[test]
 fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() {
-    use crate::support::portal::{Client, Portal, enc, login};
+    use crate::support::portal::{Client, Portal, login};
     let t = TempRepo::new();
     let (unix, gpt) = ext4_disk(&t);
     let vms = t.path("vms");
@@ -302,33 +302,23 @@ fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() 
         let qcow = image_tools::convert(&gpt, &dir, QCOW2);
         let disk = dir.join("disk0.qcow2");
         fs::rename(&qcow, &disk).unwrap();
-        std::os::unix::fs::chown(&disk, Some(uid), Some(uid)).unwrap();
-        fs::set_permissions(&disk, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        own(&disk, uid, 0o600);
     }
     t.backup("h", &[&vms]);
 
     let realm = users_realm(&t);
-    let get = |c: &Client, api: &str, path: &Path| {
-        let snap = c.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
-        c.get(&format!("/api/{api}?snapshot={snap}&path={}", enc(&path.to_string_lossy())))
-    };
-    let names = |c: &Client, path: &Path| -> Vec<String> {
-        let r = get(c, "browse", path);
-        assert_eq!(r.status, 200, "browse {}: {}", path.display(), r.text());
-        r.json()["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
-    };
     let (alice_d, bob_d) = (vms.join("alice-vm/disk0.qcow2.d"), vms.join("bob-vm/disk0.qcow2.d"));
     let report = fs::read(unix.join("docs/report.docx")).unwrap();
 
     let portal = Portal::start(&t.repo, &realm, "[authz]\nrules = [\"owner\"]\n", "");
     let ada = login(&portal.addr, "ada", "ada-pw");
-    assert_eq!(names(&ada, &vms.join("alice-vm")), ["disk0.qcow2", "disk0.qcow2.d"]);
-    assert_eq!(names(&ada, &alice_d), ["p1", "p2.error"]);
+    assert_eq!(names_in(&ada, &vms.join("alice-vm")), ["disk0.qcow2", "disk0.qcow2.d"]);
+    assert_eq!(names_in(&ada, &alice_d), ["p1", "p2.error"]);
     let mut want: Vec<String> =
         fs::read_dir(&unix).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     want.push("lost+found".into());
     want.sort();
-    let mut got = names(&ada, &alice_d.join("p1"));
+    let mut got = names_in(&ada, &alice_d.join("p1"));
     got.sort();
     assert_eq!(got, want);
     let r = get(&ada, "download", &alice_d.join("p1/docs/report.docx"));
@@ -354,7 +344,7 @@ fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() 
     // By default, the image's owner sees the image file and nothing inside it.
     let alice = login(&portal.addr, "alice", "alice-pw");
     assert!(search(&alice).is_empty());
-    assert_eq!(names(&alice, &vms.join("alice-vm")), ["disk0.qcow2"]);
+    assert_eq!(names_in(&alice, &vms.join("alice-vm")), ["disk0.qcow2"]);
     assert_eq!(get(&alice, "browse", &alice_d).status, 404);
     assert_eq!(get(&alice, "download", &alice_d.join("p1/docs/report.docx")).status, 404);
     drop(portal);
@@ -362,8 +352,8 @@ fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() 
     let authz = "[authz]\nrules = [\"owner\"]\nimages = \"image-readers\"\n";
     let portal = Portal::start(&t.repo, &realm, authz, "");
     let alice = login(&portal.addr, "alice", "alice-pw");
-    assert_eq!(names(&alice, &vms.join("alice-vm")), ["disk0.qcow2", "disk0.qcow2.d"]);
-    assert_eq!(names(&alice, &alice_d), ["p1", "p2.error"]);
+    assert_eq!(names_in(&alice, &vms.join("alice-vm")), ["disk0.qcow2", "disk0.qcow2.d"]);
+    assert_eq!(names_in(&alice, &alice_d), ["p1", "p2.error"]);
     let r = get(&alice, "download", &alice_d.join("p1/docs/report.docx"));
     assert!(r.status == 200 && r.body == report, "{}", r.status);
     // Bob's image is not hers: neither it nor anything inside it exists for her.
@@ -385,49 +375,36 @@ fn portal_shows_inside_images_to_admins_and_by_configuration_to_image_readers() 
 /// hidden real entry named like a user's image folder does not take the folder's place for them.
 #[test]
 fn an_image_that_refers_to_other_files_is_opened_for_admins_only() {
-    use crate::support::portal::{Client, Portal, enc, login};
+    use crate::support::portal::{Portal, login};
     let t = TempRepo::new();
     let (unix, gpt) = ext4_disk(&t);
     let shared = t.path("shared");
     fs::create_dir_all(&shared).unwrap();
-    let own = |path: &Path, uid: u32| {
-        std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
-        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    };
     // bob's private raw disk, alice's overlay on it, and alice's own self-contained image.
     let base = shared.join("bob-disk.raw");
     fs::copy(&gpt, &base).unwrap();
-    own(&base, 2002);
+    own(&base, 2002, 0o600);
     let overlay = shared.join("alice-overlay.qcow2");
     run("qemu-img", &[&"create", &"-q", &"-f", &"qcow2", &"-b", &"bob-disk.raw", &"-F", &"raw", &overlay]);
-    own(&overlay, 2001);
+    own(&overlay, 2001, 0o600);
     let mine = image_tools::convert(&gpt, &t.path("work/mine"), QCOW2);
     let mine_at = shared.join("alice-own.qcow2");
     fs::copy(&mine, &mine_at).unwrap();
-    own(&mine_at, 2001);
+    own(&mine_at, 2001, 0o600);
     // A hidden file of bob's that has the name of alice's image folder: it must not take its
     // place for her (the missing folder would tell her that such a file exists).
     let twin = shared.join("alice-own.qcow2.d");
     fs::write(&twin, b"bob's file of that name").unwrap();
-    own(&twin, 2002);
+    own(&twin, 2002, 0o600);
     t.backup("h", &[&shared]);
 
     let realm = users_realm(&t);
-    let get = |c: &Client, api: &str, path: &Path| {
-        let snap = c.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
-        c.get(&format!("/api/{api}?snapshot={snap}&path={}", enc(&path.to_string_lossy())))
-    };
-    let names = |c: &Client, path: &Path| -> Vec<String> {
-        let r = get(c, "browse", path);
-        assert_eq!(r.status, 200, "browse {}: {}", path.display(), r.text());
-        r.json()["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
-    };
     let report = fs::read(unix.join("docs/report.docx")).unwrap();
     let overlay_d = shared.join("alice-overlay.qcow2.d");
     let authz = "[authz]\nrules = [\"owner\"]\nimages = \"image-readers\"\n";
     let portal = Portal::start(&t.repo, &realm, authz, "");
     let alice = login(&portal.addr, "alice", "alice-pw");
-    assert_eq!(names(&alice, &shared), ["alice-overlay.qcow2", "alice-own.qcow2", "alice-own.qcow2.d"]);
+    assert_eq!(names_in(&alice, &shared), ["alice-overlay.qcow2", "alice-own.qcow2", "alice-own.qcow2.d"]);
     let r = get(&alice, "download", &shared.join("alice-own.qcow2.d/p1/docs/report.docx"));
     assert!(r.status == 200 && r.body == report, "her own image: {}", r.status);
     for p in [overlay_d.clone(), overlay_d.join("p1"), overlay_d.join("p1/docs")] {
@@ -436,7 +413,7 @@ fn an_image_that_refers_to_other_files_is_opened_for_admins_only() {
     assert_eq!(get(&alice, "download", &overlay_d.join("p1/docs/report.docx")).status, 404);
     // The admin sees inside both: the overlay reads through to its backing file.
     let ada = login(&portal.addr, "ada", "ada-pw");
-    let mut all = names(&ada, &shared);
+    let mut all = names_in(&ada, &shared);
     all.sort();
     assert_eq!(
         all,
@@ -467,10 +444,6 @@ fn the_mount_lets_others_into_images_that_stand_alone_only() {
     let shared = t.path("shared");
     fs::create_dir_all(&shared).unwrap();
     fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let own = |path: &Path, uid: u32, mode: u32| {
-        std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
-        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
-    };
     let base = shared.join("roots-disk.raw");
     fs::copy(&gpt, &base).unwrap();
     own(&base, 0, 0o600);
@@ -499,6 +472,25 @@ fn the_mount_lets_others_into_images_that_stand_alone_only() {
     // Root still reads through the overlay.
     assert!(fs::read_dir(root.join("overlay.qcow2.d/p1/docs")).unwrap().count() > 0);
     m.unmount();
+}
+
+/// `chown uid:uid` and `chmod mode` of a path the test made.
+fn own(path: &Path, uid: u32, mode: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+/// `GET /api/<api>` of `path` in the first snapshot the portal lists to `c`.
+fn get(c: &crate::support::portal::Client, api: &str, path: &Path) -> crate::support::portal::Resp {
+    let snap = c.get("/api/snapshots").json()["items"][0]["id"].as_str().unwrap().to_string();
+    c.get(&format!("/api/{api}?snapshot={snap}&path={}", crate::support::portal::enc(&path.to_string_lossy())))
+}
+
+/// The names the portal lists to `c` in folder `path` (which must answer 200).
+fn names_in(c: &crate::support::portal::Client, path: &Path) -> Vec<String> {
+    let r = get(c, "browse", path);
+    assert_eq!(r.status, 200, "browse {}: {}", path.display(), r.text());
+    r.json()["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
 }
 
 /// A file realm in `t`: ada the admin, alice (uid 2001) and bob (uid 2002), each with the
@@ -540,10 +532,6 @@ fn hidden_images_answer_as_fast_as_missing_names() {
     let t = TempRepo { dir, repo, encrypted: true };
     fs::set_permissions(t.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let src = t.path("src");
-    let own = |p: &Path, uid: u32, mode: u32| {
-        std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
-        fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
-    };
     let mut seed = 0;
     let mut images = |folder: &Path, n: usize| {
         for i in 0..n {
@@ -685,10 +673,6 @@ fn no_row_inside_an_image_reaches_a_non_admins_scope() {
     assert!(is_root(), "chowns files");
     const ALICE: u32 = 2001;
     let t = TempRepo::new();
-    let own = |p: &Path, uid: u32, mode: u32| {
-        std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
-        fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
-    };
     // The files inside the images: the Unix corpus, all alice's by uid.
     let unix = t.path("src-unix");
     corpus(&unix, Flavour::Unix);
