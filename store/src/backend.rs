@@ -123,16 +123,24 @@ impl LocalBackend {
         LocalBackend { root: root.into(), tmp_counter: AtomicU64::new(0) }
     }
 
-    /// Create the directory layout of an empty repository.
+    /// Create the directory layout of an empty repository. The folders of packs
+    /// (`data/<2 hex>/`) are made when their first pack is written: a small repository needs
+    /// few of the 256, and each costs a filesystem block.
     pub fn create_layout(&self) -> Result<()> {
         for d in ["data", "index", "snapshots", "locks", "pending", "keys", "tmp"] {
             fs::create_dir_all(self.root.join(d)).at(self.root.join(d))?;
         }
-        for i in 0..=255u8 {
-            let p = self.root.join("data").join(format!("{i:02x}"));
-            fs::create_dir_all(&p).at(&p)?;
-        }
         Ok(())
+    }
+
+    /// Make `dir` (a pack folder, or a folder a newer rewind added) and its entry in its
+    /// parent durable, so that a file renamed into it survives a crash.
+    fn create_dir_durably(dir: &Path) -> Result<()> {
+        match fs::create_dir(dir) {
+            Ok(()) => fsync_dir(dir.parent().expect("repository folders have a parent")),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(Error::io(dir, e)),
+        }
     }
 
     pub fn path(&self, kind: FileKind, name: &str) -> PathBuf {
@@ -182,8 +190,12 @@ impl Backend for LocalBackend {
                 let _ = fs::remove_file(&tmp);
                 return Err(Error::io(&dest, e));
             }
-            // A directory this repository was created without (`pending/` came later).
-            fs::create_dir_all(parent).at(parent)?;
+            // A pack folder not made yet, or a folder this repository was created without
+            // (`pending/` came later).
+            if let Err(e) = Self::create_dir_durably(parent) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
             fs::rename(&tmp, &dest).at(&dest)?;
         }
         fsync_dir(parent)
@@ -401,4 +413,28 @@ pub fn is_no_space(e: &Error) -> bool {
 pub(crate) fn host_tag() -> String {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TAG.get_or_init(|| blake3::hash(crate::lock::hostname().as_bytes()).to_hex()[..8].to_string()).clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_folders_are_made_by_their_first_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path().join("repo"));
+        b.prepare_new().unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("repo/data")).unwrap().count(), 0);
+        assert!(b.list(FileKind::Pack).unwrap().is_empty());
+        let name = "ab".repeat(32);
+        b.put(FileKind::Pack, &name, b"pack").unwrap();
+        b.put(FileKind::Pack, &"ab01".repeat(16), b"another").unwrap();
+        assert_eq!(b.get(FileKind::Pack, &name).unwrap(), b"pack");
+        assert_eq!(b.list(FileKind::Pack).unwrap().len(), 2);
+        let folders: Vec<_> =
+            fs::read_dir(dir.path().join("repo/data")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(folders, ["ab"]);
+        // Nothing left behind in tmp/.
+        assert!(b.tmp_files().unwrap().is_empty());
+    }
 }
