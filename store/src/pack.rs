@@ -107,7 +107,7 @@ impl<'a> Packer<'a> {
     }
 
     fn prepare(&self, d: &Dict) -> DictState {
-        match DictCompressor::new(&d.bytes, self.level) {
+        match DictCompressor::new(&d.bytes, blob::dict_level(self.level)) {
             Some(c) => DictState::Ready(Arc::new(c)),
             None => {
                 tracing::warn!("zstd cannot use dictionary {}: compressing without it", d.name);
