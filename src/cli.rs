@@ -20,7 +20,7 @@ pub struct RepoArg {
     pub repo: PathBuf,
     #[command(flatten)]
     pub key: KeyArgs,
-    /// The file catalog behind find, deleted and history [default: REPO/catalog/catalog.sqlite]
+    /// The file catalog behind find, deleted and history [default: catalog.sqlite in the repository's cache folder]
     #[arg(long, env = "REWIND_CATALOG", value_name = "FILE")]
     pub catalog: Option<PathBuf>,
 }

@@ -2,8 +2,9 @@
 //! corpus's history, every answer checked against a brute-force walk of every snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::process::Command;
 
 use rewind_catalog::{Catalog, Query};
 use rewind_store::{CacheSizes, Repository, TreeId};
@@ -145,7 +146,7 @@ fn catalog_answers_equal_a_walk_of_every_snapshot() {
         let s = t.backup("fileserver", &[&src]);
         ids.push(s["id"].as_str().unwrap().to_string());
         times.push(s["time"].as_str().unwrap().to_string());
-        let cat = Catalog::open_read_only(&Catalog::default_path(&t.open())).expect("backup made the catalog");
+        let cat = Catalog::open_read_only(&t.catalog_path()).expect("backup made the catalog");
         assert_eq!(cat.snapshots().unwrap().len(), ids.len(), "backup {generation} updated the catalog");
     }
     let expected = brute_force(&t.repo, None);
@@ -251,7 +252,7 @@ fn catalog_answers_equal_a_walk_of_every_snapshot() {
     t.ok(&["catalog", "rebuild"]);
     assert_eq!(all_versions(&t), expected);
     // So does a deleted catalog, rebuilt on the next query.
-    std::fs::remove_dir_all(t.repo.join("catalog")).unwrap();
+    std::fs::remove_dir_all(t.catalog_path().parent().unwrap()).unwrap();
     assert_eq!(all_versions(&t), expected);
 
     // A killed rebuild leaves the catalog as it was (it is one transaction).
@@ -263,12 +264,12 @@ fn catalog_answers_equal_a_walk_of_every_snapshot() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "the failpoint killed the rebuild");
-    let cat = Catalog::open_read_only(&Catalog::default_path(&t.open())).unwrap();
+    let cat = Catalog::open_read_only(&t.catalog_path()).unwrap();
     assert_eq!(cat.snapshots().unwrap().len(), 4);
     drop(cat);
     assert_eq!(all_versions(&t), expected);
     // A killed update keeps the snapshots it had committed, one transaction each.
-    std::fs::remove_dir_all(t.repo.join("catalog")).unwrap();
+    std::fs::remove_dir_all(t.catalog_path().parent().unwrap()).unwrap();
     let out = t
         .cmd()
         .args(["catalog", "sync"])
@@ -276,7 +277,7 @@ fn catalog_answers_equal_a_walk_of_every_snapshot() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "the failpoint killed the update");
-    let cat = Catalog::open_read_only(&Catalog::default_path(&t.open())).unwrap();
+    let cat = Catalog::open_read_only(&t.catalog_path()).unwrap();
     let had: BTreeSet<String> = cat.snapshots().unwrap().into_iter().map(|s| s.id).collect();
     assert_eq!(had, BTreeSet::from([ids[0].clone()]), "killed in the second snapshot");
     let mut partial = BTreeSet::new();
@@ -310,13 +311,15 @@ fn a_broken_catalog_never_fails_a_backup() {
     std::fs::create_dir_all(src.join("d")).unwrap();
     std::fs::write(src.join("d/report.txt"), b"one").unwrap();
     // A file where the catalog's directory should be: the catalog cannot be opened.
-    std::fs::write(t.repo.join("catalog"), b"not a directory").unwrap();
+    let folder = t.catalog_path().parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(folder.parent().unwrap()).unwrap();
+    std::fs::write(&folder, b"not a directory").unwrap();
     let out = t.cmd().args(["backup", "--host", "h"]).arg(&src).output().unwrap();
     assert_success(&out, "backup with a broken catalog");
     assert!(String::from_utf8_lossy(&out.stderr).contains("catalog"), "a warning is printed");
     assert_eq!(t.snapshots().len(), 1);
     // Once repaired, the catalog catches up on its own.
-    std::fs::remove_file(t.repo.join("catalog")).unwrap();
+    std::fs::remove_file(&folder).unwrap();
     let found = rows(&t.ok(&["find", "REPORT", "--json"]));
     assert_eq!(found.len(), 1);
     assert_eq!(found.iter().next().unwrap().1, format!("{}/d/report.txt", src.display()));
@@ -356,4 +359,43 @@ fn a_folders_chmod_adds_one_version_not_one_per_file_below() {
             round + 1
         );
     }
+}
+
+/// A catalog that an older rewind kept inside a local repository (`REPO/catalog/`, every path
+/// in the clear) leaves it with the next command that updates the catalog: copied to the cache
+/// folder (not rebuilt: a mark made in it survives), and gone from the repository.
+#[test]
+fn an_older_rewinds_catalog_leaves_the_repository() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("report.txt"), b"one").unwrap();
+    t.backup("h", &[&src]);
+    assert!(!t.repo.join("catalog").exists(), "a new catalog is made outside the repository");
+    // Where rewinds before 2026-11-30 kept it, with a mark only a copy keeps.
+    let old = t.repo.join("catalog");
+    std::fs::rename(t.catalog_path().parent().unwrap(), &old).unwrap();
+    let sql = |db: &Path, statement: &str| {
+        let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nr = c.execute(sys.argv[2]).fetchall()\nc.commit()\nprint(r)\n";
+        let out = Command::new("python3").args(["-c", script]).arg(db).arg(statement).output().unwrap();
+        assert_success(&out, "python3 sqlite3");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    sql(&old.join("catalog.sqlite"), "INSERT INTO meta VALUES ('mark', 'moved')");
+
+    let found = rows(&t.ok(&["find", "report", "--json"]));
+    assert_eq!(found.len(), 1);
+    assert!(!old.exists(), "the old catalog is gone from the repository");
+    assert_eq!(sql(&t.catalog_path(), "SELECT value FROM meta WHERE key = 'mark'"), "[('moved',)]");
+    let mode = std::fs::metadata(t.catalog_path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the copy is its owner's only");
+
+    // A backup moves it too, and the catalog it finds goes on from there.
+    std::fs::rename(t.catalog_path().parent().unwrap(), &old).unwrap();
+    std::fs::write(src.join("later.txt"), b"two").unwrap();
+    t.backup("h", &[&src]);
+    assert!(!old.exists());
+    assert_eq!(sql(&t.catalog_path(), "SELECT value FROM meta WHERE key = 'mark'"), "[('moved',)]");
+    assert_eq!(rows(&t.ok(&["find", "later", "--json"])).len(), 1);
+    t.ok(&["check"]);
 }

@@ -549,7 +549,7 @@ fn flipped_byte_in_the_config() {
 #[test]
 fn flipped_bytes_in_the_catalog() {
     let TwoSnapshots { t, .. } = two_snapshots();
-    let cat = t.repo.join("catalog/catalog.sqlite");
+    let cat = t.catalog_path();
     let len = std::fs::metadata(&cat).unwrap().len() as usize;
     // The type byte of every page but the first: any read of a page finds it damaged.
     for off in (4096..len).step_by(4096) {

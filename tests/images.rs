@@ -726,7 +726,7 @@ fn no_row_inside_an_image_reaches_a_non_admins_scope() {
     t.backup("without", &[&src]);
 
     // The catalog, as the portal's policy narrows it for alice.
-    let cat = Catalog::open_read_only(&t.repo.join("catalog/catalog.sqlite")).unwrap();
+    let cat = Catalog::open_read_only(&t.catalog_path()).unwrap();
     let scope = Scope { owner: Some(ALICE), paths: vec![home.as_os_str().as_bytes().to_vec()], ..Scope::default() };
     let inside = |v: &FileVersion| v.path.contains(".qcow2.d");
     let rows = |q: &Query, host: &str| -> Vec<FileVersion> {

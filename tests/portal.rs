@@ -1059,9 +1059,9 @@ fn ldap_group_search_feeds_readable_and_roles() {
 fn catalog_appears_later() {
     let w = world();
     // Whatever made a catalog during the backups, start without one.
-    let _ = std::fs::remove_dir_all(w.repo.repo.join("catalog"));
+    let _ = std::fs::remove_dir_all(w.repo.catalog_path().parent().unwrap());
     let slapd = Slapd::start(&corpus_users());
-    let first = ldap_portal(&w, &slapd, "");
+    let first = ldap_portal(&w, &slapd, "catalog_sync_secs = 0");
     let alice = login(&first.addr, "alice", "alice-pw");
     assert_eq!(alice.get("/api/me").json()["catalog"], false);
     let r = alice.get("/api/search?q=notes");
@@ -1813,13 +1813,14 @@ fn http_details_ranges_etags_and_body_errors() {
 #[test]
 fn a_catalog_of_another_schema_is_unavailable_until_synced() {
     let w = world();
-    let path = w.repo.repo.join("catalog/catalog.sqlite");
-    let _ = std::fs::remove_dir_all(w.repo.repo.join("catalog"));
+    let path = w.repo.catalog_path();
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute(\"CREATE TABLE meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID\")\nc.execute(\"INSERT INTO meta VALUES ('schema_version', 4), ('repository', 'x')\")\nc.commit()\n";
     assert_success(&Command::new("python3").args(["-c", script]).arg(&path).output().unwrap(), "python3 sqlite3");
     let slapd = Slapd::start(&corpus_users());
-    let portal = ldap_portal(&w, &slapd, "");
+    // A portal that only reads (a syncing one would rebuild it at start).
+    let portal = ldap_portal(&w, &slapd, "catalog_sync_secs = 0");
     let alice = login(&portal.addr, "alice", "alice-pw");
     let r = alice.get("/api/search?q=notes");
     assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("unavailable")), "{}", r.text());

@@ -159,17 +159,7 @@ pub(crate) fn open_rw(path: &Path, repo_id: &str) -> Result<Connection> {
     // The catalog holds every path in the clear, also of an encrypted repository: readable by
     // its owner only. A folder made here is 0700; the database is created 0600 before SQLite
     // opens it (its -wal and -shm files take the database's mode).
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-        && !dir.exists()
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::Io { path: dir.into(), source: e })?;
-    }
+    private_dir(path)?;
     match try_open_rw(path, repo_id) {
         Ok(Some(conn)) => Ok(conn),
         Ok(None) => {
@@ -183,6 +173,38 @@ pub(crate) fn open_rw(path: &Path, repo_id: &str) -> Result<Connection> {
             try_open_rw(path, repo_id)?.ok_or_else(|| Error::InvalidInput("fresh catalog refused".into()))
         }
     }
+}
+
+/// Copy the catalog at `from` (maybe open, maybe of another schema) to `to`, a path where no
+/// file is, consistently (SQLite's `VACUUM INTO`), readable by its owner only.
+pub(crate) fn copy_db(from: &Path, to: &Path) -> Result<()> {
+    private_dir(to)?;
+    private_file(to)?;
+    let copied = Connection::open_with_flags(from, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .and_then(|conn| {
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            conn.execute("VACUUM INTO ?1", [to.to_string_lossy()])
+        });
+    copied.map(|_| ()).map_err(|e| {
+        let _ = remove_db(to);
+        Error::from(e)
+    })
+}
+
+/// Make the folder of `path`, if missing, readable by its owner only.
+fn private_dir(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::Io { path: dir.into(), source: e })?;
+    }
+    Ok(())
 }
 
 /// Make sure `path` exists and is readable by its owner only.

@@ -2,9 +2,9 @@
 //! of snapshots that held it, searchable by name, path, owner, kind, size and time, and the
 //! deleted files with the window in which they went.
 //!
-//! The catalog is a **cache** of the repository, never the truth: an embedded SQLite database at
-//! `REPO/catalog/catalog.sqlite` ([`Catalog::default_path`]) that [`Catalog::sync`] brings up to
-//! date and [`Catalog::rebuild`] recreates. Deleting it loses nothing.
+//! The catalog is a **cache** of the repository, never the truth: an embedded SQLite database in
+//! the repository's local cache folder ([`Catalog::default_path`]) that [`Catalog::sync`] brings
+//! up to date and [`Catalog::rebuild`] recreates. Deleting it loses nothing.
 //!
 //! Model (see `catalog/README.md` for the tables):
 //! - A **version** is one path of one host with one identity: kind, size, mtime (with
@@ -61,13 +61,37 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Where a repository's catalog lives.
-    /// Beside a local repository (`REPO/catalog/catalog.sqlite`); in the local cache folder of
-    /// a remote one ([`rewind_store::Repository::cache_dir`]).
+    /// Where a repository's catalog lives: `catalog.sqlite` in the repository's local cache
+    /// folder ([`rewind_store::Repository::cache_dir`]), never in the repository: it holds
+    /// every path in the clear, and a repository's files are what is copied off site.
     pub fn default_path(repo: &rewind_store::Repository) -> PathBuf {
-        match repo.local_path() {
-            Some(root) => root.join("catalog").join("catalog.sqlite"),
-            None => repo.cache_dir().join("catalog.sqlite"),
+        repo.cache_dir().join("catalog.sqlite")
+    }
+
+    /// Move the catalog that rewinds before 2026-11-30 kept inside a local repository
+    /// (`REPO/catalog/`) out of it: copied to [`Catalog::default_path`] if no catalog is there
+    /// yet (a consistent copy, also while another process has it open), then removed from the
+    /// repository. Done by whatever opens the default catalog to write it (a backup's update,
+    /// the catalog commands, a syncing portal). A catalog that cannot be copied is not needed
+    /// (it is rebuilt); one that cannot be removed is left with a warning naming it.
+    pub fn retire_legacy(repo: &rewind_store::Repository) {
+        let Some(old) = repo.local_path().map(|r| r.join("catalog")) else { return };
+        if !old.exists() {
+            return;
+        }
+        let new = Catalog::default_path(repo);
+        let file = old.join("catalog.sqlite");
+        if file.exists() && !new.exists() {
+            match db::copy_db(&file, &new) {
+                Ok(()) => tracing::info!("catalog moved from {} to {}", file.display(), new.display()),
+                Err(e) => tracing::info!("catalog at {} not copied ({e}): it is rebuilt", file.display()),
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            tracing::warn!(
+                "cannot remove {}, an older rewind's catalog inside the repository ({e}): it holds paths in the clear; remove it",
+                old.display()
+            );
         }
     }
 
@@ -87,8 +111,10 @@ impl Catalog {
         })
     }
 
-    /// Open or create the catalog of `repo` at its default path.
+    /// Open or create the catalog of `repo` at its default path (moving an older rewind's
+    /// out of the repository first: [`Catalog::retire_legacy`]).
     pub fn open_for(repo: &rewind_store::Repository) -> Result<Catalog> {
+        Catalog::retire_legacy(repo);
         Catalog::open(&Catalog::default_path(repo), &repo.config().id.to_hex())
     }
 

@@ -8,11 +8,13 @@
 //! at start and then periodically, on a connection of its own. Without a catalog file those
 //! endpoints answer 503 until one appears (it is opened on first use).
 //!
-//! The catalog of a repository on object storage is a local cache of each portal (replica): by
-//! default the first of `catalog.sqlite`, `catalog-portal-1.sqlite`... in the repository's cache
-//! folder whose `<file>.portal` no other portal holds locked (an exclusive `flock`, held while
-//! the portal runs): replicas sharing a host and a cache folder never write one file, and a
-//! restarted replica finds a catalog of its own to bring up to date.
+//! The catalog is a local cache of each portal (replica) that syncs it: by default the first of
+//! `catalog.sqlite` (the one backups on this host, as this user, update too),
+//! `catalog-portal-1.sqlite`... in the repository's cache folder whose `<file>.portal` no other
+//! portal holds locked (an exclusive `flock`, held while the portal runs): replicas sharing a
+//! host and a cache folder never write one file, and a restarted replica finds a catalog of its
+//! own to bring up to date. A portal with `catalog_sync_secs = 0` reads `catalog.sqlite`, kept
+//! up to date by the backups and `rewind catalog` commands of its user on its host.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,7 +32,7 @@ use crate::error::{ApiError, ApiResult};
 
 pub struct Catalog {
     path: PathBuf,
-    /// This portal's claim on `path` (a remote repository's default catalog), held while it runs.
+    /// This portal's claim on `path` (the default catalog), held while it runs.
     _claim: Option<std::fs::File>,
     pool: Mutex<Pool>,
     /// Signalled when a connection is put back.
@@ -90,15 +92,17 @@ impl Catalog {
     pub fn open(config: &Config, view: Arc<View>) -> anyhow::Result<Catalog> {
         let repo = view.repo().repo();
         let remote = repo.local_path().is_none();
+        let sync_secs = config.catalog_sync_secs.unwrap_or(if remote { 300 } else { 60 });
         let (path, claim) = match &config.catalog {
             Some(p) => (p.clone(), None),
-            None if remote => {
+            // A portal that only reads uses the catalog that backups and commands update.
+            None if sync_secs == 0 => (rewind_catalog::Catalog::default_path(repo), None),
+            None => {
+                rewind_catalog::Catalog::retire_legacy(repo);
                 let (p, claim) = claim_catalog(&repo.cache_dir())?;
                 (p, Some(claim))
             }
-            None => (rewind_catalog::Catalog::default_path(repo), None),
         };
-        let sync_secs = config.catalog_sync_secs.unwrap_or(if remote { 300 } else { 0 });
         if sync_secs > 0 {
             let mut cat = rewind_catalog::Catalog::open(&path, &repo.config().id.to_hex())?;
             let report = cat.sync_view(&view)?;

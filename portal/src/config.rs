@@ -35,9 +35,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// The catalog database (search, deleted, history); default: the catalog crate's default
-    /// place for a repository in a local directory; for one on object storage, a file of this
-    /// portal's own in the repository's cache folder (see `catalog.rs`).
+    /// The catalog database (search, deleted, history); default: a file of this portal's own in
+    /// the repository's cache folder, `catalog.sqlite` (the one this user's backups update) if
+    /// no other portal holds it (see `catalog.rs`).
     #[serde(default)]
     pub catalog: Option<PathBuf>,
     /// Reverse proxies whose `X-Forwarded-For` names the client (for throttling and the audit log).
@@ -56,9 +56,9 @@ pub struct Config {
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
     /// Bring the catalog up to date at start and then every so many seconds (0: never; the
-    /// catalog is then maintained by `rewind catalog` after backups). Default: 0 for a
-    /// repository in a local directory, 300 for one on object storage (each replica keeps its
-    /// own catalog, which no backup updates).
+    /// catalog is then maintained only by the backups and `rewind catalog` commands that share
+    /// it). Default: 60 for a repository in a local directory, 300 for one on object storage
+    /// (where listing its snapshots costs requests).
     #[serde(default)]
     pub catalog_sync_secs: Option<u64>,
     /// How long a catalog result page is reused for the same query (by any user; results are

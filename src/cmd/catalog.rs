@@ -1,6 +1,7 @@
 //! `find`, `deleted`, `history` and `catalog`: the file catalog's commands, and the catalog update
-//! that follows each backup. The catalog is a cache beside the repository
-//! (`REPO/catalog/catalog.sqlite`); every command brings it up to date first.
+//! that follows each backup. The catalog is a cache in the repository's local cache folder
+//! (`~/.cache/rewind/<repository id>/catalog.sqlite`, see `Repository::cache_dir`); every
+//! command brings it up to date first.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -178,6 +179,9 @@ impl<'a> Session<'a> {
 /// The repository's catalog, up to date if it can be made so (else as it is, with a warning).
 fn open_synced(repo: &RepoArg) -> Result<(Catalog, PathBuf)> {
     let indexed = open_indexed(repo)?;
+    if repo.catalog.is_none() {
+        Catalog::retire_legacy(indexed.repo());
+    }
     let path = catalog_path(repo.catalog.as_deref(), indexed.repo());
     let view = View::new(indexed.clone()).context("cannot read the snapshots")?;
     let open =

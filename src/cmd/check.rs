@@ -24,7 +24,7 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
     });
     let mut report = maintenance::check(&repo, a.read_data, &progress)?;
     drop(bar);
-    // The catalog is a cache beside the repository: damage there loses nothing, but say so.
+    // The catalog is a cache outside the repository: damage there loses nothing, but say so.
     if let Some(problem) = crate::cmd::catalog::check_catalog(&a.repo, &repo) {
         report.warnings.push(problem);
     }

@@ -283,7 +283,10 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         outln!("  backup {} of {generations}: snapshot {}", generation + 1, saved.id.short());
     }
     let repo = open_indexed(&repo_arg)?;
-    let mut cat = rewind_catalog::Catalog::open_for(repo.repo()).context("opening the catalog")?;
+    // The demo's catalog stays in its folder, which the next demo removes.
+    let catalog_path = dir.join("catalog.sqlite");
+    let mut cat = rewind_catalog::Catalog::open(&catalog_path, &repo.repo().config().id.to_hex())
+        .context("opening the catalog")?;
     let view = rewind_store::View::new(repo.clone()).context("reading the snapshots")?;
     cat.sync_view(&view).context("building the catalog")?;
 
@@ -301,7 +304,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     std::fs::write(dir.join("users.toml"), users)?;
     let listen = pick_listen(a.listen)?;
     let config = format!(
-        "listen = \"{listen}\"\nrepository = \"{repo}\"\nrepository_key_file = \"repo.key\"\naudit_log = \"audit.jsonl\"\n\n[session]\nkey_file = \"session.key\"\n\n\
+        "listen = \"{listen}\"\nrepository = \"{repo}\"\nrepository_key_file = \"repo.key\"\naudit_log = \"audit.jsonl\"\ncatalog = \"catalog.sqlite\"\n\n[session]\nkey_file = \"session.key\"\n\n\
          [authz]\nrules = [\"home\"]\n\n[[realm]]\nkind = \"file\"\nname = \"demo\"\nusers_file = \"users.toml\"\n",
         repo = repo_path.display()
     );

@@ -107,7 +107,7 @@ impl TempRepo {
         let repo = dir.path().join("repo");
         let out = rewind_cmd().arg("init").arg(&repo).arg("--copy-chunker-params").arg(&other.repo).output().unwrap();
         assert_success(&out, "rewind init --copy-chunker-params");
-        TempRepo { dir, repo, encrypted: true }
+        TempRepo::made(dir, repo, true)
     }
 
     /// Unencrypted (`init --insecure-no-encryption`, format version 1).
@@ -116,14 +116,14 @@ impl TempRepo {
         let repo = dir.path().join("repo");
         let out = Command::new(rewind_bin()).arg("init").arg("--insecure-no-encryption").arg(&repo).output().unwrap();
         assert_success(&out, "rewind init --insecure-no-encryption");
-        TempRepo { dir, repo, encrypted: false }
+        TempRepo::made(dir, repo, false)
     }
 
     fn in_dir(dir: tempfile::TempDir) -> TempRepo {
         let repo = dir.path().join("repo");
         let out = rewind_cmd().arg("init").arg(&repo).output().expect("run rewind init");
         assert_success(&out, "rewind init");
-        TempRepo { dir, repo, encrypted: true }
+        TempRepo::made(dir, repo, true)
     }
 
     /// An encrypted repository in a prefix of its own on the shared Garage node; its local
@@ -137,9 +137,17 @@ impl TempRepo {
         garage::credentials_in_env();
         let dir = tempfile::Builder::new().prefix("rewind-test-").tempdir().expect("tempdir");
         let repo = PathBuf::from(g.repo_url(name));
-        let t = TempRepo { dir, repo, encrypted: true };
+        let t = TempRepo::made(dir, repo, true);
         let out = t.cmd().arg("init").arg(&t.repo).output().expect("run rewind init");
         assert_success(&out, "rewind init (S3)");
+        t
+    }
+
+    /// With its cache folder made at once: one made by its first backup would change the test
+    /// folder's mtime, which snapshots of sources in it record.
+    fn made(dir: tempfile::TempDir, repo: PathBuf, encrypted: bool) -> TempRepo {
+        let t = TempRepo { dir, repo, encrypted };
+        std::fs::create_dir_all(t.cache_dir()).expect("the test's cache folder");
         t
     }
 
@@ -166,15 +174,27 @@ impl TempRepo {
         if self.encrypted {
             c.env("REWIND_PASSWORD", TEST_PASSWORD);
         }
-        c.env("REWIND_REPO", &self.repo).env("RUST_LOG", "warn")
+        c.env("REWIND_REPO", &self.repo).env("RUST_LOG", "warn").env("REWIND_CACHE_DIR", self.cache_dir())
+    }
+
+    /// The local cache folder every rewind this test runs uses (`REWIND_CACHE_DIR`): the
+    /// catalog, and a remote repository's copies of its files. A portal started on a local
+    /// repository's path finds the same folder ([`Portal::start_env`]).
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// Where this repository's catalog is by default (in [`TempRepo::cache_dir`]).
+    pub fn catalog_path(&self) -> PathBuf {
+        self.cache_dir().join(self.open().config().id.to_hex()).join("catalog.sqlite")
     }
 
     /// `rewind ARGS` with `REWIND_REPO` set to this repository.
     pub fn cmd(&self) -> Command {
         let mut c = if self.encrypted { rewind_cmd() } else { Command::new(rewind_bin()) };
-        c.env("REWIND_REPO", &self.repo).env("RUST_LOG", "warn");
+        c.env("REWIND_REPO", &self.repo).env("RUST_LOG", "warn").env("REWIND_CACHE_DIR", self.cache_dir());
         if self.is_s3() {
-            garage::Garage::env(&mut c).env("REWIND_CACHE_DIR", self.dir.path().join("cache"));
+            garage::Garage::env(&mut c);
         }
         c
     }

@@ -203,11 +203,20 @@ impl Portal {
         );
         std::fs::write(dir.path().join("portal.toml"), cfg).unwrap();
         // A repository in a Garage bucket: the test cluster's credentials, and a cache of the
-        // portal's own unless the caller shares one.
-        let cache = dir.path().join("cache");
+        // portal's own unless the caller shares one. A local repository (`<test dir>/repo`, a
+        // `TempRepo`'s): the test's cache folder, whose catalog its backups update, as a portal
+        // on the host of the backups shares theirs.
+        let remote = repo.to_str().is_some_and(|r| r.starts_with("s3:"));
+        let cache = if remote {
+            dir.path().join("cache")
+        } else {
+            repo.parent().expect("a repository folder has a parent").join("cache")
+        };
         let mut env = env.to_vec();
-        if repo.to_str().is_some_and(|r| r.starts_with("s3:")) && !env.iter().any(|(k, _)| *k == "REWIND_CACHE_DIR") {
+        if remote {
             crate::support::garage::credentials_in_env();
+        }
+        if !env.iter().any(|(k, _)| *k == "REWIND_CACHE_DIR") {
             env.push(("REWIND_CACHE_DIR", cache.as_os_str()));
         }
         let (child, url) = spawn_serve_env(&dir.path().join("portal.toml"), &env);
