@@ -134,13 +134,15 @@ impl LocalBackend {
     }
 
     /// Make `dir` (a pack folder, or a folder a newer rewind added) and its entry in its
-    /// parent durable, so that a file renamed into it survives a crash.
+    /// parent durable, so that a file renamed into it survives a crash. Also when another
+    /// writer made it a moment ago: its fsync of the parent may not have happened yet.
     fn create_dir_durably(dir: &Path) -> Result<()> {
         match fs::create_dir(dir) {
-            Ok(()) => fsync_dir(dir.parent().expect("repository folders have a parent")),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(Error::io(dir, e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(dir, e)),
         }
+        fsync_dir(dir.parent().expect("repository folders have a parent"))
     }
 
     pub fn path(&self, kind: FileKind, name: &str) -> PathBuf {
