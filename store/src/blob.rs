@@ -89,12 +89,12 @@ pub(crate) fn fuzz_dict(d: &crate::dict::Dict) -> bool {
         .is_ok_and(|out| out == sample)
 }
 
-/// The zstd level of small blobs compressed with a dictionary: the repository's, but at least 6.
-/// With a dictionary, level 6 stores the small files of `bench/realdata.py` 11% smaller than
-/// level 3 for about three times the (small) compression time; the level matters much less
-/// without one, and to large blobs it costs more time than it saves bytes (see FORMAT.md).
+/// The zstd level of small blobs compressed with a dictionary: the repository's, but at least 4.
+/// With a dictionary, level 4 stores the small files of `bench/realdata.py` 7% smaller than
+/// level 3 for a few percent more backup time; higher levels save a little more at much more
+/// time, and to large blobs a higher level costs more time than it saves bytes (FORMAT.md).
 pub(crate) fn dict_level(level: i32) -> i32 {
-    level.max(6)
+    level.max(4)
 }
 
 /// [`compress`] of a small blob with the repository's dictionary (raw when that saves under
