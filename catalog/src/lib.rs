@@ -54,6 +54,9 @@ pub struct Catalog {
     conn: rusqlite::Connection,
     path: PathBuf,
     caches: update::Caches,
+    /// `PRAGMA data_version` when `caches` were last right: another connection's commit (a
+    /// backup's update or a rebuild beside a portal's sync) changes it, and the caches go.
+    caches_version: Option<i64>,
     failpoint: Option<u64>,
     versions_written: u64,
     /// See `query::SCAN_BUDGET`; 0 always answers through the indexes (tests compare both).
@@ -107,6 +110,7 @@ impl Catalog {
             caches: update::Caches::default(),
             failpoint: update::failpoint_from_env(),
             versions_written: 0,
+            caches_version: None,
             scan_budget: query::SCAN_BUDGET,
         })
     }
@@ -137,6 +141,7 @@ impl Catalog {
             caches: update::Caches::default(),
             failpoint: None,
             versions_written: 0,
+            caches_version: None,
             scan_budget: query::SCAN_BUDGET,
         })
     }

@@ -251,10 +251,18 @@ impl Catalog {
         let failpoint = self.failpoint;
         let written_before = self.versions_written;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Ids cached from this connection's last commit are stale if another connection has
+        // committed since (another process writing the same catalog): start afresh.
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if self.caches_version != Some(version) {
+            self.caches = Caches::default();
+        }
         let result = apply_in(&tx, &mut self.caches, source, snap, failpoint, &mut self.versions_written, report);
         match result {
             Ok(true) => {
                 tx.commit()?;
+                // A connection's own commits leave its data_version as it was.
+                self.caches_version = Some(version);
                 Ok(true)
             }
             Ok(false) => Ok(false),
