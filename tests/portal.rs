@@ -1058,21 +1058,52 @@ fn ldap_group_search_feeds_readable_and_roles() {
 #[test]
 fn catalog_appears_later() {
     let w = world();
-    // Whatever made a catalog during the backups, start without one.
-    let _ = std::fs::remove_dir_all(w.repo.catalog_path().parent().unwrap());
+    // A catalog file the portal is told of and does not sync, made later by someone else.
+    let file = w.repo.path("shared-catalog.sqlite");
+    let named = format!("catalog = \"{}\"\n", file.display());
     let slapd = Slapd::start(&corpus_users());
-    let first = ldap_portal(&w, &slapd, "catalog_sync_secs = 0");
+    let first = ldap_portal(&w, &slapd, &format!("{named}catalog_sync_secs = 0"));
     let alice = login(&first.addr, "alice", "alice-pw");
     assert_eq!(alice.get("/api/me").json()["catalog"], false);
     let r = alice.get("/api/search?q=notes");
     assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("unavailable")));
-    let _syncing = ldap_portal(&w, &slapd, "catalog_sync_secs = 3600");
+    let _syncing = ldap_portal(&w, &slapd, &format!("{named}catalog_sync_secs = 3600"));
     assert_eq!(alice.get("/api/me").json()["catalog"], true);
     let r = alice.get("/api/search?q=notes");
     assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
     let names: Vec<&str> = j["items"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["notes.md"]);
+}
+
+/// A portal that cannot make its catalog (its cache folder cannot be created: a system user
+/// without a home) still starts and serves browsing and downloads; search says the catalog is
+/// unavailable. (It used to exit at start.)
+#[test]
+fn a_portal_without_a_place_for_its_catalog_still_serves_files() {
+    let w = world();
+    let blocked = w.repo.path("not-a-folder");
+    std::fs::write(&blocked, b"a file where the cache folder would be").unwrap();
+    let cache = blocked.join("cache");
+    let slapd = Slapd::start(&corpus_users());
+    let authz = format!(
+        "[authz]\nrules = [\"owner\", \"home\"]\n[[authz.home_rewrite]]\nfrom = \"/home\"\nto = \"{}\"\n",
+        w.corpus.join("users").display()
+    );
+    let portal = Portal::start_env(
+        &w.repo.repo,
+        &slapd.realm_toml("corp"),
+        &authz,
+        "",
+        &[("REWIND_CACHE_DIR", cache.as_os_str())],
+    );
+    let alice = login(&portal.addr, "alice", "alice-pw");
+    assert_eq!(alice.get("/api/me").json()["catalog"], false);
+    let r = alice.get("/api/search?q=notes");
+    assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("unavailable")), "{}", r.text());
+    let fs = alice.get("/api/snapshots?host=fileserver").json()["items"][0]["id"].as_str().unwrap().to_string();
+    let r = download(&alice, &fs, &w.corpus.join("users/alice/notes.md"));
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 /// Behind a trusted proxy the client is the X-Forwarded-For address: throttled and audited as
@@ -1813,19 +1844,22 @@ fn http_details_ranges_etags_and_body_errors() {
 #[test]
 fn a_catalog_of_another_schema_is_unavailable_until_synced() {
     let w = world();
-    let path = w.repo.catalog_path();
-    let _ = std::fs::remove_dir_all(path.parent().unwrap());
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let path = w.repo.path("old-catalog.sqlite");
     let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute(\"CREATE TABLE meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID\")\nc.execute(\"INSERT INTO meta VALUES ('schema_version', 4), ('repository', 'x')\")\nc.commit()\n";
     assert_success(&Command::new("python3").args(["-c", script]).arg(&path).output().unwrap(), "python3 sqlite3");
     let slapd = Slapd::start(&corpus_users());
-    // A portal that only reads (a syncing one would rebuild it at start).
-    let portal = ldap_portal(&w, &slapd, "catalog_sync_secs = 0");
+    // A portal that only reads that file (a syncing one would rebuild it at start).
+    let portal = ldap_portal(&w, &slapd, &format!("catalog = \"{}\"\ncatalog_sync_secs = 0", path.display()));
     let alice = login(&portal.addr, "alice", "alice-pw");
     let r = alice.get("/api/search?q=notes");
     assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("unavailable")), "{}", r.text());
     // A sync (as after every backup) rebuilds it, and the same portal uses it.
-    w.repo.ok(&["catalog", "sync"]);
+    w.repo.ok(&[
+        std::ffi::OsStr::new("catalog"),
+        std::ffi::OsStr::new("sync"),
+        std::ffi::OsStr::new("--catalog"),
+        path.as_os_str(),
+    ]);
     let r = alice.get("/api/search?q=notes");
     assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -8,13 +8,14 @@
 //! at start and then periodically, on a connection of its own. Without a catalog file those
 //! endpoints answer 503 until one appears (it is opened on first use).
 //!
-//! The catalog is a local cache of each portal (replica) that syncs it: by default the first of
-//! `catalog.sqlite` (the one backups on this host, as this user, update too),
-//! `catalog-portal-1.sqlite`... in the repository's cache folder whose `<file>.portal` no other
-//! portal holds locked (an exclusive `flock`, held while the portal runs): replicas sharing a
-//! host and a cache folder never write one file, and a restarted replica finds a catalog of its
-//! own to bring up to date. A portal with `catalog_sync_secs = 0` reads `catalog.sqlite`, kept
-//! up to date by the backups and `rewind catalog` commands of its user on its host.
+//! By default the catalog is a local cache of each portal (replica), which keeps it current
+//! itself: the first of `catalog.sqlite`, `catalog-portal-1.sqlite`... in the repository's cache
+//! folder whose `<file>.portal` no other portal holds locked (an exclusive `flock`, held while
+//! the portal runs): replicas sharing a host and a cache folder never write one file, and a
+//! restarted replica finds a catalog of its own to bring up to date. `catalog.sqlite` is also
+//! the file that backups and `rewind catalog` commands run as the same user with the same cache
+//! folder update (a writer notices another's commits: see the catalog's `caches_version`).
+//! With `catalog = FILE`, `catalog_sync_secs = 0` leaves that file to whoever else writes it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -88,32 +89,51 @@ fn catalog_error(e: rewind_catalog::Error) -> ApiError {
 }
 
 impl Catalog {
-    /// The configured (or default) catalog, synced first if `catalog_sync_secs` says so.
+    /// The configured (or default) catalog, synced first if `catalog_sync_secs` says so. The
+    /// default one is this portal's own, in its cache folder, and always synced. Nothing about
+    /// the catalog stops the portal: without one, search, deleted and history answer 503 and
+    /// browsing and downloads work.
     pub fn open(config: &Config, view: Arc<View>) -> anyhow::Result<Catalog> {
         let repo = view.repo().repo();
-        let remote = repo.local_path().is_none();
-        let sync_secs = config.catalog_sync_secs.unwrap_or(if remote { 300 } else { 60 });
-        let (path, claim) = match &config.catalog {
-            Some(p) => (p.clone(), None),
-            // A portal that only reads uses the catalog that backups and commands update.
-            None if sync_secs == 0 => (rewind_catalog::Catalog::default_path(repo), None),
+        let default_secs = if repo.local_path().is_none() { 300 } else { 60 };
+        let (path, claim, sync_secs) = match &config.catalog {
+            // A file someone names: 0 means it is kept current by whoever else writes it.
+            Some(p) => (p.clone(), None, config.catalog_sync_secs.unwrap_or(default_secs)),
             None => {
+                let secs = match config.catalog_sync_secs {
+                    Some(0) => {
+                        tracing::warn!(
+                            "catalog_sync_secs = 0 is for a `catalog` file that backups update; without one the portal keeps a catalog of its own and brings it up to date every {default_secs} s"
+                        );
+                        default_secs
+                    }
+                    s => s.unwrap_or(default_secs),
+                };
                 rewind_catalog::Catalog::retire_legacy(repo);
-                let (p, claim) = claim_catalog(&repo.cache_dir())?;
-                (p, Some(claim))
+                match claim_catalog(&repo.cache_dir()) {
+                    Ok((p, claim)) => (p, Some(claim), secs),
+                    Err(e) => {
+                        tracing::error!(
+                            "no catalog ({e:#}): search, deleted and history answer 503; set REWIND_CACHE_DIR or `catalog` to a place this portal may write"
+                        );
+                        (rewind_catalog::Catalog::default_path(repo), None, 0)
+                    }
+                }
             }
         };
         if sync_secs > 0 {
-            let mut cat = rewind_catalog::Catalog::open(&path, &repo.config().id.to_hex())?;
-            let report = cat.sync_view(&view)?;
-            tracing::info!("catalog synced: {} snapshots applied", report.snapshots_applied);
+            let mut syncer = Syncer { path: path.clone(), repo_id: repo.config().id.to_hex(), cat: None };
+            match syncer.sync(&view) {
+                Ok(n) => tracing::info!("catalog synced: {n} snapshots applied"),
+                Err(e) => tracing::warn!("catalog sync failed ({e}); retried every {sync_secs} s"),
+            }
             let every = Duration::from_secs(sync_secs);
             let view = view.clone();
             std::thread::Builder::new().name("catalog-sync".into()).spawn(move || {
                 loop {
                     std::thread::sleep(every);
                     view.refresh_if_stale();
-                    if let Err(e) = cat.sync_view(&view) {
+                    if let Err(e) = syncer.sync(&view) {
                         tracing::warn!("catalog sync failed: {e}");
                     }
                 }
@@ -211,6 +231,25 @@ impl Catalog {
             }
             Ok(page)
         })
+    }
+}
+
+/// The portal's writing connection to its catalog, opened when first needed (and again after
+/// a failure to open).
+struct Syncer {
+    path: PathBuf,
+    repo_id: String,
+    cat: Option<rewind_catalog::Catalog>,
+}
+
+impl Syncer {
+    /// Bring the catalog up to date; the number of snapshots applied.
+    fn sync(&mut self, view: &View) -> rewind_catalog::Result<u64> {
+        let cat = match &mut self.cat {
+            Some(c) => c,
+            None => self.cat.insert(rewind_catalog::Catalog::open(&self.path, &self.repo_id)?),
+        };
+        Ok(cat.sync_view(view)?.snapshots_applied)
     }
 }
 

@@ -55,10 +55,10 @@ pub struct Config {
     /// rebinds its own name to the portal's address sends that name.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
-    /// Bring the catalog up to date at start and then every so many seconds (0: never; the
-    /// catalog is then maintained only by the backups and `rewind catalog` commands that share
-    /// it). Default: 60 for a repository in a local directory, 300 for one on object storage
-    /// (where listing its snapshots costs requests).
+    /// Bring the catalog up to date at start and then every so many seconds. Default: 60 for a
+    /// repository in a local directory, 300 for one on object storage (where listing its
+    /// snapshots costs requests). 0 (never) only with `catalog`: a file that backups or
+    /// `rewind catalog` commands keep current; the portal's own catalog is always synced.
     #[serde(default)]
     pub catalog_sync_secs: Option<u64>,
     /// How long a catalog result page is reused for the same query (by any user; results are
