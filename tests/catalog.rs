@@ -390,12 +390,53 @@ fn an_older_rewinds_catalog_leaves_the_repository() {
     let mode = std::fs::metadata(t.catalog_path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the copy is its owner's only");
 
-    // A backup moves it too, and the catalog it finds goes on from there.
+    // A backup moves it too, and the catalog it finds goes on from there. Only the catalog's
+    // files are removed: something else kept in that folder stays, with the folder.
     std::fs::rename(t.catalog_path().parent().unwrap(), &old).unwrap();
+    std::fs::write(old.join("notes.txt"), b"an admin's").unwrap();
     std::fs::write(src.join("later.txt"), b"two").unwrap();
-    t.backup("h", &[&src]);
-    assert!(!old.exists());
+    let out = t.cmd().args(["backup", "--host", "h"]).arg(&src).output().unwrap();
+    assert_success(&out, "backup");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot remove"), "a warning names what is left");
+    assert!(!old.join("catalog.sqlite").exists());
+    assert_eq!(std::fs::read(old.join("notes.txt")).unwrap(), b"an admin's");
     assert_eq!(sql(&t.catalog_path(), "SELECT value FROM meta WHERE key = 'mark'"), "[('moved',)]");
     assert_eq!(rows(&t.ok(&["find", "later", "--json"])).len(), 1);
     t.ok(&["check"]);
+}
+
+/// The catalog holds every path in the clear: it is never made in a folder that is not the
+/// user's alone (another user's, or one others may write in, as a cache folder under /tmp can
+/// be), where someone else could read it through a file planted beside it. The backup goes on
+/// without a catalog, and the commands that need one say why in one line (found in a review).
+#[test]
+fn no_catalog_in_a_folder_that_is_not_the_users_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(crate::support::is_root(), "chowns a folder to another user");
+    let t = TempRepo::new();
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("salary.xlsx"), b"one").unwrap();
+    // Another user made the folder the catalog would go to, open to all.
+    let folder = t.catalog_path().parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&folder).unwrap();
+    std::os::unix::fs::chown(&folder, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = t.cmd().args(["backup", "--host", "h"]).arg(&src).output().unwrap();
+    assert_success(&out, "backup beside a folder that is not the user's");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("catalog") && err.contains("belongs to uid 65534"), "{err}");
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 0, "nothing written there");
+    let out = t.run(&["find", "salary"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 0, "nothing written there");
+    // The user's own folder, but others may write in it: refused as well.
+    std::os::unix::fs::chown(&folder, Some(0), Some(0)).unwrap();
+    let err = String::from_utf8_lossy(&t.run(&["find", "salary"]).stderr).into_owned();
+    assert!(err.contains("writable by others"), "{err}");
+    // Made private, it is used.
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(rows(&t.ok(&["find", "salary", "--json"])).len(), 1);
 }

@@ -175,50 +175,77 @@ pub(crate) fn open_rw(path: &Path, repo_id: &str) -> Result<Connection> {
     }
 }
 
-/// Copy the catalog at `from` (maybe open, maybe of another schema) to `to`, a path where no
-/// file is, consistently (SQLite's `VACUUM INTO`), readable by its owner only.
+/// Copy the catalog at `from` (maybe open, maybe of another schema) to `to`, consistently
+/// (SQLite's `VACUUM INTO`), readable by its owner only, and durably before it appears: the
+/// copy is made under a temporary name, fsynced, and linked to `to` only if no file is there
+/// (another process copying at the same time may have won; its copy is as good). A failed
+/// copy leaves nothing.
 pub(crate) fn copy_db(from: &Path, to: &Path) -> Result<()> {
     private_dir(to)?;
-    private_file(to)?;
+    let name = to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = to.with_file_name(format!(".{name}.copy-{}", std::process::id()));
+    remove_db(&tmp)?;
+    private_file(&tmp)?;
     let copied = Connection::open_with_flags(from, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .and_then(|conn| {
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
-            conn.execute("VACUUM INTO ?1", [to.to_string_lossy()])
+            conn.execute("VACUUM INTO ?1", [tmp.to_string_lossy()])
+        })
+        .map_err(Error::from)
+        .and_then(|_| {
+            let io = |e| Error::Io { path: tmp.clone(), source: e };
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+            match std::fs::hard_link(&tmp, to) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(Error::Io { path: to.into(), source: e }),
+            }
         });
-    copied.map(|_| ()).map_err(|e| {
-        let _ = remove_db(to);
-        Error::from(e)
-    })
+    let _ = remove_db(&tmp);
+    copied?;
+    let dir = to.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::Io { path: dir.into(), source: e })
 }
 
-/// Make the folder of `path`, if missing, readable by its owner only.
+/// Make the folder of `path` readable by its owner only if it is missing, and refuse one that
+/// is not this user's alone ([`rewind_store::private_folder`]): the catalog holds every path
+/// in the clear.
 fn private_dir(path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-        && !dir.exists()
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::Io { path: dir.into(), source: e })?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => Ok(rewind_store::private_folder(dir)?),
+        _ => Ok(rewind_store::private_folder(Path::new("."))?),
     }
-    Ok(())
 }
 
-/// Make sure `path` exists and is readable by its owner only.
+/// Make sure `path` exists, is not a symbolic link, and is readable by its owner only.
 fn private_file(path: &Path) -> Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let io = |e| Error::Io { path: path.into(), source: e };
-    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)
+}
+
+/// How the catalog's files are opened: never through a symbolic link.
+fn flags(read_only: bool) -> OpenFlags {
+    let access = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    };
+    access | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW
 }
 
 /// `Ok(None)`: the file is a database but not a catalog we can use.
 fn try_open_rw(path: &Path, repo_id: &str) -> Result<Option<Connection>> {
     private_file(path)?;
-    let conn = Connection::open(path)?;
+    let conn = Connection::open_with_flags(path, flags(false))?;
     configure(&conn)?;
     // WAL: readers go on reading the last committed state while an update runs.
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -258,7 +285,7 @@ pub(crate) fn open_ro(path: &Path) -> Result<Connection> {
     if !path.exists() {
         return Err(Error::NotFound(format!("catalog {}", path.display())));
     }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let conn = Connection::open_with_flags(path, flags(true))?;
     configure(&conn)?;
     match read_meta(&conn)? {
         (Some(v), Some(_)) if v == SCHEMA_VERSION => Ok(conn),

@@ -73,24 +73,34 @@ impl Catalog {
 
     /// Move the catalog that rewinds before 2026-11-30 kept inside a local repository
     /// (`REPO/catalog/`) out of it: copied to [`Catalog::default_path`] if no catalog is there
-    /// yet (a consistent copy, also while another process has it open), then removed from the
-    /// repository. Done by whatever opens the default catalog to write it (a backup's update,
-    /// the catalog commands, a syncing portal). A catalog that cannot be copied is not needed
-    /// (it is rebuilt); one that cannot be removed is left with a warning naming it.
+    /// yet (a consistent copy, also while another process has it open, and durable before it
+    /// appears), then its files removed from the repository, and the folder if nothing else is
+    /// in it. Done by whatever opens the default catalog to write it (a backup's update, the
+    /// catalog commands, a portal). A catalog that cannot be copied is not needed (it is
+    /// rebuilt); what cannot be removed is left with a warning naming it.
     pub fn retire_legacy(repo: &rewind_store::Repository) {
         let Some(old) = repo.local_path().map(|r| r.join("catalog")) else { return };
-        if !old.exists() {
-            return;
+        match std::fs::symlink_metadata(&old) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return tracing::warn!(
+                    "{} is a symbolic link (an older rewind's catalog, with every path in the clear, may be where it points): left as it is; remove it",
+                    old.display()
+                );
+            }
+            _ => return,
         }
         let new = Catalog::default_path(repo);
         let file = old.join("catalog.sqlite");
         if file.exists() && !new.exists() {
             match db::copy_db(&file, &new) {
                 Ok(()) => tracing::info!("catalog moved from {} to {}", file.display(), new.display()),
-                Err(e) => tracing::info!("catalog at {} not copied ({e}): it is rebuilt", file.display()),
+                Err(e) => tracing::warn!("catalog at {} not copied ({e}): it is rebuilt", file.display()),
             }
         }
-        if let Err(e) = std::fs::remove_dir_all(&old) {
+        let removed = db::remove_db(&file)
+            .and_then(|()| std::fs::remove_dir(&old).map_err(|e| Error::Io { path: old.clone(), source: e }));
+        if let Err(e) = removed {
             tracing::warn!(
                 "cannot remove {}, an older rewind's catalog inside the repository ({e}): it holds paths in the clear; remove it",
                 old.display()

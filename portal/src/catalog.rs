@@ -257,13 +257,9 @@ impl Syncer {
 /// (also the command line's default), then `catalog-portal-<n>.sqlite`.
 fn claim_catalog(dir: &std::path::Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
     use anyhow::Context;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    // The catalog holds every path in the clear: the folder is its owner's only.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // The catalog holds every path in the clear: the folder is this user's alone.
+    rewind_store::private_folder(dir)?;
     for n in 0.. {
         let name = if n == 0 { "catalog.sqlite".to_string() } else { format!("catalog-portal-{n}.sqlite") };
         let path = dir.join(name);
@@ -275,6 +271,7 @@ fn claim_catalog(dir: &std::path::Path) -> anyhow::Result<(PathBuf, std::fs::Fil
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock)
             .with_context(|| format!("opening {}", std::path::Path::new(&lock).display()))?;
         match file.try_lock() {

@@ -440,3 +440,32 @@ mod tests {
         assert!(b.tmp_files().unwrap().is_empty());
     }
 }
+
+#[cfg(test)]
+mod private_folder_tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use crate::private_folder;
+
+    /// A folder for plaintext is made the user's alone, and one that is not is refused: a
+    /// symbolic link or one others may write in (another user's: `tests/catalog.rs`).
+    #[test]
+    fn folders_for_plaintext_are_the_users_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("a/b");
+        private_folder(&made).unwrap();
+        assert_eq!(std::fs::metadata(&made).unwrap().mode() & 0o777, 0o700);
+        private_folder(&made).unwrap();
+
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = private_folder(&open).unwrap_err().to_string();
+        assert!(err.contains("writable by others"), "{err}");
+
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&made, &link).unwrap();
+        let err = private_folder(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+    }
+}

@@ -200,9 +200,9 @@ impl Repository {
         }
     }
 
-    /// This repository's folder of local caches (the catalog of a remote repository, the copies
-    /// of its index and snapshots): `$REWIND_CACHE_DIR`, else `$XDG_CACHE_HOME/rewind`, else
-    /// `~/.cache/rewind`, then the repository's id. Safe to delete: all of it is rebuilt.
+    /// This repository's folder of local caches (its file catalog; a remote repository's copies
+    /// of its index and snapshots): [`cache_root`], then the repository's id. Safe to delete:
+    /// all of it is rebuilt.
     pub fn cache_dir(&self) -> PathBuf {
         cache_root().join(self.config().id.to_hex())
     }
@@ -412,17 +412,60 @@ pub struct DamagedSnapshot {
     pub salvaged_tree: Option<TreeId>,
 }
 
-/// The master key from the first key file `secret` opens, and that file's name. Wrong secrets
-/// cost the KDF's time per key file of the secret's kind, then one clear error.
-/// The folder of every repository's local caches (see [`Repository::cache_dir`]).
+/// The folder of every repository's local caches (see [`Repository::cache_dir`]):
+/// `$REWIND_CACHE_DIR`, else `$XDG_CACHE_HOME/rewind`, else `$HOME/.cache/rewind`; without any of
+/// these (a service without a home), `/var/cache/rewind` for root and a folder of the user's own
+/// in the temporary folder for others ([`private_folder`] refuses one someone else made).
 pub fn cache_root() -> PathBuf {
     let var = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
     var("REWIND_CACHE_DIR")
         .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("rewind")))
         .or_else(|| var("HOME").map(|d| d.join(".cache").join("rewind")))
-        .unwrap_or_else(|| std::env::temp_dir().join("rewind-cache"))
+        .unwrap_or_else(|| {
+            if uid == 0 {
+                PathBuf::from("/var/cache/rewind")
+            } else {
+                std::env::temp_dir().join(format!("rewind-cache-{uid}"))
+            }
+        })
 }
 
+/// Make `dir` (and missing parents) readable by this user only, or check that it is this
+/// user's alone: a folder that holds plaintext (the catalog: every path of every snapshot) must
+/// not be a symbolic link, another user's, or writable by group or others, where another user
+/// could plant a file beside ours (an SQLite `-wal` hard-linked to one of theirs) or swap it.
+pub fn private_folder(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| Error::io(dir, e))?;
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let problem = if m.file_type().is_symlink() {
+        Some("is a symbolic link".to_string())
+    } else if !m.is_dir() {
+        Some("is not a folder".to_string())
+    } else if m.uid() != uid {
+        Some(format!("belongs to uid {}, not to this user ({uid})", m.uid()))
+    } else if m.mode() & 0o022 != 0 {
+        Some(format!("is writable by others (mode {:o})", m.mode() & 0o7777))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(Error::InvalidInput(format!(
+            "{} {p}: it is to hold plaintext (the file catalog); use a folder of this user's alone (REWIND_CACHE_DIR, or --catalog)",
+            dir.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The master key from the first key file `secret` opens, and that file's name. Wrong secrets
+/// cost the KDF's time per key file of the secret's kind, then one clear error.
 fn unlock(backend: &dyn Backend, head: &ConfigHead, secret: &Secret) -> Result<(String, MasterKey)> {
     let names = backend.list(FileKind::Key)?;
     if names.is_empty() {
