@@ -432,11 +432,22 @@ fn no_catalog_in_a_folder_that_is_not_the_users_alone() {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains("belongs to uid 65534"), "{err}");
     assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 0, "nothing written there");
-    // The user's own folder, but others may write in it: refused as well.
+    // A cache folder inside a folder of another user's, who could swap it: refused too.
+    let theirs = t.path("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let out = t.cmd().env("REWIND_CACHE_DIR", theirs.join("cache")).args(["find", "salary"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("belongs to uid 65534, who could swap"), "{err}");
+    // The user's own folder that others may write in (a lax umask): made private and used, and
+    // a `-wal` someone planted while it was open (a hard link to a file of theirs) is not.
     std::os::unix::fs::chown(&folder, Some(0), Some(0)).unwrap();
-    let err = String::from_utf8_lossy(&t.run(&["find", "salary"]).stderr).into_owned();
-    assert!(err.contains("writable by others"), "{err}");
-    // Made private, it is used.
-    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let bait = theirs.join("bait");
+    std::fs::write(&bait, b"").unwrap();
+    std::os::unix::fs::chown(&bait, Some(65534), Some(65534)).unwrap();
+    std::fs::hard_link(&bait, folder.join("catalog.sqlite-wal")).unwrap();
     assert_eq!(rows(&t.ok(&["find", "salary", "--json"])).len(), 1);
+    assert_eq!(std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(&bait).unwrap().len(), 0, "nothing of the catalog went into the planted file");
 }

@@ -186,7 +186,7 @@ pub(crate) fn copy_db(from: &Path, to: &Path) -> Result<()> {
     let tmp = to.with_file_name(format!(".{name}.copy-{}", std::process::id()));
     remove_db(&tmp)?;
     private_file(&tmp)?;
-    let copied = Connection::open_with_flags(from, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+    let copied = Connection::open_with_flags(from, flags(true))
         .and_then(|conn| {
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
             conn.execute("VACUUM INTO ?1", [tmp.to_string_lossy()])
@@ -217,10 +217,25 @@ fn private_dir(path: &Path) -> Result<()> {
     }
 }
 
-/// Make sure `path` exists, is not a symbolic link, and is readable by its owner only.
+/// Make sure `path` exists, is not a symbolic link, and is readable by its owner only; a `-wal`
+/// or `-shm` beside it that is not a plain file of this user's alone (one planted while the
+/// folder was open to others, maybe a hard link to someone else's file) is removed before
+/// SQLite would open it.
 fn private_file(path: &Path) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let io = |e| Error::Io { path: path.into(), source: e };
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        if let Ok(m) = std::fs::symlink_metadata(&side)
+            && (!m.is_file() || m.uid() != uid || m.nlink() != 1)
+        {
+            tracing::warn!("removing {}: not a file of this user's alone", Path::new(&side).display());
+            std::fs::remove_file(&side).map_err(|e| Error::Io { path: side.clone().into(), source: e })?;
+        }
+    }
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -95,11 +95,21 @@ impl Catalog {
         if file.exists() && !new.exists() {
             match db::copy_db(&file, &new) {
                 Ok(()) => tracing::info!("catalog moved from {} to {}", file.display(), new.display()),
-                Err(e) => tracing::warn!("catalog at {} not copied ({e}): it is rebuilt", file.display()),
+                // Kept where it is until a copy succeeds (or a catalog is there).
+                Err(e) => {
+                    return tracing::warn!(
+                        "catalog at {} not moved to {} ({e}); it holds paths in the clear: fix that place or remove it",
+                        file.display(),
+                        new.display()
+                    );
+                }
             }
         }
-        let removed = db::remove_db(&file)
-            .and_then(|()| std::fs::remove_dir(&old).map_err(|e| Error::Io { path: old.clone(), source: e }));
+        let removed = db::remove_db(&file).and_then(|()| match std::fs::remove_dir(&old) {
+            // Another process moving it at the same time was first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r.map_err(|e| Error::Io { path: old.clone(), source: e }),
+        });
         if let Err(e) = removed {
             tracing::warn!(
                 "cannot remove {}, an older rewind's catalog inside the repository ({e}): it holds paths in the clear; remove it",

@@ -35,6 +35,8 @@ pub struct Catalog {
     path: PathBuf,
     /// This portal's claim on `path` (the default catalog), held while it runs.
     _claim: Option<std::fs::File>,
+    /// Why there is no catalog (its folder was refused): nothing is read from `path` then.
+    refused: Option<String>,
     pool: Mutex<Pool>,
     /// Signalled when a connection is put back.
     freed: Condvar,
@@ -96,6 +98,7 @@ impl Catalog {
     pub fn open(config: &Config, view: Arc<View>) -> anyhow::Result<Catalog> {
         let repo = view.repo().repo();
         let default_secs = if repo.local_path().is_none() { 300 } else { 60 };
+        let mut refused = None;
         let (path, claim, sync_secs) = match &config.catalog {
             // A file someone names: 0 means it is kept current by whoever else writes it.
             Some(p) => (p.clone(), None, config.catalog_sync_secs.unwrap_or(default_secs)),
@@ -114,8 +117,9 @@ impl Catalog {
                     Ok((p, claim)) => (p, Some(claim), secs),
                     Err(e) => {
                         tracing::error!(
-                            "no catalog ({e:#}): search, deleted and history answer 503; set REWIND_CACHE_DIR or `catalog` to a place this portal may write"
+                            "no catalog ({e:#}): search, deleted and history answer 503 until the portal is restarted with REWIND_CACHE_DIR or `catalog` set to a folder of its user's alone"
                         );
+                        refused = Some(format!("{e:#}"));
                         (rewind_catalog::Catalog::default_path(repo), None, 0)
                     }
                 }
@@ -139,7 +143,7 @@ impl Catalog {
                 }
             })?;
         }
-        if !path.exists() {
+        if refused.is_none() && sync_secs == 0 && !path.exists() {
             // Not an error: it is opened on first use once `rewind catalog rebuild` made it.
             tracing::warn!(
                 "no catalog at {} yet: search, deleted and history answer 503 until `rewind catalog rebuild` (or catalog_sync_secs) creates it",
@@ -149,6 +153,7 @@ impl Catalog {
         Ok(Catalog {
             path,
             _claim: claim,
+            refused,
             pool: Mutex::new(Pool::default()),
             freed: Condvar::new(),
             cache: Mutex::new(HashMap::new()),
@@ -164,7 +169,7 @@ impl Catalog {
 
     /// Whether there is a catalog to read.
     pub fn available(&self) -> bool {
-        self.pool.lock().open > 0 || self.path.exists()
+        self.refused.is_none() && (self.pool.lock().open > 0 || self.path.exists())
     }
 
     /// Run `f` on a pooled read-only connection (call from a blocking thread).
@@ -178,6 +183,9 @@ impl Catalog {
 
     /// An idle connection, a new one while the pool is not full, or else the next one put back.
     fn take(&self) -> ApiResult<rewind_catalog::Catalog> {
+        if let Some(why) = &self.refused {
+            return Err(ApiError::Unavailable(format!("catalog not available: {why}")));
+        }
         let mut pool = self.pool.lock();
         loop {
             if let Some(c) = pool.idle.pop() {

@@ -448,20 +448,27 @@ mod private_folder_tests {
     use crate::private_folder;
 
     /// A folder for plaintext is made the user's alone, and one that is not is refused: a
-    /// symbolic link or one others may write in (another user's: `tests/catalog.rs`).
+    /// symbolic link, or one inside a folder others may write in (another user's: tests/catalog.rs).
     #[test]
     fn folders_for_plaintext_are_the_users_alone() {
         let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
         let made = dir.path().join("a/b");
         private_folder(&made).unwrap();
-        assert_eq!(std::fs::metadata(&made).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(mode(&made), 0o700);
+        // The user's own folder, made under a lax umask: made private.
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o775)).unwrap();
         private_folder(&made).unwrap();
+        assert_eq!(mode(&made), 0o700);
 
         let open = dir.path().join("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = private_folder(&open).unwrap_err().to_string();
+        let err = private_folder(&open.join("cache")).unwrap_err().to_string();
         assert!(err.contains("writable by others"), "{err}");
+        // With the sticky bit (as /tmp), a folder of the user's own in it is fine.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        private_folder(&open.join("cache")).unwrap();
 
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&made, &link).unwrap();

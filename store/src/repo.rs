@@ -413,55 +413,75 @@ pub struct DamagedSnapshot {
 }
 
 /// The folder of every repository's local caches (see [`Repository::cache_dir`]):
-/// `$REWIND_CACHE_DIR`, else `$XDG_CACHE_HOME/rewind`, else `$HOME/.cache/rewind`; without any of
-/// these (a service without a home), `/var/cache/rewind` for root and a folder of the user's own
-/// in the temporary folder for others ([`private_folder`] refuses one someone else made).
+/// `$REWIND_CACHE_DIR`, else `$XDG_CACHE_HOME/rewind`, else `~/.cache/rewind` (the home from
+/// `$HOME`, else from the password database: a service without `HOME`); without a home, a
+/// folder of the user's own in the temporary folder ([`private_folder`] refuses it if someone
+/// else made it).
 pub fn cache_root() -> PathBuf {
     let var = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
     var("REWIND_CACHE_DIR")
         .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("rewind")))
-        .or_else(|| var("HOME").map(|d| d.join(".cache").join("rewind")))
+        .or_else(|| std::env::home_dir().filter(|h| h.is_dir()).map(|d| d.join(".cache").join("rewind")))
         .unwrap_or_else(|| {
-            if uid == 0 {
-                PathBuf::from("/var/cache/rewind")
-            } else {
-                std::env::temp_dir().join(format!("rewind-cache-{uid}"))
-            }
+            // SAFETY: geteuid has no preconditions.
+            let uid = unsafe { libc::geteuid() };
+            std::env::temp_dir().join(format!("rewind-cache-{uid}"))
         })
 }
 
 /// Make `dir` (and missing parents) readable by this user only, or check that it is this
 /// user's alone: a folder that holds plaintext (the catalog: every path of every snapshot) must
-/// not be a symbolic link, another user's, or writable by group or others, where another user
-/// could plant a file beside ours (an SQLite `-wal` hard-linked to one of theirs) or swap it.
+/// not be a symbolic link or another user's, and no folder above it may let another user swap
+/// it (another user's, or writable by others without the sticky bit; below a sticky folder
+/// such as `/tmp`, the next folder must be this user's or root's). Otherwise another user could
+/// plant a file beside ours (an SQLite `-wal` hard-linked to one of theirs) or put a folder of
+/// theirs in its place. This user's own folder that others may write in (made under a lax
+/// umask) is made 0700.
 pub fn private_folder(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let dir = std::path::absolute(dir).map_err(|e| Error::io(dir, e))?;
     if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io(dir, e))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| Error::io(&dir, e))?;
     }
-    let m = std::fs::symlink_metadata(dir).map_err(|e| Error::io(dir, e))?;
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
-    let problem = if m.file_type().is_symlink() {
-        Some("is a symbolic link".to_string())
-    } else if !m.is_dir() {
-        Some("is not a folder".to_string())
-    } else if m.uid() != uid {
-        Some(format!("belongs to uid {}, not to this user ({uid})", m.uid()))
-    } else if m.mode() & 0o022 != 0 {
-        Some(format!("is writable by others (mode {:o})", m.mode() & 0o7777))
-    } else {
-        None
+    let refuse = |p: &Path, why: String| {
+        Err(Error::InvalidInput(format!(
+            "{} {why}: the file catalog holds every path in the clear; use a folder of this user's alone (REWIND_CACHE_DIR, or --catalog)",
+            p.display()
+        )))
     };
-    match problem {
-        Some(p) => Err(Error::InvalidInput(format!(
-            "{} {p}: it is to hold plaintext (the file catalog); use a folder of this user's alone (REWIND_CACHE_DIR, or --catalog)",
-            dir.display()
-        ))),
-        None => Ok(()),
+    let m = std::fs::symlink_metadata(&dir).map_err(|e| Error::io(&dir, e))?;
+    if m.file_type().is_symlink() {
+        return refuse(&dir, "is a symbolic link".into());
     }
+    if !m.is_dir() {
+        return refuse(&dir, "is not a folder".into());
+    }
+    if m.uid() != uid {
+        return refuse(&dir, format!("belongs to uid {}, not to this user ({uid})", m.uid()));
+    }
+    let mut child = dir.as_path();
+    while let Some(parent) = child.parent() {
+        let pm = std::fs::metadata(parent).map_err(|e| Error::io(parent, e))?;
+        if pm.uid() != uid && pm.uid() != 0 {
+            return refuse(parent, format!("belongs to uid {}, who could swap the folders in it", pm.uid()));
+        }
+        if pm.mode() & 0o002 != 0 {
+            if pm.mode() & 0o1000 == 0 {
+                return refuse(parent, format!("is writable by others (mode {:o})", pm.mode() & 0o7777));
+            }
+            let cm = std::fs::symlink_metadata(child).map_err(|e| Error::io(child, e))?;
+            if cm.uid() != uid && cm.uid() != 0 {
+                return refuse(child, format!("belongs to uid {}, in a folder everyone writes in", cm.uid()));
+            }
+        }
+        child = parent;
+    }
+    if m.mode() & 0o077 != 0 {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(&dir, e))?;
+    }
+    Ok(())
 }
 
 /// The master key from the first key file `secret` opens, and that file's name. Wrong secrets
