@@ -630,6 +630,9 @@ pub async fn browse(
 pub async fn healthz(State(state): State<AppState>) -> Response {
     let st = state.clone();
     match tokio::task::spawn_blocking(move || st.view.repo().repo().snapshot_ids()).await {
+        // Still 200 (the portal serves): a load balancer needs no catalog; scripts and tests
+        // that do can wait for the plain "ok".
+        Ok(Ok(_)) if state.catalog.building() => (StatusCode::OK, "ok (catalog being built)\n").into_response(),
         Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "repository unreadable\n").into_response(),
     }

@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +38,8 @@ pub struct Catalog {
     _claim: Option<std::fs::File>,
     /// Why there is no catalog (its folder was refused): nothing is read from `path` then.
     refused: Option<String>,
+    /// The first build of a new catalog is running: nothing is read from it yet.
+    building: Arc<AtomicBool>,
     pool: Mutex<Pool>,
     /// Signalled when a connection is put back.
     freed: Condvar,
@@ -125,15 +128,32 @@ impl Catalog {
                 }
             }
         };
+        // A catalog that exists is brought up to date before the portal serves (one sync of
+        // what is new); a new one is built in the background, the catalog endpoints answering
+        // 503 meanwhile, so that the first start on a large repository does not keep logins,
+        // browsing and downloads waiting.
+        let building = Arc::new(AtomicBool::new(false));
         if sync_secs > 0 {
             let mut syncer = Syncer { path: path.clone(), repo_id: repo.config().id.to_hex(), cat: None };
-            match syncer.sync(&view) {
+            let first = move |syncer: &mut Syncer, view: &View| match syncer.sync(view) {
                 Ok(n) => tracing::info!("catalog synced: {n} snapshots applied"),
                 Err(e) => tracing::warn!("catalog sync failed ({e}); retried every {sync_secs} s"),
+            };
+            let later = path.exists();
+            if later {
+                first(&mut syncer, &view);
+            } else {
+                building.store(true, Ordering::Relaxed);
+                tracing::info!("building the catalog at {} in the background", path.display());
             }
             let every = Duration::from_secs(sync_secs);
             let view = view.clone();
+            let built = building.clone();
             std::thread::Builder::new().name("catalog-sync".into()).spawn(move || {
+                if !later {
+                    first(&mut syncer, &view);
+                    built.store(false, Ordering::Relaxed);
+                }
                 loop {
                     std::thread::sleep(every);
                     view.refresh_if_stale();
@@ -154,6 +174,7 @@ impl Catalog {
             path,
             _claim: claim,
             refused,
+            building,
             pool: Mutex::new(Pool::default()),
             freed: Condvar::new(),
             cache: Mutex::new(HashMap::new()),
@@ -169,7 +190,12 @@ impl Catalog {
 
     /// Whether there is a catalog to read.
     pub fn available(&self) -> bool {
-        self.refused.is_none() && (self.pool.lock().open > 0 || self.path.exists())
+        self.refused.is_none() && !self.building() && (self.pool.lock().open > 0 || self.path.exists())
+    }
+
+    /// Whether the first build of a new catalog is running.
+    pub fn building(&self) -> bool {
+        self.building.load(Ordering::Relaxed)
     }
 
     /// Run `f` on a pooled read-only connection (call from a blocking thread).
@@ -185,6 +211,9 @@ impl Catalog {
     fn take(&self) -> ApiResult<rewind_catalog::Catalog> {
         if let Some(why) = &self.refused {
             return Err(ApiError::Unavailable(format!("catalog not available: {why}")));
+        }
+        if self.building() {
+            return Err(ApiError::Unavailable("the catalog is being built".into()));
         }
         let mut pool = self.pool.lock();
         loop {

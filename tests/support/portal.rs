@@ -221,12 +221,18 @@ impl Portal {
         }
         let (child, url) = spawn_serve_env(&dir.path().join("portal.toml"), &env);
         let addr = url.rsplit("://").next().expect("a URL").to_string();
-        // Ready when /healthz answers (over TLS: when the port accepts).
+        // Ready when /healthz answers plainly "ok" (not while a new catalog is being built: the
+        // tests search at once); over TLS, when the port accepts.
         let tls = url.starts_with("https://");
-        for _ in 0..200 {
-            if TcpStream::connect(&addr).is_ok() && (tls || http(&addr, "GET", "/healthz", &[], None).status == 200) {
-                break;
-            }
+        let ready = || {
+            TcpStream::connect(&addr).is_ok()
+                && (tls || {
+                    let r = http(&addr, "GET", "/healthz", &[], None);
+                    r.status == 200 && r.body == b"ok\n"
+                })
+        };
+        let started = std::time::Instant::now();
+        while !ready() && started.elapsed() < Duration::from_secs(60) {
             std::thread::sleep(Duration::from_millis(25));
         }
         Portal { child, addr, dir }
