@@ -76,8 +76,9 @@ impl Catalog {
     /// yet (a consistent copy, also while another process has it open, and durable before it
     /// appears), then its files removed from the repository, and the folder if nothing else is
     /// in it. Done by whatever opens the default catalog to write it (a backup's update, the
-    /// catalog commands, a portal). A catalog that cannot be copied is not needed (it is
-    /// rebuilt); what cannot be removed is left with a warning naming it.
+    /// catalog commands, a portal). A catalog that cannot be copied stays, with a warning (a new
+    /// one is built meanwhile, and once it exists the old one is removed); what cannot be
+    /// removed is left with a warning naming it.
     pub fn retire_legacy(repo: &rewind_store::Repository) {
         let Some(old) = repo.local_path().map(|r| r.join("catalog")) else { return };
         match std::fs::symlink_metadata(&old) {
