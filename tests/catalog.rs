@@ -440,9 +440,14 @@ fn no_catalog_in_a_folder_that_is_not_the_users_alone() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains("belongs to uid 65534, who could swap"), "{err}");
-    // The user's own folder that others may write in (a lax umask): made private and used, and
-    // a `-wal` someone planted while it was open (a hard link to a file of theirs) is not.
+    // The user's own folder, but others may write in it: refused and left as it is.
     std::os::unix::fs::chown(&folder, Some(0), Some(0)).unwrap();
+    let err = String::from_utf8_lossy(&t.run(&["find", "salary"]).stderr).into_owned();
+    assert!(err.contains("may be written by others (mode 777"), "{err}");
+    assert_eq!(std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777, 0o777);
+    // Made private by its user, it is used, and a `-wal` someone planted while it was open (a
+    // hard link to a file of theirs) is not.
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)).unwrap();
     let bait = theirs.join("bait");
     std::fs::write(&bait, b"").unwrap();
     std::os::unix::fs::chown(&bait, Some(65534), Some(65534)).unwrap();

@@ -177,7 +177,7 @@ pub(crate) fn open_rw(path: &Path, repo_id: &str) -> Result<Connection> {
 
 /// Copy the catalog at `from` (maybe open, maybe of another schema) to `to`, consistently
 /// (SQLite's `VACUUM INTO`), readable by its owner only, and durably before it appears: the
-/// copy is made under a temporary name, fsynced, and linked to `to` only if no file is there
+/// copy is made under a temporary name, fsynced, and renamed to `to` only if no file is there
 /// (another process copying at the same time may have won; its copy is as good). A failed
 /// copy leaves nothing.
 pub(crate) fn copy_db(from: &Path, to: &Path) -> Result<()> {
@@ -195,7 +195,7 @@ pub(crate) fn copy_db(from: &Path, to: &Path) -> Result<()> {
         .and_then(|_| {
             let io = |e| Error::Io { path: tmp.clone(), source: e };
             std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
-            match std::fs::hard_link(&tmp, to) {
+            match rename_noreplace(&tmp, to) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
                 Err(e) => Err(Error::Io { path: to.into(), source: e }),
@@ -205,6 +205,18 @@ pub(crate) fn copy_db(from: &Path, to: &Path) -> Result<()> {
     copied?;
     let dir = to.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::Io { path: dir.into(), source: e })
+}
+
+/// `rename(2)` that fails with `AlreadyExists` instead of replacing `to` (`RENAME_NOREPLACE`):
+/// the file appears whole, once, and never with a second name (a hard link would, for a moment).
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both are NUL-terminated paths that live across the call.
+    let r =
+        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Make the folder of `path` readable by its owner only if it is missing, and refuse one that
@@ -217,16 +229,16 @@ fn private_dir(path: &Path) -> Result<()> {
     }
 }
 
-/// Make sure `path` exists, is not a symbolic link, and is readable by its owner only; a `-wal`
-/// or `-shm` beside it that is not a plain file of this user's alone (one planted while the
-/// folder was open to others, maybe a hard link to someone else's file) is removed before
-/// SQLite would open it.
+/// Make sure `path` exists, is not a symbolic link, and is readable by its owner only; the file,
+/// or a `-wal`, `-shm` or `-journal` beside it, that is not a plain file of this user's alone
+/// (one planted while the folder was open to others, maybe a hard link to someone else's file)
+/// is removed before SQLite would open it.
 fn private_file(path: &Path) -> Result<()> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let io = |e| Error::Io { path: path.into(), source: e };
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
-    for suffix in ["-wal", "-shm"] {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut side = path.as_os_str().to_owned();
         side.push(suffix);
         if let Ok(m) = std::fs::symlink_metadata(&side)

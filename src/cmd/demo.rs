@@ -243,7 +243,8 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
     }
-    std::fs::create_dir_all(&dir)?;
+    // The user's alone, whatever the umask: the demo's catalog is in it.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(&dir)?;
     std::fs::write(dir.join(MARKER), "made by `rewind demo`; removed and rebuilt by the next run\n")?;
     let server = dir.join("fileserver");
     let repo_path = dir.join("repo");

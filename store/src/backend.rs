@@ -456,16 +456,22 @@ mod private_folder_tests {
         let made = dir.path().join("a/b");
         private_folder(&made).unwrap();
         assert_eq!(mode(&made), 0o700);
-        // The user's own folder, made under a lax umask: made private.
+        // The user's own folder that its group may write in: refused, and left as it is (it
+        // may be a folder the user named, such as their home).
         std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o775)).unwrap();
+        let err = private_folder(&made).unwrap_err().to_string();
+        assert!(err.contains("may be written by others (mode 775"), "{err}");
+        assert_eq!(mode(&made), 0o775);
+        // Readable by others is fine: the catalog's files are 0600.
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o755)).unwrap();
         private_folder(&made).unwrap();
-        assert_eq!(mode(&made), 0o700);
+        assert_eq!(mode(&made), 0o755);
 
         let open = dir.path().join("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = private_folder(&open.join("cache")).unwrap_err().to_string();
-        assert!(err.contains("writable by others"), "{err}");
+        assert!(err.contains("may be written by others"), "{err}");
         // With the sticky bit (as /tmp), a folder of the user's own in it is fine.
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
         private_folder(&open.join("cache")).unwrap();

@@ -231,7 +231,8 @@ pub(crate) fn keep_tree(dir: &Path, id: &BlobId, compression: Compression, raw_l
 pub(crate) fn keep(p: &Path, bytes: &[u8]) {
     let result = (|| -> std::io::Result<()> {
         let dir = p.parent().expect("a file in a folder");
-        fs::create_dir_all(dir)?;
+        // The user's alone, whatever the umask: the catalog goes into the same folder.
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700).create(dir)?;
         static N: AtomicU64 = AtomicU64::new(0);
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = dir.join(format!(".{name}.{}.{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));

@@ -431,14 +431,15 @@ pub fn cache_root() -> PathBuf {
 
 /// Make `dir` (and missing parents) readable by this user only, or check that it is this
 /// user's alone: a folder that holds plaintext (the catalog: every path of every snapshot) must
-/// not be a symbolic link or another user's, and no folder above it may let another user swap
-/// it (another user's, or writable by others without the sticky bit; below a sticky folder
-/// such as `/tmp`, the next folder must be this user's or root's). Otherwise another user could
-/// plant a file beside ours (an SQLite `-wal` hard-linked to one of theirs) or put a folder of
-/// theirs in its place. This user's own folder that others may write in (made under a lax
-/// umask) is made 0700.
+/// not be a symbolic link, another user's, or writable by group or others, and no folder above
+/// it (as written, and where its links lead) may let another user swap it: one of another
+/// user's (root's is fine), or one that others (or, if it is not the user's own, its group) may
+/// write in without the sticky bit; below a sticky folder such as `/tmp`, the next folder must
+/// be the user's or root's. Otherwise another user could plant a file beside ours (an SQLite
+/// `-wal` hard-linked to one of theirs) or put a folder of theirs in its place. Nothing is
+/// changed in a folder that exists: one that fails is refused with the reason.
 pub fn private_folder(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let dir = std::path::absolute(dir).map_err(|e| Error::io(dir, e))?;
     if !dir.exists() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -461,25 +462,29 @@ pub fn private_folder(dir: &Path) -> Result<()> {
     if m.uid() != uid {
         return refuse(&dir, format!("belongs to uid {}, not to this user ({uid})", m.uid()));
     }
-    let mut child = dir.as_path();
-    while let Some(parent) = child.parent() {
-        let pm = std::fs::metadata(parent).map_err(|e| Error::io(parent, e))?;
-        if pm.uid() != uid && pm.uid() != 0 {
-            return refuse(parent, format!("belongs to uid {}, who could swap the folders in it", pm.uid()));
-        }
-        if pm.mode() & 0o002 != 0 {
-            if pm.mode() & 0o1000 == 0 {
-                return refuse(parent, format!("is writable by others (mode {:o})", pm.mode() & 0o7777));
-            }
-            let cm = std::fs::symlink_metadata(child).map_err(|e| Error::io(child, e))?;
-            if cm.uid() != uid && cm.uid() != 0 {
-                return refuse(child, format!("belongs to uid {}, in a folder everyone writes in", cm.uid()));
-            }
-        }
-        child = parent;
+    if m.mode() & 0o022 != 0 {
+        return refuse(&dir, format!("may be written by others (mode {:o}; chmod go-w it)", m.mode() & 0o7777));
     }
-    if m.mode() & 0o077 != 0 {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(&dir, e))?;
+    let real = std::fs::canonicalize(&dir).map_err(|e| Error::io(&dir, e))?;
+    for path in [dir.as_path(), real.as_path()] {
+        let mut child = path;
+        while let Some(parent) = child.parent() {
+            let pm = std::fs::metadata(parent).map_err(|e| Error::io(parent, e))?;
+            if pm.uid() != uid && pm.uid() != 0 {
+                return refuse(parent, format!("belongs to uid {}, who could swap the folders in it", pm.uid()));
+            }
+            let writers = if pm.uid() == uid { 0o002 } else { 0o022 };
+            if pm.mode() & writers != 0 {
+                if pm.mode() & 0o1000 == 0 {
+                    return refuse(parent, format!("may be written by others (mode {:o})", pm.mode() & 0o7777));
+                }
+                let cm = std::fs::symlink_metadata(child).map_err(|e| Error::io(child, e))?;
+                if cm.uid() != uid && cm.uid() != 0 {
+                    return refuse(child, format!("belongs to uid {}, in a folder everyone writes in", cm.uid()));
+                }
+            }
+            child = parent;
+        }
     }
     Ok(())
 }
