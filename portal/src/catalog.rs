@@ -128,21 +128,14 @@ impl Catalog {
                 }
             }
         };
-        // A catalog that exists is brought up to date before the portal serves (one sync of
-        // what is new); a new one is built in the background, the catalog endpoints answering
-        // 503 meanwhile, so that the first start on a large repository does not keep logins,
-        // browsing and downloads waiting.
+        // Syncs run in the background from the start, so that no catalog work (a first build of
+        // a large repository, a rebuild after an upgrade) keeps logins, browsing and downloads
+        // waiting. A catalog that exists answers meanwhile, as between syncs; without one, the
+        // catalog endpoints answer 503 until a sync has succeeded.
         let building = Arc::new(AtomicBool::new(false));
         if sync_secs > 0 {
             let mut syncer = Syncer { path: path.clone(), repo_id: repo.config().id.to_hex(), cat: None };
-            let first = move |syncer: &mut Syncer, view: &View| match syncer.sync(view) {
-                Ok(n) => tracing::info!("catalog synced: {n} snapshots applied"),
-                Err(e) => tracing::warn!("catalog sync failed ({e}); retried every {sync_secs} s"),
-            };
-            let later = path.exists();
-            if later {
-                first(&mut syncer, &view);
-            } else {
+            if !path.exists() {
                 building.store(true, Ordering::Relaxed);
                 tracing::info!("building the catalog at {} in the background", path.display());
             }
@@ -150,16 +143,17 @@ impl Catalog {
             let view = view.clone();
             let built = building.clone();
             std::thread::Builder::new().name("catalog-sync".into()).spawn(move || {
-                if !later {
-                    first(&mut syncer, &view);
-                    built.store(false, Ordering::Relaxed);
-                }
                 loop {
+                    match syncer.sync(&view) {
+                        Ok(n) => {
+                            if built.swap(false, Ordering::Relaxed) || n > 0 {
+                                tracing::info!("catalog synced: {n} snapshots applied");
+                            }
+                        }
+                        Err(e) => tracing::warn!("catalog sync failed ({e}); retried in {sync_secs} s"),
+                    }
                     std::thread::sleep(every);
                     view.refresh_if_stale();
-                    if let Err(e) = syncer.sync(&view) {
-                        tracing::warn!("catalog sync failed: {e}");
-                    }
                 }
             })?;
         }
@@ -209,11 +203,12 @@ impl Catalog {
 
     /// An idle connection, a new one while the pool is not full, or else the next one put back.
     fn take(&self) -> ApiResult<rewind_catalog::Catalog> {
-        if let Some(why) = &self.refused {
-            return Err(ApiError::Unavailable(format!("catalog not available: {why}")));
+        // The reason (a path, uids) is in the log, not for users.
+        if self.refused.is_some() {
+            return Err(ApiError::Unavailable("catalog not available".into()));
         }
         if self.building() {
-            return Err(ApiError::Unavailable("the catalog is being built".into()));
+            return Err(ApiError::Unavailable("catalog being built".into()));
         }
         let mut pool = self.pool.lock();
         loop {

@@ -155,6 +155,7 @@ function explain(e, what) {
     case 404: return `${what || "This item"} was not found. It may never have existed, or it is not yours to see. Check the link, or look in Recently deleted or Search.`;
     case 429: return `Too many attempts. Wait ${minutes(e.retryAfter)} and try again.`;
     case 503:
+      if (/catalog being built/i.test(e.message)) return "Search and the deleted-files list are being prepared. Try again in a few minutes; you can Browse your backups meanwhile.";
       if (/catalog/i.test(e.message)) return "Search and the deleted-files list are not ready yet: the backup administrator needs to build the catalog (rewind catalog rebuild). You can still Browse your backups.";
       return `The service is temporarily unavailable (${e.message}). Try again in a few minutes; if it persists, contact your helpdesk.`;
     default: return `The portal had a problem (${e.message || e.status}). Try again; if it persists, contact your helpdesk.`;
