@@ -5,8 +5,8 @@
 //! preparing its statements again, and under load requests wait for a free connection rather
 //! than opening more (the machine has only so many cores; SQLite's page cache is per
 //! connection). With `catalog_sync_secs` the portal also brings the catalog up to date itself,
-//! at start and then periodically, on a connection of its own. Without a catalog file those
-//! endpoints answer 503 until one appears (it is opened on first use).
+//! in the background from its start and then periodically, on a connection of its own. Without
+//! a catalog file those endpoints answer 503 until one appears (it is opened on first use).
 //!
 //! By default the catalog is a local cache of each portal (replica), which keeps it current
 //! itself: the first of `catalog.sqlite`, `catalog-portal-1.sqlite`... in the repository's cache
@@ -94,8 +94,9 @@ fn catalog_error(e: rewind_catalog::Error) -> ApiError {
 }
 
 impl Catalog {
-    /// The configured (or default) catalog, synced first if `catalog_sync_secs` says so. The
-    /// default one is this portal's own, in its cache folder, and always synced. Nothing about
+    /// The configured (or default) catalog, synced in the background if `catalog_sync_secs`
+    /// says so. The default one is this portal's own, in its cache folder, and always synced.
+    /// Nothing about
     /// the catalog stops the portal: without one, search, deleted and history answer 503 and
     /// browsing and downloads work.
     pub fn open(config: &Config, view: Arc<View>) -> anyhow::Result<Catalog> {
