@@ -96,9 +96,8 @@ fn catalog_error(e: rewind_catalog::Error) -> ApiError {
 impl Catalog {
     /// The configured (or default) catalog, synced in the background if `catalog_sync_secs`
     /// says so. The default one is this portal's own, in its cache folder, and always synced.
-    /// Nothing about
-    /// the catalog stops the portal: without one, search, deleted and history answer 503 and
-    /// browsing and downloads work.
+    /// Nothing about the catalog stops the portal: without one, search, deleted and history
+    /// answer 503 and browsing and downloads work.
     pub fn open(config: &Config, view: Arc<View>) -> anyhow::Result<Catalog> {
         let repo = view.repo().repo();
         let default_secs = if repo.local_path().is_none() { 300 } else { 60 };
@@ -116,7 +115,6 @@ impl Catalog {
                     }
                     s => s.unwrap_or(default_secs),
                 };
-                rewind_catalog::Catalog::retire_legacy(repo);
                 match claim_catalog(&repo.cache_dir()) {
                     Ok((p, claim)) => (p, Some(claim), secs),
                     Err(e) => {
@@ -134,6 +132,7 @@ impl Catalog {
         // waiting. A catalog that exists answers meanwhile, as between syncs; without one, the
         // catalog endpoints answer 503 until a sync has succeeded.
         let building = Arc::new(AtomicBool::new(false));
+        let retire = config.catalog.is_none();
         if sync_secs > 0 {
             let mut syncer = Syncer { path: path.clone(), repo_id: repo.config().id.to_hex(), cat: None };
             if !path.exists() {
@@ -144,6 +143,11 @@ impl Catalog {
             let view = view.clone();
             let built = building.clone();
             std::thread::Builder::new().name("catalog-sync".into()).spawn(move || {
+                // An older rewind's catalog in a local repository is moved out first (a copy,
+                // once): it may become this portal's.
+                if retire {
+                    rewind_catalog::Catalog::retire_legacy(view.repo().repo());
+                }
                 loop {
                     match syncer.sync(&view) {
                         Ok(n) => {
