@@ -440,14 +440,26 @@ fn no_catalog_in_a_folder_that_is_not_the_users_alone() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains("belongs to uid 65534, who could swap"), "{err}");
-    // The user's own folder, but others may write in it: refused and left as it is.
+    // A folder the user names, that others may write in: refused and left as it is; so is a
+    // file there that is not the user's (named by mistake, say).
+    let named = t.path("shared");
+    std::fs::create_dir(&named).unwrap();
+    std::fs::set_permissions(&named, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = t.cmd().arg("find").arg("salary").arg("--catalog").arg(named.join("c.sqlite")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains("may be written by others (mode 777"), "{err}");
+    assert_eq!(std::fs::metadata(&named).unwrap().permissions().mode() & 0o7777, 0o777);
+    std::fs::set_permissions(&named, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let notes = named.join("notes.sqlite");
+    std::fs::write(&notes, b"someone's notes").unwrap();
+    std::os::unix::fs::chown(&notes, Some(65534), Some(65534)).unwrap();
+    let out = t.cmd().arg("find").arg("salary").arg("--catalog").arg(&notes).output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read(&notes).unwrap(), b"someone's notes");
+    // The repository's own cache folder, the user's, made by an older rewind under a lax umask:
+    // made private and used, and a `-wal` someone planted while it was open (a hard link to a
+    // file of theirs) is not.
     std::os::unix::fs::chown(&folder, Some(0), Some(0)).unwrap();
-    let err = String::from_utf8_lossy(&t.run(&["find", "salary"]).stderr).into_owned();
-    assert!(err.contains("may be written by others (mode 777"), "{err}");
-    assert_eq!(std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777, 0o777);
-    // Made private by its user, it is used, and a `-wal` someone planted while it was open (a
-    // hard link to a file of theirs) is not.
-    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)).unwrap();
     let bait = theirs.join("bait");
     std::fs::write(&bait, b"").unwrap();
     std::os::unix::fs::chown(&bait, Some(65534), Some(65534)).unwrap();

@@ -160,6 +160,8 @@ pub(crate) fn open_rw(path: &Path, repo_id: &str) -> Result<Connection> {
     // its owner only. A folder made here is 0700; the database is created 0600 before SQLite
     // opens it (its -wal and -shm files take the database's mode).
     private_dir(path)?;
+    // A file that is not this user's alone is refused here, never replaced below.
+    private_file(path)?;
     match try_open_rw(path, repo_id) {
         Ok(Some(conn)) => Ok(conn),
         Ok(None) => {
@@ -195,7 +197,13 @@ pub(crate) fn copy_db(from: &Path, to: &Path) -> Result<()> {
         .and_then(|_| {
             let io = |e| Error::Io { path: tmp.clone(), source: e };
             std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
-            match rename_noreplace(&tmp, to) {
+            // Filesystems without RENAME_NOREPLACE: a link, then the temporary name goes below.
+            let unsupported = [libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP];
+            let placed = match rename_noreplace(&tmp, to) {
+                Err(e) if e.raw_os_error().is_some_and(|n| unsupported.contains(&n)) => std::fs::hard_link(&tmp, to),
+                r => r,
+            };
+            match placed {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
                 Err(e) => Err(Error::Io { path: to.into(), source: e }),
@@ -229,10 +237,10 @@ fn private_dir(path: &Path) -> Result<()> {
     }
 }
 
-/// Make sure `path` exists, is not a symbolic link, and is readable by its owner only; the file,
-/// or a `-wal`, `-shm` or `-journal` beside it, that is not a plain file of this user's alone
-/// (one planted while the folder was open to others, maybe a hard link to someone else's file)
-/// is removed before SQLite would open it.
+/// Make sure `path` exists, is not a symbolic link, and is readable by its owner only; a file
+/// there that is not a plain file of this user's alone is refused, and a `-wal`, `-shm` or
+/// `-journal` beside it that is not (one planted while the folder was open to others, maybe a
+/// hard link to someone else's file) is removed before SQLite would open it.
 fn private_file(path: &Path) -> Result<()> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let io = |e| Error::Io { path: path.into(), source: e };
@@ -244,6 +252,13 @@ fn private_file(path: &Path) -> Result<()> {
         if let Ok(m) = std::fs::symlink_metadata(&side)
             && (!m.is_file() || m.uid() != uid || m.nlink() != 1)
         {
+            if suffix.is_empty() {
+                // Maybe a file named by mistake: never changed.
+                return Err(Error::InvalidInput(format!(
+                    "{} is not a file of this user's alone (a link, another user's, or linked elsewhere): left as it is",
+                    path.display()
+                )));
+            }
             tracing::warn!("removing {}: not a file of this user's alone", Path::new(&side).display());
             std::fs::remove_file(&side).map_err(|e| Error::Io { path: side.clone().into(), source: e })?;
         }

@@ -139,6 +139,7 @@ impl Catalog {
     /// Open or create the catalog of `repo` at its default path (moving an older rewind's
     /// out of the repository first: [`Catalog::retire_legacy`]).
     pub fn open_for(repo: &rewind_store::Repository) -> Result<Catalog> {
+        repo.private_cache_dir()?;
         Catalog::retire_legacy(repo);
         Catalog::open(&Catalog::default_path(repo), &repo.config().id.to_hex())
     }

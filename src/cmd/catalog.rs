@@ -180,6 +180,7 @@ impl<'a> Session<'a> {
 fn open_synced(repo: &RepoArg) -> Result<(Catalog, PathBuf)> {
     let indexed = open_indexed(repo)?;
     if repo.catalog.is_none() {
+        indexed.repo().private_cache_dir().context("cannot use the file catalog")?;
         Catalog::retire_legacy(indexed.repo());
     }
     let path = catalog_path(repo.catalog.as_deref(), indexed.repo());

@@ -207,6 +207,30 @@ impl Repository {
         cache_root().join(self.config().id.to_hex())
     }
 
+    /// [`Repository::cache_dir`], this user's alone: made 0700, or, when an older rewind made
+    /// it under a lax umask (this user's own folder, not a link), with group and others' write
+    /// taken away; then checked like any folder for plaintext ([`private_folder`]).
+    pub fn private_cache_dir(&self) -> Result<PathBuf> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+        let dir = self.cache_dir();
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        if let Ok(m) = std::fs::symlink_metadata(&dir)
+            && m.is_dir()
+            && m.uid() == uid
+            && m.mode() & 0o022 != 0
+        {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                .open(&dir)
+                .map_err(|e| Error::io(&dir, e))?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(&dir, e))?;
+        }
+        private_folder(&dir)?;
+        Ok(dir)
+    }
+
     /// Where this process keeps copies of trees it writes or reads: a remote repository's cache
     /// folder; none for a local one.
     pub(crate) fn tree_cache(&self) -> Option<&Path> {
@@ -473,7 +497,9 @@ pub fn private_folder(dir: &Path) -> Result<()> {
             if pm.uid() != uid && pm.uid() != 0 {
                 return refuse(parent, format!("belongs to uid {}, who could swap the folders in it", pm.uid()));
             }
-            let writers = if pm.uid() == uid { 0o002 } else { 0o022 };
+            // The user's own folder may be group-writable (a group of the user's own, under
+            // umask 002); root's folders may not (2775 root:staff).
+            let writers = if pm.uid() == uid && uid != 0 { 0o002 } else { 0o022 };
             if pm.mode() & writers != 0 {
                 if pm.mode() & 0o1000 == 0 {
                     return refuse(parent, format!("may be written by others (mode {:o})", pm.mode() & 0o7777));
