@@ -103,8 +103,16 @@ impl Catalog {
         let default_secs = if repo.local_path().is_none() { 300 } else { 60 };
         let mut refused = None;
         let (path, claim, sync_secs) = match &config.catalog {
-            // A file someone names: 0 means it is kept current by whoever else writes it.
-            Some(p) => (p.clone(), None, config.catalog_sync_secs.unwrap_or(default_secs)),
+            // A file someone names: 0 means it is kept current by whoever else writes it. Its
+            // folder must be this user's alone, for reading as for writing.
+            Some(p) => {
+                let folder = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+                if let Err(e) = rewind_store::private_folder(folder) {
+                    tracing::error!("no catalog ({e}): search, deleted and history answer 503");
+                    refused = Some(e.to_string());
+                }
+                (p.clone(), None, config.catalog_sync_secs.unwrap_or(default_secs))
+            }
             None => {
                 let secs = match config.catalog_sync_secs {
                     Some(0) => {
@@ -115,7 +123,7 @@ impl Catalog {
                     }
                     s => s.unwrap_or(default_secs),
                 };
-                match claim_catalog(&repo.cache_dir()) {
+                match repo.private_cache_dir().map_err(anyhow::Error::from).and_then(|d| claim_catalog(&d)) {
                     Ok((p, claim)) => (p, Some(claim), secs),
                     Err(e) => {
                         tracing::error!(
@@ -133,9 +141,11 @@ impl Catalog {
         // catalog endpoints answer 503 until a sync has succeeded.
         let building = Arc::new(AtomicBool::new(false));
         let retire = config.catalog.is_none();
-        if sync_secs > 0 {
+        if sync_secs > 0 && refused.is_none() {
             let mut syncer = Syncer { path: path.clone(), repo_id: repo.config().id.to_hex(), cat: None };
-            if !path.exists() {
+            // A file that is not a usable catalog (another schema after an upgrade, another
+            // repository's, damaged) is rebuilt by the first sync: not read until then.
+            if !path.exists() || rewind_catalog::Catalog::open_read_only(&path).is_err() {
                 building.store(true, Ordering::Relaxed);
                 tracing::info!("building the catalog at {} in the background", path.display());
             }
@@ -149,13 +159,19 @@ impl Catalog {
                     rewind_catalog::Catalog::retire_legacy(view.repo().repo());
                 }
                 loop {
-                    match syncer.sync(&view) {
-                        Ok(n) => {
+                    // A panic in one sync (a bug) must not end syncing for the portal's life.
+                    let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| syncer.sync(&view)));
+                    match synced {
+                        Ok(Ok(n)) => {
                             if built.swap(false, Ordering::Relaxed) || n > 0 {
                                 tracing::info!("catalog synced: {n} snapshots applied");
                             }
                         }
-                        Err(e) => tracing::warn!("catalog sync failed ({e}); retried in {sync_secs} s"),
+                        Ok(Err(e)) => tracing::warn!("catalog sync failed ({e}); retried in {sync_secs} s"),
+                        Err(_) => {
+                            tracing::error!("catalog sync panicked; retried in {sync_secs} s");
+                            syncer.cat = None;
+                        }
                     }
                     std::thread::sleep(every);
                     view.refresh_if_stale();
@@ -229,7 +245,12 @@ impl Catalog {
                 // A catalog of another schema (after an upgrade) is rebuilt by the next sync:
                 // until then the endpoints are unavailable, not the request bad.
                 let opened = rewind_catalog::Catalog::open_read_only(&self.path).map_err(|e| match e {
-                    rewind_catalog::Error::InvalidInput(m) => ApiError::Unavailable(format!("catalog: {m}")),
+                    // Another schema or repository's: the next sync rebuilds it. The reason
+                    // (a path) is for the log, not for users.
+                    rewind_catalog::Error::InvalidInput(m) => {
+                        tracing::warn!("catalog: {m}");
+                        ApiError::Unavailable("catalog being built".into())
+                    }
                     other => catalog_error(other),
                 });
                 if opened.is_err() {
