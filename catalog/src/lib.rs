@@ -152,6 +152,19 @@ impl Catalog {
         }
     }
 
+    /// Whether the catalog at `path` is one of this version that a sync has brought up to date
+    /// to its end at least once (not a first build cut short, not another schema's).
+    pub fn is_complete(path: &Path) -> bool {
+        db::open_ro(path)
+            .and_then(|conn| {
+                use rusqlite::OptionalExtension;
+                let v: Option<i64> =
+                    conn.query_row("SELECT value FROM meta WHERE key = 'complete'", [], |r| r.get(0)).optional()?;
+                Ok(v == Some(1))
+            })
+            .unwrap_or(false)
+    }
+
     /// Open an existing catalog for queries only.
     pub fn open_read_only(path: &Path) -> Result<Catalog> {
         let conn = db::open_ro(path)?;

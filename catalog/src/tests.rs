@@ -1177,3 +1177,26 @@ fn a_writer_sharing_its_file_with_other_processes_keeps_the_catalog_right() {
         assert_eq!(actual(&portal, &Query::default()), brute(&snaps, &store), "seed {seed}");
     }
 }
+
+/// A catalog is complete once a sync has run to its end: a fresh one, or one whose first build
+/// was cut short, is not (the portal does not answer from it until its own sync has).
+#[test]
+fn a_catalog_is_complete_once_a_sync_has_run_to_its_end() {
+    let (store, snaps) = history(3, 4, &["alpha"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.sqlite");
+    assert!(!Catalog::is_complete(&path), "no file");
+    let mut cat = Catalog::open(&path, "repo").unwrap();
+    assert!(!Catalog::is_complete(&path), "fresh");
+    // A first build cut short: snapshots applied one by one, the sync never reaching its end.
+    cat.apply(&store.trees, &snaps[0].0).unwrap();
+    assert!(!Catalog::is_complete(&path), "cut short");
+    cat.sync_to(&store.trees, wanted(&snaps)).unwrap();
+    assert!(Catalog::is_complete(&path));
+    // Replaced (another repository's): not complete until synced again.
+    drop(cat);
+    let mut other = Catalog::open(&path, "another repo").unwrap();
+    assert!(!Catalog::is_complete(&path));
+    other.sync_to(&store.trees, wanted(&snaps)).unwrap();
+    assert!(Catalog::is_complete(&path));
+}

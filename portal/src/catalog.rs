@@ -144,8 +144,9 @@ impl Catalog {
         if sync_secs > 0 && refused.is_none() {
             let mut syncer = Syncer { path: path.clone(), repo_id: repo.config().id.to_hex(), cat: None };
             // A file that is not a usable catalog (another schema after an upgrade, another
-            // repository's, damaged) is rebuilt by the first sync: not read until then.
-            if !path.exists() || rewind_catalog::Catalog::open_read_only(&path).is_err() {
+            // repository's, damaged) or a first build cut short (a restart midway) is rebuilt or
+            // completed by the first sync: not read until then.
+            if !rewind_catalog::Catalog::is_complete(&path) {
                 building.store(true, Ordering::Relaxed);
                 tracing::info!("building the catalog at {} in the background", path.display());
             }

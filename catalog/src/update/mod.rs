@@ -141,7 +141,20 @@ impl Catalog {
                 }
             }
         }
+        self.mark_complete()?;
         Ok(report)
+    }
+
+    /// Record that a sync has run to its end: from then on the catalog answers for every
+    /// snapshot it was brought up to date with (one cut short before that, a first build
+    /// killed midway, holds only some of them: [`Catalog::is_complete`]).
+    fn mark_complete(&mut self) -> Result<()> {
+        let marked: Option<i64> =
+            self.conn.query_row("SELECT value FROM meta WHERE key = 'complete'", [], |r| r.get(0)).optional()?;
+        if marked != Some(1) {
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('complete', 1)", [])?;
+        }
+        Ok(())
     }
 
     /// Build the catalog again from every snapshot of the repository, in one transaction:
@@ -187,6 +200,7 @@ impl Catalog {
         match result {
             Ok(()) => {
                 tx.commit()?;
+                self.mark_complete()?;
                 Ok(report)
             }
             Err(e) => {
