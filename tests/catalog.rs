@@ -468,3 +468,32 @@ fn no_catalog_in_a_folder_that_is_not_the_users_alone() {
     assert_eq!(std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777, 0o700);
     assert_eq!(std::fs::metadata(&bait).unwrap().len(), 0, "nothing of the catalog went into the planted file");
 }
+
+/// A file named as the catalog by mistake (a document, another program's database) is never
+/// replaced or removed: the commands that need the catalog say so in one line, a backup still
+/// succeeds with a warning (they used to take it for a damaged catalog and delete it).
+#[test]
+fn a_file_that_is_not_a_catalog_is_left_as_it_is() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("report.txt"), b"one").unwrap();
+    t.backup("h", &[&src]);
+    let notes = t.path("notes.txt");
+    std::fs::write(&notes, b"my notes, not a database").unwrap();
+    let other = t.path("other.sqlite");
+    let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute('CREATE TABLE recipes(name TEXT)')\nc.execute(\"INSERT INTO recipes VALUES ('soup')\")\nc.commit()\n";
+    assert_success(&Command::new("python3").args(["-c", script]).arg(&other).output().unwrap(), "python3 sqlite3");
+    let before = std::fs::read(&other).unwrap();
+    for (file, content) in [(&notes, b"my notes, not a database".to_vec()), (&other, before)] {
+        let out = t.cmd().args(["find", "report", "--catalog"]).arg(file).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && err.contains("is not a rewind catalog"), "{err}");
+        let out = t.cmd().args(["catalog", "rebuild", "--catalog"]).arg(file).output().unwrap();
+        assert!(!out.status.success());
+        let out = t.cmd().args(["backup", "--host", "h"]).arg(&src).env("REWIND_CATALOG", file).output().unwrap();
+        assert_success(&out, "backup with a catalog path that is not a catalog");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not a rewind catalog"));
+        assert!(std::fs::read(file).unwrap() == content, "{} changed", file.display());
+    }
+}

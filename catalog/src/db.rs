@@ -169,11 +169,35 @@ pub(crate) fn open_rw(path: &Path, repo_id: &str) -> Result<Connection> {
             remove_db(path)?;
             try_open_rw(path, repo_id)?.ok_or_else(|| Error::InvalidInput("fresh catalog refused".into()))
         }
+        // Another program's database: refused by try_open_rw, never replaced.
+        Err(e @ Error::InvalidInput(_)) => Err(e),
+        Err(e) if !looks_like_sqlite(path) => Err(Error::InvalidInput(format!("{}: {e}", not_a_catalog(path)))),
         Err(e) => {
             tracing::warn!("catalog at {} does not open ({e}); rebuilding it", path.display());
             remove_db(path)?;
             try_open_rw(path, repo_id)?.ok_or_else(|| Error::InvalidInput("fresh catalog refused".into()))
         }
+    }
+}
+
+/// A file there that is not a catalog: never replaced or removed (it may have been named by
+/// mistake).
+fn not_a_catalog(path: &Path) -> Error {
+    Error::InvalidInput(format!("{} is not a rewind catalog: left as it is; name another file", path.display()))
+}
+
+/// Whether `path` is empty or starts as an SQLite database does: a catalog (maybe damaged)
+/// that may be replaced, unlike any other file.
+pub(crate) fn looks_like_sqlite(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    match std::fs::File::open(path) {
+        Ok(mut f) => match f.read(&mut head) {
+            Ok(0) => true,
+            Ok(n) => n == 16 && &head == b"SQLite format 3\0",
+            Err(_) => false,
+        },
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
 
@@ -289,21 +313,23 @@ fn try_open_rw(path: &Path, repo_id: &str) -> Result<Option<Connection>> {
     private_file(path)?;
     let conn = Connection::open_with_flags(path, flags(false))?;
     configure(&conn)?;
+    // Another program's database (a path named by mistake) is left exactly as it is: looked
+    // at before anything (the journal mode) is changed.
+    let has_meta: bool = conn
+        .query_row("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'", [], |_| Ok(true))
+        .optional()?
+        .unwrap_or(false);
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if !has_meta && tables != 0 {
+        return Err(not_a_catalog(path));
+    }
     // WAL: readers go on reading the last committed state while an update runs.
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!("catalog journal mode is {mode}, not wal");
     }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    let has_meta: bool = conn
-        .query_row("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'", [], |_| Ok(true))
-        .optional()?
-        .unwrap_or(false);
     if !has_meta {
-        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
-        if tables != 0 {
-            return Ok(None);
-        }
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(SCHEMA)?;
         tx.execute("INSERT INTO meta VALUES ('schema_version', ?1), ('repository', ?2)", (SCHEMA_VERSION, repo_id))?;

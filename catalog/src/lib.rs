@@ -209,6 +209,13 @@ impl Catalog {
 
     /// Delete the catalog file at `path` (and its WAL); the next open starts empty.
     pub fn remove(path: &Path) -> Result<()> {
+        // Only a catalog (an SQLite file, maybe damaged): never a file named by mistake.
+        if !db::looks_like_sqlite(path) {
+            return Err(Error::InvalidInput(format!(
+                "{} is not a rewind catalog: left as it is; name another file",
+                path.display()
+            )));
+        }
         db::remove_db(path)
     }
 

@@ -622,8 +622,10 @@ fn order_paging_and_history() {
     assert!(hist.iter().all(|v| v.path == p));
 }
 
+/// A catalog of another repository, or a damaged one (an SQLite file), starts over; a file that
+/// is no SQLite database at all (named by mistake) is left as it is.
 #[test]
-fn reopening_other_repository_or_garbage_starts_over() {
+fn reopening_other_repository_or_damage_starts_over_and_other_files_are_left() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.sqlite");
     let (store, snaps) = history(2, 3, &["h"]);
@@ -634,9 +636,20 @@ fn reopening_other_repository_or_garbage_starts_over() {
     }
     assert_eq!(Catalog::open(&path, "one").unwrap().snapshots().unwrap().len(), 3);
     assert_eq!(Catalog::open(&path, "two").unwrap().snapshots().unwrap().len(), 0);
-    Catalog::remove(&path).unwrap();
-    std::fs::write(&path, b"this is not a database, just garbage bytes").unwrap();
+    // Damaged past its header: replaced.
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in bytes.iter_mut().skip(100) {
+        *b = 0xa5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
     assert_eq!(Catalog::open(&path, "two").unwrap().snapshots().unwrap().len(), 0);
+    Catalog::remove(&path).unwrap();
+    // Not a database at all: refused, untouched (also by remove).
+    std::fs::write(&path, b"this is not a database, just someone's notes").unwrap();
+    let err = Catalog::open(&path, "two").err().expect("refused").to_string();
+    assert!(err.contains("is not a rewind catalog"), "{err}");
+    assert!(Catalog::remove(&path).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), b"this is not a database, just someone's notes");
 }
 
 #[test]
