@@ -254,7 +254,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 /// Make the folder of `path` readable by its owner only if it is missing, and refuse one that
 /// is not this user's alone ([`rewind_store::private_folder`]): the catalog holds every path
 /// in the clear.
-fn private_dir(path: &Path) -> Result<()> {
+pub(crate) fn private_dir(path: &Path) -> Result<()> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => Ok(rewind_store::private_folder(dir)?),
         _ => Ok(rewind_store::private_folder(Path::new("."))?),

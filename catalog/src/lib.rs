@@ -119,6 +119,12 @@ impl Catalog {
         }
     }
 
+    /// Check the folder a catalog at `path` would be in (made if missing): it must be this
+    /// user's alone ([`rewind_store::private_folder`]), for reading it as for writing it.
+    pub fn check_folder(path: &Path) -> Result<()> {
+        db::private_dir(path)
+    }
+
     /// Open or create the catalog at `path` for the repository whose config id is `repo_id`
     /// (a file that is not a catalog of this version and repository is replaced: it is a cache).
     pub fn open(path: &Path, repo_id: &str) -> Result<Catalog> {

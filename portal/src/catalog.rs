@@ -106,8 +106,7 @@ impl Catalog {
             // A file someone names: 0 means it is kept current by whoever else writes it. Its
             // folder must be this user's alone, for reading as for writing.
             Some(p) => {
-                let folder = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-                if let Err(e) = rewind_store::private_folder(folder) {
+                if let Err(e) = rewind_catalog::Catalog::check_folder(p) {
                     tracing::error!("no catalog ({e}): search, deleted and history answer 503");
                     refused = Some(e.to_string());
                 }

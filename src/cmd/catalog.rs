@@ -198,9 +198,7 @@ fn open_synced(repo: &RepoArg) -> Result<(Catalog, PathBuf)> {
         Ok(c) => c,
         Err(e) => {
             // Never read a catalog from a folder that is not this user's alone.
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                rewind_store::private_folder(dir).context("cannot use the file catalog")?;
-            }
+            Catalog::check_folder(&path).context("cannot use the file catalog")?;
             eprintln!("rewind: warning: could not update the file catalog ({e}); answering from it as it is");
             Catalog::open_read_only(&path).with_context(|| format!("cannot open the catalog {}", path.display()))?
         }
