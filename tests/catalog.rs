@@ -4,13 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 
 use rewind_catalog::{Catalog, Query};
 use rewind_store::{CacheSizes, Repository, TreeId};
 use serde_json::Value;
 
-use crate::support::{TempRepo, assert_success, corpus_make, corpus_step};
+use crate::support::{TempRepo, assert_success, corpus_make, corpus_step, sqlite};
 
 /// One version as compared: host, path, kind, size, mtime, uid, content, first and last snapshot
 /// ids, present, first snapshot without it (deleted ones).
@@ -375,12 +374,7 @@ fn an_older_rewinds_catalog_leaves_the_repository() {
     // Where rewinds before 2026-11-30 kept it, with a mark only a copy keeps.
     let old = t.repo.join("catalog");
     std::fs::rename(t.catalog_path().parent().unwrap(), &old).unwrap();
-    let sql = |db: &Path, statement: &str| {
-        let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nr = c.execute(sys.argv[2]).fetchall()\nc.commit()\nprint(r)\n";
-        let out = Command::new("python3").args(["-c", script]).arg(db).arg(statement).output().unwrap();
-        assert_success(&out, "python3 sqlite3");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let sql = |db: &Path, statement: &str| sqlite(db, &[statement]);
     sql(&old.join("catalog.sqlite"), "INSERT INTO meta VALUES ('mark', 'moved')");
 
     let found = rows(&t.ok(&["find", "report", "--json"]));
@@ -482,8 +476,7 @@ fn a_file_that_is_not_a_catalog_is_left_as_it_is() {
     let notes = t.path("notes.txt");
     std::fs::write(&notes, b"my notes, not a database").unwrap();
     let other = t.path("other.sqlite");
-    let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute('CREATE TABLE recipes(name TEXT)')\nc.execute(\"INSERT INTO recipes VALUES ('soup')\")\nc.commit()\n";
-    assert_success(&Command::new("python3").args(["-c", script]).arg(&other).output().unwrap(), "python3 sqlite3");
+    sqlite(&other, &["CREATE TABLE recipes(name TEXT)", "INSERT INTO recipes VALUES ('soup')"]);
     let before = std::fs::read(&other).unwrap();
     for (file, content) in [(&notes, b"my notes, not a database".to_vec()), (&other, before)] {
         let out = t.cmd().args(["find", "report", "--catalog"]).arg(file).output().unwrap();

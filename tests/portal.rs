@@ -1845,8 +1845,13 @@ fn http_details_ranges_etags_and_body_errors() {
 fn a_catalog_of_another_schema_is_unavailable_until_synced() {
     let w = world();
     let path = w.repo.path("old-catalog.sqlite");
-    let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute(\"CREATE TABLE meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID\")\nc.execute(\"INSERT INTO meta VALUES ('schema_version', 4), ('repository', 'x')\")\nc.commit()\n";
-    assert_success(&Command::new("python3").args(["-c", script]).arg(&path).output().unwrap(), "python3 sqlite3");
+    crate::support::sqlite(
+        &path,
+        &[
+            "CREATE TABLE meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID",
+            "INSERT INTO meta VALUES ('schema_version', 4), ('repository', 'x')",
+        ],
+    );
     let slapd = Slapd::start(&corpus_users());
     // A portal that only reads that file (a syncing one would rebuild it at start).
     let portal = ldap_portal(&w, &slapd, &format!("catalog = \"{}\"\ncatalog_sync_secs = 0", path.display()));

@@ -264,6 +264,15 @@ pub fn run(bin: &Path, args: &[&OsStr]) -> Output {
     Command::new(bin).args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
+/// Run SQL statements on the SQLite database `db` with another program's SQLite (python3's):
+/// to make files rewind must take or leave as they are. Returns the rows of the last, printed.
+pub fn sqlite(db: &Path, statements: &[&str]) -> String {
+    let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nr = None\nfor s in sys.argv[2:]:\n    r = c.execute(s).fetchall()\nc.commit()\nprint(r)\n";
+    let out = Command::new("python3").args(["-c", script]).arg(db).args(statements).output().expect("run python3");
+    assert_success(&out, "python3 sqlite3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 pub fn assert_success(out: &Output, what: &str) {
     assert!(
         out.status.success(),
