@@ -2,7 +2,7 @@
 # Fuzz one decoder of repository files with cargo-fuzz (libFuzzer), growing its corpus in
 # store/fuzz/corpus/TARGET (commit what it adds; `cargo test -p rewind-store` replays it).
 #   scripts/fuzz.sh TARGET SECONDS      targets: pack index tree snapshot config pending lock key
-#                                       pack-v2 index-v2 snapshot-v2 config-v2 lock-v2 dict-v2
+#                                       pack-v2 index-v2 snapshot-v2 config-v2 lock-v2 dict-v2 group
 # Needs a nightly toolchain and cargo-fuzz (`rustup toolchain install nightly`,
 # `cargo install cargo-fuzz`). Crashes are saved in store/fuzz/artifacts/TARGET/.
 set -euo pipefail

@@ -1,6 +1,7 @@
-//! Compression dictionaries (repository version 3): trained by the first backup, kept through
-//! prune's repacks and forget, carried by every kind of copy, and absent from version 2
-//! repositories, which still read and take backups as they are.
+//! Compression dictionaries (repository version 3) and groups of small blobs (version 4):
+//! dictionaries trained by the first backup, kept through prune's repacks and forget, carried by
+//! every kind of copy; groups left by prune with only the blobs still used; and neither in
+//! older repositories, which still read and take backups as they are.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -69,7 +70,7 @@ fn dictionaries_survive_prune_and_every_kind_of_copy() {
     fs::remove_dir_all(&same.repo).unwrap();
     let st = std::process::Command::new("cp").arg("-a").arg(&t.repo).arg(&same.repo).status().unwrap();
     assert!(st.success());
-    assert_eq!(config_version(&t.repo), 3);
+    assert_eq!(config_version(&t.repo), 4);
     let src = t.path("src");
     small_texts(&src, 400, 1);
     t.backup("h", &[&src]);
@@ -129,31 +130,40 @@ fn dictionaries_survive_prune_and_every_kind_of_copy() {
     }
 }
 
-/// A repository written by rewind before dictionaries (format version 2, committed as a
-/// fixture) still lists, checks and restores; new backups into it stay version 2 (no
-/// dictionary, nothing an older rewind cannot read).
-#[test]
-fn version_2_repositories_still_read_and_take_backups_without_dictionaries() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2-repo");
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("v2");
+/// A copy of the committed fixture repository `name` (password `fixture`) in `dir`, and a
+/// runner of rewind commands on it that asserts success and returns stdout.
+fn fixture(name: &str, dir: &Path) -> (PathBuf, impl Fn(&[&OsStr]) -> String) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let repo = dir.join(name);
     let st = std::process::Command::new("cp").arg("-a").arg(&fixture).arg(&repo).status().unwrap();
     assert!(st.success());
     // The folders git does not keep (empty in the fixture), which a writer needs.
     for d in ["tmp", "locks", "pending"] {
         fs::create_dir_all(repo.join(d)).unwrap();
     }
-    let run = |args: &[&OsStr]| {
+    let (at, cache, name) = (repo.clone(), dir.join("cache"), name.to_string());
+    let run = move |args: &[&OsStr]| {
         let o = std::process::Command::new(rewind_bin())
             .env("RUST_LOG", "warn")
-            .env("REWIND_REPO", &repo)
+            .env("REWIND_REPO", &at)
             .env("REWIND_PASSWORD", "fixture")
+            .env("REWIND_CACHE_DIR", &cache)
             .args(args)
             .output()
             .unwrap();
-        assert_success(&o, &format!("{args:?} on the version 2 fixture"));
+        assert_success(&o, &format!("{args:?} on the fixture {name}"));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
+    (repo, run)
+}
+
+/// A repository written by rewind before dictionaries (format version 2, committed as a
+/// fixture) still lists, checks and restores; new backups into it stay version 2 (no
+/// dictionary, nothing an older rewind cannot read).
+#[test]
+fn version_2_repositories_still_read_and_take_backups_without_dictionaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, run) = fixture("v2-repo", dir.path());
     let snaps: Vec<serde_json::Value> =
         serde_json::from_str(&run(&[OsStr::new("snapshots"), OsStr::new("--json")])).unwrap();
     assert_eq!(snaps.len(), 2);
@@ -178,4 +188,143 @@ fn version_2_repositories_still_read_and_take_backups_without_dictionaries() {
     let out2 = dir.path().join("out2");
     run(&[OsStr::new("restore"), OsStr::new("latest"), OsStr::new("--target"), out2.as_os_str()]);
     assert_same_tree(&more, &out2.join(more.strip_prefix("/").unwrap()), &ShapeOptions::default());
+}
+
+/// A repository written by rewind before groups (format version 3, with a dictionary,
+/// committed as a fixture) still lists, checks and restores; new backups into it stay version
+/// 3 (no groups, nothing a rewind of version 3 cannot read), and use its dictionary.
+#[test]
+fn version_3_repositories_still_read_and_take_backups_without_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, run) = fixture("v3-repo", dir.path());
+    let trained = dicts(&repo);
+    assert_eq!(trained.len(), 1);
+    let snaps: Vec<serde_json::Value> =
+        serde_json::from_str(&run(&[OsStr::new("snapshots"), OsStr::new("--json")])).unwrap();
+    assert_eq!(snaps.len(), 2);
+    run(&[OsStr::new("check"), OsStr::new("--read-data")]);
+    let out = dir.path().join("out");
+    run(&[OsStr::new("restore"), OsStr::new("latest"), OsStr::new("--target"), out.as_os_str()]);
+    let src: PathBuf = out.join("tmp/h19d/fx/src");
+    assert_eq!(fs::read(src.join("new.txt")).unwrap(), b"new\n");
+    assert!(fs::read(src.join("notes/f002.rs")).unwrap().ends_with(b"edited\n"));
+    assert!(fs::read(src.join("notes/f000.rs")).unwrap().starts_with(b"    // line 0 of file 0: "));
+    assert!(!src.join("code/f001.rs").exists());
+    assert_eq!(fs::read_dir(src.join("code")).unwrap().count() + fs::read_dir(src.join("notes")).unwrap().count(), 319);
+    assert_eq!(fs::read(src.join("big.txt")).unwrap().split(|b| *b == b'\n').count(), 9001);
+    assert_eq!(fs::read_link(src.join("link")).unwrap(), Path::new("notes/f000.rs"));
+    let more = dir.path().join("more");
+    small_texts(&more, 400, 3);
+    run(&[OsStr::new("backup"), more.as_os_str()]);
+    assert_eq!(config_version(&repo), 3);
+    assert_eq!(dicts(&repo), trained, "the repository's dictionary serves the new backup");
+    run(&[OsStr::new("check"), OsStr::new("--read-data")]);
+    let out2 = dir.path().join("out2");
+    run(&[OsStr::new("restore"), OsStr::new("latest"), OsStr::new("--target"), out2.as_os_str()]);
+    assert_same_tree(&more, &out2.join(more.strip_prefix("/").unwrap()), &ShapeOptions::default());
+
+    // Prune repacks blobs compressed with the dictionary as they are.
+    let first = snaps[0]["id"].as_str().unwrap()[..8].to_string();
+    run(&[OsStr::new("forget"), OsStr::new(&first)]);
+    run(&[OsStr::new("prune"), OsStr::new("--max-repack"), OsStr::new("100")]);
+    run(&[OsStr::new("check"), OsStr::new("--read-data")]);
+    assert_eq!(config_version(&repo), 3);
+    // A copy into an empty repository with the same keys and no dictionary (the fixture's
+    // config and keys): blobs go across as they are, the dictionary before them.
+    let twin = dir.path().join("twin");
+    fs::create_dir_all(twin.join("keys")).unwrap();
+    for f in ["config", "keys"] {
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(repo.join(f))
+            .arg(twin.join(f).parent().unwrap())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    for d in ["data", "index", "snapshots", "tmp", "locks", "pending"] {
+        fs::create_dir_all(twin.join(d)).unwrap();
+    }
+    let o = std::process::Command::new(rewind_bin())
+        .env("RUST_LOG", "warn")
+        .env("REWIND_REPO", &repo)
+        .env("REWIND_PASSWORD", "fixture")
+        .env("REWIND_TO_PASSWORD", "fixture")
+        .env("REWIND_CACHE_DIR", dir.path().join("cache"))
+        .args([OsStr::new("copy"), OsStr::new("--to"), twin.as_os_str()])
+        .output()
+        .unwrap();
+    assert_success(&o, "copy into the twin");
+    assert_eq!(config_version(&twin), 3);
+    assert_eq!(dicts(&twin), trained);
+    let o = std::process::Command::new(rewind_bin())
+        .env("REWIND_REPO", &twin)
+        .env("REWIND_PASSWORD", "fixture")
+        .env("REWIND_CACHE_DIR", dir.path().join("cache"))
+        .args(["check", "--read-data"])
+        .output()
+        .unwrap();
+    assert_success(&o, "check of the twin");
+}
+
+/// Bytes of the packs of a repository.
+fn pack_bytes(repo: &Path) -> u64 {
+    let mut total = 0;
+    for d in fs::read_dir(repo.join("data")).unwrap() {
+        for f in fs::read_dir(d.unwrap().path()).unwrap() {
+            total += f.unwrap().metadata().unwrap().len();
+        }
+    }
+    total
+}
+
+/// Small files are stored in groups compressed together. When most of a group's files are no
+/// longer in any snapshot, prune keeps only the ones still used (grouped anew), so the space
+/// of the others is freed, and everything left restores and verifies.
+#[test]
+fn prune_frees_the_members_of_groups_that_no_snapshot_uses() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    small_texts(&src, 900, 5);
+    t.backup("h", &[&src]);
+    let full = pack_bytes(&t.repo);
+    // Two files of three go.
+    for f in 0..900 {
+        if f % 3 != 0 {
+            fs::remove_file(src.join(format!("d{}/f{f}.rs", f % 5))).unwrap();
+        }
+    }
+    let second = t.backup("h", &[&src]);
+    let second = second["id"].as_str().unwrap()[..8].to_string();
+    let first = t.snapshots()[0]["id"].as_str().unwrap()[..8].to_string();
+    t.ok(&["forget", &first]);
+    let pruned: serde_json::Value =
+        serde_json::from_str(t.ok(&["prune", "--max-repack", "100", "--json"]).split("\nprune:").next().unwrap())
+            .unwrap();
+    assert!(pruned["packs_repacked"].as_u64().unwrap() > 0, "{pruned}");
+    let left = pack_bytes(&t.repo);
+    assert!(left * 2 < full, "a third of the files stay: {left} bytes of packs of {full}");
+    t.ok(&["check", "--read-data"]);
+    restores_as(&t, &second, &src, &src, &t.path("out"));
+}
+
+/// A file of a few bytes stored in a group takes next to nothing of it; when it is all that is
+/// left of its pack, prune must keep it (not take the pack for unused), and it restores.
+#[test]
+fn prune_keeps_a_tiny_file_that_is_all_its_pack_still_holds() {
+    let t = TempRepo::new();
+    let src = t.path("src");
+    small_texts(&src, 300, 9);
+    fs::write(src.join("VERSION"), b"7\n").unwrap();
+    t.backup("h", &[&src]);
+    for d in 0..5 {
+        fs::remove_dir_all(src.join(format!("d{d}"))).unwrap();
+    }
+    let second = t.backup("h", &[&src]);
+    let second = second["id"].as_str().unwrap()[..8].to_string();
+    let first = t.snapshots()[0]["id"].as_str().unwrap()[..8].to_string();
+    t.ok(&["forget", &first]);
+    t.ok(&["prune"]);
+    t.ok(&["check", "--read-data"]);
+    restores_as(&t, &second, &src, &src, &t.path("out"));
 }

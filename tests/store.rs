@@ -300,8 +300,8 @@ fn errors_are_one_clear_line() {
     // A repository of a newer format is refused, with a reason.
     let cfg = t.repo.join("config");
     let before = fs::read_to_string(&cfg).unwrap();
-    let text = before.replace("\"version\": 3", "\"version\": 99");
-    assert_ne!(text, before, "a new repository is of version 3");
+    let text = before.replace("\"version\": 4", "\"version\": 99");
+    assert_ne!(text, before, "a new repository is of version 4");
     fs::write(&cfg, text).unwrap();
     let out = t.run(&["snapshots"]);
     assert!(!out.status.success());

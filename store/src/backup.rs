@@ -89,6 +89,7 @@ pub fn backup(
     let archiver = Archiver {
         repo,
         packer: Packer::new(repo.backend(), repo.repo().codec(), config.pack_size, config.compression.level)
+            .with_groups(config.has_groups())
             .with_dictionaries(config.has_dictionaries())?
             .with_tree_cache(repo.repo().tree_cache().map(Path::to_path_buf)),
         chunker: Chunker::with_gear(config.chunker, repo.repo().codec().crypto().gear()),

@@ -46,6 +46,15 @@ pub fn plan_runs(mut chunks: Vec<(ChunkId, Location)>, max_gap: u64, max_run: u6
     let mut runs: Vec<PackRun> = Vec::new();
     for (id, loc) in chunks {
         let end = loc.offset + u64::from(loc.stored_len);
+        // Members of a group share the group's bytes: one in the run already brings them.
+        if let Some(run) = runs.last_mut()
+            && run.pack == loc.pack
+            && loc.offset >= run.start
+            && end <= run.end
+        {
+            run.chunks.push((id, loc));
+            continue;
+        }
         if let Some(run) = runs.last_mut()
             && run.pack == loc.pack
             && loc.offset >= run.end
@@ -127,6 +136,15 @@ mod tests {
         let expected: Vec<_> =
             if p1_first { a.iter().chain(&b).copied().collect() } else { b.iter().chain(&a).copied().collect() };
         assert_eq!(spans, expected);
+    }
+
+    #[test]
+    fn members_of_one_group_are_read_once() {
+        let member = |m: u16| Location { compression: Compression::Grouped { member: m }, ..loc(1, 100, 50) };
+        let runs = plan_runs(vec![(id(1), member(0)), (id(2), loc(1, 0, 100)), (id(3), member(1))], 0, 1000);
+        assert_eq!(runs.len(), 1);
+        assert_eq!((runs[0].start, runs[0].end), (0, 150));
+        assert_eq!(runs[0].chunks.len(), 3);
     }
 
     #[test]

@@ -94,7 +94,18 @@ pub fn copy(
     failpoint::hit("copy-records-read")?;
     dst.avoid_packs(condemned.clone())?;
     let config = dst.repo().config();
+    let mode = mode(src, dst);
+    if !matches!(mode, Mode::Rename { .. }) && config.has_dictionaries() {
+        // Same content: the target compresses with the source's dictionary, which the
+        // source's blobs moved as they are need anyway.
+        src.codec().load_dicts()?;
+        dst.codec().load_dicts()?;
+        if let (Some(d), None) = (src.codec().preferred_dict(), dst.codec().preferred_dict()) {
+            give_dict(dst, &d)?;
+        }
+    }
     let packer = Packer::new(dst.backend(), dst.codec(), config.pack_size, config.compression.level)
+        .with_groups(config.has_groups())
         .with_dictionaries(config.has_dictionaries())?;
     let copier = Copier {
         src,
@@ -102,7 +113,7 @@ pub fn copy(
         progress,
         packer: &packer,
         condemned: &condemned,
-        mode: mode(src, dst),
+        mode,
         trees: Mutex::new(IdMap::default()),
         chunks: Mutex::new(IdMap::default()),
         dicts: Mutex::new(()),
@@ -123,6 +134,15 @@ pub fn copy(
     };
     dst.refresh_index()?;
     Ok(report)
+}
+
+/// Store dictionary `d` in `dst` (durably, before any pack that needs it) and use it there.
+fn give_dict(dst: &IndexedRepository, d: &crate::dict::Dict) -> Result<()> {
+    let (name, file) = dst.codec().encode_dict(&d.bytes);
+    dst.backend().put(FileKind::Dict, &name, &file)?;
+    let copied = crate::dict::Dict::new(name, d.bytes.clone()).map_err(|e| Error::corrupt("dictionary", e))?;
+    dst.codec().add_dict(copied);
+    Ok(())
 }
 
 struct Copier<'a> {
@@ -237,7 +257,9 @@ impl Copier<'_> {
         runs.par_iter().try_for_each(|run| -> Result<()> {
             let start = run[0].1.offset;
             let end = run.iter().map(|(_, l)| l.offset + u64::from(l.stored_len)).max().unwrap_or(start);
-            let needed: u64 = run.iter().map(|(_, l)| u64::from(l.stored_len)).sum();
+            // The members of a group share its bytes: counted once.
+            let needed: u64 =
+                run.chunk_by(|a, b| a.1.offset == b.1.offset).map(|same| u64::from(same[0].1.stored_len)).sum();
             let span = if end - start <= needed * 2 {
                 self.src
                     .backend()
@@ -251,17 +273,32 @@ impl Copier<'_> {
                 if !self.packer.claim(*id) {
                     continue;
                 }
-                let from_span = span.as_ref().and_then(|b| {
+                let in_span = span.as_ref().and_then(|b| {
                     let o = (loc.offset - start) as usize;
-                    b.get(o..o + loc.stored_len as usize).map(|s| (*loc, s.to_vec()))
+                    b.get(o..o + loc.stored_len as usize)
                 });
+                if let (Compression::Grouped { .. }, Some(stored)) = (loc.compression, in_span) {
+                    // A member of a group: its group holds blobs this copy may not want; the
+                    // target groups it anew. Taken from the span without a copy of the group.
+                    let raw = blob::open(self.src.codec(), id, loc.compression, stored, loc.raw_len)?;
+                    self.packer.add_claimed(*id, &raw)?;
+                    self.progress.blobs_done.fetch_add(1, Ordering::Relaxed);
+                    self.progress.bytes.fetch_add(u64::from(loc.raw_len), Ordering::Relaxed);
+                    continue;
+                }
+                let from_span = in_span.map(|s| (*loc, s.to_vec()));
                 // A pack gone meanwhile (a prune moved the blob) or a sparse run: read alone.
                 let (loc, stored) = match from_span {
                     Some(x) => x,
                     None => self.src.read_stored(*id)?,
                 };
                 let n = stored.len() as u64;
-                if loc.compression == Compression::ZstdDict && !self.dict_ready(id, &stored)? {
+                if let Compression::Grouped { .. } = loc.compression {
+                    // A member of a group: its group holds blobs this copy may not want; the
+                    // target groups it anew.
+                    let raw = blob::open(self.src.codec(), id, loc.compression, &stored, loc.raw_len)?;
+                    self.packer.add_claimed(*id, &raw)?;
+                } else if loc.compression == Compression::ZstdDict && !self.dict_ready(id, &stored)? {
                     // The target has no dictionaries (version 1 or 2): compressed anew without.
                     let raw = blob::open(self.src.codec(), id, loc.compression, &stored, loc.raw_len)?;
                     self.packer.add_claimed(*id, &raw)?;
@@ -301,10 +338,7 @@ impl Copier<'_> {
         if self.dst.codec().has_dict(d.zstd_id) {
             return Ok(true);
         }
-        let (name, file) = self.dst.codec().encode_dict(&d.bytes);
-        self.dst.backend().put(FileKind::Dict, &name, &file)?;
-        let copied = crate::dict::Dict::new(name, d.bytes.clone()).map_err(|e| Error::corrupt("dictionary", e))?;
-        self.dst.codec().add_dict(copied);
+        give_dict(self.dst, &d)?;
         Ok(true)
     }
 

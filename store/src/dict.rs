@@ -186,11 +186,18 @@ mod tests {
             .unwrap()
     }
 
+    /// Blobs compressed with a dictionary: alone, or in a group whose frame names one.
     fn dict_blobs(repo: &IndexedRepository) -> Vec<BlobId> {
-        repo.blob_ids()
-            .into_iter()
-            .filter(|id| repo.locate(*id).unwrap().compression == Compression::ZstdDict)
-            .collect()
+        let with_dict = |id: &BlobId| match repo.locate(*id).unwrap().compression {
+            Compression::ZstdDict => true,
+            Compression::Grouped { .. } => {
+                let (_, stored) = repo.read_stored(*id).unwrap();
+                let frame = repo.codec().open_group(stored, String::new).unwrap();
+                zstd::zstd_safe::get_dict_id_from_frame(&frame).is_some()
+            }
+            _ => false,
+        };
+        repo.blob_ids().into_iter().filter(with_dict).collect()
     }
 
     #[test]

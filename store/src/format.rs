@@ -17,10 +17,10 @@ use crate::error::{Error, Result};
 /// Version 1, plaintext, is read and written too (`init --insecure-no-encryption`).
 pub const FORMAT_VERSION: u32 = 2;
 /// The newest repository (config) version: 3 is version 2's objects plus compression
-/// dictionaries (`dicts/`, blobs compressed with one). Versions 1 and 2 are read and written as
-/// they are; a rewind that knows only version 2 refuses a version 3 repository as too new
-/// instead of misreading its blobs.
-pub const REPOSITORY_VERSION: u32 = 3;
+/// dictionaries (`dicts/`, blobs compressed with one); 4 adds groups of small blobs compressed
+/// together. Versions 1 to 3 are read and written as they are; a rewind that knows only an
+/// older version refuses a newer repository as too new instead of misreading its blobs.
+pub const REPOSITORY_VERSION: u32 = 4;
 /// The version of the plaintext layouts this file encodes (packs, index files, configs).
 pub(crate) const V1: u32 = 1;
 
@@ -179,21 +179,45 @@ impl From<TreeId> for BlobId {
 
 /// How a blob's bytes are stored.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(u8)]
 pub enum Compression {
-    None = 0,
-    Zstd = 1,
+    None,
+    Zstd,
     /// zstd with one of the repository's dictionaries (version 3), named by the frame's
     /// dictionary id.
-    ZstdDict = 2,
+    ZstdDict,
+    /// The `member`th blob of a group of small blobs compressed together (version 4): the
+    /// stored bytes are the whole group's (FORMAT.md, "Groups").
+    Grouped {
+        member: u16,
+    },
 }
 
 impl Compression {
-    pub(crate) fn from_u8(v: u8) -> Option<Compression> {
-        match v {
-            0 => Some(Compression::None),
-            1 => Some(Compression::Zstd),
-            2 => Some(Compression::ZstdDict),
+    /// The code in records (and in the tree cache's copies): 0 none, 1 zstd, 2 zstd with a
+    /// dictionary, 3 grouped (with the member's number in the record's next two bytes).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Zstd => 1,
+            Compression::ZstdDict => 2,
+            Compression::Grouped { .. } => 3,
+        }
+    }
+
+    /// The member's number of a grouped blob, else 0.
+    pub(crate) fn member(self) -> u16 {
+        match self {
+            Compression::Grouped { member } => member,
+            _ => 0,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8, member: u16) -> Option<Compression> {
+        match (code, member) {
+            (0, 0) => Some(Compression::None),
+            (1, 0) => Some(Compression::Zstd),
+            (2, 0) => Some(Compression::ZstdDict),
+            (3, member) => Some(Compression::Grouped { member }),
             _ => None,
         }
     }
@@ -374,6 +398,11 @@ impl Config {
     /// Whether blobs may be compressed with a dictionary (version 3).
     pub fn has_dictionaries(&self) -> bool {
         self.version >= 3
+    }
+
+    /// Whether small blobs are stored in groups compressed together (version 4).
+    pub fn has_groups(&self) -> bool {
+        self.version >= 4
     }
 
     /// A version 1 config.
@@ -771,8 +800,8 @@ pub(crate) const PACK_FOOTER_LEN: usize = 4 + 4 + 32 + 4 + 8;
 impl BlobRecord {
     pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(self.id.kind as u8);
-        out.push(self.compression as u8);
-        out.extend_from_slice(&[0, 0]);
+        out.push(self.compression.code());
+        out.extend_from_slice(&self.compression.member().to_le_bytes());
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.stored_len.to_le_bytes());
         out.extend_from_slice(&self.raw_len.to_le_bytes());
@@ -784,8 +813,9 @@ impl BlobRecord {
             return Err(Error::corrupt("blob record", "wrong length"));
         }
         let kind = BlobKind::from_u8(b[0]).ok_or_else(|| Error::corrupt("blob record", format!("kind {}", b[0])))?;
-        let compression =
-            Compression::from_u8(b[1]).ok_or_else(|| Error::corrupt("blob record", format!("compression {}", b[1])))?;
+        let member = u16::from_le_bytes([b[2], b[3]]);
+        let compression = Compression::from_code(b[1], member)
+            .ok_or_else(|| Error::corrupt("blob record", format!("compression {} (member {member})", b[1])))?;
         let offset = u64::from_le_bytes(b[4..12].try_into().expect("8 bytes"));
         let stored_len = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
         let raw_len = u32::from_le_bytes(b[16..20].try_into().expect("4 bytes"));
@@ -1129,6 +1159,7 @@ pub const DECODERS: &[&str] = &[
     "config-v2",
     "lock-v2",
     "dict-v2",
+    "group",
 ];
 
 /// The name the version 2 index and snapshot decoders are fuzzed under: a seed is sealed and
@@ -1174,6 +1205,8 @@ pub fn decode_for_fuzzing(name: &str, bytes: &[u8]) -> bool {
         "dict-v2" => fuzzing_codec()
             .decode_dict_named(FUZZ_NAME, bytes.to_vec(), false)
             .is_ok_and(|d| crate::dict::Dict::new(FUZZ_NAME.into(), d).is_ok_and(|d| crate::blob::fuzz_dict(&d))),
+        // A group's frame (as opened from its seal), after the member's number (u16).
+        "group" => crate::blob::fuzz_group(bytes),
         _ => panic!("no decoder {name}"),
     }
 }

@@ -211,19 +211,32 @@ pub(crate) fn trim(root: &Path, max: u64) {
 pub(crate) fn read_tree(dir: &Path, id: &BlobId) -> Option<(Compression, u32, Vec<u8>)> {
     let hex = id.hash.to_hex();
     let copy = fs::read(dir.join(&hex[..2]).join(&hex)).ok()?;
-    let compression = Compression::from_u8(*copy.first()?)?;
+    let compression = Compression::from_code(*copy.first()?, 0)?;
     let raw_len = u32::from_le_bytes(copy.get(1..5)?.try_into().ok()?);
     Some((compression, raw_len, copy[5..].to_vec()))
 }
 
 /// Keep a tree's stored bytes (sealed, compressed: what its pack holds) in the cache folder `dir`.
 pub(crate) fn keep_tree(dir: &Path, id: &BlobId, compression: Compression, raw_len: u32, stored: &[u8]) {
+    if let Compression::Grouped { .. } = compression {
+        // A group's bytes are not the tree's alone: `keep_tree_raw` keeps such a tree.
+        return;
+    }
     let hex = id.hash.to_hex();
     let mut copy = Vec::with_capacity(stored.len() + 5);
-    copy.push(compression as u8);
+    copy.push(compression.code());
     copy.extend_from_slice(&raw_len.to_le_bytes());
     copy.extend_from_slice(stored);
     keep(&dir.join(&hex[..2]).join(&hex), &copy);
+}
+
+/// Keep a tree of a group (whose stored bytes are the group's) in the cache folder `dir`,
+/// compressed and sealed on its own as a tree outside a group would be stored.
+pub(crate) fn keep_tree_raw(dir: &Path, codec: &crate::codec::Codec, id: &BlobId, raw: &[u8], level: i32) {
+    let (compression, compressed) = crate::blob::compress(raw, level);
+    let mut stored = Vec::with_capacity(compressed.len() + codec.blob_overhead());
+    codec.seal_blob(id, &compressed, &mut stored);
+    keep_tree(dir, id, compression, raw.len() as u32, &stored);
 }
 
 /// Write `bytes` to `p` whole or not at all (a file of our own beside it, renamed into place),

@@ -236,6 +236,10 @@ fn read_all_packs(
         for (id, loc) in i.blobs() {
             m.entry(loc.pack).or_default().push((id, loc));
         }
+        // In pack order: the members of a group one after another, so it is opened once.
+        for v in m.values_mut() {
+            v.sort_unstable_by_key(|(id, loc)| (loc.offset, *id));
+        }
         m
     });
     packs.par_iter().for_each(|name| {

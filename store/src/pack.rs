@@ -13,6 +13,10 @@ use crate::error::Result;
 use crate::format::{self, BlobId, BlobKind, BlobRecord, Compression, Hash, IndexPack, PackId};
 use crate::index::{IdSet, write_index_file};
 
+/// The most records a pack holds: groups of tiny files could otherwise give a 16 MiB pack
+/// millions of records (each written twice in it and once in an index file).
+const MAX_PACK_RECORDS: usize = 1 << 15;
+
 /// Packs per index file written during a backup.
 const INDEX_EVERY: usize = 32;
 
@@ -41,6 +45,13 @@ enum DictState {
         training: bool,
     },
     Ready(Arc<DictCompressor>),
+}
+
+/// Small blobs of one kind gathered to be compressed together (repository version 4).
+#[derive(Default)]
+struct OpenGroup {
+    members: Vec<(BlobId, Vec<u8>)>,
+    bytes: usize,
 }
 
 /// What to do with one small blob.
@@ -73,6 +84,9 @@ pub(crate) struct Packer<'a> {
     /// A remote repository's tree cache: trees written are kept there too.
     tree_cache: Option<std::path::PathBuf>,
     dict: Mutex<DictState>,
+    /// Whether small blobs go to groups (version 4), and the group being filled, per kind.
+    groups: bool,
+    group: [Mutex<OpenGroup>; 2],
 }
 
 impl<'a> Packer<'a> {
@@ -88,7 +102,29 @@ impl<'a> Packer<'a> {
             stats: Mutex::new(PackerStats::default()),
             tree_cache: None,
             dict: Mutex::new(DictState::Off),
+            groups: false,
+            group: [Mutex::new(OpenGroup::default()), Mutex::new(OpenGroup::default())],
         }
+    }
+
+    /// Store small blobs (data and trees) in groups compressed together (version 4).
+    /// Before [`Packer::with_dictionaries`]: a group's level is not a single blob's.
+    pub fn with_groups(mut self, on: bool) -> Self {
+        debug_assert!(matches!(*self.dict.lock().expect("packer lock"), DictState::Off), "groups come first");
+        self.groups = on;
+        self
+    }
+
+    /// Compress small blobs with the dictionary the repository has, if any, without training
+    /// one (prune's repacking regroups blobs that were compressed before).
+    pub fn with_existing_dictionary(self, on: bool) -> Result<Self> {
+        if on {
+            self.codec.load_dicts()?;
+            if let Some(d) = self.codec.preferred_dict() {
+                *self.dict.lock().expect("packer lock") = self.prepare(&d);
+            }
+        }
+        Ok(self)
     }
 
     /// Compress small data blobs with the repository's dictionary (repository version 3): the
@@ -107,7 +143,8 @@ impl<'a> Packer<'a> {
     }
 
     fn prepare(&self, d: &Dict) -> DictState {
-        match DictCompressor::new(&d.bytes, blob::dict_level(self.level)) {
+        let level = if self.groups { blob::group_level(self.level) } else { blob::dict_level(self.level) };
+        match DictCompressor::new(&d.bytes, level) {
             Some(c) => DictState::Ready(Arc::new(c)),
             None => {
                 tracing::warn!("zstd cannot use dictionary {}: compressing without it", d.name);
@@ -191,6 +228,10 @@ impl<'a> Packer<'a> {
             _ => None,
         };
         for (id, raw) in held {
+            if self.groups {
+                self.add_to_group(id, raw)?;
+                continue;
+            }
             let (compression, compressed) = match &d {
                 Some(d) => blob::compress_small(&raw, self.level, d),
                 None => blob::compress(&raw, self.level),
@@ -217,9 +258,12 @@ impl<'a> Packer<'a> {
         let (compression, compressed) = if id.kind == BlobKind::Data && raw.len() <= dict::SMALL_BLOB {
             match self.small(id, raw)? {
                 Small::Held => return Ok(0),
+                _ if self.groups => return self.add_to_group(id, raw.to_vec()),
                 Small::Plain => blob::compress(raw, self.level),
                 Small::Dict(d) => blob::compress_small(raw, self.level, &d),
             }
+        } else if self.groups && raw.len() <= dict::SMALL_BLOB {
+            return self.add_to_group(id, raw.to_vec());
         } else {
             blob::compress(raw, self.level)
         };
@@ -235,29 +279,82 @@ impl<'a> Packer<'a> {
         self.add_stored(id, compression, &stored, raw_len)
     }
 
+    /// Put a small blob (claimed) into the open group of its kind; a full group is stored.
+    /// Returns the bytes stored now (a group's, when this blob filled it).
+    fn add_to_group(&self, id: BlobId, raw: Vec<u8>) -> Result<u64> {
+        let full = {
+            let mut g = self.group[id.kind as usize].lock().expect("packer lock");
+            g.bytes += raw.len();
+            g.members.push((id, raw));
+            if g.bytes >= blob::group_bytes(id.kind) || g.members.len() >= blob::GROUP_MAX_MEMBERS {
+                std::mem::take(&mut *g)
+            } else {
+                return Ok(0);
+            }
+        };
+        self.add_group(id.kind, full)
+    }
+
+    /// Compress a group as one frame (data with the repository's dictionary, if settled), seal
+    /// it, and add it to the open pack of its kind with one record per member (FORMAT.md,
+    /// "Groups").
+    fn add_group(&self, kind: BlobKind, group: OpenGroup) -> Result<u64> {
+        let d = match &*self.dict.lock().expect("packer lock") {
+            DictState::Ready(d) if kind == BlobKind::Data => Some(d.clone()),
+            _ => None,
+        };
+        if let (BlobKind::Tree, Some(dir)) = (kind, &self.tree_cache) {
+            for (id, raw) in &group.members {
+                crate::local_cache::keep_tree_raw(dir, self.codec, id, raw, self.level);
+            }
+        }
+        let plain = blob::group_plaintext(group.members.iter().map(|(_, b)| b.as_slice()));
+        let compressed = blob::compress_group(&plain, blob::group_level(self.level), d.as_deref())?;
+        drop(plain);
+        let mut stored = Vec::with_capacity(compressed.len() + self.codec.blob_overhead());
+        self.codec.seal_group(&compressed, &mut stored);
+        let members: Vec<(BlobId, Compression, u32)> = group
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, (id, b))| (*id, Compression::Grouped { member: i as u16 }, b.len() as u32))
+            .collect();
+        self.append(kind, &stored, &members)
+    }
+
     /// Add a claimed blob in its stored form (sealed for this repository, already verified by
-    /// the caller).
+    /// the caller). Not for members of groups: their stored bytes are the whole group's.
     pub fn add_stored(&self, id: BlobId, compression: Compression, stored: &[u8], raw_len: u32) -> Result<u64> {
+        if let Compression::Grouped { .. } = compression {
+            return Err(crate::error::Error::InvalidInput(format!(
+                "blob {}: a member of a group is stored with its group, not alone",
+                id.hash.to_hex()
+            )));
+        }
         if let (BlobKind::Tree, Some(dir)) = (id.kind, &self.tree_cache) {
             crate::local_cache::keep_tree(dir, &id, compression, raw_len, stored);
         }
+        self.append(id.kind, stored, &[(id, compression, raw_len)])
+    }
+
+    /// Append stored bytes to the open pack of `kind`, with a record for each blob they hold
+    /// (one, or a group's members); a full pack is sealed. Returns the bytes appended.
+    fn append(&self, kind: BlobKind, stored: &[u8], blobs: &[(BlobId, Compression, u32)]) -> Result<u64> {
         let sealed = {
-            let mut slot = self.open[id.kind as usize].lock().expect("packer lock");
+            let mut slot = self.open[kind as usize].lock().expect("packer lock");
             let pack = slot.get_or_insert_with(|| OpenPack::new(self.pack_size + self.pack_size / 8, self.codec));
-            pack.records.push(BlobRecord {
-                id,
-                compression,
-                offset: pack.buf.len() as u64,
-                stored_len: stored.len() as u32,
-                raw_len,
-            });
+            let offset = pack.buf.len() as u64;
+            for &(id, compression, raw_len) in blobs {
+                pack.records.push(BlobRecord { id, compression, offset, stored_len: stored.len() as u32, raw_len });
+            }
             pack.buf.extend_from_slice(stored);
-            if pack.buf.len() >= self.pack_size { slot.take() } else { None }
+            let full = pack.buf.len() >= self.pack_size || pack.records.len() >= MAX_PACK_RECORDS;
+            if full { slot.take() } else { None }
         };
         {
             let mut s = self.stats.lock().expect("packer lock");
-            s.blobs += 1;
-            s.raw_bytes += u64::from(raw_len);
+            s.blobs += blobs.len() as u64;
+            s.raw_bytes += blobs.iter().map(|b| u64::from(b.2)).sum::<u64>();
             s.stored_bytes += stored.len() as u64;
         }
         if let Some(pack) = sealed {
@@ -315,6 +412,7 @@ impl<'a> Packer<'a> {
             *bytes = 0;
         }
         for kind in [BlobKind::Data, BlobKind::Tree] {
+            *self.group[kind as usize].lock().unwrap_or_else(|e| e.into_inner()) = OpenGroup::default();
             self.open[kind as usize].lock().unwrap_or_else(|e| e.into_inner()).take();
         }
         let orphans = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
@@ -363,6 +461,12 @@ impl<'a> Packer<'a> {
         };
         if !samples.is_empty() {
             self.train_and_add(samples)?;
+        }
+        for kind in [BlobKind::Data, BlobKind::Tree] {
+            let group = std::mem::take(&mut *self.group[kind as usize].lock().expect("packer lock"));
+            if !group.members.is_empty() {
+                self.add_group(kind, group)?;
+            }
         }
         for kind in [BlobKind::Data, BlobKind::Tree] {
             let pack = self.open[kind as usize].lock().expect("packer lock").take();

@@ -25,7 +25,10 @@ use crate::blob;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::format::{self, BlobId, IndexPack, PENDING_MAGIC, PENDING_VERSION, PackId, Pending, SnapshotId, TreeId};
+use crate::format::{
+    self, BlobId, BlobRecord, Compression, IndexPack, PENDING_MAGIC, PENDING_VERSION, PackId, Pending, SnapshotId,
+    TreeId,
+};
 use crate::index::{IdMap, IdSet, read_pack_records, write_index_file};
 use crate::lock::{self, Lock, LockEntry, LockState, list_locks};
 use crate::pack::Packer;
@@ -175,7 +178,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
     let mut order: Vec<(u64, PackId)> = all_packs
         .values()
         .map(|p| {
-            (p.blobs.iter().filter(|b| used.contains(&b.id)).map(|b| u64::from(b.stored_len)).sum::<u64>(), p.pack)
+            let share = stored_shares(&p.blobs);
+            (p.blobs.iter().zip(&share).filter(|(b, _)| used.contains(&b.id)).map(|(_, s)| s).sum::<u64>(), p.pack)
         })
         .collect();
     order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -184,10 +188,11 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
         let p = &all_packs[&id];
         let entry = packs.entry(id).or_default();
         entry.len = p.pack_len;
-        entry.data = p.blobs.iter().map(|b| u64::from(b.stored_len)).sum();
-        for b in &p.blobs {
+        let share = stored_shares(&p.blobs);
+        entry.data = share.iter().sum();
+        for (b, s) in p.blobs.iter().zip(share) {
             if used.contains(&b.id) && assigned.insert(b.id) {
-                entry.used += u64::from(b.stored_len);
+                entry.used += s;
                 entry.used_blobs.push(*b);
             }
         }
@@ -235,7 +240,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
         if already.contains(id) {
             continue;
         }
-        if p.used == 0 {
+        // Unused: no blob in it is used (not "no byte": a member's share of its group may round
+        // to little).
+        if p.used_blobs.is_empty() {
             unused.push(*id);
         } else if p.used * 10 < p.data * 9 {
             candidates.push((*id, p));
@@ -273,7 +280,11 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
     if !repack.is_empty() {
         progress.packs_total.store(repack.len() as u64, Ordering::Relaxed);
         let config = repo.config();
-        let packer = Packer::new(backend, repo.codec(), config.pack_size, config.compression.level);
+        // Members of groups are grouped anew (a group keeps none of the blobs no longer used),
+        // with the repository's dictionary.
+        let packer = Packer::new(backend, repo.codec(), config.pack_size, config.compression.level)
+            .with_groups(config.has_groups())
+            .with_existing_dictionary(config.has_dictionaries())?;
         let copied = repack.par_iter().try_for_each(|(pack, blobs)| -> Result<()> {
             crate::interrupt::check()?;
             let bytes = backend.get(FileKind::Pack, &pack.to_hex())?;
@@ -282,10 +293,13 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
                     .get(b.offset as usize..b.offset as usize + b.stored_len as usize)
                     .ok_or_else(|| Error::corrupt(format!("pack {}", pack.to_hex()), "truncated"))?;
                 // Never carry damage forward: verify before copying.
-                blob::open(repo.codec(), &b.id, b.compression, stored, b.raw_len)?;
+                let raw = blob::open(repo.codec(), &b.id, b.compression, stored, b.raw_len)?;
                 if packer.claim(b.id) {
-                    packer.add_stored(b.id, b.compression, stored, b.raw_len)?;
-                    progress.bytes_repacked.fetch_add(stored.len() as u64, Ordering::Relaxed);
+                    let n = match b.compression {
+                        Compression::Grouped { .. } => packer.add_claimed(b.id, &raw)?,
+                        _ => packer.add_stored(b.id, b.compression, stored, b.raw_len)?,
+                    };
+                    progress.bytes_repacked.fetch_add(n, Ordering::Relaxed);
                 }
             }
             progress.packs_done.fetch_add(1, Ordering::Relaxed);
@@ -302,6 +316,27 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
     backend.ensure_reserve();
     drop(lock);
     Ok(report)
+}
+
+/// What each blob of a pack takes of it: its stored length, or for the members of a group
+/// (which share the group's stored bytes) a part of the group's in proportion to their size,
+/// rounded up (at least one byte), so that the parts add up to about the group's length.
+fn stored_shares(blobs: &[BlobRecord]) -> Vec<u64> {
+    let mut group_raw: IdMap<u64, u64> = IdMap::default();
+    for b in blobs {
+        if let Compression::Grouped { .. } = b.compression {
+            *group_raw.entry(b.offset).or_default() += u64::from(b.raw_len).max(1);
+        }
+    }
+    blobs
+        .iter()
+        .map(|b| match b.compression {
+            Compression::Grouped { .. } => {
+                (u64::from(b.stored_len) * u64::from(b.raw_len).max(1)).div_ceil(group_raw[&b.offset].max(1)).max(1)
+            }
+            _ => u64::from(b.stored_len),
+        })
+        .collect()
 }
 
 /// Write a pending record for `packs` (step P4), then list the locks and record the writers

@@ -413,6 +413,8 @@ impl Repository {
                 refreshes: AtomicU64::new(0),
                 chunks: ByteLru::new(caches.chunk_bytes),
                 trees: ByteLru::new(caches.tree_bytes),
+                groups: ByteLru::new(GROUP_CACHE_BYTES),
+                group_loading: SingleFlight::default(),
                 spill: OnceLock::new(),
                 loading: SingleFlight::default(),
                 recovered: PlMutex::new(Recovered::default()),
@@ -609,6 +611,12 @@ impl Default for CacheSizes {
     }
 }
 
+/// Bytes of opened groups of small blobs an [`IndexedRepository`] keeps: a few 1 MiB groups.
+const GROUP_CACHE_BYTES: usize = 8 << 20;
+
+/// Where a group lies: its pack and offset.
+type GroupKey = (crate::format::PackId, u64);
+
 /// A repository with its index loaded: reads blobs, trees and file contents through bounded
 /// caches. Cheap to clone; share it between threads.
 #[derive(Clone)]
@@ -628,6 +636,11 @@ struct IndexedInner {
     refreshes: AtomicU64,
     chunks: ByteLru<ChunkId, Vec<u8>>,
     trees: ByteLru<TreeId, Tree>,
+    /// Groups of small blobs opened last (version 4), by where they are: the members of a
+    /// group read one after another (a folder's files, a walk's trees) read and open it once.
+    groups: ByteLru<GroupKey, Vec<u8>>,
+    /// Groups being read and opened now: the readers of its other members wait for that.
+    group_loading: SingleFlight<GroupKey, Option<Arc<Vec<u8>>>>,
     spill: OnceLock<crate::spill::Spill>,
     /// Chunks being read and decompressed now: a second caller of [`IndexedRepository::chunk`]
     /// waits for the first instead of doing the same work again (a prefetcher and the reader
@@ -776,10 +789,39 @@ impl IndexedRepository {
         self.reload_locked(avoid)
     }
 
-    /// Read and verify one blob, bypassing the caches.
+    /// Read and verify one blob, bypassing the caches of blobs (a member of a group comes from
+    /// the group if it was opened lately).
     pub fn read_blob(&self, id: BlobId) -> Result<Vec<u8>> {
+        if let Some(loc) = self.location_cached(id)
+            && let crate::format::Compression::Grouped { member } = loc.compression
+        {
+            let key = (loc.pack, loc.offset);
+            let group = match self.inner.groups.get(&key) {
+                Some(g) => Some(g),
+                // One reader reads and opens it; the others asking meanwhile wait for that.
+                None => self.inner.group_loading.run(key, || self.load_group(id, key))?,
+            };
+            if let Some(group) = group {
+                return blob::member_of(self.codec(), &id, member, &group, loc.raw_len);
+            }
+        }
         let (loc, stored) = self.read_stored(id)?;
         blob::open_owned(self.codec(), &id, loc.compression, stored, loc.raw_len)
+    }
+
+    /// The group at `key` holding blob `id`, read, opened and kept; `None` if the blob is no
+    /// longer there (a prune moved it: the caller reads it where it is now).
+    fn load_group(&self, id: BlobId, key: GroupKey) -> Result<Option<Arc<Vec<u8>>>> {
+        if let Some(g) = self.inner.groups.get(&key) {
+            return Ok(Some(g));
+        }
+        let (loc, stored) = self.read_stored(id)?;
+        if (loc.pack, loc.offset) != key || !matches!(loc.compression, crate::format::Compression::Grouped { .. }) {
+            return Ok(None);
+        }
+        let group = Arc::new(blob::open_group(self.codec(), &id, stored)?);
+        self.inner.groups.insert(key, group.clone(), group.len());
+        Ok(Some(group))
     }
 
     /// A blob's stored (maybe compressed) bytes, unverified. If its pack is gone (a prune moved
@@ -839,7 +881,8 @@ impl IndexedRepository {
     }
 
     /// Bring a chunk into the cache unless it is there or on its way: for prefetchers, which
-    /// move on to the next chunk rather than wait for someone else's load.
+    /// move on to the next chunk rather than wait for someone else's load (of that chunk: a
+    /// member of a group being opened waits for the group, which it would read again else).
     pub fn prefetch_chunk(&self, id: ChunkId) -> Result<()> {
         if self.inner.chunks.get(&id).is_some() {
             return Ok(());
@@ -933,7 +976,32 @@ impl IndexedRepository {
                 Err(e) => tracing::warn!("local cache: tree {} is damaged ({e}); reading it again", id.short()),
             }
         }
+        if let Some(loc) = self.location_cached(id.into())
+            && let crate::format::Compression::Grouped { .. } = loc.compression
+        {
+            let raw = self.read_blob(id.into())?;
+            crate::local_cache::keep_tree_raw(
+                dir,
+                self.codec(),
+                &id.into(),
+                &raw,
+                self.repo().config().compression.level,
+            );
+            return Ok(raw);
+        }
         let (loc, stored) = self.read_stored(id.into())?;
+        if let crate::format::Compression::Grouped { .. } = loc.compression {
+            // Named by an index file this reader had not loaded: found by the reload.
+            let raw = blob::open_owned(self.codec(), &id.into(), loc.compression, stored, loc.raw_len)?;
+            crate::local_cache::keep_tree_raw(
+                dir,
+                self.codec(),
+                &id.into(),
+                &raw,
+                self.repo().config().compression.level,
+            );
+            return Ok(raw);
+        }
         crate::local_cache::keep_tree(dir, &id.into(), loc.compression, loc.raw_len, &stored);
         blob::open_owned(self.codec(), &id.into(), loc.compression, stored, loc.raw_len)
     }
