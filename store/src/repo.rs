@@ -165,6 +165,7 @@ impl Repository {
             let crypto = Crypto::Encrypted(Box::new(master));
             (Config::decode_sealed(&bytes, &crypto)?, Codec::encrypted(crypto), Some(name))
         };
+        let codec = codec.for_repository_version(config.version);
         // A remote repository keeps copies of its index files, snapshots and trees on the local disk.
         let (backend, tree_cache): (Shared<dyn Backend>, _) = if backend.local_root().is_none() {
             let dir = cache_root().join(config.id.to_hex());
