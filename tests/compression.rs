@@ -54,6 +54,16 @@ fn copy_to(from: &TempRepo, to: &TempRepo) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Forget the first snapshot and prune, repacking every pack it can; prune must repack some.
+fn forget_first_and_repack(t: &TempRepo) {
+    let first = t.snapshots()[0]["id"].as_str().unwrap()[..8].to_string();
+    t.ok(&["forget", &first]);
+    let pruned: serde_json::Value =
+        serde_json::from_str(t.ok(&["prune", "--max-repack", "100", "--json"]).split("\nprune:").next().unwrap())
+            .unwrap();
+    assert!(pruned["packs_repacked"].as_u64().unwrap() > 0, "{pruned}");
+}
+
 fn restores_as(t: &TempRepo, snapshot: &str, src: &Path, expected: &Path, out: &Path) {
     t.restore(&format!("{snapshot}:{}", src.display()), out);
     assert_same_tree(expected, out, &ShapeOptions::default());
@@ -89,12 +99,7 @@ fn dictionaries_survive_prune_and_every_kind_of_copy() {
     let second = second["id"].as_str().unwrap()[..8].to_string();
     let st = std::process::Command::new("cp").arg("-a").arg(&src).arg(&expected).status().unwrap();
     assert!(st.success());
-    let first = t.snapshots()[0]["id"].as_str().unwrap()[..8].to_string();
-    t.ok(&["forget", &first]);
-    let pruned: serde_json::Value =
-        serde_json::from_str(t.ok(&["prune", "--max-repack", "100", "--json"]).split("\nprune:").next().unwrap())
-            .unwrap();
-    assert!(pruned["packs_repacked"].as_u64().unwrap() > 0, "{pruned}");
+    forget_first_and_repack(&t);
     assert_eq!(dicts(&t.repo), trained, "prune keeps the dictionary");
     t.ok(&["check", "--read-data"]);
     restores_as(&t, &second, &src, &expected, &t.path("r0"));
@@ -296,12 +301,7 @@ fn prune_frees_the_members_of_groups_that_no_snapshot_uses() {
     }
     let second = t.backup("h", &[&src]);
     let second = second["id"].as_str().unwrap()[..8].to_string();
-    let first = t.snapshots()[0]["id"].as_str().unwrap()[..8].to_string();
-    t.ok(&["forget", &first]);
-    let pruned: serde_json::Value =
-        serde_json::from_str(t.ok(&["prune", "--max-repack", "100", "--json"]).split("\nprune:").next().unwrap())
-            .unwrap();
-    assert!(pruned["packs_repacked"].as_u64().unwrap() > 0, "{pruned}");
+    forget_first_and_repack(&t);
     let left = pack_bytes(&t.repo);
     assert!(left * 2 < full, "a third of the files stay: {left} bytes of packs of {full}");
     t.ok(&["check", "--read-data"]);

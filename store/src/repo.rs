@@ -977,32 +977,14 @@ impl IndexedRepository {
                 Err(e) => tracing::warn!("local cache: tree {} is damaged ({e}); reading it again", id.short()),
             }
         }
-        if let Some(loc) = self.location_cached(id.into())
-            && let crate::format::Compression::Grouped { .. } = loc.compression
-        {
+        if let crate::format::Compression::Grouped { .. } = self.locate(id.into())?.compression {
+            // Read through the groups kept; kept in the cache folder on its own.
             let raw = self.read_blob(id.into())?;
-            crate::local_cache::keep_tree_raw(
-                dir,
-                self.codec(),
-                &id.into(),
-                &raw,
-                self.repo().config().compression.level,
-            );
+            let level = self.repo().config().compression.level;
+            crate::local_cache::keep_tree_raw(dir, self.codec(), &id.into(), &raw, level);
             return Ok(raw);
         }
         let (loc, stored) = self.read_stored(id.into())?;
-        if let crate::format::Compression::Grouped { .. } = loc.compression {
-            // Named by an index file this reader had not loaded: found by the reload.
-            let raw = blob::open_owned(self.codec(), &id.into(), loc.compression, stored, loc.raw_len)?;
-            crate::local_cache::keep_tree_raw(
-                dir,
-                self.codec(),
-                &id.into(),
-                &raw,
-                self.repo().config().compression.level,
-            );
-            return Ok(raw);
-        }
         crate::local_cache::keep_tree(dir, &id.into(), loc.compression, loc.raw_len, &stored);
         blob::open_owned(self.codec(), &id.into(), loc.compression, stored, loc.raw_len)
     }
