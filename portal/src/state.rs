@@ -113,7 +113,14 @@ impl AppState {
         };
         let repo = rewind_store::Repository::open_in(storage, secret.as_ref())
             .with_context(|| format!("opening repository {}", config.repository.display()))?;
-        let caches = rewind_store::CacheSizes { chunk_bytes: config.chunk_cache_mib << 20, tree_bytes: 32 << 20 };
+        // No opened groups kept: a group holds the files of other users, and whether one of them
+        // was read lately must not show in how fast a user's own file comes (store/FORMAT.md,
+        // "Groups"). Each read of a small file opens its group (about half a millisecond).
+        let caches = rewind_store::CacheSizes {
+            chunk_bytes: config.chunk_cache_mib << 20,
+            tree_bytes: 32 << 20,
+            group_bytes: 0,
+        };
         let view = Arc::new(View::new(repo.open_indexed(caches)?)?);
         if let Some(file) = spill_file(&config)? {
             view.repo().set_chunk_spill(file, config.chunk_spill_mib << 20);

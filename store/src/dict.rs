@@ -305,6 +305,43 @@ mod tests {
         assert!(err.is_corrupt() && err.to_string().contains("does not have"), "{err}");
     }
 
+    /// Small files are stored in groups (version 4). A reader opens a group once for the members
+    /// it reads one after another; a reader that keeps no groups (the portal's, which serves
+    /// several users: a group holds other users' files) opens it for each, so how fast a file
+    /// comes does not tell whether another in its group was read lately.
+    #[test]
+    fn members_of_a_group_read_through_kept_groups_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        small_texts(&src, 300);
+        let repo = repo_in(dir.path());
+        back_up(&repo, &src);
+        let path = repo.repo().local_path().unwrap().to_path_buf();
+        let open = |group_bytes| {
+            Repository::open(&path, Some(&crate::Secret::password("test")))
+                .unwrap()
+                .open_indexed(CacheSizes { group_bytes, ..CacheSizes::default() })
+                .unwrap()
+        };
+        let (keeping, keeping_none) = (open(8 << 20), open(0));
+        // Three members of one group.
+        let mut by_group: std::collections::HashMap<_, Vec<BlobId>> = Default::default();
+        for id in keeping.blob_ids() {
+            let loc = keeping.locate(id).unwrap();
+            if let Compression::Grouped { .. } = loc.compression {
+                by_group.entry((loc.pack, loc.offset)).or_default().push(id);
+            }
+        }
+        let members = by_group.into_values().find(|m| m.len() >= 3).expect("a group of three or more");
+        for r in [&keeping, &keeping_none] {
+            for id in &members[..3] {
+                assert_eq!(r.codec().id(&r.read_blob(*id).unwrap()), id.hash);
+            }
+        }
+        assert_eq!(keeping.group_opens(), 1);
+        assert_eq!(keeping_none.group_opens(), 3);
+    }
+
     /// A first backup too small to train on stores its small blobs without a dictionary, and
     /// a later, larger one trains it.
     #[test]

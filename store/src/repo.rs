@@ -414,13 +414,15 @@ impl Repository {
                 refreshes: AtomicU64::new(0),
                 chunks: ByteLru::new(caches.chunk_bytes),
                 trees: ByteLru::new(caches.tree_bytes),
-                groups: ByteLru::new(GROUP_CACHE_BYTES),
+                groups: ByteLru::new(caches.group_bytes),
                 group_loading: SingleFlight::default(),
                 spill: OnceLock::new(),
                 loading: SingleFlight::default(),
                 recovered: PlMutex::new(Recovered::default()),
                 #[cfg(test)]
                 loads: std::sync::atomic::AtomicUsize::new(0),
+                #[cfg(test)]
+                group_opens: std::sync::atomic::AtomicUsize::new(0),
                 #[cfg(test)]
                 waiting_refreshers: std::sync::atomic::AtomicUsize::new(0),
             }),
@@ -604,16 +606,18 @@ pub(crate) fn sort_snapshots(v: &mut [SnapshotEntry]) {
 pub struct CacheSizes {
     pub chunk_bytes: usize,
     pub tree_bytes: usize,
+    /// Opened groups of small blobs (version 4), a few 1 MiB groups by default: the members of
+    /// a group read one after another open it once. 0 for a reader serving several users (the
+    /// portal): a group holds other users' files, and that one of them was read lately must not
+    /// show in how fast a user's own file comes.
+    pub group_bytes: usize,
 }
 
 impl Default for CacheSizes {
     fn default() -> Self {
-        CacheSizes { chunk_bytes: 64 << 20, tree_bytes: 32 << 20 }
+        CacheSizes { chunk_bytes: 64 << 20, tree_bytes: 32 << 20, group_bytes: 8 << 20 }
     }
 }
-
-/// Bytes of opened groups of small blobs an [`IndexedRepository`] keeps: a few 1 MiB groups.
-const GROUP_CACHE_BYTES: usize = 8 << 20;
 
 /// Where a group lies: its pack and offset.
 type GroupKey = (crate::format::PackId, u64);
@@ -651,6 +655,9 @@ struct IndexedInner {
     /// Chunks read from packs, for tests.
     #[cfg(test)]
     loads: std::sync::atomic::AtomicUsize,
+    /// Groups read and opened, for tests.
+    #[cfg(test)]
+    group_opens: std::sync::atomic::AtomicUsize,
     /// Calls of `refresh_index` that have begun, for tests.
     #[cfg(test)]
     waiting_refreshers: std::sync::atomic::AtomicUsize,
@@ -807,6 +814,14 @@ impl IndexedRepository {
             }
         }
         let (loc, stored) = self.read_stored(id)?;
+        if let crate::format::Compression::Grouped { member } = loc.compression {
+            // Not through the groups a thread keeps (`blob::open`): only through this
+            // repository's, whose budget its owner sets (CacheSizes::group_bytes).
+            #[cfg(test)]
+            self.inner.group_opens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let group = blob::open_group(self.codec(), &id, stored)?;
+            return blob::member_of(self.codec(), &id, member, &group, loc.raw_len);
+        }
         blob::open_owned(self.codec(), &id, loc.compression, stored, loc.raw_len)
     }
 
@@ -820,6 +835,8 @@ impl IndexedRepository {
         if (loc.pack, loc.offset) != key || !matches!(loc.compression, crate::format::Compression::Grouped { .. }) {
             return Ok(None);
         }
+        #[cfg(test)]
+        self.inner.group_opens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let group = Arc::new(blob::open_group(self.codec(), &id, stored)?);
         self.inner.groups.insert(key, group.clone(), group.len());
         Ok(Some(group))
@@ -921,6 +938,11 @@ impl IndexedRepository {
         if let Some(s) = self.inner.spill.get() {
             s.put(id, data);
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn group_opens(&self) -> usize {
+        self.inner.group_opens.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     #[cfg(test)]

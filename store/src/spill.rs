@@ -297,7 +297,7 @@ mod tests {
         let repo =
             Repository::init(&dir.path().join("repo"), chunker, CompressionParams::default(), crate::NewKey::test())
                 .unwrap();
-        let repo = repo.open_indexed(CacheSizes { chunk_bytes: 0, tree_bytes: 1 << 20 }).unwrap();
+        let repo = repo.open_indexed(CacheSizes { chunk_bytes: 0, tree_bytes: 1 << 20, group_bytes: 0 }).unwrap();
         let opts = BackupOptions { paths: vec![src.clone()], host: "h".into(), ..BackupOptions::default() };
         let snap = backup(&repo, &opts, &BackupProgress::default(), &|p, e| panic!("{}: {e}", p.display())).unwrap();
         let spill_file = tempfile::tempfile().unwrap();

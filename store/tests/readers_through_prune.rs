@@ -32,13 +32,13 @@ fn reader_survives_prune() {
     let opts = BackupOptions { paths: vec![src.clone()], host: "h".into(), ..Default::default() };
     write_files(&src.join("keep"), 1, 20);
     write_files(&src.join("gone"), 2, 20);
-    let indexed = repo.open_indexed(CacheSizes { chunk_bytes: 0, tree_bytes: 0 }).unwrap();
+    let indexed = repo.open_indexed(CacheSizes { chunk_bytes: 0, tree_bytes: 0, group_bytes: 0 }).unwrap();
     let first = backup(&indexed, &opts, &BackupProgress::default(), &report).unwrap();
     std::fs::remove_dir_all(src.join("gone")).unwrap();
     let second = backup(&indexed, &opts, &BackupProgress::default(), &report).unwrap();
 
     // A reader resolves every kept file before the prune.
-    let reader = repo.open_indexed(CacheSizes { chunk_bytes: 0, tree_bytes: 0 }).unwrap();
+    let reader = repo.open_indexed(CacheSizes { chunk_bytes: 0, tree_bytes: 0, group_bytes: 0 }).unwrap();
     let files: Vec<_> = (0..20)
         .map(|i| {
             let p = format!("{}/keep/f{i}", src.display());
