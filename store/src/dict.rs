@@ -340,6 +340,17 @@ mod tests {
         }
         assert_eq!(keeping.group_opens(), 1);
         assert_eq!(keeping_none.group_opens(), 3);
+        // Within a scope of its own (one request), the reader that keeps none opens it once,
+        // and nothing stays after the scope.
+        {
+            let _scope = crate::GroupScope::enter();
+            for id in &members[..3] {
+                keeping_none.read_blob(*id).unwrap();
+            }
+        }
+        assert_eq!(keeping_none.group_opens(), 4);
+        keeping_none.read_blob(members[0]).unwrap();
+        assert_eq!(keeping_none.group_opens(), 5);
     }
 
     /// A first backup too small to train on stores its small blobs without a dictionary, and

@@ -65,8 +65,8 @@ pub use index::Location;
 pub use keys::{KdfParams, KeyFile, KeyKind, Secret, SecretSource};
 pub use lock::{LockEntry, LockInfo, LockState, hostname, list_locks, unlock};
 pub use repo::{
-    CacheSizes, ChunkSpan, DamagedSnapshot, FileReader, IndexedRepository, NewKey, Piece, Repository, SnapshotEntry,
-    private_folder,
+    CacheSizes, ChunkSpan, DamagedSnapshot, FileReader, GroupScope, IndexedRepository, NewKey, Piece, Repository,
+    SnapshotEntry, private_folder,
 };
 pub use restore::{Overwrite, RestoreOptions, RestoreProgress, restore, restore_from_view};
 pub use revocation::{Revocation, revocation_until};

@@ -622,6 +622,50 @@ impl Default for CacheSizes {
 /// Where a group lies: its pack and offset.
 type GroupKey = (crate::format::PackId, u64);
 
+/// The groups a [`GroupScope`] keeps, by where they lie; `None` outside a scope.
+type ScopedGroups = Option<Vec<(GroupKey, Arc<Vec<u8>>)>>;
+
+thread_local! {
+    // The groups opened within the current [`GroupScope`] of this thread, last two.
+    static SCOPED_GROUPS: std::cell::RefCell<ScopedGroups> = const { std::cell::RefCell::new(None) };
+}
+
+/// While it lives, the groups of small blobs this thread opens are kept for this thread alone
+/// (the last two), whatever the repository's own budget (`CacheSizes::group_bytes`). For one
+/// user's request in a reader that keeps no groups (the portal): a zip of a folder of small
+/// files opens each group once, and what the request kept goes with it. Not `Send`.
+pub struct GroupScope {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl GroupScope {
+    pub fn enter() -> GroupScope {
+        SCOPED_GROUPS.with_borrow_mut(|g| *g = Some(Vec::new()));
+        GroupScope { _not_send: std::marker::PhantomData }
+    }
+
+    fn get(key: &GroupKey) -> Option<Arc<Vec<u8>>> {
+        SCOPED_GROUPS.with_borrow(|g| g.as_ref()?.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()))
+    }
+
+    fn keep(key: GroupKey, group: &Arc<Vec<u8>>) {
+        SCOPED_GROUPS.with_borrow_mut(|g| {
+            if let Some(g) = g.as_mut() {
+                if g.len() >= 2 {
+                    g.remove(0);
+                }
+                g.push((key, group.clone()));
+            }
+        });
+    }
+}
+
+impl Drop for GroupScope {
+    fn drop(&mut self) {
+        SCOPED_GROUPS.with_borrow_mut(|g| *g = None);
+    }
+}
+
 /// A repository with its index loaded: reads blobs, trees and file contents through bounded
 /// caches. Cheap to clone; share it between threads.
 #[derive(Clone)]
@@ -804,12 +848,13 @@ impl IndexedRepository {
             && let crate::format::Compression::Grouped { member } = loc.compression
         {
             let key = (loc.pack, loc.offset);
-            let group = match self.inner.groups.get(&key) {
+            let group = match GroupScope::get(&key).or_else(|| self.inner.groups.get(&key)) {
                 Some(g) => Some(g),
                 // One reader reads and opens it; the others asking meanwhile wait for that.
                 None => self.inner.group_loading.run(key, || self.load_group(id, key))?,
             };
             if let Some(group) = group {
+                GroupScope::keep(key, &group);
                 return blob::member_of(self.codec(), &id, member, &group, loc.raw_len);
             }
         }

@@ -301,6 +301,9 @@ pub async fn archive(
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let st = state.clone();
     let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        // This request's own groups of small files (the view keeps none: see state.rs): a
+        // folder's files, one after another, open each group once.
+        let _groups = rewind_store::GroupScope::enter();
         let mut job = ArchiveJob { state: st, sub, files: 0, bytes: 0 };
         let mut zip = zip::ZipWriter::new_stream(ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(PIECE) });
         let result = (|| -> ApiResult<()> {
