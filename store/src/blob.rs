@@ -235,7 +235,7 @@ pub(crate) fn group_bytes(kind: BlobKind) -> usize {
 }
 /// The most members a group has (the member number is a u16 in records).
 pub(crate) const GROUP_MAX_MEMBERS: usize = 4096;
-/// The largest group a reader decompresses (writers make at most `GROUP_BYTES` plus one small
+/// The largest group a reader decompresses (writers make at most [`group_bytes`] plus one small
 /// blob and the table); a frame that says more is damaged.
 const GROUP_MAX_RAW: usize = 4 << 20;
 
@@ -299,9 +299,9 @@ fn member_range(group: &[u8], member: u16, what: impl Fn() -> String) -> Result<
     let table = 4 + 4 * count;
     let mut start = table;
     for i in 0..member {
-        start += word(1 + i).ok_or_else(|| bad("table is cut short"))?;
+        start = start.saturating_add(word(1 + i).ok_or_else(|| bad("table is cut short"))?);
     }
-    let end = start + word(1 + member).ok_or_else(|| bad("table is cut short"))?;
+    let end = start.saturating_add(word(1 + member).ok_or_else(|| bad("table is cut short"))?);
     if end > group.len() {
         return Err(bad("is shorter than its table says"));
     }
@@ -324,7 +324,8 @@ pub(crate) fn member_of(codec: &Codec, id: &BlobId, member: u16, group: &[u8], r
 thread_local! {
     // The groups this thread opened last, by their stored bytes (compared whole: a few
     // microseconds, against a fraction of a millisecond to open and decompress one): a
-    // restore, a check or a `tar` of a mount reads a group's members one after another.
+    // restore, prune, copy and check read a group's members one after another. (Reads through
+    // an IndexedRepository use its own groups instead, whose budget its owner sets.)
     static GROUPS: RefCell<Vec<OpenedGroup>> = const { RefCell::new(Vec::new()) };
 }
 /// A group a thread opened: the codec's address, the stored bytes, the plaintext.
