@@ -277,25 +277,22 @@ impl Copier<'_> {
                     let o = (loc.offset - start) as usize;
                     b.get(o..o + loc.stored_len as usize)
                 });
-                if let (Compression::Grouped { .. }, Some(stored)) = (loc.compression, in_span) {
-                    // A member of a group: its group holds blobs this copy may not want; the
-                    // target groups it anew. Taken from the span without a copy of the group.
-                    let raw = blob::open(self.src.codec(), id, loc.compression, stored, loc.raw_len)?;
-                    self.packer.add_claimed(*id, &raw)?;
-                    self.progress.blobs_done.fetch_add(1, Ordering::Relaxed);
-                    self.progress.bytes.fetch_add(u64::from(loc.raw_len), Ordering::Relaxed);
-                    continue;
-                }
-                let from_span = in_span.map(|s| (*loc, s.to_vec()));
                 // A pack gone meanwhile (a prune moved the blob) or a sparse run: read alone.
-                let (loc, stored) = match from_span {
-                    Some(x) => x,
-                    None => self.src.read_stored(*id)?,
+                let (loc, stored) = match in_span {
+                    Some(s) => (*loc, std::borrow::Cow::Borrowed(s)),
+                    None => {
+                        let (loc, stored) = self.src.read_stored(*id)?;
+                        (loc, std::borrow::Cow::Owned(stored))
+                    }
                 };
-                let n = stored.len() as u64;
+                // A member of a group counts its own bytes, not its group's.
+                let n = match loc.compression {
+                    Compression::Grouped { .. } => u64::from(loc.raw_len),
+                    _ => stored.len() as u64,
+                };
                 if let Compression::Grouped { .. } = loc.compression {
                     // A member of a group: its group holds blobs this copy may not want; the
-                    // target groups it anew.
+                    // target groups it anew (taken from the group's bytes where they lie).
                     let raw = blob::open(self.src.codec(), id, loc.compression, &stored, loc.raw_len)?;
                     self.packer.add_claimed(*id, &raw)?;
                 } else if loc.compression == Compression::ZstdDict && !self.dict_ready(id, &stored)? {
@@ -308,7 +305,7 @@ impl Copier<'_> {
                 } else {
                     // Open for the source (authenticated), verify, seal again for the target;
                     // compressed bytes stay compressed.
-                    let bytes = self.src.codec().open_blob(id, stored)?;
+                    let bytes = self.src.codec().open_blob(id, stored.into_owned())?;
                     blob::unsealed(self.src.codec(), id, loc.compression, bytes.clone(), loc.raw_len)?;
                     let mut sealed = Vec::with_capacity(bytes.len() + self.dst.codec().blob_overhead());
                     self.dst.codec().seal_blob(id, &bytes, &mut sealed);
