@@ -862,9 +862,7 @@ impl IndexedRepository {
         if let crate::format::Compression::Grouped { member } = loc.compression {
             // Not through the groups a thread keeps (`blob::open`): only through this
             // repository's, whose budget its owner sets (CacheSizes::group_bytes).
-            #[cfg(test)]
-            self.inner.group_opens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let group = blob::open_group(self.codec(), &id, stored)?;
+            let group = self.open_group(id, stored)?;
             return blob::member_of(self.codec(), &id, member, &group, loc.raw_len);
         }
         blob::open_owned(self.codec(), &id, loc.compression, stored, loc.raw_len)
@@ -880,11 +878,16 @@ impl IndexedRepository {
         if (loc.pack, loc.offset) != key || !matches!(loc.compression, crate::format::Compression::Grouped { .. }) {
             return Ok(None);
         }
-        #[cfg(test)]
-        self.inner.group_opens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let group = Arc::new(blob::open_group(self.codec(), &id, stored)?);
+        let group = Arc::new(self.open_group(id, stored)?);
         self.inner.groups.insert(key, group.clone(), group.len());
         Ok(Some(group))
+    }
+
+    /// A group's plaintext from its stored bytes (counted, for tests).
+    fn open_group(&self, id: BlobId, stored: Vec<u8>) -> Result<Vec<u8>> {
+        #[cfg(test)]
+        self.inner.group_opens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        blob::open_group(self.codec(), &id, stored)
     }
 
     /// A blob's stored (maybe compressed) bytes, unverified. If its pack is gone (a prune moved
