@@ -175,11 +175,12 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
     // keeps a mostly empty pack alive.
     let (_, all_packs) = load_index_files(backend, repo.codec())?;
     let mut packs: IdMap<PackId, PackUse> = IdMap::default();
+    let shares: IdMap<PackId, Vec<u64>> = all_packs.values().map(|p| (p.pack, stored_shares(&p.blobs))).collect();
     let mut order: Vec<(u64, PackId)> = all_packs
         .values()
         .map(|p| {
-            let share = stored_shares(&p.blobs);
-            (p.blobs.iter().zip(&share).filter(|(b, _)| used.contains(&b.id)).map(|(_, s)| s).sum::<u64>(), p.pack)
+            let share = &shares[&p.pack];
+            (p.blobs.iter().zip(share).filter(|(b, _)| used.contains(&b.id)).map(|(_, s)| s).sum::<u64>(), p.pack)
         })
         .collect();
     order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -188,7 +189,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &PruneProgress) -
         let p = &all_packs[&id];
         let entry = packs.entry(id).or_default();
         entry.len = p.pack_len;
-        let share = stored_shares(&p.blobs);
+        let share = &shares[&id];
         entry.data = share.iter().sum();
         for (b, s) in p.blobs.iter().zip(share) {
             if used.contains(&b.id) && assigned.insert(b.id) {
