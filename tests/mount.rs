@@ -43,11 +43,6 @@ pub(crate) struct Mount {
 
 impl Mount {
     pub(crate) fn start(t: &TempRepo, name: &str, extra: &[&str]) -> Mount {
-        Mount::start_env(t, name, extra, &[])
-    }
-
-    /// [`Mount::start`] with more variables in the process's environment.
-    fn start_env(t: &TempRepo, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Mount {
         require_fuse();
         let mnt = t.path(name);
         fs::create_dir_all(&mnt).unwrap();
@@ -59,7 +54,6 @@ impl Mount {
             .args(extra)
             .arg(&mnt)
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
@@ -115,15 +109,6 @@ impl Mount {
         let warned = log.lines().find(|l| l.contains("WARN") && l.contains("mount"));
         assert!(warned.is_none(), "an unmount from outside is no reason to warn: {log}");
         log
-    }
-
-    /// A line of the process's `/proc` file `file` that starts with `key`: what follows it.
-    fn proc_value(&self, file: &str, key: &str, sep: u8) -> Option<String> {
-        let pid = self.child.as_ref().expect("running").id();
-        let text = fs::read(format!("/proc/{pid}/{file}")).unwrap();
-        text.split(|b| *b == sep)
-            .find_map(|l| l.strip_prefix(key.as_bytes()))
-            .map(|v| String::from_utf8_lossy(v).trim().to_string())
     }
 
     fn signal(&self, sig: i32) {
@@ -681,41 +666,4 @@ fn mount_is_ready_at_once_with_many_snapshots() {
     assert!(entry.fs_type.starts_with("fuse") && entry.source.starts_with(b"rewind:"), "{entry:?}");
     assert!(entry.options.iter().any(|o| o == "ro"), "{entry:?}");
     m.unmount();
-}
-
-/// Where the kernel gives transparent huge pages to memory marked for them (`[madvise]`, Debian's
-/// default), the mount starts itself again (the same process, through `exec`) with
-/// `glibc.malloc.hugetlb=1` added to `GLIBC_TUNABLES`, so that glibc marks its heap for huge
-/// pages; elsewhere it does not. Whatever else the variable says is kept, first, and a variable
-/// that names the tunable already is left as it is. The witness is the environment the running
-/// mount shows (once glibc has read the variable it shows only the first tunable of it; which
-/// variable each case leads to is the binary's unit test `huge_pages_are_asked_for_...`); how
-/// much of the heap then lies on huge pages depends on which heap a thread allocates from, and
-/// is the benchmark's business, not a test's.
-#[test]
-fn the_mount_asks_for_huge_pages_where_the_kernel_gives_them() {
-    let mode = fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    let madvise = mode.contains("[madvise]");
-    let t = TempRepo::new();
-    let src = t.path("src");
-    fs::create_dir_all(&src).unwrap();
-    let data = pseudo_random(8 << 20, 7);
-    fs::write(src.join("big"), &data).unwrap();
-    t.backup("h", &[&src]);
-    // What the environment of a mount started with `tunables` shows of the variable, once it has
-    // read the file through.
-    let shown = |name: &str, tunables: Option<&str>| {
-        let env: Vec<(&str, &str)> = tunables.map(|v| ("GLIBC_TUNABLES", v)).into_iter().collect();
-        let m = Mount::start_env(&t, name, &[], &env);
-        assert!(fs::read(m.latest("h", &src).join("big")).unwrap() == data, "the file read through the mount");
-        let shown = m.proc_value("environ", "GLIBC_TUNABLES=", 0);
-        m.unmount();
-        shown
-    };
-    let asked = madvise.then_some("glibc.malloc.hugetlb=1");
-    assert_eq!(shown("plain", None).as_deref(), asked, "THP mode {mode:?}");
-    let other = "glibc.malloc.arena_max=2";
-    assert_eq!(shown("other", Some(other)).as_deref(), Some(other), "the user's tunables come first");
-    let off = "glibc.malloc.hugetlb=0";
-    assert_eq!(shown("off", Some(off)).as_deref(), Some(off), "the user's choice stands");
 }

@@ -52,14 +52,6 @@ use crate::cli::RepoArg;
 /// 1 MiB threshold and 353-393 ms with 8 MiB (wall 275-312 ms, 241-284 ms). Resident memory
 /// after a `find`, two reads and a `tar` was 87-143 MiB with either threshold; what keeps it
 /// down is the mount's trimming of free heap memory (`fs/src/latency.rs`).
-/// Setting `mmap_threshold` stops glibc's own tuning of the trim threshold too, which would stay
-/// at 128 KiB: every free that left that much at the top of a heap would hand it back, and the
-/// next allocation fault it in again. On huge pages ([`reexec_with_huge_pages`]) each such
-/// regrowth zeroes 2 MiB, under the heap's lock (a cold read of 122 ms rather than 50 had a
-/// third of its samples zeroing huge pages in `sysmalloc`, and the other readers waiting). So
-/// the trim threshold is set as glibc would have set it, twice the mmap threshold. (Slow runs
-/// still come now and then, one in ten or twenty: a heap's first growth zeroes its huge pages
-/// under the lock too.)
 pub fn tune_allocator(mmap_threshold: Option<i32>) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning.
@@ -67,66 +59,9 @@ pub fn tune_allocator(mmap_threshold: Option<i32>) {
         libc::mallopt(libc::M_ARENA_MAX, 2);
         if let Some(bytes) = mmap_threshold {
             libc::mallopt(libc::M_MMAP_THRESHOLD, bytes);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, bytes.saturating_mul(2));
         }
     }
     let _ = mmap_threshold;
-}
-
-/// The tunable that has glibc back its heaps with transparent huge pages (glibc 2.35 and later).
-const HUGE_PAGES_TUNABLE: &str = "glibc.malloc.hugetlb";
-
-/// Where the kernel says whether it gives transparent huge pages always, never, or to memory
-/// marked for them (`[madvise]`, the default of Debian's kernels).
-const THP_MODE: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
-
-/// The mount's heap on transparent huge pages: start the mount again (the same process, through
-/// `exec`) with `glibc.malloc.hugetlb=1` added to `GLIBC_TUNABLES`, which glibc reads only when a
-/// program starts. The decompressed chunks a read brings into the cache are fresh memory, and
-/// the kernel sets up fresh memory page by page: with 4 KiB pages that was 12% of the CPU of a
-/// cold read through the mount (page faults, zeroing, memory accounting), with 2 MiB pages one
-/// fault in 512. glibc (2.36) marks only its main heap, and only where it grows by 2 MiB or more
-/// at once, so how much of the cache lies on huge pages varies from run to run (none to 55 MiB
-/// of a 56 MiB read). A cold read of a 56 MiB library (`bench/realdata.py`'s big file) on a fresh
-/// mount after a `find`: median 51.7 ms against 60.6 ms (20 runs each, alternating, 2-core VM),
-/// after `compare.sh`'s steps 54.5 against 62.0 ms (10 runs each); of the synthetic corpus's
-/// 256 MiB file, which passes through the full cache, 156 against 160 ms; a `tar` of the
-/// real-data corpus 2-3% faster; resident memory after it 107-111 MiB against 104-118.
-/// Not kept: one heap for all threads (`M_ARENA_MAX` 1, so all of it is marked) read the 56 MiB
-/// cold in 47 ms, but the 256 MiB file took 230-270 ms in 5 of 16 runs (145-170 ms in the rest).
-/// Only where the kernel gives huge pages to memory marked for them (`[madvise]`): with
-/// `[always]` the heap has them already, with `[never]` not at all. A `GLIBC_TUNABLES` that names
-/// the tunable already is left as it is (`glibc.malloc.hugetlb=0` turns this off). Call before
-/// any thread starts; returns only if the process was not replaced.
-pub fn reexec_with_huge_pages() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use std::os::unix::process::CommandExt;
-        let mode = std::fs::read_to_string(THP_MODE).unwrap_or_default();
-        let Some(value) = huge_pages_tunables(std::env::var_os("GLIBC_TUNABLES"), &mode) else { return };
-        let mut args = std::env::args_os();
-        let arg0 = args.next().unwrap_or_default();
-        // /proc/self/exe: the very program running, even if its file was replaced meanwhile.
-        let err =
-            std::process::Command::new("/proc/self/exe").arg0(arg0).args(args).env("GLIBC_TUNABLES", value).exec();
-        tracing::debug!("cannot start again with huge pages: {err}");
-    }
-}
-
-/// The `GLIBC_TUNABLES` to start again with, given the current one and the kernel's THP mode;
-/// `None` when there is no reason to.
-fn huge_pages_tunables(current: Option<std::ffi::OsString>, thp_mode: &str) -> Option<std::ffi::OsString> {
-    let current = current.unwrap_or_default();
-    let named = String::from_utf8_lossy(current.as_encoded_bytes()).contains(HUGE_PAGES_TUNABLE);
-    if named || !thp_mode.contains("[madvise]") {
-        return None;
-    }
-    let mut value = current;
-    if !value.is_empty() {
-        value.push(":");
-    }
-    value.push(format!("{HUGE_PAGES_TUNABLE}=1"));
-    Some(value)
 }
 
 /// Open the repository a command names (asking for its password if it is encrypted and none
@@ -238,27 +173,4 @@ pub fn inside_image(
         name = comp.as_bytes().to_vec();
     }
     Ok(matches!(entry, Entry::Image(_)).then_some((view, entry, name)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::ffi::OsString;
-
-    #[test]
-    fn huge_pages_are_asked_for_only_where_marked_memory_gets_them_and_nobody_chose_otherwise() {
-        let madvise = "always [madvise] never\n";
-        let ask = |current: Option<&str>, mode: &str| huge_pages_tunables(current.map(OsString::from), mode);
-        assert_eq!(ask(None, madvise), Some("glibc.malloc.hugetlb=1".into()));
-        assert_eq!(ask(Some(""), madvise), Some("glibc.malloc.hugetlb=1".into()));
-        assert_eq!(
-            ask(Some("glibc.malloc.arena_max=2"), madvise),
-            Some("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1".into())
-        );
-        assert_eq!(ask(Some("glibc.malloc.hugetlb=0"), madvise), None, "the user's choice stands");
-        assert_eq!(ask(Some("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"), madvise), None, "asked already");
-        assert_eq!(ask(None, "[always] madvise never\n"), None, "huge pages without asking");
-        assert_eq!(ask(None, "always madvise [never]\n"), None, "no huge pages whatever is asked");
-        assert_eq!(ask(None, ""), None, "a kernel without THP");
-    }
 }

@@ -10,7 +10,6 @@ use crate::cli::MountArgs;
 use crate::cmd::open_repo;
 
 pub fn run(a: MountArgs) -> Result<ExitCode> {
-    crate::cmd::reexec_with_huge_pages();
     let repo = open_repo(&a.repo)?;
     // Every chunk buffer from the heap, reused: see `tune_allocator`.
     let largest = i32::try_from(repo.config().chunker.max_size).unwrap_or(i32::MAX);
